@@ -1,0 +1,122 @@
+"""Service configuration: one frozen ``Settings``, resolved argument → environment → default.
+
+Every ``TASKTREE_*`` variable the service reads is listed in ``ENVIRONMENT`` with its meaning,
+so the README table and ``tasktree serve --help`` come from one place.  A malformed value stops
+start-up with a message naming the variable (``SettingsError``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """A configuration value is malformed; the message names the variable or flag."""
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "tasktree"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``tasktree serve`` needs to know.  Build with ``Settings.from_env(**overrides)``."""
+
+    database_url: str | None = None
+    """PostgreSQL URL; ``None`` starts the embedded PostgreSQL under ``data_dir``."""
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    otlp_grpc_port: int = 4317
+    otlp_http_port: int = 4318
+    workers: int = 1
+    stall_after: float = 30.0
+    """Seconds without a heartbeat after which a running task is shown as stalled."""
+    data_dir: Path = field(default_factory=_default_data_dir)
+    pool_size: int = 10
+    pool_max_lifetime: float = 1800.0
+    """Seconds a database connection is used before it is replaced (below typical proxy/server idle cuts)."""
+    pool_timeout: float = 5.0
+    """Seconds a request waits for a database connection before answering 503."""
+    max_body_bytes: int = 64 * 1024 * 1024
+    """Largest OTLP request accepted, measured after decompression."""
+    max_value_bytes: int = 256 * 1024
+    """Attribute values, event fields and status messages beyond this are truncated with a marker."""
+    max_spans_per_run: int = 2_000_000
+    max_backlog_spans: int = 2_000_000
+    """Received-but-not-yet-folded spans above which ingest answers 429 (backpressure)."""
+    fold_batch: int = 10_000
+    auth_token: str | None = None
+    """Bearer token required on ingest and API when set (required to bind a non-loopback host)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
+        """Resolve each field from ``overrides`` (when not ``None``), else ``TASKTREE_<FIELD>``, else the default."""
+        env = os.environ if env is None else env
+        values = {}
+        for f in dataclasses.fields(cls):
+            if overrides.get(f.name) is not None:
+                values[f.name] = overrides[f.name]
+                continue
+            raw = env.get(_env_name(f.name))
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, raw, f.type)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ``SettingsError`` for values that cannot work."""
+        for name in ("port", "otlp_grpc_port", "otlp_http_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise SettingsError(f"{_env_name(name)} must be a port number 0-65535, got {port}")
+        for name in ("workers", "pool_size", "max_body_bytes", "max_value_bytes", "fold_batch"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{_env_name(name)} must be at least 1")
+        if self.stall_after <= 0:
+            raise SettingsError("TASKTREE_STALL_AFTER must be a positive number of seconds")
+        if not _is_loopback(self.host) and not self.auth_token:
+            raise SettingsError(
+                f"refusing to listen on {self.host!r} without authentication: set TASKTREE_AUTH_TOKEN "
+                "or bind 127.0.0.1"
+            )
+
+
+def _env_name(field_name: str) -> str:
+    return "TASKTREE_" + field_name.upper()
+
+
+def _parse(name: str, raw: str, type_name: str):
+    kind = str(type_name)
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+        if kind.startswith("Path"):
+            return Path(raw).expanduser()
+        return raw
+    except ValueError:
+        raise SettingsError(f"{_env_name(name)}={raw!r} is not a valid {kind.split(' ')[0]}") from None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+ENVIRONMENT = {
+    _env_name(f.name): f.name for f in dataclasses.fields(Settings)
+}
+"""Every TASKTREE_* variable of the service, mapped to its Settings field."""

@@ -1,0 +1,270 @@
+"""The folder: moves landed span records into the task tree in large, set-based batches.
+
+One fold is one transaction:
+
+1. claim up to N landed records (``FOR UPDATE SKIP LOCKED``, so several folders never share one);
+2. take each affected run's advisory lock, in sorted order (no deadlocks between processes);
+3. load the records' nodes and their ancestor chains, fold in memory (``tree.fold.RunFold``);
+4. write new and changed tasks, the run summaries, and delete the claimed records.
+
+Payload columns (attributes, events, …) go from ``span_landing`` to ``tasks`` inside PostgreSQL;
+only ids, statuses and times travel to Python.  The stall sweeper reuses steps 2–4.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import psycopg
+
+from tasktree.exporter.tree import status as st
+from tasktree.exporter.tree.fold import Node, Record, RunFold, record_rank
+
+logger = logging.getLogger(__name__)
+
+_CLAIM = """
+SELECT id, trace_id, span_id, parent_span_id, status, start_ns, end_ns, heartbeat_ns
+FROM span_landing ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
+"""
+
+_LOAD = """
+WITH RECURSIVE seeds(trace_id, span_id) AS (
+    SELECT * FROM unnest(%s::bytea[], %s::bytea[])
+), chain AS (
+    SELECT t.trace_id, t.span_id, t.parent_span_id, t.missing, t.status, t.end_ns,
+           t.heartbeat_ns, t.child_count, t.n_ok, t.n_error, t.n_running, t.n_stalled
+    FROM seeds s JOIN tasks t ON t.trace_id = s.trace_id AND t.span_id = s.span_id
+    UNION
+    SELECT t.trace_id, t.span_id, t.parent_span_id, t.missing, t.status, t.end_ns,
+           t.heartbeat_ns, t.child_count, t.n_ok, t.n_error, t.n_running, t.n_stalled
+    FROM chain c JOIN tasks t ON t.trace_id = c.trace_id AND t.span_id = c.parent_span_id
+)
+SELECT * FROM chain
+"""
+
+_TEMP_TABLES = """
+CREATE TEMP TABLE IF NOT EXISTS fold_out (
+    trace_id bytea, span_id bytea, landing_id bigint, is_new boolean, parent_span_id bytea,
+    missing boolean, status smallint, heartbeat_ns bigint, child_count integer,
+    n_ok integer, n_error integer, n_running integer, n_stalled integer
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS fold_runs (
+    trace_id bytea, d_ok integer, d_error integer, d_running integer, d_stalled integer,
+    d_tasks integer, min_start_ns bigint, any_landing_id bigint
+) ON COMMIT DELETE ROWS;
+"""
+
+_OUT_TYPES = ["bytea", "bytea", "int8", "bool", "bytea", "bool", "int2", "int8", "int4",
+              "int4", "int4", "int4", "int4"]
+_RUN_TYPES = ["bytea", "int4", "int4", "int4", "int4", "int4", "int8", "int8"]
+
+_PAYLOAD = ("name, kind, start_ns, end_ns, status_message, resource_id, scope, attributes, "
+            "events, links, truncated, received_ns")
+
+_INSERT_NEW = f"""
+INSERT INTO tasks (trace_id, span_id, parent_span_id, missing, status, heartbeat_ns, child_count,
+                   n_ok, n_error, n_running, n_stalled, {_PAYLOAD})
+SELECT o.trace_id, o.span_id, o.parent_span_id, o.missing, o.status, o.heartbeat_ns, o.child_count,
+       o.n_ok, o.n_error, o.n_running, o.n_stalled,
+       l.name, l.kind, l.start_ns, l.end_ns, l.status_message, l.resource_id, l.scope,
+       l.attributes, l.events, l.links, coalesce(l.truncated, false), l.received_ns
+FROM fold_out o LEFT JOIN span_landing l ON l.id = o.landing_id
+WHERE o.is_new
+"""
+
+_UPDATE_WITH_PAYLOAD = """
+UPDATE tasks t SET
+    parent_span_id = o.parent_span_id, missing = o.missing, status = o.status,
+    heartbeat_ns = o.heartbeat_ns, child_count = o.child_count,
+    n_ok = o.n_ok, n_error = o.n_error, n_running = o.n_running, n_stalled = o.n_stalled,
+    name = l.name, kind = l.kind, start_ns = l.start_ns, end_ns = l.end_ns,
+    status_message = l.status_message, resource_id = l.resource_id, scope = l.scope,
+    attributes = l.attributes, events = l.events, links = l.links, truncated = l.truncated,
+    received_ns = l.received_ns
+FROM fold_out o JOIN span_landing l ON l.id = o.landing_id
+WHERE NOT o.is_new AND t.trace_id = o.trace_id AND t.span_id = o.span_id
+"""
+
+_UPDATE_STRUCTURE = """
+UPDATE tasks t SET
+    parent_span_id = o.parent_span_id, missing = o.missing, status = o.status,
+    heartbeat_ns = o.heartbeat_ns, child_count = o.child_count,
+    n_ok = o.n_ok, n_error = o.n_error, n_running = o.n_running, n_stalled = o.n_stalled
+FROM fold_out o
+WHERE NOT o.is_new AND o.landing_id IS NULL AND t.trace_id = o.trace_id AND t.span_id = o.span_id
+"""
+
+_UPSERT_RUNS = """
+INSERT INTO runs AS r (trace_id, job, start_ns, n_ok, n_error, n_running, n_stalled, task_count,
+                       last_received_ns)
+SELECT f.trace_id, res.job, f.min_start_ns, f.d_ok, f.d_error, f.d_running, f.d_stalled, f.d_tasks,
+       %(now)s
+FROM fold_runs f
+LEFT JOIN span_landing l ON l.id = f.any_landing_id
+LEFT JOIN resources res ON res.id = l.resource_id
+ON CONFLICT (trace_id) DO UPDATE SET
+    job = coalesce(r.job, EXCLUDED.job),
+    start_ns = least(r.start_ns, EXCLUDED.start_ns),
+    n_ok = r.n_ok + EXCLUDED.n_ok, n_error = r.n_error + EXCLUDED.n_error,
+    n_running = r.n_running + EXCLUDED.n_running, n_stalled = r.n_stalled + EXCLUDED.n_stalled,
+    task_count = r.task_count + EXCLUDED.task_count,
+    last_received_ns = greatest(r.last_received_ns, EXCLUDED.last_received_ns)
+"""
+
+# A run's status is its root's own status (several roots: the worst); with no root received yet,
+# it follows what its tasks are doing.  Severity: error 4 > stalled 3 > running 2 > ok 1.
+_REFRESH_ROOTS = """
+UPDATE runs r SET
+    root_count = x.root_count,
+    name = coalesce(x.root_name, r.name),
+    job = coalesce(x.root_job, r.job),
+    end_ns = CASE WHEN x.root_count > 0 AND x.open_roots = 0 THEN x.root_end END,
+    status = CASE
+        WHEN x.root_count > 0 THEN (ARRAY[3, 1, 2, 4])[x.worst]
+        WHEN r.n_running > 0 THEN 1
+        WHEN r.n_stalled > 0 THEN 2
+        WHEN r.n_error > 0 THEN 4
+        ELSE 3 END
+FROM (
+    SELECT t.trace_id,
+           count(*) FILTER (WHERE NOT t.missing) AS root_count,
+           count(*) FILTER (WHERE NOT t.missing AND t.status IN (1, 2)) AS open_roots,
+           max(t.end_ns) FILTER (WHERE NOT t.missing) AS root_end,
+           max(CASE t.status WHEN 4 THEN 4 WHEN 2 THEN 3 WHEN 1 THEN 2 WHEN 3 THEN 1 END)
+               FILTER (WHERE NOT t.missing) AS worst,
+           (array_agg(t.name ORDER BY t.start_ns, t.span_id) FILTER (WHERE NOT t.missing))[1]
+               AS root_name,
+           (array_agg(res.job ORDER BY t.start_ns, t.span_id) FILTER (WHERE NOT t.missing))[1]
+               AS root_job
+    FROM tasks t LEFT JOIN resources res ON res.id = t.resource_id
+    WHERE t.trace_id = ANY(%s) AND t.parent_span_id IS NULL
+    GROUP BY t.trace_id
+) x
+WHERE r.trace_id = x.trace_id
+"""
+
+_STALE_CANDIDATES = """
+SELECT trace_id, span_id FROM tasks
+WHERE status = 1 AND heartbeat_ns < %s
+ORDER BY heartbeat_ns LIMIT %s
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class FoldResult:
+    records: int  # landed records folded
+    runs: int
+    oldest_received_ns: int | None = None
+
+
+def fold_batch(conn: psycopg.Connection, *, limit: int, stall_after_s: float) -> FoldResult:
+    """Fold up to ``limit`` landed records in one transaction; return how many were folded."""
+    with conn.transaction():
+        rows = conn.execute(_CLAIM, (limit,)).fetchall()
+        if not rows:
+            return FoldResult(0, 0)
+        by_run: dict[bytes, list[Record]] = defaultdict(list)
+        for lid, trace_id, span_id, parent, status, start, end, hb in rows:
+            by_run[bytes(trace_id)].append(
+                Record(lid, bytes(span_id), bytes(parent) if parent else None, status, start, end, hb)
+            )
+        folds = _fold_runs(conn, by_run, stall_after_s, _seeds_of_records(by_run))
+        _write(conn, folds)
+        conn.execute("DELETE FROM span_landing WHERE id = ANY(%s)", ([r[0] for r in rows],))
+    return FoldResult(len(rows), len(by_run))
+
+
+def sweep_stalled(conn: psycopg.Connection, *, stall_after_s: float, limit: int = 5000) -> int:
+    """Mark running tasks whose last heartbeat is older than ``stall_after_s`` as stalled."""
+    cutoff = time.time_ns() - int(stall_after_s * 1e9)
+    with conn.transaction():
+        found = conn.execute(_STALE_CANDIDATES, (cutoff, limit)).fetchall()
+        if not found:
+            return 0
+        by_run: dict[bytes, list[bytes]] = defaultdict(list)
+        for trace_id, span_id in found:
+            by_run[bytes(trace_id)].append(bytes(span_id))
+        folds = _fold_runs(conn, {}, stall_after_s, by_run)
+        flipped = sum(folds[t].mark_stalled(s) for t, spans in by_run.items() for s in spans)
+        _write(conn, folds)
+    return flipped
+
+
+def _seeds_of_records(by_run: dict[bytes, list[Record]]) -> dict[bytes, list[bytes]]:
+    seeds: dict[bytes, list[bytes]] = {}
+    for trace_id, records in by_run.items():
+        ids = {r.span_id for r in records}
+        ids.update(r.parent_span_id for r in records if r.parent_span_id)
+        seeds[trace_id] = list(ids)
+    return seeds
+
+
+def _fold_runs(conn, by_run: dict[bytes, list[Record]], stall_after_s: float,
+               seeds: dict[bytes, list[bytes]]) -> dict[bytes, RunFold]:
+    """Lock the runs, load their touched nodes and apply the records; return one fold per run."""
+    _lock_runs(conn, seeds.keys())
+    loaded = _load_nodes(conn, seeds)
+    cutoff = time.time_ns() - int(stall_after_s * 1e9)
+    folds = {}
+    for trace_id in seeds:
+        fold = RunFold(loaded.get(trace_id, {}), cutoff)
+        records = by_run.get(trace_id, ())
+        for record in sorted(records, key=lambda r: r.landing_id):
+            fold.apply(record)
+        for span_id, parent in fold.broken_links:
+            logger.warning("run %s: task %s names %s as parent, which would make a cycle; kept as a root",
+                           trace_id.hex(), span_id.hex(), parent.hex())
+        folds[trace_id] = fold
+    return folds
+
+
+def _lock_runs(conn, trace_ids) -> None:
+    """Advisory locks on the runs, in sorted key order so concurrent folders cannot deadlock."""
+    keys = sorted({int.from_bytes(t[:8], "big", signed=True) for t in trace_ids})
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) WITH ORDINALITY AS u(k, i) ORDER BY i",
+        (keys,),
+    )
+
+
+def _load_nodes(conn, seeds: dict[bytes, list[bytes]]) -> dict[bytes, dict[bytes, Node]]:
+    traces, spans = [], []
+    for trace_id, ids in seeds.items():
+        traces.extend([trace_id] * len(ids))
+        spans.extend(ids)
+    loaded: dict[bytes, dict[bytes, Node]] = defaultdict(dict)
+    for (trace_id, span_id, parent, missing, status, end, hb, children,
+         n_ok, n_error, n_running, n_stalled) in conn.execute(_LOAD, (traces, spans)):
+        span_id = bytes(span_id)
+        loaded[bytes(trace_id)][span_id] = Node(
+            span_id, bytes(parent) if parent else None, missing, status,
+            record_rank(status, end, hb), hb, [n_ok, n_error, n_running, n_stalled], children,
+        )
+    return loaded
+
+
+def _write(conn, folds: dict[bytes, RunFold]) -> None:
+    conn.execute(_TEMP_TABLES)
+    with conn.cursor() as cur:
+        with cur.copy("COPY fold_out FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_OUT_TYPES)
+            for trace_id, fold in folds.items():
+                for n in fold.changed_nodes():
+                    copy.write_row((trace_id, n.span_id, n.landing_id, n.is_new, n.parent_span_id,
+                                    n.missing, n.status, n.heartbeat_ns, n.child_count, *n.counts))
+        with cur.copy("COPY fold_runs FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_RUN_TYPES)
+            for trace_id, fold in folds.items():
+                d = fold.delta
+                copy.write_row((trace_id, *d.counts, d.tasks, d.min_start_ns, d.any_landing_id))
+        cur.execute(_INSERT_NEW)
+        cur.execute(_UPDATE_WITH_PAYLOAD)
+        cur.execute(_UPDATE_STRUCTURE)
+        cur.execute(_UPSERT_RUNS, {"now": time.time_ns()})
+        cur.execute(_REFRESH_ROOTS, (list(folds),))
+
+
+__all__ = ["FoldResult", "fold_batch", "sweep_stalled", "st"]

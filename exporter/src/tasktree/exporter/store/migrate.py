@@ -1,0 +1,55 @@
+"""Versioned schema migrations: ``migrations/NNNN_name.sql`` applied in order at start-up.
+
+Safe to run twice and from several processes at once: a session advisory lock serialises the
+runners and ``schema_migrations`` records what is applied, each file in its own transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+
+import psycopg
+
+logger = logging.getLogger(__name__)
+
+# Two-int advisory lock keys live in a different lock space from the one-bigint run locks.
+_MIGRATION_LOCK = (0x7461736B, 1)  # "task", 1
+
+
+def available() -> list[tuple[int, str, str]]:
+    """All migration files as (version, name, sql), sorted by version."""
+    folder = resources.files("tasktree.exporter.store") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def migrate(conninfo: str) -> list[int]:
+    """Apply every pending migration; return the versions applied by this call."""
+    applied_now = []
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s, %s)", _MIGRATION_LOCK)
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            for version, name, sql in available():
+                if version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(sql)
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name)
+                    )
+                logger.info("applied migration %s", name)
+                applied_now.append(version)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s, %s)", _MIGRATION_LOCK)
+    return applied_now

@@ -1,0 +1,1 @@
+"""The task tree's rules as pure functions over rows: status lattice, rollups, staleness."""

@@ -1,0 +1,206 @@
+"""Folding span records into the task tree: the rules of design.md §3 as pure code.
+
+A ``RunFold`` holds the part of one run's tree that a batch touches (the records' own nodes and
+their ancestor chains, as loaded from the store) and applies records to it:
+
+* **Status lattice.** Each record has a rank: any final record (``ok``/``error``) outranks every
+  running snapshot; among finals the later end wins, among snapshots the later heartbeat.  A record
+  replaces a node's state only when it outranks it, so any order and any duplicates give the same
+  result, and nothing turns a final status back into a running one.
+* **Missing parents.** A record whose parent is unknown hangs under a placeholder (``missing``) for
+  that parent; when the parent arrives the placeholder becomes it and its subtree counts move up.
+* **Rollups.** Each node keeps ``counts`` = how many of its descendants are in each status, plus its
+  ``child_count``.  Every change of a node's own status, and every attachment of a subtree, is
+  applied to all its ancestors, so reading a node never has to look at its descendants.
+
+The store turns the resulting ``changes()`` into set-based writes (``store/fold.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from tasktree.exporter.tree import status as st
+
+logger = logging.getLogger(__name__)
+
+_COUNT_INDEX = st.COUNT_INDEX
+
+
+@dataclass(slots=True)
+class Record:
+    """The structural part of one received span record (its payload stays in the database)."""
+
+    landing_id: int
+    span_id: bytes
+    parent_span_id: bytes | None
+    status: int  # RUNNING, OK or ERROR as received
+    start_ns: int
+    end_ns: int | None
+    heartbeat_ns: int | None
+
+
+@dataclass(slots=True)
+class Node:
+    """One task as far as the tree is concerned.  ``counts`` is (ok, error, running, stalled)."""
+
+    span_id: bytes
+    parent_span_id: bytes | None
+    missing: bool
+    status: int
+    rank: tuple
+    heartbeat_ns: int | None = None
+    counts: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    child_count: int = 0
+    is_new: bool = False  # not yet in the database
+    landing_id: int | None = None  # the record whose payload must be written
+    dirty: bool = False  # structure, status or counts changed
+
+
+@dataclass(slots=True)
+class RunDelta:
+    """What a batch changes in a run's summary."""
+
+    counts: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    tasks: int = 0
+    min_start_ns: int | None = None
+    any_landing_id: int | None = None
+
+
+def record_rank(status: int, end_ns: int | None, heartbeat_ns: int | None) -> tuple:
+    """The lattice rank of a record or stored node: higher wins."""
+    if status in (st.OK, st.ERROR):
+        return (2, end_ns or 0, status)
+    if status in (st.RUNNING, st.STALLED):
+        return (1, heartbeat_ns or 0, 0)
+    return (0, 0, 0)  # a placeholder: anything beats it
+
+
+def live_status(heartbeat_ns: int | None, stall_cutoff_ns: int) -> int:
+    """A running task is stalled when its last heartbeat is older than the cutoff."""
+    return st.RUNNING if (heartbeat_ns or 0) >= stall_cutoff_ns else st.STALLED
+
+
+class RunFold:
+    """Applies records of one run to the loaded part of its tree.  Not thread-safe; one per batch."""
+
+    def __init__(self, loaded: dict[bytes, Node], stall_cutoff_ns: int):
+        self.nodes = loaded
+        self.stall_cutoff_ns = stall_cutoff_ns
+        self.delta = RunDelta()
+        self.broken_links: list[tuple[bytes, bytes]] = []  # (span, declared parent) refused as cycles
+
+    def apply(self, record: Record) -> None:
+        """Fold one record in.  Idempotent: applying the same record again changes nothing."""
+        self._note_start(record)
+        node = self.nodes.get(record.span_id)
+        rank = record_rank(record.status, record.end_ns, record.heartbeat_ns)
+        if node is not None and not node.missing:
+            if rank > node.rank:
+                self._replace_state(node, record, rank)
+            return
+        if node is None:
+            node = Node(record.span_id, None, True, st.NONE, (0, 0, 0), is_new=True)
+            self.nodes[record.span_id] = node
+        self._fill_placeholder(node, record, rank)
+
+    def mark_stalled(self, span_id: bytes) -> bool:
+        """Turn a running task whose heartbeat is older than the cutoff into stalled (compare-and-set)."""
+        node = self.nodes.get(span_id)
+        if node is None or node.status != st.RUNNING:
+            return False
+        if live_status(node.heartbeat_ns, self.stall_cutoff_ns) != st.STALLED:
+            return False
+        self._set_own_status(node, st.STALLED)
+        return True
+
+    def changed_nodes(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.dirty]
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _note_start(self, record: Record) -> None:
+        d = self.delta
+        if d.min_start_ns is None or record.start_ns < d.min_start_ns:
+            d.min_start_ns = record.start_ns
+        if d.any_landing_id is None:
+            d.any_landing_id = record.landing_id
+
+    def _status_of(self, record: Record) -> int:
+        if record.status == st.RUNNING:
+            return live_status(record.heartbeat_ns, self.stall_cutoff_ns)
+        return record.status
+
+    def _replace_state(self, node: Node, record: Record, rank: tuple) -> None:
+        node.rank = rank
+        node.landing_id = record.landing_id
+        node.heartbeat_ns = record.heartbeat_ns if record.status == st.RUNNING else node.heartbeat_ns
+        node.dirty = True
+        self._set_own_status(node, self._status_of(record))
+
+    def _fill_placeholder(self, node: Node, record: Record, rank: tuple) -> None:
+        """A new task, or the arrival of a parent that so far was only a placeholder."""
+        node.missing = False
+        node.rank = rank
+        node.landing_id = record.landing_id
+        node.heartbeat_ns = record.heartbeat_ns
+        node.status = self._status_of(record)
+        node.dirty = True
+        self.delta.tasks += 1
+        self.delta.counts[_COUNT_INDEX[node.status]] += 1
+        self._attach(node, record.parent_span_id)
+
+    def _set_own_status(self, node: Node, new: int) -> None:
+        old = node.status
+        if old == new:
+            return
+        node.status = new
+        node.dirty = True
+        i_old, i_new = _COUNT_INDEX[old], _COUNT_INDEX[new]
+        self.delta.counts[i_old] -= 1
+        self.delta.counts[i_new] += 1
+        for ancestor in self._ancestors(node):
+            ancestor.counts[i_old] -= 1
+            ancestor.counts[i_new] += 1
+            ancestor.dirty = True
+
+    def _attach(self, node: Node, parent_id: bytes | None) -> None:
+        """Hang ``node`` (with its whole subtree) under its parent, creating a placeholder if needed."""
+        if parent_id is None:
+            return
+        parent = self.nodes.get(parent_id)
+        if parent is None:
+            parent = Node(parent_id, None, True, st.NONE, (0, 0, 0), is_new=True, dirty=True)
+            self.nodes[parent_id] = parent
+        if parent is node or any(a is node for a in self._chain(parent)):
+            # The declared parent descends from this task: linking it would make a cycle.
+            self.broken_links.append((node.span_id, parent_id))
+            return
+        node.parent_span_id = parent_id
+        parent.child_count += 1
+        subtree = list(node.counts)
+        subtree[_COUNT_INDEX[node.status]] += 1
+        for ancestor in self._chain(parent):
+            counts = ancestor.counts
+            for i in range(4):
+                counts[i] += subtree[i]
+            ancestor.dirty = True
+
+    def _ancestors(self, node: Node):
+        if node.parent_span_id is None:
+            return
+        parent = self.nodes.get(node.parent_span_id)
+        if parent is not None:
+            yield from self._chain(parent)
+
+    def _chain(self, start: Node):
+        """``start`` and every ancestor above it that is loaded."""
+        node: Node | None = start
+        seen = 0
+        while node is not None:
+            yield node
+            seen += 1
+            if node.parent_span_id is None or seen > len(self.nodes):
+                return
+            node = self.nodes.get(node.parent_span_id)

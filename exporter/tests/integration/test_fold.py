@@ -1,0 +1,89 @@
+"""Folding landed spans into the tree: statuses, placeholders, rollups, run summaries."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+
+from tasktree.exporter.store.fold import fold_batch, sweep_stalled
+from tasktree.exporter.store.landing import ResourceIds, land
+from tasktree.exporter.tree import status as st
+
+from ..spans import sid, span, tid
+
+NOW = time.time_ns()
+
+
+@pytest.fixture
+def conn(clean_db):
+    with psycopg.connect(clean_db, autocommit=True) as conn:
+        yield conn
+
+
+def deliver(conn, *batches, fold_limit=10_000, stall_after=3600.0):
+    ids = ResourceIds()
+    for batch in batches:
+        land(conn, list(batch), ids, time.time_ns())
+    while fold_batch(conn, limit=fold_limit, stall_after_s=stall_after).records:
+        pass
+
+
+def tree(conn, trace):
+    rows = conn.execute(
+        "SELECT span_id, parent_span_id, missing, status, child_count, n_ok, n_error, n_running,"
+        " n_stalled FROM tasks WHERE trace_id = %s ORDER BY span_id", (trace,)).fetchall()
+    return {bytes(r[0]): (bytes(r[1]) if r[1] else None, *r[2:]) for r in rows}
+
+
+def run(conn, trace):
+    return conn.execute(
+        "SELECT job, name, status, start_ns, end_ns, n_ok, n_error, n_running, n_stalled,"
+        " task_count, root_count FROM runs WHERE trace_id = %s", (trace,)).fetchone()
+
+
+def test_children_before_parent_end_up_under_it_with_rollups(conn):
+    t = tid(1)
+    deliver(conn,
+            [span(t, sid(3), sid(2), status=st.ERROR, start=30), span(t, sid(4), sid(2), start=40)],
+            [span(t, sid(2), sid(1), start=20)],
+            [span(t, sid(1), None, name="root", start=10, end=100)])
+    assert tree(conn, t) == {
+        sid(1): (None, False, st.OK, 1, 2, 1, 0, 0),
+        sid(2): (sid(1), False, st.OK, 2, 1, 1, 0, 0),
+        sid(3): (sid(2), False, st.ERROR, 0, 0, 0, 0, 0),
+        sid(4): (sid(2), False, st.OK, 0, 0, 0, 0, 0),
+    }
+    assert run(conn, t) == ("test-job", "root", st.OK, 10, 100, 3, 1, 0, 0, 4, 1)
+
+
+def test_missing_parent_is_a_placeholder_at_the_top_until_it_arrives(conn):
+    t = tid(2)
+    deliver(conn, [span(t, sid(5), sid(9), start=50)])
+    assert tree(conn, t)[sid(9)] == (None, True, st.NONE, 1, 1, 0, 0, 0)
+    deliver(conn, [span(t, sid(9), None, start=5, end=60)])
+    assert tree(conn, t)[sid(9)] == (None, False, st.OK, 1, 1, 0, 0, 0)
+
+
+def test_final_record_beats_a_later_running_snapshot(conn):
+    t = tid(3)
+    deliver(conn, [span(t, sid(1), None, start=10, end=20)],
+            [span(t, sid(1), None, status=st.RUNNING, start=10, heartbeat=NOW)])
+    assert tree(conn, t)[sid(1)][2] == st.OK
+    assert run(conn, t)[2] == st.OK
+
+
+def test_running_task_turns_stalled_when_heartbeats_stop_and_back_with_a_fresh_one(conn):
+    t = tid(4)
+    old = NOW - 120 * 10**9
+    deliver(conn, [span(t, sid(1), None, status=st.RUNNING, start=old, heartbeat=old + 1),
+                   span(t, sid(2), sid(1), status=st.RUNNING, start=old, heartbeat=old + 1)],
+            stall_after=3600)
+    assert tree(conn, t)[sid(1)][2] == st.RUNNING
+    assert sweep_stalled(conn, stall_after_s=60) == 2
+    assert tree(conn, t)[sid(1)] == (None, False, st.STALLED, 1, 0, 0, 0, 1)
+    assert run(conn, t)[2] == st.STALLED
+    deliver(conn, [span(t, sid(2), sid(1), status=st.RUNNING, start=old, heartbeat=time.time_ns())],
+            stall_after=60)
+    assert tree(conn, t)[sid(1)] == (None, False, st.STALLED, 1, 0, 0, 1, 0)

@@ -1,0 +1,97 @@
+"""design.md §3 rule 1: any permutation of the same span records, with duplicates, in any batch
+split, folds into the same tree, statuses and rollups as in-order delivery."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+
+from tasktree.exporter.tree import status as st
+
+from ..spans import sid, span
+from .test_fold import deliver, run, tree
+
+_traces = itertools.count(1000)
+
+
+@hs.composite
+def run_records(draw):
+    """Records of one random tree: finals, running snapshots, and parents that never arrive."""
+    size = draw(hs.integers(1, 25))
+    parents = [None] + [draw(hs.integers(0, i - 1)) for i in range(1, size)]
+    lost = draw(hs.sets(hs.integers(0, size - 1), max_size=size // 4))
+    now = time.time_ns()
+    records = []
+    for i, parent in enumerate(parents):
+        if i in lost:
+            continue
+        parent_id = sid(parent) if parent is not None else None
+        start = 1_000 + i
+        for beat in range(draw(hs.integers(0, 2))):
+            records.append(dict(span_id=sid(i), parent=parent_id, status=st.RUNNING, start=start,
+                                heartbeat=now + beat))
+        if draw(hs.booleans()) or not records or records[-1]["span_id"] != sid(i):
+            final = draw(hs.sampled_from([st.OK, st.ERROR]))
+            records.append(dict(span_id=sid(i), parent=parent_id, status=final, start=start,
+                                end=start + 10))
+    return records
+
+
+@pytest.fixture(scope="module")
+def conn(database_url):
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+def _rows(trace, records):
+    out = []
+    for r in records:
+        r = dict(r)
+        out.append(span(trace, r.pop("span_id"), r.pop("parent"), **r))
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(records=run_records(), data=hs.data())
+def test_permuted_duplicated_split_delivery_gives_the_in_order_tree(conn, records, data):
+    in_order, shuffled = next(_traces).to_bytes(16, "big"), next(_traces).to_bytes(16, "big")
+    deliver(conn, _rows(in_order, records))
+
+    delivered = data.draw(hs.permutations(records))
+    delivered += data.draw(hs.lists(hs.sampled_from(records), max_size=len(records)))
+    cuts = sorted(data.draw(hs.lists(hs.integers(0, len(delivered)), max_size=4)))
+    batches = [delivered[a:b] for a, b in zip([0, *cuts], [*cuts, len(delivered)], strict=True)]
+    limit = data.draw(hs.integers(1, 12))
+    deliver(conn, *[_rows(shuffled, b) for b in batches], fold_limit=limit)
+
+    assert tree(conn, in_order) == expected_tree(records)
+    assert tree(conn, shuffled) == tree(conn, in_order)
+    assert run(conn, shuffled) == run(conn, in_order)
+
+
+def expected_tree(records):
+    """The tree by definition: final status beats running; placeholders for parents never sent;
+    counts over all descendants; child_count over direct children."""
+    status, parent = {}, {}
+    for r in records:
+        final = r["status"] in (st.OK, st.ERROR)
+        if final or r["span_id"] not in status:
+            status[r["span_id"]] = r["status"]
+        parent[r["span_id"]] = r["parent"]
+    nodes = {s: [parent[s], False, status[s], 0, 0, 0, 0, 0] for s in status}
+    for p in parent.values():
+        if p is not None and p not in nodes:
+            nodes[p] = [None, True, st.NONE, 0, 0, 0, 0, 0]
+    for s, own in status.items():
+        if parent[s] is not None:
+            nodes[parent[s]][3] += 1
+        ancestor = parent[s]
+        while ancestor is not None:
+            nodes[ancestor][4 + st.COUNT_INDEX[own]] += 1
+            ancestor = nodes[ancestor][0]
+    return {s: tuple(v) for s, v in nodes.items()}

@@ -1,0 +1,36 @@
+"""Building span rows for tests without going through OTLP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from tasktree.exporter.receiver.records import Resource, SpanRow
+from tasktree.exporter.tree import status as st
+
+_ATTRS = json.dumps({"service.name": "test-job"}, sort_keys=True, separators=(",", ":"))
+RESOURCE = Resource(hashlib.sha256(_ATTRS.encode()).digest(), "test-job", _ATTRS)
+
+
+def span(trace: bytes, span_id: bytes, parent: bytes | None = None, *, name: str = "t",
+         status: int = st.OK, start: int = 1_000, end: int | None = 2_000,
+         heartbeat: int | None = None, attributes: dict | None = None,
+         resource: Resource = RESOURCE) -> SpanRow:
+    """A final span by default; ``status=st.RUNNING`` makes a running snapshot at ``heartbeat``."""
+    if status == st.RUNNING:
+        end, heartbeat = None, heartbeat if heartbeat is not None else start
+    return SpanRow(
+        trace_id=trace, span_id=span_id, parent_span_id=parent, name=name, kind=1,
+        start_ns=start, end_ns=end, heartbeat_ns=heartbeat, status=status, status_message="",
+        resource=resource, scope="tests", attributes_json=json.dumps(attributes or {}),
+        events_json="[]", links_json="[]",
+    )
+
+
+def sid(n: int) -> bytes:
+    """A span id from a small number (never all zeros)."""
+    return (n + 1).to_bytes(8, "big")
+
+
+def tid(n: int) -> bytes:
+    return (n + 1).to_bytes(16, "big")
