@@ -53,3 +53,95 @@ def clean_db(database_url) -> str:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("TRUNCATE " + ", ".join(TABLES) + " RESTART IDENTITY")
     return database_url
+
+
+# -- a real `tasktree serve` -------------------------------------------------------------------
+
+import json  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.error  # noqa: E402
+import urllib.request  # noqa: E402
+
+
+class TasktreeServer:
+    """A ``tasktree serve`` subprocess on free loopback ports, stopped by PID at teardown."""
+
+    def __init__(self, database_url: str, tmp_path, extra_args=(), env=None):
+        self.database_url = database_url
+        self.log_path = tmp_path / "tasktree-serve.log"
+        args = [sys.executable, "-m", "tasktree.exporter", "serve", "--database-url", database_url,
+                "--port", "0", "--otlp-http-port", "0", "--otlp-grpc-port", "0", *extra_args]
+        self._log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log, text=True,
+                                     env={**os.environ, **(env or {})})
+        urls = self._read_ready_line()
+        self.web = urls["ui"].rstrip("/")
+        self.otlp_http = urls["otlp_http"].removesuffix("/v1/traces")
+        self.otlp_grpc = urls["otlp_grpc"]
+
+    def _read_ready_line(self) -> dict:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if line.startswith("TASKTREE_READY "):
+                return json.loads(line.split(" ", 1)[1])
+            if not line and self.proc.poll() is not None:
+                break
+        self.stop()
+        raise RuntimeError(f"tasktree serve did not start:\n{self.log_path.read_text()}")
+
+    def get(self, path: str, expect: int = 200):
+        """GET a JSON route; returns the decoded body (asserting the status)."""
+        try:
+            with urllib.request.urlopen(self.web + path, timeout=30) as resp:
+                status, body = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read()
+        assert status == expect, f"GET {path}: {status} {body[:500]!r}"
+        return json.loads(body)
+
+    def wait_folded(self, timeout: float = 30.0) -> None:
+        """Block until every received span is in the tree (the landing table is empty)."""
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                if not conn.execute("SELECT EXISTS (SELECT 1 FROM span_landing)").fetchone()[0]:
+                    return
+                time.sleep(0.05)
+        raise AssertionError("spans were not folded into the tree in time")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def start_tasktree(database_url, tmp_path):
+    """Factory: ``start_tasktree(extra_args=(), env=None)`` → a running ``TasktreeServer``."""
+    servers = []
+
+    def start(extra_args=(), env=None, database=None):
+        server = TasktreeServer(database or database_url, tmp_path, extra_args, env)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def tasktree_server(database_url, tmp_path_factory):
+    """One shared ``tasktree serve`` for the session (tests use their own trace ids)."""
+    server = TasktreeServer(database_url, tmp_path_factory.mktemp("tasktree-server"))
+    yield server
+    server.stop()

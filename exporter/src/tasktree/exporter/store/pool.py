@@ -22,7 +22,6 @@ logger = logging.getLogger(__name__)
 def _configure(conn: psycopg.Connection) -> None:
     # Statement timeout keeps one pathological query from holding a connection for ever.
     conn.execute("SET statement_timeout = '60s'")
-    conn.commit()
 
 
 def open_pool(
@@ -44,6 +43,7 @@ def open_pool(
         reconnect_timeout=float("inf"),  # keep trying in the background; requests get 503 meanwhile
         check=psycopg_pool.ConnectionPool.check_connection,
         configure=_configure,
+        kwargs={"autocommit": True},  # every write says where its transaction starts and ends
         name=name,
         open=False,
     )

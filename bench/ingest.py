@@ -1,0 +1,190 @@
+"""Ingest throughput, end to end: OTLP/HTTP requests → durably stored → folded into the tree.
+
+    .venv/bin/python bench/ingest.py [--clients 4] [--workers 1] [--database-url postgresql://...]
+
+Starts a real ``tasktree serve`` on a scratch database, sends pre-encoded protobuf requests of
+512 spans from several concurrent clients, and reports spans per second until every span is in
+the tree, for (a) one run of 20,000 flat tasks and (b) 100 runs of 1,000 tasks (depth 3, fan-out
+10), interleaved.  Beside it, the same number of span-like rows bare-COPYed into an unindexed
+table in the same run, and the ratio (the machine is shared: compare ratios, not seconds).
+Target: ≥ 30,000 spans/s end to end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import psycopg
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+from psycopg import sql
+
+BATCH = 512
+ADMIN = os.environ.get("TASKTREE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _attrs(**kv) -> list[KeyValue]:
+    return [KeyValue(key=k, value=AnyValue(string_value=str(v))) for k, v in kv.items()]
+
+
+def flat_run(n: int) -> list[tuple]:
+    """(trace_id, span_id, parent) of one run: a root and n-1 children."""
+    trace = os.urandom(16)
+    root = os.urandom(8)
+    return [(trace, root, b"")] + [(trace, os.urandom(8), root) for _ in range(n - 1)]
+
+
+def tree_run(n: int, fanout: int = 10) -> list[tuple]:
+    """(trace_id, span_id, parent) of one run of n tasks, breadth first with the given fan-out."""
+    trace = os.urandom(16)
+    spans = [(trace, os.urandom(8), b"")]
+    i = 0
+    while len(spans) < n:
+        parent = spans[i][1]
+        for _ in range(min(fanout, n - len(spans))):
+            spans.append((trace, os.urandom(8), parent))
+        i += 1
+    return spans
+
+
+def encode(spans: list[tuple]) -> list[bytes]:
+    """Protobuf request bodies of BATCH spans each, as an SDK exporter would send them."""
+    bodies, now = [], time.time_ns()
+    for at in range(0, len(spans), BATCH):
+        scope = ScopeSpans()
+        for k, (trace, span_id, parent) in enumerate(spans[at:at + BATCH]):
+            scope.spans.append(Span(
+                trace_id=trace, span_id=span_id, parent_span_id=parent, name=f"task-{k % 50}",
+                kind=Span.SPAN_KIND_INTERNAL, start_time_unix_nano=now + k,
+                end_time_unix_nano=now + k + 1_000_000,
+                attributes=_attrs(**{"item": k, "partition": k % 7, "host.name": "bench-host"}),
+            ))
+        rs = ResourceSpans(scope_spans=[scope])
+        rs.resource.attributes.extend(_attrs(**{"service.name": "bench-job"}))
+        bodies.append(ExportTraceServiceRequest(resource_spans=[rs]).SerializeToString())
+    return bodies
+
+
+def send_all(port: int, bodies: list[bytes], clients: int) -> None:
+    queue = list(reversed(bodies))
+    lock = threading.Lock()
+    errors = []
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        while True:
+            with lock:
+                if not queue:
+                    return
+                body = queue.pop()
+            while True:
+                conn.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status == 200:
+                    break
+                if resp.status not in (429, 503):
+                    errors.append(resp.status)
+                    return
+                time.sleep(float(resp.getheader("Retry-After", "1")))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise SystemExit(f"requests failed: {errors[:5]}")
+
+
+def wait_folded(url: str, expected_tasks: int) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        while True:
+            landed = conn.execute("SELECT EXISTS (SELECT 1 FROM span_landing)").fetchone()[0]
+            total = conn.execute("SELECT coalesce(sum(task_count), 0) FROM runs").fetchone()[0]
+            if not landed and total >= expected_tasks:
+                return
+            time.sleep(0.02)
+
+
+def bare_copy_rate(url: str, spans: list[tuple]) -> float:
+    """Rows/s of a bare binary COPY of span-like rows into an unindexed table (the reference)."""
+    attrs = json.dumps({"item": "1", "partition": "1", "host.name": "bench-host"})
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE UNLOGGED TABLE IF NOT EXISTS bare (trace_id bytea, span_id bytea,"
+                     " parent bytea, name text, start_ns bigint, end_ns bigint, attributes text)")
+        conn.execute("TRUNCATE bare")
+        t0 = time.perf_counter()
+        with conn.transaction(), conn.cursor().copy(
+                "COPY bare FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["bytea", "bytea", "bytea", "text", "int8", "int8", "text"])
+            for trace, span_id, parent in spans:
+                copy.write_row((trace, span_id, parent or None, "task", 1, 2, attrs))
+        return len(spans) / (time.perf_counter() - t0)
+
+
+def start_server(url: str, workers: int) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tasktree.exporter", "serve", "--database-url", url, "--port", "0",
+         "--otlp-http-port", "0", "--otlp-grpc-port", "0", "--workers", str(workers)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if line.startswith("TASKTREE_READY "):
+            otlp = json.loads(line.split(" ", 1)[1])["otlp_http"]
+            return proc, int(otlp.rsplit(":", 1)[1].split("/")[0])
+    raise SystemExit("tasktree serve did not start")
+
+
+def scenario(name: str, spans: list[tuple], url: str, port: int, clients: int) -> None:
+    random.shuffle(spans)  # children usually arrive before their parents; any order must work
+    bodies = encode(spans)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE tasks, runs, span_landing")
+    start = time.perf_counter()
+    send_all(port, bodies, clients)
+    acked = time.perf_counter()
+    wait_folded(url, len(spans))
+    done = time.perf_counter()
+    e2e = len(spans) / (done - start)
+    reference = bare_copy_rate(url, spans)
+    print(f"{name:34s} {len(spans):>7} spans  stored {len(spans) / (acked - start):>9,.0f}/s  "
+          f"stored+folded {e2e:>9,.0f}/s   bare COPY {reference:>9,.0f} rows/s   "
+          f"ratio {e2e / reference:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    name = f"tasktree_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = ADMIN.rsplit("/", 1)[0] + "/" + name
+    proc = None
+    try:
+        proc, port = start_server(url, args.workers)
+        print(f"clients={args.clients} workers={args.workers} batch={BATCH} spans/request")
+        scenario("1 run x 20,000 flat tasks", flat_run(20_000), url, port, args.clients)
+        runs = [s for _ in range(100) for s in tree_run(1_000)]
+        scenario("100 runs x 1,000 tasks (fan-out 10)", runs, url, port, args.clients)
+    finally:
+        if proc:
+            proc.terminate()
+            proc.wait()
+        with psycopg.connect(ADMIN, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from tasktree.exporter.cli import main
+
+sys.exit(main())

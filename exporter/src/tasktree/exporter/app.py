@@ -1,0 +1,41 @@
+"""The web application on the service's main port: JSON API, web UI, /metrics and /healthz."""
+
+from __future__ import annotations
+
+import psycopg_pool
+from flask import Flask, jsonify
+
+from tasktree.exporter.errors import TasktreeError
+from tasktree.exporter.settings import Settings
+from tasktree.exporter.store.pool import connection
+
+
+def create_app(settings: Settings, pool: psycopg_pool.ConnectionPool, **services) -> Flask:
+    """Build the Flask app.  ``services`` (e.g. the folder) are kept in ``app.extensions``."""
+    from tasktree.exporter.api import api_blueprint
+
+    app = Flask(__name__)
+    app.json.sort_keys = False
+    app.extensions["tasktree"] = {"settings": settings, "pool": pool, **services}
+    app.register_blueprint(api_blueprint)
+    app.add_url_rule("/healthz", view_func=_healthz)
+    app.register_error_handler(TasktreeError, error_response)
+    return app
+
+
+def _healthz():
+    from flask import current_app
+
+    pool = current_app.extensions["tasktree"]["pool"]
+    with connection(pool) as conn:
+        conn.execute("SELECT 1")
+    return jsonify({"status": "ok"})
+
+
+def error_response(exc: TasktreeError):
+    """The one JSON error shape: {"error": {"code", "message"}} with the error's HTTP status."""
+    response = jsonify({"error": {"code": exc.code, "message": exc.message}})
+    response.status_code = exc.status
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return response

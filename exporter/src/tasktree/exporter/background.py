@@ -1,0 +1,78 @@
+"""The service's background work: folding landed spans into the tree and sweeping stalled tasks.
+
+Runs on one daemon thread per process; several processes (or hosts) can run it against the same
+database at once (claims use SKIP LOCKED, tree writes take per-run advisory locks).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import psycopg
+import psycopg_pool
+
+from tasktree.exporter.errors import StoreUnavailable
+from tasktree.exporter.settings import Settings
+from tasktree.exporter.store.fold import fold_batch, sweep_stalled
+from tasktree.exporter.store.pool import connection
+
+logger = logging.getLogger(__name__)
+
+_IDLE_WAIT_S = 0.25
+_SWEEP_EVERY_S = 1.0
+_MAX_BACKOFF_S = 5.0
+
+
+class Folder:
+    """Folds until stopped; ``wake()`` after landing makes new spans show within milliseconds."""
+
+    def __init__(self, pool: psycopg_pool.ConnectionPool, settings: Settings):
+        self._pool = pool
+        self._settings = settings
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tasktree-folder", daemon=True)
+        self.folded_total = 0
+        self.stalled_total = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self, _count: int = 0) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        backoff, last_sweep = 0.0, 0.0
+        while not self._stop.is_set():
+            try:
+                folded = self._fold_once()
+                if time.monotonic() - last_sweep >= _SWEEP_EVERY_S:
+                    self._sweep_once()
+                    last_sweep = time.monotonic()
+                backoff = 0.0
+            except (StoreUnavailable, psycopg.Error) as exc:
+                backoff = min(_MAX_BACKOFF_S, backoff * 2 or 0.1)
+                logger.warning("folding paused for %.1fs: %s", backoff, exc)
+                self._stop.wait(backoff)
+                continue
+            if folded < self._settings.fold_batch:
+                self._wake.wait(_IDLE_WAIT_S)
+                self._wake.clear()
+
+    def _fold_once(self) -> int:
+        with connection(self._pool) as conn:
+            result = fold_batch(conn, limit=self._settings.fold_batch,
+                                stall_after_s=self._settings.stall_after)
+        self.folded_total += result.records
+        return result.records
+
+    def _sweep_once(self) -> None:
+        with connection(self._pool) as conn:
+            self.stalled_total += sweep_stalled(conn, stall_after_s=self._settings.stall_after)

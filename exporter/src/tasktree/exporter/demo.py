@@ -1,0 +1,58 @@
+"""``tasktree demo``: the service on the embedded PostgreSQL plus a sample job, then the URL."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from tasktree.exporter.settings import Settings
+
+
+def run_demo(settings: Settings, *, exit_when_done: bool = False) -> int:
+    from tasktree.exporter.server import Service
+
+    settings = dataclasses.replace(
+        settings, **{f: _free_or_zero(settings.host, getattr(settings, f))
+                     for f in ("port", "otlp_http_port", "otlp_grpc_port")})
+    service = Service(settings).start()
+    urls = service.urls()
+    print(f"tasktree is running: {urls['ui']}  (API {urls['api']})", flush=True)
+    print("running the sample job (a few thousand tasks)...", flush=True)
+    env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=urls["otlp_http"].removesuffix("/v1/traces"),
+               OTEL_SERVICE_NAME="demo-etl")
+    job = subprocess.run([sys.executable, "-m", "tasktree.exporter.demo_job"], env=env)
+    _wait_until_folded(service)
+    print(f"sample job finished (exit {job.returncode}); open {urls['ui']}", flush=True)
+    if exit_when_done:
+        service.stop()
+        return job.returncode
+    print("press Ctrl-C to stop", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        service.stop()
+    return 0
+
+
+def _free_or_zero(host: str, port: int) -> int:
+    """Keep the configured port when it is free, else let the OS pick one (the demo prints it)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+            return port
+        except OSError:
+            return 0
+
+
+def _wait_until_folded(service, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    with service.pool.connection() as conn:
+        while time.monotonic() < deadline:
+            if conn.execute("SELECT NOT EXISTS (SELECT 1 FROM span_landing)").fetchone()[0]:
+                return
+            time.sleep(0.2)

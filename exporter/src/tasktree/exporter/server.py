@@ -1,0 +1,107 @@
+"""``tasktree serve``: the database, the OTLP receivers, the web app and the folder, wired together."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import psycopg
+import waitress.server
+
+from tasktree.exporter.app import create_app
+from tasktree.exporter.background import Folder
+from tasktree.exporter.ingest import Ingestor
+from tasktree.exporter.receiver.otlp_grpc import start_otlp_grpc_server
+from tasktree.exporter.receiver.otlp_http import create_otlp_http_app
+from tasktree.exporter.settings import Settings
+from tasktree.exporter.store.migrate import migrate
+from tasktree.exporter.store.pool import open_pool
+
+logger = logging.getLogger(__name__)
+
+_DB_WAIT_S = 30.0
+
+
+def resolve_database_url(settings: Settings) -> str:
+    """The configured URL, or the embedded PostgreSQL's when none is set."""
+    if settings.database_url:
+        return settings.database_url
+    from tasktree.exporter.store.embedded import embedded_database_url
+
+    return embedded_database_url(settings.data_dir)
+
+
+def migrate_when_reachable(url: str, wait_s: float = _DB_WAIT_S) -> None:
+    """Apply migrations, waiting up to ``wait_s`` for the database to come up."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            migrate(url)
+            return
+        except psycopg.OperationalError as exc:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"tasktree: cannot reach PostgreSQL at {_redact(url)}: {exc}") from exc
+            time.sleep(1.0)
+
+
+def _redact(url: str) -> str:
+    return psycopg.conninfo.make_conninfo(url, password="***") if "password" in url else url
+
+
+class Service:
+    """All parts of one ``tasktree serve`` process.  ``start()`` binds; ports are then known."""
+
+    def __init__(self, settings: Settings, *, serve: bool = True):
+        self.settings = settings
+        self.database_url = resolve_database_url(settings)
+        migrate_when_reachable(self.database_url)
+        self.pool = open_pool(self.database_url, max_size=settings.pool_size,
+                              max_lifetime=settings.pool_max_lifetime, timeout=settings.pool_timeout)
+        self.folder = Folder(self.pool, settings)
+        self.ingest = Ingestor(self.pool, settings, on_landed=self.folder.wake)
+        self._serve = serve
+        self._threads: list[threading.Thread] = []
+        self._http_servers = []
+        self._grpc = None
+        self.web_port = self.otlp_http_port = self.otlp_grpc_port = None
+
+    def start(self) -> Service:
+        self.folder.start()
+        if not self._serve:
+            return self
+        s = self.settings
+        web = create_app(s, self.pool, folder=self.folder, ingest=self.ingest)
+        self.web_port = self._start_http(web, s.port, "web")
+        self.otlp_http_port = self._start_http(create_otlp_http_app(self.ingest, s), s.otlp_http_port,
+                                               "otlp-http")
+        self._grpc, self.otlp_grpc_port = start_otlp_grpc_server(self.ingest, s, s.host, s.otlp_grpc_port)
+        return self
+
+    def _start_http(self, app, port: int, name: str) -> int:
+        server = waitress.server.create_server(
+            app, host=self.settings.host, port=port, threads=8, ident="tasktree",
+            channel_timeout=300, connection_limit=1000, clear_untrusted_proxy_headers=True,
+        )
+        thread = threading.Thread(target=server.run, name=f"tasktree-{name}", daemon=True)
+        thread.start()
+        self._http_servers.append(server)
+        self._threads.append(thread)
+        return server.effective_port
+
+    def stop(self) -> None:
+        for server in self._http_servers:
+            server.close()
+        if self._grpc is not None:
+            self._grpc.stop(grace=5).wait(5)
+        self.folder.stop()
+        self.pool.close()
+
+    def urls(self) -> dict[str, str]:
+        host = self.settings.host
+        return {
+            "ui": f"http://{host}:{self.web_port}/",
+            "api": f"http://{host}:{self.web_port}/api/runs",
+            "otlp_http": f"http://{host}:{self.otlp_http_port}/v1/traces",
+            "otlp_grpc": f"{host}:{self.otlp_grpc_port}",
+        }

@@ -1,0 +1,107 @@
+"""Ingest admission and concurrent folding by several processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import threading
+import time
+
+import psycopg
+import pytest
+
+from tasktree.exporter.errors import Overloaded, StoreUnavailable
+from tasktree.exporter.ingest import Ingestor
+from tasktree.exporter.receiver.records import DecodedBatch
+from tasktree.exporter.settings import Settings
+from tasktree.exporter.store.fold import fold_batch
+from tasktree.exporter.store.pool import open_pool
+
+from ..spans import sid, span, tid
+from .test_fold import run, tree
+
+
+@pytest.fixture
+def pool(clean_db):
+    pool = open_pool(clean_db, max_size=4, timeout=2)
+    pool.wait(5)
+    yield pool
+    pool.close()
+
+
+def settings(**kw) -> Settings:
+    return dataclasses.replace(Settings(), **kw)
+
+
+def test_spans_of_a_run_over_its_cap_are_refused_with_a_reason_and_counted(pool, clean_db):
+    ingest = Ingestor(pool, settings(max_spans_per_run=2))
+    t, other = tid(1), tid(2)
+    ingest(DecodedBatch([span(t, sid(1)), span(t, sid(2), sid(1))]))
+    with psycopg.connect(clean_db, autocommit=True) as conn:
+        fold_batch(conn, limit=100, stall_after_s=30)
+    batch = DecodedBatch([span(t, sid(3), sid(1)), span(other, sid(1))])
+    ingest(batch)
+    assert batch.rejected == 1
+    assert "TASKTREE_MAX_SPANS_PER_RUN" in batch.messages[0]
+    with psycopg.connect(clean_db, autocommit=True) as conn:
+        fold_batch(conn, limit=100, stall_after_s=30)
+        assert conn.execute("SELECT task_count, dropped_spans FROM runs WHERE trace_id = %s",
+                            (t,)).fetchone() == (2, 1)
+        assert run(conn, other)[9] == 1  # the other run's span was stored
+
+
+def test_ingest_answers_overloaded_when_the_unfolded_backlog_is_over_its_limit(pool):
+    ingest = Ingestor(pool, settings(max_backlog_spans=3))
+    ingest(DecodedBatch([span(tid(3), sid(i)) for i in range(5)]))
+    time.sleep(1.1)  # the backlog figure is cached for one second
+    with pytest.raises(Overloaded) as caught:
+        ingest(DecodedBatch([span(tid(3), sid(9))]))
+    assert caught.value.retry_after and "TASKTREE_MAX_BACKLOG_SPANS" in caught.value.message
+
+
+def test_ingest_reports_store_unavailable_when_postgresql_cannot_be_reached():
+    pool = open_pool("postgresql://postgres@127.0.0.1:1/none", max_size=1, timeout=0.5)
+    try:
+        with pytest.raises(StoreUnavailable) as caught:
+            Ingestor(pool, settings())(DecodedBatch([span(tid(4), sid(1))]))
+        assert caught.value.status == 503 and caught.value.retry_after
+    finally:
+        pool.close()
+
+
+def test_two_folders_on_the_same_runs_neither_deadlock_nor_lose_rollup_updates(pool, clean_db):
+    ingest = Ingestor(pool, settings())
+    rng = random.Random(5)
+    runs = [tid(10 + r) for r in range(3)]
+    spans = []
+    for t in runs:  # each run: a root, 20 branches, 10 leaves each
+        spans.append(span(t, sid(0), None, start=1))
+        for b in range(1, 21):
+            spans.append(span(t, sid(b), sid(0), start=2))
+            spans += [span(t, sid(100 * b + k), sid(b), start=3) for k in range(10)]
+    rng.shuffle(spans)
+    for at in range(0, len(spans), 37):
+        ingest(DecodedBatch(spans[at:at + 37]))
+
+    errors = []
+
+    def folder():
+        try:
+            with psycopg.connect(clean_db, autocommit=True) as conn:
+                while fold_batch(conn, limit=rng.randint(5, 40), stall_after_s=30).records:
+                    pass
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=folder) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert not errors
+    with psycopg.connect(clean_db, autocommit=True) as conn:
+        for t in runs:
+            nodes = tree(conn, t)
+            assert nodes[sid(0)] == (None, False, 3, 20, 220, 0, 0, 0)
+            assert all(nodes[sid(b)][3:5] == (10, 10) for b in range(1, 21))
+            assert run(conn, t)[9] == 221
