@@ -25,18 +25,22 @@ from tasktree.exporter.tree.fold import Node, Record, RunFold, record_rank
 
 logger = logging.getLogger(__name__)
 
+# Claimed ids are staged in a temporary table so that every later statement joins on it
+# instead of shipping large arrays back and forth.
 _CLAIM = """
-SELECT id, trace_id, span_id, parent_span_id, status, start_ns, end_ns, heartbeat_ns
-FROM span_landing ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
+WITH c AS (
+    SELECT id, trace_id, span_id, parent_span_id, status, start_ns, end_ns, heartbeat_ns
+    FROM span_landing ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
+), staged AS (INSERT INTO fold_claim SELECT id FROM c)
+SELECT * FROM c
 """
 
+
 _LOAD = """
-WITH RECURSIVE seeds(trace_id, span_id) AS (
-    SELECT * FROM unnest(%s::bytea[], %s::bytea[])
-), chain AS (
+WITH RECURSIVE chain AS (
     SELECT t.trace_id, t.span_id, t.parent_span_id, t.missing, t.status, t.end_ns,
            t.heartbeat_ns, t.child_count, t.n_ok, t.n_error, t.n_running, t.n_stalled
-    FROM seeds s JOIN tasks t ON t.trace_id = s.trace_id AND t.span_id = s.span_id
+    FROM fold_seeds s JOIN tasks t ON t.trace_id = s.trace_id AND t.span_id = s.span_id
     UNION
     SELECT t.trace_id, t.span_id, t.parent_span_id, t.missing, t.status, t.end_ns,
            t.heartbeat_ns, t.child_count, t.n_ok, t.n_error, t.n_running, t.n_stalled
@@ -45,7 +49,18 @@ WITH RECURSIVE seeds(trace_id, span_id) AS (
 SELECT * FROM chain
 """
 
+# A batch touches a few thousand rows of a table that may hold millions: probing the indexes row
+# by row is always right, but the planner knows nothing about the unanalysed temporary tables
+# and would otherwise pick hash joins that scan the whole tasks table.
+#
+# A fold need not wait for its commit to reach disk: if it is lost in a crash, so is its DELETE
+# of the landed records, and they are simply folded again.
+_PLAN_FOR_BATCHES = ("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;"
+                     " SET LOCAL jit = off; SET LOCAL synchronous_commit = off")
+
 _TEMP_TABLES = """
+CREATE TEMP TABLE IF NOT EXISTS fold_claim (id bigint PRIMARY KEY) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS fold_seeds (trace_id bytea, span_id bytea) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_out (
     trace_id bytea, span_id bytea, landing_id bigint, is_new boolean, parent_span_id bytea,
     missing boolean, status smallint, heartbeat_ns bigint, child_count integer,
@@ -163,6 +178,8 @@ class FoldResult:
 def fold_batch(conn: psycopg.Connection, *, limit: int, stall_after_s: float) -> FoldResult:
     """Fold up to ``limit`` landed records in one transaction; return how many were folded."""
     with conn.transaction():
+        conn.execute(_TEMP_TABLES)
+        conn.execute(_PLAN_FOR_BATCHES)
         rows = conn.execute(_CLAIM, (limit,)).fetchall()
         if not rows:
             return FoldResult(0, 0)
@@ -171,9 +188,12 @@ def fold_batch(conn: psycopg.Connection, *, limit: int, stall_after_s: float) ->
             by_run[bytes(trace_id)].append(
                 Record(lid, bytes(span_id), bytes(parent) if parent else None, status, start, end, hb)
             )
-        folds = _fold_runs(conn, by_run, stall_after_s, _seeds_of_records(by_run))
+        seeds = {(r.span_id, t) for t, records in by_run.items() for r in records}
+        seeds.update((r.parent_span_id, t) for t, records in by_run.items() for r in records
+                     if r.parent_span_id)
+        folds = _fold_runs(conn, by_run, stall_after_s, list(by_run), seeds)
         _write(conn, folds)
-        conn.execute("DELETE FROM span_landing WHERE id = ANY(%s)", ([r[0] for r in rows],))
+        conn.execute("DELETE FROM span_landing l USING fold_claim c WHERE l.id = c.id")
     return FoldResult(len(rows), len(by_run))
 
 
@@ -187,29 +207,22 @@ def sweep_stalled(conn: psycopg.Connection, *, stall_after_s: float, limit: int 
         by_run: dict[bytes, list[bytes]] = defaultdict(list)
         for trace_id, span_id in found:
             by_run[bytes(trace_id)].append(bytes(span_id))
-        folds = _fold_runs(conn, {}, stall_after_s, by_run)
+        conn.execute(_TEMP_TABLES)
+        seeds = {(bytes(s), bytes(t)) for t, s in found}
+        folds = _fold_runs(conn, {}, stall_after_s, list(by_run), seeds)
         flipped = sum(folds[t].mark_stalled(s) for t, spans in by_run.items() for s in spans)
         _write(conn, folds)
     return flipped
 
 
-def _seeds_of_records(by_run: dict[bytes, list[Record]]) -> dict[bytes, list[bytes]]:
-    seeds: dict[bytes, list[bytes]] = {}
-    for trace_id, records in by_run.items():
-        ids = {r.span_id for r in records}
-        ids.update(r.parent_span_id for r in records if r.parent_span_id)
-        seeds[trace_id] = list(ids)
-    return seeds
-
-
 def _fold_runs(conn, by_run: dict[bytes, list[Record]], stall_after_s: float,
-               seeds: dict[bytes, list[bytes]]) -> dict[bytes, RunFold]:
-    """Lock the runs, load their touched nodes and apply the records; return one fold per run."""
-    _lock_runs(conn, seeds.keys())
+               trace_ids: list[bytes], seeds: set[tuple[bytes, bytes]]) -> dict[bytes, RunFold]:
+    """Lock the runs, load the (span, trace) ``seeds`` with their ancestors, apply the records."""
+    _lock_runs(conn, trace_ids)
     loaded = _load_nodes(conn, seeds)
     cutoff = time.time_ns() - int(stall_after_s * 1e9)
     folds = {}
-    for trace_id in seeds:
+    for trace_id in trace_ids:
         fold = RunFold(loaded.get(trace_id, {}), cutoff)
         records = by_run.get(trace_id, ())
         for record in sorted(records, key=lambda r: r.landing_id):
@@ -230,14 +243,14 @@ def _lock_runs(conn, trace_ids) -> None:
     )
 
 
-def _load_nodes(conn, seeds: dict[bytes, list[bytes]]) -> dict[bytes, dict[bytes, Node]]:
-    traces, spans = [], []
-    for trace_id, ids in seeds.items():
-        traces.extend([trace_id] * len(ids))
-        spans.extend(ids)
+def _load_nodes(conn, seeds: set[tuple[bytes, bytes]]) -> dict[bytes, dict[bytes, Node]]:
+    with conn.cursor().copy("COPY fold_seeds (span_id, trace_id) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(["bytea", "bytea"])
+        for seed in seeds:
+            copy.write_row(seed)
     loaded: dict[bytes, dict[bytes, Node]] = defaultdict(dict)
     for (trace_id, span_id, parent, missing, status, end, hb, children,
-         n_ok, n_error, n_running, n_stalled) in conn.execute(_LOAD, (traces, spans)):
+         n_ok, n_error, n_running, n_stalled) in conn.execute(_LOAD):
         span_id = bytes(span_id)
         loaded[bytes(trace_id)][span_id] = Node(
             span_id, bytes(parent) if parent else None, missing, status,
@@ -247,7 +260,6 @@ def _load_nodes(conn, seeds: dict[bytes, list[bytes]]) -> dict[bytes, dict[bytes
 
 
 def _write(conn, folds: dict[bytes, RunFold]) -> None:
-    conn.execute(_TEMP_TABLES)
     with conn.cursor() as cur:
         with cur.copy("COPY fold_out FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_OUT_TYPES)

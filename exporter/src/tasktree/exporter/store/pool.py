@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 def _configure(conn: psycopg.Connection) -> None:
     # Statement timeout keeps one pathological query from holding a connection for ever.
     conn.execute("SET statement_timeout = '60s'")
+    # Every query here touches few rows through indexes; JIT compilation (hundreds of ms, set
+    # off by large row estimates on temporary tables) only ever costs time.
+    conn.execute("SET jit = off")
 
 
 def open_pool(

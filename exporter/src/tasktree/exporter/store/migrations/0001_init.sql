@@ -59,13 +59,12 @@ CREATE TABLE tasks (
     n_error         integer NOT NULL DEFAULT 0,
     n_running       integer NOT NULL DEFAULT 0,
     n_stalled       integer NOT NULL DEFAULT 0,
-    PRIMARY KEY (trace_id, span_id)
-);
+    -- span_id first: the key also serves id and id-prefix search across runs
+    PRIMARY KEY (span_id, trace_id)
+) WITH (fillfactor = 80);  -- room on each page for HOT updates of rollup counts
 
 -- children of a node (and roots: parent_span_id IS NULL), in display order
 CREATE INDEX tasks_children ON tasks (trace_id, parent_span_id, start_ns, span_id);
--- id and id-prefix search across runs
-CREATE INDEX tasks_span_id ON tasks (span_id);
 -- time-range search, newest first
 CREATE INDEX tasks_start ON tasks (start_ns DESC, trace_id, span_id);
 -- the stall sweeper: only running tasks, by heartbeat age
