@@ -121,6 +121,8 @@ class TasktreeServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
         self._log.close()
 
 
