@@ -81,7 +81,7 @@ def test_running_task_turns_stalled_when_heartbeats_stop_and_back_with_a_fresh_o
                    span(t, sid(2), sid(1), status=st.RUNNING, start=old, heartbeat=old + 1)],
             stall_after=3600)
     assert tree(conn, t)[sid(1)][2] == st.RUNNING
-    assert sweep_stalled(conn, stall_after_s=60) == 2
+    assert sweep_stalled(conn, stall_after_s=60).records == 2
     assert tree(conn, t)[sid(1)] == (None, False, st.STALLED, 1, 0, 0, 0, 1)
     assert run(conn, t)[2] == st.STALLED
     deliver(conn, [span(t, sid(2), sid(1), status=st.RUNNING, start=old, heartbeat=time.time_ns())],

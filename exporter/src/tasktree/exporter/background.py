@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import psycopg
 import psycopg_pool
@@ -36,6 +37,14 @@ class Folder:
         self._thread = threading.Thread(target=self._run, name="tasktree-folder", daemon=True)
         self.folded_total = 0
         self.stalled_total = 0
+        self._listeners: list[Callable[[tuple[bytes, ...]], None]] = []
+
+    def subscribe(self, listener: Callable[[tuple[bytes, ...]], None]) -> None:
+        """Call ``listener(trace_ids)`` on the folder thread after each commit that changed runs.
+
+        Listeners must be quick and must not raise (a raise is logged and ignored).
+        """
+        self._listeners.append(listener)
 
     def start(self) -> None:
         self._thread.start()
@@ -71,8 +80,20 @@ class Folder:
             result = fold_batch(conn, limit=self._settings.fold_batch,
                                 stall_after_s=self._settings.stall_after)
         self.folded_total += result.records
+        self._notify(result.trace_ids)
         return result.records
 
     def _sweep_once(self) -> None:
         with connection(self._pool) as conn:
-            self.stalled_total += sweep_stalled(conn, stall_after_s=self._settings.stall_after)
+            result = sweep_stalled(conn, stall_after_s=self._settings.stall_after)
+        self.stalled_total += result.records
+        self._notify(result.trace_ids)
+
+    def _notify(self, trace_ids: tuple[bytes, ...]) -> None:
+        if not trace_ids:
+            return
+        for listener in self._listeners:
+            try:
+                listener(trace_ids)
+            except Exception:  # a broken listener must not stop folding
+                logger.exception("fold listener failed")

@@ -171,8 +171,7 @@ ORDER BY heartbeat_ns LIMIT %s
 @dataclass(frozen=True, slots=True)
 class FoldResult:
     records: int  # landed records folded
-    runs: int
-    oldest_received_ns: int | None = None
+    trace_ids: tuple[bytes, ...] = ()  # the runs whose tree changed
 
 
 def fold_batch(conn: psycopg.Connection, *, limit: int, stall_after_s: float) -> FoldResult:
@@ -182,7 +181,7 @@ def fold_batch(conn: psycopg.Connection, *, limit: int, stall_after_s: float) ->
         conn.execute(_PLAN_FOR_BATCHES)
         rows = conn.execute(_CLAIM, (limit,)).fetchall()
         if not rows:
-            return FoldResult(0, 0)
+            return FoldResult(0)
         by_run: dict[bytes, list[Record]] = defaultdict(list)
         for lid, trace_id, span_id, parent, status, start, end, hb in rows:
             by_run[bytes(trace_id)].append(
@@ -194,16 +193,20 @@ def fold_batch(conn: psycopg.Connection, *, limit: int, stall_after_s: float) ->
         folds = _fold_runs(conn, by_run, stall_after_s, list(by_run), seeds)
         _write(conn, folds)
         conn.execute("DELETE FROM span_landing l USING fold_claim c WHERE l.id = c.id")
-    return FoldResult(len(rows), len(by_run))
+    return FoldResult(len(rows), tuple(by_run))
 
 
-def sweep_stalled(conn: psycopg.Connection, *, stall_after_s: float, limit: int = 5000) -> int:
-    """Mark running tasks whose last heartbeat is older than ``stall_after_s`` as stalled."""
+def sweep_stalled(conn: psycopg.Connection, *, stall_after_s: float,
+                  limit: int = 5000) -> FoldResult:
+    """Mark running tasks whose last heartbeat is older than ``stall_after_s`` as stalled.
+
+    ``records`` of the result is the number of tasks that turned stalled.
+    """
     cutoff = time.time_ns() - int(stall_after_s * 1e9)
     with conn.transaction():
         found = conn.execute(_STALE_CANDIDATES, (cutoff, limit)).fetchall()
         if not found:
-            return 0
+            return FoldResult(0)
         by_run: dict[bytes, list[bytes]] = defaultdict(list)
         for trace_id, span_id in found:
             by_run[bytes(trace_id)].append(bytes(span_id))
@@ -212,7 +215,7 @@ def sweep_stalled(conn: psycopg.Connection, *, stall_after_s: float, limit: int 
         folds = _fold_runs(conn, {}, stall_after_s, list(by_run), seeds)
         flipped = sum(folds[t].mark_stalled(s) for t, spans in by_run.items() for s in spans)
         _write(conn, folds)
-    return flipped
+    return FoldResult(flipped, tuple(by_run))
 
 
 def _fold_runs(conn, by_run: dict[bytes, list[Record]], stall_after_s: float,
@@ -279,4 +282,4 @@ def _write(conn, folds: dict[bytes, RunFold]) -> None:
         cur.execute(_REFRESH_ROOTS, (list(folds),))
 
 
-__all__ = ["FoldResult", "fold_batch", "sweep_stalled", "st"]
+__all__ = ["FoldResult", "fold_batch", "sweep_stalled"]
