@@ -31,13 +31,11 @@ def _admin_url(tmp_path_factory) -> str:
         return embedded_database_url(tmp_path_factory.mktemp("embedded-pg")).rsplit("/", 1)[0] + "/postgres"
 
 
-@pytest.fixture(scope="session")
-def database_url(tmp_path_factory) -> str:
-    """URL of a freshly created and migrated database, dropped at the end of the session."""
+def _fresh_database(admin: str, purpose: str):
+    """Create and migrate a database; yield its URL; drop it afterwards."""
     from tasktree.exporter.store.migrate import migrate
 
-    admin = _admin_url(tmp_path_factory)
-    name = f"tasktree_test_{uuid.uuid4().hex[:12]}"
+    name = f"tasktree_test_{purpose}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = admin.rsplit("/", 1)[0] + "/" + name
@@ -47,12 +45,34 @@ def database_url(tmp_path_factory) -> str:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def _truncate(url: str) -> str:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE " + ", ".join(TABLES) + " RESTART IDENTITY")
+    return url
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory) -> str:
+    """A fresh, migrated database for the session, shared with the ``tasktree serve`` processes
+    the tests start (their folders fold whatever lands in it)."""
+    yield from _fresh_database(_admin_url(tmp_path_factory), "srv")
+
+
 @pytest.fixture
 def clean_db(database_url) -> str:
     """The session database with every tasktree table emptied before the test."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE " + ", ".join(TABLES) + " RESTART IDENTITY")
-    return database_url
+    return _truncate(database_url)
+
+
+@pytest.fixture(scope="session")
+def store_database_url(tmp_path_factory) -> str:
+    """A database no server ever runs against: tests that fold by hand own every fold in it."""
+    yield from _fresh_database(_admin_url(tmp_path_factory), "store")
+
+
+@pytest.fixture
+def clean_store_db(store_database_url) -> str:
+    return _truncate(store_database_url)
 
 
 # -- a real `tasktree serve` -------------------------------------------------------------------

@@ -17,8 +17,8 @@ NOW = time.time_ns()
 
 
 @pytest.fixture
-def conn(clean_db):
-    with psycopg.connect(clean_db, autocommit=True) as conn:
+def conn(clean_store_db):
+    with psycopg.connect(clean_store_db, autocommit=True) as conn:
         yield conn
 
 

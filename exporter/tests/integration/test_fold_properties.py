@@ -43,8 +43,8 @@ def run_records(draw):
 
 
 @pytest.fixture(scope="module")
-def conn(database_url):
-    with psycopg.connect(database_url, autocommit=True) as conn:
+def conn(store_database_url):
+    with psycopg.connect(store_database_url, autocommit=True) as conn:
         yield conn
 
 

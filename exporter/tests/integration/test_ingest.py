@@ -22,8 +22,8 @@ from .test_fold import run, tree
 
 
 @pytest.fixture
-def pool(clean_db):
-    pool = open_pool(clean_db, max_size=4, timeout=2)
+def pool(clean_store_db):
+    pool = open_pool(clean_store_db, max_size=4, timeout=2)
     pool.wait(5)
     yield pool
     pool.close()
@@ -33,17 +33,17 @@ def settings(**kw) -> Settings:
     return dataclasses.replace(Settings(), **kw)
 
 
-def test_spans_of_a_run_over_its_cap_are_refused_with_a_reason_and_counted(pool, clean_db):
+def test_spans_of_a_run_over_its_cap_are_refused_with_a_reason_and_counted(pool, clean_store_db):
     ingest = Ingestor(pool, settings(max_spans_per_run=2))
     t, other = tid(1), tid(2)
     ingest(DecodedBatch([span(t, sid(1)), span(t, sid(2), sid(1))]))
-    with psycopg.connect(clean_db, autocommit=True) as conn:
+    with psycopg.connect(clean_store_db, autocommit=True) as conn:
         fold_batch(conn, limit=100, stall_after_s=30)
     batch = DecodedBatch([span(t, sid(3), sid(1)), span(other, sid(1))])
     ingest(batch)
     assert batch.rejected == 1
     assert "TASKTREE_MAX_SPANS_PER_RUN" in batch.messages[0]
-    with psycopg.connect(clean_db, autocommit=True) as conn:
+    with psycopg.connect(clean_store_db, autocommit=True) as conn:
         fold_batch(conn, limit=100, stall_after_s=30)
         assert conn.execute("SELECT task_count, dropped_spans FROM runs WHERE trace_id = %s",
                             (t,)).fetchone() == (2, 1)
@@ -69,7 +69,7 @@ def test_ingest_reports_store_unavailable_when_postgresql_cannot_be_reached():
         pool.close()
 
 
-def test_two_folders_on_the_same_runs_neither_deadlock_nor_lose_rollup_updates(pool, clean_db):
+def test_two_folders_on_the_same_runs_neither_deadlock_nor_lose_rollup_updates(pool, clean_store_db):
     ingest = Ingestor(pool, settings())
     rng = random.Random(5)
     runs = [tid(10 + r) for r in range(3)]
@@ -87,7 +87,7 @@ def test_two_folders_on_the_same_runs_neither_deadlock_nor_lose_rollup_updates(p
 
     def folder():
         try:
-            with psycopg.connect(clean_db, autocommit=True) as conn:
+            with psycopg.connect(clean_store_db, autocommit=True) as conn:
                 while fold_batch(conn, limit=rng.randint(5, 40), stall_after_s=30).records:
                     pass
         except Exception as exc:  # noqa: BLE001 (reported below)
@@ -99,7 +99,7 @@ def test_two_folders_on_the_same_runs_neither_deadlock_nor_lose_rollup_updates(p
     for th in threads:
         th.join(60)
     assert not errors
-    with psycopg.connect(clean_db, autocommit=True) as conn:
+    with psycopg.connect(clean_store_db, autocommit=True) as conn:
         for t in runs:
             nodes = tree(conn, t)
             assert nodes[sid(0)] == (None, False, 3, 20, 220, 0, 0, 0)

@@ -20,6 +20,25 @@ class BadRequest(TasktreeError):
     code = "bad_request"
 
 
+class Unauthorized(TasktreeError):
+    """No credential, or one that matches no configured token."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(TasktreeError):
+    """A valid credential whose role may not do this (a viewer asking for an operator's action)."""
+
+    status = 403
+    code = "forbidden"
+
+
+class Conflict(TasktreeError):
+    status = 409
+    code = "conflict"
+
+
 class NotFound(TasktreeError):
     status = 404
     code = "not_found"

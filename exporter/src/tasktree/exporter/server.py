@@ -82,6 +82,8 @@ class Service:
         server = waitress.server.create_server(
             app, host=self.settings.host, port=port, threads=8, ident="tasktree",
             channel_timeout=300, connection_limit=1000, clear_untrusted_proxy_headers=True,
+            # Far-oversized bodies are cut by waitress itself; the apps answer the rest in kind.
+            max_request_body_size=2 * self.settings.max_body_bytes,
         )
         thread = threading.Thread(target=server.run, name=f"tasktree-{name}", daemon=True)
         thread.start()

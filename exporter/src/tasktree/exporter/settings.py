@@ -54,6 +54,21 @@ class Settings:
     fold_batch: int = 10_000
     auth_token: str | None = None
     """Bearer token required on ingest and API when set (required to bind a non-loopback host)."""
+    # -- docker hosts (issue 6; tasktree.exporter.docker, tasktree.exporter.auth) --
+    docker_hosts_file: Path | None = None
+    """YAML file listing the docker hosts (name, url, labels, tls, timeout)."""
+    docker_hosts: str | None = None
+    """Docker hosts inline: ``name=url`` pairs separated by spaces/commas, or the YAML list itself."""
+    docker_timeout: float = 3.0
+    """Seconds one docker host may take to answer a listing or metrics scrape before it is shown down."""
+    docker_action_timeout: float = 120.0
+    """Seconds a docker host may stay silent during a pull, deploy, stop or log read."""
+    docker_cache_ttl: float = 5.0
+    """Seconds a host's container and image listing is reused (in Redis when ``redis_url`` is set)."""
+    viewer_tokens: str | None = None
+    """Bearer tokens that may list docker hosts, containers, operations and the audit log (``name:token``, comma-separated)."""
+    operator_tokens: str | None = None
+    """Bearer tokens that may also act on docker hosts: pull, deploy, start, stop, restart, remove, logs."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
@@ -82,6 +97,11 @@ class Settings:
                 raise SettingsError(f"{_env_name(name)} must be at least 1")
         if self.stall_after <= 0:
             raise SettingsError("TASKTREE_STALL_AFTER must be a positive number of seconds")
+        for name in ("docker_timeout", "docker_action_timeout"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{_env_name(name)} must be a positive number of seconds")
+        if self.docker_cache_ttl < 0:
+            raise SettingsError("TASKTREE_DOCKER_CACHE_TTL must be 0 (no cache) or more seconds")
         if not _is_loopback(self.host) and not self.auth_token:
             raise SettingsError(
                 f"refusing to listen on {self.host!r} without authentication: set TASKTREE_AUTH_TOKEN "

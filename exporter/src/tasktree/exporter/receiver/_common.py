@@ -1,0 +1,107 @@
+"""What the OTLP/HTTP and OTLP/gRPC receivers share: the ingest call, responses, auth, codes."""
+
+from __future__ import annotations
+
+import hmac
+import math
+from collections.abc import Callable
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from tasktree.exporter.errors import Overloaded, TasktreeError, Unauthorized
+from tasktree.exporter.receiver.records import DecodedBatch
+
+Ingest = Callable[[DecodedBatch], None]
+"""Stores a batch durably before returning; may ``batch.reject(...)`` more spans; may raise
+``Overloaded`` or ``StoreUnavailable``."""
+
+DEFAULT_OVERLOAD_RETRY_AFTER = 1.0
+"""Seconds suggested to the client when ``Overloaded`` carries no ``retry_after`` of its own."""
+
+# google.rpc.Code numbers (the gRPC status codes), for Status bodies and the gRPC receiver.
+INVALID_ARGUMENT = 3
+RESOURCE_EXHAUSTED = 8
+INTERNAL = 13
+UNAVAILABLE = 14
+UNAUTHENTICATED = 16
+UNIMPLEMENTED = 12
+NOT_FOUND = 5
+
+_RPC_CODES = {
+    400: INVALID_ARGUMENT,
+    401: UNAUTHENTICATED,
+    404: NOT_FOUND,
+    405: UNIMPLEMENTED,
+    413: RESOURCE_EXHAUSTED,
+    415: INVALID_ARGUMENT,
+    429: RESOURCE_EXHAUSTED,
+    503: UNAVAILABLE,
+}
+
+
+def rpc_code(http_status: int) -> int:
+    """The google.rpc.Code matching an HTTP status (OTLP pairs them this way)."""
+    return _RPC_CODES.get(http_status, INTERNAL)
+
+
+def retry_after(exc: TasktreeError) -> float | None:
+    """Seconds the client should wait before retrying, or ``None`` when it must not retry."""
+    if exc.retry_after is not None:
+        return max(0.0, float(exc.retry_after))
+    if isinstance(exc, Overloaded):
+        return DEFAULT_OVERLOAD_RETRY_AFTER
+    return None
+
+
+def retry_after_header(seconds: float) -> str:
+    """HTTP ``Retry-After`` takes whole seconds (RFC 9110): round up, never shorten the wait."""
+    return str(math.ceil(seconds))
+
+
+def check_bearer(authorization: str | None, token: str | None) -> None:
+    """Raise ``Unauthorized`` unless ``token`` is unset or ``authorization`` is ``Bearer token``."""
+    if not token:
+        return
+    if not authorization:
+        raise Unauthorized("missing 'Authorization: Bearer <token>' (this server requires a token)")
+    scheme, _, given = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
+        raise Unauthorized("invalid bearer token")
+
+
+def store(ingest: Ingest, batch: DecodedBatch) -> None:
+    """Hand ``batch`` to ``ingest`` unless it is entirely empty (an empty request is a success)."""
+    if batch.spans or batch.rejected:
+        ingest(batch)
+
+
+def rejection_message(batch: DecodedBatch) -> str:
+    """The English ``partial_success.error_message`` for ``batch`` ("" when nothing was refused)."""
+    if not batch.rejected:
+        return ""
+    shown = "; ".join(batch.messages)
+    more = "; …" if batch.rejected > len(batch.messages) else ""
+    return f"{batch.rejected} span(s) rejected: {shown}{more}"
+
+
+def export_response(batch: DecodedBatch) -> ExportTraceServiceResponse:
+    """Full success leaves ``partial_success`` unset, as OTLP asks."""
+    response = ExportTraceServiceResponse()
+    if batch.rejected:
+        response.partial_success.rejected_spans = batch.rejected
+        response.partial_success.error_message = rejection_message(batch)
+    return response
+
+
+def export_response_json(batch: DecodedBatch) -> dict:
+    """``export_response`` in OTLP/JSON form (int64 as a decimal string, as proto3 JSON does)."""
+    if not batch.rejected:
+        return {}
+    return {
+        "partialSuccess": {
+            "rejectedSpans": str(batch.rejected),
+            "errorMessage": rejection_message(batch),
+        }
+    }

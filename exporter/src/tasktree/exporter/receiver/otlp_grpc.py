@@ -1,0 +1,131 @@
+"""OTLP/gRPC trace receiver: ``opentelemetry.proto.collector.trace.v1.TraceService/Export``.
+
+The same outcomes as OTLP/HTTP (see ``otlp_http``), as gRPC status codes: OK with
+``partial_success`` for refused spans, INVALID_ARGUMENT for an undecodable request,
+UNAUTHENTICATED without the configured bearer token, RESOURCE_EXHAUSTED (``Overloaded``) and
+UNAVAILABLE (``StoreUnavailable``) with a ``RetryInfo`` delay.  The delay travels twice in the
+trailers: in ``grpc-status-details-bin`` (a ``google.rpc.Status``, the standard place, read by
+the Go and Java exporters and the Collector) and as ``google.rpc.retryinfo-bin`` (a bare
+``RetryInfo``, which is where the Python exporter looks).
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+
+import grpc
+from google.protobuf.any_pb2 import Any as AnyPb
+from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceServicer
+
+from tasktree.exporter.errors import TasktreeError
+from tasktree.exporter.receiver._common import (
+    Ingest,
+    check_bearer,
+    export_response,
+    retry_after,
+    rpc_code,
+    store,
+)
+from tasktree.exporter.receiver.decode import Limits, decode_protobuf, decode_request
+
+__all__ = ["TraceService", "start_otlp_grpc_server"]
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "opentelemetry.proto.collector.trace.v1.TraceService"
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def start_otlp_grpc_server(
+    ingest: Ingest, settings, host: str, port: int, max_workers: int = 8
+) -> tuple[grpc.Server, int]:
+    """Start serving OTLP/gRPC on ``host:port`` only; return the server and the bound port.
+
+    ``port`` 0 picks a free port.  Requests over ``settings.max_body_bytes`` (after
+    decompression) are refused by gRPC itself with RESOURCE_EXHAUSTED.  Stop it with
+    ``server.stop(grace)``.  ``ingest`` runs on the server's worker threads (``max_workers``).
+    """
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="otlp-grpc"),
+        options=[
+            ("grpc.max_receive_message_length", settings.max_body_bytes),
+            # Linux grpc sets SO_REUSEPORT by default, letting a second server "bind" a busy port.
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    service = TraceService(ingest, settings)
+    handler = grpc.unary_unary_rpc_method_handler(
+        service.export_bytes,  # raw bytes in, so a malformed request is INVALID_ARGUMENT
+        request_deserializer=None,
+        response_serializer=ExportTraceServiceResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE_NAME, {"Export": handler}),)
+    )
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpc raises when the address cannot be bound
+        raise OSError(f"cannot listen for OTLP/gRPC on {address}: {exc}") from None
+    if not bound:
+        raise OSError(f"cannot listen for OTLP/gRPC on {address}")
+    server.start()
+    return server, bound
+
+
+class TraceService(TraceServiceServicer):
+    """``Export`` into ``ingest``; every ``TasktreeError`` becomes the matching gRPC status."""
+
+    def __init__(self, ingest: Ingest, settings):
+        self.ingest = ingest
+        self.limits = Limits.from_settings(settings)
+        self.token = settings.auth_token
+
+    def Export(self, request: ExportTraceServiceRequest, context) -> ExportTraceServiceResponse:
+        """The generated servicer's method, for a request gRPC has already parsed."""
+        return self._export(lambda: decode_request(request, self.limits), context)
+
+    def export_bytes(self, body: bytes, context) -> ExportTraceServiceResponse:
+        """What the server registers: parses the request itself to answer INVALID_ARGUMENT."""
+        return self._export(lambda: decode_protobuf(body, self.limits), context)
+
+    def _export(self, decode, context) -> ExportTraceServiceResponse:
+        try:
+            check_bearer(dict(context.invocation_metadata()).get("authorization"), self.token)
+            batch = decode()
+            store(self.ingest, batch)
+        except TasktreeError as exc:
+            _abort(context, exc)
+        except Exception:
+            logger.exception("OTLP/gRPC export failed unexpectedly")
+            _abort(
+                context,
+                TasktreeError("internal error while storing spans; see the tasktree server log"),
+            )
+        return export_response(batch)
+
+
+def _abort(context, exc: TasktreeError) -> None:
+    """End the call with ``exc``'s status (raises, as ``context.abort`` does)."""
+    code = rpc_code(exc.status)
+    delay = retry_after(exc) if exc.status in (429, 503) else None
+    if delay is not None:
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromNanoseconds(int(delay * 1e9))
+        status = status_pb2.Status(code=code, message=exc.message)
+        packed = AnyPb()
+        packed.Pack(info)
+        status.details.append(packed)
+        context.set_trailing_metadata(
+            (
+                ("grpc-status-details-bin", status.SerializeToString()),
+                ("google.rpc.retryinfo-bin", info.SerializeToString()),
+            )
+        )
+    context.abort(_CODES[code], exc.message)
