@@ -87,3 +87,21 @@ def test_running_task_turns_stalled_when_heartbeats_stop_and_back_with_a_fresh_o
     deliver(conn, [span(t, sid(2), sid(1), status=st.RUNNING, start=old, heartbeat=time.time_ns())],
             stall_after=60)
     assert tree(conn, t)[sid(1)] == (None, False, st.STALLED, 1, 0, 0, 1, 0)
+
+
+def test_fold_reports_each_task_once_when_it_finishes_and_keeps_job_timestamps(conn):
+    t = tid(5)
+    land(conn, [span(t, sid(1), None, status=st.RUNNING, start=10, heartbeat=NOW, name="root"),
+                span(t, sid(2), sid(1), status=st.ERROR, start=20, end=20 + 3 * 10**9, name="step")],
+         ResourceIds(), NOW)
+    first = fold_batch(conn, limit=100, stall_after_s=3600)
+    assert [(f.job, f.name, f.status, f.duration_s) for f in first.finished] == [
+        ("test-job", "step", st.ERROR, 3.0)]
+    land(conn, [span(t, sid(1), None, start=10, end=10 + 10**9, name="root"),
+                span(t, sid(2), sid(1), status=st.ERROR, start=20, end=20 + 3 * 10**9, name="step")],
+         ResourceIds(), NOW)
+    second = fold_batch(conn, limit=100, stall_after_s=3600)
+    assert [(f.name, f.status) for f in second.finished] == [("root", st.OK)]  # the duplicate is not
+    job = conn.execute("SELECT last_start_ns, last_success_ns, last_failure_ns, last_seen_ns IS NOT NULL"
+                       " FROM jobs WHERE job = 'test-job'").fetchone()
+    assert job == (10, 10 + 10**9, None, True)

@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 # instead of shipping large arrays back and forth.
 _CLAIM = """
 WITH c AS (
-    SELECT id, trace_id, span_id, parent_span_id, status, start_ns, end_ns, heartbeat_ns
+    SELECT id, trace_id, span_id, parent_span_id, status, start_ns, end_ns, heartbeat_ns, name,
+           resource_id
     FROM span_landing ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
 ), staged AS (INSERT INTO fold_claim SELECT id FROM c)
 SELECT * FROM c
@@ -161,6 +162,21 @@ FROM (
 WHERE r.trace_id = x.trace_id
 """
 
+# Per job: when a run last started, succeeded, failed, and when anything was last heard from it,
+# so that "never ran" and "stopped succeeding" are plain PromQL over timestamps.
+_UPSERT_JOBS = """
+INSERT INTO jobs AS j (job, last_start_ns, last_success_ns, last_failure_ns, last_seen_ns)
+SELECT r.job, max(r.start_ns), max(r.end_ns) FILTER (WHERE r.status = 3),
+       max(r.end_ns) FILTER (WHERE r.status = 4), %(now)s
+FROM runs r WHERE r.trace_id = ANY(%(traces)s) AND r.job IS NOT NULL
+GROUP BY r.job
+ON CONFLICT (job) DO UPDATE SET
+    last_start_ns = greatest(j.last_start_ns, EXCLUDED.last_start_ns),
+    last_success_ns = greatest(j.last_success_ns, EXCLUDED.last_success_ns),
+    last_failure_ns = greatest(j.last_failure_ns, EXCLUDED.last_failure_ns),
+    last_seen_ns = greatest(j.last_seen_ns, EXCLUDED.last_seen_ns)
+"""
+
 _STALE_CANDIDATES = """
 SELECT trace_id, span_id FROM tasks
 WHERE status = 1 AND heartbeat_ns < %s
@@ -169,9 +185,18 @@ ORDER BY heartbeat_ns LIMIT %s
 
 
 @dataclass(frozen=True, slots=True)
+class FinishedTask:
+    job: str | None
+    name: str
+    status: int  # OK or ERROR
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class FoldResult:
     records: int  # landed records folded
     trace_ids: tuple[bytes, ...] = ()  # the runs whose tree changed
+    finished: tuple[FinishedTask, ...] = ()  # tasks that reached a final status in this fold
 
 
 def fold_batch(conn: psycopg.Connection, *, limit: int, stall_after_s: float) -> FoldResult:
@@ -183,17 +208,19 @@ def fold_batch(conn: psycopg.Connection, *, limit: int, stall_after_s: float) ->
         if not rows:
             return FoldResult(0)
         by_run: dict[bytes, list[Record]] = defaultdict(list)
-        for lid, trace_id, span_id, parent, status, start, end, hb in rows:
-            by_run[bytes(trace_id)].append(
-                Record(lid, bytes(span_id), bytes(parent) if parent else None, status, start, end, hb)
-            )
+        for lid, trace_id, span_id, parent, status, start, end, hb, name, resource_id in rows:
+            by_run[bytes(trace_id)].append(Record(
+                lid, bytes(span_id), bytes(parent) if parent else None, status, start, end, hb,
+                name, resource_id,
+            ))
         seeds = {(r.span_id, t) for t, records in by_run.items() for r in records}
         seeds.update((r.parent_span_id, t) for t, records in by_run.items() for r in records
                      if r.parent_span_id)
         folds = _fold_runs(conn, by_run, stall_after_s, list(by_run), seeds)
         _write(conn, folds)
         conn.execute("DELETE FROM span_landing l USING fold_claim c WHERE l.id = c.id")
-    return FoldResult(len(rows), tuple(by_run))
+        finished = _finished_tasks(conn, folds)
+    return FoldResult(len(rows), tuple(by_run), finished)
 
 
 def sweep_stalled(conn: psycopg.Connection, *, stall_after_s: float,
@@ -235,6 +262,14 @@ def _fold_runs(conn, by_run: dict[bytes, list[Record]], stall_after_s: float,
                            trace_id.hex(), span_id.hex(), parent.hex())
         folds[trace_id] = fold
     return folds
+
+
+def _finished_tasks(conn, folds: dict[bytes, RunFold]) -> tuple[FinishedTask, ...]:
+    done = [f for fold in folds.values() for f in fold.finished]
+    resource_ids = list({f.resource_id for f in done if f.resource_id is not None})
+    jobs = dict(conn.execute("SELECT id, job FROM resources WHERE id = ANY(%s)", (resource_ids,)))
+    return tuple(FinishedTask(jobs.get(f.resource_id), f.name, f.status, f.duration_ns / 1e9)
+                 for f in done)
 
 
 def _lock_runs(conn, trace_ids) -> None:
@@ -280,6 +315,7 @@ def _write(conn, folds: dict[bytes, RunFold]) -> None:
         cur.execute(_UPDATE_STRUCTURE)
         cur.execute(_UPSERT_RUNS, {"now": time.time_ns()})
         cur.execute(_REFRESH_ROOTS, (list(folds),))
+        cur.execute(_UPSERT_JOBS, {"traces": list(folds), "now": time.time_ns()})
 
 
-__all__ = ["FoldResult", "fold_batch", "sweep_stalled"]
+__all__ = ["FinishedTask", "FoldResult", "fold_batch", "sweep_stalled"]

@@ -39,6 +39,18 @@ class Record:
     start_ns: int
     end_ns: int | None
     heartbeat_ns: int | None
+    name: str = ""
+    resource_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A task that reached a final status in this fold (for the finished-task metrics)."""
+
+    resource_id: int | None
+    name: str
+    status: int
+    duration_ns: int
 
 
 @dataclass(slots=True)
@@ -89,6 +101,7 @@ class RunFold:
         self.nodes = loaded
         self.stall_cutoff_ns = stall_cutoff_ns
         self.delta = RunDelta()
+        self.finished: list[Finished] = []
         self.broken_links: list[tuple[bytes, bytes]] = []  # (span, declared parent) refused as cycles
 
     def apply(self, record: Record) -> None:
@@ -132,7 +145,13 @@ class RunFold:
             return live_status(record.heartbeat_ns, self.stall_cutoff_ns)
         return record.status
 
+    def _note_finished(self, was_final: bool, record: Record) -> None:
+        if not was_final and record.status in (st.OK, st.ERROR):
+            duration = max(0, (record.end_ns or record.start_ns) - record.start_ns)
+            self.finished.append(Finished(record.resource_id, record.name, record.status, duration))
+
     def _replace_state(self, node: Node, record: Record, rank: tuple) -> None:
+        self._note_finished(node.status in (st.OK, st.ERROR), record)
         node.rank = rank
         node.landing_id = record.landing_id
         node.heartbeat_ns = record.heartbeat_ns if record.status == st.RUNNING else node.heartbeat_ns
@@ -141,6 +160,7 @@ class RunFold:
 
     def _fill_placeholder(self, node: Node, record: Record, rank: tuple) -> None:
         """A new task, or the arrival of a parent that so far was only a placeholder."""
+        self._note_finished(False, record)
         node.missing = False
         node.rank = rank
         node.landing_id = record.landing_id

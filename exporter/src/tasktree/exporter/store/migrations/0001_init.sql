@@ -67,8 +67,8 @@ CREATE TABLE tasks (
 CREATE INDEX tasks_children ON tasks (trace_id, parent_span_id, start_ns, span_id);
 -- time-range search, newest first
 CREATE INDEX tasks_start ON tasks (start_ns DESC, trace_id, span_id);
--- the stall sweeper: only running tasks, by heartbeat age
-CREATE INDEX tasks_running_heartbeat ON tasks (heartbeat_ns) WHERE status = 1;
+-- live tasks only (running, stalled): the stall sweeper by heartbeat age, and the live gauges
+CREATE INDEX tasks_live_heartbeat ON tasks (heartbeat_ns) WHERE status IN (1, 2);
 
 -- keyword search over name, status message and attributes (keys and values)
 CREATE FUNCTION task_search_document(name text, message text, attributes jsonb)
@@ -100,3 +100,12 @@ CREATE TABLE runs (
 CREATE INDEX runs_start ON runs (start_ns DESC, trace_id DESC);
 CREATE INDEX runs_job_start ON runs (job, start_ns DESC, trace_id DESC);
 CREATE INDEX runs_status_start ON runs (status, start_ns DESC, trace_id DESC);
+
+-- Per job timestamps for alerting ("never ran", "stopped succeeding", "went quiet").
+CREATE TABLE jobs (
+    job              text PRIMARY KEY,
+    last_start_ns    bigint,
+    last_success_ns  bigint,
+    last_failure_ns  bigint,
+    last_seen_ns     bigint   -- the last time any record of the job was folded
+);
