@@ -1,0 +1,282 @@
+"""Setting tasktree up: ``configure()``, and the entry points ``opentelemetry-instrument`` loads.
+
+``configure()`` has two modes:
+
+- nothing set up OpenTelemetry yet: it creates the ``TracerProvider`` (resource from
+  ``environment``), with one :class:`LiveSpanProcessor` exporting both running snapshots and
+  final records through the exporter chosen by the ``OTEL_*`` variables (OTLP over HTTP/protobuf
+  to http://127.0.0.1:4318 by default);
+- the application or ``opentelemetry-instrument`` already installed an SDK ``TracerProvider``:
+  it adds a snapshots-only :class:`LiveSpanProcessor` to it and leaves everything else alone.
+
+Either way it installs the propagation patches, adopts ``TRACEPARENT`` and (by default) a
+SIGTERM handler that flushes before the process dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
+
+from tasktree.instrumentation import _settings, propagation
+from tasktree.instrumentation.environment import build_resource
+from tasktree.instrumentation.environment_variables import TASKTREE_HANDLE_SIGTERM
+from tasktree.instrumentation.heartbeat import LiveSpanProcessor
+from tasktree.instrumentation.snapshot import ABANDONED_MESSAGE
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_HTTP_ENDPOINT = "http://127.0.0.1:4318"
+DEFAULT_GRPC_ENDPOINT = "http://127.0.0.1:4317"
+
+
+@dataclass
+class _State:
+    provider: TracerProvider
+    processor: LiveSpanProcessor | None
+    owns_provider: bool
+    setup: dict  # what a spawned child needs to set itself up the same way
+
+
+_state: _State | None = None
+_lock = threading.Lock()
+
+
+def configure(
+    *,
+    service_name: str | None = None,
+    endpoint: str | None = None,
+    exporter: SpanExporter | None = None,
+    heartbeat_interval: float | None = None,
+    snapshot_delay: float | None = None,
+    resource_attributes: Mapping[str, Any] | None = None,
+    capture_env: str | list[str] | None = None,
+    handle_sigterm: bool | None = None,
+) -> TracerProvider | None:
+    """Sets up OpenTelemetry for tasktree, unless the application already did; idempotent.
+
+    ``service_name`` names the job (default ``OTEL_SERVICE_NAME``, else the main module or
+    script); ``endpoint`` is the sink's OTLP base URL (default ``OTEL_EXPORTER_OTLP_ENDPOINT``,
+    else http://127.0.0.1:4318); ``exporter`` replaces the exporter altogether (e.g. for tests);
+    ``heartbeat_interval``, ``snapshot_delay``, ``capture_env`` and ``handle_sigterm`` default to
+    their ``TASKTREE_*`` variables; ``resource_attributes`` are added to the resource.
+
+    Returns the ``TracerProvider`` in use, or None when ``OTEL_SDK_DISABLED=true``.  Never raises
+    because of the environment: a bad value logs a warning and its default is used.
+    """
+    global _state
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    with _lock:
+        if _state is not None:
+            return _state.provider
+        setup = {
+            key: value
+            for key, value in {
+                "service_name": service_name,
+                "endpoint": endpoint,
+                "heartbeat_interval": heartbeat_interval,
+                "snapshot_delay": snapshot_delay,
+                "resource_attributes": dict(resource_attributes) if resource_attributes else None,
+                "capture_env": capture_env,
+                "handle_sigterm": handle_sigterm,
+            }.items()
+            if value is not None
+        }
+        current = trace.get_tracer_provider()
+        owns = not isinstance(current, TracerProvider)
+        if owns:
+            resource = build_resource(service_name, resource_attributes, capture_env)
+            setup["service_name"] = resource.attributes.get("service.name")
+            provider = TracerProvider(resource=resource)
+        else:
+            provider = current
+        processor = _live_processor(exporter, endpoint, owns, heartbeat_interval, snapshot_delay)
+        if processor is not None:
+            provider.add_span_processor(processor)
+        if owns:
+            trace.set_tracer_provider(provider)
+        _state = _State(provider, processor, owns, setup)
+    propagation.install()
+    _install_sigterm_handler(_settings.flag(handle_sigterm, TASKTREE_HANDLE_SIGTERM, True))
+    return provider
+
+
+def _live_processor(exporter, endpoint, export_finals, heartbeat_interval, snapshot_delay):
+    """The LiveSpanProcessor for ``configure``; None (logged) if no exporter can be built."""
+    try:
+        factory = exporter if exporter is not None else _exporter_factory(endpoint)
+        if factory is None:
+            return None
+        return LiveSpanProcessor(
+            factory,
+            export_finals=export_finals,
+            heartbeat_interval=heartbeat_interval,
+            snapshot_delay=snapshot_delay,
+        )
+    except Exception:  # noqa: BLE001 - e.g. a malformed OTEL_EXPORTER_OTLP_* value
+        _logger.exception("tasktree: cannot build the span exporter; tasks will not be sent")
+        return None
+
+
+def _env(*names: str) -> str:
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return ""
+
+
+def _exporter_factory(endpoint: str | None) -> Callable[[], SpanExporter] | None:
+    """Builds the exporter chosen by ``OTEL_TRACES_EXPORTER`` and the OTLP protocol variables."""
+    choice = _env("OTEL_TRACES_EXPORTER").lower().split(",")[0].strip() or "otlp"
+    if choice == "none":
+        return None
+    if choice == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter
+    if choice not in ("otlp", "otlp_proto_http", "otlp_proto_grpc"):
+        _logger.warning("tasktree: unsupported OTEL_TRACES_EXPORTER=%r; using otlp", choice)
+    protocol = (
+        _env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+    )
+    env_endpoint = _env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+    if choice == "otlp_proto_grpc" or (choice == "otlp" and protocol == "grpc"):
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                OTLPSpanExporter as Grpc,
+            )
+        except ImportError:
+            _logger.warning(
+                "tasktree: OTLP/gRPC needs opentelemetry-exporter-otlp-proto-grpc; using HTTP"
+            )
+        else:
+            url = endpoint or (None if env_endpoint else DEFAULT_GRPC_ENDPOINT)
+            return lambda: Grpc(endpoint=url)
+    elif protocol != "http/protobuf":
+        _logger.warning("tasktree: unsupported OTLP protocol %r; using http/protobuf", protocol)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    if endpoint:
+        url = endpoint.rstrip("/") + "/v1/traces"
+    else:
+        url = None if env_endpoint else DEFAULT_HTTP_ENDPOINT + "/v1/traces"
+    return lambda: OTLPSpanExporter(endpoint=url)
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def child_setup() -> dict | None:
+    """What a spawned child needs to call ``configure`` as this process did (None: not set up)."""
+    state = _state
+    return None if state is None else state.setup
+
+
+def setup_child(setup: dict) -> None:
+    """In a spawned child: ``configure`` like the parent, or just install the propagation if
+    OpenTelemetry is set up there already."""
+    try:
+        configure(**setup)
+    except Exception:  # noqa: BLE001 - a child must run even if tasktree cannot
+        _logger.exception("tasktree: cannot set up the child process")
+
+
+def _flush_timeout_millis() -> int:
+    processor = _state.processor if _state is not None else None
+    seconds = processor._flush_timeout if processor is not None else 5.0
+    return int(seconds * 1000)
+
+
+def flush(timeout_millis: int | None = None) -> bool:
+    """Exports everything recorded so far; waits at most ``TASKTREE_FLUSH_TIMEOUT`` seconds (not
+    at all while the sink is known down).  Returns whether everything was exported."""
+    try:
+        provider = _state.provider if _state is not None else trace.get_tracer_provider()
+        force_flush = getattr(provider, "force_flush", None)
+        if force_flush is None:
+            return True
+        return force_flush(
+            timeout_millis if timeout_millis is not None else _flush_timeout_millis()
+        )
+    except Exception:  # noqa: BLE001
+        _logger.exception("tasktree: flush failed")
+        return False
+
+
+def end_of_process(message: str = ABANDONED_MESSAGE) -> None:
+    """Before a process exits without atexit (``os._exit``, a signal): tasks still running become
+    final ``error`` records with ``message``, and everything recorded is flushed (bounded)."""
+    state = _state
+    if state is None:
+        flush()
+        return
+    if state.processor is not None:
+        state.processor.close(message)
+    if state.owns_provider:
+        state.provider.shutdown()
+    else:
+        flush()
+
+
+# -- SIGTERM -----------------------------------------------------------------------------------
+
+
+def _install_sigterm_handler(enabled: bool) -> None:
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError, AttributeError):
+        pass
+
+
+def _on_sigterm(signum: int, frame) -> None:
+    """Records running tasks as terminated, flushes (bounded), then dies of the signal as before.
+
+    The work runs on a helper thread: the interrupted main thread may hold a lock it needs.
+    """
+    name = signal.Signals(signum).name
+    helper = threading.Thread(
+        target=end_of_process, args=(f"terminated by {name}",), name="tasktree-sigterm", daemon=True
+    )
+    helper.start()
+    helper.join(_flush_timeout_millis() / 1000 + 1.0)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+# -- opentelemetry-instrument entry points -----------------------------------------------------
+
+
+class TasktreeConfigurator:
+    """``opentelemetry_configurator`` entry point: ``configure()`` from the environment."""
+
+    def configure(self, **kwargs: Any) -> None:
+        configure()
+
+
+class TasktreeInstrumentor(BaseInstrumentor):
+    """``opentelemetry_instrumentor`` entry point: live tasks and propagation for a job run under
+    ``opentelemetry-instrument``, whichever configurator set up the SDK."""
+
+    def instrumentation_dependencies(self) -> list[str]:
+        return []
+
+    def _instrument(self, **kwargs: Any) -> None:
+        configure()
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        pass  # the patches stay for the life of the process

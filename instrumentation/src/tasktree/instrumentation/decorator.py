@@ -1,0 +1,325 @@
+"""``task``: one object that is a decorator and a context manager, and the current-task helpers.
+
+A task is one OpenTelemetry span.  Its parent is the task current where it is called: the
+ambient OpenTelemetry context, which tasktree carries into threads, pools, processes and child
+programs (see ``propagation``); in a process started with ``TRACEPARENT`` and no current task
+(a thread nobody passed a context to), that parent.
+
+Generators and async generators: the parent is the task current where the generator function is
+*called* (where the generator object is created), like any other call, and it does not depend on
+who happens to iterate it or in which thread.  The span covers the body: it starts at the first
+``next()`` and ends at exhaustion, ``close()`` (also on garbage collection) or an exception.
+Inside the body the generator's task is current at every resumption, wherever that happens, and
+the consumer's context is restored at each ``yield``.  A generator that is never iterated records
+nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from opentelemetry import context, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, Status, StatusCode
+
+from tasktree.instrumentation import propagation
+
+_logger = logging.getLogger(__name__)
+_tracer = trace.get_tracer("tasktree.instrumentation")
+_ENTRY_KEY = context.create_key("tasktree-task-entry")
+
+PROGRESS_DONE = "tasktree.progress.done"
+PROGRESS_TOTAL = "tasktree.progress.total"
+PROGRESS_RATIO = "tasktree.progress"
+
+
+def _parent() -> Context | None:
+    """The parent context for a new task: the current one, or this process's TRACEPARENT."""
+    fallback = propagation._process_parent
+    if fallback is not None and not trace.get_current_span().get_span_context().is_valid:
+        return fallback
+    return None  # the current context
+
+
+def _start(name: str, attributes: Mapping | None, parent: Context | None) -> Span:
+    return _tracer.start_span(
+        name,
+        context=parent,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    )
+
+
+def _is_clean_exit(exc: BaseException) -> bool:
+    return isinstance(exc, GeneratorExit) or (isinstance(exc, SystemExit) and exc.code in (None, 0))
+
+
+def _record_failure(span: Span, exc: BaseException) -> None:
+    """Marks ``span`` as failed by ``exc`` (with its stack trace); SystemExit(0) is no failure."""
+    if _is_clean_exit(exc):
+        return
+    try:
+        span.record_exception(exc, escaped=True)
+        message = str(exc)
+        span.set_status(
+            Status(
+                StatusCode.ERROR,
+                f"{type(exc).__name__}: {message}" if message else type(exc).__name__,
+            )
+        )
+    except Exception:  # noqa: BLE001 - recording must never replace the job's own exception
+        _logger.exception("tasktree: cannot record %r", exc)
+
+
+class task:  # noqa: N801 - used like a function: @task, @task(...), with task("name")
+    """A task: decorator for functions, methods, coroutines, generators and async generators,
+    and context manager (``with`` / ``async with``), in one object.
+
+    ``@task`` names the task after the function's qualified name; ``@task(name=..., attributes=
+    {...})`` sets both; ``with task("load", attributes={...}) as span:`` for a block (without a
+    name: the calling function's name).  An exception is recorded with its stack trace, the task
+    ends ``error`` and the exception propagates unchanged; ``SystemExit(0)`` is not an error.
+
+    One ``task`` object may be entered concurrently from several threads or asyncio tasks: each
+    entry keeps its own span in its own context.
+    """
+
+    __slots__ = ("name", "attributes", "_entries")
+
+    def __new__(
+        cls,
+        name_or_function: Any = None,
+        /,
+        *,
+        name: str | None = None,
+        attributes: Mapping | None = None,
+    ):
+        if name_or_function is not None and not isinstance(name_or_function, str):
+            return cls(name=name, attributes=attributes)(name_or_function)  # bare @task
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        name_or_function: str | None = None,
+        /,
+        *,
+        name: str | None = None,
+        attributes: Mapping | None = None,
+    ):
+        self.name = name_or_function if name_or_function is not None else name
+        self.attributes = dict(attributes) if attributes else None
+        self._entries: list[list] = []
+
+    def __repr__(self) -> str:
+        return f"task({self.name!r})"
+
+    # -- decorator ---------------------------------------------------------------------------
+
+    def __call__(self, function: Callable) -> Callable:
+        if isinstance(function, (classmethod, staticmethod)):
+            return type(function)(self(function.__func__))
+        name = self.name or getattr(function, "__qualname__", None) or repr(function)
+        attributes = self.attributes
+        if inspect.isasyncgenfunction(function):
+            return _wrap_async_generator(function, name, attributes)
+        if inspect.isgeneratorfunction(function):
+            return _wrap_generator(function, name, attributes)
+        if inspect.iscoroutinefunction(function):
+            return _wrap_coroutine(function, name, attributes)
+        return _wrap_function(function, name, attributes)
+
+    # -- context manager ---------------------------------------------------------------------
+
+    def __enter__(self) -> Span:
+        return self._enter(sys._getframe(1))
+
+    def _enter(self, caller) -> Span:
+        name = self.name or caller.f_code.co_qualname
+        parent = _parent()
+        span = _start(name, self.attributes, parent)
+        entry = [self, span, None]
+        token = context.attach(
+            context.set_value(_ENTRY_KEY, entry, trace.set_span_in_context(span, parent))
+        )
+        entry[2] = token
+        self._entries.append(entry)
+        return span
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        entry = context.get_value(_ENTRY_KEY)
+        if not (
+            isinstance(entry, list) and entry[0] is self and any(e is entry for e in self._entries)
+        ):
+            # Someone attached a context inside the block without detaching it: fall back to the
+            # innermost entry of this object.
+            if not self._entries:
+                _logger.warning("tasktree: %r exited without being entered", self)
+                return False
+            entry = self._entries[-1]
+        del self._entries[next(i for i, e in enumerate(self._entries) if e is entry)]
+        _, span, token = entry
+        context.detach(token)
+        if exc is not None:
+            _record_failure(span, exc)
+        span.end()
+        return False
+
+    async def __aenter__(self) -> Span:
+        return self._enter(sys._getframe(1))
+
+    async def __aexit__(self, exc_type, exc, traceback) -> bool:
+        return self.__exit__(exc_type, exc, traceback)
+
+
+def _wrap_function(function: Callable, name: str, attributes: Mapping | None) -> Callable:
+    @functools.wraps(function)
+    def run_task(*args, **kwargs):
+        parent = _parent()
+        span = _start(name, attributes, parent)
+        token = context.attach(trace.set_span_in_context(span, parent))
+        try:
+            return function(*args, **kwargs)
+        except BaseException as exc:
+            _record_failure(span, exc)
+            raise
+        finally:
+            context.detach(token)
+            span.end()
+
+    return run_task
+
+
+def _wrap_coroutine(function: Callable, name: str, attributes: Mapping | None) -> Callable:
+    @functools.wraps(function)
+    async def run_task(*args, **kwargs):
+        parent = _parent()
+        span = _start(name, attributes, parent)
+        token = context.attach(trace.set_span_in_context(span, parent))
+        try:
+            return await function(*args, **kwargs)
+        except BaseException as exc:
+            _record_failure(span, exc)
+            raise
+        finally:
+            context.detach(token)
+            span.end()
+
+    return run_task
+
+
+def _wrap_generator(function: Callable, name: str, attributes: Mapping | None) -> Callable:
+    @functools.wraps(function)
+    def create_task_generator(*args, **kwargs):
+        parent = _parent() or context.get_current()
+        return _run_generator(function(*args, **kwargs), name, attributes, parent)
+
+    return create_task_generator
+
+
+def _run_generator(generator, name: str, attributes: Mapping | None, parent: Context):
+    span = _start(name, attributes, parent)
+    body = trace.set_span_in_context(span, parent)  # the body's own context, kept across yields
+    sent = thrown = None
+    try:
+        while True:
+            token = context.attach(body)
+            try:
+                value = generator.send(sent) if thrown is None else generator.throw(thrown)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                body = context.get_current()
+                context.detach(token)
+            try:
+                sent, thrown = (yield value), None
+            except GeneratorExit:
+                token = context.attach(body)
+                try:
+                    generator.close()
+                finally:
+                    context.detach(token)
+                raise
+            except BaseException as exc:  # noqa: BLE001 - thrown in by the consumer: pass it on
+                sent, thrown = None, exc
+    except BaseException as exc:
+        _record_failure(span, exc)
+        raise
+    finally:
+        span.end()
+
+
+def _wrap_async_generator(function: Callable, name: str, attributes: Mapping | None) -> Callable:
+    @functools.wraps(function)
+    def create_task_generator(*args, **kwargs):
+        parent = _parent() or context.get_current()
+        return _run_async_generator(function(*args, **kwargs), name, attributes, parent)
+
+    return create_task_generator
+
+
+async def _run_async_generator(generator, name: str, attributes: Mapping | None, parent: Context):
+    span = _start(name, attributes, parent)
+    body = trace.set_span_in_context(span, parent)
+    sent = thrown = None
+    try:
+        while True:
+            token = context.attach(body)
+            try:
+                step = generator.asend(sent) if thrown is None else generator.athrow(thrown)
+                value = await step
+            except StopAsyncIteration:
+                return
+            finally:
+                body = context.get_current()
+                context.detach(token)
+            try:
+                sent, thrown = (yield value), None
+            except GeneratorExit:
+                token = context.attach(body)
+                try:
+                    await generator.aclose()
+                finally:
+                    context.detach(token)
+                raise
+            except BaseException as exc:  # noqa: BLE001
+                sent, thrown = None, exc
+    except BaseException as exc:
+        _record_failure(span, exc)
+        raise
+    finally:
+        span.end()
+
+
+# -- the current task --------------------------------------------------------------------------
+
+
+def set_attributes(attributes: Mapping[str, Any] | None = None, /, **more: Any) -> None:
+    """Adds attributes to the current task: ``set_attributes({"rows.read": 10})`` or
+    ``set_attributes(batch="2024-01-01")``.  Does nothing outside a task; never raises."""
+    try:
+        span = trace.get_current_span()
+        if attributes:
+            span.set_attributes(attributes)
+        if more:
+            span.set_attributes(more)
+    except Exception:  # noqa: BLE001
+        _logger.exception("tasktree: cannot set attributes")
+
+
+def set_progress(done: float, total: float | None = None) -> None:
+    """Reports progress on the current task: ``done`` units out of ``total`` (if known).
+
+    Recorded as ``tasktree.progress.done``, ``tasktree.progress.total`` and the ratio
+    ``tasktree.progress`` (0..1); the next running snapshot carries them to the sink.
+    """
+    attributes: dict[str, float] = {PROGRESS_DONE: done}
+    if total:
+        attributes[PROGRESS_TOTAL] = total
+        attributes[PROGRESS_RATIO] = min(1.0, max(0.0, done / total))
+    set_attributes(attributes)

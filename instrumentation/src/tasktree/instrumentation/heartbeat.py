@@ -1,0 +1,419 @@
+"""The span processor behind live tasks: running snapshots, heartbeats and a bounded export queue.
+
+One background thread per process does all the network work.  It sends a running snapshot of
+every span still running ``snapshot_delay`` seconds after it started, then one every
+``heartbeat_interval`` seconds, and (unless ``export_finals=False``) exports the final records of
+ended spans in batches.  When the sink is slow or down nothing on the job's threads waits: the
+queue of final records is bounded (the oldest are dropped), a failed export backs off
+exponentially, and the number of records not delivered is logged.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import random
+import threading
+import weakref
+from collections.abc import Callable
+from time import monotonic
+
+from opentelemetry.context import Context
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from tasktree.instrumentation import _settings
+from tasktree.instrumentation.environment_variables import (
+    TASKTREE_FLUSH_TIMEOUT,
+    TASKTREE_HEARTBEAT_INTERVAL,
+    TASKTREE_SNAPSHOT_DELAY,
+)
+from tasktree.instrumentation.snapshot import ABANDONED_MESSAGE, abandoned_record, running_snapshot
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT_INTERVAL = 10.0
+DEFAULT_SNAPSHOT_DELAY = 1.0
+DEFAULT_FLUSH_TIMEOUT = 5.0
+_DEFAULT_SCHEDULE_DELAY = 1.0  # final records reach the sink within about a second
+_MAX_BACKOFF = 30.0
+_DROP_LOG_INTERVAL = 30.0
+_SINK_DOWN_EXIT_WAIT = 1.0  # at exit, one short last attempt when the sink is known to be down
+_STUCK_EXPORT = 2.0  # an export still going after this long is retrying: the sink is slow or down
+_INF = float("inf")
+
+
+class _Live:
+    __slots__ = ("span", "due")
+
+    def __init__(self, span: Span, due: float):
+        self.span = span
+        self.due = due
+
+
+class LiveSpanProcessor(SpanProcessor):
+    """Sends running snapshots of live spans and, optionally, their final records.
+
+    ``exporter`` is a ``SpanExporter`` or a zero-argument callable building one; a callable is
+    called again in a forked child so that parent and child never share a connection.
+    ``export_finals=False`` sends snapshots only, for a ``TracerProvider`` whose own processors
+    already export ended spans.  Other settings default to the ``TASKTREE_*`` and ``OTEL_BSP_*``
+    environment variables.
+
+    ``on_start`` and ``on_end`` run on the job's threads: they never block and never raise.
+    """
+
+    def __init__(
+        self,
+        exporter: SpanExporter | Callable[[], SpanExporter],
+        *,
+        export_finals: bool = True,
+        heartbeat_interval: float | None = None,
+        snapshot_delay: float | None = None,
+        flush_timeout: float | None = None,
+        max_queue_size: int | None = None,
+        schedule_delay: float | None = None,
+        max_export_batch_size: int | None = None,
+        max_live: int = 10_000,
+    ):
+        # Built now, on the configuring thread: building it lazily on the worker thread could race
+        # a fork and leave the child with a half-imported HTTP library.
+        self._factory = None if isinstance(exporter, SpanExporter) else exporter
+        self._exporter: SpanExporter | None = exporter if self._factory is None else self._factory()
+        self._export_finals = export_finals
+        self._interval = _settings.positive_float(
+            heartbeat_interval, TASKTREE_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_INTERVAL
+        )
+        self._delay = _settings.positive_float(
+            snapshot_delay, TASKTREE_SNAPSHOT_DELAY, DEFAULT_SNAPSHOT_DELAY, allow_zero=True
+        )
+        self._flush_timeout = _settings.positive_float(
+            flush_timeout, TASKTREE_FLUSH_TIMEOUT, DEFAULT_FLUSH_TIMEOUT, allow_zero=True
+        )
+        self._max_queue = max_queue_size or _settings.positive_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
+        self._batch = max_export_batch_size or _settings.positive_int(
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512
+        )
+        if schedule_delay is None:
+            schedule_delay = (
+                _settings.positive_int(
+                    "OTEL_BSP_SCHEDULE_DELAY", int(_DEFAULT_SCHEDULE_DELAY * 1000)
+                )
+                / 1000
+            )
+        self._schedule_delay = schedule_delay
+        self._max_live = max_live
+        self._shutdown = False
+        self._reset_state()
+        self._forked = False
+        if hasattr(os, "register_at_fork"):
+            weak_reinit = weakref.WeakMethod(self._at_fork_reinit)
+            os.register_at_fork(after_in_child=lambda: (m := weak_reinit()) and m())
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _reset_state(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._wake = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._stopping = False
+        self._live: dict[int, _Live] = {}
+        self._queue: collections.deque[ReadableSpan] = collections.deque()
+        self._queue_since: float | None = None
+        self._in_flight = 0
+        self._wake_at = _INF  # hooks wake the worker for work due before this (monotonic) time
+        self._sleep_until = _INF
+        self._backing_off = False
+        self._flush_requested = 0
+        self._flush_done = 0
+        self._failures = 0
+        self._retry_at = 0.0
+        self._dropped_finals = 0
+        self._dropped_snapshots = 0
+        self._untracked = 0
+        self._reported = (0, 0, 0)
+        self._last_report = 0.0
+        self._last_error = ""
+        self._export_started: float | None = None
+
+    def _at_fork_reinit(self) -> None:
+        """In a forked child: forget the parent's spans, queue, thread and rebuildable exporter."""
+        self._reset_state()
+        self._forked = True
+        if self._factory is not None:
+            self._exporter = None
+
+    @property
+    def sink_down(self) -> bool:
+        """True while the last export failed and the next attempt is not due yet, or while an
+        export has been going on for over 2 s (the exporter is retrying)."""
+        now = monotonic()
+        if self._failures > 0 and now < self._retry_at:
+            return True
+        started = self._export_started
+        return started is not None and now - started > _STUCK_EXPORT
+
+    # -- hooks on the job's threads ----------------------------------------------------------
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        """Registers a sampled span as live.  Runs on the job's thread; never blocks or raises."""
+        try:
+            if self._shutdown or not span.context.trace_flags.sampled:
+                return
+            if self._pid != os.getpid():
+                self._at_fork_reinit()
+            if self._forked:
+                # The resource describes the process that configured tasktree, not this fork.
+                span.set_attribute("process.pid", os.getpid())
+            due = monotonic() + self._delay
+            with self._lock:
+                if len(self._live) >= self._max_live:
+                    self._untracked += 1
+                    return
+                self._live[span.context.span_id] = _Live(span, due)
+                wake = due < self._wake_at
+                if self._worker is None:
+                    self._start_worker_locked()
+            if wake:
+                self._wake.set()
+        except Exception:  # noqa: BLE001 - a hook must never break the job
+            _logger.exception("tasktree: on_start failed")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        """Forgets the live span and queues its final record.  Never blocks or raises."""
+        try:
+            if self._pid != os.getpid():
+                self._at_fork_reinit()
+            with self._lock:
+                self._live.pop(span.context.span_id, None)
+                if not self._export_finals or not span.context.trace_flags.sampled:
+                    return
+                if self._shutdown:
+                    self._dropped_finals += 1
+                    return
+                wake = self._enqueue_locked(span)
+            if wake:
+                self._wake.set()
+        except Exception:  # noqa: BLE001
+            _logger.exception("tasktree: on_end failed")
+
+    def _enqueue_locked(self, span: ReadableSpan) -> bool:
+        if len(self._queue) >= self._max_queue:
+            self._queue.popleft()
+            self._dropped_finals += 1
+            self._last_error = self._last_error or "queue full"
+        self._queue.append(span)
+        if self._worker is None:
+            self._start_worker_locked()
+        first = self._queue_since is None
+        if first:
+            self._queue_since = monotonic()
+        if self._backing_off:
+            return False  # the worker wakes up when the backoff ends anyway
+        if first and self._queue_since + self._schedule_delay < self._wake_at:
+            return True
+        return len(self._queue) >= self._batch
+
+    def _start_worker_locked(self) -> None:
+        self._worker = threading.Thread(target=self._run, name="tasktree-heartbeat", daemon=True)
+        self._worker.start()
+
+    # -- flush and shutdown ------------------------------------------------------------------
+
+    def force_flush(self, timeout_millis: int | None = None) -> bool:
+        """Waits until every final record queued so far is exported, at most the timeout.
+
+        Blocks the caller (bounded); returns at once with False while the sink is known down.
+        """
+        timeout = self._flush_timeout if timeout_millis is None else timeout_millis / 1000
+        try:
+            with self._cond:
+                if self._shutdown or self.sink_down:
+                    return False
+                if not self._queue and not self._in_flight:
+                    return True
+                self._flush_requested += 1
+                target = self._flush_requested
+                if self._worker is None:
+                    self._start_worker_locked()
+                self._wake.set()
+                return self._cond.wait_for(lambda: self._flush_done >= target, timeout)
+        except Exception:  # noqa: BLE001
+            _logger.exception("tasktree: flush failed")
+            return False
+
+    def shutdown(self) -> None:
+        """Ends tracking at process exit; see :meth:`close`."""
+        self.close()
+
+    def close(self, message: str = ABANDONED_MESSAGE) -> None:
+        """Spans still running become final ``error`` records with ``message`` (their process is
+        exiting), then everything queued is exported within the flush timeout (1 s if the sink is
+        down).  Blocks the caller for at most that long; idempotent; never raises."""
+        try:
+            self._close_bounded(message)
+        except Exception:  # noqa: BLE001
+            _logger.exception("tasktree: shutdown failed")
+
+    def _close_bounded(self, message: str) -> None:
+        with self._lock:
+            if self._shutdown:
+                return
+            self._shutdown = True
+            live = [entry.span for entry in self._live.values()]
+            self._live.clear()
+            for span in live:
+                record = abandoned_record(span, message)
+                if record is not None:
+                    self._enqueue_locked(record)
+            wait = (
+                min(self._flush_timeout, _SINK_DOWN_EXIT_WAIT)
+                if self.sink_down
+                else self._flush_timeout
+            )
+            self._stopping = True
+            worker = self._worker
+        self._wake.set()
+        if worker is not None:
+            worker.join(wait)
+        exporter = self._exporter
+        if exporter is not None:
+            exporter.shutdown()  # also cuts short a retry still sleeping in a stuck worker
+        self._report_drops(force=True)
+
+    # -- the background thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        with suppress_instrumentation():  # the export's own HTTP calls must not become spans
+            if self._exporter is None:
+                try:
+                    self._exporter = self._factory()
+                except Exception:  # noqa: BLE001
+                    _logger.exception(
+                        "tasktree: cannot build the span exporter; nothing will be sent"
+                    )
+                    return
+            while True:
+                self._wake.clear()
+                stopping = self._stopping
+                try:
+                    self._cycle(stopping)
+                except Exception:  # noqa: BLE001
+                    _logger.exception("tasktree: heartbeat cycle failed")
+                    self._failed(0, 0, "internal error")
+                if stopping:
+                    return
+                self._report_drops()
+                with self._lock:
+                    until = self._sleep_until
+                timeout = None if until == _INF else max(0.0, until - monotonic())
+                self._wake.wait(timeout)
+
+    def _cycle(self, stopping: bool) -> None:
+        """One pass: collect due snapshots and ready finals under the lock, export them outside."""
+        now = monotonic()
+        with self._lock:
+            flush_target = self._flush_requested
+            backing_off = now < self._retry_at and not stopping
+            due: list[Span] = []
+            next_due = _INF
+            for entry in self._live.values():
+                if entry.due <= now and not backing_off:
+                    due.append(entry.span)
+                    entry.due = now + self._interval
+                next_due = min(next_due, entry.due)
+            finals: list[ReadableSpan] = []
+            if (
+                self._queue
+                and not backing_off
+                and (
+                    stopping
+                    or flush_target > self._flush_done
+                    or len(self._queue) >= self._batch
+                    or now >= (self._queue_since or 0.0) + self._schedule_delay
+                )
+            ):
+                finals = list(self._queue)
+                self._queue.clear()
+                self._queue_since = None
+                self._in_flight = len(finals)
+            self._backing_off = backing_off
+            if backing_off:
+                # Hooks must not wake a worker that is waiting out a backoff.
+                self._wake_at = -_INF
+                self._sleep_until = self._retry_at
+            else:
+                if self._queue_since is not None:
+                    next_due = min(next_due, self._queue_since + self._schedule_delay)
+                self._wake_at = self._sleep_until = next_due
+        snapshots = [record for span in due if (record := running_snapshot(span)) is not None]
+        self._export(finals, snapshots)
+        with self._cond:
+            self._in_flight = 0
+            self._flush_done = max(self._flush_done, flush_target)
+            self._cond.notify_all()
+
+    def _export(self, finals: list[ReadableSpan], snapshots: list[ReadableSpan]) -> None:
+        records = finals + snapshots
+        for start in range(0, len(records), self._batch):
+            chunk = records[start : start + self._batch]
+            self._export_started = monotonic()
+            try:
+                result = self._exporter.export(chunk)
+                error = "" if result is SpanExportResult.SUCCESS else "export failed"
+            except Exception as exc:  # noqa: BLE001
+                error = f"{type(exc).__name__}: {exc}"
+            finally:
+                self._export_started = None
+            if error:
+                rest = records[start:]
+                lost_finals = max(0, len(finals) - start)
+                self._failed(lost_finals, len(rest) - lost_finals, error)
+                return
+        if records:
+            self._succeeded()
+
+    def _succeeded(self) -> None:
+        with self._lock:
+            self._failures = 0
+            self._retry_at = 0.0
+
+    def _failed(self, finals: int, snapshots: int, error: str) -> None:
+        """Counts what was not delivered and backs off (1 s, 2 s, 4 s … 30 s, with jitter)."""
+        with self._cond:
+            self._dropped_finals += finals
+            self._dropped_snapshots += snapshots
+            self._last_error = error
+            self._failures += 1
+            backoff = min(_MAX_BACKOFF, 2.0 ** (self._failures - 1)) * random.uniform(0.8, 1.2)
+            self._retry_at = monotonic() + backoff
+            # Nobody waits for a sink that is down: release every pending flush.
+            self._flush_done = self._flush_requested
+            self._cond.notify_all()
+
+    def _report_drops(self, force: bool = False) -> None:
+        counts = (self._dropped_finals, self._dropped_snapshots, self._untracked)
+        if counts == self._reported:
+            return
+        now = monotonic()
+        if not force and now - self._last_report < _DROP_LOG_INTERVAL:
+            return
+        self._reported, self._last_report = counts, now
+        if counts[0] or counts[1]:
+            _logger.warning(
+                "tasktree: not delivered so far: %d final span records, %d running snapshots "
+                "(the sink is slow or down; last problem: %s)",
+                counts[0],
+                counts[1],
+                self._last_error or "none",
+            )
+        if counts[2]:
+            _logger.warning(
+                "tasktree: %d tasks got no running snapshots (over %d running at once)",
+                counts[2],
+                self._max_live,
+            )

@@ -1,0 +1,168 @@
+"""``tasktree-run [--name NAME] [--heartbeat S] -- CMD [ARGS]``: any program as a task.
+
+The task is a root, or a child of the task in ``TRACEPARENT`` when that is set; the program gets
+its own ``TRACEPARENT`` (the runner's task) so that a tasktree-instrumented child hangs below it.
+While the program runs the task heartbeats.  stdin and stdout are the program's own; stderr is
+passed through as it comes and its last 8 KiB kept (a tee), attached to the task as
+``tasktree.stderr_tail`` when the program fails.  The status comes from the exit code (0 is
+``ok``) or the signal that killed it; the runner exits with the program's exit code, or 128+N for
+signal N.  SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are forwarded to the program; SIGINT is
+not (a terminal sends it to the program already), so the runner just waits for the program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from opentelemetry import context, trace
+from opentelemetry.trace import Status, StatusCode
+
+from tasktree.instrumentation import configuration as _configure
+from tasktree.instrumentation.decorator import _parent, _start
+from tasktree.instrumentation.environment import redacted_args
+from tasktree.instrumentation.propagation import child_env
+
+STDERR_TAIL_BYTES = 8192
+STDERR_TAIL_ATTRIBUTE = "tasktree.stderr_tail"
+_FORWARDED = ("SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+_INTERPRETER = re.compile(r"(python|pypy)[0-9.]*|bash|sh|zsh|dash|node|ruby|perl|Rscript")
+
+
+def job_name(command: list[str]) -> str:
+    """A short name for ``command``: the script for an interpreter (``python etl.py`` → ``etl``,
+    ``python -m pkg.job`` → ``pkg.job``), else the program's base name."""
+    program = os.path.basename(command[0])
+    if _INTERPRETER.fullmatch(program):
+        args = iter(command[1:])
+        for arg in args:
+            if arg == "-m":
+                return next(args, program)
+            if arg in ("-c", "-e"):
+                break
+            if not arg.startswith("-"):
+                return Path(arg).stem or program
+    return program
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="tasktree-run",
+        description="Run a program as a tasktree task (a child of $TRACEPARENT when set).",
+        usage="tasktree-run [--name NAME] [--heartbeat S] -- CMD [ARGS ...]",
+    )
+    parser.add_argument("--name", help="task name (default: the command line)")
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        metavar="S",
+        help="seconds between heartbeats (default: $TASKTREE_HEARTBEAT_INTERVAL or 10)",
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the program and its arguments")
+    args = parser.parse_args(argv)
+    if args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    if not args.command:
+        parser.error("no command given (tasktree-run [options] -- CMD [ARGS])")
+    if args.heartbeat is not None and args.heartbeat <= 0:
+        parser.error("--heartbeat must be positive")
+    return args
+
+
+def _tee(source: int, tail: collections.deque) -> None:
+    """Copies the program's stderr to ours as it comes and keeps the last bytes."""
+    kept = 0
+    while chunk := os.read(source, 65536):
+        data = chunk
+        while data:
+            try:
+                data = data[os.write(2, data) :]
+            except OSError:
+                break  # our stderr is gone: keep reading so the program never blocks
+        tail.append(chunk)
+        kept += len(chunk)
+        while kept - len(tail[0]) >= STDERR_TAIL_BYTES:
+            kept -= len(tail.popleft())
+    os.close(source)
+
+
+def _tail_text(tail: collections.deque) -> str:
+    return b"".join(tail)[-STDERR_TAIL_BYTES:].decode("utf-8", errors="replace")
+
+
+def _forward_signals(process: subprocess.Popen) -> None:
+    def forward(signum, frame):
+        if process.poll() is None:
+            process.send_signal(signum)
+
+    for name in _FORWARDED:
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), forward)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run(command: list[str], span) -> tuple[int, str, str]:
+    """Runs the program; returns (runner exit code, status message or '', stderr tail)."""
+    try:
+        process = subprocess.Popen(command, env=child_env(), stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        message = f"command not found: {command[0]}"
+        print(f"tasktree-run: {message}", file=sys.stderr)
+        return 127, message, ""
+    except PermissionError:
+        message = f"permission denied: {command[0]}"
+        print(f"tasktree-run: {message}", file=sys.stderr)
+        return 126, message, ""
+    span.set_attribute("tasktree.pid", process.pid)
+    _forward_signals(process)
+    tail: collections.deque = collections.deque()
+    tee = threading.Thread(target=_tee, args=(os.dup(process.stderr.fileno()), tail), daemon=True)
+    process.stderr.close()
+    tee.start()
+    returncode = process.wait()
+    tee.join()
+    if returncode < 0:
+        number = -returncode
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return 128 + number, f"killed by {name}", _tail_text(tail)
+    return returncode, (f"exit code {returncode}" if returncode else ""), _tail_text(tail)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    command = args.command
+    service_name = None if os.environ.get("OTEL_SERVICE_NAME") else (args.name or job_name(command))
+    _configure.configure(
+        service_name=service_name, heartbeat_interval=args.heartbeat, handle_sigterm=False
+    )
+    shown = redacted_args(command)
+    name = args.name or shlex.join(shown)[:120]
+    parent = _parent()
+    span = _start(name, {"tasktree.command": shlex.join(shown)}, parent)
+    token = context.attach(trace.set_span_in_context(span, parent))
+    try:
+        code, message, tail = _run(command, span)
+        span.set_attribute("process.exit.code", code)
+        if message:
+            span.set_status(Status(StatusCode.ERROR, message))
+            if tail:
+                span.set_attribute(STDERR_TAIL_ATTRIBUTE, tail)
+    finally:
+        context.detach(token)
+        span.end()
+    return code
+
+
+def console_main() -> None:
+    sys.exit(main())

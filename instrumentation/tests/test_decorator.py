@@ -1,0 +1,334 @@
+"""@task on every kind of callable, as a context manager, and the current-task helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+
+import pytest
+from opentelemetry.trace import StatusCode
+
+from tasktree.instrumentation import set_attributes, set_progress, task
+from tasktree.instrumentation.testing import TaskRecorder
+
+
+@pytest.fixture
+def recorder():
+    with TaskRecorder() as recorder:
+        yield recorder
+
+
+def test_bare_decorator_names_the_task_after_the_function(recorder):
+    @task
+    def load(x):
+        return x * 2
+
+    assert load(21) == 42
+    assert load.__name__ == "load"
+    span = recorder.get("test_bare_decorator_names_the_task_after_the_function.<locals>.load")
+    assert span.status.status_code is StatusCode.UNSET
+    assert span.parent is None
+
+
+def test_name_and_attributes_are_set_and_nested_calls_get_their_caller_as_parent(recorder):
+    @task(name="inner", attributes={"kind": "leaf"})
+    def inner():
+        return "ok"
+
+    @task(name="outer")
+    def outer():
+        return inner()
+
+    assert outer() == "ok"
+    assert recorder.parent_of("inner") == "outer"
+    assert recorder.get("inner").attributes["kind"] == "leaf"
+
+
+def test_recursion_chains_each_call_under_the_previous(recorder):
+    @task(name="walk")
+    def walk(n):
+        set_attributes(depth=n)
+        return 0 if n == 0 else 1 + walk(n - 1)
+
+    assert walk(3) == 3
+    spans = {s.attributes["depth"]: s for s in recorder.spans}
+    assert spans[3].parent is None
+    for depth in (0, 1, 2):
+        assert spans[depth].parent.span_id == spans[depth + 1].context.span_id
+
+
+def test_methods_classmethods_and_staticmethods(recorder):
+    class Job:
+        @task
+        def run(self):
+            return self.helper() + Job.tool()
+
+        @task
+        @classmethod
+        def helper(cls):
+            return 1
+
+        @task
+        @staticmethod
+        def tool():
+            return 2
+
+    assert Job().run() == 3
+    prefix = "test_methods_classmethods_and_staticmethods.<locals>."
+    assert sorted(recorder.names()) == [
+        prefix + "Job.helper",
+        prefix + "Job.run",
+        prefix + "Job.tool",
+    ]
+    assert recorder.parent_of(prefix + "Job.helper") == prefix + "Job.run"
+    assert recorder.parent_of(prefix + "Job.tool") == prefix + "Job.run"
+
+
+def test_exception_is_recorded_with_stack_trace_and_propagates_unchanged(recorder):
+    error = ValueError("bad row 7")
+
+    @task(name="parse")
+    def parse():
+        raise error
+
+    with pytest.raises(ValueError) as caught:
+        parse()
+    assert caught.value is error
+    span = recorder.get("parse")
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "ValueError: bad row 7"
+    (event,) = span.events
+    assert event.name == "exception"
+    assert "raise error" in event.attributes["exception.stacktrace"]
+    assert event.attributes["exception.type"] == "ValueError"
+
+
+@pytest.mark.parametrize(
+    "code, status", [(0, StatusCode.UNSET), (None, StatusCode.UNSET), (3, StatusCode.ERROR)]
+)
+def test_system_exit_zero_is_not_an_error(recorder, code, status):
+    @task(name="exits")
+    def exits():
+        sys.exit(code)
+
+    with pytest.raises(SystemExit):
+        exits()
+    assert recorder.get("exits").status.status_code is status
+
+
+def test_context_manager_with_name_and_default_name(recorder):
+    def step():
+        with task() as span:
+            span.set_attribute("x", 1)
+
+    with task("block", attributes={"a": "b"}):
+        step()
+    assert (
+        recorder.parent_of("test_context_manager_with_name_and_default_name.<locals>.step")
+        == "block"
+    )
+    assert recorder.get("block").attributes["a"] == "b"
+
+
+def test_async_with_names_the_block_after_the_calling_coroutine(recorder):
+    async def fetch_all():
+        async with task() as span:
+            span.set_attribute("async", True)
+
+    asyncio.run(fetch_all())
+    name = "test_async_with_names_the_block_after_the_calling_coroutine.<locals>.fetch_all"
+    assert recorder.get(name).attributes["async"] is True
+
+
+def test_context_manager_records_the_exception_and_does_not_swallow_it(recorder):
+    with pytest.raises(KeyError):
+        with task("fails"):
+            raise KeyError("k")
+    assert recorder.get("fails").status.status_code is StatusCode.ERROR
+
+
+def test_one_task_object_entered_from_several_threads_keeps_each_entry_apart(recorder):
+    shared = task("shared")
+    barrier = threading.Barrier(4)
+
+    def work(i):
+        with shared:
+            barrier.wait(timeout=10)
+            with task(f"leaf-{i}"):
+                pass
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    shared_ids = {s.context.span_id for s in recorder.spans if s.name == "shared"}
+    assert len(shared_ids) == 4
+    leaves = [s for s in recorder.spans if s.name.startswith("leaf-")]
+    assert {leaf.parent.span_id for leaf in leaves} == shared_ids
+
+
+def test_async_function_gather_and_task_group(recorder):
+    @task(name="fetch")
+    async def fetch(i):
+        await asyncio.sleep(0)
+        with task(f"inside-{i}"):
+            pass
+        return i
+
+    @task(name="main")
+    async def main():
+        first = await asyncio.gather(fetch(1), fetch(2))
+        async with asyncio.TaskGroup() as group:
+            third = group.create_task(fetch(3))
+        return [*first, third.result()]
+
+    assert asyncio.run(main()) == [1, 2, 3]
+    main_id = recorder.get("main").context.span_id
+    fetches = [s for s in recorder.spans if s.name == "fetch"]
+    assert len(fetches) == 3 and all(s.parent.span_id == main_id for s in fetches)
+    for i in (1, 2, 3):
+        assert recorder.parent_of(f"inside-{i}") == "fetch"
+
+
+def test_cancelled_coroutine_is_an_error(recorder):
+    @task(name="slow")
+    async def slow():
+        await asyncio.sleep(10)
+
+    async def main():
+        running = asyncio.create_task(slow())
+        await asyncio.sleep(0.01)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+    asyncio.run(main())
+    assert recorder.get("slow").status.status_code is StatusCode.ERROR
+
+
+def test_generator_span_covers_its_body_and_tasks_in_the_body_hang_under_it(recorder):
+    @task(name="rows")
+    def rows(n):
+        for i in range(n):
+            with task(f"row-{i}"):
+                pass
+            yield i
+
+    with task("create"):
+        produced = rows(3)
+    assert recorder.names() == ["create"]  # nothing ran yet: no span
+    with task("consume"):
+        assert list(produced) == [0, 1, 2]
+    assert recorder.parent_of("rows") == "create"  # where it was called
+    for i in range(3):
+        assert recorder.parent_of(f"row-{i}") == "rows"
+    gen = recorder.get("rows")
+    assert gen.start_time >= recorder.get("create").end_time
+
+
+def test_generator_resumed_in_another_thread_keeps_its_task_current(recorder):
+    @task(name="stream")
+    def stream():
+        for i in range(2):
+            with task(f"item-{i}"):
+                pass
+            yield i
+
+    with task("owner"):
+        gen = stream()
+        assert next(gen) == 0
+    result = []
+    worker = threading.Thread(target=lambda: result.extend(gen))
+    with task("elsewhere"):
+        worker.start()
+        worker.join()
+    assert result == [1]
+    assert recorder.parent_of("stream") == "owner"
+    assert recorder.parent_of("item-0") == "stream" and recorder.parent_of("item-1") == "stream"
+
+
+def test_generator_does_not_leak_its_context_to_the_consumer(recorder):
+    @task(name="gen")
+    def gen():
+        yield 1
+        yield 2
+
+    with task("consumer"):
+        for _ in gen():
+            with task("per-item"):
+                pass
+    items = [s for s in recorder.spans if s.name == "per-item"]
+    consumer = recorder.get("consumer").context.span_id
+    assert len(items) == 2 and all(s.parent.span_id == consumer for s in items)
+
+
+def test_generator_send_throw_close_and_return_value(recorder):
+    @task(name="acc")
+    def acc():
+        total = 0
+        try:
+            while True:
+                total += yield total
+        except ValueError:
+            yield -1
+        return total
+
+    g = acc()
+    assert next(g) == 0
+    assert g.send(5) == 5
+    assert g.throw(ValueError("stop")) == -1
+    g.close()
+    assert recorder.get("acc").status.status_code is StatusCode.UNSET
+
+    @task(name="failing-gen")
+    def failing():
+        yield 1
+        raise RuntimeError("broken")
+
+    with pytest.raises(RuntimeError):
+        list(failing())
+    assert recorder.get("failing-gen").status.status_code is StatusCode.ERROR
+
+    @task(name="returns")
+    def returns():
+        yield 1
+        return "done"
+
+    def delegate():
+        return (yield from returns())
+
+    d = delegate()
+    next(d)
+    with pytest.raises(StopIteration) as stop:
+        next(d)
+    assert stop.value.value == "done"
+
+
+def test_async_generator(recorder):
+    @task(name="agen")
+    async def agen():
+        for i in range(2):
+            with task(f"a-{i}"):
+                await asyncio.sleep(0)
+            yield i
+
+    async def main():
+        with task("amain"):
+            return [i async for i in agen()]
+
+    assert asyncio.run(main()) == [0, 1]
+    assert recorder.parent_of("agen") == "amain"
+    assert recorder.parent_of("a-0") == "agen" and recorder.parent_of("a-1") == "agen"
+
+
+def test_set_progress_and_attributes_on_the_current_task(recorder):
+    with task("progress"):
+        set_progress(5, 20)
+        set_attributes({"rows.read": 5}, batch="b1")
+    attributes = recorder.get("progress").attributes
+    assert attributes["tasktree.progress"] == 0.25
+    assert attributes["tasktree.progress.done"] == 5 and attributes["tasktree.progress.total"] == 20
+    assert attributes["rows.read"] == 5 and attributes["batch"] == "b1"
+    set_progress(1)  # outside any task: nothing happens, nothing raises

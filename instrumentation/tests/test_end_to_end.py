@@ -1,0 +1,94 @@
+"""Through a real ``tasktree serve``: the propagation matrix, SIGKILL → stalled, SIGTERM → flushed.
+
+Uses the ``tasktree_server`` / ``start_tasktree`` fixtures of the repository's conftest.py (a
+fresh PostgreSQL database per session).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from propagation_matrix import assert_matrix, records_from_api
+
+from conftest import SCRIPTS, child_environment, run_script
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for_task(server, trace_id, span_id, predicate, timeout=30.0):
+    """Polls the task through the API until ``predicate(task)``; returns it."""
+    deadline = time.monotonic() + timeout
+    path = f"/api/runs/{trace_id}/tasks/{span_id}"
+    task = None
+    while time.monotonic() < deadline:
+        try:
+            task = server.get(path)
+        except AssertionError:  # 404 until its first record is folded
+            task = None
+        if task is not None and predicate(task):
+            return task
+        time.sleep(0.1)
+    raise AssertionError(f"{path} never satisfied the condition; last: {task}")
+
+
+def test_propagation_matrix_through_tasktree_serve(tasktree_server):
+    code, out, err = run_script("matrix_job.py", env=child_environment(tasktree_server.otlp_http))
+    assert code == 0, err
+    trace_id = out["trace_id"]
+    tasktree_server.wait_folded()
+    assert_matrix(records_from_api(tasktree_server, trace_id))
+    run = tasktree_server.get(f"/api/runs/{trace_id}")
+    assert run["status"] == "ok" and run["job"] == "matrix"
+    assert run["counts"]["running"] == run["counts"]["stalled"] == 0
+
+
+def start_long_task(server, **env):
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "long_task.py")],
+        env=child_environment(server.otlp_http, **env), stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    ids = json.loads(process.stdout.readline())
+    return process, ids
+
+
+def test_a_task_shows_running_then_a_sigkill_leaves_it_stalled_after_stall_after(start_tasktree):
+    server = start_tasktree(extra_args=("--stall-after", "1.5"))
+    process, ids = start_long_task(
+        server, TASKTREE_SNAPSHOT_DELAY="1", TASKTREE_HEARTBEAT_INTERVAL="0.5"
+    )
+    with process:
+        started = time.monotonic()
+        wait_for_task(server, ids["trace_id"], ids["span_id"], lambda t: t["status"] == "running")
+        shown_after = time.monotonic() - started
+        process.kill()
+    killed = time.monotonic()
+    task = wait_for_task(
+        server, ids["trace_id"], ids["span_id"], lambda t: t["status"] == "stalled"
+    )
+    stalled_after = time.monotonic() - killed
+    run = server.get(f"/api/runs/{ids['trace_id']}")
+    assert run["counts"]["stalled"] == 2  # long and long-root, both left running by the kill
+    assert task["last_heartbeat"] is not None
+    print(
+        f"running shown {shown_after:.2f}s after start; stalled {stalled_after:.2f}s after SIGKILL"
+    )
+
+
+def test_sigterm_flushes_the_running_tasks_as_errors(tasktree_server):
+    process, ids = start_long_task(tasktree_server)
+    with process:
+        wait_for_task(
+            tasktree_server, ids["trace_id"], ids["span_id"], lambda t: t["status"] == "running"
+        )
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == -signal.SIGTERM
+    task = wait_for_task(
+        tasktree_server, ids["trace_id"], ids["span_id"], lambda t: t["status"] != "running"
+    )
+    assert task["status"] == "error"
+    assert task["status_message"] == "terminated by SIGTERM"

@@ -1,0 +1,149 @@
+"""Child-process behaviour through a real OTLP socket: the propagation matrix, exits, signals,
+TRACEPARENT, a sink that is down, and ``opentelemetry-instrument``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from propagation_matrix import assert_matrix, records_from_sink
+
+from conftest import SCRIPTS, child_environment, run_script
+from tasktree.instrumentation.snapshot import ABANDONED_MESSAGE
+
+BIN = Path(sys.executable).parent
+
+
+def finals_named(sink, *names):
+    """Waits until a final record of each name arrived; returns {name: record}."""
+    records = sink.wait_for(lambda rs: set(names) <= {r.name for r in rs if not r.running})
+    return {r.name: r for r in records if not r.running and r.name in names}
+
+
+def test_propagation_matrix_every_task_under_its_exact_parent(otlp_sink):
+    code, out, err = run_script("matrix_job.py", env=child_environment(otlp_sink.endpoint))
+    assert code == 0, err
+    finals = finals_named(otlp_sink, "matrix")  # the root ends last
+    assert finals["matrix"].trace_id == out["trace_id"]
+    assert_matrix(records_from_sink(otlp_sink.snapshot()))
+
+
+@pytest.mark.parametrize(
+    "mode, exit_code, status, message",
+    [
+        ("normal", 0, "unset", ""),
+        ("sys-exit", 3, "error", "SystemExit: 3"),
+        ("exception", 1, "error", "RuntimeError: unhandled"),
+    ],
+)
+def test_every_way_of_exiting_flushes_what_was_recorded(
+    otlp_sink, mode, exit_code, status, message
+):
+    code, _, err = run_script("exit_modes.py", mode, env=child_environment(otlp_sink.endpoint))
+    assert code == exit_code, err
+    records = finals_named(otlp_sink, f"exit-{mode}", "done-before")
+    assert records[f"exit-{mode}"].status == status
+    assert records[f"exit-{mode}"].status_message == message
+    assert records["done-before"].status == "unset"
+
+
+def test_a_task_still_running_in_a_daemon_thread_at_exit_is_recorded_as_abandoned(otlp_sink):
+    code, _, err = run_script(
+        "exit_modes.py", "daemon-thread", env=child_environment(otlp_sink.endpoint)
+    )
+    assert code == 0, err
+    records = finals_named(otlp_sink, "daemon-task", "exit-daemon-thread")
+    assert records["daemon-task"].status == "error"
+    assert records["daemon-task"].status_message == ABANDONED_MESSAGE
+
+
+def start_long_task(sink):
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "long_task.py")],
+        env=child_environment(sink.endpoint), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    ids = json.loads(process.stdout.readline())
+    # Running within the snapshot delay, then heartbeats: wait for two of them.
+    sink.wait_for(lambda rs: sum(r.running and r.span_id == ids["span_id"] for r in rs) >= 2)
+    return process, ids
+
+
+def test_sigterm_flushes_running_tasks_as_terminated_and_the_process_still_dies_of_it(otlp_sink):
+    process, ids = start_long_task(otlp_sink)
+    with process:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == -signal.SIGTERM
+    records = finals_named(otlp_sink, "long", "long-root")
+    assert records["long"].span_id == ids["span_id"]
+    assert records["long"].status == "error"
+    assert records["long"].status_message == "terminated by SIGTERM"
+    assert records["long-root"].status_message == "terminated by SIGTERM"
+    assert records["long"].parent == records["long-root"].span_id
+
+
+def test_sigkill_leaves_the_task_running_with_heartbeats_that_stop(otlp_sink):
+    process, ids = start_long_task(otlp_sink)
+    with process:
+        process.kill()
+    records = otlp_sink.snapshot()
+    beats = [r for r in records if r.span_id == ids["span_id"]]
+    assert beats and all(r.running for r in beats)  # no final record: the sink will mark it stalled
+    assert [r.end_ns for r in beats] == sorted(r.end_ns for r in beats)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_sink_down_for_the_whole_run_lets_the_job_finish_with_bounded_memory():
+    env = child_environment(f"http://127.0.0.1:{closed_port()}", OTEL_BSP_MAX_QUEUE_SIZE="1000")
+    code, out, err = run_script("sink_down_job.py", "20000", env=env)
+    assert code == 0, err
+    assert out["queue"] <= out["max_queue"] == 1000
+    assert out["dropped"] >= 20000 - 1000 - 512
+    assert out["rss_growth_kib"] < 30_000  # keeping 20,000 spans of this size takes ~60 MB
+    assert "not delivered so far" in err
+
+
+def test_a_process_started_with_traceparent_hangs_its_tasks_under_it(otlp_sink):
+    trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    env = child_environment(otlp_sink.endpoint, TRACEPARENT=f"00-{trace_id}-{span_id}-01")
+    code, _, err = run_script("child_task.py", "adopted", env=env)
+    assert code == 0, err
+    records = finals_named(otlp_sink, "adopted", "adopted/inner")
+    assert records["adopted"].trace_id == trace_id and records["adopted"].parent == span_id
+    assert records["adopted/inner"].parent == records["adopted"].span_id
+
+
+def test_an_invalid_traceparent_is_ignored(otlp_sink):
+    env = child_environment(
+        otlp_sink.endpoint, TRACEPARENT="00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+    )
+    code, _, err = run_script("child_task.py", "fresh", env=env)
+    assert code == 0, err
+    assert finals_named(otlp_sink, "fresh")["fresh"].parent is None
+
+
+def test_opentelemetry_instrument_picks_up_live_tasks_and_propagation_without_code_changes(
+    otlp_sink,
+):
+    env = child_environment(otlp_sink.endpoint, OTEL_SERVICE_NAME="plain")
+    proc = subprocess.run(
+        [str(BIN / "opentelemetry-instrument"), sys.executable, str(SCRIPTS / "plain_job.py")],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    trace_id = json.loads(proc.stdout.splitlines()[-1])["trace_id"]
+    records = finals_named(otlp_sink, "plain-job", "plain-slow", "plain-leaf")
+    assert records["plain-job"].trace_id == trace_id
+    assert records["plain-leaf"].parent == records["plain-job"].span_id  # a spawned process
+    assert records["plain-job"].resource["service.name"] == "plain"
+    assert any(r.running and r.name == "plain-slow" for r in otlp_sink.snapshot())

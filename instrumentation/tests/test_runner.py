@@ -1,0 +1,103 @@
+"""tasktree-run: any program as a task, through a real OTLP socket."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import SCRIPTS, child_environment
+from tasktree.instrumentation.runner import STDERR_TAIL_ATTRIBUTE, job_name
+
+RUNNER = str(Path(sys.executable).with_name("tasktree-run"))
+
+
+def run(sink, *command, name="job", extra=(), **env):
+    return subprocess.run(
+        [RUNNER, "--name", name, *extra, "--", *command],
+        env=child_environment(sink.endpoint, **env), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def final(sink, name):
+    records = sink.wait_for(lambda rs: any(r.name == name and not r.running for r in rs))
+    return next(r for r in records if r.name == name and not r.running)
+
+
+def test_success_passes_stdout_and_exit_code_through_and_ends_ok(otlp_sink):
+    proc = run(otlp_sink, sys.executable, "-c", "print('hello')")
+    assert proc.returncode == 0 and proc.stdout == "hello\n"
+    record = final(otlp_sink, "job")
+    assert record.status == "unset" and record.parent is None
+    assert record.attributes["process.exit.code"] == 0
+    assert STDERR_TAIL_ATTRIBUTE not in record.attributes
+    assert record.resource["service.name"] == "job"
+
+
+def test_failure_tees_stderr_keeps_its_tail_and_passes_the_exit_code(otlp_sink):
+    script = "import sys; sys.stderr.write('x' * 20000 + 'the end\\n'); sys.exit(4)"
+    proc = run(otlp_sink, sys.executable, "-c", script)
+    assert proc.returncode == 4
+    assert (
+        proc.stderr.endswith("the end\n") and proc.stderr.count("x") == 20000
+    )  # passed through whole
+    record = final(otlp_sink, "job")
+    assert record.status == "error" and record.status_message == "exit code 4"
+    tail = record.attributes[STDERR_TAIL_ATTRIBUTE]
+    assert tail.endswith("the end\n") and len(tail) == 8192
+
+
+def test_a_program_killed_by_a_signal_is_an_error_named_after_the_signal(otlp_sink):
+    proc = run(
+        otlp_sink, sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    assert proc.returncode == 128 + 9
+    assert final(otlp_sink, "job").status_message == "killed by SIGKILL"
+
+
+def test_a_missing_command_is_exit_127_and_an_error(otlp_sink):
+    proc = run(otlp_sink, "/nonexistent/program")
+    assert proc.returncode == 127
+    assert final(otlp_sink, "job").status_message == "command not found: /nonexistent/program"
+
+
+def test_runner_is_a_child_of_traceparent_and_passes_its_own_task_on(otlp_sink):
+    trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    proc = run(
+        otlp_sink, sys.executable, str(SCRIPTS / "child_task.py"), "inner-program",
+        TRACEPARENT=f"00-{trace_id}-{span_id}-01",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    runner, child = final(otlp_sink, "job"), final(otlp_sink, "inner-program")
+    assert runner.trace_id == child.trace_id == trace_id
+    assert runner.parent == span_id and child.parent == runner.span_id
+    assert f"-{runner.span_id}-" in proc.stdout  # the program saw the runner's task as TRACEPARENT
+
+
+def test_the_runner_heartbeats_while_the_program_runs(otlp_sink):
+    proc = run(
+        otlp_sink,
+        sys.executable,
+        "-c",
+        "import time; time.sleep(1.5)",
+        extra=("--heartbeat", "0.3"),
+    )
+    assert proc.returncode == 0
+    record = final(otlp_sink, "job")
+    beats = [r for r in otlp_sink.snapshot() if r.running and r.span_id == record.span_id]
+    assert len(beats) >= 2
+
+
+@pytest.mark.parametrize(
+    "command, name",
+    [
+        (["python3", "etl.py", "--date", "x"], "etl"),
+        (["/usr/bin/python3.11", "-u", "-m", "pkg.job"], "pkg.job"),
+        (["bash", "-c", "echo"], "bash"),
+        (["/opt/bin/make", "all"], "make"),
+    ],
+)
+def test_job_name_comes_from_the_script_of_an_interpreter(command, name):
+    assert job_name(command) == name
