@@ -23,7 +23,7 @@ def run_demo(settings: Settings, *, exit_when_done: bool = False) -> int:
     print(f"tasktree is running: {urls['ui']}  (API {urls['api']})", flush=True)
     print("running the sample job (a few thousand tasks)...", flush=True)
     env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=urls["otlp_http"].removesuffix("/v1/traces"),
-               OTEL_SERVICE_NAME="demo-etl")
+               TASKTREE_HEARTBEAT_INTERVAL="1")
     job = subprocess.run([sys.executable, "-m", "tasktree.exporter.demo_job"], env=env)
     _wait_until_folded(service)
     print(f"sample job finished (exit {job.returncode}); open {urls['ui']}", flush=True)
