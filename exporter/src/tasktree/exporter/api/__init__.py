@@ -1,0 +1,9 @@
+"""The JSON API (design.md §4) as one Flask blueprint.
+
+    app.extensions["tasktree"] = {"pool": pool, "settings": settings}
+    app.register_blueprint(api_blueprint)
+"""
+
+from tasktree.exporter.api.routes import api_blueprint
+
+__all__ = ["api_blueprint"]

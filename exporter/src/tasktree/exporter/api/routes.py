@@ -1,0 +1,184 @@
+"""The JSON API blueprint (design.md §4): runs, one run, one task, children, search, OpenAPI.
+
+Wiring (the app factory): ``app.extensions["tasktree"] = {"pool": pool, "settings": settings}``
+then ``app.register_blueprint(api_blueprint)``.  Views run on the server's request threads and
+block on PostgreSQL for one or two short queries on one pooled connection.  Errors are raised,
+never caught in views: the blueprint's handlers turn every ``TasktreeError`` into
+``{"error": {"code", "message"}}`` with its HTTP status (and Retry-After when it has one).
+Reading needs what ``tasktree.exporter.auth`` asks of a viewer (a bearer token once any viewer
+token or ``TASKTREE_AUTH_TOKEN`` is configured); ``/api/openapi.json`` is public.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+from collections.abc import Callable
+from importlib import resources
+from typing import Any, TypeVar
+
+import psycopg
+from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from tasktree.exporter import auth
+from tasktree.exporter.api import params, shapes
+from tasktree.exporter.errors import NotFound, TasktreeError, Unauthorized
+from tasktree.exporter.store import queries
+from tasktree.exporter.store.pool import connection
+
+logger = logging.getLogger(__name__)
+
+api_blueprint = Blueprint("api", __name__, url_prefix="/api")
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------------------
+# Plumbing: the store, errors, authentication
+
+
+def _read(work: Callable[[psycopg.Connection], T]) -> T:
+    """Run ``work`` on a pooled connection (StoreUnavailable when there is none)."""
+    with connection(current_app.extensions["tasktree"]["pool"]) as conn:
+        return work(conn)
+
+
+@api_blueprint.errorhandler(TasktreeError)
+def _tasktree_error(exc: TasktreeError) -> Response:
+    response = jsonify(error={"code": exc.code, "message": exc.message})
+    response.status_code = exc.status
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="tasktree"'
+    return response
+
+
+@api_blueprint.errorhandler(Exception)
+def _unexpected_error(exc: Exception) -> Response:
+    # Clients of a JSON API get JSON for everything, a bug included; the traceback goes to the log.
+    if isinstance(exc, HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        response = jsonify(error={"code": code, "message": exc.description})
+        response.status_code = exc.code or 500
+        return response
+    logger.exception("unhandled error in %s %s", request.method, request.path)
+    response = jsonify(error={"code": "internal", "message": "internal error; see the server log"})
+    response.status_code = 500
+    return response
+
+
+@api_blueprint.before_request
+def _authenticate() -> None:
+    """Reading needs a viewer (``tasktree.exporter.auth``: anonymous only on loopback without
+    tokens); the OpenAPI document is public."""
+    if request.endpoint != "api.openapi" and auth.authenticate() is None:
+        raise Unauthorized("this API needs the header Authorization: Bearer <viewer token>")
+
+
+def _arg(name: str) -> str | None:
+    return request.args.get(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Routes
+
+
+@api_blueprint.get("/runs")
+def list_runs() -> dict[str, Any]:
+    """Runs newest first, filtered by job, status, search box and start time range."""
+    limit = params.limit(_arg("limit"))
+    filters = {
+        "job": params.text(_arg("job"), "job"),
+        "status": params.status(_arg("status")),
+        "q": params.text(_arg("q"), "q"),
+        "from_ns": params.timestamp(_arg("from"), "from"),
+        "to_ns": params.timestamp(_arg("to"), "to"),
+        "after": params.decode_cursor("runs", _arg("cursor")),
+    }
+    page = _read(lambda conn: queries.list_runs(conn, limit=limit, **filters))
+    return {
+        "runs": [shapes.run(row) for row in page.rows],
+        "next_cursor": params.encode_cursor("runs", page.next_after),
+    }
+
+
+@api_blueprint.get("/runs/<trace_id>")
+def get_run(trace_id: str) -> dict[str, Any]:
+    """One run and its top-level tasks: the real root(s), then missing-parent placeholders."""
+    trace = params.trace_id(trace_id)
+
+    def read(conn: psycopg.Connection) -> tuple[dict | None, list[dict]]:
+        row = queries.get_run(conn, trace)
+        return row, (queries.run_roots(conn, trace) if row is not None else [])
+
+    row, roots = _read(read)
+    if row is None:
+        raise NotFound(f"no run with trace id {trace.hex()}")
+    return {**shapes.run(row), "roots": [shapes.node(root) for root in roots]}
+
+
+@api_blueprint.get("/runs/<trace_id>/tasks/<span_id>")
+def get_task(trace_id: str, span_id: str) -> dict[str, Any]:
+    """One task with attributes, resource, events, links, status message and last heartbeat."""
+    trace, span = params.trace_id(trace_id), params.span_id(span_id)
+    row = _read(lambda conn: queries.get_task(conn, trace, span))
+    if row is None:
+        raise NotFound(f"no task {span.hex()} in run {trace.hex()}")
+    return shapes.task_detail(row)
+
+
+@api_blueprint.get("/runs/<trace_id>/tasks/<span_id>/children")
+def list_children(trace_id: str, span_id: str) -> dict[str, Any]:
+    """A page of a task's direct children, by start time then span id."""
+    trace, span = params.trace_id(trace_id), params.span_id(span_id)
+    limit = params.limit(_arg("limit"))
+    after = params.decode_cursor("children", _arg("cursor"))
+
+    def read(conn: psycopg.Connection) -> queries.Page | None:
+        if not queries.task_exists(conn, trace, span):
+            return None
+        return queries.children(conn, trace, span, limit=limit, after=after)
+
+    page = _read(read)
+    if page is None:
+        raise NotFound(f"no task {span.hex()} in run {trace.hex()}")
+    return {
+        "children": [shapes.node(row) for row in page.rows],
+        "next_cursor": params.encode_cursor("children", page.next_after),
+    }
+
+
+@api_blueprint.get("/search")
+def search() -> dict[str, Any]:
+    """Tasks newest first: by id (prefix) or keywords, job, status and start time range."""
+    limit = params.limit(_arg("limit"))
+    filters = {
+        "q": params.text(_arg("q"), "q"),
+        "job": params.text(_arg("job"), "job"),
+        "status": params.status(_arg("status")),
+        "from_ns": params.timestamp(_arg("from"), "from"),
+        "to_ns": params.timestamp(_arg("to"), "to"),
+        "after": params.decode_cursor("search", _arg("cursor")),
+    }
+    page = _read(lambda conn: queries.search_tasks(conn, limit=limit, **filters))
+    return {
+        "tasks": [shapes.found_task(row) for row in page.rows],
+        "next_cursor": params.encode_cursor("search", page.next_after),
+    }
+
+
+@api_blueprint.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3.1 description of these routes (``api/openapi.json``, read once)."""
+    return current_app.response_class(_openapi_text(), mimetype="application/json")
+
+
+@functools.cache
+def _openapi_text() -> str:
+    text = resources.files("tasktree.exporter.api").joinpath("openapi.json").read_text("utf-8")
+    json.loads(text)  # a broken file fails here, loudly, rather than in a client
+    return text
