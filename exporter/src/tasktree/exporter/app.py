@@ -18,6 +18,8 @@ def create_app(settings: Settings, pool: psycopg_pool.ConnectionPool, **services
     app.json.sort_keys = False
     app.extensions["tasktree"] = {"settings": settings, "pool": pool, **services}
     app.register_blueprint(api_blueprint)
+    from tasktree.exporter.ui import install_ui  # issue 4: pages and /api/live/... streams
+    install_ui(app)
     app.add_url_rule("/healthz", view_func=_healthz)
     app.register_error_handler(TasktreeError, error_response)
     return app

@@ -12,6 +12,7 @@ import waitress.server
 from tasktree.exporter.app import create_app
 from tasktree.exporter.background import Folder
 from tasktree.exporter.ingest import Ingestor
+from tasktree.exporter.live import open_bus
 from tasktree.exporter.receiver.otlp_grpc import start_otlp_grpc_server
 from tasktree.exporter.receiver.otlp_http import create_otlp_http_app
 from tasktree.exporter.settings import Settings
@@ -60,6 +61,8 @@ class Service:
                               max_lifetime=settings.pool_max_lifetime, timeout=settings.pool_timeout)
         self.folder = Folder(self.pool, settings)
         self.ingest = Ingestor(self.pool, settings, on_landed=self.folder.wake)
+        self.live = open_bus(settings.redis_url)  # issue 4: live updates of the web pages
+        self.folder.subscribe(self.live.publish)
         self._serve = serve
         self._threads: list[threading.Thread] = []
         self._http_servers = []
@@ -71,16 +74,17 @@ class Service:
         if not self._serve:
             return self
         s = self.settings
-        web = create_app(s, self.pool, folder=self.folder, ingest=self.ingest)
-        self.web_port = self._start_http(web, s.port, "web")
+        web = create_app(s, self.pool, folder=self.folder, ingest=self.ingest, live=self.live)
+        # Each open live stream holds a thread: room for them beside the ordinary requests.
+        self.web_port = self._start_http(web, s.port, "web", threads=8 + self.live.max_streams)
         self.otlp_http_port = self._start_http(create_otlp_http_app(self.ingest, s), s.otlp_http_port,
                                                "otlp-http")
         self._grpc, self.otlp_grpc_port = start_otlp_grpc_server(self.ingest, s, s.host, s.otlp_grpc_port)
         return self
 
-    def _start_http(self, app, port: int, name: str) -> int:
+    def _start_http(self, app, port: int, name: str, threads: int = 8) -> int:
         server = waitress.server.create_server(
-            app, host=self.settings.host, port=port, threads=8, ident="tasktree",
+            app, host=self.settings.host, port=port, threads=threads, ident="tasktree",
             channel_timeout=300, connection_limit=1000, clear_untrusted_proxy_headers=True,
             # Far-oversized bodies are cut by waitress itself; the apps answer the rest in kind.
             max_request_body_size=2 * self.settings.max_body_bytes,
@@ -92,6 +96,7 @@ class Service:
         return server.effective_port
 
     def stop(self) -> None:
+        self.live.close()  # ends the live streams, which would hold server threads
         for server in self._http_servers:
             server.close()
         if self._grpc is not None:

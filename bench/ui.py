@@ -1,0 +1,214 @@
+"""Web UI speed in Chromium: a run page whose root has 100,000 children in a run of 1,000,000 tasks.
+
+    .venv/bin/python bench/ui.py [--tasks 1000000] [--repeat 7] [--database-url postgresql://...]
+
+Creates a scratch database (migrated, dropped at the end), builds the run with a few set-based
+statements (the root; 100,000 children; the rest spread under them as grandchildren), starts a real
+``tasktree serve`` on it, and drives Debian's Chromium with Playwright:
+
+* first paint of the run page: from navigation start until the tree (the root and the first page
+  of its 100,000 children) has been drawn and a frame painted (the page's own
+  ``tasktree-tree-ready`` mark), median of ``--repeat`` fresh loads; the browser's first
+  contentful paint is shown beside it;
+* the next page of children: from the click on "load more" until the new rows are painted,
+  median of ``--repeat`` clicks (pages 2, 3, ...);
+
+beside a reference measured in the same run: the load of a page that reads nothing from the
+database (``/search`` without a query), so the figures can be compared across machines as ratios.
+Targets: first paint under 1 s, next page under 200 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+import psycopg
+from psycopg import sql
+
+from tasktree.exporter.store.migrate import migrate
+
+ADMIN = os.environ.get("TASKTREE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync"]
+TRACE = bytes.fromhex("5be1a1ce5c0f4f0e9d2b6a3c1e0f9a11")
+CHILDREN = 100_000
+BASE_NS = 1_795_000_000_000_000_000
+
+# Task i: 0 the root; 1..CHILDREN its children; the rest grandchildren, task i under child
+# 1 + i % CHILDREN.  Span ids are 8-byte big-endian i + 1; every 97th task failed; the last 100
+# are still running.  Child counts and rollups are set afterwards from the rows themselves.
+BUILD = ["""
+INSERT INTO resources (id, digest, job, attributes)
+VALUES (1, '\\x02', 'bench-ui', '{"service.name": "bench-ui", "host.name": "bench-host"}')
+""", """
+INSERT INTO tasks (trace_id, span_id, parent_span_id, name, kind, status, start_ns, end_ns,
+                   heartbeat_ns, status_message, resource_id, scope, attributes, events, links,
+                   received_ns)
+SELECT %(trace)s, int8send(i + 1),
+       CASE WHEN i = 0 THEN NULL WHEN i <= %(children)s THEN int8send(1)
+            ELSE int8send(2 + i %% %(children)s) END,
+       CASE WHEN i = 0 THEN 'nightly' WHEN i <= %(children)s THEN 'partition-' || i
+            ELSE 'chunk-' || i END, 1,
+       CASE WHEN i >= %(tasks)s - 100 THEN 1 WHEN i %% 97 = 0 AND i > 0 THEN 4 ELSE 3 END,
+       %(base)s + i * 1000,
+       CASE WHEN i = 0 THEN %(base)s + %(tasks)s * 1000 + 5000000
+            WHEN i >= %(tasks)s - 100 THEN NULL ELSE %(base)s + i * 1000 + 5000000 END,
+       CASE WHEN i >= %(tasks)s - 100 THEN %(base)s + i * 1000 END,
+       CASE WHEN i %% 97 = 0 AND i > 0 THEN 'disk full on /var' ELSE '' END,
+       1, 'bench', jsonb_build_object('item', i), '[]', '[]', %(base)s
+FROM generate_series(0, %(tasks)s - 1) AS i
+"""]
+ROLLUPS = ["""
+WITH agg AS (
+    SELECT parent_span_id AS id, count(*) AS n, count(*) FILTER (WHERE status = 3) AS ok,
+           count(*) FILTER (WHERE status = 4) AS error,
+           count(*) FILTER (WHERE status = 1) AS running
+    FROM tasks WHERE trace_id = %(trace)s AND parent_span_id <> int8send(1)
+    GROUP BY parent_span_id
+)
+UPDATE tasks t SET child_count = agg.n, n_ok = agg.ok, n_error = agg.error, n_running = agg.running
+FROM agg WHERE t.trace_id = %(trace)s AND t.span_id = agg.id
+""", """
+UPDATE tasks SET child_count = %(children)s,
+       (n_ok, n_error, n_running) = (
+           SELECT count(*) FILTER (WHERE status = 3), count(*) FILTER (WHERE status = 4),
+                  count(*) FILTER (WHERE status = 1)
+           FROM tasks WHERE trace_id = %(trace)s AND span_id <> int8send(1))
+WHERE trace_id = %(trace)s AND span_id = int8send(1)
+""", """
+INSERT INTO runs (trace_id, job, name, status, start_ns, end_ns, n_ok, n_error, n_running,
+                  n_stalled, task_count, root_count, last_received_ns)
+SELECT %(trace)s, 'bench-ui', 'nightly', 3, min(start_ns),
+       max(end_ns) FILTER (WHERE parent_span_id IS NULL),
+       count(*) FILTER (WHERE status = 3), count(*) FILTER (WHERE status = 4),
+       count(*) FILTER (WHERE status = 1), 0, count(*), 1, max(received_ns)
+FROM tasks WHERE trace_id = %(trace)s
+"""]
+
+
+def build(url: str, tasks: int) -> None:
+    """Fill the scratch database with the one big run, rollups consistent, statistics fresh."""
+    params = {"trace": TRACE, "tasks": tasks, "children": CHILDREN, "base": BASE_NS}
+    with psycopg.connect(url, autocommit=True) as conn:
+        for step, statements in (("tasks", BUILD), ("rollups", ROLLUPS)):
+            started = time.perf_counter()
+            with conn.transaction():
+                for text in statements:
+                    conn.execute(text, params)
+            print(f"built {step} in {time.perf_counter() - started:.1f} s", flush=True)
+        conn.execute("VACUUM ANALYZE tasks")
+        conn.execute("VACUUM ANALYZE runs")
+
+
+def start_server(url: str) -> tuple[subprocess.Popen, str]:
+    """``tasktree serve`` on free ports; returns the process and the web UI's base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tasktree.exporter", "serve", "--database-url", url, "--port", "0",
+         "--otlp-http-port", "0", "--otlp-grpc-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if line.startswith("TASKTREE_READY "):
+            return proc, json.loads(line.split(" ", 1)[1])["ui"].rstrip("/")
+    raise SystemExit("tasktree serve did not start")
+
+
+ROOT_ID = (1).to_bytes(8, "big").hex()
+NEXT_PAGE_JS = """async () => {
+    const group = document.querySelector('[role=treeitem][data-span-id="ROOT_ID"] > .children');
+    const before = group.children.length;
+    const started = performance.now();
+    group.querySelector(':scope > .more').click();
+    await new Promise((done) => {
+        const check = () => group.children.length > before ? done() : requestAnimationFrame(check);
+        check();
+    });
+    await new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
+    return performance.now() - started;
+}""".replace("ROOT_ID", ROOT_ID)
+
+
+def measure(base: str, repeat: int) -> dict[str, float]:
+    """Median milliseconds: the reference page load, run page first paint (and FCP), next page."""
+    from playwright.sync_api import sync_playwright
+
+    run_url = f"{base}/runs/{TRACE.hex()}"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        reference, ready, fcp = [], [], []
+        for _ in range(repeat + 1):  # the first of each is a warm-up (caches, connections)
+            page = context.new_page()
+            page.goto(f"{base}/search", wait_until="load")
+            reference.append(page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd"))
+            page.goto(run_url)
+            page.wait_for_function("document.body.dataset.treeReady === '1'")
+            ready.append(page.evaluate("performance.getEntriesByName('tasktree-tree-ready')[0].startTime"))
+            fcp.append(page.evaluate(
+                "performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? NaN"))
+            page.close()
+        page = context.new_page()
+        page.goto(run_url)
+        page.wait_for_function("document.body.dataset.treeReady === '1'")
+        next_page = [page.evaluate(NEXT_PAGE_JS) for _ in range(repeat + 1)]
+        browser.close()
+    return {
+        "reference: page without a query (load)": statistics.median(reference[1:]),
+        "run page: first contentful paint": statistics.median(fcp[1:]),
+        "run page: tree painted (first paint)": statistics.median(ready[1:]),
+        "next page of 100 children": statistics.median(next_page[1:]),
+    }
+
+
+TARGETS = {"run page: tree painted (first paint)": 1000.0, "next page of 100 children": 200.0}
+
+
+def report(figures: dict[str, float], args: argparse.Namespace) -> None:
+    reference = figures["reference: page without a query (load)"]
+    print(f"\none run of {args.tasks:,} tasks, the root has {CHILDREN:,} children; "
+          f"median of {args.repeat} in Chromium")
+    for what, ms in figures.items():
+        target = TARGETS.get(what)
+        verdict = "" if target is None else (f"  ok (< {target:.0f} ms)" if ms < target
+                                              else f"  OVER {target:.0f} ms")
+        print(f"  {what:40} {ms:8.1f} ms  {ms / reference:6.2f} x reference{verdict}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--database-url", default=ADMIN, help="an admin URL of the server to use")
+    args = parser.parse_args(argv)
+    if args.tasks < CHILDREN + 1:
+        parser.error(f"--tasks must be at least {CHILDREN + 1}")
+    name = f"tasktree_bench_ui_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(args.database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    server = None
+    try:
+        url = args.database_url.rsplit("/", 1)[0] + "/" + name
+        migrate(url)
+        build(url, args.tasks)
+        server, base = start_server(url)
+        report(measure(base, args.repeat), args)
+    finally:
+        if server is not None:
+            server.send_signal(signal.SIGTERM)
+            server.wait(30)
+        with psycopg.connect(args.database_url, autocommit=True) as admin:
+            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+            admin.execute(drop.format(sql.Identifier(name)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""Live updates: "these runs changed", from the folder to every open page, as server-sent events.
+
+The folder calls ``LiveBus.publish(trace_ids)`` after each commit that changed runs.  A page holds
+one event stream (``GET /api/live/runs`` for the runs list, ``GET /api/live/runs/<trace_id>`` for
+one run) and, on each ``changed`` event, re-fetches what it shows through the JSON API.  Events
+carry no tree data, so nothing on a page can go backwards: the store never regresses a final
+status, and a page only ever shows what the store answered last.
+
+Two buses with one interface:
+
+* ``LocalBus``: in-process fan-out (the default, one ``tasktree serve`` process);
+* ``RedisBus``: publishes to a Redis channel and fans out what it hears there, so every process
+  serving the web UI sees every process's folds (``settings.redis_url``).  While Redis is down,
+  a process still delivers its own changes locally; when Redis is back, every open stream is told
+  "everything changed" once, since events may have been missed meanwhile.
+
+Streams hold a server thread each, so their number is capped (``max_streams``); beyond it the
+stream answers 503 and the page falls back to polling.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+
+from flask import Blueprint, Response, current_app
+
+from tasktree.exporter.errors import TasktreeError, Unauthorized
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "tasktree:live:runs"
+"""The Redis pub/sub channel; a message is comma-separated hex trace ids, or ``*`` for all runs."""
+MAX_STREAMS = 32
+"""Open event streams per process (each holds one web server thread)."""
+KEEPALIVE_S = 15.0
+"""A comment line this often keeps proxies from closing an idle stream and finds gone clients."""
+COALESCE_S = 0.3
+"""At most one event per run stream this often: a busy run changes at every fold (milliseconds)."""
+COALESCE_LIST_S = 1.0
+"""The same for the runs list's streams, which hear of every run's changes."""
+STREAM_MAX_S = 600.0
+"""A stream ends after this long; the browser reconnects (and re-fetches), spreading load."""
+_MAX_IDS_PER_MESSAGE = 1000
+_EVERYTHING = None  # "all runs changed" in deliver(): after an outage, or a message too long
+
+
+class Subscription:
+    """What one event stream waits on: changes of one run (``trace_id``) or of any run (None)."""
+
+    def __init__(self, trace_id: bytes | None):
+        self.trace_id = trace_id
+        self._changed = threading.Event()
+        self.closed = False
+
+    def offer(self, trace_ids: frozenset[bytes] | None) -> None:
+        """Wake the stream if ``trace_ids`` concern it (None: every run).  Never blocks."""
+        if trace_ids is None or self.trace_id is None or self.trace_id in trace_ids:
+            self._changed.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._changed.set()
+
+    def wait(self, timeout: float) -> bool:
+        """True when something changed since the last call; False after ``timeout`` seconds.
+
+        A change offered after this returns is kept for the next call, so none is lost; the
+        caller re-reads the store after this returns, which covers what was committed before.
+        """
+        if not self._changed.wait(timeout):
+            return False
+        self._changed.clear()
+        return not self.closed
+
+
+class LocalBus:
+    """In-process fan-out from the folder thread to the streams of this process."""
+
+    def __init__(self, max_streams: int = MAX_STREAMS):
+        self.max_streams = max_streams
+        self._lock = threading.Lock()
+        self._subscriptions: set[Subscription] = set()
+        self.closed = False
+
+    def subscribe(self, trace_id: bytes | None) -> Subscription | None:
+        """A new subscription, or None when ``max_streams`` are open already (or closed)."""
+        with self._lock:
+            if self.closed or len(self._subscriptions) >= self.max_streams:
+                return None
+            subscription = Subscription(trace_id)
+            self._subscriptions.add(subscription)
+            return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        with self._lock:
+            self._subscriptions.discard(subscription)
+
+    def publish(self, trace_ids: Iterable[bytes]) -> None:
+        """Folder listener: runs on the folder thread after a commit; quick, never raises."""
+        self.deliver(frozenset(trace_ids))
+
+    def deliver(self, trace_ids: frozenset[bytes] | None) -> None:
+        """Wake the streams concerned by ``trace_ids`` (None: all of them)."""
+        with self._lock:
+            subscriptions = list(self._subscriptions)
+        for subscription in subscriptions:
+            subscription.offer(trace_ids)
+
+    @property
+    def stream_count(self) -> int:
+        with self._lock:
+            return len(self._subscriptions)
+
+    def start(self) -> LocalBus:
+        return self
+
+    def close(self) -> None:
+        """End every open stream (server shutdown)."""
+        with self._lock:
+            self.closed = True
+            subscriptions = list(self._subscriptions)
+        for subscription in subscriptions:
+            subscription.close()
+
+
+class RedisBus(LocalBus):
+    """Fan-out through Redis pub/sub, for several processes serving the same pages.
+
+    ``publish`` only records the ids (the folder thread never waits on Redis); a publisher thread
+    sends them, and a listener thread delivers every message heard on ``CHANNEL`` to this
+    process's streams, reconnecting with back-off while Redis is down.
+    """
+
+    def __init__(self, url: str, max_streams: int = MAX_STREAMS, channel: str = CHANNEL):
+        super().__init__(max_streams)
+        import redis  # imported here: a process without redis_url never needs the client
+
+        self._redis = redis
+        self._channel = channel
+        self._client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2,
+                                            health_check_interval=10)
+        self._pending: set[bytes] = set()
+        self._pending_all = False
+        self._wake = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self.connected = threading.Event()  # the listener is subscribed (tests wait on it)
+        self._threads = [threading.Thread(target=self._run_publisher, name="tasktree-live-pub",
+                                          daemon=True),
+                         threading.Thread(target=self._run_listener, name="tasktree-live-sub",
+                                          daemon=True)]
+
+    def start(self) -> RedisBus:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
+        super().close()
+        for thread in self._threads:
+            thread.join(5)
+        self._client.close()
+
+    def publish(self, trace_ids: Iterable[bytes]) -> None:
+        """Folder listener: record the ids for the publisher thread.  Never blocks on Redis."""
+        with self._wake:
+            self._pending.update(trace_ids)
+            if len(self._pending) > _MAX_IDS_PER_MESSAGE:
+                self._pending_all, self._pending = True, set()
+            self._wake.notify()
+
+    def _take_pending(self) -> frozenset[bytes] | None | bool:
+        """Wait for ids to send: the ids, None for "all runs", False when stopping."""
+        with self._wake:
+            while not (self._pending or self._pending_all or self._stop.is_set()):
+                self._wake.wait()
+            if self._stop.is_set():
+                return False
+            taken = _EVERYTHING if self._pending_all else frozenset(self._pending)
+            self._pending, self._pending_all = set(), False
+            return taken
+
+    def _run_publisher(self) -> None:
+        while (trace_ids := self._take_pending()) is not False:
+            try:
+                self._client.publish(self._channel, encode_message(trace_ids))
+            except self._redis.RedisError as exc:
+                # Degrade, don't drop: this process's own pages still hear of its own folds.
+                logger.debug("live update not published to Redis (%s); delivered locally", exc)
+                self.deliver(trace_ids)
+
+    def _run_listener(self) -> None:
+        backoff, missed = 0.0, False
+        while not self._stop.is_set():
+            try:
+                self._listen(resync=missed)
+                backoff = 0.0
+            except (self._redis.RedisError, OSError) as exc:
+                if not missed:
+                    logger.warning("live updates through Redis paused: %s", exc)
+                missed = True
+                self.connected.clear()
+                backoff = min(5.0, backoff * 2 or 0.2)
+                self._stop.wait(backoff)
+
+    def _listen(self, resync: bool) -> None:
+        """Subscribe and deliver until stopped; raises when the connection fails."""
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self._channel)
+            self.connected.set()
+            if resync:  # events were missed while disconnected: every page re-fetches once
+                logger.warning("live updates through Redis resumed")
+                self.deliver(_EVERYTHING)
+            while not self._stop.is_set():
+                message = pubsub.get_message(timeout=1.0)
+                if message is not None and message.get("type") == "message":
+                    self.deliver(decode_message(message["data"]))
+        finally:
+            pubsub.close()
+
+
+def encode_message(trace_ids: frozenset[bytes] | None) -> bytes:
+    """Comma-separated hex trace ids; ``*`` for every run."""
+    if trace_ids is None:
+        return b"*"
+    return b",".join(t.hex().encode("ascii") for t in sorted(trace_ids))
+
+
+def decode_message(data: bytes) -> frozenset[bytes] | None:
+    """The ids of a channel message; anything malformed counts as "every run" (safe: a re-fetch)."""
+    try:
+        if data == b"*":
+            return None
+        return frozenset(bytes.fromhex(part.decode("ascii")) for part in data.split(b","))
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def open_bus(redis_url: str | None, max_streams: int = MAX_STREAMS) -> LocalBus:
+    """The bus for these settings, started: Redis when ``redis_url`` is set, else in-process."""
+    bus = RedisBus(redis_url, max_streams) if redis_url else LocalBus(max_streams)
+    return bus.start()
+
+
+# ---------------------------------------------------------------------------------------------
+# Server-sent event streams
+
+live_blueprint = Blueprint("live", __name__, url_prefix="/api/live")
+
+
+def bus_of(app) -> LocalBus:
+    """The app's bus (``services["live"]``); an app built without one gets a local, idle bus."""
+    services = app.extensions["tasktree"]
+    if services.get("live") is None:
+        services["live"] = LocalBus()
+    return services["live"]
+
+
+@live_blueprint.before_request
+def _authenticate() -> None:
+    from tasktree.exporter import auth
+
+    if auth.authenticate() is None:
+        raise Unauthorized("this stream needs the header Authorization: Bearer <viewer token>")
+
+
+@live_blueprint.errorhandler(TasktreeError)
+def _error(exc: TasktreeError) -> Response:
+    from tasktree.exporter.app import error_response
+
+    return error_response(exc)
+
+
+@live_blueprint.get("/runs")
+def runs_stream() -> Response:
+    """Events for the runs list: ``changed`` whenever any run changed."""
+    return _stream_response(None, COALESCE_LIST_S)
+
+
+@live_blueprint.get("/runs/<trace_id>")
+def run_stream(trace_id: str) -> Response:
+    """Events for one run's pages: ``changed`` whenever that run's tree changed."""
+    from tasktree.exporter.api import params
+
+    return _stream_response(params.trace_id(trace_id), COALESCE_S)
+
+
+def _stream_response(trace_id: bytes | None, pause: float) -> Response:
+    bus = bus_of(current_app)
+    subscription = bus.subscribe(trace_id)
+    if subscription is None:
+        raise TooManyStreams("too many live streams open on this server; poll instead",
+                             retry_after=30)
+    response = Response(_events(bus, subscription, STREAM_MAX_S, pause),
+                        mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    return response
+
+
+class TooManyStreams(TasktreeError):
+    status = 503
+    code = "too_many_streams"
+
+
+def _events(bus: LocalBus, subscription: Subscription, lifetime: float,
+            pause: float) -> Iterator[str]:
+    """The stream: an opening comment, then ``changed`` events (at most one per ``pause``
+    seconds) and keep-alive comments.
+
+    Runs on a web server thread for the stream's life; ends at ``lifetime``, at shutdown, or at
+    the first write after the client went away (the server then closes this generator).
+    """
+    try:
+        # "retry" is the browser's reconnect delay; the comment makes the response start at once.
+        yield "retry: 2000\n: open\n\n"
+        deadline = time.monotonic() + lifetime
+        while not subscription.closed and time.monotonic() < deadline:
+            timeout = min(KEEPALIVE_S, max(0.0, deadline - time.monotonic()))
+            if subscription.wait(timeout):
+                yield "event: changed\ndata: {}\n\n"
+                time.sleep(pause)
+            elif not subscription.closed:
+                yield ": keepalive\n\n"
+    finally:
+        bus.unsubscribe(subscription)
+

@@ -1,0 +1,96 @@
+"""The web UI: server-rendered pages (Flask + Jinja) and small hand-written JavaScript.
+
+    from tasktree.exporter.ui import install_ui
+    install_ui(app)      # in create_app: the pages, their static files and the live streams
+
+Every page is sent with a Content-Security-Policy that allows only this server's own scripts and
+styles (no inline script, no eval), so even a span field that slipped through as markup could
+not run.  Fields are rendered as text in the first place: Jinja autoescapes, and the scripts
+only ever set ``textContent``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from importlib import resources
+
+from flask import Flask, Response, render_template, request
+
+from tasktree.exporter.errors import TasktreeError, Unauthorized
+from tasktree.exporter.ui import format as fmt
+from tasktree.exporter.ui.views import ui_blueprint
+
+__all__ = ["install_ui", "ui_blueprint"]
+
+logger = logging.getLogger(__name__)
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+}
+
+
+def install_ui(app: Flask) -> None:
+    """Register the pages and the live event streams on ``app`` (the bus: ``services["live"]``)."""
+    from tasktree.exporter.live import bus_of, live_blueprint
+
+    app.register_blueprint(ui_blueprint)
+    app.register_blueprint(live_blueprint)
+    bus_of(app)  # an app built without a bus (tests) gets an idle local one
+
+
+@ui_blueprint.app_template_global()
+def static_url(filename: str) -> str:
+    """URL of a static file with its content hash, so browsers never run yesterday's script."""
+    return f"/static/ui/{filename}?v={_static_version(filename)}"
+
+
+_VERSIONS: dict[str, str] = {}
+
+
+def _static_version(filename: str) -> str:
+    if filename not in _VERSIONS:
+        data = resources.files("tasktree.exporter.ui").joinpath("static", filename).read_bytes()
+        _VERSIONS[filename] = hashlib.sha256(data).hexdigest()[:12]
+    return _VERSIONS[filename]
+
+
+for _name, _filter in fmt.FILTERS.items():
+    ui_blueprint.add_app_template_filter(_filter, _name)
+
+
+@ui_blueprint.before_request
+def _authenticate() -> None:
+    """Pages need what reading the API needs (anonymous only on loopback without tokens)."""
+    from tasktree.exporter import auth
+
+    if request.endpoint == "ui.static":
+        return
+    if auth.authenticate() is None:
+        raise Unauthorized("this server needs a viewer token (Authorization: Bearer <token>)")
+
+
+@ui_blueprint.after_request
+def _security_headers(response: Response) -> Response:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+@ui_blueprint.errorhandler(TasktreeError)
+def _error_page(exc: TasktreeError):
+    """Any tasktree error as an HTML page with its status (and Retry-After when it has one)."""
+    body = render_template("error.html", status=exc.status, code=exc.code, message=exc.message)
+    response = Response(body, status=exc.status, mimetype="text/html")
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="tasktree"'
+    return _security_headers(response)

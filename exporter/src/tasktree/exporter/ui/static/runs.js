@@ -1,0 +1,47 @@
+// The runs list: time-range inputs in the browser's zone, and live refresh of the rows shown.
+"use strict";
+
+(() => {
+  /** datetime-local inputs show local time; the form sends UTC (RFC 3339) in hidden fields. */
+  function wireTimeRange(form) {
+    for (const input of form.querySelectorAll("input[data-utc-for]")) {
+      const hidden = form.querySelector(`input[type=hidden][name="${input.dataset.utcFor}"]`);
+      const ms = hidden.value ? parseValue(hidden.value) : NaN;
+      if (!Number.isNaN(ms)) input.value = TT.localText(ms).replace(" ", "T").slice(0, 19);
+      input.addEventListener("change", () => {
+        hidden.value = input.value ? new Date(input.value).toISOString() : "";
+      });
+    }
+  }
+
+  /** Milliseconds from what "from"/"to" may hold: RFC 3339 or Unix seconds. */
+  function parseValue(value) {
+    return /^-?\d+(\.\d+)?$/.test(value) ? Number(value) * 1000 : TT.parseTime(value);
+  }
+
+  function runRow(run) {
+    const {el} = TT;
+    return el("tr", {class: "run", "data-trace-id": run.trace_id},
+      el("td", {}, TT.status(run.status)),
+      el("td", {class: "job"}, run.job || ""),
+      el("td", {class: "name"}, el("a", {href: `/runs/${run.trace_id}`}, run.name || "(no root yet)")),
+      el("td", {}, TT.copyable(run.trace_id, `${run.trace_id.slice(0, 12)}…`)),
+      el("td", {}, TT.time(run.start)),
+      el("td", {class: "num"}, TT.duration(run.duration)),
+      el("td", {class: "num"}, TT.number(run.task_count)),
+      el("td", {}, TT.rollup(run.counts)));
+  }
+
+  async function refresh(table) {
+    const body = await TT.api(`/api/runs?${table.dataset.api}`);
+    document.getElementById("runs-body").replaceChildren(...body.runs.map(runRow));
+    document.getElementById("runs-empty").hidden = body.runs.length > 0;
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    const form = document.getElementById("run-filters");
+    const table = document.getElementById("runs");
+    if (form) wireTimeRange(form);
+    if (table) TT.live("/api/live/runs", TT.serial(() => refresh(table)));
+  });
+})();

@@ -1,0 +1,204 @@
+"""The web pages (design.md §4): runs, one run's tree, one task, search.
+
+Server-rendered with Jinja (autoescaped: every span field is text).  The tree is drawn by
+``static/tree.js`` from the JSON embedded in the page (the same shapes as the JSON API), and every
+page then follows the JSON API and the live event streams (``tasktree.exporter.live``).
+
+Views run on the web server's threads and block on PostgreSQL for a few short queries on one
+pooled connection.  Errors are raised, never caught in views: the blueprint's handler renders
+them as an HTML page with their status (a malformed id is 400, an unknown one 404).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+import psycopg
+from flask import Blueprint, current_app, redirect, render_template, request, url_for
+
+from tasktree.exporter.api import params, shapes
+from tasktree.exporter.errors import NotFound
+from tasktree.exporter.store import queries
+from tasktree.exporter.store.pool import connection
+from tasktree.exporter.tree import status as task_status
+from tasktree.exporter.ui import format as fmt
+
+ui_blueprint = Blueprint("ui", __name__, template_folder="templates", static_folder="static",
+                         static_url_path="/static/ui")
+
+RUNS_PAGE = 50
+CHILDREN_PAGE = 100
+SEARCH_PAGE = 50
+MAX_ANCESTORS = 64
+"""Breadcrumbs stop this many levels up (one primary-key read each)."""
+FILTER_NAMES = ("job", "status", "from", "to")
+T = TypeVar("T")
+
+
+def _read(work: Callable[[psycopg.Connection], T]) -> T:
+    """Run ``work`` on a pooled connection (StoreUnavailable, a 503 page, when there is none)."""
+    with connection(current_app.extensions["tasktree"]["pool"]) as conn:
+        return work(conn)
+
+
+def _args() -> dict[str, str]:
+    """The query string without blank values: an empty form field means "no filter"."""
+    return {key: value for key, value in request.args.items() if value.strip() != ""}
+
+
+def _filters(args: Mapping[str, str]) -> dict[str, Any]:
+    """Job, status and time range from the query string, validated (BadRequest: a 400 page)."""
+    return {
+        "job": params.text(args.get("job"), "job"),
+        "status": params.status(args.get("status")),
+        "from_ns": params.timestamp(args.get("from"), "from"),
+        "to_ns": params.timestamp(args.get("to"), "to"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+
+@ui_blueprint.get("/")
+def runs_page() -> str:
+    """Runs newest first, filtered by job, status and time range; ``cursor`` pages on."""
+    args = _args()
+    filters = _filters(args)
+    after = params.decode_cursor("runs", args.get("cursor"))
+    page = _read(lambda conn: queries.list_runs(conn, limit=RUNS_PAGE, after=after, **filters))
+    kept = {name: args[name] for name in FILTER_NAMES if name in args}
+    next_cursor = params.encode_cursor("runs", page.next_after)
+    # What the page re-fetches from the JSON API when the live stream says runs changed.
+    api_query = urlencode({**kept, **{k: args[k] for k in ("cursor",) if k in args},
+                           "limit": RUNS_PAGE})
+    return render_template(
+        "runs.html", runs=[shapes.run(row) for row in page.rows], args=kept, now=int(time.time()),
+        statuses=list(task_status.CODES), page_size=RUNS_PAGE, paged="cursor" in args,
+        api_query=api_query,
+        next_url=url_for("ui.runs_page", **kept, cursor=next_cursor) if next_cursor else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# One run: the tree
+
+
+@ui_blueprint.get("/runs/<trace_id>")
+def run_page(trace_id: str) -> str:
+    """The run's tree from its top-level tasks, or from task ``node`` when given (a subtree)."""
+    trace = params.trace_id(trace_id)
+    focus = params.span_id(request.args["node"]) if request.args.get("node") else None
+    run, tops, ancestors, opened = _read(lambda conn: _tree_start(conn, trace, focus))
+    tree = {
+        "trace_id": trace.hex(), "run": run, "roots": tops, "focus": focus and focus.hex(),
+        "open": opened, "page_size": CHILDREN_PAGE,
+    }
+    return render_template("run.html", run=run, tree=tree, ancestors=ancestors, focus=focus)
+
+
+def _tree_start(conn: psycopg.Connection, trace: bytes, focus: bytes | None):
+    """(run, top nodes, ancestors of the focus, first child pages of the nodes shown open)."""
+    row = queries.get_run(conn, trace)
+    if row is None:
+        raise NotFound(f"no run with trace id {trace.hex()} (yet: spans show once folded)")
+    if focus is None:
+        tops, ancestors = [shapes.node(r) for r in queries.run_roots(conn, trace)], []
+    else:
+        task = queries.get_task(conn, trace, focus)
+        if task is None:
+            raise NotFound(f"no task {focus.hex()} in run {trace.hex()}")
+        tops, ancestors = [shapes.node(task)], _ancestors(conn, trace, task)
+    real = [node for node in tops if not node["missing"]]
+    shown_open = real[:1] if len(real) == 1 or focus else []
+    opened = {node["span_id"]: _children_page(conn, trace, node) for node in shown_open
+              if node["child_count"]}
+    return shapes.run(row), tops, ancestors, opened
+
+
+def _children_page(conn: psycopg.Connection, trace: bytes, node: dict) -> dict[str, Any]:
+    """The first page of a node's children, as ``GET .../children`` answers it."""
+    page = queries.children(conn, trace, bytes.fromhex(node["span_id"]), limit=CHILDREN_PAGE)
+    return {"children": [shapes.node(r) for r in page.rows],
+            "next_cursor": params.encode_cursor("children", page.next_after)}
+
+
+def _ancestors(conn: psycopg.Connection, trace: bytes, task: dict) -> list[dict[str, Any]]:
+    """The task's ancestors from the top down, as {span_id, name, missing} (for breadcrumbs)."""
+    found, parent = [], task["parent_span_id"]
+    while parent is not None and len(found) < MAX_ANCESTORS:
+        row = queries.get_task(conn, trace, parent)
+        if row is None:  # not folded yet: the chain ends at a span we cannot show
+            break
+        found.append({"span_id": parent.hex(), "name": row["name"], "missing": row["missing"]})
+        parent = row["parent_span_id"]
+    return found[::-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# One task
+
+
+@ui_blueprint.get("/runs/<trace_id>/tasks/<span_id>")
+def task_page(trace_id: str, span_id: str) -> str:
+    """Everything about one task: ids, status, times, attributes, resource, events, links."""
+    trace, span = params.trace_id(trace_id), params.span_id(span_id)
+
+    def read(conn: psycopg.Connection):
+        row = queries.get_task(conn, trace, span)
+        if row is None:
+            raise NotFound(f"no task {span.hex()} in run {trace.hex()}")
+        return row, queries.get_run(conn, trace), _ancestors(conn, trace, row)
+
+    row, run_row, ancestors = _read(read)
+    task = shapes.task_detail(row)
+    resource, env = fmt.split_resource(task["resource"])
+    return render_template("task.html", task=task, run=shapes.run(run_row) if run_row else None,
+                           ancestors=ancestors, resource=resource, env=env,
+                           attributes=dict(sorted(task["attributes"].items())))
+
+
+# ---------------------------------------------------------------------------------------------
+# Search
+
+
+@ui_blueprint.get("/search")
+def search_page():
+    """Runs and tasks for the search box: a run id, a task id (or a prefix), or words.
+
+    A whole trace id of a stored run opens that run; a whole span id found once opens that task.
+    """
+    args = _args()
+    q = params.text(args.get("q"), "q")
+    filters = _filters(args)
+    after = params.decode_cursor("search", args.get("cursor"))
+    if q is None:
+        return render_template("search.html", q="", runs=[], tasks=[], args=args, next_url=None,
+                               statuses=list(task_status.CODES))
+    runs, page = _read(lambda conn: (
+        [] if after else queries.list_runs(conn, q=q, limit=SEARCH_PAGE, **filters).rows,
+        queries.search_tasks(conn, q=q, limit=SEARCH_PAGE, after=after, **filters)))
+    target = _exact_hit(q, runs, page.rows) if after is None else None
+    if target is not None:
+        return redirect(target)
+    kept = {name: args[name] for name in (*FILTER_NAMES, "q") if name in args}
+    next_cursor = params.encode_cursor("search", page.next_after)
+    return render_template(
+        "search.html", q=q, runs=[shapes.run(r) for r in runs], args=kept,
+        tasks=[shapes.found_task(r) for r in page.rows], statuses=list(task_status.CODES),
+        next_url=url_for("ui.search_page", **kept, cursor=next_cursor) if next_cursor else None,
+    )
+
+
+def _exact_hit(q: str, runs: list[dict], tasks: list[dict]) -> str | None:
+    """The page to open when ``q`` is one whole id that matched exactly one run or task."""
+    digits = q.strip().lower()
+    if len(digits) == 32 and len(runs) == 1 and runs[0]["trace_id"].hex() == digits:
+        return url_for("ui.run_page", trace_id=digits)
+    exact = [t for t in tasks if t["span_id"].hex() == digits]
+    if len(digits) == 16 and len(exact) == 1:
+        return url_for("ui.task_page", trace_id=exact[0]["trace_id"].hex(), span_id=digits)
+    return None

@@ -1,0 +1,248 @@
+"""The web UI in a real browser (Debian's Chromium through Playwright) against a real
+``tasktree serve``: the tree, load more, keys, task detail, search, time range, live updates
+and inert XSS payloads.  Few tests, each walking a whole story, to keep the browser time short.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from .browser import ARTIFACTS
+from .support import send_spans, span
+
+pytestmark = pytest.mark.slow
+HOUR_NS = 3600 * 10**9
+ZONE = ZoneInfo("Asia/Kolkata")  # the browser context's zone (browser.py)
+XSS_NAME = '<img src=x onerror="alert(1)">'
+XSS_SCRIPT = "<script>alert(2)</script>"
+INJECTED = 'img[src=x], main script:not([type="application/json"])'
+"""What a payload would have added to the page had it been parsed as HTML."""
+STACK = 'Traceback (most recent call last):\n  File "load.py", line 9\nOSError: disk full'
+RECORD_HEAD_STATUSES = """() => {
+    window.notReloaded = true;
+    window.seen = [];
+    const head = document.getElementById('run-head');
+    const watch = () => window.seen.push(head.querySelector('[data-field=status]').textContent);
+    const all = {subtree: true, childList: true, characterData: true};
+    new MutationObserver(watch).observe(head, all);
+}"""
+
+
+def ids(n: int) -> list[str]:
+    return [os.urandom(8).hex() for _ in range(n)]
+
+
+def expect():
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect
+
+
+def exception_event(at: int, kind: str, stack: str) -> dict:
+    return {"name": "exception", "timeUnixNano": str(at), "attributes": [
+        {"key": "exception.type", "value": {"stringValue": kind}},
+        {"key": "exception.stacktrace", "value": {"stringValue": stack}}]}
+
+
+def item(page, span_id: str):
+    return page.locator(f'[role=treeitem][data-span-id="{span_id}"]')
+
+
+def row_status(page, span_id: str):
+    return item(page, span_id).locator(":scope > .row .st .status")
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name))  # the viewport: what a user sees first
+
+
+def test_tree_expands_loads_more_answers_keys_and_opens_a_task(tasktree_server, browser_context,
+                                                                page_errors):
+    trace, now = os.urandom(16).hex(), time.time_ns()
+    root, a, b, c, ghost, orphan = ids(6)
+    many = ids(250)
+    spans = [span(trace, root, name="nightly", start=now, end=now + 10**9),
+             span(trace, a, root, name="extract", start=now + 1, end=now + 10**8),
+             span(trace, b, root, name="transform", start=now + 2, end=now + 5 * 10**8),
+             span(trace, c, root, name="load", start=now + 3, end=now + 6 * 10**8,
+                  error="disk full", attributes={"table": "orders"},
+                  events=[exception_event(now + 5, "OSError", STACK)]),
+             span(trace, orphan, ghost, name="orphan", start=now + 4, end=now + 5)]
+    spans += [span(trace, s, b, name=f"chunk-{n:03d}", start=now + 10 + n, end=now + 10**6 + n)
+              for n, s in enumerate(many)]
+    send_spans(tasktree_server.otlp_http, spans)
+    tasktree_server.wait_folded()
+
+    page = browser_context.new_page()
+    page.goto(f"{tasktree_server.web}/runs/{trace}")
+    check = expect()
+    # Opens at the root (shown open) and the missing parent's placeholder.
+    check(item(page, root).locator(":scope > .row .rollup")).to_have_text("252 ok · 1 error")
+    check(item(page, ghost).locator(":scope > .row .name")).to_have_text(f"missing parent {ghost}")
+    check(item(page, c)).to_have_class("node s-error")
+    # Expanding loads children a page at a time.
+    item(page, b).locator(":scope > .row").click()
+    more = item(page, b).locator(":scope > .children > .more")
+    check(more).to_have_text("load more (100 of 250 shown)")
+    more.click()
+    check(more).to_have_text("load more (200 of 250 shown)")
+    more.focus()
+    page.keyboard.press("Enter")
+    check(more).to_be_hidden()
+    rows = item(page, b).locator(":scope > .children > [role=treeitem] > .row .name")
+    names = rows.all_text_contents()
+    assert names == [f"chunk-{n:03d}" for n in range(250)], "children in start order, none twice"
+    # Keys: down, left (close), right (open), down into the children, Enter opens the task page.
+    item(page, root).focus()
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowDown")
+    check(item(page, b)).to_be_focused()
+    page.keyboard.press("ArrowLeft")
+    check(item(page, b)).to_have_attribute("aria-expanded", "false")
+    page.keyboard.press("ArrowDown")
+    check(item(page, c)).to_be_focused()
+    page.keyboard.press("ArrowUp")
+    page.keyboard.press("ArrowRight")
+    check(item(page, b)).to_have_attribute("aria-expanded", "true")
+    page.keyboard.press("ArrowRight")
+    check(item(page, many[0])).to_be_focused()
+    page.keyboard.press("ArrowLeft")
+    check(item(page, b)).to_be_focused()
+    screenshot(page, "run-page.png")
+    item(page, c).focus()
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"**/runs/{trace}/tasks/{c}")
+    check(page.locator(".task-head .message")).to_have_text("disk full")
+    check(page.locator("pre.stack")).to_contain_text('File "load.py", line 9')
+    check(page.locator("table.kv").first).to_contain_text("orders")
+    # Times are in the browser's zone, with UTC on hover.
+    started, start_ns = page.locator("dl.facts time").first, now + 3  # task c's start
+    local = datetime.fromtimestamp(start_ns // 10**9, ZONE).strftime("%Y-%m-%d %H:%M:%S")
+    check(started).to_contain_text(local)
+    utc = datetime.fromtimestamp(start_ns // 10**9, UTC)
+    check(started).to_have_attribute("title", f"{utc:%Y-%m-%d %H:%M:%S}.{start_ns % 10**9:09d} UTC")
+    assert page_errors == []
+
+
+def test_runs_list_filters_by_time_range_and_search_finds_ids_and_words(
+        tasktree_server, browser_context, page_errors):
+    job, now = f"ui-{os.urandom(4).hex()}", time.time_ns()
+    old_trace, new_trace = os.urandom(16).hex(), os.urandom(16).hex()
+    old_root, new_root, leaf = ids(3)
+    word = f"needle{os.urandom(3).hex()}"
+    send_spans(tasktree_server.otlp_http, [
+        span(old_trace, old_root, name="old-run", start=now - 72 * HOUR_NS, end=now - 71 * HOUR_NS),
+        span(new_trace, new_root, name="new-run", start=now - HOUR_NS, end=now),
+        span(new_trace, leaf, new_root, name="step", start=now - HOUR_NS + 1, end=now - 1,
+             attributes={"note": f"found the {word} here"}),
+    ], job=job)
+    tasktree_server.wait_folded()
+    page = browser_context.new_page()
+    check = expect()
+    page.goto(f"{tasktree_server.web}/?job={job}")
+    check(page.locator("tr.run")).to_have_count(2)
+    screenshot(page, "runs-list.png")
+    since = datetime.fromtimestamp((now - 24 * HOUR_NS) / 1e9, ZONE).strftime("%Y-%m-%dT%H:%M:%S")
+    page.fill("#f-from", since)
+    page.click("#f-apply")
+    check(page.locator("tr.run")).to_have_count(1)
+    check(page.locator("tr.run .name")).to_have_text("new-run")
+    check(page.locator("#f-from")).to_have_value(since)  # kept, in local time
+    page.fill("#f-from", "")
+    page.fill("#f-to", since)
+    page.click("#f-apply")
+    check(page.locator("tr.run .name")).to_have_text("old-run")
+    # The search box: a whole run id opens the run, a task id prefix lists it, words find it.
+    for query, expected_url in ((new_trace, f"**/runs/{new_trace}"),
+                                (leaf, f"**/runs/{new_trace}/tasks/{leaf}")):
+        page.fill("#search-box", query)
+        page.press("#search-box", "Enter")
+        page.wait_for_url(expected_url)
+    page.fill("#search-box", leaf[:9])
+    page.press("#search-box", "Enter")
+    check(page.locator("#search-tasks tr.task .name")).to_have_text(["step"])
+    page.fill("#search-box", word)
+    page.press("#search-box", "Enter")
+    check(page.locator("#search-tasks tr.task .name")).to_have_text(["step"])
+    page.locator("#search-tasks tr.task .name a").click()
+    page.wait_for_url(f"**/runs/{new_trace}/tasks/{leaf}")
+    assert page_errors == []
+
+
+def test_running_task_turns_ok_live_without_reload_or_flicker(tasktree_server, browser_context,
+                                                               page_errors):
+    trace, now = os.urandom(16).hex(), time.time_ns()
+    root, child, late_parent, orphan = ids(4)
+    job = f"ui-live-{os.urandom(4).hex()}"
+    send_spans(tasktree_server.otlp_http, [
+        span(trace, root, name="live-job", start=now, end=now + 10**6, running=True),
+        span(trace, child, root, name="first-step", start=now + 1, end=now + 10**5),
+        span(trace, orphan, late_parent, name="orphan", start=now + 3, end=now + 4)], job=job)
+    tasktree_server.wait_folded()
+    runs = browser_context.new_page()
+    runs.goto(f"{tasktree_server.web}/?job={job}")
+    page = browser_context.new_page()
+    page.goto(f"{tasktree_server.web}/runs/{trace}")
+    check = expect()
+    check(row_status(page, root)).to_have_text("running")
+    check(row_status(page, late_parent)).to_have_text("missing")
+    check(item(page, root).locator(":scope > .row .hb")).to_contain_text("heartbeat")
+    check(page.locator("#live-state")).to_have_text("live")
+    check(runs.locator("#live-state")).to_have_text("live")
+    page.evaluate(RECORD_HEAD_STATUSES)
+    send_spans(tasktree_server.otlp_http, [
+        span(trace, root, name="live-job", start=now, end=now + 2 * 10**9),
+        # a running snapshot arriving after the final record: must change nothing
+        span(trace, child, root, name="first-step", start=now + 1, end=now + 10**5, running=True),
+        span(trace, late_parent, root, name="late-parent", start=now + 2, end=now + 5),
+    ], job=job)
+    check(row_status(page, root)).to_have_text("ok", timeout=5000)
+    check(page.locator("#run-head [data-field=status]")).to_have_text("ok")
+    check(item(page, root).locator(":scope > .row .dur")).to_have_text("2 s")
+    check(runs.locator("tr.run .status")).to_have_text("ok", timeout=5000)
+    check(row_status(page, child)).to_have_text("ok")  # the late snapshot changed nothing
+    # The missing parent arrived: its placeholder is gone and it shows under the root instead.
+    check(page.locator(f'#tree > [data-span-id="{late_parent}"]')).to_have_count(0)
+    check(item(page, root).locator(f'[data-span-id="{late_parent}"] > .row .name')).to_have_text(
+        "late-parent")
+    assert page.evaluate("window.notReloaded") is True
+    seen = page.evaluate("window.seen")
+    assert "ok" in seen and "running" not in seen[seen.index("ok"):], seen
+    assert page_errors == []
+
+
+def test_xss_payloads_in_span_fields_stay_inert_text(tasktree_server, browser_context, page_errors):
+    trace, now = os.urandom(16).hex(), time.time_ns()
+    root, child = ids(2)
+    job = f"ui-xss-{os.urandom(4).hex()}"
+    send_spans(tasktree_server.otlp_http, [
+        span(trace, root, name=XSS_NAME, start=now, end=now + 10**6, error=XSS_SCRIPT,
+             attributes={XSS_SCRIPT: XSS_NAME}),
+        span(trace, child, root, name=XSS_SCRIPT, start=now + 1, end=now + 2,
+             events=[{"name": XSS_NAME, "timeUnixNano": str(now + 1), "attributes": []}]),
+    ], job=job)
+    tasktree_server.wait_folded()
+    page = browser_context.new_page()
+    check = expect()
+    for url, shows in ((f"/?job={job}", XSS_NAME), (f"/runs/{trace}", XSS_SCRIPT),
+                       (f"/runs/{trace}/tasks/{root}", XSS_SCRIPT),
+                       ("/search?q=%22alert%22", XSS_NAME)):
+        page.goto(tasktree_server.web + url)
+        check(page.get_by_text(shows, exact=True).first).to_be_visible()
+        page.wait_for_timeout(300)  # an onerror would have fired by now
+        assert page.locator(INJECTED).count() == 0, url
+    # Rows drawn by the scripts (a live refresh of the runs list) stay text too.
+    page.goto(f"{tasktree_server.web}/?job={job}")
+    check(page.locator("#live-state")).to_have_text("live")
+    send_spans(tasktree_server.otlp_http, [span(trace, child, root, name=XSS_SCRIPT, start=now + 1,
+                                                end=now + 3)], job=job)
+    check(page.locator("tr.run .name")).to_have_text(XSS_NAME)
+    page.wait_for_timeout(300)
+    assert page.locator("img[src=x]").count() == 0
+    assert page_errors == [], "no dialog, no script error"

@@ -1,0 +1,222 @@
+"""Live updates: the in-process bus, the Redis bus (across "processes", through an outage) and the
+server-sent event streams of a real ``tasktree serve``."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import uuid
+
+import pytest
+import requests
+
+from tasktree.exporter.live import LocalBus, RedisBus, decode_message, encode_message
+
+from .support import send_spans, span
+
+A, B = b"\xaa" * 16, b"\xbb" * 16
+REDIS_URL = os.environ.get("TASKTREE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def test_run_subscription_wakes_for_its_run_only_and_list_subscription_for_any():
+    bus = LocalBus()
+    run_a, runs = bus.subscribe(A), bus.subscribe(None)
+    bus.publish((B,))
+    assert not run_a.wait(0.01) and runs.wait(0.01)
+    bus.publish((A, B))
+    assert run_a.wait(0.01) and not run_a.wait(0.01)  # one change, one wake-up
+
+
+def test_streams_are_capped_and_closing_the_bus_ends_them():
+    bus = LocalBus(max_streams=2)
+    first, _second = bus.subscribe(A), bus.subscribe(A)
+    assert bus.subscribe(A) is None
+    bus.unsubscribe(first)
+    assert bus.subscribe(None) is not None
+    bus.close()
+    assert _second.closed and not _second.wait(0.01) and bus.subscribe(A) is None
+
+
+@pytest.mark.parametrize("ids", [frozenset({A}), frozenset({A, B}), None])
+def test_channel_messages_round_trip_and_garbage_means_everything(ids):
+    assert decode_message(encode_message(ids)) == ids
+    assert decode_message(b"zz,not-hex") is None
+
+
+# -- Redis ---------------------------------------------------------------------------------------
+
+
+def _redis_or_skip(url: str = REDIS_URL) -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis at {url} is required under CI=true: {exc}")
+        pytest.skip(f"no Redis at {url}")
+
+
+def _started(bus: RedisBus) -> RedisBus:
+    bus.start()
+    assert bus.connected.wait(5), "the bus did not subscribe"
+    return bus
+
+
+def test_redis_bus_carries_one_process_changes_to_another():
+    _redis_or_skip()
+    channel = f"tasktree:test:{uuid.uuid4().hex}"
+    one, two = (_started(RedisBus(REDIS_URL, channel=channel)) for _ in range(2))
+    try:
+        watching = two.subscribe(A)
+        one.publish((A,))
+        assert watching.wait(2.0)
+    finally:
+        one.close()
+        two.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A private redis-server on a free port, stopped and restarted by PID."""
+
+    def __init__(self):
+        if shutil.which("redis-server") is None:
+            pytest.fail("redis-server is not installed")  # scripts/test-services installs it
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+
+    def start(self) -> RedisServer:
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no"]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def private_redis():
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+def test_redis_outage_delivers_locally_then_resyncs_everyone_when_redis_is_back(private_redis):
+    bus = _started(RedisBus(private_redis.url))
+    try:
+        other_run = bus.subscribe(B)
+        private_redis.stop()
+        time.sleep(0.3)
+        own = bus.subscribe(A)
+        bus.publish((A,))
+        assert own.wait(5.0), "own changes must still show while Redis is down"
+        assert not other_run.wait(0.2)
+        private_redis.start()
+        assert other_run.wait(10.0), "after the outage every stream is told to re-fetch"
+        assert bus.connected.is_set()
+    finally:
+        bus.close()
+
+
+# -- event streams through a real server ----------------------------------------------------------
+
+
+class EventStream:
+    """A server-sent event stream, read on the test's thread by ``next_event(timeout)``."""
+
+    def __init__(self, url: str):
+        parts = urllib.parse.urlsplit(url)
+        self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        self.conn.request("GET", parts.path, headers={"Accept": "text/event-stream"})
+        self.sock = self.conn.sock  # http.client lets go of it once the response owns it
+        self.response = self.conn.getresponse()
+
+    def next_event(self, timeout: float) -> str | None:
+        """The next event's name (``open`` for the opening comment); None after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                self.sock.settimeout(left)
+                line = self.response.fp.readline().decode()
+                if line.startswith("event: "):
+                    return line[7:].strip()
+                if line.startswith(": open"):
+                    return "open"
+                if not line:
+                    return None
+        except TimeoutError:
+            pass
+        return None
+
+    def close(self) -> None:
+        self.response.close()
+        self.conn.close()
+
+
+def test_run_stream_says_changed_within_a_second_of_a_span_arriving(tasktree_server):
+    trace = os.urandom(16).hex()
+    stream = EventStream(f"{tasktree_server.web}/api/live/runs/{trace}")
+    try:
+        assert stream.response.getheader("Content-Type").startswith("text/event-stream")
+        assert stream.next_event(5) == "open"
+        started = time.monotonic()
+        send_spans(tasktree_server.otlp_http, [span(trace, os.urandom(8).hex(), name="t")])
+        assert stream.next_event(5) == "changed"
+        assert time.monotonic() - started < 1.0, "events must not wait in a server buffer"
+    finally:
+        stream.close()
+
+
+def test_stream_of_a_malformed_run_id_is_400(tasktree_server):
+    response = requests.get(f"{tasktree_server.web}/api/live/runs/nope", timeout=10)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "bad_request"
+
+
+def test_two_servers_share_live_updates_through_redis(start_tasktree):
+    _redis_or_skip()
+    one = start_tasktree(extra_args=("--redis-url", REDIS_URL))
+    two = start_tasktree(extra_args=("--redis-url", REDIS_URL))
+    trace = os.urandom(16).hex()
+    stream = EventStream(f"{two.web}/api/live/runs/{trace}")
+    try:
+        assert stream.next_event(5) == "open"
+        send_spans(one.otlp_http, [span(trace, os.urandom(8).hex(), name="t")])
+        assert stream.next_event(5) == "changed", "a fold in one process reaches the other's pages"
+    finally:
+        stream.close()
+
+
+def test_with_redis_down_pages_work_and_own_changes_still_go_live(start_tasktree):
+    dead = f"redis://127.0.0.1:{_free_port()}/0"
+    server = start_tasktree(extra_args=("--redis-url", dead))
+    assert requests.get(server.web + "/", timeout=10).status_code == 200
+    trace = os.urandom(16).hex()
+    stream = EventStream(f"{server.web}/api/live/runs/{trace}")
+    try:
+        assert stream.next_event(5) == "open"
+        send_spans(server.otlp_http, [span(trace, os.urandom(8).hex(), name="t")])
+        assert stream.next_event(5) == "changed"
+    finally:
+        stream.close()

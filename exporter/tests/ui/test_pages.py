@@ -1,0 +1,173 @@
+"""The pages' server side through Flask's test client: what each page says, escaping, errors.
+
+Rows are written with SQL (``api_support.insert_run``), so every stored value is known.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from flask import Flask
+
+from tasktree.exporter.api import api_blueprint
+from tasktree.exporter.settings import Settings
+from tasktree.exporter.tree import status as st
+from tasktree.exporter.ui import install_ui
+
+from ..integration.api_support import SECOND, T0, Task, at, insert_run, placeholder
+
+TRACE = "a1" * 16
+ROOT, CHILD, LEAF, GHOST, ORPHAN = "01" * 8, "02" * 8, "03" * 8, "0a" * 8, "0b" * 8
+XSS = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
+STACK = "Traceback (most recent call last):\n" + "".join(
+    f'  File "job.py", line {n}, in step_{n}\n' for n in range(40)) + "ValueError: bad row"
+
+
+@pytest.fixture
+def client(db, api_pool):
+    app = Flask("tasktree-ui-tests")
+    app.extensions["tasktree"] = {"pool": api_pool, "settings": Settings()}
+    app.register_blueprint(api_blueprint)
+    install_ui(app)
+    return app.test_client()
+
+
+def sample_run(db, trace: str = TRACE, job: str = "nightly") -> None:
+    insert_run(db, trace, [
+        Task(ROOT, name="etl", end=at(10)),
+        Task(CHILD, ROOT, name=XSS, status=st.ERROR, start=at(1), end=at(2), message="disk full",
+             attributes={"xss": XSS, "long": "x" * 1000, "rows": 7},
+             events=[{"name": "exception", "time_ns": at(1.5), "attributes": {
+                 "exception.type": "ValueError", "exception.message": "bad row",
+                 "exception.stacktrace": STACK}}],
+             links=[{"trace_id": "b2" * 16, "span_id": "c3" * 8, "attributes": {}}],
+             resource={"service.name": job, "host.name": "worker-1",
+                       "process.environment_variable.BATCH_DATE": "2026-11-26"}),
+        Task(LEAF, CHILD, name="leaf", status=st.RUNNING, start=at(1.2), end=None,
+             heartbeat=at(1.4)),
+        placeholder(GHOST),
+        Task(ORPHAN, GHOST, name="orphan", start=at(3), end=at(4)),
+    ], job=job)
+
+
+def page(client, url: str, status: int = 200) -> str:
+    response = client.get(url)
+    assert response.status_code == status, (url, response.status_code)
+    assert response.mimetype == "text/html"
+    return response.get_data(as_text=True)
+
+
+def test_runs_page_lists_runs_with_job_status_counts_and_links(client, db):
+    sample_run(db)
+    html = page(client, "/")
+    assert f'href="/runs/{TRACE}"' in html and ">etl</a>" in html and "nightly" in html
+    assert "3 ok" not in html and '<span class="r-error">1 error</span>' in html
+    assert 'datetime="2026-11-26T17:33:26.123456789Z"' in html
+
+
+@pytest.mark.parametrize(("query", "shown"), [
+    ("job=nightly", True), ("job=other", False), ("status=ok", True), ("status=error", False),
+    ("from=2026-11-26T17:00:00Z", True), ("from=2026-11-26T18:00:00Z", False),
+    ("to=2026-11-26T17:00:00Z", False), ("job=&status=&from=&to=", True),  # blank: no filter
+])
+def test_runs_page_filters(client, db, query, shown):
+    sample_run(db)
+    assert (f'data-trace-id="{TRACE}"' in page(client, f"/?{query}")) is shown
+
+
+def tree_data(html: str) -> dict:
+    """The JSON the run page embeds for its script."""
+    start = html.index('<script type="application/json" id="tree-data">') + 47
+    return json.loads(html[start:html.index("</script>", start)])
+
+
+def test_run_page_embeds_roots_and_the_open_roots_first_children(client, db):
+    sample_run(db)
+    data = tree_data(page(client, f"/runs/{TRACE}"))
+    roots = [(r["span_id"], r["status"]) for r in data["roots"]]
+    assert roots == [(ROOT, "ok"), (GHOST, "missing")]
+    assert [c["span_id"] for c in data["open"][ROOT]["children"]] == [CHILD]
+    assert data["run"]["counts"] == {"ok": 2, "error": 1, "running": 1, "stalled": 0}
+
+
+def test_span_fields_are_text_in_pages_and_in_embedded_json(client, db):
+    sample_run(db)
+    for url in (f"/runs/{TRACE}", f"/runs/{TRACE}/tasks/{CHILD}", "/search?q=disk",
+                f"/runs/{TRACE}?node={CHILD}"):
+        html = page(client, url)
+        assert "<img src=x" not in html and "<script>alert" not in html, url
+    escaped = "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;"
+    assert escaped in page(client, f"/runs/{TRACE}/tasks/{CHILD}")
+
+
+def test_task_page_shows_everything_with_long_values_folded_whole(client, db):
+    sample_run(db)
+    html = page(client, f"/runs/{TRACE}/tasks/{CHILD}")
+    for text in ("disk full", "worker-1", "BATCH_DATE", "2026-11-26", "b2" * 16, ">7<",
+                 "ValueError: bad row", 'line 39, in step_39'):
+        assert text in html, text
+    assert "<details class=\"long\"><summary>" + "x" * 120 + "…" in html and "x" * 1000 in html
+    assert f'href="/runs/{TRACE}/tasks/{ROOT}"' in html  # breadcrumb and parent link
+
+
+def test_running_task_page_has_its_last_heartbeat(client, db):
+    sample_run(db)
+    html = page(client, f"/runs/{TRACE}/tasks/{LEAF}")
+    assert 'data-heartbeat="2026-11-26T17:33:27.523456789Z"' in html
+
+
+def test_subtree_page_starts_at_the_node_with_breadcrumbs(client, db):
+    sample_run(db)
+    html = page(client, f"/runs/{TRACE}?node={CHILD}")
+    data = tree_data(html)
+    assert [r["span_id"] for r in data["roots"]] == [CHILD] and list(data["open"]) == [CHILD]
+    assert f'href="/runs/{TRACE}?node={ROOT}">etl</a>' in html
+
+
+def test_search_by_whole_run_id_opens_the_run_and_by_whole_task_id_the_task(client, db):
+    sample_run(db)
+    assert client.get(f"/search?q={TRACE}").headers["Location"] == f"/runs/{TRACE}"
+    assert client.get(f"/search?q={CHILD}").headers["Location"] == f"/runs/{TRACE}/tasks/{CHILD}"
+
+
+def test_search_by_prefix_and_words_lists_tasks(client, db):
+    sample_run(db)
+    assert f'href="/runs/{TRACE}/tasks/{CHILD}"' in page(client, "/search?q=%22disk%22")
+    assert f'href="/runs/{TRACE}/tasks/{ORPHAN}"' in page(client, f"/search?q={ORPHAN[:6]}")
+    assert "No tasks found" in page(client, "/search?q=nothing-like-this")
+
+
+@pytest.mark.parametrize(("url", "status", "says"), [
+    ("/runs/xyz", 400, "trace id must be 32 hexadecimal digits"),
+    (f"/runs/{TRACE}/tasks/123", 400, "span id must be 16 hexadecimal digits"),
+    (f"/runs/{TRACE}?node=zz", 400, "span id must be 16"),
+    ("/?status=failed", 400, "status must be one of"),
+    ("/?from=yesterday", 400, "from must be an RFC 3339"),
+    ("/?cursor=!!", 400, "cursor is not valid"),
+    (f"/runs/{'ee' * 16}", 404, "no run with trace id"),
+    (f"/runs/{TRACE}/tasks/{'ee' * 8}", 404, "no task"),
+    (f"/runs/{TRACE}?node={'ee' * 8}", 404, "no task"),
+])
+def test_bad_or_unknown_ids_are_an_error_page_not_a_500(client, db, url, status, says):
+    sample_run(db)
+    assert says in page(client, url, status)
+
+
+def test_pages_forbid_inline_scripts(client, db):
+    response = client.get("/")
+    policy = response.headers["Content-Security-Policy"]
+    assert "script-src 'self';" in policy and "unsafe-inline" not in policy
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert client.get("/runs/xyz").headers["Content-Security-Policy"] == policy
+
+
+def test_runs_page_pages_on_with_a_cursor(client, db):
+    for n in range(53):
+        start = T0 + n * SECOND
+        insert_run(db, f"{n + 1:032x}", [Task(ROOT, start=start, end=start + 1)])
+    first = page(client, "/")
+    assert first.count('class="run"') == 50
+    next_url = first.split('id="next-page"')[0].rsplit('href="', 1)[1].split('"')[0]
+    next_url = next_url.replace("&amp;", "&")
+    assert page(client, next_url).count('class="run"') == 3
