@@ -55,11 +55,12 @@ ROOT_NODE = {
     "span_id": ROOT, "parent_span_id": None, "name": "nightly-report", "status": "ok",
     "start": "2026-11-26T17:33:26.123456789Z", "end": "2026-11-26T17:33:36.123456789Z",
     "duration": 10.0, "child_count": 2, "counts": counts(ok=1, error=1, running=1),
-    "missing": False,
+    "missing": False, "last_heartbeat": None,
 }
 GHOST_NODE = {
     "span_id": GHOST, "parent_span_id": None, "name": None, "status": "missing", "start": None,
     "end": None, "duration": None, "child_count": 1, "counts": counts(ok=1), "missing": True,
+    "last_heartbeat": None,
 }
 RUN = {
     "trace_id": TRACE, "job": "nightly", "name": "nightly-report", "status": "ok",
@@ -89,8 +90,9 @@ def test_task_detail_has_node_payload_resource_and_event_times(client, db):
         "span_id": LOAD, "parent_span_id": ROOT, "name": "load", "status": "error",
         "start": "2026-11-26T17:33:30.123456789Z", "end": "2026-11-26T17:33:31.123456789Z",
         "duration": 1.0, "child_count": 1, "counts": counts(running=1), "missing": False,
+        "last_heartbeat": None,
         "trace_id": TRACE, "job": "nightly", "kind": "client", "scope": "tests",
-        "status_message": "disk full on /var", "last_heartbeat": None, "truncated": False,
+        "status_message": "disk full on /var", "truncated": False,
         "attributes": {"table": "orders_2026", "rows": 12},
         "resource": RESOURCE,
         "events": [{"name": "retry", "attributes": {"attempt": 2},
@@ -110,7 +112,7 @@ def test_placeholder_detail_is_marked_missing_with_empty_payload(client, db):
     sample_run(db)
     assert get_json(client, f"/api/runs/{TRACE}/tasks/{GHOST}") == {
         **GHOST_NODE, "trace_id": TRACE, "job": None, "kind": None, "scope": None,
-        "status_message": None, "last_heartbeat": None, "truncated": False, "attributes": {},
+        "status_message": None, "truncated": False, "attributes": {},
         "resource": None, "events": [], "links": [],
     }
 
@@ -124,6 +126,7 @@ def test_children_of_root_in_start_order(client, db):
         "span_id": LOAD, "parent_span_id": ROOT, "name": "load", "status": "error",
         "start": "2026-11-26T17:33:30.123456789Z", "end": "2026-11-26T17:33:31.123456789Z",
         "duration": 1.0, "child_count": 1, "counts": counts(running=1), "missing": False,
+        "last_heartbeat": None,
     }
 
 

@@ -57,6 +57,7 @@ def node(row: Row) -> dict[str, Any]:
         "child_count": row["child_count"],
         "counts": counts(row),
         "missing": row["missing"],
+        "last_heartbeat": rfc3339(row["heartbeat_ns"]),
     }
 
 
@@ -90,7 +91,6 @@ def task_detail(row: Row) -> dict[str, Any]:
         "kind": SPAN_KINDS.get(kind, "unspecified") if kind is not None else None,
         "scope": row["scope"],
         "status_message": row["status_message"],
-        "last_heartbeat": rfc3339(row["heartbeat_ns"]),
         "truncated": row["truncated"],
         "attributes": row["attributes"] or {},
         "resource": row["resource"],
