@@ -16,7 +16,7 @@ from psycopg import sql
 
 ADMIN_URL = os.environ.get("TASKTREE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
-TABLES = ("span_landing", "tasks", "runs", "resources", "jobs")
+TABLES = ("span_landing", "tasks", "runs", "resources", "jobs", "metric_totals")
 
 
 def _admin_url(tmp_path_factory) -> str:

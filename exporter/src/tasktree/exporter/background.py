@@ -16,13 +16,16 @@ import psycopg_pool
 
 from tasktree.exporter.errors import StoreUnavailable
 from tasktree.exporter.settings import Settings
-from tasktree.exporter.store.fold import fold_batch, sweep_stalled
+from tasktree.exporter.store import partitions
+from tasktree.exporter.store.fold import FoldResult, fold_batch, sweep_stalled
 from tasktree.exporter.store.pool import connection
 
 logger = logging.getLogger(__name__)
 
 _IDLE_WAIT_S = 0.25
 _SWEEP_EVERY_S = 1.0
+_RETENTION_EVERY_S = 600.0
+_RETENTION_LOCK = (0x7461736B, 7)  # one process at a time drops partitions
 _MAX_BACKOFF_S = 5.0
 
 
@@ -38,6 +41,7 @@ class Folder:
         self.folded_total = 0
         self.stalled_total = 0
         self._listeners: list[Callable[[tuple[bytes, ...]], None]] = []
+        self._fold_listeners: list[Callable[[FoldResult], None]] = []  # issue 5: /metrics
 
     def subscribe(self, listener: Callable[[tuple[bytes, ...]], None]) -> None:
         """Call ``listener(trace_ids)`` on the folder thread after each commit that changed runs.
@@ -45,6 +49,10 @@ class Folder:
         Listeners must be quick and must not raise (a raise is logged and ignored).
         """
         self._listeners.append(listener)
+
+    def subscribe_folds(self, listener: Callable[[FoldResult], None]) -> None:
+        """Call ``listener(result)`` on the folder thread after each committed fold of records."""
+        self._fold_listeners.append(listener)
 
     def start(self) -> None:
         self._thread.start()
@@ -58,13 +66,16 @@ class Folder:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        backoff, last_sweep = 0.0, 0.0
+        backoff, last_sweep, last_retention = 0.0, 0.0, 0.0
         while not self._stop.is_set():
             try:
                 folded = self._fold_once()
                 if time.monotonic() - last_sweep >= _SWEEP_EVERY_S:
                     self._sweep_once()
                     last_sweep = time.monotonic()
+                if time.monotonic() - last_retention >= _RETENTION_EVERY_S:
+                    last_retention = time.monotonic()
+                    self.apply_retention()
                 backoff = 0.0
             except (StoreUnavailable, psycopg.Error) as exc:
                 backoff = min(_MAX_BACKOFF_S, backoff * 2 or 0.1)
@@ -81,7 +92,21 @@ class Folder:
                                 stall_after_s=self._settings.stall_after)
         self.folded_total += result.records
         self._notify(result.trace_ids)
+        if result.records:
+            self._call(self._fold_listeners, result)
         return result.records
+
+    def apply_retention(self) -> list[int]:
+        """Drop expired day partitions (when TASKTREE_RETENTION_DAYS is set); returns the days."""
+        if self._settings.retention_days is None:
+            return []
+        with connection(self._pool) as conn:
+            if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", _RETENTION_LOCK).fetchone()[0]:
+                return []  # another process is at it
+            try:
+                return partitions.drop_expired(conn, self._settings.retention_days)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", _RETENTION_LOCK)
 
     def _sweep_once(self) -> None:
         with connection(self._pool) as conn:
@@ -90,10 +115,13 @@ class Folder:
         self._notify(result.trace_ids)
 
     def _notify(self, trace_ids: tuple[bytes, ...]) -> None:
-        if not trace_ids:
-            return
-        for listener in self._listeners:
+        if trace_ids:
+            self._call(self._listeners, trace_ids)
+
+    @staticmethod
+    def _call(listeners, arg) -> None:
+        for listener in listeners:
             try:
-                listener(trace_ids)
+                listener(arg)
             except Exception:  # a broken listener must not stop folding
                 logger.exception("fold listener failed")

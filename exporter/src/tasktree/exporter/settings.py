@@ -52,23 +52,28 @@ class Settings:
     max_backlog_spans: int = 2_000_000
     """Received-but-not-yet-folded spans above which ingest answers 429 (backpressure)."""
     fold_batch: int = 10_000
+    retention_days: int | None = None
+    """Days runs are kept (whole day partitions are dropped); unset keeps everything."""
+    metrics_task_names: int = 50
+    """Task names per job with their own label in /metrics; later names are counted as ``__other__``."""
     auth_token: str | None = None
     """Bearer token required on ingest and API when set (required to bind a non-loopback host)."""
     # -- docker hosts (issue 6; tasktree.exporter.docker, tasktree.exporter.auth) --
     docker_hosts_file: Path | None = None
     """YAML file listing the docker hosts (name, url, labels, tls, timeout)."""
     docker_hosts: str | None = None
-    """Docker hosts inline: ``name=url`` pairs separated by spaces/commas, or the YAML list itself."""
+    """Docker hosts inline: ``name=url`` pairs (space/comma separated), or the YAML list itself."""
     docker_timeout: float = 3.0
-    """Seconds one docker host may take to answer a listing or metrics scrape before it is shown down."""
+    """Seconds a docker host may take to answer a listing or metrics scrape before it shows down."""
     docker_action_timeout: float = 120.0
     """Seconds a docker host may stay silent during a pull, deploy, stop or log read."""
     docker_cache_ttl: float = 5.0
-    """Seconds a host's container and image listing is reused (in Redis when ``redis_url`` is set)."""
+    """Seconds a host's container and image listing is reused (in Redis when ``redis_url``)."""
     viewer_tokens: str | None = None
-    """Bearer tokens that may list docker hosts, containers, operations and the audit log (``name:token``, comma-separated)."""
+    """Bearer tokens (``name:token``, comma-separated) that may list docker hosts, containers,
+    operations and the audit log."""
     operator_tokens: str | None = None
-    """Bearer tokens that may also act on docker hosts: pull, deploy, start, stop, restart, remove, logs."""
+    """Bearer tokens that may also act on docker hosts: pull, deploy, start/stop/remove, logs."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
@@ -92,9 +97,12 @@ class Settings:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise SettingsError(f"{_env_name(name)} must be a port number 0-65535, got {port}")
-        for name in ("workers", "pool_size", "max_body_bytes", "max_value_bytes", "fold_batch"):
+        for name in ("workers", "pool_size", "max_body_bytes", "max_value_bytes", "fold_batch",
+                     "metrics_task_names"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1")
+        if self.retention_days is not None and self.retention_days < 1:
+            raise SettingsError("TASKTREE_RETENTION_DAYS must be at least 1 (or unset to keep everything)")
         if self.stall_after <= 0:
             raise SettingsError("TASKTREE_STALL_AFTER must be a positive number of seconds")
         for name in ("docker_timeout", "docker_action_timeout"):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from tasktree.exporter.store import partitions
 from tasktree.exporter.tree import status as st
 from tasktree.exporter.tree.fold import Node, Record, RunFold, record_rank
 
@@ -40,12 +41,14 @@ SELECT * FROM c
 _LOAD = """
 WITH RECURSIVE chain AS (
     SELECT t.trace_id, t.span_id, t.parent_span_id, t.missing, t.status, t.end_ns,
-           t.heartbeat_ns, t.child_count, t.n_ok, t.n_error, t.n_running, t.n_stalled
-    FROM fold_seeds s JOIN tasks t ON t.trace_id = s.trace_id AND t.span_id = s.span_id
+           t.heartbeat_ns, t.child_count, t.n_ok, t.n_error, t.n_running, t.n_stalled, t.run_day
+    FROM fold_seeds s JOIN tasks t
+         ON t.span_id = s.span_id AND t.trace_id = s.trace_id AND t.run_day = s.run_day
     UNION
     SELECT t.trace_id, t.span_id, t.parent_span_id, t.missing, t.status, t.end_ns,
-           t.heartbeat_ns, t.child_count, t.n_ok, t.n_error, t.n_running, t.n_stalled
-    FROM chain c JOIN tasks t ON t.trace_id = c.trace_id AND t.span_id = c.parent_span_id
+           t.heartbeat_ns, t.child_count, t.n_ok, t.n_error, t.n_running, t.n_stalled, t.run_day
+    FROM chain c JOIN tasks t
+         ON t.span_id = c.parent_span_id AND t.trace_id = c.trace_id AND t.run_day = c.run_day
 )
 SELECT * FROM chain
 """
@@ -61,30 +64,31 @@ _PLAN_FOR_BATCHES = ("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoi
 
 _TEMP_TABLES = """
 CREATE TEMP TABLE IF NOT EXISTS fold_claim (id bigint PRIMARY KEY) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS fold_seeds (trace_id bytea, span_id bytea) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS fold_seeds (trace_id bytea, span_id bytea, run_day integer)
+    ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_out (
     trace_id bytea, span_id bytea, landing_id bigint, is_new boolean, parent_span_id bytea,
     missing boolean, status smallint, heartbeat_ns bigint, child_count integer,
-    n_ok integer, n_error integer, n_running integer, n_stalled integer
+    n_ok integer, n_error integer, n_running integer, n_stalled integer, run_day integer
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_runs (
     trace_id bytea, d_ok integer, d_error integer, d_running integer, d_stalled integer,
-    d_tasks integer, min_start_ns bigint, any_landing_id bigint
+    d_tasks integer, min_start_ns bigint, any_landing_id bigint, run_day integer
 ) ON COMMIT DELETE ROWS;
 """
 
 _OUT_TYPES = ["bytea", "bytea", "int8", "bool", "bytea", "bool", "int2", "int8", "int4",
-              "int4", "int4", "int4", "int4"]
-_RUN_TYPES = ["bytea", "int4", "int4", "int4", "int4", "int4", "int8", "int8"]
+              "int4", "int4", "int4", "int4", "int4"]
+_RUN_TYPES = ["bytea", "int4", "int4", "int4", "int4", "int4", "int8", "int8", "int4"]
 
 _PAYLOAD = ("name, kind, start_ns, end_ns, status_message, resource_id, scope, attributes, "
             "events, links, truncated, received_ns")
 
 _INSERT_NEW = f"""
 INSERT INTO tasks (trace_id, span_id, parent_span_id, missing, status, heartbeat_ns, child_count,
-                   n_ok, n_error, n_running, n_stalled, {_PAYLOAD})
+                   n_ok, n_error, n_running, n_stalled, run_day, {_PAYLOAD})
 SELECT o.trace_id, o.span_id, o.parent_span_id, o.missing, o.status, o.heartbeat_ns, o.child_count,
-       o.n_ok, o.n_error, o.n_running, o.n_stalled,
+       o.n_ok, o.n_error, o.n_running, o.n_stalled, o.run_day,
        l.name, l.kind, l.start_ns, l.end_ns, l.status_message, l.resource_id, l.scope,
        l.attributes, l.events, l.links, coalesce(l.truncated, false), l.received_ns
 FROM fold_out o LEFT JOIN span_landing l ON l.id = o.landing_id
@@ -101,7 +105,8 @@ UPDATE tasks t SET
     attributes = l.attributes, events = l.events, links = l.links, truncated = l.truncated,
     received_ns = l.received_ns
 FROM fold_out o JOIN span_landing l ON l.id = o.landing_id
-WHERE NOT o.is_new AND t.trace_id = o.trace_id AND t.span_id = o.span_id
+WHERE NOT o.is_new
+  AND t.span_id = o.span_id AND t.trace_id = o.trace_id AND t.run_day = o.run_day
 """
 
 _UPDATE_STRUCTURE = """
@@ -110,14 +115,15 @@ UPDATE tasks t SET
     heartbeat_ns = o.heartbeat_ns, child_count = o.child_count,
     n_ok = o.n_ok, n_error = o.n_error, n_running = o.n_running, n_stalled = o.n_stalled
 FROM fold_out o
-WHERE NOT o.is_new AND o.landing_id IS NULL AND t.trace_id = o.trace_id AND t.span_id = o.span_id
+WHERE NOT o.is_new AND o.landing_id IS NULL
+  AND t.span_id = o.span_id AND t.trace_id = o.trace_id AND t.run_day = o.run_day
 """
 
 _UPSERT_RUNS = """
 INSERT INTO runs AS r (trace_id, job, start_ns, n_ok, n_error, n_running, n_stalled, task_count,
-                       last_received_ns)
+                       last_received_ns, run_day)
 SELECT f.trace_id, res.job, f.min_start_ns, f.d_ok, f.d_error, f.d_running, f.d_stalled, f.d_tasks,
-       %(now)s
+       %(now)s, f.run_day
 FROM fold_runs f
 LEFT JOIN span_landing l ON l.id = f.any_landing_id
 LEFT JOIN resources res ON res.id = l.resource_id
@@ -155,8 +161,10 @@ FROM (
                AS root_name,
            (array_agg(res.job ORDER BY t.start_ns, t.span_id) FILTER (WHERE NOT t.missing))[1]
                AS root_job
-    FROM tasks t LEFT JOIN resources res ON res.id = t.resource_id
-    WHERE t.trace_id = ANY(%s) AND t.parent_span_id IS NULL
+    FROM runs rd
+    JOIN tasks t ON t.trace_id = rd.trace_id AND t.run_day = rd.run_day AND t.parent_span_id IS NULL
+    LEFT JOIN resources res ON res.id = t.resource_id
+    WHERE rd.trace_id = ANY(%s)
     GROUP BY t.trace_id
 ) x
 WHERE r.trace_id = x.trace_id
@@ -190,6 +198,7 @@ class FinishedTask:
     name: str
     status: int  # OK or ERROR
     duration_s: float
+    root: bool = False  # a run's root task: its end is the run's end
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +210,7 @@ class FoldResult:
 
 def fold_batch(conn: psycopg.Connection, *, limit: int, stall_after_s: float) -> FoldResult:
     """Fold up to ``limit`` landed records in one transaction; return how many were folded."""
+    partitions.ensure_current(conn)
     with conn.transaction():
         conn.execute(_TEMP_TABLES)
         conn.execute(_PLAN_FOR_BATCHES)
@@ -249,11 +259,13 @@ def _fold_runs(conn, by_run: dict[bytes, list[Record]], stall_after_s: float,
                trace_ids: list[bytes], seeds: set[tuple[bytes, bytes]]) -> dict[bytes, RunFold]:
     """Lock the runs, load the (span, trace) ``seeds`` with their ancestors, apply the records."""
     _lock_runs(conn, trace_ids)
-    loaded = _load_nodes(conn, seeds)
+    days = _run_days(conn, trace_ids)
+    loaded = _load_nodes(conn, seeds, days)
     cutoff = time.time_ns() - int(stall_after_s * 1e9)
     folds = {}
     for trace_id in trace_ids:
         fold = RunFold(loaded.get(trace_id, {}), cutoff)
+        fold.run_day = days[trace_id]
         records = by_run.get(trace_id, ())
         for record in sorted(records, key=lambda r: r.landing_id):
             fold.apply(record)
@@ -268,7 +280,7 @@ def _finished_tasks(conn, folds: dict[bytes, RunFold]) -> tuple[FinishedTask, ..
     done = [f for fold in folds.values() for f in fold.finished]
     resource_ids = list({f.resource_id for f in done if f.resource_id is not None})
     jobs = dict(conn.execute("SELECT id, job FROM resources WHERE id = ANY(%s)", (resource_ids,)))
-    return tuple(FinishedTask(jobs.get(f.resource_id), f.name, f.status, f.duration_ns / 1e9)
+    return tuple(FinishedTask(jobs.get(f.resource_id), f.name, f.status, f.duration_ns / 1e9, f.root)
                  for f in done)
 
 
@@ -281,14 +293,24 @@ def _lock_runs(conn, trace_ids) -> None:
     )
 
 
-def _load_nodes(conn, seeds: set[tuple[bytes, bytes]]) -> dict[bytes, dict[bytes, Node]]:
-    with conn.cursor().copy("COPY fold_seeds (span_id, trace_id) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(["bytea", "bytea"])
-        for seed in seeds:
-            copy.write_row(seed)
+def _run_days(conn, trace_ids: list[bytes]) -> dict[bytes, int]:
+    """The partition day of each run: kept from its first fold, today for a new run."""
+    known = dict(conn.execute("SELECT trace_id, run_day FROM runs WHERE trace_id = ANY(%s)",
+                              (trace_ids,)))
+    today = partitions.today()
+    return {t: known.get(t, today) for t in trace_ids}
+
+
+def _load_nodes(conn, seeds: set[tuple[bytes, bytes]],
+                days: dict[bytes, int]) -> dict[bytes, dict[bytes, Node]]:
+    copy_sql = "COPY fold_seeds (span_id, trace_id, run_day) FROM STDIN (FORMAT BINARY)"
+    with conn.cursor().copy(copy_sql) as copy:
+        copy.set_types(["bytea", "bytea", "int4"])
+        for span_id, trace_id in seeds:
+            copy.write_row((span_id, trace_id, days[trace_id]))
     loaded: dict[bytes, dict[bytes, Node]] = defaultdict(dict)
     for (trace_id, span_id, parent, missing, status, end, hb, children,
-         n_ok, n_error, n_running, n_stalled) in conn.execute(_LOAD):
+         n_ok, n_error, n_running, n_stalled, _day) in conn.execute(_LOAD):
         span_id = bytes(span_id)
         loaded[bytes(trace_id)][span_id] = Node(
             span_id, bytes(parent) if parent else None, missing, status,
@@ -304,12 +326,14 @@ def _write(conn, folds: dict[bytes, RunFold]) -> None:
             for trace_id, fold in folds.items():
                 for n in fold.changed_nodes():
                     copy.write_row((trace_id, n.span_id, n.landing_id, n.is_new, n.parent_span_id,
-                                    n.missing, n.status, n.heartbeat_ns, n.child_count, *n.counts))
+                                    n.missing, n.status, n.heartbeat_ns, n.child_count, *n.counts,
+                                    fold.run_day))
         with cur.copy("COPY fold_runs FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_RUN_TYPES)
             for trace_id, fold in folds.items():
                 d = fold.delta
-                copy.write_row((trace_id, *d.counts, d.tasks, d.min_start_ns, d.any_landing_id))
+                copy.write_row((trace_id, *d.counts, d.tasks, d.min_start_ns, d.any_landing_id,
+                                fold.run_day))
         cur.execute(_INSERT_NEW)
         cur.execute(_UPDATE_WITH_PAYLOAD)
         cur.execute(_UPDATE_STRUCTURE)

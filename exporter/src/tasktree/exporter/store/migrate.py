@@ -28,8 +28,8 @@ def available() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-def migrate(conninfo: str) -> list[int]:
-    """Apply every pending migration; return the versions applied by this call."""
+def migrate(conninfo: str, target: int | None = None) -> list[int]:
+    """Apply every pending migration (up to ``target``); return the versions applied by this call."""
     applied_now = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s, %s)", _MIGRATION_LOCK)
@@ -41,7 +41,7 @@ def migrate(conninfo: str) -> list[int]:
             )
             done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
             for version, name, sql in available():
-                if version in done:
+                if version in done or (target is not None and version > target):
                     continue
                 with conn.transaction():
                     conn.execute(sql)

@@ -51,6 +51,7 @@ class Finished:
     name: str
     status: int
     duration_ns: int
+    root: bool = False  # a root task's end is its run's end (the run metrics)
 
 
 @dataclass(slots=True)
@@ -102,6 +103,7 @@ class RunFold:
         self.stall_cutoff_ns = stall_cutoff_ns
         self.delta = RunDelta()
         self.finished: list[Finished] = []
+        self.run_day = 0  # the run's partition (set by the store; the tree rules ignore it)
         self.broken_links: list[tuple[bytes, bytes]] = []  # (span, declared parent) refused as cycles
 
     def apply(self, record: Record) -> None:
@@ -148,7 +150,8 @@ class RunFold:
     def _note_finished(self, was_final: bool, record: Record) -> None:
         if not was_final and record.status in (st.OK, st.ERROR):
             duration = max(0, (record.end_ns or record.start_ns) - record.start_ns)
-            self.finished.append(Finished(record.resource_id, record.name, record.status, duration))
+            self.finished.append(Finished(record.resource_id, record.name, record.status, duration,
+                                          record.parent_span_id is None))
 
     def _replace_state(self, node: Node, record: Record, rank: tuple) -> None:
         self._note_finished(node.status in (st.OK, st.ERROR), record)

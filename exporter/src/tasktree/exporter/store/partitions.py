@@ -1,0 +1,96 @@
+"""Day partitions of ``tasks``: created ahead of need, dropped whole when they expire.
+
+A run belongs to the day it was first received (``runs.run_day``, Unix days, UTC) and all its
+tasks live in that day's partition, so retention removes whole runs.  A partition is dropped only
+when it is older than the retention *and* none of its runs is still going: a run that is still
+running, or that received anything within the retention window, keeps its partition.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import psycopg
+from psycopg import sql
+
+logger = logging.getLogger(__name__)
+
+_DAY_NS = 86_400 * 10**9
+_ensured: set[tuple] = set()  # (database, day) already created in this process
+_ensured_lock = threading.Lock()
+
+
+def today(now_ns: int | None = None) -> int:
+    """The current Unix day (UTC)."""
+    return (now_ns if now_ns is not None else time.time_ns()) // _DAY_NS
+
+
+def ensure_current(conn: psycopg.Connection) -> None:
+    """Make sure today's and tomorrow's partitions exist (cheap after the first call of a day).
+
+    Runs in its own short transaction: creating a partition briefly locks ``tasks``, so it must
+    never happen inside a fold that holds other locks.
+    """
+    day, database = today(), (conn.info.host, conn.info.port, conn.info.dbname)
+    with _ensured_lock:
+        missing = [d for d in (day, day + 1) if (database, d) not in _ensured]
+    for d in missing:
+        with conn.transaction():
+            conn.execute("SELECT tasktree_ensure_day_partition(%s)", (d,))
+        with _ensured_lock:
+            _ensured.add((database, d))
+
+
+def drop_expired(conn: psycopg.Connection, retention_days: int, *, now_ns: int | None = None,
+                 batch: int = 5000) -> list[int]:
+    """Drop the day partitions older than ``retention_days`` whose runs are all over.
+
+    Returns the days dropped.  Their runs' summary rows are deleted in short batches.
+    """
+    now_ns = now_ns if now_ns is not None else time.time_ns()
+    cutoff_day = today(now_ns) - retention_days
+    cutoff_ns = now_ns - retention_days * _DAY_NS
+    dropped = []
+    for day in sorted(set(_partition_days(conn)) | _days_in_default(conn)):
+        if day >= cutoff_day or _has_live_runs(conn, day, cutoff_ns):
+            continue
+        with conn.transaction():
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(f"tasks_d{day}")))
+        _delete_in_batches(conn, "DELETE FROM tasks_default WHERE ctid IN (SELECT ctid FROM"
+                                 " tasks_default WHERE run_day = %s LIMIT %s)", day, batch)
+        _delete_in_batches(conn, "DELETE FROM runs WHERE trace_id IN (SELECT trace_id FROM runs"
+                                 " WHERE run_day = %s LIMIT %s)", day, batch)
+        logger.info("retention: dropped the tasks of day %s (%s)", day,
+                    time.strftime("%Y-%m-%d", time.gmtime(day * 86_400)))
+        dropped.append(day)
+    return dropped
+
+
+def _partition_days(conn) -> list[int]:
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'tasks'::regclass AND c.relname ~ '^tasks_d[0-9]+$'").fetchall()
+    return sorted(int(name[len("tasks_d"):]) for (name,) in rows)
+
+
+def _has_live_runs(conn, day: int, cutoff_ns: int) -> bool:
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM runs WHERE run_day = %s"
+        " AND (status = 1 OR last_received_ns >= %s))", (day, cutoff_ns)).fetchone()
+    return row[0]
+
+
+def _days_in_default(conn) -> set[int]:
+    """Days with rows in the default partition (normally none: it only catches strays)."""
+    return {d for (d,) in conn.execute("SELECT DISTINCT run_day FROM tasks_default")}
+
+
+def _delete_in_batches(conn, statement: str, day: int, batch: int) -> None:
+    """Short DELETE transactions, so retention never holds long locks."""
+    while True:
+        with conn.transaction():
+            deleted = conn.execute(statement, (day, batch)).rowcount
+        if deleted < batch:
+            return

@@ -1,0 +1,63 @@
+"""Migrations: versioned files applied once, safe from two processes at once, data carried over."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tasktree.exporter.store import partitions
+from tasktree.exporter.store.migrate import available, migrate
+
+from ..spans import sid, tid
+
+
+@pytest.fixture
+def empty_database(database_url):
+    admin = database_url.rsplit("/", 1)[0] + "/postgres"
+    name = f"tasktree_test_mig_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield admin.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_two_processes_migrating_at_once_apply_each_version_exactly_once(empty_database):
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(migrate(empty_database))
+        except Exception as exc:  # noqa: BLE001 (asserted below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    versions = [v for v, _, _ in available()]
+    assert not errors and sorted(results, key=len) == [[], versions]
+    assert migrate(empty_database) == []  # and a third time: nothing to do
+    with psycopg.connect(empty_database) as conn:
+        rows = conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
+    assert [v for (v,) in rows] == versions
+
+
+def test_tasks_stored_before_partitioning_move_into_their_runs_day(empty_database):
+    migrate(empty_database, target=4)
+    day_ns = (partitions.today() - 3) * 86_400 * 10**9
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        conn.execute("INSERT INTO runs (trace_id, task_count, last_received_ns) VALUES (%s, 2, %s)",
+                     (tid(1), day_ns + 5))
+        for span_id, parent in ((sid(1), None), (sid(2), sid(1))):
+            conn.execute("INSERT INTO tasks (trace_id, span_id, parent_span_id, status, name)"
+                         " VALUES (%s, %s, %s, 3, 'kept')", (tid(1), span_id, parent))
+    migrate(empty_database)
+    with psycopg.connect(empty_database) as conn:
+        rows = conn.execute("SELECT tableoid::regclass::text, count(*) FROM tasks GROUP BY 1").fetchall()
+    assert rows == [(f"tasks_d{partitions.today() - 3}", 2)]
