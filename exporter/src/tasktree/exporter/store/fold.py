@@ -214,7 +214,7 @@ def fold_batch(conn: psycopg.Connection, *, limit: int, stall_after_s: float) ->
     with conn.transaction():
         conn.execute(_TEMP_TABLES)
         conn.execute(_PLAN_FOR_BATCHES)
-        rows = conn.execute(_CLAIM, (limit,)).fetchall()
+        rows = conn.cursor(binary=True).execute(_CLAIM, (limit,)).fetchall()
         if not rows:
             return FoldResult(0)
         by_run: dict[bytes, list[Record]] = defaultdict(list)
