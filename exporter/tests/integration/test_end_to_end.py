@@ -134,3 +134,30 @@ def test_running_snapshot_then_final_record_ends_ok_in_any_order(tasktree_server
         tasktree_server.wait_folded()
     run = tasktree_server.get(f"/api/runs/{trace_id}")
     assert (run["status"], run["roots"][0]["status"]) == ("ok", "ok")
+
+
+@pytest.mark.parametrize("bad_span, reason", [
+    ({"spanId": "00" * 8}, "span_id"),
+    ({"spanId": "abcd"}, "span_id"),
+    ({"traceId": "00" * 16}, "trace_id"),
+    ({"parentSpanId": "12345"}, "parentSpanId"),
+    ({"parentSpanId": "1234"}, "parent"),
+    ({"startTimeUnixNano": "0"}, "start"),
+])
+def test_a_bad_span_is_refused_alone_and_the_rest_of_its_batch_is_stored(
+        tasktree_server, bad_span, reason):
+    trace_id = os.urandom(16).hex()
+    good = [_json_span(trace_id, os.urandom(8).hex(), None, f"good-{i}", T0, str(T0 + 10))
+            for i in range(2)]
+    bad = {**_json_span(trace_id, os.urandom(8).hex(), None, "bad", T0, str(T0 + 10)), **bad_span}
+    body = {"resourceSpans": [{"scopeSpans": [{"spans": [good[0], bad, good[1]]}]}]}
+    request = urllib.request.Request(tasktree_server.otlp_http + "/v1/traces",
+                                     json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        answer = json.loads(resp.read())
+    assert resp.status == 200
+    assert int(answer["partialSuccess"]["rejectedSpans"]) == 1
+    assert reason in answer["partialSuccess"]["errorMessage"]
+    tasktree_server.wait_folded()
+    run = tasktree_server.get(f"/api/runs/{trace_id}")
+    assert sorted(r["name"] for r in run["roots"]) == ["good-0", "good-1"]
