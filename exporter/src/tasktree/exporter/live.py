@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 
+import psycopg
 from flask import Blueprint, Response, current_app
 
 from tasktree.exporter.errors import TasktreeError, Unauthorized
@@ -225,6 +226,69 @@ class RedisBus(LocalBus):
             pubsub.close()
 
 
+class PostgresBus(LocalBus):
+    """Fan-out through PostgreSQL LISTEN/NOTIFY: the fallback when several processes share one
+    database without Redis (``tasktree serve --workers N``: folds done by the worker processes
+    reach the pages the serving process streams).
+
+    ``publish`` sends a NOTIFY (on the folder thread, own connection); a listener thread delivers
+    every notification to this process's streams.  Losing the database pauses live updates only.
+    """
+
+    CHANNEL = "tasktree_live"
+    _MAX_PAYLOAD = 7000  # NOTIFY payloads must stay under 8000 bytes
+
+    def __init__(self, database_url: str, max_streams: int = MAX_STREAMS, listen: bool = True):
+        super().__init__(max_streams)
+        self._url = database_url
+        self._listen = listen
+        self._publisher: psycopg.Connection | None = None
+        self._publish_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run_listener, name="tasktree-live-pg", daemon=True)
+
+    def start(self) -> PostgresBus:
+        if self._listen:
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        super().close()
+        with self._publish_lock:
+            if self._publisher is not None:
+                self._publisher.close()
+
+    def publish(self, trace_ids: Iterable[bytes]) -> None:
+        payload = encode_message(frozenset(trace_ids))
+        if len(payload) > self._MAX_PAYLOAD:
+            payload = b"*"
+        try:
+            with self._publish_lock:
+                if self._publisher is None or self._publisher.closed:
+                    self._publisher = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
+                self._publisher.execute("SELECT pg_notify(%s, %s)", (self.CHANNEL, payload.decode()))
+        except psycopg.Error as exc:
+            logger.warning("live updates: NOTIFY failed (%s)", exc)
+            self._publisher = None
+
+    def _run_listener(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._url, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {self.CHANNEL}")
+                    self.deliver(None)  # anything may have changed while we were not listening
+                    backoff = 0.5
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=1.0, stop_after=100):
+                            self.deliver(decode_message(note.payload.encode()))
+            except psycopg.Error as exc:
+                logger.warning("live updates: LISTEN lost (%s); retrying in %.1fs", exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+
 def encode_message(trace_ids: frozenset[bytes] | None) -> bytes:
     """Comma-separated hex trace ids; ``*`` for every run."""
     if trace_ids is None:
@@ -242,9 +306,17 @@ def decode_message(data: bytes) -> frozenset[bytes] | None:
         return None
 
 
-def open_bus(redis_url: str | None, max_streams: int = MAX_STREAMS) -> LocalBus:
-    """The bus for these settings, started: Redis when ``redis_url`` is set, else in-process."""
-    bus = RedisBus(redis_url, max_streams) if redis_url else LocalBus(max_streams)
+def open_bus(redis_url: str | None, max_streams: int = MAX_STREAMS, *,
+             database_url: str | None = None, listen: bool = True) -> LocalBus:
+    """The bus for these settings, started: Redis when ``redis_url`` is set; else PostgreSQL
+    LISTEN/NOTIFY when ``database_url`` is given (several processes on one database); else
+    in-process.  ``listen=False`` only publishes (a process that serves no pages)."""
+    if redis_url:
+        bus: LocalBus = RedisBus(redis_url, max_streams)
+    elif database_url:
+        bus = PostgresBus(database_url, max_streams, listen=listen)
+    else:
+        bus = LocalBus(max_streams)
     return bus.start()
 
 

@@ -61,7 +61,10 @@ class Service:
                               max_lifetime=settings.pool_max_lifetime, timeout=settings.pool_timeout)
         self.folder = Folder(self.pool, settings)
         self.ingest = Ingestor(self.pool, settings, on_landed=self.folder.wake)
-        self.live = open_bus(settings.redis_url)  # issue 4: live updates of the web pages
+        # Live updates of the web pages: Redis when configured, else LISTEN/NOTIFY when several
+        # processes fold (--workers), else in-process.
+        self.live = open_bus(settings.redis_url, listen=serve,
+                             database_url=self.database_url if settings.workers > 1 else None)
         self.folder.subscribe(self.live.publish)
         self._serve = serve
         self._threads: list[threading.Thread] = []
