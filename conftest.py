@@ -64,6 +64,12 @@ def clean_db(database_url) -> str:
     return _truncate(database_url)
 
 
+@pytest.fixture
+def private_db(tmp_path_factory) -> str:
+    """A fresh database for one test: for servers whose settings must be the only ones folding."""
+    yield from _fresh_database(_admin_url(tmp_path_factory), "own")
+
+
 @pytest.fixture(scope="session")
 def store_database_url(tmp_path_factory) -> str:
     """A database no server ever runs against: tests that fold by hand own every fold in it."""

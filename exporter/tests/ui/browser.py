@@ -40,9 +40,13 @@ def ensure_chromium() -> str:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """One headless Chromium for the session."""
+    """One headless Chromium per test module.
+
+    Not per session: Playwright's sync API keeps an event loop running on the main thread while
+    it is started, and every later ``asyncio.run()`` in the suite would then fail.
+    """
     executable = ensure_chromium()
     try:
         from playwright.sync_api import sync_playwright

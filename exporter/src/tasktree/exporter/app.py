@@ -6,6 +6,7 @@ import psycopg_pool
 from flask import Flask, jsonify
 
 from tasktree.exporter.errors import TasktreeError
+from tasktree.exporter.metrics import mount as mount_metrics
 from tasktree.exporter.settings import Settings
 from tasktree.exporter.store.pool import connection
 
@@ -18,9 +19,12 @@ def create_app(settings: Settings, pool: psycopg_pool.ConnectionPool, **services
     app.json.sort_keys = False
     app.extensions["tasktree"] = {"settings": settings, "pool": pool, **services}
     app.register_blueprint(api_blueprint)
+    from tasktree.exporter.docker import docker_blueprint  # issue 6: /api/docker/... and /docker
+    app.register_blueprint(docker_blueprint)
     from tasktree.exporter.ui import install_ui  # issue 4: pages and /api/live/... streams
     install_ui(app)
     app.add_url_rule("/healthz", view_func=_healthz)
+    mount_metrics(app)  # issue 5: /metrics (with the docker hosts' families)
     app.register_error_handler(TasktreeError, error_response)
     return app
 

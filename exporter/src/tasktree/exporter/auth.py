@@ -8,9 +8,11 @@ a viewer named ``auth-token``.
 The rules (docs: README "Docker hosts"):
 
 * an operator's action (``require(OPERATOR)``): no credential → 401; a valid non-operator credential
-  → 403; no operator tokens configured → every action is refused (401, the message says what to set);
-* reading (``require(VIEWER)``): a viewer or operator credential; *anonymous* reading is allowed only
-  when no viewer token and no ``TASKTREE_AUTH_TOKEN`` are configured **and** the server is bound to a
+  → 403; no operator tokens configured → every action is refused (401, the message says what
+  to set);
+* reading (``require(VIEWER)``): a viewer or operator credential; *anonymous* reading is allowed
+  only when no viewer token and no ``TASKTREE_AUTH_TOKEN`` are configured **and** the server is
+  bound to a
   loopback address (the out-of-the-box single-user set-up);
 * a credential that matches nothing is always 401, even where anonymous reading would be allowed.
 
@@ -31,7 +33,15 @@ from flask import current_app, g, request
 from tasktree.exporter.errors import Forbidden, Unauthorized
 from tasktree.exporter.settings import Settings, SettingsError, _is_loopback
 
-__all__ = ["ANONYMOUS", "OPERATOR", "VIEWER", "Principal", "TokenTable", "current_principal", "require"]
+__all__ = [
+    "ANONYMOUS",
+    "OPERATOR",
+    "VIEWER",
+    "Principal",
+    "TokenTable",
+    "current_principal",
+    "require",
+]
 
 VIEWER = "viewer"
 OPERATOR = "operator"
@@ -55,19 +65,22 @@ ANONYMOUS = Principal("anonymous", VIEWER)
 
 
 class TokenTable:
-    """The configured tokens, parsed once.  ``lookup(token)`` checks every entry in constant time."""
+    """The configured tokens, parsed once.  ``lookup(token)`` checks every entry, constant time."""
 
     def __init__(self, settings: Settings):
         self._entries: list[tuple[bytes, Principal]] = []
-        for raw, role, var in ((settings.operator_tokens, OPERATOR, "TASKTREE_OPERATOR_TOKENS"),
-                               (settings.viewer_tokens, VIEWER, "TASKTREE_VIEWER_TOKENS")):
+        for raw, role, var in (
+            (settings.operator_tokens, OPERATOR, "TASKTREE_OPERATOR_TOKENS"),
+            (settings.viewer_tokens, VIEWER, "TASKTREE_VIEWER_TOKENS"),
+        ):
             for name, token in _parse_tokens(raw, var):
                 self._entries.append((token.encode(), Principal(name, role)))
         if settings.auth_token:
             self._entries.append((settings.auth_token.encode(), Principal("auth-token", VIEWER)))
         self.has_operators = any(p.role == OPERATOR for _, p in self._entries)
-        self.anonymous_reads = (not settings.viewer_tokens and not settings.auth_token
-                                and _is_loopback(settings.host))
+        self.anonymous_reads = (
+            not settings.viewer_tokens and not settings.auth_token and _is_loopback(settings.host)
+        )
 
     def lookup(self, token: str) -> Principal | None:
         given = token.encode()
@@ -88,7 +101,9 @@ def _parse_tokens(raw: str | None, var: str) -> list[tuple[str, str]]:
         if not sep:
             name, token = "token-" + hashlib.sha256(item.encode()).hexdigest()[:6], item
         if not name.strip() or len(token.strip()) < 8:
-            raise SettingsError(f"{var}: each entry is name:token with a token of 8 or more characters")
+            raise SettingsError(
+                f"{var}: each entry is name:token with a token of 8 or more characters"
+            )
         entries.append((name.strip(), token.strip()))
     return entries
 
@@ -102,7 +117,8 @@ def _table() -> TokenTable:
 
 
 def authenticate() -> Principal | None:
-    """The request's principal: from ``Authorization: Bearer``, else anonymous where allowed, else None.
+    """The request's principal: from ``Authorization: Bearer``, else anonymous where allowed,
+    else None.
 
     Raises ``Unauthorized`` for a credential that matches no token.
     """
@@ -117,7 +133,7 @@ def authenticate() -> Principal | None:
 
 
 def require(role: str) -> Callable[[F], F]:
-    """Decorator for views: refuse with 401/403 unless the caller has ``role``; sets ``g.principal``."""
+    """Decorator for views: 401/403 unless the caller has ``role``; sets ``g.principal``."""
 
     def decorate(view: F) -> F:
         @functools.wraps(view)
@@ -126,7 +142,9 @@ def require(role: str) -> Callable[[F], F]:
             if principal is None or (principal is ANONYMOUS and role != VIEWER):
                 raise Unauthorized(_missing_message(role))
             if not principal.may(role):
-                raise Forbidden(f"{principal.name} is a {principal.role}; this needs an {role} token")
+                raise Forbidden(
+                    f"{principal.name} is a {principal.role}; this needs an {role} token"
+                )
             g.principal = principal
             return view(*args, **kwargs)
 
@@ -137,7 +155,10 @@ def require(role: str) -> Callable[[F], F]:
 
 def _missing_message(role: str) -> str:
     if role == OPERATOR and not _table().has_operators:
-        return "docker actions are disabled: no operator token is configured (TASKTREE_OPERATOR_TOKENS)"
+        return (
+            "docker actions are disabled: no operator token is configured "
+            "(TASKTREE_OPERATOR_TOKENS)"
+        )
     return f"this needs the header Authorization: Bearer <{role} token>"
 
 

@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
     demo.add_argument("--exit", action="store_true", help="exit once the sample job is stored")
     demo.set_defaults(run=_demo)
+    from tasktree.exporter.docker.cli import add_docker_commands  # issue 6: tasktree docker ...
+    add_docker_commands(commands)
     return parser
 
 

@@ -8,11 +8,14 @@ import time
 
 import psycopg
 import waitress.server
+from prometheus_client import CollectorRegistry
 
 from tasktree.exporter.app import create_app
 from tasktree.exporter.background import Folder
+from tasktree.exporter.docker import DockerService, check_docker_hosts
 from tasktree.exporter.ingest import Ingestor
 from tasktree.exporter.live import open_bus
+from tasktree.exporter.metrics import ServiceMetrics
 from tasktree.exporter.receiver.otlp_grpc import start_otlp_grpc_server
 from tasktree.exporter.receiver.otlp_http import create_otlp_http_app
 from tasktree.exporter.settings import Settings
@@ -55,12 +58,15 @@ class Service:
 
     def __init__(self, settings: Settings, *, serve: bool = True):
         self.settings = settings
+        check_docker_hosts(settings)  # issue 6: a bad hosts file stops start-up before the database
         self.database_url = resolve_database_url(settings)
         migrate_when_reachable(self.database_url)
         self.pool = open_pool(self.database_url, max_size=settings.pool_size,
                               max_lifetime=settings.pool_max_lifetime, timeout=settings.pool_timeout)
         self.folder = Folder(self.pool, settings)
         self.ingest = Ingestor(self.pool, settings, on_landed=self.folder.wake)
+        self.metrics = ServiceMetrics(self.pool, settings, self.folder, registry=CollectorRegistry())  # issue 5
+        self.docker = DockerService(settings, self.pool)  # issue 6: docker hosts
         # Live updates of the web pages: Redis when configured, else LISTEN/NOTIFY when several
         # processes fold (--workers), else in-process.
         self.live = open_bus(settings.redis_url, listen=serve,
@@ -77,13 +83,22 @@ class Service:
         if not self._serve:
             return self
         s = self.settings
-        web = create_app(s, self.pool, folder=self.folder, ingest=self.ingest, live=self.live)
+        web = create_app(s, self.pool, folder=self.folder, ingest=self.ingest, docker=self.docker,
+                         live=self.live, metrics=self.metrics)
         # Each open live stream holds a thread: room for them beside the ordinary requests.
         self.web_port = self._start_http(web, s.port, "web", threads=8 + self.live.max_streams)
-        self.otlp_http_port = self._start_http(create_otlp_http_app(self.ingest, s), s.otlp_http_port,
+        http_ingest, grpc_ingest = (self.metrics.instrument_ingest(self.ingest, p) for p in ("http", "grpc"))
+        self.otlp_http_port = self._start_http(create_otlp_http_app(http_ingest, s), s.otlp_http_port,
                                                "otlp-http")
-        self._grpc, self.otlp_grpc_port = start_otlp_grpc_server(self.ingest, s, s.host, s.otlp_grpc_port)
+        self._grpc, self.otlp_grpc_port = start_otlp_grpc_server(grpc_ingest, s, s.host, s.otlp_grpc_port)
+        self.docker.connect_tracing(self._own_url(self.otlp_http_port) + "/v1/traces", s.auth_token)
         return self
+
+    def _own_url(self, port: int) -> str:
+        """This process as a client reaches it (a wildcard bind is reached on loopback)."""
+        host = self.settings.host
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def _start_http(self, app, port: int, name: str, threads: int = 8) -> int:
         server = waitress.server.create_server(
@@ -99,6 +114,7 @@ class Service:
         return server.effective_port
 
     def stop(self) -> None:
+        self.docker.close()  # first: its last spans go to our own OTLP receiver
         self.live.close()  # ends the live streams, which would hold server threads
         for server in self._http_servers:
             server.close()

@@ -1,0 +1,330 @@
+"""``/api/docker/...`` and the ``/docker`` page (design.md §4).
+
+Reading (hosts, containers, images, operations, audit) needs a viewer credential (see ``auth``);
+every action (pull, deploy, start, stop, restart, remove, logs) an operator's.  Pull and deploy
+answer 202 with an operation (``?wait=SECONDS`` waits for it to end, up to 300 s); its per-host
+progress is polled at ``/api/docker/operations/<id>`` or streamed as Server-Sent Events at
+``/api/docker/operations/<id>/events``.  Views block at most about the slowest host's timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    jsonify,
+    render_template,
+    request,
+    stream_with_context,
+)
+from werkzeug.exceptions import HTTPException
+
+from tasktree.exporter.auth import OPERATOR, VIEWER, current_principal, require
+from tasktree.exporter.docker.specs import deploy_spec, pull_spec
+from tasktree.exporter.errors import BadRequest, NotFound, TasktreeError
+
+logger = logging.getLogger(__name__)
+
+docker_blueprint = Blueprint(
+    "docker",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/docker/static",
+)
+
+_ACTIONS = ("start", "stop", "restart", "remove")
+_SSE_KEEPALIVE_S = 15.0
+_MAX_WAIT_S = 300.0
+
+
+def _service():
+    service = current_app.extensions["tasktree"].get("docker")
+    if service is None:
+        raise NotFound("docker host management is not enabled in this process")
+    return service
+
+
+@docker_blueprint.errorhandler(TasktreeError)
+def _error(exc: TasktreeError) -> Response:
+    response = jsonify(error={"code": exc.code, "message": exc.message})
+    response.status_code = exc.status
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="tasktree"'
+    return response
+
+
+@docker_blueprint.errorhandler(Exception)
+def _unexpected(exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):
+        response = jsonify(
+            error={"code": exc.name.lower().replace(" ", "_"), "message": exc.description}
+        )
+        response.status_code = exc.code or 500
+        return response
+    logger.exception("unhandled error in %s %s", request.method, request.path)
+    response = jsonify(error={"code": "internal", "message": "internal error; see the server log"})
+    response.status_code = 500
+    return response
+
+
+# -- the page ---------------------------------------------------------------------------------
+
+
+@docker_blueprint.get("/docker")
+def page() -> str:
+    """The Containers page: a shell without data; its script reads the API with the user's token."""
+    return render_template("docker.html")
+
+
+# -- seeing -----------------------------------------------------------------------------------
+
+
+def _hosts_arg(service) -> list[str] | None:
+    names = request.args.getlist("host")
+    unknown = [n for n in names if n not in service.hosts]
+    if unknown:
+        raise NotFound(f"unknown docker host(s): {', '.join(unknown[:10])}")
+    return names or None
+
+
+def _refresh() -> bool:
+    return request.args.get("refresh", "").lower() in ("1", "true", "yes")
+
+
+def _host_status(snap: dict) -> dict:
+    fields = (
+        "name",
+        "url",
+        "labels",
+        "tls",
+        "up",
+        "version",
+        "api_version",
+        "os",
+        "error",
+        "last_error",
+        "last_error_at",
+        "latency",
+        "checked_at",
+    )
+    return {
+        **{k: snap.get(k) for k in fields},
+        "containers": len(snap["containers"]),
+        "running": sum(1 for c in snap["containers"] if c["state"] == "running"),
+        "images": len(snap["images"]),
+    }
+
+
+@docker_blueprint.get("/api/docker/hosts")
+@require(VIEWER)
+def hosts():
+    service = _service()
+    snaps = service.snapshot(_hosts_arg(service), refresh=_refresh())
+    return {"hosts": [_host_status(s) for s in snaps]}
+
+
+@docker_blueprint.get("/api/docker/containers")
+@require(VIEWER)
+def containers():
+    service = _service()
+    snaps = service.snapshot(_hosts_arg(service), refresh=_refresh())
+    state = request.args.get("state")
+    items = [c for s in snaps for c in s["containers"] if state is None or c["state"] == state]
+    return {"hosts": [_host_status(s) for s in snaps], "containers": items}
+
+
+@docker_blueprint.get("/api/docker/images")
+@require(VIEWER)
+def images():
+    service = _service()
+    snaps = service.snapshot(_hosts_arg(service), refresh=_refresh())
+    return {
+        "hosts": [_host_status(s) for s in snaps],
+        "images": [i for s in snaps for i in s["images"]],
+    }
+
+
+# -- long actions -----------------------------------------------------------------------------
+
+
+def _body() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object (Content-Type: application/json)")
+    return body
+
+
+def _accepted(op):
+    wait = request.args.get("wait")
+    if wait:
+        try:
+            seconds = min(_MAX_WAIT_S, max(0.0, float(wait)))
+        except ValueError:
+            raise BadRequest("'wait' must be a number of seconds") from None
+        snapshot = op.wait_done(seconds)
+    else:
+        snapshot = op.snapshot()
+    status = 200 if snapshot["finished"] else 202
+    response = jsonify(operation=snapshot)
+    response.status_code = status
+    response.headers["Location"] = f"/api/docker/operations/{op.id}"
+    return response
+
+
+@docker_blueprint.post("/api/docker/pull")
+@require(OPERATOR)
+def pull():
+    service = _service()
+    return _accepted(service.pull(pull_spec(_body(), service.hosts), current_principal()))
+
+
+@docker_blueprint.post("/api/docker/deploy")
+@require(OPERATOR)
+def deploy():
+    service = _service()
+    return _accepted(service.deploy(deploy_spec(_body(), service.hosts), current_principal()))
+
+
+@docker_blueprint.get("/api/docker/operations")
+@require(VIEWER)
+def operations():
+    limit = _int_arg("limit", 50, 1, 200)
+    return {"operations": _service().operations.recent(limit)}
+
+
+def _operation_snapshot(op_id: str) -> tuple[object | None, dict]:
+    registry = _service().operations
+    op = registry.get(op_id)
+    if op is not None:
+        return op, op.snapshot()
+    remote = registry.remote_snapshot(op_id)
+    if remote is None:
+        raise NotFound(f"no docker operation {op_id!r} (operations are kept for an hour)")
+    return None, remote
+
+
+@docker_blueprint.get("/api/docker/operations/<op_id>")
+@require(VIEWER)
+def operation(op_id: str):
+    return {"operation": _operation_snapshot(op_id)[1]}
+
+
+@docker_blueprint.get("/api/docker/operations/<op_id>/events")
+@require(VIEWER)
+def operation_events(op_id: str) -> Response:
+    """Server-Sent Events: ``operation`` with each new snapshot, then ``done`` with the last one."""
+    op, first = _operation_snapshot(op_id)
+
+    def events():
+        snapshot = first
+        yield _sse("operation", snapshot)
+        while op is not None and not snapshot["finished"]:
+            newer = op.wait_change(snapshot["seq"], _SSE_KEEPALIVE_S)
+            if newer["seq"] == snapshot["seq"]:
+                yield ": keep-alive\n\n"
+                continue
+            snapshot = newer
+            yield _sse("operation", snapshot)
+        yield _sse("done", snapshot)
+
+    return Response(
+        stream_with_context(events()),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+# -- short actions ----------------------------------------------------------------------------
+
+
+@docker_blueprint.post("/api/docker/hosts/<host>/containers/<container>/<action>")
+@require(OPERATOR)
+def container_action(host: str, container: str, action: str):
+    if action not in _ACTIONS:
+        raise NotFound(f"no container action {action!r}; one of {', '.join(_ACTIONS)}")
+    body = request.get_json(silent=True) or {}
+    options = {}
+    if action in ("stop", "restart"):
+        options["timeout"] = _int_value(
+            body.get("timeout", request.args.get("timeout")), "timeout", 10, 0, 600
+        )
+    if action == "remove":
+        options["force"] = bool(body.get("force")) or request.args.get("force", "") in ("1", "true")
+    result = _service().container_action(host, container, action, current_principal(), **options)
+    return {"result": result}
+
+
+@docker_blueprint.get("/api/docker/hosts/<host>/containers/<container>/logs")
+@require(OPERATOR)
+def logs(host: str, container: str) -> Response:
+    """The container's output as text; ``follow=1`` keeps streaming new lines."""
+    follow = request.args.get("follow", "") in ("1", "true")
+    since = request.args.get("since")
+    stream = _service().logs(
+        host,
+        container,
+        current_principal(),
+        tail=_int_arg("tail", 200, 0, 100_000),
+        follow=follow,
+        timestamps=request.args.get("timestamps", "") in ("1", "true"),
+        since=_int_value(since, "since", None, 0, 2**40) if since else None,
+    )
+
+    def chunks():
+        try:
+            yield from stream
+        except Exception as exc:  # noqa: BLE001 (the status line is gone; end the text visibly)
+            yield f"\n[tasktree: log stream ended: {type(exc).__name__}]\n".encode()
+
+    return Response(
+        stream_with_context(chunks()),
+        mimetype="text/plain",
+        headers={
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+# -- audit ------------------------------------------------------------------------------------
+
+
+@docker_blueprint.get("/api/docker/audit")
+@require(VIEWER)
+def audit():
+    service = _service()
+    if service.audit is None:
+        raise NotFound("no audit log in this process")
+    cursor = request.args.get("cursor")
+    before = _int_value(cursor, "cursor", None, 1, 2**62) if cursor else None
+    host = request.args.get("host") or None
+    return service.audit.list(limit=_int_arg("limit", 50, 1, 500), before=before, host=host)
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    return _int_value(request.args.get(name), name, default, low, high)
+
+
+def _int_value(raw, name: str, default, low: int, high: int):
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise BadRequest(f"'{name}' must be an integer") from None
+    if not low <= value <= high:
+        raise BadRequest(f"'{name}' must be between {low} and {high}")
+    return value

@@ -1,0 +1,341 @@
+"""``DockerService``: the hosts, listing, operations, audit log, tracing and metrics of one process.
+
+Built once by ``tasktree serve`` (``server.py``), kept in ``app.extensions["tasktree"]["docker"]``.
+Reading methods block at most about the slowest host's timeout; ``pull``/``deploy`` write the audit
+row and start the run's root span on the caller's thread (so a database outage refuses the action
+with 503 before anything is done), then work on background threads and return the ``Operation``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import psycopg_pool
+from opentelemetry import trace
+
+from tasktree.exporter.auth import Principal
+from tasktree.exporter.docker import actions, tracing
+from tasktree.exporter.docker.audit import AuditLog
+from tasktree.exporter.docker.cache import make_cache
+from tasktree.exporter.docker.hosts import HostClients, load_hosts
+from tasktree.exporter.docker.listing import Inventory, describe_error
+from tasktree.exporter.docker.operations import ERROR, OK, RUNNING, Operation, OperationRegistry
+from tasktree.exporter.docker.specs import DeploySpec, PullSpec
+from tasktree.exporter.errors import NotFound, TasktreeError
+from tasktree.exporter.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_MAX_HOST_THREADS = 32
+
+
+class DockerService:
+    def __init__(self, settings: Settings, pool: psycopg_pool.ConnectionPool | None):
+        self.settings = settings
+        self.hosts = {h.name: h for h in load_hosts(settings)}
+        self.clients = HostClients(
+            list(self.hosts.values()), settings.docker_timeout, settings.docker_action_timeout
+        )
+        self.inventory = Inventory(
+            self.clients, make_cache(settings.redis_url), settings.docker_cache_ttl
+        )
+        self.operations = OperationRegistry(settings.redis_url)
+        self.audit = AuditLog(pool) if pool is not None else None
+        self.tracing = tracing.DockerTracing()
+        from tasktree.exporter.docker.metrics import DockerMetrics
+
+        self.metrics = DockerMetrics(self)
+
+    def connect_tracing(self, endpoint: str, token: str | None = None) -> None:
+        """Send the runs of pulls and deploys to ``endpoint`` (this server's OTLP/HTTP receiver)."""
+        self.tracing.connect(endpoint, token)
+
+    def close(self) -> None:
+        self.tracing.shutdown()
+        self.metrics.close()
+        self.inventory.close()
+        self.clients.close()
+        self.operations.close()
+
+    # -- seeing ------------------------------------------------------------------------------
+
+    def snapshot(self, names: list[str] | None = None, *, refresh: bool = False) -> list[dict]:
+        return self.inventory.snapshot(names, refresh=refresh)
+
+    # -- long actions ------------------------------------------------------------------------
+
+    def pull(self, spec: PullSpec, who: Principal) -> Operation:
+        def on_host(op: Operation, host: str, span, report) -> dict:
+            span.set_attribute("docker.image", spec.image)
+            return actions.pull(self.clients.client(host, action=True), spec.image, report)
+
+        return self._launch("pull", spec.image, spec.hosts, spec.public(), who, on_host)
+
+    def deploy(self, spec: DeploySpec, who: Principal) -> Operation:
+        def on_host(op: Operation, host: str, span, report) -> dict:
+            span.set_attributes(
+                {
+                    "docker.image": spec.image,
+                    "docker.container.name": spec.name,
+                    "docker.env_keys": sorted(spec.env),
+                    "docker.dry_run": spec.dry_run,
+                }
+            )
+            env = {**spec.env, "TRACEPARENT": tracing.traceparent(span)}
+            labels = {
+                **spec.labels,
+                "tasktree.operation": op.id,
+                "tasktree.trace_id": op.trace_id or "",
+                "tasktree.deployed_by": who.name,
+            }
+            return actions.deploy(
+                self.clients.client(host, action=True),
+                spec,
+                report=report,
+                env=env,
+                labels=labels,
+                temp_suffix=f"tasktree-{op.id[:8]}",
+            )
+
+        kind = "deploy"
+        return self._launch(
+            kind,
+            f"{spec.name} ({spec.image})",
+            spec.hosts,
+            spec.public(),
+            who,
+            on_host,
+            dry_run=spec.dry_run,
+        )
+
+    def _launch(
+        self,
+        kind: str,
+        target: str,
+        hosts: list[str],
+        public: dict,
+        who: Principal,
+        on_host: Callable,
+        *,
+        dry_run: bool = False,
+    ) -> Operation:
+        op = Operation(kind, hosts, public, who.name, dry_run=dry_run)
+        root = self.tracing.tracer.start_span(
+            f"docker {kind}{' (dry run)' if dry_run else ''}: {target}",
+            attributes={
+                "docker.operation": op.id,
+                "docker.action": kind,
+                "docker.hosts": hosts,
+                "docker.actor": who.name,
+                "docker.dry_run": dry_run,
+            },
+        )
+        op.trace_id = tracing.ids(root)[0]
+        try:
+            if self.audit is not None:
+                op.audit_id = self.audit.start(
+                    actor=who.name,
+                    role=who.role,
+                    action=kind,
+                    hosts=hosts,
+                    target=target,
+                    request=public,
+                    dry_run=dry_run,
+                    operation_id=op.id,
+                    trace_id=op.trace_id,
+                )
+        except Exception as exc:
+            tracing.fail(root, exc, "the audit log could not be written; nothing was done")
+            root.end()
+            raise
+        self.operations.add(op)
+        logger.info(
+            "docker %s %s on %s by %s (operation %s)",
+            kind,
+            target,
+            ",".join(hosts),
+            who.name,
+            op.id,
+        )
+        threading.Thread(
+            target=self._run, args=(op, root, on_host), name=f"docker-op-{op.id}", daemon=True
+        ).start()
+        return op
+
+    def _run(self, op: Operation, root, on_host: Callable) -> None:
+        """The operation's coordinator thread: every host at once, then the verdict everywhere."""
+        try:
+            with cf.ThreadPoolExecutor(
+                min(len(op.hosts), _MAX_HOST_THREADS), thread_name_prefix=f"docker-op-{op.id}"
+            ) as pool:
+                for host in op.hosts:
+                    pool.submit(self._run_host, op, root, host, on_host)
+            status = op.finish()
+            failed = [h for h, s in op.hosts.items() if s["status"] == ERROR]
+            if failed:
+                tracing.fail(
+                    root,
+                    None,
+                    f"failed on {len(failed)} of {len(op.hosts)} hosts: {', '.join(failed)}",
+                )
+            root.set_attribute("docker.status", status)
+            self.inventory.invalidate(op.hosts)
+            if self.audit is not None and op.audit_id is not None:
+                self.audit.finish(op.audit_id, status, _audit_result(op))
+        except Exception:  # noqa: BLE001 (a coordinator never dies silently)
+            logger.exception("docker operation %s failed", op.id)
+        finally:
+            root.end()
+            self.tracing.flush()
+
+    def _run_host(self, op: Operation, root, host: str, on_host: Callable) -> None:
+        span = self.tracing.tracer.start_span(
+            f"{op.kind} on {host}",
+            context=trace.set_span_in_context(root),
+            attributes={"docker.host": host},
+        )
+        op.host_update(host, status=RUNNING, span_id=tracing.ids(span)[1])
+
+        def report(**fields) -> None:
+            op.host_update(host, **fields)
+
+        try:
+            result = on_host(op, host, span, report)
+        except Exception as exc:  # noqa: BLE001 (one host's failure is that host's result)
+            message = describe_error(exc) if not isinstance(exc, actions.ActionFailed) else str(exc)
+            tracing.fail(span, exc, message)
+            op.host_update(host, status=ERROR, message=message)
+        else:
+            span.set_attribute(
+                "docker.result", str(result.get("action") or result.get("status") or "ok")
+            )
+            op.host_update(host, status=OK, result=result, message=_done_text(op.kind, result))
+        finally:
+            span.end()
+
+    # -- short actions -----------------------------------------------------------------------
+
+    def container_action(
+        self, host: str, container: str, action: str, who: Principal, **options
+    ) -> dict:
+        """start/stop/restart/remove one container, audited; ``NotFound`` for a missing one."""
+        self._known(host)
+        started = time.monotonic()
+        try:
+            result = actions.container_action(
+                self.clients.client(host, action=True), container, action, **options
+            )
+            status, outcome = OK, result
+        except Exception as exc:  # noqa: BLE001 (audited, then re-raised as the right error)
+            status, outcome = ERROR, {"error": describe_error(exc)}
+            self._audit_once(who, action, host, container, {"options": options}, status, outcome)
+            raise _translate(exc, host, container) from exc
+        finally:
+            self.inventory.invalidate([host])
+        outcome["duration"] = round(time.monotonic() - started, 3)
+        self._audit_once(who, action, host, container, {"options": options}, status, outcome)
+        return outcome
+
+    def logs(
+        self,
+        host: str,
+        container: str,
+        who: Principal,
+        *,
+        tail: int,
+        follow: bool,
+        timestamps: bool,
+        since: int | None,
+    ) -> Iterator[bytes]:
+        self._known(host)
+        try:
+            stream = actions.logs(
+                self.clients.client(host, action=True),
+                container,
+                tail=tail,
+                follow=follow,
+                timestamps=timestamps,
+                since=since,
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc, host, container) from exc
+        self._audit_once(who, "logs", host, container, {"tail": tail, "follow": follow}, OK, {})
+        return stream
+
+    def _audit_once(
+        self,
+        who: Principal,
+        action: str,
+        host: str,
+        container: str,
+        request: dict,
+        status: str,
+        result: dict,
+    ) -> None:
+        if self.audit is not None:
+            self.audit.start(
+                actor=who.name,
+                role=who.role,
+                action=action,
+                hosts=[host],
+                target=container,
+                request=request,
+                status=status,
+                result={host: result},
+            )
+
+    def _known(self, host: str) -> None:
+        if host not in self.hosts:
+            raise NotFound(f"no docker host named {host!r}")
+
+
+def _translate(exc: Exception, host: str, container: str) -> Exception:
+    import docker.errors
+
+    from tasktree.exporter.errors import BadRequest, Conflict
+
+    if isinstance(exc, TasktreeError):
+        return exc
+    if isinstance(exc, docker.errors.NotFound):
+        return NotFound(f"no container {container!r} on {host}")
+    if isinstance(exc, docker.errors.APIError) and exc.status_code == 409:
+        return Conflict(f"{host}: {describe_error(exc)}")
+    if isinstance(exc, docker.errors.APIError) and exc.status_code == 400:
+        return BadRequest(f"{host}: {describe_error(exc)}")
+    return HostUnavailable(f"{host}: {describe_error(exc)}")
+
+
+class HostUnavailable(TasktreeError):
+    """The docker host could not be reached or failed (HTTP 502: the fault is upstream)."""
+
+    status = 502
+    code = "docker_host_unavailable"
+
+
+def _done_text(kind: str, result: dict) -> str:
+    if result.get("dry_run"):
+        return (
+            "dry run: "
+            + (
+                "replace " + str(result.get("replaces"))
+                if result.get("action") == "replace"
+                else "create"
+            )
+            + (" after a pull" if result.get("pull") else "")
+        )
+    if kind == "pull":
+        return result.get("status") or "pulled"
+    return (
+        f"{result.get('action')} {str(result.get('container_id', ''))[:12]} ({result.get('state')})"
+    )
+
+
+def _audit_result(op: Operation) -> dict:
+    return {
+        h: {"status": s["status"], "message": s["message"], "result": s["result"]}
+        for h, s in op.snapshot()["hosts"].items()
+    }

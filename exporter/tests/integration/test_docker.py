@@ -1,0 +1,677 @@
+"""Docker hosts (issue 6) against two real docker engines and a real registry (design.md §6).
+
+Most tests drive the Flask app in-process (real engines, real PostgreSQL for the audit log); the
+last ones go through a real ``tasktree serve`` to see the deploy's run in the task tree.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+import psycopg
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from tasktree.exporter.app import create_app
+from tasktree.exporter.docker import DockerService
+from tasktree.exporter.settings import Settings
+from tasktree.exporter.store.pool import open_pool
+
+from . import docker_lab
+from .docker_fixtures import docker_lab as docker_lab_session  # noqa: F401 (fixture)
+
+OPERATOR = "ops-token-7f1c2a9e"
+VIEWER = "viewer-token-55d0b3c1"
+SECRET = "s3cr3t-Zq81-never-shown"
+SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; echo started; while true; do sleep 1; done"]
+
+
+@pytest.fixture
+def lab(docker_lab_session):  # noqa: F811
+    """The session's engines and registry, emptied of containers and test images."""
+    docker_lab_session.reset()
+    return docker_lab_session
+
+
+@pytest.fixture(scope="module")
+def pool(database_url):
+    pool = open_pool(database_url, max_size=4)
+    pool.wait(10)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def make_app(pool, lab, tmp_path):
+    """Factory: ``make_app(extra_hosts=None, **settings)`` → (Flask test client, DockerService)."""
+    services = []
+
+    def make(extra_hosts: dict | None = None, timeout: float | None = None, **overrides):
+        hosts_file = tmp_path / f"hosts-{len(services)}.yaml"
+        hosts_file.write_text(lab.hosts_yaml(extra_hosts, timeout))
+        values = {
+            "docker_hosts_file": hosts_file,
+            "operator_tokens": f"olga:{OPERATOR}",
+            "viewer_tokens": f"victor:{VIEWER}",
+            "docker_cache_ttl": 5.0,
+            **overrides,
+        }
+        settings = Settings.from_env({}, **values)
+        service = DockerService(settings, pool)
+        services.append(service)
+        app = create_app(settings, pool, docker=service)
+        return app.test_client(), service
+
+    yield make
+    for service in services:
+        service.close()
+
+
+def call(
+    client,
+    method: str,
+    path: str,
+    token: str | None = OPERATOR,
+    body=None,
+    expect: int | None = 200,
+):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = client.open(path, method=method, headers=headers, json=body)
+    if expect is not None:
+        assert response.status_code == expect, (
+            f"{method} {path}: {response.status_code} {response.data[:800]!r}"
+        )
+    return response.get_json() if response.is_json else response.data
+
+
+def deploy_body(lab, tag="1", **extra) -> dict:
+    return {
+        "image": lab.image(tag),
+        "name": "web",
+        "hosts": ["alpha", "beta"],
+        "command": SLEEPER,
+        "network_mode": "none",
+        "stop_timeout": 5,
+        **extra,
+    }
+
+
+def containers_named(lab, host: str, name: str) -> list[dict]:
+    with lab.client(host) as client:
+        return [c for c in client.containers(all=True) if f"/{name}" in c["Names"]]
+
+
+# -- seeing -----------------------------------------------------------------------------------
+
+
+def test_listing_shows_containers_and_images_of_both_hosts_at_once(lab, make_app):
+    client, _ = make_app()
+    call(client, "POST", "/api/docker/pull?wait=60", body={"image": lab.image(), "hosts": ["*"]})
+    for host in ("alpha", "beta"):
+        with lab.client(host) as engine:
+            created = engine.create_container(
+                lab.image(),
+                command=["true"],
+                name=f"seen-on-{host}",
+                host_config=engine.create_host_config(network_mode="none"),
+            )
+            assert created["Id"]
+
+    body = call(client, "GET", "/api/docker/containers?refresh=1", token=VIEWER)
+
+    assert [(h["name"], h["up"], h["error"]) for h in body["hosts"]] == [
+        ("alpha", True, None),
+        ("beta", True, None),
+    ]
+    assert all(h["version"] and h["api_version"] for h in body["hosts"])
+    assert {(c["host"], c["name"], c["state"]) for c in body["containers"]} == {
+        ("alpha", "seen-on-alpha", "created"),
+        ("beta", "seen-on-beta", "created"),
+    }
+    images = call(client, "GET", "/api/docker/images", token=VIEWER)["images"]
+    assert {(i["host"], lab.image() in i["tags"]) for i in images} == {
+        ("alpha", True),
+        ("beta", True),
+    }
+    hosts = call(client, "GET", "/api/docker/hosts", token=VIEWER)["hosts"]
+    assert [(h["name"], h["containers"], h["labels"]["role"]) for h in hosts] == [
+        ("alpha", 1, "alpha"),
+        ("beta", 1, "beta"),
+    ]
+
+
+def test_listing_is_cached_for_the_ttl_and_refresh_asks_the_hosts_again(lab, make_app):
+    client, _ = make_app(docker_cache_ttl=60.0)
+    assert call(client, "GET", "/api/docker/containers", token=VIEWER)["containers"] == []
+    with lab.client("alpha") as engine:
+        engine.create_container(
+            _local_image(lab, engine),
+            command=["true"],
+            name="late",
+            host_config=engine.create_host_config(network_mode="none"),
+        )
+
+    cached = call(client, "GET", "/api/docker/containers", token=VIEWER)["containers"]
+    fresh = call(client, "GET", "/api/docker/containers?refresh=1", token=VIEWER)["containers"]
+
+    assert cached == []
+    assert [c["name"] for c in fresh] == ["late"]
+
+
+def test_listing_cache_and_operations_in_redis_are_shared_by_two_processes(lab, make_app):
+    import redis
+
+    url = "redis://127.0.0.1:6379/0"
+    try:
+        redis.Redis.from_url(url).ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis on 127.0.0.1:6379 is part of this machine's services: {exc}")
+    first, _ = make_app(redis_url=url, docker_cache_ttl=60.0)
+    second, _ = make_app(redis_url=url, docker_cache_ttl=60.0)
+    call(first, "GET", "/api/docker/containers?refresh=1", token=VIEWER)
+    with lab.client("beta") as engine:
+        engine.create_container(
+            _local_image(lab, engine),
+            command=["true"],
+            name="after-first-listing",
+            host_config=engine.create_host_config(network_mode="none"),
+        )
+
+    seen_by_second = call(second, "GET", "/api/docker/containers", token=VIEWER)["containers"]
+
+    assert seen_by_second == []  # the first process's snapshot, from Redis
+    op = call(first, "POST", "/api/docker/pull?wait=60", body={"image": lab.image(), "hosts": ["*"]})
+    polled = call(second, "GET", f"/api/docker/operations/{op['operation']['id']}", token=VIEWER)
+    assert polled["operation"]["status"] == "ok" and polled["operation"]["seq"] == op["operation"]["seq"]
+
+
+def _local_image(lab, engine) -> str:
+    """Import the busybox tar straight into an engine (no registry), as ``local/busybox:1``."""
+    engine.import_image(
+        src=docker_lab.busybox_tar(),
+        repository="local/busybox",
+        tag="1",
+        changes=['CMD ["/bin/sh"]'],
+    )
+    return "local/busybox:1"
+
+
+def test_dead_and_slow_hosts_show_down_within_their_timeout_while_the_other_is_listed(
+    lab, make_app
+):
+    slow = docker_lab.SlowProxy(lab.engines["beta"].socket, delay=5.0)
+    try:
+        client, _ = make_app(
+            {"dead": "unix:///tmp/tasktree-no-such-docker.sock", "slow": slow.url}, timeout=1.0
+        )
+        started = time.monotonic()
+        body = call(client, "GET", "/api/docker/containers?refresh=1", token=VIEWER)
+        elapsed = time.monotonic() - started
+    finally:
+        slow.close()
+
+    status = {h["name"]: (h["up"], h["error"]) for h in body["hosts"]}
+    assert status["alpha"] == (True, None) and status["beta"] == (True, None)
+    assert status["dead"][0] is False and "cannot connect" in status["dead"][1]
+    assert status["slow"] == (False, "no answer within 1s")
+    dead = next(h for h in body["hosts"] if h["name"] == "dead")
+    assert dead["last_error"] == dead["error"] and dead["last_error_at"]
+    assert elapsed < 2.0, f"listing took {elapsed:.2f}s with a 1s host timeout"
+
+
+# -- acting -----------------------------------------------------------------------------------
+
+
+def test_pull_from_the_registry_on_both_hosts_with_progress_per_host(lab, make_app):
+    client, _ = make_app()
+
+    op = call(
+        client,
+        "POST",
+        "/api/docker/pull?wait=60",
+        body={"image": lab.image(), "hosts": ["alpha", "beta"]},
+    )
+    op = op["operation"]
+
+    assert op["status"] == "ok" and op["kind"] == "pull"
+    for host in ("alpha", "beta"):
+        state = op["hosts"][host]
+        assert state["status"] == "ok", state
+        assert state["progress"]["percent"] == 100.0 and state["progress"]["layers_done"] >= 1
+        assert state["result"]["image_id"].startswith("sha256:")
+        with lab.client(host) as engine:
+            assert engine.inspect_image(lab.image())["Id"] == state["result"]["image_id"]
+
+
+def test_batch_deploy_to_both_hosts_then_redeploy_replaces_the_container(lab, make_app):
+    client, _ = make_app()
+
+    first = call(client, "POST", "/api/docker/deploy?wait=60", body=deploy_body(lab, "1"))[
+        "operation"
+    ]
+    assert first["status"] == "ok", first["hosts"]
+    second = call(client, "POST", "/api/docker/deploy?wait=60", body=deploy_body(lab, "2"))[
+        "operation"
+    ]
+    assert second["status"] == "ok", second["hosts"]
+
+    for host in ("alpha", "beta"):
+        assert first["hosts"][host]["result"]["action"] == "created"
+        result = second["hosts"][host]["result"]
+        assert result["action"] == "replaced" and result["state"] == "running"
+        assert result["replaces"] == first["hosts"][host]["result"]["container_id"][:12]
+        [web] = containers_named(lab, host, "web")
+        assert web["Id"] == result["container_id"] and web["Image"] == lab.image("2")
+        with lab.client(host) as engine:
+            names = [n for c in engine.containers(all=True) for n in c["Names"]]
+            env = engine.inspect_container(web["Id"])["Config"]["Env"]
+        assert names == ["/web"]  # the old one is gone, no temporary name is left
+        traceparent = next(v for v in env if v.startswith("TRACEPARENT="))
+        assert traceparent.split("-")[1:3] == [second["trace_id"], second["hosts"][host]["span_id"]]
+
+
+def test_dry_run_deploy_reports_the_plan_and_changes_nothing(lab, make_app):
+    client, _ = make_app()
+    call(client, "POST", "/api/docker/deploy?wait=60", body=deploy_body(lab, "1"))
+    before = {h: containers_named(lab, h, "web") for h in ("alpha", "beta")}
+
+    op = call(
+        client, "POST", "/api/docker/deploy?wait=60", body=deploy_body(lab, "2", dry_run=True)
+    )["operation"]
+
+    assert op["status"] == "ok" and op["dry_run"] is True
+    for host in ("alpha", "beta"):
+        plan = op["hosts"][host]["result"]
+        assert plan == {
+            "action": "replace",
+            "pull": True,
+            "replaces": before[host][0]["Id"][:12],
+            "replaces_state": "running",
+            "dry_run": True,
+        }
+        assert containers_named(lab, host, "web") == before[host]
+        with lab.client(host) as engine:
+            assert not any(lab.image("2") in (i.get("RepoTags") or []) for i in engine.images())
+
+
+def test_deploy_to_a_dead_host_fails_there_and_succeeds_elsewhere(lab, make_app):
+    client, _ = make_app({"dead": "unix:///tmp/tasktree-no-such-docker.sock"})
+
+    op = call(
+        client,
+        "POST",
+        "/api/docker/deploy?wait=60",
+        body=deploy_body(lab, "1", hosts=["alpha", "dead"]),
+    )["operation"]
+
+    assert op["status"] == "partial"
+    assert op["hosts"]["alpha"]["status"] == "ok"
+    assert (
+        op["hosts"]["dead"]["status"] == "error"
+        and "cannot connect" in op["hosts"]["dead"]["message"]
+    )
+
+
+def test_stop_start_restart_logs_and_remove_one_container(lab, make_app):
+    client, _ = make_app()
+    call(client, "POST", "/api/docker/deploy?wait=60", body=deploy_body(lab, "1", hosts=["alpha"]))
+    base = "/api/docker/hosts/alpha/containers/web"
+
+    stopped = call(client, "POST", base + "/stop", body={"timeout": 5})["result"]
+    started = call(client, "POST", base + "/start")["result"]
+    restarted = call(client, "POST", base + "/restart", body={"timeout": 5})["result"]
+    time.sleep(0.3)
+    logs = call(client, "GET", base + "/logs?tail=10")
+    refused = call(client, "POST", base + "/remove", expect=409)
+    removed = call(client, "POST", base + "/remove", body={"force": True})["result"]
+
+    assert (stopped["state"], started["state"], restarted["state"]) == (
+        "exited",
+        "running",
+        "running",
+    )
+    assert logs.decode().count("started") >= 2  # one line per start
+    assert refused["error"]["code"] == "conflict"
+    assert removed["state"] == "removed" and containers_named(lab, "alpha", "web") == []
+    assert call(client, "POST", base + "/start", expect=404)["error"]["code"] == "not_found"
+
+
+def test_operation_progress_streams_as_server_sent_events_until_done(lab, make_app):
+    client, _ = make_app()
+    accepted = call(
+        client, "POST", "/api/docker/pull", body={"image": lab.image(), "hosts": ["*"]}, expect=202
+    )["operation"]
+
+    response = client.get(
+        f"/api/docker/operations/{accepted['id']}/events",
+        headers={"Authorization": f"Bearer {VIEWER}"},
+        buffered=False,
+    )
+    text = b"".join(response.response).decode()
+
+    events = [block for block in text.split("\n\n") if block.startswith("event:")]
+    assert events[0].startswith("event: operation") and events[-1].startswith("event: done")
+    last = json.loads(events[-1].split("data: ", 1)[1])
+    assert last["status"] == "ok" and set(last["hosts"]) == {"alpha", "beta"}
+    assert (
+        call(client, "GET", f"/api/docker/operations/{accepted['id']}", token=VIEWER)["operation"][
+            "seq"
+        ]
+        == last["seq"]
+    )
+
+
+# -- security and audit -----------------------------------------------------------------------
+
+
+def test_a_viewer_may_list_but_every_action_is_refused_403_and_no_credential_401(lab, make_app):
+    client, _ = make_app()
+    actions = [
+        ("POST", "/api/docker/deploy", deploy_body(lab)),
+        ("POST", "/api/docker/pull", {"image": lab.image(), "hosts": ["*"]}),
+        ("POST", "/api/docker/hosts/alpha/containers/web/stop", None),
+        ("POST", "/api/docker/hosts/alpha/containers/web/remove", None),
+        ("GET", "/api/docker/hosts/alpha/containers/web/logs", None),
+    ]
+
+    for method, path, body in actions:
+        assert (
+            call(client, method, path, token=VIEWER, body=body, expect=403)["error"]["code"]
+            == "forbidden"
+        )
+        assert (
+            call(client, method, path, token=None, body=body, expect=401)["error"]["code"]
+            == "unauthorized"
+        )
+        call(client, method, path, token="not-a-configured-token", body=body, expect=401)
+    call(client, "GET", "/api/docker/containers", token=VIEWER)
+    call(
+        client, "GET", "/api/docker/containers", token=None, expect=401
+    )  # viewer tokens are configured
+    assert containers_named(lab, "alpha", "web") == []
+
+
+def test_without_viewer_tokens_a_loopback_server_lists_anonymously_but_actions_need_an_operator(
+    lab, make_app
+):
+    client, _ = make_app(viewer_tokens=None)
+
+    call(client, "GET", "/api/docker/containers", token=None)
+    call(
+        client,
+        "POST",
+        "/api/docker/pull",
+        token=None,
+        body={"image": lab.image(), "hosts": ["*"]},
+        expect=401,
+    )
+
+
+def test_the_audit_log_records_who_did_what_where_and_the_result(lab, make_app, pool):
+    client, _ = make_app()
+    op = call(
+        client,
+        "POST",
+        "/api/docker/deploy?wait=60",
+        body=deploy_body(lab, "1", env={"DB_PASSWORD": SECRET}),
+    )["operation"]
+    call(client, "POST", "/api/docker/hosts/beta/containers/web/stop", body={"timeout": 5})
+
+    entries = call(client, "GET", "/api/docker/audit?limit=5", token=VIEWER)["entries"]
+
+    stop, deploy = entries[0], entries[1]
+    assert (
+        stop["actor"],
+        stop["role"],
+        stop["action"],
+        stop["hosts"],
+        stop["target"],
+        stop["status"],
+    ) == ("olga", "operator", "stop", ["beta"], "web", "ok")
+    assert (
+        deploy["actor"],
+        deploy["action"],
+        deploy["hosts"],
+        deploy["status"],
+        deploy["operation_id"],
+        deploy["trace_id"],
+    ) == ("olga", "deploy", ["alpha", "beta"], "ok", op["id"], op["trace_id"])
+    assert deploy["request"]["env_keys"] == ["DB_PASSWORD"] and deploy["finished_at"]
+    assert {h: r["status"] for h, r in deploy["result"].items()} == {"alpha": "ok", "beta": "ok"}
+    with pool.connection() as conn:
+        stored = conn.execute(
+            "SELECT request::text || coalesce(result::text, '') FROM docker_audit"
+        ).fetchall()
+    assert not any(SECRET in row[0] for row in stored)
+
+
+def test_metrics_show_hosts_and_container_state_cpu_memory_and_restarts(lab, make_app):
+    client, service = make_app({"dead": "unix:///tmp/tasktree-no-such-docker.sock"})
+    call(client, "POST", "/api/docker/deploy?wait=60", body=deploy_body(lab, "1"))
+    call(client, "POST", "/api/docker/hosts/beta/containers/web/stop", body={"timeout": 5})
+    registry = CollectorRegistry()
+    registry.register(service.metrics)
+
+    text = generate_latest(registry).decode()
+
+    assert 'tasktree_docker_host_up{host="alpha"} 1.0' in text
+    assert 'tasktree_docker_host_up{host="dead"} 0.0' in text
+    assert 'tasktree_container_state{container="web",host="alpha",state="running"} 1.0' in text
+    assert 'tasktree_container_state{container="web",host="beta",state="exited"} 1.0' in text
+    assert 'tasktree_container_restarts_total{container="web",host="beta"} 0.0' in text
+    cpu = registry.get_sample_value(
+        "tasktree_container_cpu_seconds_total", {"host": "alpha", "container": "web"}
+    )
+    memory = registry.get_sample_value(
+        "tasktree_container_memory_bytes", {"host": "alpha", "container": "web"}
+    )
+    assert cpu is not None and cpu >= 0 and memory is not None and memory > 0
+    assert (
+        registry.get_sample_value(
+            "tasktree_container_memory_bytes", {"host": "beta", "container": "web"}
+        )
+        is None
+    )
+
+
+def test_the_docker_page_renders_without_data_and_with_its_script(lab, make_app):
+    client, _ = make_app()
+
+    with client.get("/docker") as page, client.get("/docker/static/docker.js") as script:
+        html, js = page.data, script.data
+
+    assert page.status_code == 200 and b'src="/docker/static/docker.js"' in html
+    assert b"<tr><td" not in html  # no data in the page itself: the script reads the API
+    assert script.status_code == 200 and b"textContent" in js and b"innerHTML" not in js
+    assert b"confirm(" in js  # destructive actions ask first
+
+
+# -- through a real `tasktree serve` ----------------------------------------------------------
+
+
+def _http(server, method: str, path: str, token: str | None, body=None, expect: int = 200):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        server.web + path,
+        data=data,
+        method=method,
+        headers={
+            "Content-Type": "application/json",
+            **({"Authorization": f"Bearer {token}"} if token else {}),
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=90) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    assert status == expect, f"{method} {path}: {status} {raw[:600]!r}"
+    return raw
+
+
+def test_deploy_through_tasktree_serve_is_a_run_with_a_task_per_host_and_keeps_secrets(
+    lab, start_tasktree, tmp_path
+):
+    hosts_file = tmp_path / "hosts.yaml"
+    hosts_file.write_text(lab.hosts_yaml())
+    server = start_tasktree(
+        env={
+            "TASKTREE_DOCKER_HOSTS_FILE": str(hosts_file),
+            "TASKTREE_OPERATOR_TOKENS": f"olga:{OPERATOR}",
+            "TASKTREE_VIEWER_TOKENS": f"victor:{VIEWER}",
+        }
+    )
+    seen: list[bytes] = []
+
+    refused = _http(
+        server, "POST", "/api/docker/deploy", VIEWER, deploy_body(lab, env={"K": SECRET}), 403
+    )
+    raw = _http(
+        server,
+        "POST",
+        "/api/docker/deploy",
+        OPERATOR,
+        deploy_body(lab, env={"DB_PASSWORD": SECRET, "MODE": "test"}),
+        202,
+    )
+    op = json.loads(raw)["operation"]
+    with urllib.request.urlopen(
+        urllib.request.Request(
+            f"{server.web}/api/docker/operations/{op['id']}/events",
+            headers={"Authorization": f"Bearer {VIEWER}"},
+        ),
+        timeout=90,
+    ) as stream:
+        events = stream.read()
+    done = json.loads(events.rsplit(b"event: done\ndata: ", 1)[1])
+    assert done["status"] == "ok", done["hosts"]
+    seen += [refused, raw, events]
+
+    run = _wait_for_run(server, op["trace_id"])
+    assert run["job"] == "tasktree.docker" and run["status"] == "ok"
+    [root] = run["roots"]
+    assert root["name"].startswith("docker deploy: web") and root["child_count"] == 2
+    children = json.loads(
+        _http(server, "GET", f"/api/runs/{op['trace_id']}/tasks/{root['span_id']}/children", VIEWER)
+    )["children"]
+    assert sorted(c["name"] for c in children) == ["deploy on alpha", "deploy on beta"]
+    assert {c["span_id"] for c in children} == {op_h["span_id"] for op_h in done["hosts"].values()}
+    for task in [root, *children]:
+        seen.append(
+            _http(server, "GET", f"/api/runs/{op['trace_id']}/tasks/{task['span_id']}", VIEWER)
+        )
+    for path in (
+        "/api/docker/containers?refresh=1",
+        "/api/docker/operations",
+        f"/api/docker/operations/{op['id']}",
+        "/api/docker/audit",
+        f"/api/runs/{op['trace_id']}",
+    ):
+        seen.append(_http(server, "GET", path, VIEWER))
+    server.stop()
+    seen.append(server.log_path.read_bytes())
+
+    assert not [blob[:200] for blob in seen if SECRET.encode() in blob]
+    with lab.client("alpha") as engine:  # ...while the container did get it
+        env = engine.inspect_container("web")["Config"]["Env"]
+    assert f"DB_PASSWORD={SECRET}" in env
+
+
+def _wait_for_run(server, trace_id: str, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with psycopg.connect(server.database_url, autocommit=True) as conn:
+                landed = conn.execute(
+                    "SELECT count(*) FROM tasks WHERE trace_id = %s", (bytes.fromhex(trace_id),)
+                ).fetchone()[0]
+            if landed >= 3:
+                server.wait_folded()
+                return json.loads(_http(server, "GET", f"/api/runs/{trace_id}", VIEWER))
+        except psycopg.Error:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"the deploy's run {trace_id} did not reach the tree")
+
+
+def test_cli_pulls_deploys_lists_and_tails_logs_through_the_server_with_progress(
+    lab, start_tasktree, tmp_path
+):
+    import os
+    import subprocess
+    import sys
+
+    hosts_file = tmp_path / "hosts.yaml"
+    hosts_file.write_text(lab.hosts_yaml())
+    server = start_tasktree(
+        env={
+            "TASKTREE_DOCKER_HOSTS_FILE": str(hosts_file),
+            "TASKTREE_OPERATOR_TOKENS": f"olga:{OPERATOR}",
+        }
+    )
+    env = {
+        **os.environ,
+        "TASKTREE_URL": server.web,
+        "TASKTREE_TOKEN": OPERATOR,
+        "DB_PASSWORD": SECRET,
+    }
+
+    def cli(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "tasktree.exporter", "docker", *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    pulled = cli("pull", lab.image())
+    deployed = cli(
+        "deploy",
+        lab.image(),
+        "--name",
+        "web",
+        "--network",
+        "none",
+        "--stop-timeout",
+        "5",
+        "-e",
+        "DB_PASSWORD",
+        "-e",
+        "MODE=cli",
+        "--command",
+        "sh -c 'echo from-cli; sleep 1000'",
+    )
+    listed = cli("ls", "--refresh")
+    time.sleep(0.3)
+    logs = cli("logs", "beta", "web", "--tail", "5")
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tasktree.exporter",
+            "docker",
+            "deploy",
+            lab.image(),
+            "--name",
+            "x",
+            "--url",
+            server.web,
+        ],
+        env={**env, "TASKTREE_TOKEN": "wrong-token-1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert pulled.returncode == 0, pulled.stderr
+    assert [line.split()[0] for line in pulled.stdout.splitlines()[1:3]] == ["alpha", "beta"]
+    assert "100.0%" in pulled.stdout and pulled.stdout.rstrip().endswith("ok")
+    assert deployed.returncode == 0, deployed.stderr
+    assert "created" in deployed.stdout and SECRET not in deployed.stdout + deployed.stderr
+    assert listed.returncode == 0 and listed.stdout.count(" web ") == 2, listed.stdout
+    assert logs.returncode == 0 and logs.stdout.strip() == "from-cli"
+    assert refused.returncode == 3 and "401" in refused.stderr

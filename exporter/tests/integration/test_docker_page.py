@@ -1,0 +1,74 @@
+"""The Containers page (``/docker``) in a real browser against a real server and real engines."""
+
+from __future__ import annotations
+
+import re
+
+from ..ui.browser import ARTIFACTS, browser  # noqa: F401 (fixture)
+from .docker_fixtures import docker_lab as docker_lab_session  # noqa: F401 (fixture)
+from .test_docker import OPERATOR, SECRET, VIEWER, lab  # noqa: F401 (fixture)
+
+
+def test_docker_page_batch_deploy_with_confirmation_live_progress_and_a_confirmed_stop(
+    lab,  # noqa: F811
+    start_tasktree,
+    tmp_path,
+    browser,  # noqa: F811
+):
+    from playwright.sync_api import expect
+
+    hosts_file = tmp_path / "hosts.yaml"
+    hosts_file.write_text(lab.hosts_yaml())
+    server = start_tasktree(
+        env={
+            "TASKTREE_DOCKER_HOSTS_FILE": str(hosts_file),
+            "TASKTREE_OPERATOR_TOKENS": f"olga:{OPERATOR}",
+            "TASKTREE_VIEWER_TOKENS": f"victor:{VIEWER}",
+        }
+    )
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    dialogs: list[str] = []
+    page_errors: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.accept()))  # confirm() says yes
+    page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    page.goto(server.web + "/docker")
+    expect(page.locator("#notice")).to_contain_text("give a token")
+
+    page.fill("#token", OPERATOR)
+    page.click("#token-form button[type=submit]")
+    expect(page.locator("#hosts tbody tr")).to_have_count(2)
+    expect(page.locator("#hosts tbody")).to_contain_text("20.10")
+    form = page.locator("#deploy-form")
+    form.locator("input[name=image]").fill(lab.image())
+    form.locator("input[name=name]").fill("web")
+    command = "sh -c 'trap \"exit 0\" TERM; while true; do sleep 1; done'"
+    form.locator("input[name=command]").fill(command)
+    form.locator("input[name=network_mode]").fill("none")
+    form.locator("textarea[name=env]").fill(f"DB_PASSWORD={SECRET}")
+    for host in ("alpha", "beta"):
+        form.locator(f"input[name=host][value={host}]").check()
+    form.locator("input[name=dry_run]").uncheck()
+    form.locator("button[type=submit]").click()
+
+    progress = page.locator("#operation")
+    expect(progress).to_contain_text("deploy by olga: ok", timeout=60_000)
+    expect(progress.locator("tbody tr")).to_have_count(2)
+    expect(progress.locator(".host-ok")).to_have_count(2)
+    expect(page.locator("#containers tbody tr")).to_have_count(2)
+    page.screenshot(path=str(_artifact("docker-page.png")), full_page=True)
+    on_alpha = page.locator("#containers tbody tr", has_text="alpha")
+    on_alpha.get_by_role("button", name="stop").click()
+    expect(on_alpha).to_contain_text("exited", timeout=20_000)
+
+    assert [m for m in dialogs if m.startswith("Deploy ")] and "alpha" in dialogs[0]
+    assert re.match(r"Stop container web on alpha\?", dialogs[-1])
+    assert SECRET not in page.content() and form.locator("textarea[name=env]").input_value() == ""
+    assert page_errors == []
+    context.close()
+
+
+def _artifact(name: str):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS / name

@@ -1,0 +1,144 @@
+"""/metrics of real ``tasktree serve`` processes: shared totals, the task-name guard, auth."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import obs_workload as wl
+import psycopg
+from obs_support import wait_until
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def _samples(server, token: str | None = None) -> dict[tuple, float]:
+    request = urllib.request.Request(server.web + "/metrics")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _task_counts(server, job: str) -> dict[str, float]:
+    """Finished tasks of ``job`` by task label (the values are read at most ~1 s late)."""
+    counts: dict[str, float] = {}
+    for (name, labels), value in _samples(server).items():
+        labels = dict(labels)
+        if name == "tasktree_tasks_finished_total" and labels.get("job_name") == job:
+            counts[labels["task"]] = counts.get(labels["task"], 0) + value
+    return counts
+
+
+def _value(samples, name, **labels):
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def test_two_processes_on_one_database_show_the_same_totals_counting_each_task_once(
+    private_db, start_tasktree
+):
+    a, b = start_tasktree(database=private_db), start_tasktree(database=private_db)
+    wl.send_run(a.otlp_http + "/v1/traces", "mp-job", fail=False)
+    wl.send_run(b.otlp_http + "/v1/traces", "mp-job", fail=True)
+    wait_until(lambda: sum(_task_counts(a, "mp-job").values()) == 18, 15, "both runs in the totals")
+    seen_a, seen_b = _samples(a), _samples(b)
+    for seen in (seen_a, seen_b):
+        assert _value(seen, "tasktree_runs_finished_total", job_name="mp-job", status="ok") == 1
+        assert _value(seen, "tasktree_runs_finished_total", job_name="mp-job", status="error") == 1
+        assert (
+            _value(
+                seen,
+                "tasktree_tasks_finished_total",
+                job_name="mp-job",
+                task="extract-chunk",
+                status="ok",
+            )
+            == 6
+        )
+        assert _value(seen, "tasktree_run_duration_seconds_count", job_name="mp-job") == 2
+    shared = {
+        k: v
+        for k, v in seen_a.items()
+        if k[0].startswith(
+            ("tasktree_runs_", "tasktree_tasks_finished", "tasktree_task_duration", "tasktree_job_")
+        )
+    }
+    assert shared and all(seen_b.get(k) == v for k, v in shared.items())
+    # per-process series: each counts the spans it received itself
+    accepted = [
+        _value(s, "tasktree_ingest_spans_accepted_total", protocol="http") for s in (seen_a, seen_b)
+    ]
+    assert accepted == [9, 9]
+
+
+def test_task_names_beyond_the_per_job_cap_are_counted_as_other(private_db, start_tasktree):
+    # Its own database: a server with another name cap must not fold (and count) these runs.
+    server = start_tasktree(env={"TASKTREE_METRICS_TASK_NAMES": "3"}, database=private_db)
+    wl.send_run(
+        server.otlp_http + "/v1/traces", "capped-job", fail=False
+    )  # 5 names: run, 2 stages, 2 chunks
+    wait_until(
+        lambda: sum(_task_counts(server, "capped-job").values()) == 9, 15, "the first run's counts"
+    )
+    names = _task_counts(server, "capped-job")
+    seen = _samples(server)
+    assert len(names) == 4 and "__other__" in names
+    assert sum(names.values()) == 9  # nothing lost: 1 run + 2 stages + 6 chunks
+    durations = {
+        dict(labels)["task"]
+        for (name, labels) in seen
+        if name == "tasktree_task_duration_seconds_count"
+        and dict(labels).get("job_name") == "capped-job"
+    }
+    assert durations == set(names)
+    # a second run keeps the same labels: a series never changes its meaning
+    wl.send_run(server.otlp_http + "/v1/traces", "capped-job", fail=False)
+    doubled = {k: v * 2 for k, v in names.items()}
+    wait_until(lambda: _task_counts(server, "capped-job") == doubled, 15, "the second run's counts")
+
+
+def test_metrics_needs_a_viewer_token_when_the_server_has_one(clean_db, start_tasktree):
+    server = start_tasktree(env={"TASKTREE_AUTH_TOKEN": "s3cret-token-for-tests"})
+    try:
+        urllib.request.urlopen(server.web + "/metrics", timeout=30)
+        raise AssertionError("/metrics answered without a token")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 401
+    assert _value(_samples(server, "s3cret-token-for-tests"), "tasktree_store_up") == 1
+
+
+def test_finished_tasks_wait_in_memory_while_postgresql_refuses_and_are_added_once_later(
+    clean_store_db,
+):
+    from tasktree.exporter.metrics import FoldTotals
+    from tasktree.exporter.store.fold import FinishedTask, FoldResult
+    from tasktree.exporter.store.pool import open_pool
+
+    down = open_pool("postgresql://postgres@127.0.0.1:1/none", max_size=1, timeout=0.2)
+    up = open_pool(clean_store_db, max_size=1)
+    try:
+        totals = FoldTotals(down, names_per_job=50)
+        first = FoldResult(1, (), (FinishedTask("j", "t", 3, 2.0, root=True),))
+        totals(first)  # PostgreSQL away: kept, counted, never raised
+        assert totals.write_errors == 1
+        totals._pool = up
+        totals(FoldResult(1, (), (FinishedTask("j", "t", 4, 700.0),)))
+        totals(FoldResult(0))  # nothing new, nothing pending: no write
+        with psycopg.connect(clean_store_db) as conn:
+            rows = conn.execute(
+                "SELECT run, name, status, finished, duration_sum, buckets FROM metric_totals"
+                " ORDER BY run, status"
+            ).fetchall()
+        nine = [0] * 17
+        assert rows == [
+            (False, "t", 3, 1, 2.0, nine[:4] + [1] + nine[5:]),
+            (False, "t", 4, 1, 700.0, nine[:9] + [1] + nine[10:]),
+            (True, "", 3, 1, 2.0, nine[:4] + [1] + nine[5:]),
+        ]
+    finally:
+        down.close()
+        up.close()
