@@ -15,6 +15,7 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
 from tasktree.exporter.receiver.records import Resource, SpanRow
+from tasktree.exporter.store._copy import fast_binary_dumpers
 
 _COLUMNS = ("received_ns, trace_id, span_id, parent_span_id, name, kind, start_ns, end_ns, "
             "heartbeat_ns, status, status_message, resource_id, scope, attributes, events, links, "
@@ -79,7 +80,7 @@ def land(conn: psycopg.Connection, spans: list[SpanRow], resource_ids: ResourceI
     with conn.transaction():
         distinct = {id(s.resource): s.resource for s in spans}
         ids = resource_ids.ids_for(conn, list(distinct.values()))
-        with conn.cursor() as cur:
+        with fast_binary_dumpers(conn.cursor()) as cur:
             cur.adapters.register_dumper(None, _JsonTextBinaryDumper)
             with cur.copy(f"COPY span_landing ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(_TYPES)
