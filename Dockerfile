@@ -8,7 +8,9 @@ COPY exporter/ exporter/
 RUN pip install --no-cache-dir ./instrumentation ./exporter
 
 USER tasktree
-# Binding beyond loopback needs TASKTREE_AUTH_TOKEN (tasktree refuses to start without it).
+# Binding beyond loopback needs TASKTREE_AUTH_TOKEN, or ingest and viewer/operator tokens
+# (tasktree refuses to start without them; README "Authentication").  Web sign-ins are signed
+# with TASKTREE_SECRET_KEY, else a key kept in TASKTREE_DATA_DIR (mount it to keep sign-ins).
 ENV TASKTREE_HOST=0.0.0.0 \
     TASKTREE_DATA_DIR=/var/lib/tasktree \
     PYTHONUNBUFFERED=1

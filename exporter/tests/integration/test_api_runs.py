@@ -55,12 +55,12 @@ ROOT_NODE = {
     "span_id": ROOT, "parent_span_id": None, "name": "nightly-report", "status": "ok",
     "start": "2026-11-26T17:33:26.123456789Z", "end": "2026-11-26T17:33:36.123456789Z",
     "duration": 10.0, "child_count": 2, "counts": counts(ok=1, error=1, running=1),
-    "missing": False, "last_heartbeat": None,
+    "missing": False, "last_heartbeat": None, "refused_parent": None,
 }
 GHOST_NODE = {
     "span_id": GHOST, "parent_span_id": None, "name": None, "status": "missing", "start": None,
     "end": None, "duration": None, "child_count": 1, "counts": counts(ok=1), "missing": True,
-    "last_heartbeat": None,
+    "last_heartbeat": None, "refused_parent": None,
 }
 RUN = {
     "trace_id": TRACE, "job": "nightly", "name": "nightly-report", "status": "ok",
@@ -90,7 +90,7 @@ def test_task_detail_has_node_payload_resource_and_event_times(client, db):
         "span_id": LOAD, "parent_span_id": ROOT, "name": "load", "status": "error",
         "start": "2026-11-26T17:33:30.123456789Z", "end": "2026-11-26T17:33:31.123456789Z",
         "duration": 1.0, "child_count": 1, "counts": counts(running=1), "missing": False,
-        "last_heartbeat": None,
+        "last_heartbeat": None, "refused_parent": None,
         "trace_id": TRACE, "job": "nightly", "kind": "client", "scope": "tests",
         "status_message": "disk full on /var", "truncated": False,
         "attributes": {"table": "orders_2026", "rows": 12},
@@ -126,7 +126,7 @@ def test_children_of_root_in_start_order(client, db):
         "span_id": LOAD, "parent_span_id": ROOT, "name": "load", "status": "error",
         "start": "2026-11-26T17:33:30.123456789Z", "end": "2026-11-26T17:33:31.123456789Z",
         "duration": 1.0, "child_count": 1, "counts": counts(running=1), "missing": False,
-        "last_heartbeat": None,
+        "last_heartbeat": None, "refused_parent": None,
     }
 
 

@@ -479,10 +479,13 @@ def test_metrics_show_hosts_and_container_state_cpu_memory_and_restarts(lab, mak
 
 def test_the_docker_page_renders_without_data_and_with_its_script(lab, make_app):
     client, _ = make_app()
+    viewer = {"Authorization": f"Bearer {VIEWER}"}
 
-    with client.get("/docker") as page, client.get("/docker/static/docker.js") as script:
+    with client.get("/docker", headers=viewer) as page, \
+            client.get("/docker/static/docker.js") as script:
         html, js = page.data, script.data
 
+    assert client.get("/docker").headers["Location"] == "/login?next=/docker"  # signed out
     assert page.status_code == 200 and b'src="/docker/static/docker.js"' in html
     assert b"<tr><td" not in html  # no data in the page itself: the script reads the API
     assert script.status_code == 200 and b"textContent" in js and b"innerHTML" not in js

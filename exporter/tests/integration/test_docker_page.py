@@ -9,7 +9,7 @@ from .docker_fixtures import docker_lab as docker_lab_session  # noqa: F401 (fix
 from .test_docker import OPERATOR, SECRET, VIEWER, lab  # noqa: F401 (fixture)
 
 
-def test_docker_page_batch_deploy_with_confirmation_live_progress_and_a_confirmed_stop(
+def test_docker_page_signed_in_deploys_with_confirmation_live_progress_and_a_confirmed_stop(
     lab,  # noqa: F811
     start_tasktree,
     tmp_path,
@@ -33,11 +33,16 @@ def test_docker_page_batch_deploy_with_confirmation_live_progress_and_a_confirme
     page_errors: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.accept()))  # confirm() says yes
     page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    # The page is served with the UI's Content-Security-Policy: a violation is a console error.
+    page.on("console", lambda msg: msg.type == "error" and "401" not in msg.text
+            and page_errors.append(msg.text))
     page.goto(server.web + "/docker")
-    expect(page.locator("#notice")).to_contain_text("give a token")
+    expect(page).to_have_url(server.web + "/login?next=/docker")  # no credential: sign in first
 
-    page.fill("#token", OPERATOR)
-    page.click("#token-form button[type=submit]")
+    page.fill("#login-token", OPERATOR)
+    page.click("#login-form button[type=submit]")
+    expect(page).to_have_url(server.web + "/docker")
+    expect(page.locator("#signed-in-as")).to_have_text("olga (operator)")
     expect(page.locator("#hosts tbody tr")).to_have_count(2)
     expect(page.locator("#hosts tbody")).to_contain_text("20.10")
     form = page.locator("#deploy-form")
@@ -66,6 +71,13 @@ def test_docker_page_batch_deploy_with_confirmation_live_progress_and_a_confirme
     assert re.match(r"Stop container web on alpha\?", dialogs[-1])
     assert SECRET not in page.content() and form.locator("textarea[name=env]").input_value() == ""
     assert page_errors == []
+
+    # Signed out, the page's calls are refused and it says so; the actions it made carried the
+    # session's CSRF token (a stop without it is refused: tests/integration/test_auth.py).
+    page.click("#logout-form button[type=submit]")
+    expect(page).to_have_url(server.web + "/login?signed_out=1")
+    answer = page.request.get(server.web + "/api/docker/hosts")
+    assert answer.status == 401
     context.close()
 
 

@@ -64,7 +64,7 @@ def _assert_tree(server, trace_id: str, ids: dict[str, str], job: str) -> None:
         "span_id": ids["root"], "parent_span_id": None, "name": "root", "status": "ok",
         "start": _rfc3339(T0), "end": _rfc3339(T0 + 2_000_000_000), "duration": 2.0,
         "child_count": 2, "counts": _counts(ok=2, error=1), "missing": False,
-        "last_heartbeat": None,
+        "last_heartbeat": None, "refused_parent": None,
     }
     children = server.get(f"/api/runs/{trace_id}/tasks/{ids['root']}/children")["children"]
     assert [(c["name"], c["status"], c["counts"], c["child_count"]) for c in children] == [

@@ -1,22 +1,30 @@
-"""Roles for the web API: bearer tokens from settings, ``viewer`` < ``operator``.
+"""Who may do what: bearer tokens and the web UI's session, roles ``viewer`` < ``operator``.
 
 Tokens come from ``TASKTREE_VIEWER_TOKENS`` and ``TASKTREE_OPERATOR_TOKENS``: comma-separated
 entries, each ``name:token`` (the name is who the audit log says acted) or a bare ``token`` (named
 ``token-<first 6 hex of its sha256>``).  ``TASKTREE_AUTH_TOKEN``, the service-wide token, counts as
-a viewer named ``auth-token``.
+a viewer named ``auth-token``.  Ingest tokens (``TASKTREE_INGEST_TOKENS``) are another door
+altogether (``IngestTokens``): they let a job send spans and nothing else.
 
-The rules (docs: README "Docker hosts"):
+A request's credential is, in this order (docs: README "Authentication"):
 
-* an operator's action (``require(OPERATOR)``): no credential → 401; a valid non-operator credential
-  → 403; no operator tokens configured → every action is refused (401, the message says what
-  to set);
-* reading (``require(VIEWER)``): a viewer or operator credential; *anonymous* reading is allowed
-  only when no viewer token and no ``TASKTREE_AUTH_TOKEN`` are configured **and** the server is
-  bound to a
-  loopback address (the out-of-the-box single-user set-up);
-* a credential that matches nothing is always 401, even where anonymous reading would be allowed.
+* ``Authorization: Bearer <token>`` (API clients, Prometheus, the ``tasktree docker`` CLI);
+* the session cookie set by ``/login`` (the web UI): Flask's signed session holding a keyed
+  fingerprint of the token signed in with (never the token), re-checked against the configured
+  tokens on every request, so a token removed from the configuration ends its sessions at the
+  next restart.  A request authenticated by the cookie that changes anything (any method but
+  GET/HEAD/OPTIONS) must carry the session's CSRF token, in the ``X-CSRF-Token`` header
+  (``fetch``) or the ``csrf_token`` form field; bearer clients need none (a browser never adds
+  that header on its own);
+* *anonymous* reading, allowed only when no viewer token and no ``TASKTREE_AUTH_TOKEN`` are
+  configured **and** the server is bound to a loopback address (the out-of-the-box single-user
+  set-up).
 
-Tokens are compared in constant time and never logged or echoed.
+The rules: an operator's action (``require(OPERATOR)``): no credential → 401; a valid non-operator
+credential → 403; no operator tokens configured → every action is refused (401, the message says
+what to set).  A bearer credential that matches nothing is always 401, even where anonymous
+reading would be allowed; a cookie that is forged, expired or whose token was removed counts as
+no cookie.  Tokens are compared in constant time and never logged or echoed.
 """
 
 from __future__ import annotations
@@ -24,28 +32,51 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-from collections.abc import Callable
+import logging
+import os
+import secrets
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 from typing import TypeVar
 
-from flask import current_app, g, request
+from flask import Flask, current_app, g, request, session
 
-from tasktree.exporter.errors import Forbidden, Unauthorized
+from tasktree.exporter.errors import CsrfRejected, Forbidden, Unauthorized
 from tasktree.exporter.settings import Settings, SettingsError, _is_loopback
 
 __all__ = [
     "ANONYMOUS",
+    "CSRF_FIELD",
+    "CSRF_HEADER",
     "OPERATOR",
     "VIEWER",
+    "IngestTokens",
     "Principal",
     "TokenTable",
+    "authenticate",
+    "csrf_token",
     "current_principal",
+    "install",
+    "load_secret_key",
     "require",
+    "sign_in",
+    "sign_out",
 ]
+
+logger = logging.getLogger(__name__)
 
 VIEWER = "viewer"
 OPERATOR = "operator"
 _RANK = {VIEWER: 1, OPERATOR: 2}
+
+SESSION_COOKIE = "tasktree_session"
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SECRET_KEY_FILE = "secret_key"
+"""In ``TASKTREE_DATA_DIR``: the session signing key when ``TASKTREE_SECRET_KEY`` is unset."""
 
 F = TypeVar("F", bound=Callable)
 
@@ -65,15 +96,19 @@ ANONYMOUS = Principal("anonymous", VIEWER)
 
 
 class TokenTable:
-    """The configured tokens, parsed once.  ``lookup(token)`` checks every entry, constant time."""
+    """The configured viewer/operator tokens, parsed once.
 
-    def __init__(self, settings: Settings):
+    ``lookup(token)`` checks every entry in constant time; ``fingerprint(token)`` is what a
+    session keeps (HMAC-SHA256 under ``key``, so the cookie reveals nothing about the token).
+    """
+
+    def __init__(self, settings: Settings, key: bytes | str | None = None):
         self._entries: list[tuple[bytes, Principal]] = []
         for raw, role, var in (
             (settings.operator_tokens, OPERATOR, "TASKTREE_OPERATOR_TOKENS"),
             (settings.viewer_tokens, VIEWER, "TASKTREE_VIEWER_TOKENS"),
         ):
-            for name, token in _parse_tokens(raw, var):
+            for name, token in parse_tokens(raw, var):
                 self._entries.append((token.encode(), Principal(name, role)))
         if settings.auth_token:
             self._entries.append((settings.auth_token.encode(), Principal("auth-token", VIEWER)))
@@ -81,6 +116,18 @@ class TokenTable:
         self.anonymous_reads = (
             not settings.viewer_tokens and not settings.auth_token and _is_loopback(settings.host)
         )
+        self._key = key.encode() if isinstance(key, str) else (key or secrets.token_bytes(32))
+        self._by_fingerprint: dict[str, Principal] = {}
+        for secret, principal in self._entries:
+            fp = self._fingerprint(secret)
+            known = self._by_fingerprint.get(fp)
+            if known is None or principal.may(OPERATOR):  # the same token twice: operator wins
+                self._by_fingerprint[fp] = principal
+
+    @property
+    def has_tokens(self) -> bool:
+        """Whether anyone can sign in at all."""
+        return bool(self._entries)
 
     def lookup(self, token: str) -> Principal | None:
         given = token.encode()
@@ -90,8 +137,19 @@ class TokenTable:
                 found = principal
         return found
 
+    def fingerprint(self, token: str) -> str:
+        return self._fingerprint(token.encode())
 
-def _parse_tokens(raw: str | None, var: str) -> list[tuple[str, str]]:
+    def by_fingerprint(self, fingerprint: str) -> Principal | None:
+        return self._by_fingerprint.get(fingerprint)
+
+    def _fingerprint(self, secret: bytes) -> str:
+        return hmac.new(self._key, secret, hashlib.sha256).hexdigest()[:32]
+
+
+def parse_tokens(raw: str | None, var: str) -> list[tuple[str, str]]:
+    """``name:token,...`` (or bare tokens) → ``[(name, token)]``; ``SettingsError`` names ``var``.
+    """
     entries = []
     for item in (raw or "").split(","):
         item = item.strip()
@@ -108,19 +166,178 @@ def _parse_tokens(raw: str | None, var: str) -> list[tuple[str, str]]:
     return entries
 
 
+class IngestTokens:
+    """The bearer tokens the OTLP receivers accept: ``TASKTREE_INGEST_TOKENS`` and
+    ``TASKTREE_AUTH_TOKEN``.  None configured: ingest is open (loopback only, see ``Settings``).
+
+    ``internal`` tokens (this process's own docker tracing) are accepted too, but never make
+    ingest closed on their own.
+    """
+
+    def __init__(self, settings, internal: Iterable[str] = ()):
+        tokens = [t for _, t in parse_tokens(getattr(settings, "ingest_tokens", None),
+                                             "TASKTREE_INGEST_TOKENS")]
+        if getattr(settings, "auth_token", None):
+            tokens.append(settings.auth_token)
+        self.required = bool(tokens)
+        self._secrets = [t.encode() for t in (*tokens, *internal)] if tokens else []
+
+    def check(self, authorization: str | None) -> None:
+        """Raise ``Unauthorized`` unless ingest is open or ``authorization`` is ``Bearer <token>``
+        with an accepted token (every entry compared, constant time)."""
+        if not self.required:
+            return
+        if not authorization or not authorization.strip():
+            raise Unauthorized(
+                "missing 'Authorization: Bearer <token>': this server accepts spans only with an "
+                "ingest token (OTEL_EXPORTER_OTLP_HEADERS=Authorization=Bearer%20<token>)"
+            )
+        scheme, _, given = authorization.strip().partition(" ")
+        given_bytes = given.strip().encode()
+        matched = False
+        for secret in self._secrets:
+            matched |= hmac.compare_digest(given_bytes, secret)
+        if scheme.lower() != "bearer" or not matched:
+            raise Unauthorized("the bearer token matches no ingest token")
+
+
+# -- the session ------------------------------------------------------------------------------
+
+
+def install(app: Flask) -> None:
+    """Configure ``app``'s signed session cookie from its settings (once; ``install_ui`` calls
+    it too, so any app with the pages has sign-in).
+
+    The key: ``services["secret_key"]`` (what ``Service`` loaded with ``load_secret_key``), else
+    ``TASKTREE_SECRET_KEY``, else a random one (an app built in a test: sessions end with it).
+    """
+    ext = app.extensions["tasktree"]
+    if ext.get("auth_installed"):
+        return
+    ext["auth_installed"] = True
+    settings: Settings = ext["settings"]
+    app.secret_key = ext.get("secret_key") or settings.secret_key or secrets.token_hex(32)
+    app.config.update(
+        SESSION_COOKIE_NAME=SESSION_COOKIE,
+        SESSION_COOKIE_HTTPONLY=True,
+        # Lax, not Strict: a link from Grafana or a chat to /runs/<id> arrives signed in.
+        # Cross-site POSTs carry no cookie under Lax, and every cookie-authenticated action needs
+        # the CSRF token besides.
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=bool(getattr(settings, "cookie_secure", False)),
+        PERMANENT_SESSION_LIFETIME=timedelta(seconds=getattr(settings, "session_lifetime", 43200)),
+        # The cookie is signed once at sign-in and its timestamp is checked on every request, so
+        # a sign-in lasts TASKTREE_SESSION_LIFETIME however busy the page is.
+        SESSION_REFRESH_EACH_REQUEST=False,
+    )
+
+    @app.context_processor
+    def _auth_context() -> dict:
+        return {"auth_state": auth_state, "csrf_token": csrf_token, "csrf_field": CSRF_FIELD}
+
+
+def load_secret_key(settings: Settings) -> str:
+    """``TASKTREE_SECRET_KEY``, else the key in ``data_dir/secret_key`` (created once, mode 0600,
+    so restarts and other servers with the same data dir share it).  A data dir that cannot be
+    written gives a random key for this process, with a warning."""
+    if settings.secret_key:
+        return settings.secret_key
+    path = Path(settings.data_dir) / SECRET_KEY_FILE
+    try:
+        return _read_or_create_key(path)
+    except OSError as exc:
+        logger.warning(
+            "cannot keep the session signing key in %s (%s): web sign-ins end when this process "
+            "stops; set TASKTREE_SECRET_KEY", path, exc.strerror or exc,
+        )
+        return secrets.token_hex(32)
+
+
+def _read_or_create_key(path: Path) -> str:
+    if path.exists():
+        key = path.read_text().strip()
+        if len(key) >= 32:
+            return key
+        raise OSError(f"{path} holds no usable key (fewer than 32 characters)")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_hex(32) + "\n")
+        try:
+            os.link(temporary, path)  # atomic, and refuses to replace a key another process wrote
+        except FileExistsError:
+            pass
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path.read_text().strip()
+
+
+def sign_in(token: str) -> Principal | None:
+    """Start a fresh session for ``token`` (a viewer or operator token); None if it matches none.
+
+    The old session is dropped first (a pre-sign-in cookie never carries over), and the new one
+    gets its own CSRF token.
+    """
+    table = _table()
+    principal = table.lookup(token)
+    if principal is None:
+        return None
+    session.clear()
+    session.permanent = True
+    session["fp"] = table.fingerprint(token)
+    session["csrf"] = secrets.token_urlsafe(32)
+    return principal
+
+
+def sign_out() -> None:
+    session.clear()
+
+
+def csrf_token() -> str:
+    """This session's CSRF token (made on first use for a visitor not yet signed in: the sign-in
+    form carries one too)."""
+    token = session.get("csrf")
+    if not token:
+        token = session["csrf"] = secrets.token_urlsafe(32)
+    return token
+
+
+def csrf_matches() -> bool:
+    """Whether the request carries this session's CSRF token (header or form field)."""
+    expected = session.get("csrf")
+    given = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD) or ""
+    return bool(expected) and hmac.compare_digest(given.encode(), str(expected).encode())
+
+
+def _session_principal(table: TokenTable) -> Principal | None:
+    fingerprint = session.get("fp")
+    if not fingerprint:
+        return None
+    principal = table.by_fingerprint(str(fingerprint))
+    if principal is None:  # its token was removed from the configuration
+        session.clear()
+    return principal
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
 def _table() -> TokenTable:
     ext = current_app.extensions["tasktree"]
     table = ext.get("tokens")
     if table is None:
-        table = ext["tokens"] = TokenTable(ext["settings"])
+        table = ext["tokens"] = TokenTable(ext["settings"], key=current_app.secret_key)
     return table
 
 
 def authenticate() -> Principal | None:
-    """The request's principal: from ``Authorization: Bearer``, else anonymous where allowed,
-    else None.
+    """The request's principal: bearer token, else session cookie, else anonymous where allowed,
+    else None.  Sets ``g.principal`` and ``g.auth_via`` (``bearer``/``session``/``anonymous``).
 
-    Raises ``Unauthorized`` for a credential that matches no token.
+    Raises ``Unauthorized`` for a bearer credential that matches no token, and ``CsrfRejected``
+    for a cookie-authenticated request that changes something without the CSRF token.
     """
     table = _table()
     scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
@@ -128,8 +345,22 @@ def authenticate() -> Principal | None:
         principal = table.lookup(credential.strip()) if scheme.lower() == "bearer" else None
         if principal is None:
             raise Unauthorized("the bearer token matches no configured viewer or operator token")
-        return principal
-    return ANONYMOUS if table.anonymous_reads else None
+        return _found(principal, "bearer")
+    principal = _session_principal(table)
+    if principal is not None:
+        if request.method not in SAFE_METHODS and not csrf_matches():
+            raise CsrfRejected(
+                "this action needs the page's CSRF token (header X-CSRF-Token or form field "
+                "csrf_token): reload the page and try again"
+            )
+        return _found(principal, "session")
+    return _found(ANONYMOUS, "anonymous") if table.anonymous_reads else None
+
+
+def _found(principal: Principal, via: str) -> Principal:
+    g.principal = principal
+    g.auth_via = via
+    return principal
 
 
 def require(role: str) -> Callable[[F], F]:
@@ -145,7 +376,6 @@ def require(role: str) -> Callable[[F], F]:
                 raise Forbidden(
                     f"{principal.name} is a {principal.role}; this needs an {role} token"
                 )
-            g.principal = principal
             return view(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]
@@ -159,8 +389,25 @@ def _missing_message(role: str) -> str:
             "docker actions are disabled: no operator token is configured "
             "(TASKTREE_OPERATOR_TOKENS)"
         )
-    return f"this needs the header Authorization: Bearer <{role} token>"
+    return (
+        f"this needs a {role} sign-in (/login) or the header Authorization: Bearer <{role} token>"
+    )
 
 
 def current_principal() -> Principal:
     return g.get("principal", ANONYMOUS)
+
+
+def auth_state() -> dict:
+    """For templates: who is signed in, how, and whether signing in is possible at all."""
+    return {
+        "principal": g.get("principal"),
+        "via": g.get("auth_via"),
+        "can_sign_in": _table().has_tokens,
+    }
+
+
+def check_settings(settings: Settings) -> None:
+    """Parse every token list once at start-up, so a malformed one stops ``tasktree serve``."""
+    TokenTable(settings)
+    IngestTokens(settings)

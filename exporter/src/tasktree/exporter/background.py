@@ -89,7 +89,8 @@ class Folder:
     def _fold_once(self) -> int:
         with connection(self._pool) as conn:
             result = fold_batch(conn, limit=self._settings.fold_batch,
-                                stall_after_s=self._settings.stall_after)
+                                stall_after_s=self._settings.stall_after,
+                                max_depth=self._settings.max_depth)
         self.folded_total += result.records
         self._notify(result.trace_ids)
         if result.records:

@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env(**{field: getattr(args, field, None)
                                         for field, _, _ in _SERVE_FLAGS.values()})
+        from tasktree.exporter.auth import check_settings
+
+        check_settings(settings)  # a malformed token list stops start-up, not the first request
     except SettingsError as exc:
         parser.error(str(exc))
     return args.run(settings, args)

@@ -34,6 +34,12 @@ class Forbidden(TasktreeError):
     code = "forbidden"
 
 
+class CsrfRejected(Forbidden):
+    """A change asked for with the session cookie but without the session's CSRF token."""
+
+    code = "csrf_token_missing"
+
+
 class Conflict(TasktreeError):
     status = 409
     code = "conflict"

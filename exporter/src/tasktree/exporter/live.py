@@ -339,7 +339,8 @@ def _authenticate() -> None:
     from tasktree.exporter import auth
 
     if auth.authenticate() is None:
-        raise Unauthorized("this stream needs the header Authorization: Bearer <viewer token>")
+        raise Unauthorized("this stream needs a viewer sign-in (/login) or the header "
+                           "Authorization: Bearer <viewer token>")
 
 
 @live_blueprint.errorhandler(TasktreeError)

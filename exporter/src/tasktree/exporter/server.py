@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 
@@ -11,6 +12,7 @@ import waitress.server
 from prometheus_client import CollectorRegistry
 
 from tasktree.exporter.app import create_app
+from tasktree.exporter.auth import IngestTokens, load_secret_key
 from tasktree.exporter.background import Folder
 from tasktree.exporter.docker import DockerService, check_docker_hosts
 from tasktree.exporter.ingest import Ingestor
@@ -84,14 +86,19 @@ class Service:
             return self
         s = self.settings
         web = create_app(s, self.pool, folder=self.folder, ingest=self.ingest, docker=self.docker,
-                         live=self.live, metrics=self.metrics)
+                         live=self.live, metrics=self.metrics, secret_key=load_secret_key(s))
         # Each open live stream holds a thread: room for them beside the ordinary requests.
         self.web_port = self._start_http(web, s.port, "web", threads=8 + self.live.max_streams)
         http_ingest, grpc_ingest = (self.metrics.instrument_ingest(self.ingest, p) for p in ("http", "grpc"))
-        self.otlp_http_port = self._start_http(create_otlp_http_app(http_ingest, s), s.otlp_http_port,
-                                               "otlp-http")
-        self._grpc, self.otlp_grpc_port = start_otlp_grpc_server(grpc_ingest, s, s.host, s.otlp_grpc_port)
-        self.docker.connect_tracing(self._own_url(self.otlp_http_port) + "/v1/traces", s.auth_token)
+        # The docker service traces its pulls and deploys into this process's own receiver, with
+        # a token of its own (none of the configured ingest tokens is its to use).
+        own_token = secrets.token_urlsafe(32)
+        tokens = IngestTokens(s, internal=[own_token])
+        self.otlp_http_port = self._start_http(create_otlp_http_app(http_ingest, s, tokens),
+                                               s.otlp_http_port, "otlp-http")
+        self._grpc, self.otlp_grpc_port = start_otlp_grpc_server(
+            grpc_ingest, s, s.host, s.otlp_grpc_port, tokens=tokens)
+        self.docker.connect_tracing(self._own_url(self.otlp_http_port) + "/v1/traces", own_token)
         return self
 
     def _own_url(self, port: int) -> str:

@@ -52,12 +52,25 @@ class Settings:
     max_backlog_spans: int = 2_000_000
     """Received-but-not-yet-folded spans above which ingest answers 429 (backpressure)."""
     fold_batch: int = 10_000
+    max_depth: int = 1000
+    """Levels a run's tree may have; a task that would hang deeper stays at the top of its run,
+    its declared parent shown as refused (``tree.fold``)."""
     retention_days: int | None = None
     """Days runs are kept (whole day partitions are dropped); unset keeps everything."""
     metrics_task_names: int = 50
     """Task names per job with their own label in /metrics; later names are counted as ``__other__``."""
-    auth_token: str | None = None
-    """Bearer token required on ingest and API when set (required to bind a non-loopback host)."""
+    auth_token: str | None = field(default=None, repr=False)
+    """Service-wide bearer token: accepted on ingest and, as a viewer, on the UI and API; once set,
+    ingest and reading need a token (see ``tasktree.exporter.auth``)."""
+    ingest_tokens: str | None = field(default=None, repr=False)
+    """Bearer tokens (``name:token``, comma-separated) that OTLP exporters may send spans with;
+    once any is set (or ``auth_token``), ingest without one of them is refused."""
+    secret_key: str | None = field(default=None, repr=False)
+    """Signs the web UI's session cookies; unset: a random key kept in ``data_dir/secret_key``."""
+    session_lifetime: int = 12 * 3600
+    """Seconds a web UI sign-in lasts (from signing in; then the user signs in again)."""
+    cookie_secure: bool = False
+    """Mark the session cookie ``Secure``: set when users reach the UI through an HTTPS proxy."""
     # -- docker hosts (issue 6; tasktree.exporter.docker, tasktree.exporter.auth) --
     docker_hosts_file: Path | None = None
     """YAML file listing the docker hosts (name, url, labels, tls, timeout)."""
@@ -69,10 +82,10 @@ class Settings:
     """Seconds a docker host may stay silent during a pull, deploy, stop or log read."""
     docker_cache_ttl: float = 5.0
     """Seconds a host's container and image listing is reused (in Redis when ``redis_url``)."""
-    viewer_tokens: str | None = None
+    viewer_tokens: str | None = field(default=None, repr=False)
     """Bearer tokens (``name:token``, comma-separated) that may list docker hosts, containers,
     operations and the audit log."""
-    operator_tokens: str | None = None
+    operator_tokens: str | None = field(default=None, repr=False)
     """Bearer tokens that may also act on docker hosts: pull, deploy, start/stop/remove, logs."""
 
     @classmethod
@@ -101,6 +114,8 @@ class Settings:
                      "metrics_task_names"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1")
+        if self.max_depth < 2:
+            raise SettingsError("TASKTREE_MAX_DEPTH must be at least 2 (a root and its children)")
         if self.retention_days is not None and self.retention_days < 1:
             raise SettingsError("TASKTREE_RETENTION_DAYS must be at least 1 (or unset to keep everything)")
         if self.stall_after <= 0:
@@ -110,10 +125,28 @@ class Settings:
                 raise SettingsError(f"{_env_name(name)} must be a positive number of seconds")
         if self.docker_cache_ttl < 0:
             raise SettingsError("TASKTREE_DOCKER_CACHE_TTL must be 0 (no cache) or more seconds")
-        if not _is_loopback(self.host) and not self.auth_token:
+        if self.secret_key is not None and len(self.secret_key) < 32:
+            raise SettingsError("TASKTREE_SECRET_KEY must be at least 32 characters (random)")
+        if self.session_lifetime < 60:
+            raise SettingsError("TASKTREE_SESSION_LIFETIME must be at least 60 seconds")
+        if not _is_loopback(self.host):
+            self._check_credentials_for_network()
+
+    def _check_credentials_for_network(self) -> None:
+        """Beyond loopback both doors need a credential: ingest (an ingest token or the
+        service-wide token) and reading (a viewer, operator or the service-wide token)."""
+        missing = []
+        if not (self.auth_token or self.ingest_tokens):
+            missing.append("ingest needs TASKTREE_INGEST_TOKENS (or TASKTREE_AUTH_TOKEN)")
+        if not (self.auth_token or self.viewer_tokens or self.operator_tokens):
+            missing.append(
+                "the UI and API need TASKTREE_VIEWER_TOKENS and/or TASKTREE_OPERATOR_TOKENS "
+                "(or TASKTREE_AUTH_TOKEN)"
+            )
+        if missing:
             raise SettingsError(
-                f"refusing to listen on {self.host!r} without authentication: set TASKTREE_AUTH_TOKEN "
-                "or bind 127.0.0.1"
+                f"refusing to listen on {self.host!r} without authentication: "
+                + "; ".join(missing) + "; or bind 127.0.0.1"
             )
 
 
@@ -128,11 +161,22 @@ def _parse(name: str, raw: str, type_name: str):
             return int(raw)
         if kind.startswith("float"):
             return float(raw)
+        if kind.startswith("bool"):
+            return _parse_bool(raw)
         if kind.startswith("Path"):
             return Path(raw).expanduser()
         return raw
     except ValueError:
         raise SettingsError(f"{_env_name(name)}={raw!r} is not a valid {kind.split(' ')[0]}") from None
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
 
 
 def _is_loopback(host: str) -> bool:

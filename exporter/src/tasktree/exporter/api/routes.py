@@ -76,7 +76,8 @@ def _authenticate() -> None:
     """Reading needs a viewer (``tasktree.exporter.auth``: anonymous only on loopback without
     tokens); the OpenAPI document is public."""
     if request.endpoint != "api.openapi" and auth.authenticate() is None:
-        raise Unauthorized("this API needs the header Authorization: Bearer <viewer token>")
+        raise Unauthorized("this API needs the header Authorization: Bearer <viewer token> "
+                           "(or a browser signed in at /login)")
 
 
 def _arg(name: str) -> str | None:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tasktree.exporter.tree import status as task_status
+from tasktree.exporter.tree.fold import REFUSED_REASONS
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -22,11 +23,18 @@ Row = dict[str, Any]
 
 
 def rfc3339(ns: int | None) -> str | None:
-    """``1795000000123456789`` → ``"2026-11-18T...:...123456789Z"``; ``None`` stays ``None``."""
+    """``1795000000123456789`` → ``"2026-11-18T...:...123456789Z"``; ``None`` stays ``None``.
+
+    Stored times reach from 1677 to 2262 (int64), event times to 2554 (uint64); a time no
+    RFC 3339 date can hold (before year 1 or after 9999) is ``None`` rather than an error.
+    """
     if ns is None:
         return None
     seconds, nanos = divmod(ns, 1_000_000_000)
-    moment = _EPOCH + timedelta(seconds=seconds)
+    try:
+        moment = _EPOCH + timedelta(seconds=seconds)
+    except OverflowError:
+        return None
     return f"{moment.replace(tzinfo=None).isoformat(timespec='seconds')}.{nanos:09d}Z"
 
 
@@ -58,7 +66,18 @@ def node(row: Row) -> dict[str, Any]:
         "counts": counts(row),
         "missing": row["missing"],
         "last_heartbeat": rfc3339(row["heartbeat_ns"]),
+        "refused_parent": refused_parent(row),
     }
+
+
+def refused_parent(row: Row) -> dict[str, str] | None:
+    """The parent a task declared but was not hung under (``tree.fold``), with the reason:
+    ``"cycle"`` (the declared parents loop) or ``"depth"`` (deeper than the depth limit)."""
+    declared = row.get("refused_parent_span_id")
+    if declared is None:
+        return None
+    return {"span_id": declared.hex(),
+            "reason": REFUSED_REASONS.get(row.get("refused_reason"), "unknown")}
 
 
 def found_task(row: Row) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """``/api/docker/...`` and the ``/docker`` page (design.md §4).
 
 Reading (hosts, containers, images, operations, audit) needs a viewer credential (see ``auth``);
-every action (pull, deploy, start, stop, restart, remove, logs) an operator's.  Pull and deploy
+every action (pull, deploy, start, stop, restart, remove, logs) an operator's, and with the
+session cookie the session's CSRF token too (``X-CSRF-Token``).  Pull and deploy
 answer 202 with an operation (``?wait=SECONDS`` waits for it to end, up to 300 s); its per-host
 progress is polled at ``/api/docker/operations/<id>`` or streamed as Server-Sent Events at
 ``/api/docker/operations/<id>/events``.  Views block at most about the slowest host's timeout.
@@ -79,9 +80,18 @@ def _unexpected(exc: Exception) -> Response:
 
 
 @docker_blueprint.get("/docker")
-def page() -> str:
-    """The Containers page: a shell without data; its script reads the API with the user's token."""
-    return render_template("docker.html")
+def page():
+    """The Containers page: a shell without data; its script reads the API with the session
+    cookie and sends the session's CSRF token (``<meta name="csrf-token">``) with every action.
+    Without a credential the browser is sent to ``/login``."""
+    from tasktree.exporter.ui import SECURITY_HEADERS, require_page
+
+    redirect_to_login = require_page()
+    if redirect_to_login is not None:
+        return redirect_to_login
+    response = Response(render_template("docker.html"), mimetype="text/html")
+    response.headers.update(SECURITY_HEADERS)
+    return response
 
 
 # -- seeing -----------------------------------------------------------------------------------

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
 import math
 from collections.abc import Callable
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from tasktree.exporter.errors import Overloaded, TasktreeError, Unauthorized
+from tasktree.exporter.errors import Overloaded, TasktreeError
 from tasktree.exporter.receiver.records import DecodedBatch
 
 Ingest = Callable[[DecodedBatch], None]
@@ -58,17 +57,12 @@ def retry_after_header(seconds: float) -> str:
     return str(math.ceil(seconds))
 
 
-def check_bearer(authorization: str | None, token: str | None) -> None:
-    """Raise ``Unauthorized`` unless ``token`` is unset or ``authorization`` is ``Bearer token``."""
-    if not token:
-        return
-    if not authorization:
-        raise Unauthorized("missing 'Authorization: Bearer <token>' (this server requires a token)")
-    scheme, _, given = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), token.encode()
-    ):
-        raise Unauthorized("invalid bearer token")
+def ingest_tokens(settings, tokens=None):
+    """The tokens a receiver accepts: ``tokens`` when given (``Service`` adds its own internal
+    token), else those configured in ``settings``."""
+    from tasktree.exporter.auth import IngestTokens
+
+    return tokens if tokens is not None else IngestTokens(settings)
 
 
 def store(ingest: Ingest, batch: DecodedBatch) -> None:

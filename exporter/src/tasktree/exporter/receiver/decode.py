@@ -436,6 +436,8 @@ class _JsonDecoder(_Builder):
             trace_id = _hex_id(span.get("traceId"), ".traceId")
             span_id = _hex_id(span.get("spanId"), ".spanId")
             parent = _hex_id(span.get("parentSpanId"), ".parentSpanId")
+            start = _time(span.get("startTimeUnixNano"), ".startTimeUnixNano")
+            end = _time(span.get("endTimeUnixNano"), ".endTimeUnixNano")
             events = [self.event(e, n) for n, e in enumerate(_array(span.get("events"), ".events"))]
             links = [self.link(x, n) for n, x in enumerate(_array(span.get("links"), ".links"))]
         except _SpanRejected as exc:
@@ -460,8 +462,8 @@ class _JsonDecoder(_Builder):
             parent,
             self.text(_str(span.get("name"), ".name")),
             _enum(span.get("kind"), _SPAN_KIND_NAMES, ".kind"),
-            _uint(span.get("startTimeUnixNano"), ".startTimeUnixNano"),
-            _uint(span.get("endTimeUnixNano"), ".endTimeUnixNano"),
+            start,
+            end,
             _enum(status.get("code"), _STATUS_CODE_NAMES, ".status.code"),
             self.text(_str(status.get("message"), ".status.message")),
             attributes,
@@ -477,7 +479,7 @@ class _JsonDecoder(_Builder):
         if dropped:
             attributes["tasktree.dropped_attributes"] = dropped
         return {
-            "time_ns": _uint(event.get("timeUnixNano"), at + ".timeUnixNano"),
+            "time_ns": _time(event.get("timeUnixNano"), at + ".timeUnixNano"),
             "name": self.text(_str(event.get("name"), at + ".name")),
             "attributes": attributes,
         }
@@ -618,6 +620,19 @@ def _uint(x, at: str) -> int:
     value = _integer(x, at)
     if not 0 <= value < 2**64:
         raise _Malformed(f"{at}: {value} is outside the unsigned 64-bit range")
+    return value
+
+
+def _time(x, at: str) -> int:
+    """A time (fixed64 nanoseconds; absent is 0).  Only JSON can write one outside that range
+    (before 1970, or past 2554 like year 9999): a valid number, so the span is refused alone."""
+    if x is None:
+        return 0
+    value = _integer(x, at)
+    if value < 0:
+        raise _SpanRejected(f"{at[1:]} {value} is before 1970 (negative)")
+    if value >= 2**64:
+        raise _SpanRejected(f"{at[1:]} {value} is beyond year 2262 (not supported)")
     return value
 
 

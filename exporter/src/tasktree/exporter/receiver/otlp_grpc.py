@@ -2,11 +2,12 @@
 
 The same outcomes as OTLP/HTTP (see ``otlp_http``), as gRPC status codes: OK with
 ``partial_success`` for refused spans, INVALID_ARGUMENT for an undecodable request,
-UNAUTHENTICATED without the configured bearer token, RESOURCE_EXHAUSTED (``Overloaded``) and
-UNAVAILABLE (``StoreUnavailable``) with a ``RetryInfo`` delay.  The delay travels twice in the
-trailers: in ``grpc-status-details-bin`` (a ``google.rpc.Status``, the standard place, read by
-the Go and Java exporters and the Collector) and as ``google.rpc.retryinfo-bin`` (a bare
-``RetryInfo``, which is where the Python exporter looks).
+UNAUTHENTICATED without one of the configured ingest tokens (``auth.IngestTokens``),
+RESOURCE_EXHAUSTED (``Overloaded``) and UNAVAILABLE (``StoreUnavailable``) with a
+``RetryInfo`` delay.  The delay travels twice in the trailers: in ``grpc-status-details-bin``
+(a ``google.rpc.Status``, the standard place, read by the Go and Java exporters and the
+Collector) and as ``google.rpc.retryinfo-bin`` (a bare ``RetryInfo``, which is where the Python
+exporter looks).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceS
 from tasktree.exporter.errors import TasktreeError
 from tasktree.exporter.receiver._common import (
     Ingest,
-    check_bearer,
     export_response,
+    ingest_tokens,
     retry_after,
     rpc_code,
     store,
@@ -43,13 +44,14 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def start_otlp_grpc_server(
-    ingest: Ingest, settings, host: str, port: int, max_workers: int = 8
+    ingest: Ingest, settings, host: str, port: int, max_workers: int = 8, tokens=None
 ) -> tuple[grpc.Server, int]:
     """Start serving OTLP/gRPC on ``host:port`` only; return the server and the bound port.
 
     ``port`` 0 picks a free port.  Requests over ``settings.max_body_bytes`` (after
     decompression) are refused by gRPC itself with RESOURCE_EXHAUSTED.  Stop it with
     ``server.stop(grace)``.  ``ingest`` runs on the server's worker threads (``max_workers``).
+    ``tokens`` (an ``auth.IngestTokens``) replaces the ingest tokens configured in ``settings``.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="otlp-grpc"),
@@ -59,7 +61,7 @@ def start_otlp_grpc_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    service = TraceService(ingest, settings)
+    service = TraceService(ingest, settings, tokens)
     handler = grpc.unary_unary_rpc_method_handler(
         service.export_bytes,  # raw bytes in, so a malformed request is INVALID_ARGUMENT
         request_deserializer=None,
@@ -82,10 +84,10 @@ def start_otlp_grpc_server(
 class TraceService(TraceServiceServicer):
     """``Export`` into ``ingest``; every ``TasktreeError`` becomes the matching gRPC status."""
 
-    def __init__(self, ingest: Ingest, settings):
+    def __init__(self, ingest: Ingest, settings, tokens=None):
         self.ingest = ingest
         self.limits = Limits.from_settings(settings)
-        self.token = settings.auth_token
+        self.tokens = ingest_tokens(settings, tokens)
 
     def Export(self, request: ExportTraceServiceRequest, context) -> ExportTraceServiceResponse:
         """The generated servicer's method, for a request gRPC has already parsed."""
@@ -97,7 +99,7 @@ class TraceService(TraceServiceServicer):
 
     def _export(self, decode, context) -> ExportTraceServiceResponse:
         try:
-            check_bearer(dict(context.invocation_metadata()).get("authorization"), self.token)
+            self.tokens.check(dict(context.invocation_metadata()).get("authorization"))
             batch = decode()
             store(self.ingest, batch)
         except TasktreeError as exc:

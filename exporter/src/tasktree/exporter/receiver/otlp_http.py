@@ -28,9 +28,9 @@ from tasktree.exporter.errors import (
 )
 from tasktree.exporter.receiver._common import (
     Ingest,
-    check_bearer,
     export_response,
     export_response_json,
+    ingest_tokens,
     retry_after,
     retry_after_header,
     rpc_code,
@@ -54,32 +54,34 @@ _WBITS = {"gzip": _GZIP_WBITS, "x-gzip": _GZIP_WBITS, "deflate": _ZLIB_WBITS}
 _READ_CHUNK = 1 << 20
 
 
-def create_otlp_http_app(ingest: Ingest, settings) -> Flask:
+def create_otlp_http_app(ingest: Ingest, settings, tokens=None) -> Flask:
     """A Flask app serving ``POST /v1/traces`` into ``ingest`` (see the module docstring).
 
-    ``settings`` needs ``max_body_bytes``, ``max_value_bytes`` and ``auth_token``.  ``ingest`` is
-    called on the request thread, once per non-empty request, and must be thread-safe.
+    ``settings`` needs ``max_body_bytes``, ``max_value_bytes`` and the ingest tokens
+    (``ingest_tokens``, ``auth_token``); ``tokens`` (an ``auth.IngestTokens``) replaces the
+    latter.  ``ingest`` is called on the request thread, once per non-empty request, and must be
+    thread-safe.
     """
     app = Flask(__name__)
-    receiver = _Receiver(ingest, settings)
+    receiver = _Receiver(ingest, settings, tokens)
     app.add_url_rule(TRACES_PATH, "otlp_traces", receiver.export, methods=["POST"])
     app.register_error_handler(HTTPException, _http_exception)
     return app
 
 
 class _Receiver:
-    def __init__(self, ingest: Ingest, settings):
+    def __init__(self, ingest: Ingest, settings, tokens=None):
         self.ingest = ingest
         self.limits = Limits.from_settings(settings)
         self.max_body = settings.max_body_bytes
-        self.token = settings.auth_token
+        self.tokens = ingest_tokens(settings, tokens)
 
     def export(self) -> Response:
         """The view: every refusal is a ``TasktreeError`` turned into one response here."""
         mimetype = request.mimetype
         as_json = _answers_json(mimetype)
         try:
-            check_bearer(request.headers.get("Authorization"), self.token)
+            self.tokens.check(request.headers.get("Authorization"))
             decode = _DECODERS.get(mimetype)
             if decode is None:
                 raise UnsupportedMediaType(

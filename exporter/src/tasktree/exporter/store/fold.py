@@ -5,6 +5,8 @@ One fold is one transaction:
 1. claim up to N landed records (``FOR UPDATE SKIP LOCKED``, so several folders never share one);
 2. take each affected run's advisory lock, in sorted order (no deadlocks between processes);
 3. load the records' nodes and their ancestor chains, fold in memory (``tree.fold.RunFold``);
+   no stored chain is longer than the depth limit (``TASKTREE_MAX_DEPTH``: the fold refuses links
+   that would pass it), so neither the recursive load nor the walks in memory grow with the run;
 4. write new and changed tasks, the run summaries, and delete the claimed records.
 
 Payload columns (attributes, events, …) go from ``span_landing`` to ``tasks`` inside PostgreSQL;
@@ -21,8 +23,16 @@ from dataclasses import dataclass
 import psycopg
 
 from tasktree.exporter.store import partitions
+from tasktree.exporter.store._copy import fast_binary_dumpers
 from tasktree.exporter.tree import status as st
-from tasktree.exporter.tree.fold import Node, Record, RunFold, record_rank
+from tasktree.exporter.tree.fold import (
+    DEFAULT_MAX_DEPTH,
+    REFUSED_REASONS,
+    Node,
+    Record,
+    RunFold,
+    record_rank,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +51,14 @@ SELECT * FROM c
 _LOAD = """
 WITH RECURSIVE chain AS (
     SELECT t.trace_id, t.span_id, t.parent_span_id, t.missing, t.status, t.end_ns,
-           t.heartbeat_ns, t.child_count, t.n_ok, t.n_error, t.n_running, t.n_stalled, t.run_day
+           t.heartbeat_ns, t.child_count, t.n_ok, t.n_error, t.n_running, t.n_stalled, t.run_day,
+           t.height, t.refused_parent_span_id, t.refused_reason
     FROM fold_seeds s JOIN tasks t
          ON t.span_id = s.span_id AND t.trace_id = s.trace_id AND t.run_day = s.run_day
     UNION
     SELECT t.trace_id, t.span_id, t.parent_span_id, t.missing, t.status, t.end_ns,
-           t.heartbeat_ns, t.child_count, t.n_ok, t.n_error, t.n_running, t.n_stalled, t.run_day
+           t.heartbeat_ns, t.child_count, t.n_ok, t.n_error, t.n_running, t.n_stalled, t.run_day,
+           t.height, t.refused_parent_span_id, t.refused_reason
     FROM chain c JOIN tasks t
          ON t.span_id = c.parent_span_id AND t.trace_id = c.trace_id AND t.run_day = c.run_day
 )
@@ -69,7 +81,8 @@ CREATE TEMP TABLE IF NOT EXISTS fold_seeds (trace_id bytea, span_id bytea, run_d
 CREATE TEMP TABLE IF NOT EXISTS fold_out (
     trace_id bytea, span_id bytea, landing_id bigint, is_new boolean, parent_span_id bytea,
     missing boolean, status smallint, heartbeat_ns bigint, child_count integer,
-    n_ok integer, n_error integer, n_running integer, n_stalled integer, run_day integer
+    n_ok integer, n_error integer, n_running integer, n_stalled integer, run_day integer,
+    height integer, refused_parent_span_id bytea, refused_reason smallint
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_runs (
     trace_id bytea, d_ok integer, d_error integer, d_running integer, d_stalled integer,
@@ -78,7 +91,7 @@ CREATE TEMP TABLE IF NOT EXISTS fold_runs (
 """
 
 _OUT_TYPES = ["bytea", "bytea", "int8", "bool", "bytea", "bool", "int2", "int8", "int4",
-              "int4", "int4", "int4", "int4", "int4"]
+              "int4", "int4", "int4", "int4", "int4", "int4", "bytea", "int2"]
 _RUN_TYPES = ["bytea", "int4", "int4", "int4", "int4", "int4", "int8", "int8", "int4"]
 
 _PAYLOAD = ("name, kind, start_ns, end_ns, status_message, resource_id, scope, attributes, "
@@ -86,9 +99,11 @@ _PAYLOAD = ("name, kind, start_ns, end_ns, status_message, resource_id, scope, a
 
 _INSERT_NEW = f"""
 INSERT INTO tasks (trace_id, span_id, parent_span_id, missing, status, heartbeat_ns, child_count,
-                   n_ok, n_error, n_running, n_stalled, run_day, {_PAYLOAD})
+                   n_ok, n_error, n_running, n_stalled, run_day, height, refused_parent_span_id,
+                   refused_reason, {_PAYLOAD})
 SELECT o.trace_id, o.span_id, o.parent_span_id, o.missing, o.status, o.heartbeat_ns, o.child_count,
-       o.n_ok, o.n_error, o.n_running, o.n_stalled, o.run_day,
+       o.n_ok, o.n_error, o.n_running, o.n_stalled, o.run_day, o.height, o.refused_parent_span_id,
+       o.refused_reason,
        l.name, l.kind, l.start_ns, l.end_ns, l.status_message, l.resource_id, l.scope,
        l.attributes, l.events, l.links, coalesce(l.truncated, false), l.received_ns
 FROM fold_out o LEFT JOIN span_landing l ON l.id = o.landing_id
@@ -100,6 +115,8 @@ UPDATE tasks t SET
     parent_span_id = o.parent_span_id, missing = o.missing, status = o.status,
     heartbeat_ns = o.heartbeat_ns, child_count = o.child_count,
     n_ok = o.n_ok, n_error = o.n_error, n_running = o.n_running, n_stalled = o.n_stalled,
+    height = o.height, refused_parent_span_id = o.refused_parent_span_id,
+    refused_reason = o.refused_reason,
     name = l.name, kind = l.kind, start_ns = l.start_ns, end_ns = l.end_ns,
     status_message = l.status_message, resource_id = l.resource_id, scope = l.scope,
     attributes = l.attributes, events = l.events, links = l.links, truncated = l.truncated,
@@ -113,7 +130,9 @@ _UPDATE_STRUCTURE = """
 UPDATE tasks t SET
     parent_span_id = o.parent_span_id, missing = o.missing, status = o.status,
     heartbeat_ns = o.heartbeat_ns, child_count = o.child_count,
-    n_ok = o.n_ok, n_error = o.n_error, n_running = o.n_running, n_stalled = o.n_stalled
+    n_ok = o.n_ok, n_error = o.n_error, n_running = o.n_running, n_stalled = o.n_stalled,
+    height = o.height, refused_parent_span_id = o.refused_parent_span_id,
+    refused_reason = o.refused_reason
 FROM fold_out o
 WHERE NOT o.is_new AND o.landing_id IS NULL
   AND t.span_id = o.span_id AND t.trace_id = o.trace_id AND t.run_day = o.run_day
@@ -137,7 +156,8 @@ ON CONFLICT (trace_id) DO UPDATE SET
 """
 
 # A run's status is its root's own status (several roots: the worst); with no root received yet,
-# it follows what its tasks are doing.  Severity: error 4 > stalled 3 > running 2 > ok 1.
+# it follows what its tasks are doing.  Severity: error 4 > stalled 3 > running 2 > ok 1.  Its
+# name is its first root's, a true root before a task kept at the top for a refused link.
 _REFRESH_ROOTS = """
 UPDATE runs r SET
     root_count = x.root_count,
@@ -157,10 +177,10 @@ FROM (
            max(t.end_ns) FILTER (WHERE NOT t.missing) AS root_end,
            max(CASE t.status WHEN 4 THEN 4 WHEN 2 THEN 3 WHEN 1 THEN 2 WHEN 3 THEN 1 END)
                FILTER (WHERE NOT t.missing) AS worst,
-           (array_agg(t.name ORDER BY t.start_ns, t.span_id) FILTER (WHERE NOT t.missing))[1]
-               AS root_name,
-           (array_agg(res.job ORDER BY t.start_ns, t.span_id) FILTER (WHERE NOT t.missing))[1]
-               AS root_job
+           (array_agg(t.name ORDER BY t.refused_parent_span_id IS NOT NULL, t.start_ns, t.span_id)
+               FILTER (WHERE NOT t.missing))[1] AS root_name,
+           (array_agg(res.job ORDER BY t.refused_parent_span_id IS NOT NULL, t.start_ns, t.span_id)
+               FILTER (WHERE NOT t.missing))[1] AS root_job
     FROM runs rd
     JOIN tasks t ON t.trace_id = rd.trace_id AND t.run_day = rd.run_day AND t.parent_span_id IS NULL
     LEFT JOIN resources res ON res.id = t.resource_id
@@ -208,8 +228,12 @@ class FoldResult:
     finished: tuple[FinishedTask, ...] = ()  # tasks that reached a final status in this fold
 
 
-def fold_batch(conn: psycopg.Connection, *, limit: int, stall_after_s: float) -> FoldResult:
-    """Fold up to ``limit`` landed records in one transaction; return how many were folded."""
+def fold_batch(conn: psycopg.Connection, *, limit: int, stall_after_s: float,
+               max_depth: int = DEFAULT_MAX_DEPTH) -> FoldResult:
+    """Fold up to ``limit`` landed records in one transaction; return how many were folded.
+
+    ``max_depth``: levels a run's tree may have (``tree.fold``: deeper links are refused).
+    """
     partitions.ensure_current(conn)
     with conn.transaction():
         conn.execute(_TEMP_TABLES)
@@ -226,7 +250,7 @@ def fold_batch(conn: psycopg.Connection, *, limit: int, stall_after_s: float) ->
         seeds = {(r.span_id, t) for t, records in by_run.items() for r in records}
         seeds.update((r.parent_span_id, t) for t, records in by_run.items() for r in records
                      if r.parent_span_id)
-        folds = _fold_runs(conn, by_run, stall_after_s, list(by_run), seeds)
+        folds = _fold_runs(conn, by_run, stall_after_s, list(by_run), seeds, max_depth)
         _write(conn, folds)
         conn.execute("DELETE FROM span_landing l USING fold_claim c WHERE l.id = c.id")
         finished = _finished_tasks(conn, folds)
@@ -256,7 +280,8 @@ def sweep_stalled(conn: psycopg.Connection, *, stall_after_s: float,
 
 
 def _fold_runs(conn, by_run: dict[bytes, list[Record]], stall_after_s: float,
-               trace_ids: list[bytes], seeds: set[tuple[bytes, bytes]]) -> dict[bytes, RunFold]:
+               trace_ids: list[bytes], seeds: set[tuple[bytes, bytes]],
+               max_depth: int = DEFAULT_MAX_DEPTH) -> dict[bytes, RunFold]:
     """Lock the runs, load the (span, trace) ``seeds`` with their ancestors, apply the records."""
     _lock_runs(conn, trace_ids)
     days = _run_days(conn, trace_ids)
@@ -264,14 +289,16 @@ def _fold_runs(conn, by_run: dict[bytes, list[Record]], stall_after_s: float,
     cutoff = time.time_ns() - int(stall_after_s * 1e9)
     folds = {}
     for trace_id in trace_ids:
-        fold = RunFold(loaded.get(trace_id, {}), cutoff)
+        fold = RunFold(loaded.get(trace_id, {}), cutoff, max_depth)
         fold.run_day = days[trace_id]
         records = by_run.get(trace_id, ())
         for record in sorted(records, key=lambda r: r.landing_id):
             fold.apply(record)
-        for span_id, parent in fold.broken_links:
-            logger.warning("run %s: task %s names %s as parent, which would make a cycle; kept as a root",
-                           trace_id.hex(), span_id.hex(), parent.hex())
+        if fold.broken_links:
+            span_id, parent, reason = fold.broken_links[0]
+            logger.warning("run %s: %d parent link(s) refused and those tasks kept at the top,"
+                           " e.g. task %s naming %s (%s)", trace_id.hex(), len(fold.broken_links),
+                           span_id.hex(), parent.hex(), REFUSED_REASONS[reason])
         folds[trace_id] = fold
     return folds
 
@@ -304,30 +331,32 @@ def _run_days(conn, trace_ids: list[bytes]) -> dict[bytes, int]:
 def _load_nodes(conn, seeds: set[tuple[bytes, bytes]],
                 days: dict[bytes, int]) -> dict[bytes, dict[bytes, Node]]:
     copy_sql = "COPY fold_seeds (span_id, trace_id, run_day) FROM STDIN (FORMAT BINARY)"
-    with conn.cursor().copy(copy_sql) as copy:
+    with fast_binary_dumpers(conn.cursor()).copy(copy_sql) as copy:
         copy.set_types(["bytea", "bytea", "int4"])
         for span_id, trace_id in seeds:
             copy.write_row((span_id, trace_id, days[trace_id]))
     loaded: dict[bytes, dict[bytes, Node]] = defaultdict(dict)
     for (trace_id, span_id, parent, missing, status, end, hb, children,
-         n_ok, n_error, n_running, n_stalled, _day) in conn.execute(_LOAD):
+         n_ok, n_error, n_running, n_stalled, _day, height, refused, reason) in conn.execute(_LOAD):
         span_id = bytes(span_id)
         loaded[bytes(trace_id)][span_id] = Node(
             span_id, bytes(parent) if parent else None, missing, status,
             record_rank(status, end, hb), hb, [n_ok, n_error, n_running, n_stalled], children,
+            height=height, refused_parent=bytes(refused) if refused else None,
+            refused_reason=reason,
         )
     return loaded
 
 
 def _write(conn, folds: dict[bytes, RunFold]) -> None:
-    with conn.cursor() as cur:
+    with fast_binary_dumpers(conn.cursor()) as cur:
         with cur.copy("COPY fold_out FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_OUT_TYPES)
             for trace_id, fold in folds.items():
                 for n in fold.changed_nodes():
                     copy.write_row((trace_id, n.span_id, n.landing_id, n.is_new, n.parent_span_id,
                                     n.missing, n.status, n.heartbeat_ns, n.child_count, *n.counts,
-                                    fold.run_day))
+                                    fold.run_day, n.height, n.refused_parent, n.refused_reason))
         with cur.copy("COPY fold_runs FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_RUN_TYPES)
             for trace_id, fold in folds.items():

@@ -23,7 +23,8 @@ r.n_ok, r.n_error, r.n_running, r.n_stalled, r.task_count, r.root_count, r.dropp
 
 -- name: node_columns
 t.trace_id, t.span_id, t.parent_span_id, t.missing, t.name, t.status, t.start_ns, t.end_ns,
-t.child_count, t.n_ok, t.n_error, t.n_running, t.n_stalled, t.heartbeat_ns
+t.child_count, t.n_ok, t.n_error, t.n_running, t.n_stalled, t.heartbeat_ns,
+t.refused_parent_span_id, t.refused_reason
 
 
 -- ---------------------------------------------------------------------------------------------

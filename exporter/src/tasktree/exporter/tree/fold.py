@@ -12,6 +12,21 @@ their ancestor chains, as loaded from the store) and applies records to it:
 * **Rollups.** Each node keeps ``counts`` = how many of its descendants are in each status, plus its
   ``child_count``.  Every change of a node's own status, and every attachment of a subtree, is
   applied to all its ancestors, so reading a node never has to look at its descendants.
+* **Refused links** (design.md §3 rule 7: limits are visible).  A task whose declared parent
+  cannot be its parent is kept at the top of its run, its declared parent in ``refused_parent``
+  with the reason:
+
+  - ``REFUSED_CYCLE``: the declared parents loop (A → B → A, or a span its own parent).  In each
+    loop the link of the task with the smallest span id is refused, whichever record closes the
+    loop, so any arrival order gives the same tree (when the loop's tree is far enough from the
+    depth limit: heights above a cut stay upper bounds, which may refuse a link near the limit).
+  - ``REFUSED_DEPTH``: the link would make the tree deeper than ``max_depth`` levels (a root alone
+    is one level).  Every node keeps its ``height`` (levels below it), so the check needs only the
+    parent's chain.  Trees are never deeper than ``max_depth``, which bounds every ancestor walk
+    here and the chains the store loads: each record costs O(``max_depth``), not O(depth of the
+    run).  A tree within the limit never has a link refused, in any arrival order (every partial
+    tree is part of the final one), so rule 1 holds for it; beyond the limit where the tree is cut
+    depends on the arrival order.
 
 The store turns the resulting ``changes()`` into set-based writes (``store/fold.py``).
 """
@@ -26,6 +41,14 @@ from tasktree.exporter.tree import status as st
 logger = logging.getLogger(__name__)
 
 _COUNT_INDEX = st.COUNT_INDEX
+
+DEFAULT_MAX_DEPTH = 1000
+"""Levels a run's tree may have (``TASKTREE_MAX_DEPTH``).  Python's own recursion limit is 1000
+frames, so a recursive function decorated with ``@task`` never gets near it."""
+
+REFUSED_CYCLE = 1
+REFUSED_DEPTH = 2
+REFUSED_REASONS = {REFUSED_CYCLE: "cycle", REFUSED_DEPTH: "depth"}
 
 
 @dataclass(slots=True)
@@ -69,6 +92,9 @@ class Node:
     is_new: bool = False  # not yet in the database
     landing_id: int | None = None  # the record whose payload must be written
     dirty: bool = False  # structure, status or counts changed
+    height: int = 0  # levels below this node (0: no children); an upper bound after a cycle cut
+    refused_parent: bytes | None = None  # the declared parent, when the link was refused
+    refused_reason: int | None = None  # REFUSED_CYCLE or REFUSED_DEPTH
 
 
 @dataclass(slots=True)
@@ -98,13 +124,15 @@ def live_status(heartbeat_ns: int | None, stall_cutoff_ns: int) -> int:
 class RunFold:
     """Applies records of one run to the loaded part of its tree.  Not thread-safe; one per batch."""
 
-    def __init__(self, loaded: dict[bytes, Node], stall_cutoff_ns: int):
+    def __init__(self, loaded: dict[bytes, Node], stall_cutoff_ns: int,
+                 max_depth: int = DEFAULT_MAX_DEPTH):
         self.nodes = loaded
         self.stall_cutoff_ns = stall_cutoff_ns
+        self.max_depth = max_depth
         self.delta = RunDelta()
         self.finished: list[Finished] = []
         self.run_day = 0  # the run's partition (set by the store; the tree rules ignore it)
-        self.broken_links: list[tuple[bytes, bytes]] = []  # (span, declared parent) refused as cycles
+        self.broken_links: list[tuple[bytes, bytes, int]] = []  # (span, declared parent, reason)
 
     def apply(self, record: Record) -> None:
         """Fold one record in.  Idempotent: applying the same record again changes nothing."""
@@ -189,26 +217,67 @@ class RunFold:
             ancestor.dirty = True
 
     def _attach(self, node: Node, parent_id: bytes | None) -> None:
-        """Hang ``node`` (with its whole subtree) under its parent, creating a placeholder if needed."""
+        """Hang ``node`` (a root, with its whole subtree) under its declared parent, creating a
+        placeholder if needed, unless the link would close a loop or pass the depth limit."""
         if parent_id is None:
             return
         parent = self.nodes.get(parent_id)
+        chain = [] if parent is None else list(self._chain(parent))
+        if any(a is node for a in chain):
+            self._break_cycle(node, parent_id, chain)
+            return
+        # The parent's level is len(chain) (a new placeholder: 1, at the top of the run).
+        if max(len(chain), 1) + 1 + node.height > self.max_depth:
+            self._refuse(node, parent_id, REFUSED_DEPTH)
+            return
         if parent is None:
             parent = Node(parent_id, None, True, st.NONE, (0, 0, 0), is_new=True, dirty=True)
             self.nodes[parent_id] = parent
-        if parent is node or any(a is node for a in self._chain(parent)):
-            # The declared parent descends from this task: linking it would make a cycle.
-            self.broken_links.append((node.span_id, parent_id))
-            return
+            chain = [parent]
         node.parent_span_id = parent_id
         parent.child_count += 1
+        subtree = list(node.counts)
+        subtree[_COUNT_INDEX[node.status]] += 1
+        for level, ancestor in enumerate(chain, start=1):
+            counts = ancestor.counts
+            for i in range(4):
+                counts[i] += subtree[i]
+            ancestor.height = max(ancestor.height, node.height + level)
+            ancestor.dirty = True
+
+    def _break_cycle(self, node: Node, parent_id: bytes, chain: list[Node]) -> None:
+        """``chain`` (the parent up to ``node``) plus the new link is a loop: refuse the link of
+        the loop's task with the smallest span id, the same one in any arrival order."""
+        loop = chain[: next(i for i, a in enumerate(chain) if a is node) + 1]
+        victim = min(loop, key=lambda a: a.span_id)
+        if victim is node:
+            self._refuse(node, parent_id, REFUSED_CYCLE)
+            return
+        declared = victim.parent_span_id
+        self._detach(victim)
+        self._refuse(victim, declared, REFUSED_CYCLE)
+        self._attach(node, parent_id)
+
+    def _detach(self, node: Node) -> None:
+        """Take ``node`` and its subtree from under its parent (the parent's chain is loaded: it
+        is part of a loop).  Heights above stay as they were: an upper bound."""
+        parent = self.nodes[node.parent_span_id]
+        parent.child_count -= 1
         subtree = list(node.counts)
         subtree[_COUNT_INDEX[node.status]] += 1
         for ancestor in self._chain(parent):
             counts = ancestor.counts
             for i in range(4):
-                counts[i] += subtree[i]
+                counts[i] -= subtree[i]
             ancestor.dirty = True
+        node.parent_span_id = None
+
+    def _refuse(self, node: Node, parent_id: bytes, reason: int) -> None:
+        """Keep ``node`` at the top of its run, its declared parent shown as refused."""
+        node.refused_parent = parent_id
+        node.refused_reason = reason
+        node.dirty = True
+        self.broken_links.append((node.span_id, parent_id, reason))
 
     def _ancestors(self, node: Node):
         if node.parent_span_id is None:

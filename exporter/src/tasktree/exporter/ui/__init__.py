@@ -15,7 +15,7 @@ import hashlib
 import logging
 from importlib import resources
 
-from flask import Flask, Response, render_template, request
+from flask import Flask, Response, redirect, render_template, request, url_for
 
 from tasktree.exporter.errors import TasktreeError, Unauthorized
 from tasktree.exporter.ui import format as fmt
@@ -39,9 +39,13 @@ SECURITY_HEADERS = {
 
 def install_ui(app: Flask) -> None:
     """Register the pages and the live event streams on ``app`` (the bus: ``services["live"]``)."""
+    from tasktree.exporter import auth
     from tasktree.exporter.live import bus_of, live_blueprint
+    from tasktree.exporter.ui.login import login_blueprint
 
+    auth.install(app)  # the session cookie the pages sign in with
     app.register_blueprint(ui_blueprint)
+    app.register_blueprint(login_blueprint)
     app.register_blueprint(live_blueprint)
     bus_of(app)  # an app built without a bus (tests) gets an idle local one
 
@@ -67,14 +71,24 @@ for _name, _filter in fmt.FILTERS.items():
 
 
 @ui_blueprint.before_request
-def _authenticate() -> None:
-    """Pages need what reading the API needs (anonymous only on loopback without tokens)."""
+def _authenticate() -> Response | None:
+    """Pages need what reading the API needs (anonymous only on loopback without tokens); a
+    browser without a credential is sent to ``/login``, and back here afterwards."""
+    if request.endpoint == "ui.static":
+        return None
+    return require_page()
+
+
+def require_page() -> Response | None:
+    """None when the request may read; else a redirect to ``/login`` (GET) or ``Unauthorized``."""
     from tasktree.exporter import auth
 
-    if request.endpoint == "ui.static":
-        return
-    if auth.authenticate() is None:
-        raise Unauthorized("this server needs a viewer token (Authorization: Bearer <token>)")
+    if auth.authenticate() is not None:
+        return None
+    if request.method in ("GET", "HEAD"):
+        here = request.full_path.rstrip("?") if request.query_string else request.path
+        return redirect(url_for("login.login_page", next=here))
+    raise Unauthorized("this page needs a viewer sign-in (/login)")
 
 
 @ui_blueprint.after_request

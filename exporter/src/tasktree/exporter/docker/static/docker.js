@@ -1,9 +1,10 @@
-// The Containers page.  Reads /api/docker/... with the token kept in this tab's sessionStorage.
+// The Containers page.  Reads /api/docker/... with the session cookie of /login; every action
+// sends the session's CSRF token (from <meta name="csrf-token">) in the X-CSRF-Token header.
 // Every value from the server is put on the page as text (textContent), never as markup.
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
-let token = sessionStorage.getItem("tasktree-token") || "";
+const csrfToken = (document.querySelector("meta[name=csrf-token]") || {}).content || "";
 let lastContainers = [];
 let hostNames = [];
 
@@ -11,6 +12,7 @@ function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) {
     if (key === "class") node.className = value;
+    else if (key === "style") node.style.cssText = value;  // CSSOM: allowed by the page's CSP
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else node.setAttribute(key, value);
   }
@@ -24,11 +26,12 @@ function notice(text) { $("#notice").textContent = text || ""; }
 
 async function api(method, path, body) {
   const headers = {};
-  if (token) headers.Authorization = "Bearer " + token;
+  if (method !== "GET" && method !== "HEAD") headers["X-CSRF-Token"] = csrfToken;
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  if (response.status === 401) throw new Error("give a token (viewer to see, operator to act), top right");
-  if (response.status === 403) throw new Error("this token may look but not act: an operator token is needed");
+  const response = await fetch(path, {
+    method, headers, credentials: "same-origin", body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (response.status === 401) throw new Error("not signed in (or the sign-in has ended): sign in, top right");
   if (!response.ok) {
     let message = response.statusText;
     try { message = (await response.json()).error.message; } catch (e) { /* not JSON */ }
@@ -176,7 +179,7 @@ async function start(method, path, body) {
   }
 }
 
-// Server-Sent Events read with fetch (EventSource cannot send the Authorization header).
+// Server-Sent Events read with fetch (the same error handling as every other call).
 async function follow(id) {
   const response = await api("GET", "/api/docker/operations/" + encodeURIComponent(id) + "/events");
   const reader = response.body.getReader();
@@ -228,14 +231,6 @@ async function loadAudit() {
 
 // -- wiring --------------------------------------------------------------------------------------
 
-$("#token-form").addEventListener("submit", (event) => {
-  event.preventDefault();
-  token = $("#token").value.trim();
-  sessionStorage.setItem("tasktree-token", token);
-  $("#token").value = "";
-  load(true);
-});
-$("#forget-token").addEventListener("click", () => { token = ""; sessionStorage.removeItem("tasktree-token"); });
 $("#refresh").addEventListener("click", () => load(true));
 $("#filter").addEventListener("input", renderContainers);
 $("#logs-close").addEventListener("click", () => { $("#logs-panel").hidden = true; });

@@ -57,6 +57,7 @@
       el("span", {class: "dot", "aria-hidden": "true"}),
       link,
       el("span", {class: "meta"},
+        refusedMark(node.refused_parent),
         el("span", {class: "st"}, TT.status(node.status)),
         el("span", {class: "dur"}, node.duration !== null ? TT.duration(node.duration) : ""),
         node.start ? TT.time(node.start) : el("time"),
@@ -65,6 +66,15 @@
         TT.rollup(node.counts)),
       el("span", {class: "wf", "aria-hidden": "true"}, state.bar));
     drawHeartbeat(state);
+  }
+
+  /** A task shown at the top although it declared a parent (tree.fold's refused links). */
+  function refusedMark(refused) {
+    if (!refused) return "";
+    const why = refused.reason === "cycle" ? "its declared parents loop"
+      : "it would pass the server's depth limit (TASKTREE_MAX_DEPTH)";
+    return el("span", {class: "refused", title: `declared parent ${refused.span_id}: ${why}`},
+      `⚠ parent ${refused.span_id} refused (${refused.reason})`);
   }
 
   function drawHeartbeat(state) {

@@ -1,0 +1,402 @@
+"""Authentication through a real ``tasktree serve`` (issue 7): ingest tokens sent by the real
+OpenTelemetry exporters, the web UI's session cookie with CSRF protection, bearer API clients,
+and the refusal to listen beyond loopback without credentials.  The browser flow is in
+``tests/ui/test_login.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+import itsdangerous
+import pytest
+import requests
+from flask import Flask
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+VIEWER = "viewer-token-3f9a1c77"
+OPERATOR = "operator-token-b41d2e08"
+INGEST = "ingest-token-a7c3e915"
+INGEST_OTHER = "ingest-token-team-b-0c2f"
+SERVICE_WIDE = "service-wide-token-58e1"
+TOKENS = {
+    "TASKTREE_VIEWER_TOKENS": f"victor:{VIEWER}",
+    "TASKTREE_OPERATOR_TOKENS": f"olga:{OPERATOR}",
+    "TASKTREE_INGEST_TOKENS": f"nightly:{INGEST}, team-b:{INGEST_OTHER}",
+    "TASKTREE_AUTH_TOKEN": SERVICE_WIDE,
+}
+CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
+
+
+@pytest.fixture
+def server(start_tasktree, private_db, tmp_path):
+    """A server with every kind of token, a docker host that is down, its own data dir."""
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text(f"hosts:\n  - name: gone\n    url: unix://{tmp_path}/no-such.sock\n")
+    return start_tasktree(
+        env={**TOKENS, "TASKTREE_DATA_DIR": str(tmp_path / "data"),
+             "TASKTREE_DOCKER_HOSTS_FILE": str(hosts)},
+        database=private_db,
+    )
+
+
+def sign_in(server, token: str) -> requests.Session:
+    """A browser-like client signed in through the /login form."""
+    client = requests.Session()
+    form = client.get(server.web + "/login", timeout=10)
+    assert form.status_code == 200
+    answer = client.post(server.web + "/login", timeout=10, allow_redirects=False, data={
+        "csrf_token": CSRF_FIELD.search(form.text).group(1), "token": token, "next": "/docker"})
+    assert answer.status_code == 303 and answer.headers["Location"] == "/docker"
+    return client
+
+
+def csrf_of(server, client: requests.Session) -> str:
+    """The CSRF token the /docker page gives its script."""
+    page = client.get(server.web + "/docker", timeout=10)
+    assert page.status_code == 200
+    return CSRF_META.search(page.text).group(1)
+
+
+DRY_RUN = {"image": "registry:5000/app:1", "name": "app", "hosts": ["gone"], "dry_run": True}
+
+
+# -- ingest ----------------------------------------------------------------------------------
+
+
+def sdk_export(protocol: str, server, headers_variable: str | None, monkeypatch) -> bool:
+    """Export one span with the real SDK exporter, configured only through the environment."""
+    if headers_variable is None:
+        monkeypatch.delenv("OTEL_EXPORTER_OTLP_HEADERS", raising=False)
+    else:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", headers_variable)
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint="http://" + server.otlp_grpc, insecure=True)
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=server.otlp_http + "/v1/traces")
+    finished = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": f"auth-{protocol}"}))
+    provider.add_span_processor(SimpleSpanProcessor(finished))
+    with provider.get_tracer("auth-test").start_as_current_span("ingest"):
+        pass
+    try:
+        return exporter.export(finished.get_finished_spans()) == SpanExportResult.SUCCESS
+    finally:
+        exporter.shutdown()
+        provider.shutdown()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_the_sdk_exporters_send_with_an_ingest_token_from_otel_exporter_otlp_headers(
+    protocol, server, monkeypatch
+):
+    assert sdk_export(protocol, server, f"Authorization=Bearer {INGEST}", monkeypatch)
+    assert sdk_export(protocol, server, f"Authorization=Bearer%20{INGEST_OTHER}", monkeypatch)
+    assert sdk_export(protocol, server, f"Authorization=Bearer {SERVICE_WIDE}", monkeypatch)
+    assert not sdk_export(protocol, server, None, monkeypatch)
+    assert not sdk_export(protocol, server, "Authorization=Bearer wrong-token-123", monkeypatch)
+    # A viewer or operator token reads and acts; it does not send spans.
+    assert not sdk_export(protocol, server, f"Authorization=Bearer {OPERATOR}", monkeypatch)
+
+
+@pytest.mark.parametrize("status, headers", [
+    (401, {}), (401, {"Authorization": "Bearer wrong-token-123"}),
+    (401, {"Authorization": f"Basic {INGEST}"}), (200, {"Authorization": f"Bearer {INGEST}"}),
+])
+def test_otlp_http_answers_401_with_the_reason_without_an_ingest_token(server, status, headers):
+    answer = requests.post(server.otlp_http + "/v1/traces", data=b"{}", timeout=10,
+                           headers={"Content-Type": "application/json", **headers})
+    assert answer.status_code == status
+    if status == 401:
+        assert answer.json()["code"] == 16 and "ingest token" in answer.json()["message"]
+        assert INGEST not in answer.text and "wrong-token" not in answer.text
+        assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_configure_of_the_instrumentation_honours_otel_exporter_otlp_headers(
+    protocol, server
+):
+    endpoint = server.otlp_http if protocol != "grpc" else "http://" + server.otlp_grpc
+    script = ("from tasktree.instrumentation import configure, task\n"
+              "configure(service_name=%r)\n"
+              "with task('authenticated job'):\n    pass\n")
+    attempts = ((f"with-token-{protocol}", INGEST), (f"wrong-token-{protocol}", "nope-nope-1"))
+    for job, token in attempts:
+        env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+               "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+               "OTEL_EXPORTER_OTLP_HEADERS": f"Authorization=Bearer {token}",
+               "OTEL_BSP_SCHEDULE_DELAY": "100"}
+        subprocess.run([sys.executable, "-c", script % job], env=env, check=True, timeout=60)
+    server.wait_folded()
+    runs = requests.get(server.web + "/api/runs", timeout=10,
+                        headers={"Authorization": f"Bearer {VIEWER}"}).json()["runs"]
+    jobs = {run["job"] for run in runs}
+    assert f"with-token-{protocol}" in jobs and f"wrong-token-{protocol}" not in jobs
+
+
+# -- the web UI's session --------------------------------------------------------------------
+
+
+def test_a_viewer_signed_in_reads_pages_and_api_but_docker_actions_are_403(server):
+    client = sign_in(server, VIEWER)
+
+    runs_page = client.get(server.web + "/", timeout=10)
+    assert runs_page.status_code == 200 and "victor (viewer)" in runs_page.text
+    assert client.get(server.web + "/api/runs", timeout=10).status_code == 200
+    assert client.get(server.web + "/metrics", timeout=10).status_code == 200
+    assert client.get(server.web + "/api/docker/hosts", timeout=10).status_code == 200
+    refused = client.post(server.web + "/api/docker/deploy", json=DRY_RUN, timeout=10,
+                          headers={"X-CSRF-Token": csrf_of(server, client)})
+    assert refused.status_code == 403
+    assert refused.json()["error"] == {
+        "code": "forbidden", "message": "victor is a viewer; this needs an operator token"}
+
+
+def test_the_session_cookie_is_httponly_samesite_lax_and_holds_no_token(server):
+    client = requests.Session()
+    form = client.get(server.web + "/login", timeout=10)
+    answer = client.post(server.web + "/login", allow_redirects=False, timeout=10, data={
+        "csrf_token": CSRF_FIELD.search(form.text).group(1), "token": OPERATOR})
+    cookie = answer.headers["Set-Cookie"]
+    assert cookie.startswith("tasktree_session=") and "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie and "Secure" not in cookie and "Expires=" in cookie
+    payload = cookie.split("=", 1)[1].split(".", 1)[0]
+    assert OPERATOR not in itsdangerous.base64_decode(payload).decode()
+    assert answer.headers["Cache-Control"] == "no-store"
+
+
+def test_an_operator_signed_in_acts_with_the_csrf_token_and_the_audit_log_names_them(server):
+    client = sign_in(server, OPERATOR)
+    csrf = csrf_of(server, client)
+
+    answer = client.post(server.web + "/api/docker/deploy?wait=10", json=DRY_RUN, timeout=30,
+                         headers={"X-CSRF-Token": csrf})
+    assert answer.status_code in (200, 202), answer.text
+    operation = answer.json()["operation"]
+    assert operation["actor"] == "olga" and operation["dry_run"]
+    audit = client.get(server.web + "/api/docker/audit", timeout=10).json()["entries"]
+    assert audit[0]["actor"] == "olga" and audit[0]["role"] == "operator"
+    # The deploy's run reaches the tree through the server's own receiver, which now needs a token.
+    deadline = time.monotonic() + 30
+    run_url = server.web + f"/api/runs/{operation['trace_id']}"
+    while client.get(run_url, timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the deploy's run never reached the tree"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("csrf", [None, "", "forged-csrf-token"], ids=["none", "empty", "wrong"])
+def test_an_action_by_cookie_without_the_right_csrf_token_is_403_saying_why(server, csrf):
+    client = sign_in(server, OPERATOR)
+    headers = {} if csrf is None else {"X-CSRF-Token": csrf}
+
+    answer = client.post(server.web + "/api/docker/deploy", json=DRY_RUN, headers=headers,
+                         timeout=10)
+    assert answer.status_code == 403
+    error = answer.json()["error"]
+    assert error["code"] == "csrf_token_missing" and "X-CSRF-Token" in error["message"]
+    stopped = client.post(server.web + "/api/docker/hosts/gone/containers/app/stop", timeout=10,
+                          headers=headers)
+    assert stopped.status_code == 403 and stopped.json()["error"]["code"] == "csrf_token_missing"
+    assert client.get(server.web + "/api/docker/audit", timeout=10).json()["entries"] == []
+
+
+def test_bearer_api_clients_need_no_session_and_no_csrf_token(server):
+    viewer = {"Authorization": f"Bearer {VIEWER}"}
+    operator = {"Authorization": f"Bearer {OPERATOR}"}
+
+    assert requests.get(server.web + "/api/runs", headers=viewer, timeout=10).status_code == 200
+    acted = requests.post(server.web + "/api/docker/deploy", json=DRY_RUN, headers=operator,
+                          timeout=10)
+    assert acted.status_code in (200, 202) and "Set-Cookie" not in acted.headers
+    wrong = requests.get(server.web + "/api/runs", timeout=10,
+                         headers={"Authorization": "Bearer not-a-token-at-all"})
+    assert wrong.status_code == 401 and "not-a-token" not in wrong.text
+
+
+def test_without_a_credential_pages_redirect_to_login_and_the_api_answers_401(server):
+    page = requests.get(server.web + "/runs/0123?node=ab", allow_redirects=False, timeout=10)
+    assert page.status_code == 302
+    assert page.headers["Location"] == "/login?next=/runs/0123?node%3Dab"
+    docker = requests.get(server.web + "/docker", allow_redirects=False, timeout=10)
+    assert docker.status_code == 302 and docker.headers["Location"] == "/login?next=/docker"
+    assert requests.get(server.web + "/api/runs", timeout=10).status_code == 401
+    assert requests.get(server.web + "/metrics", timeout=10).status_code == 401
+    assert requests.get(server.web + "/api/openapi.json", timeout=10).status_code == 200
+
+
+def test_a_wrong_token_at_login_is_401_and_never_echoed(server):
+    client = requests.Session()
+    form = client.get(server.web + "/login", timeout=10)
+    answer = client.post(server.web + "/login", allow_redirects=False, timeout=10, data={
+        "csrf_token": CSRF_FIELD.search(form.text).group(1), "token": "guess-guess-123"})
+    assert answer.status_code == 401 and "matches no viewer or operator token" in answer.text
+    assert "guess-guess-123" not in answer.text
+    # An ingest token signs nobody in.
+    answer = client.post(server.web + "/login", allow_redirects=False, timeout=10, data={
+        "csrf_token": CSRF_FIELD.search(form.text).group(1), "token": INGEST})
+    assert answer.status_code == 401
+
+
+def test_login_without_the_forms_csrf_token_is_refused(server):
+    answer = requests.post(server.web + "/login", data={"token": OPERATOR}, timeout=10,
+                           allow_redirects=False)
+    assert answer.status_code == 403 and "expired" in answer.text
+    assert "tasktree_session" not in answer.cookies or "fp" not in answer.cookies.get(
+        "tasktree_session", "")
+
+
+def test_login_never_redirects_to_another_site(server):
+    client = requests.Session()
+    for target in ("https://evil.example/", "//evil.example/", "/\\evil.example", "runs"):
+        form = client.get(server.web + "/login", timeout=10)
+        answer = client.post(server.web + "/login", allow_redirects=False, timeout=10, data={
+            "csrf_token": CSRF_FIELD.search(form.text).group(1), "token": VIEWER,
+            "next": target})
+        assert answer.status_code == 303 and answer.headers["Location"] == "/"
+
+
+def forge(server, tmp_path, payload: dict, age: float, key: str | None = None) -> str:
+    """A session cookie signed as Flask signs it, ``age`` seconds ago, with the server's key."""
+    key = key or (tmp_path / "data" / "secret_key").read_text().strip()
+    app = Flask("forger")
+    app.secret_key = key
+    serializer = app.session_interface.get_signing_serializer(app)
+    signed_at = int(time.time() - age)
+    real = itsdangerous.TimestampSigner.get_timestamp
+    itsdangerous.TimestampSigner.get_timestamp = lambda self: signed_at
+    try:
+        return serializer.dumps(payload)
+    finally:
+        itsdangerous.TimestampSigner.get_timestamp = real
+
+
+def session_payload(server, tmp_path, client: requests.Session) -> dict:
+    app = Flask("reader")
+    app.secret_key = (tmp_path / "data" / "secret_key").read_text().strip()
+    serializer = app.session_interface.get_signing_serializer(app)
+    return serializer.loads(client.cookies["tasktree_session"])
+
+
+def test_a_forged_or_expired_cookie_is_no_credential(server, tmp_path):
+    payload = session_payload(server, tmp_path, sign_in(server, OPERATOR))
+
+    def get(cookie: str, path: str):
+        return requests.get(server.web + path, cookies={"tasktree_session": cookie},
+                            allow_redirects=False, timeout=10)
+
+    fresh = forge(server, tmp_path, payload, age=0)
+    assert get(fresh, "/api/runs").status_code == 200  # the forger signs exactly as the server
+    expired = forge(server, tmp_path, payload, age=12 * 3600 + 60)  # TASKTREE_SESSION_LIFETIME
+    other_key = forge(server, tmp_path, payload, age=0, key="another-key-" + "x" * 32)
+    tampered = fresh[:-3] + ("AAA" if not fresh.endswith("AAA") else "BBB")
+    unsigned_role = forge(server, tmp_path, {**payload, "fp": "0" * 32}, age=0)
+    for cookie in (expired, other_key, tampered, unsigned_role):
+        assert get(cookie, "/api/runs").status_code == 401
+        page = get(cookie, "/")
+        assert page.status_code == 302 and page.headers["Location"].startswith("/login")
+
+
+def test_logout_ends_the_session(server):
+    client = sign_in(server, OPERATOR)
+    page = client.get(server.web + "/", timeout=10)
+    csrf = CSRF_FIELD.search(page.text).group(1)
+    refused = client.post(server.web + "/logout", timeout=10, allow_redirects=False)
+    assert refused.status_code == 403 and "Signing out needs the page" in refused.text
+    assert client.get(server.web + "/api/runs", timeout=10).status_code == 200  # still signed in
+
+    answer = client.post(server.web + "/logout", data={"csrf_token": csrf}, timeout=10,
+                         allow_redirects=False)
+    assert answer.status_code == 303 and answer.headers["Location"] == "/login?signed_out=1"
+    assert client.get(server.web + "/api/runs", timeout=10).status_code == 401
+    assert client.get(server.web + "/", allow_redirects=False, timeout=10).status_code == 302
+
+
+def test_a_sign_in_survives_a_restart_and_ends_when_its_token_is_removed(
+    start_tasktree, private_db, tmp_path
+):
+    env = {**TOKENS, "TASKTREE_DATA_DIR": str(tmp_path / "data")}
+    first = start_tasktree(env=env, database=private_db)
+    client = sign_in(first, VIEWER)
+    cookie = client.cookies["tasktree_session"]
+    first.stop()
+    assert oct((tmp_path / "data" / "secret_key").stat().st_mode & 0o777) == "0o600"
+
+    again = start_tasktree(env=env, database=private_db)
+    assert requests.get(again.web + "/api/runs", cookies={"tasktree_session": cookie},
+                        timeout=10).status_code == 200
+    again.stop()
+    revoked = start_tasktree(env={**env, "TASKTREE_VIEWER_TOKENS": "vera:another-viewer-token"},
+                             database=private_db)
+    assert requests.get(revoked.web + "/api/runs", cookies={"tasktree_session": cookie},
+                        timeout=10).status_code == 401
+
+
+# -- where tasktree listens ------------------------------------------------------------------
+
+
+def serve_exit(env: dict, *args: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TASKTREE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "tasktree.exporter", "serve", "--database-url",
+         "postgresql://nobody@127.0.0.1:1/none", *args],
+        env={**clean, **env}, capture_output=True, text=True, timeout=60,
+    )
+
+
+@pytest.mark.parametrize("env, missing", [
+    ({}, ["TASKTREE_INGEST_TOKENS", "TASKTREE_VIEWER_TOKENS"]),
+    ({"TASKTREE_VIEWER_TOKENS": f"v:{VIEWER}"}, ["TASKTREE_INGEST_TOKENS"]),
+    ({"TASKTREE_INGEST_TOKENS": f"j:{INGEST}"}, ["TASKTREE_VIEWER_TOKENS"]),
+    ({"TASKTREE_OPERATOR_TOKENS": f"o:{OPERATOR}"}, ["TASKTREE_INGEST_TOKENS"]),
+], ids=["nothing", "no-ingest-token", "no-viewer-token", "operator-only"])
+def test_serve_refuses_a_non_loopback_address_without_credentials(env, missing):
+    done = serve_exit(env, "--host", "0.0.0.0")
+
+    assert done.returncode != 0 and "TASKTREE_READY" not in done.stdout
+    assert "refusing to listen on '0.0.0.0' without authentication" in done.stderr
+    for variable in missing:
+        assert variable in done.stderr
+    assert "or bind 127.0.0.1" in done.stderr
+
+
+def test_serve_refuses_a_malformed_token_list_at_start_up():
+    done = serve_exit({"TASKTREE_INGEST_TOKENS": "nightly:short"})
+
+    assert done.returncode != 0
+    assert "TASKTREE_INGEST_TOKENS: each entry is name:token" in done.stderr
+    assert "short" not in done.stderr.replace("nightly:short", "")  # the value is not echoed
+
+
+def test_the_secret_key_file_is_shared_by_processes_that_race_to_create_it(tmp_path):
+    code = ("import sys; from tasktree.exporter.auth import load_secret_key;"
+            "from tasktree.exporter.settings import Settings;"
+            "print(load_secret_key(Settings(data_dir=sys.argv[1])))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "d")],
+                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    keys = {proc.communicate(timeout=60)[0].strip() for proc in procs}
+    assert len(keys) == 1 and len(keys.pop()) == 64
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["secret_key"]
+
+
+def test_the_secret_key_variable_wins_over_the_file(tmp_path):
+    from tasktree.exporter.auth import load_secret_key
+    from tasktree.exporter.settings import Settings
+
+    key = "k" * 40
+    assert load_secret_key(Settings(data_dir=tmp_path, secret_key=key)) == key
+    assert not (tmp_path / "secret_key").exists()
+    shown = repr(Settings(secret_key=key, auth_token="t" * 10, ingest_tokens="j:" + "i" * 10))
+    assert key not in shown and "t" * 10 not in shown and "i" * 10 not in shown

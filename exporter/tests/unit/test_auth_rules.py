@@ -1,0 +1,145 @@
+"""The authentication rules without a server: which settings may listen beyond loopback, ingest
+tokens, the session cookie's flags and what a session may do (the whole flow through a real
+server is in tests/integration/test_auth.py)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from flask import Flask
+
+from tasktree.exporter import auth
+from tasktree.exporter.app import error_response
+from tasktree.exporter.errors import TasktreeError, Unauthorized
+from tasktree.exporter.settings import Settings, SettingsError
+from tasktree.exporter.ui import ui_blueprint
+from tasktree.exporter.ui.login import login_blueprint
+
+VIEWER, OPERATOR, INGEST = "viewer-token-1", "operator-token-1", "ingest-token-1"
+
+
+def settings(**values) -> Settings:
+    return Settings.from_env({}, **values)
+
+
+@pytest.mark.parametrize("values", [
+    {"auth_token": "service-wide"},
+    {"ingest_tokens": f"j:{INGEST}", "viewer_tokens": f"v:{VIEWER}"},
+    {"ingest_tokens": f"j:{INGEST}", "operator_tokens": f"o:{OPERATOR}"},
+    {"auth_token": "service-wide", "ingest_tokens": f"j:{INGEST}"},
+])
+def test_beyond_loopback_ingest_and_reading_each_need_a_credential(values):
+    assert settings(host="0.0.0.0", **values).host == "0.0.0.0"
+
+
+@pytest.mark.parametrize("values, says", [
+    ({}, "ingest needs TASKTREE_INGEST_TOKENS (or TASKTREE_AUTH_TOKEN); the UI and API need"),
+    ({"viewer_tokens": f"v:{VIEWER}"}, "ingest needs TASKTREE_INGEST_TOKENS"),
+    ({"ingest_tokens": f"j:{INGEST}"}, "the UI and API need TASKTREE_VIEWER_TOKENS"),
+])
+def test_beyond_loopback_a_missing_credential_is_named(values, says):
+    with pytest.raises(SettingsError, match=re.escape(says)):
+        settings(host="10.1.2.3", **values)
+    settings(host="::1", **values)  # loopback: the single-user set-up needs nothing
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"TASKTREE_SECRET_KEY": "short"}, "TASKTREE_SECRET_KEY must be at least 32 characters"),
+    ({"TASKTREE_SESSION_LIFETIME": "5"}, "TASKTREE_SESSION_LIFETIME must be at least 60"),
+    ({"TASKTREE_COOKIE_SECURE": "maybe"}, "TASKTREE_COOKIE_SECURE='maybe' is not a valid bool"),
+])
+def test_session_settings_are_checked(env, message):
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        Settings.from_env(env)
+
+
+def test_cookie_secure_is_read_from_the_environment():
+    assert Settings.from_env({"TASKTREE_COOKIE_SECURE": "true"}).cookie_secure is True
+    assert Settings.from_env({"TASKTREE_COOKIE_SECURE": "0"}).cookie_secure is False
+
+
+@pytest.mark.parametrize("configured, header, outcome", [
+    ({}, None, "ok"),  # nothing configured: ingest is open (loopback only)
+    ({"ingest_tokens": f"a:{INGEST},b:ingest-token-2"}, f"Bearer {INGEST}", "ok"),
+    ({"ingest_tokens": f"a:{INGEST},b:ingest-token-2"}, "Bearer ingest-token-2", "ok"),
+    ({"ingest_tokens": f"a:{INGEST}"}, None, "missing 'Authorization: Bearer <token>'"),
+    ({"ingest_tokens": f"a:{INGEST}"}, "Bearer ingest-token", "matches no ingest token"),
+    ({"ingest_tokens": f"a:{INGEST}"}, f"Basic {INGEST}", "matches no ingest token"),
+    ({"ingest_tokens": f"a:{INGEST}", "viewer_tokens": f"v:{VIEWER}"}, f"Bearer {VIEWER}",
+     "matches no ingest token"),
+    ({"auth_token": "service-wide"}, "Bearer service-wide", "ok"),
+])
+def test_ingest_accepts_exactly_the_ingest_tokens_and_the_service_wide_token(
+    configured, header, outcome
+):
+    tokens = auth.IngestTokens(settings(**configured))
+    if outcome == "ok":
+        tokens.check(header)
+        return
+    with pytest.raises(Unauthorized, match=re.escape(outcome)):
+        tokens.check(header)
+
+
+def test_an_internal_ingest_token_never_closes_open_ingest():
+    open_ingest = auth.IngestTokens(settings(), internal=["internal-token-1"])
+    open_ingest.check(None)
+    closed = auth.IngestTokens(settings(ingest_tokens=f"a:{INGEST}"), internal=["internal-token-1"])
+    closed.check("Bearer internal-token-1")
+
+
+# -- the session, in an app with the pages' blueprints ---------------------------------------
+
+
+def app_for(**values) -> Flask:
+    app = Flask(__name__)
+    app.extensions["tasktree"] = {"settings": settings(**values), "pool": None}
+    auth.install(app)
+    app.register_blueprint(ui_blueprint)
+    app.register_blueprint(login_blueprint)
+    app.register_error_handler(TasktreeError, error_response)
+
+    @app.post("/act")
+    @auth.require(auth.OPERATOR)
+    def act():
+        return {"by": auth.current_principal().name}
+
+    return app
+
+
+def signed_in(app: Flask, token: str):
+    client = app.test_client()
+    form = client.get("/login").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+    answer = client.post("/login", data={"csrf_token": csrf, "token": token})
+    return client, answer
+
+
+def test_the_cookie_is_secure_when_configured_and_lasts_the_session_lifetime():
+    app = app_for(viewer_tokens=f"v:{VIEWER}", cookie_secure=True, session_lifetime=600)
+    _, answer = signed_in(app, VIEWER)
+    cookie = answer.headers["Set-Cookie"]
+    assert "; Secure" in cookie and "; HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert answer.status_code == 303
+
+
+def test_a_session_acts_with_its_csrf_token_and_a_new_sign_in_gets_a_new_one():
+    app = app_for(operator_tokens=f"olga:{OPERATOR}")
+    client, _ = signed_in(app, OPERATOR)
+    with client.session_transaction() as stored:
+        first = stored["csrf"]
+        assert OPERATOR not in str(dict(stored))
+    assert client.post("/act").status_code == 403
+    assert client.post("/act", headers={"X-CSRF-Token": first}).get_json() == {"by": "olga"}
+    assert client.post("/act", data={"csrf_token": first}).get_json() == {"by": "olga"}
+
+    client, _ = signed_in(app, OPERATOR)
+    with client.session_transaction() as stored:
+        assert stored["csrf"] != first  # a fresh session: no fixation of the old one
+    assert client.post("/act", headers={"X-CSRF-Token": first}).status_code == 403
+
+
+def test_the_same_token_configured_twice_signs_in_with_the_higher_role():
+    table = auth.TokenTable(
+        settings(viewer_tokens=f"v:{OPERATOR}", operator_tokens=f"o:{OPERATOR}"))
+    assert table.by_fingerprint(table.fingerprint(OPERATOR)) == auth.Principal("o", auth.OPERATOR)
