@@ -88,9 +88,12 @@ class Folder:
 
     def _fold_once(self) -> int:
         with connection(self._pool) as conn:
-            result = fold_batch(conn, limit=self._settings.fold_batch,
-                                stall_after_s=self._settings.stall_after,
-                                max_depth=self._settings.max_depth)
+            result = fold_batch(
+                conn,
+                limit=self._settings.fold_batch,
+                stall_after_s=self._settings.stall_after,
+                max_depth=self._settings.max_depth,
+            )
         self.folded_total += result.records
         self._notify(result.trace_ids)
         if result.records:
@@ -102,7 +105,9 @@ class Folder:
         if self._settings.retention_days is None:
             return []
         with connection(self._pool) as conn:
-            if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", _RETENTION_LOCK).fetchone()[0]:
+            if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", _RETENTION_LOCK).fetchone()[
+                0
+            ]:
                 return []  # another process is at it
             try:
                 return partitions.drop_expired(conn, self._settings.retention_days)

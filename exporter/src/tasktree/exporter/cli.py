@@ -28,10 +28,13 @@ _SERVE_FLAGS = {
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
-        settings = Settings.from_env(**{field: getattr(args, field, None)
-                                        for field, _, _ in _SERVE_FLAGS.values()})
+        settings = Settings.from_env(
+            **{field: getattr(args, field, None) for field, _, _ in _SERVE_FLAGS.values()}
+        )
         from tasktree.exporter.auth import check_settings
 
         check_settings(settings)  # a malformed token list stops start-up, not the first request
@@ -41,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tasktree", description="The live tree of every batch job.")
+    parser = argparse.ArgumentParser(
+        prog="tasktree", description="The live tree of every batch job."
+    )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="run the tasktree service")
     demo = commands.add_parser("demo", help="run the service plus a sample job and print the URL")
@@ -53,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--exit", action="store_true", help="exit once the sample job is stored")
     demo.set_defaults(run=_demo)
     from tasktree.exporter.docker.cli import add_docker_commands  # issue 6: tasktree docker ...
+
     add_docker_commands(commands)
     return parser
 

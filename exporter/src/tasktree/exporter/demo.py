@@ -16,14 +16,21 @@ def run_demo(settings: Settings, *, exit_when_done: bool = False) -> int:
     from tasktree.exporter.server import Service
 
     settings = dataclasses.replace(
-        settings, **{f: _free_or_zero(settings.host, getattr(settings, f))
-                     for f in ("port", "otlp_http_port", "otlp_grpc_port")})
+        settings,
+        **{
+            f: _free_or_zero(settings.host, getattr(settings, f))
+            for f in ("port", "otlp_http_port", "otlp_grpc_port")
+        },
+    )
     service = Service(settings).start()
     urls = service.urls()
     print(f"tasktree is running: {urls['ui']}  (API {urls['api']})", flush=True)
     print("running the sample job (a few thousand tasks)...", flush=True)
-    env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=urls["otlp_http"].removesuffix("/v1/traces"),
-               TASKTREE_HEARTBEAT_INTERVAL="1")
+    env = dict(
+        os.environ,
+        OTEL_EXPORTER_OTLP_ENDPOINT=urls["otlp_http"].removesuffix("/v1/traces"),
+        TASKTREE_HEARTBEAT_INTERVAL="1",
+    )
     job = subprocess.run([sys.executable, "-m", "tasktree.exporter.demo_job"], env=env)
     _wait_until_folded(service)
     print(f"sample job finished (exit {job.returncode}); open {urls['ui']}", flush=True)

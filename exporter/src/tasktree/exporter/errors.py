@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import math
+
 
 class TasktreeError(Exception):
     """Base class: ``status`` is the HTTP status, ``code`` a stable machine-readable name."""
@@ -75,3 +78,48 @@ class StoreUnavailable(TasktreeError):
 
     def __init__(self, message: str, *, retry_after: float | None = 5.0):
         super().__init__(message, retry_after=retry_after)
+
+
+# -- the one JSON mapping (used by every blueprint's error handlers) ------------------------------
+
+
+def json_error(exc: TasktreeError):
+    """``{"error": {"code", "message"}}`` with the error's status, Retry-After and, for 401,
+    the challenge."""
+    from flask import jsonify
+
+    response = jsonify(error={"code": exc.code, "message": exc.message})
+    response.status_code = exc.status
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="tasktree"'
+    return response
+
+
+def json_http_error(exc):
+    """A werkzeug ``HTTPException`` (unknown route, wrong method …) in the same JSON shape."""
+    from flask import jsonify
+
+    code = (exc.name or "error").lower().replace(" ", "_")
+    response = jsonify(error={"code": code, "message": exc.description or exc.name})
+    response.status_code = exc.code or 500
+    for name, value in exc.get_headers():
+        if name.lower() == "allow":  # a 405 says which methods the route has
+            response.headers[name] = value
+    return response
+
+
+def json_unexpected(exc: Exception):
+    """Any other exception: logged with its traceback, answered as a JSON 500 without details."""
+    from flask import jsonify, request
+    from werkzeug.exceptions import HTTPException
+
+    if isinstance(exc, HTTPException):
+        return json_http_error(exc)
+    logging.getLogger("tasktree.exporter").exception(
+        "unhandled error in %s %s", request.method, request.path
+    )
+    response = jsonify(error={"code": "internal", "message": "internal error; see the server log"})
+    response.status_code = 500
+    return response

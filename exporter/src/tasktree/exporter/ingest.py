@@ -26,8 +26,12 @@ _BACKLOG_TTL_S = 1.0
 class Ingestor:
     """Thread-safe; one per process.  ``on_landed`` is called after each successful commit."""
 
-    def __init__(self, pool: psycopg_pool.ConnectionPool, settings: Settings,
-                 on_landed: Callable[[int], None] = lambda n: None):
+    def __init__(
+        self,
+        pool: psycopg_pool.ConnectionPool,
+        settings: Settings,
+        on_landed: Callable[[int], None] = lambda n: None,
+    ):
         self._pool = pool
         self._settings = settings
         self._on_landed = on_landed
@@ -53,7 +57,8 @@ class Ingestor:
         if backlog > self._settings.max_backlog_spans:
             raise Overloaded(
                 f"{backlog} received spans are waiting to be folded into the tree "
-                f"(limit TASKTREE_MAX_BACKLOG_SPANS={self._settings.max_backlog_spans}); retry later",
+                "(limit TASKTREE_MAX_BACKLOG_SPANS="
+                f"{self._settings.max_backlog_spans}); retry later",
                 retry_after=2.0,
             )
 
@@ -61,18 +66,24 @@ class Ingestor:
         """Refuse spans of runs that already hold ``max_spans_per_run`` tasks, and count them."""
         cap = self._settings.max_spans_per_run
         traces = list({s.trace_id for s in batch.spans})
-        rows = conn.execute("SELECT trace_id, task_count FROM runs WHERE trace_id = ANY(%s)"
-                            " AND task_count >= %s", (traces, cap)).fetchall()
+        rows = conn.execute(
+            "SELECT trace_id, task_count FROM runs WHERE trace_id = ANY(%s) AND task_count >= %s",
+            (traces, cap),
+        ).fetchall()
         full = {bytes(t) for t, _ in rows}
         if not full:
             return
         dropped = [s.trace_id for s in batch.spans if s.trace_id in full]
         batch.spans = [s for s in batch.spans if s.trace_id not in full]
-        batch.reject(len(dropped), f"run over the limit of {cap} tasks (TASKTREE_MAX_SPANS_PER_RUN); "
-                                   "its further spans are refused")
+        batch.reject(
+            len(dropped),
+            f"run over the limit of {cap} tasks (TASKTREE_MAX_SPANS_PER_RUN); "
+            "its further spans are refused",
+        )
         with conn.transaction():
             conn.execute(
                 "UPDATE runs SET dropped_spans = dropped_spans + c.n FROM "
-                "(SELECT t, count(*) AS n FROM unnest(%s::bytea[]) t GROUP BY t) c WHERE trace_id = c.t",
+                "(SELECT t, count(*) AS n FROM unnest(%s::bytea[]) t GROUP BY t) c"
+                " WHERE trace_id = c.t",
                 (dropped,),
             )

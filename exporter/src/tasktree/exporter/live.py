@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 import psycopg
 from flask import Blueprint, Response, current_app
 
-from tasktree.exporter.errors import TasktreeError, Unauthorized
+from tasktree.exporter.errors import TasktreeError, Unauthorized, json_error
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +245,8 @@ class PostgresBus(LocalBus):
         self._publisher: psycopg.Connection | None = None
         self._publish_lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run_listener, name="tasktree-live-pg", daemon=True)
+        self._thread = threading.Thread(target=self._run_listener, name="tasktree-live-pg",
+                                        daemon=True)
 
     def start(self) -> PostgresBus:
         if self._listen:
@@ -267,7 +268,8 @@ class PostgresBus(LocalBus):
             with self._publish_lock:
                 if self._publisher is None or self._publisher.closed:
                     self._publisher = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
-                self._publisher.execute("SELECT pg_notify(%s, %s)", (self.CHANNEL, payload.decode()))
+                self._publisher.execute("SELECT pg_notify(%s, %s)",
+                                        (self.CHANNEL, payload.decode()))
         except psycopg.Error as exc:
             logger.warning("live updates: NOTIFY failed (%s)", exc)
             self._publisher = None
@@ -343,11 +345,7 @@ def _authenticate() -> None:
                            "Authorization: Bearer <viewer token>")
 
 
-@live_blueprint.errorhandler(TasktreeError)
-def _error(exc: TasktreeError) -> Response:
-    from tasktree.exporter.app import error_response
-
-    return error_response(exc)
+live_blueprint.register_error_handler(TasktreeError, json_error)
 
 
 @live_blueprint.get("/runs")

@@ -1,4 +1,4 @@
-"""``tasktree serve``: the database, the OTLP receivers, the web app and the folder, wired together."""
+"""``tasktree serve``: the database, the OTLP receivers, the web app and the folder, wired up."""
 
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ def migrate_when_reachable(url: str, wait_s: float = _DB_WAIT_S) -> None:
             return
         except psycopg.OperationalError as exc:
             if time.monotonic() > deadline:
-                raise SystemExit(f"tasktree: cannot reach PostgreSQL at {_redact(url)}: {exc}") from exc
+                raise SystemExit(
+                    f"tasktree: cannot reach PostgreSQL at {_redact(url)}: {exc}"
+                ) from exc
             time.sleep(1.0)
 
 
@@ -63,16 +65,25 @@ class Service:
         check_docker_hosts(settings)  # issue 6: a bad hosts file stops start-up before the database
         self.database_url = resolve_database_url(settings)
         migrate_when_reachable(self.database_url)
-        self.pool = open_pool(self.database_url, max_size=settings.pool_size,
-                              max_lifetime=settings.pool_max_lifetime, timeout=settings.pool_timeout)
+        self.pool = open_pool(
+            self.database_url,
+            max_size=settings.pool_size,
+            max_lifetime=settings.pool_max_lifetime,
+            timeout=settings.pool_timeout,
+        )
         self.folder = Folder(self.pool, settings)
         self.ingest = Ingestor(self.pool, settings, on_landed=self.folder.wake)
-        self.metrics = ServiceMetrics(self.pool, settings, self.folder, registry=CollectorRegistry())  # issue 5
+        self.metrics = ServiceMetrics(
+            self.pool, settings, self.folder, registry=CollectorRegistry()
+        )  # issue 5
         self.docker = DockerService(settings, self.pool)  # issue 6: docker hosts
         # Live updates of the web pages: Redis when configured, else LISTEN/NOTIFY when several
         # processes fold (--workers), else in-process.
-        self.live = open_bus(settings.redis_url, listen=serve,
-                             database_url=self.database_url if settings.workers > 1 else None)
+        self.live = open_bus(
+            settings.redis_url,
+            listen=serve,
+            database_url=self.database_url if settings.workers > 1 else None,
+        )
         self.folder.subscribe(self.live.publish)
         self._serve = serve
         self._threads: list[threading.Thread] = []
@@ -85,19 +96,31 @@ class Service:
         if not self._serve:
             return self
         s = self.settings
-        web = create_app(s, self.pool, folder=self.folder, ingest=self.ingest, docker=self.docker,
-                         live=self.live, metrics=self.metrics, secret_key=load_secret_key(s))
+        web = create_app(
+            s,
+            self.pool,
+            folder=self.folder,
+            ingest=self.ingest,
+            docker=self.docker,
+            live=self.live,
+            metrics=self.metrics,
+            secret_key=load_secret_key(s),
+        )
         # Each open live stream holds a thread: room for them beside the ordinary requests.
         self.web_port = self._start_http(web, s.port, "web", threads=8 + self.live.max_streams)
-        http_ingest, grpc_ingest = (self.metrics.instrument_ingest(self.ingest, p) for p in ("http", "grpc"))
+        http_ingest, grpc_ingest = (
+            self.metrics.instrument_ingest(self.ingest, p) for p in ("http", "grpc")
+        )
         # The docker service traces its pulls and deploys into this process's own receiver, with
         # a token of its own (none of the configured ingest tokens is its to use).
         own_token = secrets.token_urlsafe(32)
         tokens = IngestTokens(s, internal=[own_token])
-        self.otlp_http_port = self._start_http(create_otlp_http_app(http_ingest, s, tokens),
-                                               s.otlp_http_port, "otlp-http")
+        self.otlp_http_port = self._start_http(
+            create_otlp_http_app(http_ingest, s, tokens), s.otlp_http_port, "otlp-http"
+        )
         self._grpc, self.otlp_grpc_port = start_otlp_grpc_server(
-            grpc_ingest, s, s.host, s.otlp_grpc_port, tokens=tokens)
+            grpc_ingest, s, s.host, s.otlp_grpc_port, tokens=tokens
+        )
         self.docker.connect_tracing(self._own_url(self.otlp_http_port) + "/v1/traces", own_token)
         return self
 
@@ -109,8 +132,14 @@ class Service:
 
     def _start_http(self, app, port: int, name: str, threads: int = 8) -> int:
         server = waitress.server.create_server(
-            app, host=self.settings.host, port=port, threads=threads, ident="tasktree",
-            channel_timeout=300, connection_limit=1000, clear_untrusted_proxy_headers=True,
+            app,
+            host=self.settings.host,
+            port=port,
+            threads=threads,
+            ident="tasktree",
+            channel_timeout=300,
+            connection_limit=1000,
+            clear_untrusted_proxy_headers=True,
             # Far-oversized bodies are cut by waitress itself; the apps answer the rest in kind.
             max_request_body_size=2 * self.settings.max_body_bytes,
         )

@@ -20,13 +20,15 @@ class SettingsError(ValueError):
 
 
 def _default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
     return Path(base) / "tasktree"
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything ``tasktree serve`` needs to know.  Build with ``Settings.from_env(**overrides)``."""
+    """Everything ``tasktree serve`` needs to know.  Build: ``Settings.from_env(**overrides)``."""
 
     database_url: str | None = None
     """PostgreSQL URL; ``None`` starts the embedded PostgreSQL under ``data_dir``."""
@@ -41,13 +43,14 @@ class Settings:
     data_dir: Path = field(default_factory=_default_data_dir)
     pool_size: int = 10
     pool_max_lifetime: float = 1800.0
-    """Seconds a database connection is used before it is replaced (below typical proxy/server idle cuts)."""
+    """Seconds a database connection is used before it is replaced (below typical proxy and
+    server idle cuts)."""
     pool_timeout: float = 5.0
     """Seconds a request waits for a database connection before answering 503."""
     max_body_bytes: int = 64 * 1024 * 1024
     """Largest OTLP request accepted, measured after decompression."""
     max_value_bytes: int = 256 * 1024
-    """Attribute values, event fields and status messages beyond this are truncated with a marker."""
+    """Attribute values, event fields and status messages beyond this are cut, with a marker."""
     max_spans_per_run: int = 2_000_000
     max_backlog_spans: int = 2_000_000
     """Received-but-not-yet-folded spans above which ingest answers 429 (backpressure)."""
@@ -58,7 +61,7 @@ class Settings:
     retention_days: int | None = None
     """Days runs are kept (whole day partitions are dropped); unset keeps everything."""
     metrics_task_names: int = 50
-    """Task names per job with their own label in /metrics; later names are counted as ``__other__``."""
+    """Task names per job with their own label in /metrics; later ones count as ``__other__``."""
     auth_token: str | None = field(default=None, repr=False)
     """Service-wide bearer token: accepted on ingest and, as a viewer, on the UI and API; once set,
     ingest and reading need a token (see ``tasktree.exporter.auth``)."""
@@ -90,7 +93,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
-        """Resolve each field from ``overrides`` (when not ``None``), else ``TASKTREE_<FIELD>``, else the default."""
+        """Resolve each field from ``overrides`` (when not ``None``), else ``TASKTREE_<FIELD>``,
+        else the default."""
         env = os.environ if env is None else env
         values = {}
         for f in dataclasses.fields(cls):
@@ -110,14 +114,22 @@ class Settings:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise SettingsError(f"{_env_name(name)} must be a port number 0-65535, got {port}")
-        for name in ("workers", "pool_size", "max_body_bytes", "max_value_bytes", "fold_batch",
-                     "metrics_task_names"):
+        for name in (
+            "workers",
+            "pool_size",
+            "max_body_bytes",
+            "max_value_bytes",
+            "fold_batch",
+            "metrics_task_names",
+        ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1")
         if self.max_depth < 2:
             raise SettingsError("TASKTREE_MAX_DEPTH must be at least 2 (a root and its children)")
         if self.retention_days is not None and self.retention_days < 1:
-            raise SettingsError("TASKTREE_RETENTION_DAYS must be at least 1 (or unset to keep everything)")
+            raise SettingsError(
+                "TASKTREE_RETENTION_DAYS must be at least 1 (or unset to keep everything)"
+            )
         if self.stall_after <= 0:
             raise SettingsError("TASKTREE_STALL_AFTER must be a positive number of seconds")
         for name in ("docker_timeout", "docker_action_timeout"):
@@ -146,7 +158,8 @@ class Settings:
         if missing:
             raise SettingsError(
                 f"refusing to listen on {self.host!r} without authentication: "
-                + "; ".join(missing) + "; or bind 127.0.0.1"
+                + "; ".join(missing)
+                + "; or bind 127.0.0.1"
             )
 
 
@@ -167,7 +180,9 @@ def _parse(name: str, raw: str, type_name: str):
             return Path(raw).expanduser()
         return raw
     except ValueError:
-        raise SettingsError(f"{_env_name(name)}={raw!r} is not a valid {kind.split(' ')[0]}") from None
+        raise SettingsError(
+            f"{_env_name(name)}={raw!r} is not a valid {kind.split(' ')[0]}"
+        ) from None
 
 
 def _parse_bool(raw: str) -> bool:
@@ -188,7 +203,5 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-ENVIRONMENT = {
-    _env_name(f.name): f.name for f in dataclasses.fields(Settings)
-}
+ENVIRONMENT = {_env_name(f.name): f.name for f in dataclasses.fields(Settings)}
 """Every TASKTREE_* variable of the service, mapped to its Settings field."""

@@ -14,18 +14,22 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 from collections.abc import Callable
 from importlib import resources
 from typing import Any, TypeVar
 
 import psycopg
-from flask import Blueprint, Response, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Blueprint, Response, current_app, request
 
 from tasktree.exporter import auth
 from tasktree.exporter.api import params, shapes
-from tasktree.exporter.errors import NotFound, TasktreeError, Unauthorized
+from tasktree.exporter.errors import (
+    NotFound,
+    TasktreeError,
+    Unauthorized,
+    json_error,
+    json_unexpected,
+)
 from tasktree.exporter.store import queries
 from tasktree.exporter.store.pool import connection
 
@@ -46,29 +50,9 @@ def _read(work: Callable[[psycopg.Connection], T]) -> T:
         return work(conn)
 
 
-@api_blueprint.errorhandler(TasktreeError)
-def _tasktree_error(exc: TasktreeError) -> Response:
-    response = jsonify(error={"code": exc.code, "message": exc.message})
-    response.status_code = exc.status
-    if exc.retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    if exc.status == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="tasktree"'
-    return response
-
-
-@api_blueprint.errorhandler(Exception)
-def _unexpected_error(exc: Exception) -> Response:
-    # Clients of a JSON API get JSON for everything, a bug included; the traceback goes to the log.
-    if isinstance(exc, HTTPException):
-        code = (exc.name or "error").lower().replace(" ", "_")
-        response = jsonify(error={"code": code, "message": exc.description})
-        response.status_code = exc.code or 500
-        return response
-    logger.exception("unhandled error in %s %s", request.method, request.path)
-    response = jsonify(error={"code": "internal", "message": "internal error; see the server log"})
-    response.status_code = 500
-    return response
+api_blueprint.register_error_handler(TasktreeError, json_error)
+# Clients of a JSON API get JSON for everything, a bug included; the traceback goes to the log.
+api_blueprint.register_error_handler(Exception, json_unexpected)
 
 
 @api_blueprint.before_request

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 
 from flask import (
     Blueprint,
@@ -23,11 +22,16 @@ from flask import (
     request,
     stream_with_context,
 )
-from werkzeug.exceptions import HTTPException
 
 from tasktree.exporter.auth import OPERATOR, VIEWER, current_principal, require
 from tasktree.exporter.docker.specs import deploy_spec, pull_spec
-from tasktree.exporter.errors import BadRequest, NotFound, TasktreeError
+from tasktree.exporter.errors import (
+    BadRequest,
+    NotFound,
+    TasktreeError,
+    json_error,
+    json_unexpected,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,29 +55,8 @@ def _service():
     return service
 
 
-@docker_blueprint.errorhandler(TasktreeError)
-def _error(exc: TasktreeError) -> Response:
-    response = jsonify(error={"code": exc.code, "message": exc.message})
-    response.status_code = exc.status
-    if exc.retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    if exc.status == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="tasktree"'
-    return response
-
-
-@docker_blueprint.errorhandler(Exception)
-def _unexpected(exc: Exception) -> Response:
-    if isinstance(exc, HTTPException):
-        response = jsonify(
-            error={"code": exc.name.lower().replace(" ", "_"), "message": exc.description}
-        )
-        response.status_code = exc.code or 500
-        return response
-    logger.exception("unhandled error in %s %s", request.method, request.path)
-    response = jsonify(error={"code": "internal", "message": "internal error; see the server log"})
-    response.status_code = 500
-    return response
+docker_blueprint.register_error_handler(TasktreeError, json_error)
+docker_blueprint.register_error_handler(Exception, json_unexpected)
 
 
 # -- the page ---------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ import psycopg
 
 from tasktree.exporter.store import partitions
 from tasktree.exporter.store._copy import fast_binary_dumpers
-from tasktree.exporter.tree import status as st
 from tasktree.exporter.tree.fold import (
     DEFAULT_MAX_DEPTH,
     REFUSED_REASONS,
@@ -71,8 +70,10 @@ SELECT * FROM chain
 #
 # A fold need not wait for its commit to reach disk: if it is lost in a crash, so is its DELETE
 # of the landed records, and they are simply folded again.
-_PLAN_FOR_BATCHES = ("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;"
-                     " SET LOCAL jit = off; SET LOCAL synchronous_commit = off")
+_PLAN_FOR_BATCHES = (
+    "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;"
+    " SET LOCAL jit = off; SET LOCAL synchronous_commit = off"
+)
 
 _TEMP_TABLES = """
 CREATE TEMP TABLE IF NOT EXISTS fold_claim (id bigint PRIMARY KEY) ON COMMIT DELETE ROWS;
@@ -90,13 +91,33 @@ CREATE TEMP TABLE IF NOT EXISTS fold_runs (
 ) ON COMMIT DELETE ROWS;
 """
 
-_OUT_TYPES = ["bytea", "bytea", "int8", "bool", "bytea", "bool", "int2", "int8", "int4",
-              "int4", "int4", "int4", "int4", "int4", "int4", "bytea", "int2"]
+_OUT_TYPES = [
+    "bytea",
+    "bytea",
+    "int8",
+    "bool",
+    "bytea",
+    "bool",
+    "int2",
+    "int8",
+    "int4",
+    "int4",
+    "int4",
+    "int4",
+    "int4",
+    "int4",
+    "int4",
+    "bytea",
+    "int2",
+]
 _RUN_TYPES = ["bytea", "int4", "int4", "int4", "int4", "int4", "int8", "int8", "int4"]
 
-_PAYLOAD = ("name, kind, start_ns, end_ns, status_message, resource_id, scope, attributes, "
-            "events, links, truncated, received_ns")
+_PAYLOAD = (
+    "name, kind, start_ns, end_ns, status_message, resource_id, scope, attributes, "
+    "events, links, truncated, received_ns"
+)
 
+# _PAYLOAD is a constant list of columns, not data.
 _INSERT_NEW = f"""
 INSERT INTO tasks (trace_id, span_id, parent_span_id, missing, status, heartbeat_ns, child_count,
                    n_ok, n_error, n_running, n_stalled, run_day, height, refused_parent_span_id,
@@ -108,7 +129,7 @@ SELECT o.trace_id, o.span_id, o.parent_span_id, o.missing, o.status, o.heartbeat
        l.attributes, l.events, l.links, coalesce(l.truncated, false), l.received_ns
 FROM fold_out o LEFT JOIN span_landing l ON l.id = o.landing_id
 WHERE o.is_new
-"""
+"""  # noqa: S608
 
 _UPDATE_WITH_PAYLOAD = """
 UPDATE tasks t SET
@@ -228,8 +249,13 @@ class FoldResult:
     finished: tuple[FinishedTask, ...] = ()  # tasks that reached a final status in this fold
 
 
-def fold_batch(conn: psycopg.Connection, *, limit: int, stall_after_s: float,
-               max_depth: int = DEFAULT_MAX_DEPTH) -> FoldResult:
+def fold_batch(
+    conn: psycopg.Connection,
+    *,
+    limit: int,
+    stall_after_s: float,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> FoldResult:
     """Fold up to ``limit`` landed records in one transaction; return how many were folded.
 
     ``max_depth``: levels a run's tree may have (``tree.fold``: deeper links are refused).
@@ -243,13 +269,26 @@ def fold_batch(conn: psycopg.Connection, *, limit: int, stall_after_s: float,
             return FoldResult(0)
         by_run: dict[bytes, list[Record]] = defaultdict(list)
         for lid, trace_id, span_id, parent, status, start, end, hb, name, resource_id in rows:
-            by_run[bytes(trace_id)].append(Record(
-                lid, bytes(span_id), bytes(parent) if parent else None, status, start, end, hb,
-                name, resource_id,
-            ))
+            by_run[bytes(trace_id)].append(
+                Record(
+                    lid,
+                    bytes(span_id),
+                    bytes(parent) if parent else None,
+                    status,
+                    start,
+                    end,
+                    hb,
+                    name,
+                    resource_id,
+                )
+            )
         seeds = {(r.span_id, t) for t, records in by_run.items() for r in records}
-        seeds.update((r.parent_span_id, t) for t, records in by_run.items() for r in records
-                     if r.parent_span_id)
+        seeds.update(
+            (r.parent_span_id, t)
+            for t, records in by_run.items()
+            for r in records
+            if r.parent_span_id
+        )
         folds = _fold_runs(conn, by_run, stall_after_s, list(by_run), seeds, max_depth)
         _write(conn, folds)
         conn.execute("DELETE FROM span_landing l USING fold_claim c WHERE l.id = c.id")
@@ -257,8 +296,9 @@ def fold_batch(conn: psycopg.Connection, *, limit: int, stall_after_s: float,
     return FoldResult(len(rows), tuple(by_run), finished)
 
 
-def sweep_stalled(conn: psycopg.Connection, *, stall_after_s: float,
-                  limit: int = 5000) -> FoldResult:
+def sweep_stalled(
+    conn: psycopg.Connection, *, stall_after_s: float, limit: int = 5000
+) -> FoldResult:
     """Mark running tasks whose last heartbeat is older than ``stall_after_s`` as stalled.
 
     ``records`` of the result is the number of tasks that turned stalled.
@@ -279,9 +319,14 @@ def sweep_stalled(conn: psycopg.Connection, *, stall_after_s: float,
     return FoldResult(flipped, tuple(by_run))
 
 
-def _fold_runs(conn, by_run: dict[bytes, list[Record]], stall_after_s: float,
-               trace_ids: list[bytes], seeds: set[tuple[bytes, bytes]],
-               max_depth: int = DEFAULT_MAX_DEPTH) -> dict[bytes, RunFold]:
+def _fold_runs(
+    conn,
+    by_run: dict[bytes, list[Record]],
+    stall_after_s: float,
+    trace_ids: list[bytes],
+    seeds: set[tuple[bytes, bytes]],
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> dict[bytes, RunFold]:
     """Lock the runs, load the (span, trace) ``seeds`` with their ancestors, apply the records."""
     _lock_runs(conn, trace_ids)
     days = _run_days(conn, trace_ids)
@@ -296,9 +341,15 @@ def _fold_runs(conn, by_run: dict[bytes, list[Record]], stall_after_s: float,
             fold.apply(record)
         if fold.broken_links:
             span_id, parent, reason = fold.broken_links[0]
-            logger.warning("run %s: %d parent link(s) refused and those tasks kept at the top,"
-                           " e.g. task %s naming %s (%s)", trace_id.hex(), len(fold.broken_links),
-                           span_id.hex(), parent.hex(), REFUSED_REASONS[reason])
+            logger.warning(
+                "run %s: %d parent link(s) refused and those tasks kept at the top,"
+                " e.g. task %s naming %s (%s)",
+                trace_id.hex(),
+                len(fold.broken_links),
+                span_id.hex(),
+                parent.hex(),
+                REFUSED_REASONS[reason],
+            )
         folds[trace_id] = fold
     return folds
 
@@ -307,42 +358,70 @@ def _finished_tasks(conn, folds: dict[bytes, RunFold]) -> tuple[FinishedTask, ..
     done = [f for fold in folds.values() for f in fold.finished]
     resource_ids = list({f.resource_id for f in done if f.resource_id is not None})
     jobs = dict(conn.execute("SELECT id, job FROM resources WHERE id = ANY(%s)", (resource_ids,)))
-    return tuple(FinishedTask(jobs.get(f.resource_id), f.name, f.status, f.duration_ns / 1e9, f.root)
-                 for f in done)
+    return tuple(
+        FinishedTask(jobs.get(f.resource_id), f.name, f.status, f.duration_ns / 1e9, f.root)
+        for f in done
+    )
 
 
 def _lock_runs(conn, trace_ids) -> None:
     """Advisory locks on the runs, in sorted key order so concurrent folders cannot deadlock."""
     keys = sorted({int.from_bytes(t[:8], "big", signed=True) for t in trace_ids})
     conn.execute(
-        "SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) WITH ORDINALITY AS u(k, i) ORDER BY i",
+        "SELECT pg_advisory_xact_lock(k)"
+        " FROM unnest(%s::bigint[]) WITH ORDINALITY AS u(k, i) ORDER BY i",
         (keys,),
     )
 
 
 def _run_days(conn, trace_ids: list[bytes]) -> dict[bytes, int]:
     """The partition day of each run: kept from its first fold, today for a new run."""
-    known = dict(conn.execute("SELECT trace_id, run_day FROM runs WHERE trace_id = ANY(%s)",
-                              (trace_ids,)))
+    known = dict(
+        conn.execute("SELECT trace_id, run_day FROM runs WHERE trace_id = ANY(%s)", (trace_ids,))
+    )
     today = partitions.today()
     return {t: known.get(t, today) for t in trace_ids}
 
 
-def _load_nodes(conn, seeds: set[tuple[bytes, bytes]],
-                days: dict[bytes, int]) -> dict[bytes, dict[bytes, Node]]:
+def _load_nodes(
+    conn, seeds: set[tuple[bytes, bytes]], days: dict[bytes, int]
+) -> dict[bytes, dict[bytes, Node]]:
     copy_sql = "COPY fold_seeds (span_id, trace_id, run_day) FROM STDIN (FORMAT BINARY)"
     with fast_binary_dumpers(conn.cursor()).copy(copy_sql) as copy:
         copy.set_types(["bytea", "bytea", "int4"])
         for span_id, trace_id in seeds:
             copy.write_row((span_id, trace_id, days[trace_id]))
     loaded: dict[bytes, dict[bytes, Node]] = defaultdict(dict)
-    for (trace_id, span_id, parent, missing, status, end, hb, children,
-         n_ok, n_error, n_running, n_stalled, _day, height, refused, reason) in conn.execute(_LOAD):
+    for (
+        trace_id,
+        span_id,
+        parent,
+        missing,
+        status,
+        end,
+        hb,
+        children,
+        n_ok,
+        n_error,
+        n_running,
+        n_stalled,
+        _day,
+        height,
+        refused,
+        reason,
+    ) in conn.execute(_LOAD):
         span_id = bytes(span_id)
         loaded[bytes(trace_id)][span_id] = Node(
-            span_id, bytes(parent) if parent else None, missing, status,
-            record_rank(status, end, hb), hb, [n_ok, n_error, n_running, n_stalled], children,
-            height=height, refused_parent=bytes(refused) if refused else None,
+            span_id,
+            bytes(parent) if parent else None,
+            missing,
+            status,
+            record_rank(status, end, hb),
+            hb,
+            [n_ok, n_error, n_running, n_stalled],
+            children,
+            height=height,
+            refused_parent=bytes(refused) if refused else None,
             refused_reason=reason,
         )
     return loaded
@@ -354,15 +433,31 @@ def _write(conn, folds: dict[bytes, RunFold]) -> None:
             copy.set_types(_OUT_TYPES)
             for trace_id, fold in folds.items():
                 for n in fold.changed_nodes():
-                    copy.write_row((trace_id, n.span_id, n.landing_id, n.is_new, n.parent_span_id,
-                                    n.missing, n.status, n.heartbeat_ns, n.child_count, *n.counts,
-                                    fold.run_day, n.height, n.refused_parent, n.refused_reason))
+                    copy.write_row(
+                        (
+                            trace_id,
+                            n.span_id,
+                            n.landing_id,
+                            n.is_new,
+                            n.parent_span_id,
+                            n.missing,
+                            n.status,
+                            n.heartbeat_ns,
+                            n.child_count,
+                            *n.counts,
+                            fold.run_day,
+                            n.height,
+                            n.refused_parent,
+                            n.refused_reason,
+                        )
+                    )
         with cur.copy("COPY fold_runs FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_RUN_TYPES)
             for trace_id, fold in folds.items():
                 d = fold.delta
-                copy.write_row((trace_id, *d.counts, d.tasks, d.min_start_ns, d.any_landing_id,
-                                fold.run_day))
+                copy.write_row(
+                    (trace_id, *d.counts, d.tasks, d.min_start_ns, d.any_landing_id, fold.run_day)
+                )
         cur.execute(_INSERT_NEW)
         cur.execute(_UPDATE_WITH_PAYLOAD)
         cur.execute(_UPDATE_STRUCTURE)

@@ -17,11 +17,30 @@ from psycopg.pq import Format
 from tasktree.exporter.receiver.records import Resource, SpanRow
 from tasktree.exporter.store._copy import fast_binary_dumpers
 
-_COLUMNS = ("received_ns, trace_id, span_id, parent_span_id, name, kind, start_ns, end_ns, "
-            "heartbeat_ns, status, status_message, resource_id, scope, attributes, events, links, "
-            "truncated")
-_TYPES = ["int8", "bytea", "bytea", "bytea", "text", "int2", "int8", "int8", "int8", "int2", "text",
-          "int8", "text", "jsonb", "jsonb", "jsonb", "bool"]
+_COLUMNS = (
+    "received_ns, trace_id, span_id, parent_span_id, name, kind, start_ns, end_ns, "
+    "heartbeat_ns, status, status_message, resource_id, scope, attributes, events, links, "
+    "truncated"
+)
+_TYPES = [
+    "int8",
+    "bytea",
+    "bytea",
+    "bytea",
+    "text",
+    "int2",
+    "int8",
+    "int8",
+    "int8",
+    "int2",
+    "text",
+    "int8",
+    "text",
+    "jsonb",
+    "jsonb",
+    "jsonb",
+    "bool",
+]
 
 
 class _JsonTextBinaryDumper(Dumper):
@@ -59,7 +78,8 @@ class ResourceIds:
         digests = [r.digest for r in resources]
         conn.execute(
             "INSERT INTO resources (digest, job, attributes) "
-            "SELECT * FROM unnest(%s::bytea[], %s::text[], %s::jsonb[]) ON CONFLICT (digest) DO NOTHING",
+            "SELECT * FROM unnest(%s::bytea[], %s::text[], %s::jsonb[])"
+            " ON CONFLICT (digest) DO NOTHING",
             (digests, [r.job for r in resources], [r.attributes_json for r in resources]),
         )
         rows = conn.execute("SELECT digest, id FROM resources WHERE digest = ANY(%s)", (digests,))
@@ -72,8 +92,9 @@ class ResourceIds:
         return ids
 
 
-def land(conn: psycopg.Connection, spans: list[SpanRow], resource_ids: ResourceIds,
-         received_ns: int) -> None:
+def land(
+    conn: psycopg.Connection, spans: list[SpanRow], resource_ids: ResourceIds, received_ns: int
+) -> None:
     """Durably store ``spans`` in ``span_landing`` (one transaction; committed on return)."""
     if not spans:
         return
@@ -85,10 +106,24 @@ def land(conn: psycopg.Connection, spans: list[SpanRow], resource_ids: ResourceI
             with cur.copy(f"COPY span_landing ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(_TYPES)
                 for s in spans:
-                    copy.write_row((
-                        received_ns, s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind,
-                        s.start_ns, s.end_ns, s.heartbeat_ns, s.status, s.status_message,
-                        ids[s.resource.digest], s.scope, s.attributes_json, s.events_json,
-                        s.links_json, s.truncated,
-                    ))
-
+                    copy.write_row(
+                        (
+                            received_ns,
+                            s.trace_id,
+                            s.span_id,
+                            s.parent_span_id,
+                            s.name,
+                            s.kind,
+                            s.start_ns,
+                            s.end_ns,
+                            s.heartbeat_ns,
+                            s.status,
+                            s.status_message,
+                            ids[s.resource.digest],
+                            s.scope,
+                            s.attributes_json,
+                            s.events_json,
+                            s.links_json,
+                            s.truncated,
+                        )
+                    )

@@ -29,7 +29,7 @@ def available() -> list[tuple[int, str, str]]:
 
 
 def migrate(conninfo: str, target: int | None = None) -> list[int]:
-    """Apply every pending migration (up to ``target``); return the versions applied by this call."""
+    """Apply every pending migration (up to ``target``); return the versions this call applied."""
     applied_now = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s, %s)", _MIGRATION_LOCK)
@@ -46,7 +46,8 @@ def migrate(conninfo: str, target: int | None = None) -> list[int]:
                 with conn.transaction():
                     conn.execute(sql)
                     conn.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name)
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                        (version, name),
                     )
                 logger.info("applied migration %s", name)
                 applied_now.append(version)

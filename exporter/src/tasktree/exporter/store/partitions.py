@@ -43,8 +43,9 @@ def ensure_current(conn: psycopg.Connection) -> None:
             _ensured.add((database, d))
 
 
-def drop_expired(conn: psycopg.Connection, retention_days: int, *, now_ns: int | None = None,
-                 batch: int = 5000) -> list[int]:
+def drop_expired(
+    conn: psycopg.Connection, retention_days: int, *, now_ns: int | None = None, batch: int = 5000
+) -> list[int]:
     """Drop the day partitions older than ``retention_days`` whose runs are all over.
 
     Returns the days dropped.  Their runs' summary rows are deleted in short batches.
@@ -58,12 +59,25 @@ def drop_expired(conn: psycopg.Connection, retention_days: int, *, now_ns: int |
             continue
         with conn.transaction():
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(f"tasks_d{day}")))
-        _delete_in_batches(conn, "DELETE FROM tasks_default WHERE ctid IN (SELECT ctid FROM"
-                                 " tasks_default WHERE run_day = %s LIMIT %s)", day, batch)
-        _delete_in_batches(conn, "DELETE FROM runs WHERE trace_id IN (SELECT trace_id FROM runs"
-                                 " WHERE run_day = %s LIMIT %s)", day, batch)
-        logger.info("retention: dropped the tasks of day %s (%s)", day,
-                    time.strftime("%Y-%m-%d", time.gmtime(day * 86_400)))
+        _delete_in_batches(
+            conn,
+            "DELETE FROM tasks_default WHERE ctid IN (SELECT ctid FROM"
+            " tasks_default WHERE run_day = %s LIMIT %s)",
+            day,
+            batch,
+        )
+        _delete_in_batches(
+            conn,
+            "DELETE FROM runs WHERE trace_id IN (SELECT trace_id FROM runs"
+            " WHERE run_day = %s LIMIT %s)",
+            day,
+            batch,
+        )
+        logger.info(
+            "retention: dropped the tasks of day %s (%s)",
+            day,
+            time.strftime("%Y-%m-%d", time.gmtime(day * 86_400)),
+        )
         dropped.append(day)
     return dropped
 
@@ -71,14 +85,17 @@ def drop_expired(conn: psycopg.Connection, retention_days: int, *, now_ns: int |
 def _partition_days(conn) -> list[int]:
     rows = conn.execute(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-        " WHERE i.inhparent = 'tasks'::regclass AND c.relname ~ '^tasks_d[0-9]+$'").fetchall()
-    return sorted(int(name[len("tasks_d"):]) for (name,) in rows)
+        " WHERE i.inhparent = 'tasks'::regclass AND c.relname ~ '^tasks_d[0-9]+$'"
+    ).fetchall()
+    return sorted(int(name[len("tasks_d") :]) for (name,) in rows)
 
 
 def _has_live_runs(conn, day: int, cutoff_ns: int) -> bool:
     row = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM runs WHERE run_day = %s"
-        " AND (status = 1 OR last_received_ns >= %s))", (day, cutoff_ns)).fetchone()
+        " AND (status = 1 OR last_received_ns >= %s))",
+        (day, cutoff_ns),
+    ).fetchone()
     return row[0]
 
 

@@ -1,4 +1,4 @@
-"""A bounded, self-healing connection pool (psycopg_pool) and the one place driver errors are translated.
+"""A bounded, self-healing connection pool (psycopg_pool); driver errors translated in one place.
 
 Connections are checked on borrow, replaced after ``max_lifetime`` (before a server or proxy would
 cut them), and re-opened after PostgreSQL restarts (on demand, within seconds).  Waiting longer than

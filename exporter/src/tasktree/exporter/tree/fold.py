@@ -122,10 +122,11 @@ def live_status(heartbeat_ns: int | None, stall_cutoff_ns: int) -> int:
 
 
 class RunFold:
-    """Applies records of one run to the loaded part of its tree.  Not thread-safe; one per batch."""
+    """Applies records of one run to the loaded part of its tree.  Not thread-safe: one a batch."""
 
-    def __init__(self, loaded: dict[bytes, Node], stall_cutoff_ns: int,
-                 max_depth: int = DEFAULT_MAX_DEPTH):
+    def __init__(
+        self, loaded: dict[bytes, Node], stall_cutoff_ns: int, max_depth: int = DEFAULT_MAX_DEPTH
+    ):
         self.nodes = loaded
         self.stall_cutoff_ns = stall_cutoff_ns
         self.max_depth = max_depth
@@ -149,7 +150,7 @@ class RunFold:
         self._fill_placeholder(node, record, rank)
 
     def mark_stalled(self, span_id: bytes) -> bool:
-        """Turn a running task whose heartbeat is older than the cutoff into stalled (compare-and-set)."""
+        """Mark a running task stalled if its heartbeat is before the cutoff (compare-and-set)."""
         node = self.nodes.get(span_id)
         if node is None or node.status != st.RUNNING:
             return False
@@ -178,14 +179,23 @@ class RunFold:
     def _note_finished(self, was_final: bool, record: Record) -> None:
         if not was_final and record.status in (st.OK, st.ERROR):
             duration = max(0, (record.end_ns or record.start_ns) - record.start_ns)
-            self.finished.append(Finished(record.resource_id, record.name, record.status, duration,
-                                          record.parent_span_id is None))
+            self.finished.append(
+                Finished(
+                    record.resource_id,
+                    record.name,
+                    record.status,
+                    duration,
+                    record.parent_span_id is None,
+                )
+            )
 
     def _replace_state(self, node: Node, record: Record, rank: tuple) -> None:
         self._note_finished(node.status in (st.OK, st.ERROR), record)
         node.rank = rank
         node.landing_id = record.landing_id
-        node.heartbeat_ns = record.heartbeat_ns if record.status == st.RUNNING else node.heartbeat_ns
+        node.heartbeat_ns = (
+            record.heartbeat_ns if record.status == st.RUNNING else node.heartbeat_ns
+        )
         node.dirty = True
         self._set_own_status(node, self._status_of(record))
 
