@@ -14,7 +14,7 @@ from tasktree.exporter.errors import Overloaded, StoreUnavailable
 from tasktree.exporter.ingest import Ingestor
 from tasktree.exporter.receiver.records import DecodedBatch
 from tasktree.exporter.settings import Settings
-from tasktree.exporter.store.fold import fold_batch
+from tasktree.exporter.store.fold import LANES, fold_batch
 from tasktree.exporter.store.pool import open_pool
 
 from ..spans import sid, span, tid
@@ -105,3 +105,17 @@ def test_two_folders_on_the_same_runs_neither_deadlock_nor_lose_rollup_updates(p
             assert nodes[sid(0)] == (None, False, 3, 20, 220, 0, 0, 0)
             assert all(nodes[sid(b)][3:5] == (10, 10) for b in range(1, 21))
             assert run(conn, t)[9] == 221
+
+
+def test_a_lane_folds_only_its_own_runs_and_a_held_lane_is_skipped(pool, clean_store_db):
+    ingest = Ingestor(pool, settings())
+    runs = [bytes([lane, 7]) + bytes(14) for lane in (1, 2 + LANES)]  # lanes 1 and 2
+    ingest(DecodedBatch([span(t, sid(i)) for t in runs for i in range(3)]))
+    with psycopg.connect(clean_store_db, autocommit=True) as holder, \
+            psycopg.connect(clean_store_db, autocommit=True) as conn:
+        with holder.transaction():
+            holder.execute("SELECT pg_advisory_xact_lock(%s, %s)", (0x7461736B, 1))
+            assert fold_batch(conn, limit=100, stall_after_s=30, lane=1).records == 0
+            folded = fold_batch(conn, limit=100, stall_after_s=30, lane=2)
+        assert (folded.records, folded.trace_ids) == (3, (runs[1],))
+        assert fold_batch(conn, limit=100, stall_after_s=30, lane=1).trace_ids == (runs[0],)

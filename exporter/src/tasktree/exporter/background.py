@@ -17,7 +17,7 @@ import psycopg_pool
 from tasktree.exporter.errors import StoreUnavailable
 from tasktree.exporter.settings import Settings
 from tasktree.exporter.store import partitions
-from tasktree.exporter.store.fold import FoldResult, fold_batch, sweep_stalled
+from tasktree.exporter.store.fold import LANES, FoldResult, fold_batch, sweep_stalled
 from tasktree.exporter.store.pool import connection
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class Folder:
         self.folded_total = 0
         self.stalled_total = 0
         self._listeners: list[Callable[[tuple[bytes, ...]], None]] = []
+        self._next_lane = 0
         self._fold_listeners: list[Callable[[FoldResult], None]] = []  # issue 5: /metrics
 
     def subscribe(self, listener: Callable[[tuple[bytes, ...]], None]) -> None:
@@ -87,18 +88,25 @@ class Folder:
                 self._wake.clear()
 
     def _fold_once(self) -> int:
-        with connection(self._pool) as conn:
-            result = fold_batch(
-                conn,
-                limit=self._settings.fold_batch,
-                stall_after_s=self._settings.stall_after,
-                max_depth=self._settings.max_depth,
-            )
-        self.folded_total += result.records
-        self._notify(result.trace_ids)
-        if result.records:
-            self._call(self._fold_listeners, result)
-        return result.records
+        """One pass over the lanes (starting at a different one each time); returns the most
+        records folded from one lane, so a full batch means "go again at once"."""
+        most = 0
+        self._next_lane = (self._next_lane + 1) % LANES
+        for lane in [(self._next_lane + i) % LANES for i in range(LANES)]:
+            with connection(self._pool) as conn:
+                result = fold_batch(
+                    conn,
+                    limit=self._settings.fold_batch,
+                    stall_after_s=self._settings.stall_after,
+                    max_depth=self._settings.max_depth,
+                    lane=lane,
+                )
+            self.folded_total += result.records
+            self._notify(result.trace_ids)
+            if result.records:
+                self._call(self._fold_listeners, result)
+            most = max(most, result.records)
+        return most
 
     def apply_retention(self) -> list[int]:
         """Drop expired day partitions (when TASKTREE_RETENTION_DAYS is set); returns the days."""

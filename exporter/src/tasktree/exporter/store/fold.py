@@ -37,14 +37,19 @@ logger = logging.getLogger(__name__)
 
 # Claimed ids are staged in a temporary table so that every later statement joins on it
 # instead of shipping large arrays back and forth.
+LANES = 8  # must match the index span_landing_lane (migration 0007)
+_LANE_LOCK = 0x7461736B  # with the lane number: the two-int advisory lock of a lane
+
 _CLAIM = """
 WITH c AS (
     SELECT id, trace_id, span_id, parent_span_id, status, start_ns, end_ns, heartbeat_ns, name,
            resource_id
-    FROM span_landing ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
+    FROM span_landing {lane} ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ), staged AS (INSERT INTO fold_claim SELECT id FROM c)
 SELECT * FROM c
 """
+_CLAIM_ANY = _CLAIM.replace("{lane}", "")
+_CLAIM_LANE = _CLAIM.replace("{lane}", "WHERE get_byte(trace_id, 0) %% 8 = %(lane)s")
 
 
 _LOAD = """
@@ -255,16 +260,25 @@ def fold_batch(
     limit: int,
     stall_after_s: float,
     max_depth: int = DEFAULT_MAX_DEPTH,
+    lane: int | None = None,
 ) -> FoldResult:
     """Fold up to ``limit`` landed records in one transaction; return how many were folded.
 
     ``max_depth``: levels a run's tree may have (``tree.fold``: deeper links are refused).
+    ``lane``: claim only that lane's records (0 … LANES-1), if no other folder holds the lane;
+    ``None`` claims from every lane.
     """
     partitions.ensure_current(conn)
     with conn.transaction():
+        if lane is not None and not conn.execute(
+            "SELECT pg_try_advisory_xact_lock(%s, %s)", (_LANE_LOCK, lane)
+        ).fetchone()[0]:
+            return FoldResult(0)  # another folder is on this lane
         conn.execute(_TEMP_TABLES)
         conn.execute(_PLAN_FOR_BATCHES)
-        rows = conn.cursor(binary=True).execute(_CLAIM, (limit,)).fetchall()
+        claim, params = (_CLAIM_ANY, {"limit": limit}) if lane is None else (
+            _CLAIM_LANE, {"limit": limit, "lane": lane})
+        rows = conn.cursor(binary=True).execute(claim, params).fetchall()
         if not rows:
             return FoldResult(0)
         by_run: dict[bytes, list[Record]] = defaultdict(list)
