@@ -69,7 +69,9 @@ def test_ingest_reports_store_unavailable_when_postgresql_cannot_be_reached():
         pool.close()
 
 
-def test_two_folders_on_the_same_runs_neither_deadlock_nor_lose_rollup_updates(pool, clean_store_db):
+def test_two_folders_on_the_same_runs_neither_deadlock_nor_lose_rollup_updates(
+    pool, clean_store_db
+):
     ingest = Ingestor(pool, settings())
     rng = random.Random(5)
     runs = [tid(10 + r) for r in range(3)]
