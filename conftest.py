@@ -102,7 +102,8 @@ class TasktreeServer:
                 "--port", "0", "--otlp-http-port", "0", "--otlp-grpc-port", "0", *extra_args]
         self._log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log, text=True,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, "TASKTREE_DATA_DIR": str(tmp_path / "data"),
+                                          **(env or {})})
         urls = self._read_ready_line()
         self.web = urls["ui"].rstrip("/")
         self.otlp_http = urls["otlp_http"].removesuffix("/v1/traces")
