@@ -28,7 +28,8 @@ def _admin_url(tmp_path_factory) -> str:
             pytest.fail(f"PostgreSQL at {ADMIN_URL} is required under CI=true: {exc}")
         from tasktree.exporter.store.embedded import embedded_database_url
 
-        return embedded_database_url(tmp_path_factory.mktemp("embedded-pg")).rsplit("/", 1)[0] + "/postgres"
+        url = embedded_database_url(tmp_path_factory.mktemp("embedded-pg"))
+        return url.rsplit("/", 1)[0] + "/postgres"
 
 
 def _fresh_database(admin: str, purpose: str):
@@ -42,7 +43,8 @@ def _fresh_database(admin: str, purpose: str):
     migrate(url)
     yield url
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        conn.execute(drop)
 
 
 def _truncate(url: str) -> str:
