@@ -13,10 +13,16 @@ import uuid
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 ADMIN_URL = os.environ.get("TASKTREE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 TABLES = ("span_landing", "tasks", "runs", "resources", "jobs", "metric_totals")
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server's URL for database ``name`` (works for host and socket URLs alike)."""
+    return make_conninfo(url, dbname=name)
 
 
 def _admin_url(tmp_path_factory) -> str:
@@ -28,8 +34,8 @@ def _admin_url(tmp_path_factory) -> str:
             pytest.fail(f"PostgreSQL at {ADMIN_URL} is required under CI=true: {exc}")
         from tasktree.exporter.store.embedded import embedded_database_url
 
-        url = embedded_database_url(tmp_path_factory.mktemp("embedded-pg"))
-        return url.rsplit("/", 1)[0] + "/postgres"
+        embedded = embedded_database_url(tmp_path_factory.mktemp("embedded-pg"))
+        return with_database(embedded, "postgres")
 
 
 def _fresh_database(admin: str, purpose: str):
@@ -39,7 +45,7 @@ def _fresh_database(admin: str, purpose: str):
     name = f"tasktree_test_{purpose}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = admin.rsplit("/", 1)[0] + "/" + name
+    url = with_database(admin, name)
     migrate(url)
     yield url
     with psycopg.connect(admin, autocommit=True) as conn:

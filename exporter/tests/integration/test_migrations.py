@@ -9,6 +9,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from conftest import with_database
 from tasktree.exporter.store import partitions
 from tasktree.exporter.store.migrate import available, migrate
 
@@ -17,11 +18,11 @@ from ..spans import sid, tid
 
 @pytest.fixture
 def empty_database(database_url):
-    admin = database_url.rsplit("/", 1)[0] + "/postgres"
+    admin = with_database(database_url, "postgres")
     name = f"tasktree_test_mig_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield admin.rsplit("/", 1)[0] + "/" + name
+    yield with_database(admin, name)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
@@ -59,5 +60,6 @@ def test_tasks_stored_before_partitioning_move_into_their_runs_day(empty_databas
                          " VALUES (%s, %s, %s, 3, 'kept')", (tid(1), span_id, parent))
     migrate(empty_database)
     with psycopg.connect(empty_database) as conn:
-        rows = conn.execute("SELECT tableoid::regclass::text, count(*) FROM tasks GROUP BY 1").fetchall()
+        rows = conn.execute(
+            "SELECT tableoid::regclass::text, count(*) FROM tasks GROUP BY 1").fetchall()
     assert rows == [(f"tasks_d{partitions.today() - 3}", 2)]
