@@ -8,8 +8,8 @@ import uuid
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
-from conftest import with_database
 from tasktree.exporter.store import partitions
 from tasktree.exporter.store.migrate import available, migrate
 
@@ -18,11 +18,11 @@ from ..spans import sid, tid
 
 @pytest.fixture
 def empty_database(database_url):
-    admin = with_database(database_url, "postgres")
+    admin = make_conninfo(database_url, dbname="postgres")
     name = f"tasktree_test_mig_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield with_database(admin, name)
+    yield make_conninfo(admin, dbname=name)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
