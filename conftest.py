@@ -8,6 +8,7 @@ the embedded PostgreSQL otherwise.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import psycopg
@@ -54,8 +55,18 @@ def _fresh_database(admin: str, purpose: str):
 
 
 def _truncate(url: str) -> str:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE " + ", ".join(TABLES) + " RESTART IDENTITY")
+    """Empty every tasktree table.  A server of the session may be folding or reading at that
+    moment and take its locks in another order: PostgreSQL then ends one side with a deadlock
+    error, and since that side is us, we simply try again."""
+    for attempt in range(5):
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("TRUNCATE " + ", ".join(TABLES) + " RESTART IDENTITY")
+            return url
+        except psycopg.errors.DeadlockDetected:
+            if attempt == 4:
+                raise
+            time.sleep(0.2)
     return url
 
 
@@ -95,7 +106,6 @@ import json  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
 
