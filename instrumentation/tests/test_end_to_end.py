@@ -56,8 +56,11 @@ def start_long_task(server, **env):
     return process, ids
 
 
-def test_a_task_shows_running_then_a_sigkill_leaves_it_stalled_after_stall_after(start_tasktree):
-    server = start_tasktree(extra_args=("--stall-after", "1.5"))
+def test_a_task_shows_running_then_a_sigkill_leaves_it_stalled_after_stall_after(
+    start_tasktree, private_db
+):
+    # Its own database: no server with another stall window folds these tasks.
+    server = start_tasktree(extra_args=("--stall-after", "1.5"), database=private_db)
     process, ids = start_long_task(
         server, TASKTREE_SNAPSHOT_DELAY="1", TASKTREE_HEARTBEAT_INTERVAL="0.5"
     )

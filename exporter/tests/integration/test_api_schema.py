@@ -29,8 +29,9 @@ TIMEOUT = 30
 
 
 @pytest.fixture
-def seeded(start_tasktree, clean_db):
-    server = start_tasktree(env={"TASKTREE_MAX_DEPTH": str(DEPTH_LIMIT)})
+def seeded(start_tasktree, private_db):
+    # Its own database: only a server with this depth limit may fold these runs.
+    server = start_tasktree(env={"TASKTREE_MAX_DEPTH": str(DEPTH_LIMIT)}, database=private_db)
     data = seed(server.otlp_http)
     server.wait_folded(timeout=120)
     return server, data

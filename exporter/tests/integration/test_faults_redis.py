@@ -50,10 +50,13 @@ def _heard_on_channel(url: str, trace: str, send) -> bool:
         client.close()
 
 
-def test_redis_killed_and_restarted_nothing_returns_500_and_live_updates_resume(start_tasktree):
+def test_redis_killed_and_restarted_nothing_returns_500_and_live_updates_resume(
+    start_tasktree, private_db
+):
     private = RedisServer().start()
     try:
-        server = start_tasktree(extra_args=("--redis-url", private.url))
+        # Its own database: its folds must be published by this server, through this Redis.
+        server = start_tasktree(extra_args=("--redis-url", private.url), database=private_db)
         trace, root = os.urandom(16).hex(), os.urandom(8).hex()
         stream = EventReader(f"{server.web}/api/live/runs/{trace}")
         try:
