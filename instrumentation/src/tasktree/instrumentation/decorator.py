@@ -16,11 +16,12 @@ nothing.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from opentelemetry import context, trace
@@ -177,20 +178,27 @@ class task:  # noqa: N801 - used like a function: @task, @task(...), with task("
         return self.__exit__(exc_type, exc, traceback)
 
 
+@contextlib.contextmanager
+def _task_scope(name: str, attributes: Mapping | None) -> Iterator[Span]:
+    """One task around a call: started under the caller's task, current inside, failure recorded."""
+    parent = _parent()
+    span = _start(name, attributes, parent)
+    token = context.attach(trace.set_span_in_context(span, parent))
+    try:
+        yield span
+    except BaseException as exc:
+        _record_failure(span, exc)
+        raise
+    finally:
+        context.detach(token)
+        span.end()
+
+
 def _wrap_function(function: Callable, name: str, attributes: Mapping | None) -> Callable:
     @functools.wraps(function)
     def run_task(*args, **kwargs):
-        parent = _parent()
-        span = _start(name, attributes, parent)
-        token = context.attach(trace.set_span_in_context(span, parent))
-        try:
+        with _task_scope(name, attributes):
             return function(*args, **kwargs)
-        except BaseException as exc:
-            _record_failure(span, exc)
-            raise
-        finally:
-            context.detach(token)
-            span.end()
 
     return run_task
 
@@ -198,17 +206,8 @@ def _wrap_function(function: Callable, name: str, attributes: Mapping | None) ->
 def _wrap_coroutine(function: Callable, name: str, attributes: Mapping | None) -> Callable:
     @functools.wraps(function)
     async def run_task(*args, **kwargs):
-        parent = _parent()
-        span = _start(name, attributes, parent)
-        token = context.attach(trace.set_span_in_context(span, parent))
-        try:
+        with _task_scope(name, attributes):
             return await function(*args, **kwargs)
-        except BaseException as exc:
-            _record_failure(span, exc)
-            raise
-        finally:
-            context.detach(token)
-            span.end()
 
     return run_task
 
