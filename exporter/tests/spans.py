@@ -6,6 +6,7 @@ import hashlib
 import json
 
 from tasktree.exporter.receiver.records import Resource, SpanRow
+from tasktree.exporter.search import document_words
 from tasktree.exporter.tree import status as st
 
 _ATTRS = json.dumps({"service.name": "test-job"}, sort_keys=True, separators=(",", ":"))
@@ -19,11 +20,12 @@ def span(trace: bytes, span_id: bytes, parent: bytes | None = None, *, name: str
     """A final span by default; ``status=st.RUNNING`` makes a running snapshot at ``heartbeat``."""
     if status == st.RUNNING:
         end, heartbeat = None, heartbeat if heartbeat is not None else start
+    attributes_json = json.dumps(attributes or {})
     return SpanRow(
         trace_id=trace, span_id=span_id, parent_span_id=parent, name=name, kind=1,
         start_ns=start, end_ns=end, heartbeat_ns=heartbeat, status=status, status_message="",
-        resource=resource, scope="tests", attributes_json=json.dumps(attributes or {}),
-        events_json="[]", links_json="[]",
+        resource=resource, scope="tests", attributes_json=attributes_json,
+        events_json="[]", links_json="[]", search_words=document_words(f"{name} {attributes_json}"),
     )
 
 

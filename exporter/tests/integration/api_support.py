@@ -17,6 +17,7 @@ import pytest
 from flask import Flask
 
 from tasktree.exporter.api import api_blueprint
+from tasktree.exporter.search import document_words
 from tasktree.exporter.settings import Settings
 from tasktree.exporter.store.pool import open_pool
 from tasktree.exporter.tree import status as st
@@ -131,15 +132,23 @@ def _resource_id(conn: psycopg.Connection, attributes: dict) -> int:
 _INSERT_TASK = """
 INSERT INTO tasks (trace_id, span_id, parent_span_id, missing, name, kind, status, start_ns, end_ns,
                    heartbeat_ns, status_message, resource_id, scope, attributes, events, links,
-                   truncated, child_count, n_ok, n_error, n_running, n_stalled)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                   truncated, child_count, n_ok, n_error, n_running, n_stalled, search)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+        array_to_tsvector(array_remove(string_to_array(%s, ' '), '')))
 """
 
 
 def _task_params(trace: str, t: Task, resource_id: int | None, rollup: list[int]) -> tuple:
     return (bytes.fromhex(trace), bytes.fromhex(t.span), _maybe_hex(t.parent), t.missing, t.name,
             t.kind, t.status, t.start, t.end, t.heartbeat, t.message, resource_id, t.scope,
-            _json(t.attributes), _json(t.events), _json(t.links), t.truncated, *rollup)
+            _json(t.attributes), _json(t.events), _json(t.links), t.truncated, *rollup,
+            None if t.missing else _search_words(t))
+
+
+def _search_words(t: Task) -> str:
+    """The search document as ingest stores it."""
+    attributes = json.dumps(t.attributes or {})
+    return document_words(f"{t.name or ''} {t.message or ''} {attributes}")
 
 
 def _json(value: object) -> str | None:

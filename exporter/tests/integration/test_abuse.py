@@ -280,12 +280,14 @@ def _million_children(conn) -> None:
         conn.execute("""
             INSERT INTO tasks (trace_id, span_id, parent_span_id, name, kind, status, start_ns,
                                end_ns, status_message, resource_id, scope, attributes, events,
-                               links, received_ns)
+                               links, received_ns, search)
             SELECT %(t)s, int8send(i + 1), CASE WHEN i = 0 THEN NULL ELSE int8send(1) END,
-                   CASE WHEN i = 0 THEN 'wide root' ELSE 'child ' || i END, 1,
-                   CASE WHEN i %% 1000 = 7 THEN 4 ELSE 3 END, 1000 + i / 3, 10000000 + i,
-                   '', %(r)s, 'gen', '{}', '[]', '[]', 1
-            FROM generate_series(0, %(n)s) AS i""", {"t": WIDE, "r": resource, "n": MILLION})
+                   name, 1, CASE WHEN i %% 1000 = 7 THEN 4 ELSE 3 END, 1000 + i / 3,
+                   10000000 + i, '', %(r)s, 'gen', '{}', '[]', '[]', 1,
+                   array_to_tsvector(string_to_array(name, ' '))  -- its words (search.py)
+            FROM generate_series(0, %(n)s) AS i,
+                 LATERAL (SELECT CASE WHEN i = 0 THEN 'wide root' ELSE 'child ' || i END) AS n(name)
+            """, {"t": WIDE, "r": resource, "n": MILLION})
         conn.execute("""
             UPDATE tasks SET child_count = %(n)s, height = 1,
                    n_ok = %(n)s - %(n)s / 1000, n_error = %(n)s / 1000

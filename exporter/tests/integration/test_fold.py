@@ -22,10 +22,14 @@ def conn(clean_store_db):
         yield conn
 
 
-def deliver(conn, *batches, fold_limit=10_000, stall_after=3600.0):
+def deliver(conn, *batches, fold_limit=10_000, stall_after=3600.0, fold_between=False):
+    """Land the batches, then fold everything; ``fold_between``: also fold one batch of at most
+    ``fold_limit`` records after each landing, so later records meet half-folded runs."""
     ids = ResourceIds()
     for batch in batches:
         land(conn, list(batch), ids, time.time_ns())
+        if fold_between:
+            fold_batch(conn, limit=fold_limit, stall_after_s=stall_after)
     while fold_batch(conn, limit=fold_limit, stall_after_s=stall_after).records:
         pass
 
@@ -105,3 +109,42 @@ def test_fold_reports_each_task_once_when_it_finishes_and_keeps_job_timestamps(c
     job = conn.execute("SELECT last_start_ns, last_success_ns, last_failure_ns, last_seen_ns IS NOT NULL"
                        " FROM jobs WHERE job = 'test-job'").fetchone()
     assert job == (10, 10 + 10**9, None, True)
+
+
+def test_a_leaf_past_the_depth_limit_is_kept_at_the_top_with_its_link_refused(conn):
+    """A new task's one record under a stored parent is written set-based (store/fold.py); the
+    depth limit still holds for it, as for a record folded one by one."""
+    t = tid(6)
+    chain = [span(t, sid(1), None, start=1)] + [span(t, sid(i), sid(i - 1), start=i)
+                                                for i in range(2, 4)]
+    land(conn, chain, ResourceIds(), NOW)
+    while fold_batch(conn, limit=100, stall_after_s=3600, max_depth=3).records:
+        pass
+    land(conn, [span(t, sid(4), sid(3), status=st.ERROR, start=4),
+                span(t, sid(5), sid(2), start=5)], ResourceIds(), NOW)
+    assert fold_batch(conn, limit=100, stall_after_s=3600, max_depth=3).records == 2
+    nodes = tree(conn, t)
+    assert nodes[sid(4)] == (None, False, st.ERROR, 0, 0, 0, 0, 0)  # a fourth level: refused
+    assert nodes[sid(5)][0] == sid(2)  # a third level: taken
+    assert nodes[sid(1)] == (None, False, st.OK, 1, 3, 0, 0, 0)
+    refused = conn.execute("SELECT refused_parent_span_id, refused_reason FROM tasks"
+                           " WHERE trace_id = %s AND span_id = %s", (t, sid(4))).fetchone()
+    assert (bytes(refused[0]), refused[1]) == (sid(3), 2)
+    assert run(conn, t)[5:11] == (4, 1, 0, 0, 5, 2)
+
+
+def test_leaves_of_a_parent_not_yet_received_hang_under_its_placeholder_until_it_comes(conn):
+    t = tid(7)
+    deliver(conn, [span(t, sid(2), sid(1), start=2), span(t, sid(3), sid(1), status=st.ERROR,
+                                                          start=3)])
+    assert tree(conn, t)[sid(1)] == (None, True, st.NONE, 2, 1, 1, 0, 0)
+    assert run(conn, t)[9:] == (2, 0)  # two tasks, no root yet
+    deliver(conn, [span(t, sid(1), None, name="root", start=1, end=10),
+                   span(t, sid(4), sid(3), start=4)])
+    assert tree(conn, t) == {
+        sid(1): (None, False, st.OK, 2, 2, 1, 0, 0),
+        sid(2): (sid(1), False, st.OK, 0, 0, 0, 0, 0),
+        sid(3): (sid(1), False, st.ERROR, 1, 1, 0, 0, 0),
+        sid(4): (sid(3), False, st.OK, 0, 0, 0, 0, 0),
+    }
+    assert run(conn, t) == ("test-job", "root", st.OK, 1, 10, 3, 1, 0, 0, 4, 1)

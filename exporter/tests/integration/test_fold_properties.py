@@ -67,7 +67,8 @@ def test_permuted_duplicated_split_delivery_gives_the_in_order_tree(conn, record
     cuts = sorted(data.draw(hs.lists(hs.integers(0, len(delivered)), max_size=4)))
     batches = [delivered[a:b] for a, b in zip([0, *cuts], [*cuts, len(delivered)], strict=True)]
     limit = data.draw(hs.integers(1, 12))
-    deliver(conn, *[_rows(shuffled, b) for b in batches], fold_limit=limit)
+    deliver(conn, *[_rows(shuffled, b) for b in batches], fold_limit=limit,
+            fold_between=data.draw(hs.booleans()))
 
     assert tree(conn, in_order) == expected_tree(records)
     assert tree(conn, shuffled) == tree(conn, in_order)

@@ -44,6 +44,7 @@ class SpanRow:
     events_json: str  # JSON array [{"time_ns", "name", "attributes"}]
     links_json: str  # JSON array [{"trace_id", "span_id", "attributes"}] (hex ids)
     truncated: bool = False  # some value was cut at the configured limit
+    search_words: str = ""  # the words of name, status message and attribute values (search.py)
 
 
 @dataclass(slots=True)

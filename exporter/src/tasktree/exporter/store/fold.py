@@ -4,13 +4,17 @@ One fold is one transaction:
 
 1. claim up to N landed records (``FOR UPDATE SKIP LOCKED``, so several folders never share one);
 2. take each affected run's advisory lock, in sorted order (no deadlocks between processes);
-3. load the records' nodes and their ancestor chains, fold in memory (``tree.fold.RunFold``);
+3. store the *leaves* set-based: a new task's one record (most records are).  Their rows, and
+   placeholders for parents without one, are written here in two statements, and the tree rules
+   only get their counts by parent and status (``RunFold.add_stored_leaves``);
+4. load the other records' nodes, the leaves' parents and their ancestor chains, fold in memory
+   (``tree.fold.RunFold``);
    no stored chain is longer than the depth limit (``TASKTREE_MAX_DEPTH``: the fold refuses links
    that would pass it), so neither the recursive load nor the walks in memory grow with the run;
-4. write new and changed tasks, the run summaries, and delete the claimed records.
+5. write new and changed tasks, the run summaries, and delete the claimed records.
 
 Payload columns (attributes, events, …) go from ``span_landing`` to ``tasks`` inside PostgreSQL;
-only ids, statuses and times travel to Python.  The stall sweeper reuses steps 2–4.
+only ids, statuses and times travel to Python.  The stall sweeper reuses steps 2, 4 and 5.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import psycopg
 
@@ -27,11 +32,13 @@ from tasktree.exporter.store._copy import fast_binary_dumpers
 from tasktree.exporter.tree.fold import (
     DEFAULT_MAX_DEPTH,
     REFUSED_REASONS,
+    Finished,
     Node,
     Record,
     RunFold,
     record_rank,
 )
+from tasktree.exporter.tree.status import COUNT_INDEX as _COUNT_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +49,11 @@ _LANE_LOCK = 0x7461736B  # with the lane number: the two-int advisory lock of a 
 
 _CLAIM = """
 WITH c AS (
-    SELECT id, trace_id, span_id, parent_span_id, status, start_ns, end_ns, heartbeat_ns, name,
+    SELECT id, trace_id, span_id, parent_span_id, status, heartbeat_ns, start_ns, end_ns, name,
            resource_id
     FROM span_landing {lane} ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
-), staged AS (INSERT INTO fold_claim SELECT id FROM c)
-SELECT * FROM c
+), staged AS (INSERT INTO fold_claim SELECT * FROM c)
+SELECT trace_id, count(*) FROM c GROUP BY trace_id
 """
 _CLAIM_ANY = _CLAIM.replace("{lane}", "")
 _CLAIM_LANE = _CLAIM.replace("{lane}", "WHERE get_byte(trace_id, 0) %% 8 = %(lane)s")
@@ -69,19 +76,23 @@ WITH RECURSIVE chain AS (
 SELECT * FROM chain
 """
 
-# A batch touches a few thousand rows of a table that may hold millions: probing the indexes row
-# by row is always right, but the planner knows nothing about the unanalysed temporary tables
-# and would otherwise pick hash joins that scan the whole tasks table.
+# A batch touches a few thousand rows of tables that may hold millions: probing the indexes row
+# by row is always right, but the planner knows nothing about the unanalysed temporary tables,
+# nor about a day partition that filled since it was last analysed, and would otherwise pick hash
+# joins or repeated scans that read a whole table.
 #
 # A fold need not wait for its commit to reach disk: if it is lost in a crash, so is its DELETE
 # of the landed records, and they are simply folded again.
 _PLAN_FOR_BATCHES = (
     "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;"
-    " SET LOCAL jit = off; SET LOCAL synchronous_commit = off"
+    " SET LOCAL enable_seqscan = off; SET LOCAL jit = off; SET LOCAL synchronous_commit = off"
 )
 
 _TEMP_TABLES = """
-CREATE TEMP TABLE IF NOT EXISTS fold_claim (id bigint PRIMARY KEY) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS fold_claim (
+    id bigint PRIMARY KEY, trace_id bytea, span_id bytea, parent_span_id bytea, status smallint,
+    heartbeat_ns bigint, start_ns bigint, end_ns bigint, name text, resource_id bigint
+) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_seeds (trace_id bytea, span_id bytea, run_day integer)
     ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_out (
@@ -89,6 +100,10 @@ CREATE TEMP TABLE IF NOT EXISTS fold_out (
     missing boolean, status smallint, heartbeat_ns bigint, child_count integer,
     n_ok integer, n_error integer, n_running integer, n_stalled integer, run_day integer,
     height integer, refused_parent_span_id bytea, refused_reason smallint
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS fold_leaves (
+    id bigint PRIMARY KEY, trace_id bytea, span_id bytea, parent_span_id bytea, status smallint,
+    heartbeat_ns bigint, start_ns bigint, end_ns bigint, name text, resource_id bigint
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_runs (
     trace_id bytea, d_ok integer, d_error integer, d_running integer, d_stalled integer,
@@ -117,9 +132,12 @@ _OUT_TYPES = [
 ]
 _RUN_TYPES = ["bytea", "int4", "int4", "int4", "int4", "int4", "int8", "int8", "int4"]
 
+# The search document from the words the receiver found (tasktree.exporter.search).
+_SEARCH = "array_to_tsvector(array_remove(string_to_array(l.search_words, ' '), ''))"
+
 _PAYLOAD = (
     "name, kind, start_ns, end_ns, status_message, resource_id, scope, attributes, "
-    "events, links, truncated, received_ns"
+    "events, links, truncated, received_ns, search"
 )
 
 # _PAYLOAD is a constant list of columns, not data.
@@ -131,12 +149,81 @@ SELECT o.trace_id, o.span_id, o.parent_span_id, o.missing, o.status, o.heartbeat
        o.n_ok, o.n_error, o.n_running, o.n_stalled, o.run_day, o.height, o.refused_parent_span_id,
        o.refused_reason,
        l.name, l.kind, l.start_ns, l.end_ns, l.status_message, l.resource_id, l.scope,
-       l.attributes, l.events, l.links, coalesce(l.truncated, false), l.received_ns
+       l.attributes, l.events, l.links, coalesce(l.truncated, false), l.received_ns,
+       {_SEARCH}
 FROM fold_out o LEFT JOIN span_landing l ON l.id = o.landing_id
 WHERE o.is_new
 """  # noqa: S608
 
-_UPDATE_WITH_PAYLOAD = """
+# Whether a task row exists, probed by its primary key for each row.  The planner cannot be
+# trusted here: the day partition's statistics may be far behind its size (it fills during the
+# day), and it would scan it whole, or walk the run's children index.  So the probe is a subquery
+# with LIMIT, which must run once per row, and offers the indexes only the span id (IS TRUE hides
+# the trace id), which leads the primary key alone.
+_NO_ROW = """
+NOT EXISTS (SELECT FROM (SELECT 1 FROM tasks t
+                         WHERE t.span_id = {span} AND (t.trace_id = c.trace_id) IS TRUE
+                           AND t.run_day = %(day)s LIMIT 1) AS r)
+"""
+
+# First, for the claimed records of the runs of one day, a placeholder for every parent without a
+# row, as the rules would make one for the first child: then every child's parent has a row.
+_STORE_PLACEHOLDERS = f"""
+INSERT INTO tasks (trace_id, span_id, missing, status, run_day)
+SELECT DISTINCT c.trace_id, c.parent_span_id, true, 0, %(day)s
+FROM fold_claim c
+WHERE c.trace_id = ANY(%(traces)s) AND c.parent_span_id <> c.span_id
+  AND {_NO_ROW.format(span="c.parent_span_id")}
+ORDER BY 1, 2
+"""  # noqa: S608 (a constant fragment)
+
+# Then the leaves (see the module docstring): a span with one record in the batch and no row yet.
+# Their rows are written at once, in the state the rules give a new task without children.
+_STORE_LEAVES = f"""
+WITH candidates AS (
+    SELECT c.*, count(*) OVER (PARTITION BY c.trace_id, c.span_id) AS records
+    FROM fold_claim c WHERE c.trace_id = ANY(%(traces)s)
+), leaves AS (
+    INSERT INTO fold_leaves
+    SELECT c.id, c.trace_id, c.span_id, c.parent_span_id,
+           CASE WHEN c.status = 1 AND c.heartbeat_ns < %(cutoff)s THEN 2 ELSE c.status END,
+           c.heartbeat_ns, c.start_ns, c.end_ns, c.name, c.resource_id
+    FROM candidates c
+    WHERE c.records = 1 AND c.parent_span_id IS DISTINCT FROM c.span_id
+      AND {_NO_ROW.format(span="c.span_id")}
+    RETURNING id, trace_id, span_id, parent_span_id, status
+)
+INSERT INTO tasks (trace_id, span_id, parent_span_id, status, heartbeat_ns, run_day, {_PAYLOAD})
+SELECT f.trace_id, f.span_id, f.parent_span_id, f.status, l.heartbeat_ns, %(day)s,
+       l.name, l.kind, l.start_ns, l.end_ns, l.status_message, l.resource_id, l.scope,
+       l.attributes, l.events, l.links, coalesce(l.truncated, false), l.received_ns,
+       {_SEARCH}
+FROM leaves f JOIN span_landing l ON l.id = f.id
+"""  # noqa: S608 (constant column lists)
+
+_LEAF_GROUPS = """
+SELECT trace_id, parent_span_id, status, count(*), min(start_ns), min(id)
+FROM fold_leaves GROUP BY trace_id, parent_span_id, status
+"""
+
+_LEAVES_UNDER = """
+SELECT span_id, status, heartbeat_ns FROM fold_leaves WHERE trace_id = %s AND parent_span_id = %s
+"""
+
+_LEAVES_FINISHED = """
+SELECT resource_id, name, status, end_ns - start_ns, parent_span_id IS NULL
+FROM fold_leaves WHERE status IN (3, 4)
+"""
+
+# The claimed records that are not leaves, for the tree rules one by one.
+_RULED_RECORDS = """
+SELECT c.id, c.trace_id, c.span_id, c.parent_span_id, c.status, c.start_ns, c.end_ns,
+       c.heartbeat_ns, c.name, c.resource_id
+FROM fold_claim c
+WHERE NOT EXISTS (SELECT FROM (SELECT 1 FROM fold_leaves f WHERE f.id = c.id LIMIT 1) AS leaf)
+"""
+
+_UPDATE_WITH_PAYLOAD = f"""
 UPDATE tasks t SET
     parent_span_id = o.parent_span_id, missing = o.missing, status = o.status,
     heartbeat_ns = o.heartbeat_ns, child_count = o.child_count,
@@ -146,11 +233,11 @@ UPDATE tasks t SET
     name = l.name, kind = l.kind, start_ns = l.start_ns, end_ns = l.end_ns,
     status_message = l.status_message, resource_id = l.resource_id, scope = l.scope,
     attributes = l.attributes, events = l.events, links = l.links, truncated = l.truncated,
-    received_ns = l.received_ns
+    received_ns = l.received_ns, search = {_SEARCH}
 FROM fold_out o JOIN span_landing l ON l.id = o.landing_id
 WHERE NOT o.is_new
   AND t.span_id = o.span_id AND t.trace_id = o.trace_id AND t.run_day = o.run_day
-"""
+"""  # noqa: S608 (a constant fragment)
 
 _UPDATE_STRUCTURE = """
 UPDATE tasks t SET
@@ -238,8 +325,7 @@ ORDER BY heartbeat_ns LIMIT %s
 """
 
 
-@dataclass(frozen=True, slots=True)
-class FinishedTask:
+class FinishedTask(NamedTuple):
     job: str | None
     name: str
     status: int  # OK or ERROR
@@ -278,36 +364,26 @@ def fold_batch(
         conn.execute(_PLAN_FOR_BATCHES)
         claim, params = (_CLAIM_ANY, {"limit": limit}) if lane is None else (
             _CLAIM_LANE, {"limit": limit, "lane": lane})
-        rows = conn.cursor(binary=True).execute(claim, params).fetchall()
-        if not rows:
+        claimed = {bytes(t): n for t, n in conn.execute(claim, params)}
+        if not claimed:
             return FoldResult(0)
-        by_run: dict[bytes, list[Record]] = defaultdict(list)
-        for lid, trace_id, span_id, parent, status, start, end, hb, name, resource_id in rows:
-            by_run[bytes(trace_id)].append(
-                Record(
-                    lid,
-                    bytes(span_id),
-                    bytes(parent) if parent else None,
-                    status,
-                    start,
-                    end,
-                    hb,
-                    name,
-                    resource_id,
-                )
-            )
-        seeds = {(r.span_id, t) for t, records in by_run.items() for r in records}
-        seeds.update(
-            (r.parent_span_id, t)
-            for t, records in by_run.items()
-            for r in records
-            if r.parent_span_id
-        )
-        folds = _fold_runs(conn, by_run, stall_after_s, list(by_run), seeds, max_depth)
+        trace_ids = list(claimed)
+        _lock_runs(conn, trace_ids)
+        days = _run_days(conn, trace_ids)
+        cutoff = time.time_ns() - int(stall_after_s * 1e9)
+        leaves = _store_leaves(conn, days, cutoff)
+        by_run = _ruled_records(conn)
+        seeds = {(parent, t) for t, parent in leaves if parent is not None}
+        for t, records in by_run.items():
+            for r in records:
+                seeds.add((r.span_id, t))
+                if r.parent_span_id:
+                    seeds.add((r.parent_span_id, t))
+        folds = _fold_runs(conn, by_run, cutoff, days, seeds, max_depth, leaves)
         _write(conn, folds)
         conn.execute("DELETE FROM span_landing l USING fold_claim c WHERE l.id = c.id")
-        finished = _finished_tasks(conn, folds)
-    return FoldResult(len(rows), tuple(by_run), finished)
+        finished = _finished_tasks(conn, folds, conn.execute(_LEAVES_FINISHED).fetchall())
+    return FoldResult(sum(claimed.values()), tuple(trace_ids), finished)
 
 
 def sweep_stalled(
@@ -326,32 +402,81 @@ def sweep_stalled(
         for trace_id, span_id in found:
             by_run[bytes(trace_id)].append(bytes(span_id))
         conn.execute(_TEMP_TABLES)
+        _lock_runs(conn, list(by_run))
+        days = _run_days(conn, list(by_run))
         seeds = {(bytes(s), bytes(t)) for t, s in found}
-        folds = _fold_runs(conn, {}, stall_after_s, list(by_run), seeds)
+        folds = _fold_runs(conn, {}, cutoff, days, seeds)
         flipped = sum(folds[t].mark_stalled(s) for t, spans in by_run.items() for s in spans)
         _write(conn, folds)
     return FoldResult(flipped, tuple(by_run))
 
 
+# (trace id, parent span id or None) -> counts by status (ok, error, running, stalled), the
+# earliest start and the smallest landing id of the leaves stored under that parent
+_Leaves = dict[tuple[bytes, bytes | None], tuple[list[int], int, int]]
+
+
+def _store_leaves(conn, days: dict[bytes, int], cutoff_ns: int) -> _Leaves:
+    """Write the rows of the claimed records that are leaves (see the module docstring)."""
+    for day in set(days.values()):
+        params = {"traces": [t for t, d in days.items() if d == day], "day": day}
+        conn.execute(_STORE_PLACEHOLDERS, params)
+        conn.execute(_STORE_LEAVES, {**params, "cutoff": cutoff_ns})
+    leaves: _Leaves = {}
+    for trace_id, parent, status, n, start, landing_id in conn.execute(_LEAF_GROUPS):
+        key = (bytes(trace_id), bytes(parent) if parent else None)
+        counts, first_start, first_id = leaves.get(key) or ([0, 0, 0, 0], start, landing_id)
+        counts[_COUNT_INDEX[status]] += n
+        leaves[key] = (counts, min(first_start, start), min(first_id, landing_id))
+    return leaves
+
+
+def _ruled_records(conn) -> dict[bytes, list[Record]]:
+    """The claimed records that are not leaves, by run, in landing order."""
+    by_run: dict[bytes, list[Record]] = defaultdict(list)
+    rows = conn.cursor(binary=True).execute(_RULED_RECORDS).fetchall()
+    for lid, trace_id, span_id, parent, status, start, end, hb, name, resource_id in rows:
+        by_run[bytes(trace_id)].append(
+            Record(
+                lid,
+                bytes(span_id),
+                bytes(parent) if parent else None,
+                status,
+                start,
+                end,
+                hb,
+                name,
+                resource_id,
+            )
+        )
+    for records in by_run.values():
+        records.sort(key=lambda r: r.landing_id)
+    return by_run
+
+
 def _fold_runs(
     conn,
     by_run: dict[bytes, list[Record]],
-    stall_after_s: float,
-    trace_ids: list[bytes],
+    cutoff_ns: int,
+    days: dict[bytes, int],
     seeds: set[tuple[bytes, bytes]],
     max_depth: int = DEFAULT_MAX_DEPTH,
+    leaves: _Leaves | None = None,
 ) -> dict[bytes, RunFold]:
-    """Lock the runs, load the (span, trace) ``seeds`` with their ancestors, apply the records."""
-    _lock_runs(conn, trace_ids)
-    days = _run_days(conn, trace_ids)
+    """Load the (span, trace) ``seeds`` with their ancestors, count the stored ``leaves``, apply
+    the records, for each run of ``days`` (whose locks the caller holds)."""
     loaded = _load_nodes(conn, seeds, days)
-    cutoff = time.time_ns() - int(stall_after_s * 1e9)
     folds = {}
-    for trace_id in trace_ids:
-        fold = RunFold(loaded.get(trace_id, {}), cutoff, max_depth)
-        fold.run_day = days[trace_id]
-        records = by_run.get(trace_id, ())
-        for record in sorted(records, key=lambda r: r.landing_id):
+    for trace_id, day in days.items():
+        fold = folds[trace_id] = RunFold(loaded.get(trace_id, {}), cutoff_ns, max_depth)
+        fold.run_day = day
+    for (trace_id, parent), (counts, start, landing_id) in (leaves or {}).items():
+        fold = folds[trace_id]
+        if not fold.add_stored_leaves(parent, tuple(counts), start, landing_id):
+            for span_id, status, hb in conn.execute(_LEAVES_UNDER, (trace_id, parent)):
+                fold.add_refused_leaf(bytes(span_id), parent, status, hb)
+    for trace_id, fold in folds.items():
+        for record in by_run.get(trace_id, ()):
             fold.apply(record)
         if fold.broken_links:
             span_id, parent, reason = fold.broken_links[0]
@@ -364,12 +489,16 @@ def _fold_runs(
                 parent.hex(),
                 REFUSED_REASONS[reason],
             )
-        folds[trace_id] = fold
     return folds
 
 
-def _finished_tasks(conn, folds: dict[bytes, RunFold]) -> tuple[FinishedTask, ...]:
+def _finished_tasks(
+    conn, folds: dict[bytes, RunFold], leaves_finished: list[tuple]
+) -> tuple[FinishedTask, ...]:
+    """The tasks that reached a final status: by the rules, and stored leaves (rows of
+    ``_LEAVES_FINISHED``, in the fields of ``tree.fold.Finished``)."""
     done = [f for fold in folds.values() for f in fold.finished]
+    done += [Finished(*row) for row in leaves_finished]
     resource_ids = list({f.resource_id for f in done if f.resource_id is not None})
     jobs = dict(conn.execute("SELECT id, job FROM resources WHERE id = ANY(%s)", (resource_ids,)))
     return tuple(
@@ -406,39 +535,27 @@ def _load_nodes(
         for span_id, trace_id in seeds:
             copy.write_row((span_id, trace_id, days[trace_id]))
     loaded: dict[bytes, dict[bytes, Node]] = defaultdict(dict)
-    for (
-        trace_id,
-        span_id,
-        parent,
+    for row in conn.execute(_LOAD).fetchall():
+        loaded[bytes(row[0])][bytes(row[1])] = _node(row)
+    return loaded
+
+
+def _node(row) -> Node:
+    (_, span_id, parent, missing, status, end, hb, children, n_ok, n_error, n_running, n_stalled,
+     _day, height, refused, reason) = row  # fmt: skip
+    return Node(
+        bytes(span_id),
+        bytes(parent) if parent else None,
         missing,
         status,
-        end,
+        record_rank(status, end, hb),
         hb,
+        [n_ok, n_error, n_running, n_stalled],
         children,
-        n_ok,
-        n_error,
-        n_running,
-        n_stalled,
-        _day,
-        height,
-        refused,
-        reason,
-    ) in conn.execute(_LOAD):
-        span_id = bytes(span_id)
-        loaded[bytes(trace_id)][span_id] = Node(
-            span_id,
-            bytes(parent) if parent else None,
-            missing,
-            status,
-            record_rank(status, end, hb),
-            hb,
-            [n_ok, n_error, n_running, n_stalled],
-            children,
-            height=height,
-            refused_parent=bytes(refused) if refused else None,
-            refused_reason=reason,
-        )
-    return loaded
+        height=height,
+        refused_parent=bytes(refused) if refused else None,
+        refused_reason=reason,
+    )
 
 
 def _write(conn, folds: dict[bytes, RunFold]) -> None:

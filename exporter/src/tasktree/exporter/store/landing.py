@@ -20,7 +20,7 @@ from tasktree.exporter.store._copy import fast_binary_dumpers
 _COLUMNS = (
     "received_ns, trace_id, span_id, parent_span_id, name, kind, start_ns, end_ns, "
     "heartbeat_ns, status, status_message, resource_id, scope, attributes, events, links, "
-    "truncated"
+    "truncated, search_words"
 )
 _TYPES = [
     "int8",
@@ -40,6 +40,7 @@ _TYPES = [
     "jsonb",
     "jsonb",
     "bool",
+    "text",
 ]
 
 
@@ -125,5 +126,6 @@ def land(
                             s.events_json,
                             s.links_json,
                             s.truncated,
+                            s.search_words,
                         )
                     )

@@ -18,9 +18,9 @@ search_tasks start desc, trace id, span id                      (start_ns | None
 
 The search box (``q``): up to 32 hex digits are a trace id, or a prefix of one (in ``search_tasks``
 also a span id prefix, when 16 digits or fewer); anything else, or anything in double quotes, is
-words, each matched as a word prefix (full text, ``simple`` configuration, all words required):
-over the job and run name in ``list_runs``, over name, status message and attributes in
-``search_tasks``.
+words, each matched as a word prefix, all words required: over the job and run name in
+``list_runs`` (PostgreSQL's ``simple`` text-search configuration), over name, status message and
+attribute values in ``search_tasks`` (the words of ``tasktree.exporter.search``).
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
+
+from tasktree.exporter import search
 
 TRACE_ID_BYTES = 16
 SPAN_ID_BYTES = 8
@@ -256,7 +258,7 @@ def search_tasks(
     box = search_box(q)
     if box.hex is None:
         if box.words is not None:
-            params["words"] = box.words
+            params["words"] = search.query(box.words)
             filters.append("search.words")
         return _page(conn, statement("search_by_text", filters), params, limit, _search_key)
     return _page(conn, _search_ids(box.hex, filters, params), params, limit, _search_key)

@@ -163,7 +163,7 @@ ORDER BY found.start_ns DESC, found.trace_id, found.span_id
 LIMIT %(limit)s
 
 -- name: search.words
-AND task_search_document(t.name, t.status_message, t.attributes) @@ search_query(%(words)s)
+AND t.search @@ %(words)s::tsquery
 
 -- name: search.job
 -- Through the job's resource ids (index resources_job), so the tasks walk needs no join per row.

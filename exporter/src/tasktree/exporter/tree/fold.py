@@ -12,6 +12,10 @@ their ancestor chains, as loaded from the store) and applies records to it:
 * **Rollups.** Each node keeps ``counts`` = how many of its descendants are in each status, plus its
   ``child_count``.  Every change of a node's own status, and every attachment of a subtree, is
   applied to all its ancestors, so reading a node never has to look at its descendants.
+* **Leaves stored by the store.**  Most records are a new task's one record: the store writes
+  their rows itself, set-based, under their parent's row (a placeholder if need be), and hands
+  them over counted by parent and status (``add_stored_leaves``), so that the rollups above them
+  are done here once per parent instead of once per record.
 * **Refused links** (design.md §3 rule 7: limits are visible).  A task whose declared parent
   cannot be its parent is kept at the top of its run, its declared parent in ``refused_parent``
   with the reason:
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from tasktree.exporter.tree import status as st
 
@@ -66,8 +71,7 @@ class Record:
     resource_id: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Finished:
+class Finished(NamedTuple):  # a tuple: one is made per finished task, on the fold's hot path
     """A task that reached a final status in this fold (for the finished-task metrics)."""
 
     resource_id: int | None
@@ -77,7 +81,7 @@ class Finished:
     root: bool = False  # a root task's end is its run's end (the run metrics)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Node:
     """One task as far as the tree is concerned.  ``counts`` is (ok, error, running, stalled)."""
 
@@ -148,6 +152,55 @@ class RunFold:
             node = Node(record.span_id, None, True, st.NONE, (0, 0, 0), is_new=True)
             self.nodes[record.span_id] = node
         self._fill_placeholder(node, record, rank)
+
+    def add_stored_leaves(
+        self,
+        parent_id: bytes | None,
+        counts: tuple[int, int, int, int],
+        min_start_ns: int,
+        landing_id: int,
+    ) -> bool:
+        """Count new leaf tasks whose rows the store wrote under ``parent_id`` (a loaded node;
+        ``None``: roots): ``counts`` by status (ok, error, running, stalled).  Returns False, and
+        counts nothing, when they would pass the depth limit (see ``add_refused_leaf``)."""
+        d = self.delta
+        if d.min_start_ns is None or min_start_ns < d.min_start_ns:
+            d.min_start_ns = min_start_ns
+        if d.any_landing_id is None:
+            d.any_landing_id = landing_id
+        if parent_id is not None:
+            parent = self.nodes[parent_id]
+            chain = list(self._chain(parent))
+            if len(chain) + 1 > self.max_depth:
+                return False
+            parent.child_count += sum(counts)
+            for level, ancestor in enumerate(chain, start=1):
+                total = ancestor.counts
+                total[0] += counts[0]
+                total[1] += counts[1]
+                total[2] += counts[2]
+                total[3] += counts[3]
+                if level > ancestor.height:
+                    ancestor.height = level
+                ancestor.dirty = True
+        d.tasks += sum(counts)
+        for i in range(4):
+            d.counts[i] += counts[i]
+        return True
+
+    def add_refused_leaf(
+        self, span_id: bytes, parent_id: bytes, status: int, heartbeat_ns: int | None
+    ) -> None:
+        """A stored leaf under ``parent_id`` that ``add_stored_leaves`` could not count: kept at
+        the top of its run, its link refused for depth (its row is rewritten)."""
+        node = self.nodes.get(span_id)
+        if node is None:
+            rank = record_rank(status, None, heartbeat_ns)
+            node = self.nodes[span_id] = Node(span_id, None, False, status, rank, heartbeat_ns)
+        node.parent_span_id = None
+        self._refuse(node, parent_id, REFUSED_DEPTH)
+        self.delta.tasks += 1
+        self.delta.counts[_COUNT_INDEX[status]] += 1
 
     def mark_stalled(self, span_id: bytes) -> bool:
         """Mark a running task stalled if its heartbeat is before the cutoff (compare-and-set)."""
@@ -233,7 +286,7 @@ class RunFold:
             return
         parent = self.nodes.get(parent_id)
         chain = [] if parent is None else list(self._chain(parent))
-        if any(a is node for a in chain):
+        if node in chain:  # by identity: nodes do not compare by value (eq=False)
             self._break_cycle(node, parent_id, chain)
             return
         # The parent's level is len(chain) (a new placeholder: 1, at the top of the run).
@@ -246,13 +299,18 @@ class RunFold:
             chain = [parent]
         node.parent_span_id = parent_id
         parent.child_count += 1
-        subtree = list(node.counts)
-        subtree[_COUNT_INDEX[node.status]] += 1
-        for level, ancestor in enumerate(chain, start=1):
+        ok, error, running, stalled = node.counts
+        own = _COUNT_INDEX[node.status]
+        subtree = (ok + (own == 0), error + (own == 1), running + (own == 2), stalled + (own == 3))
+        height = node.height
+        for level, ancestor in enumerate(chain, start=1):  # unrolled: once per record and level
             counts = ancestor.counts
-            for i in range(4):
-                counts[i] += subtree[i]
-            ancestor.height = max(ancestor.height, node.height + level)
+            counts[0] += subtree[0]
+            counts[1] += subtree[1]
+            counts[2] += subtree[2]
+            counts[3] += subtree[3]
+            if height + level > ancestor.height:
+                ancestor.height = height + level
             ancestor.dirty = True
 
     def _break_cycle(self, node: Node, parent_id: bytes, chain: list[Node]) -> None:
