@@ -155,6 +155,8 @@ def cpu_seconds(server_pid: int, database: str) -> tuple[float, float]:
     server = postgres = 0.0
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     for pid in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not pid.isdigit():
+            continue
         try:
             with open(f"/proc/{pid}/stat") as f:
                 stat = f.read()

@@ -14,7 +14,7 @@ from tasktree.exporter.errors import Overloaded, StoreUnavailable
 from tasktree.exporter.ingest import Ingestor
 from tasktree.exporter.receiver.records import DecodedBatch
 from tasktree.exporter.settings import Settings
-from tasktree.exporter.store.fold import LANES, fold_batch
+from tasktree.exporter.store.fold import LANES, fold_batch, lanes_with_records
 from tasktree.exporter.store.pool import open_pool
 
 from ..spans import sid, span, tid
@@ -120,4 +120,6 @@ def test_a_lane_folds_only_its_own_runs_and_a_held_lane_is_skipped(pool, clean_s
             assert fold_batch(conn, limit=100, stall_after_s=30, lane=1).records == 0
             folded = fold_batch(conn, limit=100, stall_after_s=30, lane=2)
         assert (folded.records, folded.trace_ids) == (3, (runs[1],))
+        assert lanes_with_records(conn) == {1}  # what a folder's pass looks at first
         assert fold_batch(conn, limit=100, stall_after_s=30, lane=1).trace_ids == (runs[0],)
+        assert lanes_with_records(conn) == set()

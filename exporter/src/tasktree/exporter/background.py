@@ -17,7 +17,13 @@ import psycopg_pool
 from tasktree.exporter.errors import StoreUnavailable
 from tasktree.exporter.settings import Settings
 from tasktree.exporter.store import partitions
-from tasktree.exporter.store.fold import LANES, FoldResult, fold_batch, sweep_stalled
+from tasktree.exporter.store.fold import (
+    LANES,
+    FoldResult,
+    fold_batch,
+    lanes_with_records,
+    sweep_stalled,
+)
 from tasktree.exporter.store.pool import connection
 
 logger = logging.getLogger(__name__)
@@ -96,7 +102,11 @@ class Folder:
         records folded from one lane, so a full batch means "go again at once"."""
         most = 0
         self._next_lane = (self._next_lane + 1) % LANES
+        with connection(self._pool) as conn:
+            busy = lanes_with_records(conn)
         for lane in [(self._next_lane + i) % LANES for i in range(LANES)]:
+            if lane not in busy:
+                continue
             with connection(self._pool) as conn:
                 result = fold_batch(
                     conn,

@@ -56,6 +56,11 @@ WITH c AS (
 SELECT trace_id, count(*) FROM c GROUP BY trace_id
 """
 _CLAIM_ANY = _CLAIM.replace("{lane}", "")
+# One index probe per lane: far cheaper than opening a fold of an empty lane (about 2 ms).
+_LANES_WITH_RECORDS = """
+SELECT lane FROM generate_series(0, 7) AS lane
+WHERE EXISTS (SELECT 1 FROM span_landing WHERE get_byte(trace_id, 0) % 8 = lane)
+"""
 _CLAIM_LANE = _CLAIM.replace("{lane}", "WHERE get_byte(trace_id, 0) %% 8 = %(lane)s")
 
 
@@ -386,6 +391,11 @@ def fold_batch(
     return FoldResult(sum(claimed.values()), tuple(trace_ids), finished)
 
 
+def lanes_with_records(conn: psycopg.Connection) -> set[int]:
+    """The lanes that hold landed records now (a fold of the others would find nothing)."""
+    return {lane for (lane,) in conn.execute(_LANES_WITH_RECORDS)}
+
+
 def sweep_stalled(
     conn: psycopg.Connection, *, stall_after_s: float, limit: int = 5000
 ) -> FoldResult:
@@ -597,4 +607,4 @@ def _write(conn, folds: dict[bytes, RunFold]) -> None:
         cur.execute(_UPSERT_JOBS, {"traces": list(folds), "now": time.time_ns()})
 
 
-__all__ = ["FinishedTask", "FoldResult", "fold_batch", "sweep_stalled"]
+__all__ = ["FinishedTask", "FoldResult", "fold_batch", "lanes_with_records", "sweep_stalled"]
