@@ -174,15 +174,7 @@ class RunFold:
             if len(chain) + 1 > self.max_depth:
                 return False
             parent.child_count += sum(counts)
-            for level, ancestor in enumerate(chain, start=1):
-                total = ancestor.counts
-                total[0] += counts[0]
-                total[1] += counts[1]
-                total[2] += counts[2]
-                total[3] += counts[3]
-                if level > ancestor.height:
-                    ancestor.height = level
-                ancestor.dirty = True
+            _add_below(chain, counts, 0)
         d.tasks += sum(counts)
         for i in range(4):
             d.counts[i] += counts[i]
@@ -302,16 +294,7 @@ class RunFold:
         ok, error, running, stalled = node.counts
         own = _COUNT_INDEX[node.status]
         subtree = (ok + (own == 0), error + (own == 1), running + (own == 2), stalled + (own == 3))
-        height = node.height
-        for level, ancestor in enumerate(chain, start=1):  # unrolled: once per record and level
-            counts = ancestor.counts
-            counts[0] += subtree[0]
-            counts[1] += subtree[1]
-            counts[2] += subtree[2]
-            counts[3] += subtree[3]
-            if height + level > ancestor.height:
-                ancestor.height = height + level
-            ancestor.dirty = True
+        _add_below(chain, subtree, node.height)
 
     def _break_cycle(self, node: Node, parent_id: bytes, chain: list[Node]) -> None:
         """``chain`` (the parent up to ``node``) plus the new link is a loop: refuse the link of
@@ -364,3 +347,18 @@ class RunFold:
             if node.parent_span_id is None or seen > len(self.nodes):
                 return
             node = self.nodes.get(node.parent_span_id)
+
+
+def _add_below(chain: list[Node], subtree: tuple[int, int, int, int], height: int) -> None:
+    """A subtree ``height`` levels high, with ``subtree`` tasks by status, now hangs below the
+    first node of ``chain`` (a parent and its ancestors): add it to each.  Unrolled: this runs
+    once per record and level."""
+    for level, ancestor in enumerate(chain, start=1):
+        counts = ancestor.counts
+        counts[0] += subtree[0]
+        counts[1] += subtree[1]
+        counts[2] += subtree[2]
+        counts[3] += subtree[3]
+        if height + level > ancestor.height:
+            ancestor.height = height + level
+        ancestor.dirty = True
