@@ -23,13 +23,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from tasktree.exporter.app import create_app
 from tasktree.exporter.settings import Settings
-from tasktree.exporter.store.fold import fold_batch
-from tasktree.exporter.store.landing import ResourceIds, land
 from tasktree.exporter.store.pool import open_pool
 from tasktree.exporter.tree import status as st
 
 from ..otlp_fuzz import HANG_SECONDS, check_decoding, no_hang, requests
-from ..spans import sid, span, tid
+from ..spans import deliver, sid, span, tid
 from ..ui.browser import ARTIFACTS, browser, browser_context, page_errors  # noqa: F401 (fixtures)
 from .abuse_data import DEPTH_LIMIT, INT64_MAX, seed, send_protobuf
 from .abuse_data import T0 as T_OK
@@ -56,14 +54,6 @@ def store_pool(store_database_url):
 def client(conn, store_pool, tmp_path):
     """The service's whole web app (as ``tasktree serve`` builds it) on the hand-folded store."""
     return create_app(Settings(data_dir=tmp_path), store_pool).test_client()
-
-
-def deliver(conn, *batches, max_depth: int = 1000, fold_limit: int = 10_000) -> None:
-    ids = ResourceIds()
-    for batch in batches:
-        land(conn, list(batch), ids, time.time_ns())
-    while fold_batch(conn, limit=fold_limit, stall_after_s=3600, max_depth=max_depth).records:
-        pass
 
 
 def get(client, url: str, *, status: int | None = 200):

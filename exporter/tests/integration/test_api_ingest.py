@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 from tasktree.exporter.app import create_app
 from tasktree.exporter.settings import Settings
-from tasktree.exporter.store.fold import fold_batch
-from tasktree.exporter.store.landing import ResourceIds, land
 from tasktree.exporter.tree import status as st
 
-from ..spans import sid, span, tid
+from ..spans import deliver, sid, span, tid
 from .api_support import api_pool, client, db, get_json
 
 # pytest finds these fixtures among the module's names.
@@ -18,15 +14,6 @@ FIXTURES = (api_pool, client, db)
 
 
 T = 1_795_714_406_000_000_000  # 2026-11-26T17:33:26Z
-
-
-def deliver(db, *batches) -> None:
-    """Land each batch as ingest would, then fold everything landed."""
-    ids = ResourceIds()
-    for batch in batches:
-        land(db, list(batch), ids, time.time_ns())
-    while fold_batch(db, limit=10_000, stall_after_s=3600.0).records:
-        pass
 
 
 def test_children_before_their_parent_hang_under_a_placeholder_until_it_arrives(client, db):

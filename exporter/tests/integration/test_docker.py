@@ -112,13 +112,7 @@ def test_listing_shows_containers_and_images_of_both_hosts_at_once(lab, make_app
     call(client, "POST", "/api/docker/pull?wait=60", body={"image": lab.image(), "hosts": ["*"]})
     for host in ("alpha", "beta"):
         with lab.client(host) as engine:
-            created = engine.create_container(
-                lab.image(),
-                command=["true"],
-                name=f"seen-on-{host}",
-                host_config=engine.create_host_config(network_mode="none"),
-            )
-            assert created["Id"]
+            assert _idle_container(engine, lab.image(), f"seen-on-{host}")["Id"]
 
     body = call(client, "GET", "/api/docker/containers?refresh=1", token=VIEWER)
 
@@ -147,12 +141,7 @@ def test_listing_is_cached_for_the_ttl_and_refresh_asks_the_hosts_again(lab, mak
     client, _ = make_app(docker_cache_ttl=60.0)
     assert call(client, "GET", "/api/docker/containers", token=VIEWER)["containers"] == []
     with lab.client("alpha") as engine:
-        engine.create_container(
-            _local_image(lab, engine),
-            command=["true"],
-            name="late",
-            host_config=engine.create_host_config(network_mode="none"),
-        )
+        _idle_container(engine, _local_image(lab, engine), "late")
 
     cached = call(client, "GET", "/api/docker/containers", token=VIEWER)["containers"]
     fresh = call(client, "GET", "/api/docker/containers?refresh=1", token=VIEWER)["containers"]
@@ -173,12 +162,7 @@ def test_listing_cache_and_operations_in_redis_are_shared_by_two_processes(lab, 
     second, _ = make_app(redis_url=url, docker_cache_ttl=60.0)
     call(first, "GET", "/api/docker/containers?refresh=1", token=VIEWER)
     with lab.client("beta") as engine:
-        engine.create_container(
-            _local_image(lab, engine),
-            command=["true"],
-            name="after-first-listing",
-            host_config=engine.create_host_config(network_mode="none"),
-        )
+        _idle_container(engine, _local_image(lab, engine), "after-first-listing")
 
     seen_by_second = call(second, "GET", "/api/docker/containers", token=VIEWER)["containers"]
 
@@ -186,6 +170,16 @@ def test_listing_cache_and_operations_in_redis_are_shared_by_two_processes(lab, 
     op = call(first, "POST", "/api/docker/pull?wait=60", body={"image": lab.image(), "hosts": ["*"]})
     polled = call(second, "GET", f"/api/docker/operations/{op['operation']['id']}", token=VIEWER)
     assert polled["operation"]["status"] == "ok" and polled["operation"]["seq"] == op["operation"]["seq"]
+
+
+def _idle_container(engine, image: str, name: str) -> dict:
+    """A created (not started) container of ``image`` that would only run ``true``, no network."""
+    return engine.create_container(
+        image,
+        command=["true"],
+        name=name,
+        host_config=engine.create_host_config(network_mode="none"),
+    )
 
 
 def _local_image(lab, engine) -> str:
@@ -515,18 +509,23 @@ def _http(server, method: str, path: str, token: str | None, body=None, expect: 
     return raw
 
 
-def test_deploy_through_tasktree_serve_is_a_run_with_a_task_per_host_and_keeps_secrets(
-    lab, start_tasktree, tmp_path
-):
+def serve_docker(start_tasktree, lab, tmp_path):
+    """A real ``tasktree serve`` on the lab's engines, with the operator and viewer tokens."""
     hosts_file = tmp_path / "hosts.yaml"
     hosts_file.write_text(lab.hosts_yaml())
-    server = start_tasktree(
+    return start_tasktree(
         env={
             "TASKTREE_DOCKER_HOSTS_FILE": str(hosts_file),
             "TASKTREE_OPERATOR_TOKENS": f"olga:{OPERATOR}",
             "TASKTREE_VIEWER_TOKENS": f"victor:{VIEWER}",
         }
     )
+
+
+def test_deploy_through_tasktree_serve_is_a_run_with_a_task_per_host_and_keeps_secrets(
+    lab, start_tasktree, tmp_path
+):
+    server = serve_docker(start_tasktree, lab, tmp_path)
     seen: list[bytes] = []
 
     refused = _http(
@@ -607,14 +606,7 @@ def test_cli_pulls_deploys_lists_and_tails_logs_through_the_server_with_progress
     import subprocess
     import sys
 
-    hosts_file = tmp_path / "hosts.yaml"
-    hosts_file.write_text(lab.hosts_yaml())
-    server = start_tasktree(
-        env={
-            "TASKTREE_DOCKER_HOSTS_FILE": str(hosts_file),
-            "TASKTREE_OPERATOR_TOKENS": f"olga:{OPERATOR}",
-        }
-    )
+    server = serve_docker(start_tasktree, lab, tmp_path)
     env = {
         **os.environ,
         "TASKTREE_URL": server.web,

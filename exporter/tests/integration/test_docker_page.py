@@ -6,7 +6,7 @@ import re
 
 from ..ui.browser import ARTIFACTS, browser  # noqa: F401 (fixture)
 from .docker_fixtures import docker_lab as docker_lab_session  # noqa: F401 (fixture)
-from .test_docker import OPERATOR, SECRET, VIEWER, lab  # noqa: F401 (fixture)
+from .test_docker import OPERATOR, SECRET, VIEWER, lab, serve_docker  # noqa: F401 (fixture)
 
 
 def test_docker_page_signed_in_deploys_with_confirmation_live_progress_and_a_confirmed_stop(
@@ -17,15 +17,7 @@ def test_docker_page_signed_in_deploys_with_confirmation_live_progress_and_a_con
 ):
     from playwright.sync_api import expect
 
-    hosts_file = tmp_path / "hosts.yaml"
-    hosts_file.write_text(lab.hosts_yaml())
-    server = start_tasktree(
-        env={
-            "TASKTREE_DOCKER_HOSTS_FILE": str(hosts_file),
-            "TASKTREE_OPERATOR_TOKENS": f"olga:{OPERATOR}",
-            "TASKTREE_VIEWER_TOKENS": f"victor:{VIEWER}",
-        }
-    )
+    server = serve_docker(start_tasktree, lab, tmp_path)
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     context.set_default_timeout(10_000)
     page = context.new_page()

@@ -11,7 +11,7 @@ from tasktree.exporter.store.fold import fold_batch, sweep_stalled
 from tasktree.exporter.store.landing import ResourceIds, land
 from tasktree.exporter.tree import status as st
 
-from ..spans import sid, span, tid
+from ..spans import deliver, sid, span, tid
 
 NOW = time.time_ns()
 
@@ -20,18 +20,6 @@ NOW = time.time_ns()
 def conn(clean_store_db):
     with psycopg.connect(clean_store_db, autocommit=True) as conn:
         yield conn
-
-
-def deliver(conn, *batches, fold_limit=10_000, stall_after=3600.0, fold_between=False):
-    """Land the batches, then fold everything; ``fold_between``: also fold one batch of at most
-    ``fold_limit`` records after each landing, so later records meet half-folded runs."""
-    ids = ResourceIds()
-    for batch in batches:
-        land(conn, list(batch), ids, time.time_ns())
-        if fold_between:
-            fold_batch(conn, limit=fold_limit, stall_after_s=stall_after)
-    while fold_batch(conn, limit=fold_limit, stall_after_s=stall_after).records:
-        pass
 
 
 def tree(conn, trace):
@@ -117,9 +105,7 @@ def test_a_leaf_past_the_depth_limit_is_kept_at_the_top_with_its_link_refused(co
     t = tid(6)
     chain = [span(t, sid(1), None, start=1)] + [span(t, sid(i), sid(i - 1), start=i)
                                                 for i in range(2, 4)]
-    land(conn, chain, ResourceIds(), NOW)
-    while fold_batch(conn, limit=100, stall_after_s=3600, max_depth=3).records:
-        pass
+    deliver(conn, chain, max_depth=3)
     land(conn, [span(t, sid(4), sid(3), status=st.ERROR, start=4),
                 span(t, sid(5), sid(2), start=5)], ResourceIds(), NOW)
     assert fold_batch(conn, limit=100, stall_after_s=3600, max_depth=3).records == 2

@@ -13,8 +13,8 @@ from hypothesis import strategies as hs
 
 from tasktree.exporter.tree import status as st
 
-from ..spans import sid, span
-from .test_fold import deliver, run, tree
+from ..spans import deliver, sid, span
+from .test_fold import run, tree
 
 _traces = itertools.count(1000)
 

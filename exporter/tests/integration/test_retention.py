@@ -10,8 +10,7 @@ import pytest
 from tasktree.exporter.store import partitions
 from tasktree.exporter.tree import status as st
 
-from ..spans import sid, span, tid
-from .test_fold import deliver
+from ..spans import deliver, sid, span, tid
 
 TODAY = partitions.today()
 

@@ -11,7 +11,9 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 from tasktree.exporter.errors import BadRequest
 from tasktree.exporter.store.queries import SPAN_ID_BYTES, TRACE_ID_BYTES
@@ -80,6 +82,16 @@ def text(value: str | None, name: str) -> str | None:
     if len(value) > MAX_TEXT or "\x00" in value:
         raise BadRequest(f"{name} must be at most {MAX_TEXT} characters, without NUL")
     return value
+
+
+def filters(args: Mapping[str, str]) -> dict[str, Any]:
+    """The job, status and start-time range of a query string, validated (``queries`` names)."""
+    return {
+        "job": text(args.get("job"), "job"),
+        "status": status(args.get("status")),
+        "from_ns": timestamp(args.get("from"), "from"),
+        "to_ns": timestamp(args.get("to"), "to"),
+    }
 
 
 def timestamp(value: str | None, name: str) -> int | None:

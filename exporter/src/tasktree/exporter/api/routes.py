@@ -77,11 +77,8 @@ def list_runs() -> dict[str, Any]:
     """Runs newest first, filtered by job, status, search box and start time range."""
     limit = params.limit(_arg("limit"))
     filters = {
-        "job": params.text(_arg("job"), "job"),
-        "status": params.status(_arg("status")),
+        **params.filters(request.args),
         "q": params.text(_arg("q"), "q"),
-        "from_ns": params.timestamp(_arg("from"), "from"),
-        "to_ns": params.timestamp(_arg("to"), "to"),
         "after": params.decode_cursor("runs", _arg("cursor")),
     }
     page = _read(lambda conn: queries.list_runs(conn, limit=limit, **filters))
@@ -142,11 +139,8 @@ def search() -> dict[str, Any]:
     """Tasks newest first: by id (prefix) or keywords, job, status and start time range."""
     limit = params.limit(_arg("limit"))
     filters = {
+        **params.filters(request.args),
         "q": params.text(_arg("q"), "q"),
-        "job": params.text(_arg("job"), "job"),
-        "status": params.status(_arg("status")),
-        "from_ns": params.timestamp(_arg("from"), "from"),
-        "to_ns": params.timestamp(_arg("to"), "to"),
         "after": params.decode_cursor("search", _arg("cursor")),
     }
     page = _read(lambda conn: queries.search_tasks(conn, limit=limit, **filters))

@@ -12,7 +12,7 @@ them as an HTML page with their status (a malformed id is 400, an unknown one 40
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -49,16 +49,6 @@ def _args() -> dict[str, str]:
     return {key: value for key, value in request.args.items() if value.strip() != ""}
 
 
-def _filters(args: Mapping[str, str]) -> dict[str, Any]:
-    """Job, status and time range from the query string, validated (BadRequest: a 400 page)."""
-    return {
-        "job": params.text(args.get("job"), "job"),
-        "status": params.status(args.get("status")),
-        "from_ns": params.timestamp(args.get("from"), "from"),
-        "to_ns": params.timestamp(args.get("to"), "to"),
-    }
-
-
 # ---------------------------------------------------------------------------------------------
 # Runs
 
@@ -67,7 +57,7 @@ def _filters(args: Mapping[str, str]) -> dict[str, Any]:
 def runs_page() -> str:
     """Runs newest first, filtered by job, status and time range; ``cursor`` pages on."""
     args = _args()
-    filters = _filters(args)
+    filters = params.filters(args)  # BadRequest: a 400 page
     after = params.decode_cursor("runs", args.get("cursor"))
     page = _read(lambda conn: queries.list_runs(conn, limit=RUNS_PAGE, after=after, **filters))
     kept = {name: args[name] for name in FILTER_NAMES if name in args}
@@ -173,7 +163,7 @@ def search_page():
     """
     args = _args()
     q = params.text(args.get("q"), "q")
-    filters = _filters(args)
+    filters = params.filters(args)  # BadRequest: a 400 page
     after = params.decode_cursor("search", args.get("cursor"))
     if q is None:
         return render_template("search.html", q="", runs=[], tasks=[], args=args, next_url=None,
