@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import random
 import sys
 import time
-import uuid
 
 import psycopg
-from psycopg import sql
+from scratch import scratch_database  # bench/scratch.py: the script's folder
 
 from tasktree.exporter.receiver.records import Resource, SpanRow
 from tasktree.exporter.store.fold import fold_batch
@@ -31,7 +29,6 @@ from tasktree.exporter.store.landing import ResourceIds, land
 from tasktree.exporter.store.migrate import migrate
 from tasktree.exporter.tree.fold import DEFAULT_MAX_DEPTH
 
-ADMIN = os.environ.get("TASKTREE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 TRACE = bytes.fromhex("de3bde3bde3bde3bde3bde3bde3bde3b")
 BASE_NS = 1_795_000_000_000_000_000
 _ATTRS = '{"service.name":"deep-bench"}'
@@ -66,11 +63,7 @@ def main() -> None:
     elif args.order == "reverse":
         rows.reverse()
 
-    name = f"tasktree_bench_deep_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = ADMIN.rsplit("/", 1)[0] + "/" + name
-    try:
+    with scratch_database("tasktree_bench_deep") as url:
         migrate(url)
         with psycopg.connect(url, autocommit=True) as conn:
             t0 = time.perf_counter()
@@ -93,10 +86,6 @@ def main() -> None:
                     break
             fold_s = time.perf_counter() - t0
             report(conn, args, landed, fold_s, folds, folded, gave_up)
-    finally:
-        with psycopg.connect(ADMIN, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                          .format(sql.Identifier(name)))
 
 
 def report(conn, args, landed: float, fold_s: float, folds: int, folded: int,

@@ -22,19 +22,16 @@ import json
 import os
 import random
 import subprocess
-import sys
 import threading
 import time
-import uuid
 
 import psycopg
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
-from psycopg import sql
+from scratch import scratch_database, start_server  # bench/scratch.py: the script's folder
 
 BATCH = 512
-ADMIN = os.environ.get("TASKTREE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def _attrs(**kv) -> list[KeyValue]:
@@ -137,16 +134,10 @@ def bare_copy_rate(url: str, spans: list[tuple]) -> float:
         return len(spans) / (time.perf_counter() - t0)
 
 
-def start_server(url: str, workers: int) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tasktree.exporter", "serve", "--database-url", url, "--port", "0",
-         "--otlp-http-port", "0", "--otlp-grpc-port", "0", "--workers", str(workers)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:
-        if line.startswith("TASKTREE_READY "):
-            otlp = json.loads(line.split(" ", 1)[1])["otlp_http"]
-            return proc, int(otlp.rsplit(":", 1)[1].split("/")[0])
-    raise SystemExit("tasktree serve did not start")
+def start_ingest_server(url: str, workers: int) -> tuple[subprocess.Popen, int]:
+    """``tasktree serve`` with ``workers``; returns it and its OTLP/HTTP port."""
+    proc, urls = start_server(url, "--workers", str(workers))
+    return proc, int(urls["otlp_http"].rsplit(":", 1)[1].split("/")[0])
 
 
 def cpu_seconds(server_pid: int, database: str) -> tuple[float, float]:
@@ -202,23 +193,20 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    name = f"tasktree_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = ADMIN.rsplit("/", 1)[0] + "/" + name
-    proc = None
+    with scratch_database("tasktree_bench") as url:
+        run_scenarios(url, args)
+
+
+def run_scenarios(url: str, args: argparse.Namespace) -> None:
+    proc, port = start_ingest_server(url, args.workers)
     try:
-        proc, port = start_server(url, args.workers)
         print(f"clients={args.clients} workers={args.workers} batch={BATCH} spans/request")
         scenario("1 run x 20,000 flat tasks", flat_run(20_000), url, port, args.clients, proc.pid)
         runs = [s for _ in range(100) for s in tree_run(1_000)]
         scenario("100 runs x 1,000 tasks (fan-out 10)", runs, url, port, args.clients, proc.pid)
     finally:
-        if proc:
-            proc.terminate()
-            proc.wait()
-        with psycopg.connect(ADMIN, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        proc.terminate()
+        proc.wait()
 
 
 if __name__ == "__main__":

@@ -18,23 +18,21 @@ Target: under 50 ms, flat in the number of tasks.
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import re
 import statistics
 import time
-import uuid
 
 import psycopg
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from psycopg import sql
+from scratch import ADMIN, scratch_database  # bench/scratch.py: the script's folder
 
 from tasktree.exporter.metrics import DURATION_BUCKETS, ServiceMetrics
 from tasktree.exporter.settings import Settings
 from tasktree.exporter.store.migrate import migrate
 from tasktree.exporter.store.pool import open_pool
 
-ADMIN = os.environ.get("TASKTREE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 JOBS, NAMES_PER_JOB, CONTAINERS = 100, 10, 50
 LIVE_RUNNING, LIVE_STALLED, MISSING = 200, 50, 20
 
@@ -146,14 +144,10 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, nargs="+", default=[10_000, 1_000_000])
     parser.add_argument("--scrapes", type=int, default=40)
     args = parser.parse_args()
-    databases, opened = {}, {}
-    try:
+    opened = {}
+    with contextlib.ExitStack() as scratch:
         for tasks in args.tasks:
-            name = f"tasktree_bench_metrics_{uuid.uuid4().hex[:8]}"
-            with psycopg.connect(ADMIN, autocommit=True) as conn:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            databases[tasks] = name
-            url = ADMIN.rsplit("/", 1)[0] + "/" + name
+            url = scratch.enter_context(scratch_database("tasktree_bench_metrics"))
             migrate(url)
             started = time.perf_counter()
             populate(url, tasks)
@@ -161,6 +155,7 @@ def main() -> None:
                 f"{tasks:>9,} stored tasks: loaded in {time.perf_counter() - started:.0f} s; plans:\n{explain(url)}"
             )
             opened[tasks] = open_metrics(url)
+            scratch.callback(opened[tasks][0].close)
         with psycopg.connect(ADMIN, autocommit=True) as conn:
             conn.execute("CHECKPOINT")
         # Interleaved, so that the other load on a shared machine weighs on every size alike.
@@ -182,14 +177,6 @@ def main() -> None:
             print(
                 f"ratio {large:,} / {small:,} tasks: {medians[large] / medians[small]:.2f} (flat: ~1.0)"
             )
-    finally:
-        for pool, _ in opened.values():
-            pool.close()
-        with psycopg.connect(ADMIN, autocommit=True) as conn:
-            for name in databases.values():
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
 
 
 if __name__ == "__main__":

@@ -17,20 +17,17 @@ Target: both under 20 ms median.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
-import uuid
 from collections.abc import Callable
 
 import psycopg
-from psycopg import sql
+from scratch import ADMIN, scratch_database  # bench/scratch.py: the script's folder
 
 from tasktree.exporter.store import queries
 from tasktree.exporter.store.migrate import migrate
 
-ADMIN = os.environ.get("TASKTREE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 TRACE = bytes.fromhex("7be1a1ce5c0f4f0e9d2b6a3c1e0f9a10")
 BIG_CHILDREN = 100_000
 BRANCHES = 1000
@@ -188,18 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tasks < BIG_CHILDREN + 2 + BRANCHES:
         parser.error(f"--tasks must be at least {BIG_CHILDREN + 2 + BRANCHES}")
-    name = f"tasktree_bench_query_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.database_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        url = args.database_url.rsplit("/", 1)[0] + "/" + name
+    with scratch_database("tasktree_bench_query", args.database_url) as url:
         migrate(url)
         build(url, args.tasks)
         report(measure(url, args.repeat), args)
-    finally:
-        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        with psycopg.connect(args.database_url, autocommit=True) as admin:
-            admin.execute(drop)
     return 0
 
 

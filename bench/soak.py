@@ -43,7 +43,6 @@ import tempfile
 import threading
 import time
 import urllib.parse
-import uuid
 from collections import Counter
 
 import psutil
@@ -51,9 +50,8 @@ import psycopg
 import requests
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1 import trace_pb2
-from psycopg import sql
+from scratch import ADMIN, scratch_database, start_server  # bench/scratch.py: the script's folder
 
-ADMIN = os.environ.get("TASKTREE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 SAMPLE_EVERY_S = 10.0
 POOL_SIZE = 10  # Settings.pool_size's default: the server is started with it
 MAX_MINUTES = 10.0
@@ -240,7 +238,7 @@ def processes(root_pid: int) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
-def sample(root_pid: int, db: str, stats: Stats, last: dict) -> dict:
+def sample(root_pid: int, url: str, stats: Stats, last: dict) -> dict:
     rss = {}
     for proc in processes(root_pid):
         try:
@@ -249,8 +247,8 @@ def sample(root_pid: int, db: str, stats: Stats, last: dict) -> dict:
             pass
     with psycopg.connect(ADMIN, autocommit=True) as conn:
         connections = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
-                                   (db,)).fetchone()[0]
-    with psycopg.connect(_db_url(db), autocommit=True) as conn:
+                                   (url.rsplit("/", 1)[1],)).fetchone()[0]
+    with psycopg.connect(url, autocommit=True) as conn:
         lag_ns, backlog, tasks = conn.execute(
             "SELECT %s - min(received_ns), count(*), (SELECT count(*) FROM tasks)"
             " FROM span_landing",
@@ -262,10 +260,6 @@ def sample(root_pid: int, db: str, stats: Stats, last: dict) -> dict:
     last.update(acked=acked, at=now)
     return {"t": now, "rss": rss, "connections": connections, "lag_s": (lag_ns or 0) / 1e9,
             "backlog": backlog, "tasks": tasks, "rate": rate}
-
-
-def _db_url(db: str) -> str:
-    return ADMIN.rsplit("/", 1)[0] + "/" + db
 
 
 # -- verdict ------------------------------------------------------------------------------------
@@ -300,18 +294,6 @@ def verdict(samples: list[dict], processes_count: int, stats: Stats, lost: int) 
 
 
 # -- main ---------------------------------------------------------------------------------------
-
-
-def start_server(url: str, workers: int, cwd: str) -> tuple[subprocess.Popen, dict]:
-    argv = [sys.executable, "-m", "tasktree.exporter", "serve", "--database-url", url,
-            "--port", "0", "--otlp-http-port", "0", "--otlp-grpc-port", "0",
-            "--workers", str(workers)]
-    log = open(os.path.join(cwd, "serve.log"), "w")  # noqa: SIM115 (lives as long as the server)
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, cwd=cwd)
-    for line in proc.stdout:
-        if line.startswith("TASKTREE_READY "):
-            return proc, json.loads(line.split(" ", 1)[1])
-    raise SystemExit(f"tasktree serve did not start; see {cwd}/serve.log")
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -361,14 +343,18 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--clients", type=int, default=3)
     args = parser.parse_args()
-    minutes = min(args.minutes, MAX_MINUTES)
-    db = f"tasktree_soak_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+    with scratch_database("tasktree_soak") as url:
+        return soak(url, args, min(args.minutes, MAX_MINUTES))
+
+
+def soak(url: str, args: argparse.Namespace, minutes: float) -> int:
+    """Load a ``tasktree serve`` on the database ``url`` for ``minutes``; 0 when every check
+    passed."""
+    db = url.rsplit("/", 1)[1]
     workdir = tempfile.mkdtemp(prefix="tasktree-soak-")
-    proc = None
+    log = open(os.path.join(workdir, "serve.log"), "w")  # noqa: SIM115 (lives as long as the server)
+    proc, urls = start_server(url, "--workers", str(args.workers), stderr=log, cwd=workdir)
     try:
-        proc, urls = start_server(_db_url(db), args.workers, workdir)
         web = urls["ui"].rstrip("/")
         otlp = urls["otlp_http"].removesuffix("/v1/traces")
         print(f"tasktree serve pid {proc.pid} (--workers {args.workers}), {args.clients} clients, "
@@ -405,7 +391,7 @@ def main() -> int:
         samples, last = [], {"acked": 0, "at": start}
         while time.monotonic() < end:
             time.sleep(min(SAMPLE_EVERY_S, max(0.0, end - time.monotonic())))
-            samples.append(sample(proc.pid, db, stats, last))
+            samples.append(sample(proc.pid, url, stats, last))
             s = samples[-1]
             rss = " ".join(f"{v:.1f}" for v in s["rss"].values())
             print(f"  {s['t'] - start:5.0f} s  RSS {rss} MiB"
@@ -415,7 +401,7 @@ def main() -> int:
         for thread in threads:
             thread.join(60)
         process_count = len(samples[-1]["rss"])
-        lost = missing_tasks(_db_url(db), stats.acked)
+        lost = missing_tasks(url, stats.acked)
 
         print()
         print_table(samples, start)
@@ -427,11 +413,7 @@ def main() -> int:
             print(f"{'PASS' if passed else 'FAIL'}  {name}: {detail}")
         return 0 if all(passed for _, passed, _ in checks) else 1
     finally:
-        if proc is not None:
-            stop_server(proc)
-        with psycopg.connect(ADMIN, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                         .format(sql.Identifier(db)))
+        stop_server(proc)
 
 
 if __name__ == "__main__":

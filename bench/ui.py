@@ -21,21 +21,16 @@ Targets: first paint under 1 s, next page under 200 ms.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import signal
 import statistics
-import subprocess
 import sys
 import time
-import uuid
 
 import psycopg
-from psycopg import sql
+from scratch import ADMIN, scratch_database, start_server  # bench/scratch.py: the script's folder
 
 from tasktree.exporter.store.migrate import migrate
 
-ADMIN = os.environ.get("TASKTREE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync"]
@@ -109,18 +104,6 @@ def build(url: str, tasks: int) -> None:
         conn.execute("VACUUM ANALYZE runs")
 
 
-def start_server(url: str) -> tuple[subprocess.Popen, str]:
-    """``tasktree serve`` on free ports; returns the process and the web UI's base URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tasktree.exporter", "serve", "--database-url", url, "--port", "0",
-         "--otlp-http-port", "0", "--otlp-grpc-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:
-        if line.startswith("TASKTREE_READY "):
-            return proc, json.loads(line.split(" ", 1)[1])["ui"].rstrip("/")
-    raise SystemExit("tasktree serve did not start")
-
-
 ROOT_ID = (1).to_bytes(8, "big").hex()
 NEXT_PAGE_JS = """async () => {
     const group = document.querySelector('[role=treeitem][data-span-id="ROOT_ID"] > .children');
@@ -190,23 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tasks < CHILDREN + 1:
         parser.error(f"--tasks must be at least {CHILDREN + 1}")
-    name = f"tasktree_bench_ui_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.database_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    server = None
-    try:
-        url = args.database_url.rsplit("/", 1)[0] + "/" + name
+    with scratch_database("tasktree_bench_ui", args.database_url) as url:
         migrate(url)
         build(url, args.tasks)
-        server, base = start_server(url)
-        report(measure(base, args.repeat), args)
-    finally:
-        if server is not None:
+        server, urls = start_server(url)
+        try:
+            report(measure(urls["ui"].rstrip("/"), args.repeat), args)
+        finally:
             server.send_signal(signal.SIGTERM)
             server.wait(30)
-        with psycopg.connect(args.database_url, autocommit=True) as admin:
-            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-            admin.execute(drop.format(sql.Identifier(name)))
     return 0
 
 
