@@ -195,6 +195,7 @@ class EventReader:
         self._response = self._conn.getresponse()
         self._sock.settimeout(None)
         self.status_code = self._response.status
+        self.content_type = self._response.getheader("Content-Type")
         self._events: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()

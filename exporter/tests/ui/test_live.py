@@ -3,13 +3,11 @@ server-sent event streams of a real ``tasktree serve``."""
 
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import socket
 import subprocess
 import time
-import urllib.parse
 import uuid
 
 import pytest
@@ -17,6 +15,7 @@ import requests
 
 from tasktree.exporter.live import LocalBus, RedisBus, decode_message, encode_message
 
+from ..integration.faults_support import EventReader
 from .support import send_spans, span
 
 A, B = b"\xaa" * 16, b"\xbb" * 16
@@ -143,43 +142,11 @@ def test_redis_outage_delivers_locally_then_resyncs_everyone_when_redis_is_back(
 # -- event streams through a real server ----------------------------------------------------------
 
 
-class EventStream:
-    """A server-sent event stream, read on the test's thread by ``next_event(timeout)``."""
-
-    def __init__(self, url: str):
-        parts = urllib.parse.urlsplit(url)
-        self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-        self.conn.request("GET", parts.path, headers={"Accept": "text/event-stream"})
-        self.sock = self.conn.sock  # http.client lets go of it once the response owns it
-        self.response = self.conn.getresponse()
-
-    def next_event(self, timeout: float) -> str | None:
-        """The next event's name (``open`` for the opening comment); None after ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        try:
-            while (left := deadline - time.monotonic()) > 0:
-                self.sock.settimeout(left)
-                line = self.response.fp.readline().decode()
-                if line.startswith("event: "):
-                    return line[7:].strip()
-                if line.startswith(": open"):
-                    return "open"
-                if not line:
-                    return None
-        except TimeoutError:
-            pass
-        return None
-
-    def close(self) -> None:
-        self.response.close()
-        self.conn.close()
-
-
 def test_run_stream_says_changed_within_a_second_of_a_span_arriving(tasktree_server):
     trace = os.urandom(16).hex()
-    stream = EventStream(f"{tasktree_server.web}/api/live/runs/{trace}")
+    stream = EventReader(f"{tasktree_server.web}/api/live/runs/{trace}")
     try:
-        assert stream.response.getheader("Content-Type").startswith("text/event-stream")
+        assert stream.content_type.startswith("text/event-stream")
         assert stream.next_event(5) == "open"
         started = time.monotonic()
         send_spans(tasktree_server.otlp_http, [span(trace, os.urandom(8).hex(), name="t")])
@@ -199,7 +166,7 @@ def test_two_servers_share_live_updates_through_redis(start_tasktree):
     one = start_tasktree(extra_args=("--redis-url", REDIS_URL))
     two = start_tasktree(extra_args=("--redis-url", REDIS_URL))
     trace = os.urandom(16).hex()
-    stream = EventStream(f"{two.web}/api/live/runs/{trace}")
+    stream = EventReader(f"{two.web}/api/live/runs/{trace}")
     try:
         assert stream.next_event(5) == "open"
         send_spans(one.otlp_http, [span(trace, os.urandom(8).hex(), name="t")])
@@ -213,7 +180,7 @@ def test_with_redis_down_pages_work_and_own_changes_still_go_live(start_tasktree
     server = start_tasktree(extra_args=("--redis-url", dead))
     assert requests.get(server.web + "/", timeout=10).status_code == 200
     trace = os.urandom(16).hex()
-    stream = EventStream(f"{server.web}/api/live/runs/{trace}")
+    stream = EventReader(f"{server.web}/api/live/runs/{trace}")
     try:
         assert stream.next_event(5) == "open"
         send_spans(server.otlp_http, [span(trace, os.urandom(8).hex(), name="t")])
