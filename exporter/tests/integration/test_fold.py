@@ -81,6 +81,37 @@ def test_running_task_turns_stalled_when_heartbeats_stop_and_back_with_a_fresh_o
     assert tree(conn, t)[sid(1)] == (None, False, st.STALLED, 1, 0, 0, 1, 0)
 
 
+def test_finished_leaves_are_reported_in_the_duration_buckets_one_task_at_a_time_would_get(conn):
+    """Stored leaves are grouped in SQL; the groups must add up to what counting each task does."""
+    import bisect
+
+    from tasktree.exporter.store.fold import DURATION_BUCKETS
+
+    t = tid(6)
+    seconds = [0, 0.01, 0.0100001, 1.0, 1.0, 0.999999999, 2.5, 86400.0, 90000.0, 3 * 86400.0]
+    leaves = [span(t, sid(10 + i), sid(1), start=10**9, end=10**9 + round(s * 1e9),
+                   status=st.ERROR if i % 3 == 0 else st.OK, name=f"n{i % 2}")
+              for i, s in enumerate(seconds)]
+    land(conn, [span(t, sid(1), None, status=st.RUNNING, start=10, heartbeat=NOW), *leaves],
+         ResourceIds(), NOW)
+    finished = fold_batch(conn, limit=100, stall_after_s=3600).finished
+
+    def per_bucket(items):
+        out = {}
+        for key, bucket, count, total in items:
+            n, s = out.get((key, bucket), (0, 0.0))
+            out[(key, bucket)] = (n + count, s + total)
+        return {k: (n, round(s, 6)) for k, (n, s) in out.items()}
+
+    reported = per_bucket(((f.job, f.name, f.status), f.bucket, f.count, f.duration_s)
+                          for f in finished)
+    expected = per_bucket((("test-job", s.name, s.status),
+                           bisect.bisect_left(DURATION_BUCKETS, (s.end_ns - s.start_ns) / 1e9),
+                           1, (s.end_ns - s.start_ns) / 1e9) for s in leaves)
+    assert reported == expected
+    assert sum(f.count for f in finished) == len(seconds)
+
+
 def test_fold_reports_each_task_once_when_it_finishes_and_keeps_job_timestamps(conn):
     t = tid(5)
     land(conn, [span(t, sid(1), None, status=st.RUNNING, start=10, heartbeat=NOW, name="root"),

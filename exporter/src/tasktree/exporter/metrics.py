@@ -50,34 +50,13 @@ from tasktree.exporter.errors import Overloaded, StoreUnavailable
 from tasktree.exporter.receiver._common import Ingest
 from tasktree.exporter.receiver.records import DecodedBatch
 from tasktree.exporter.settings import Settings
-from tasktree.exporter.store.fold import FoldResult
+from tasktree.exporter.store.fold import DURATION_BUCKETS, FinishedTask, FoldResult
 from tasktree.exporter.store.pool import connection
 from tasktree.exporter.tree import status as st
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DURATION_BUCKETS", "OTHER", "ServiceMetrics", "StoreMetrics", "metrics_view"]
-
-DURATION_BUCKETS = (
-    0.01,
-    0.1,
-    0.5,
-    1.0,
-    5.0,
-    15.0,
-    30.0,
-    60.0,
-    300.0,
-    900.0,
-    1800.0,
-    3600.0,
-    7200.0,
-    14400.0,
-    28800.0,
-    86400.0,
-)
-"""Upper bounds (seconds) of the task and run duration histograms, up to a day (then +Inf).
-Stored per bucket in ``metric_totals``: changing them needs a migration that empties that table."""
 
 OTHER = "__other__"
 """The ``task`` label value of every task name beyond a job's first ``metrics_task_names``."""
@@ -101,10 +80,14 @@ class _Total:
     duration_sum: float = 0.0
     buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
 
-    def add(self, seconds: float, count: int = 1) -> None:
+    def add(self, seconds: float, count: int = 1, bucket: int | None = None) -> None:
+        """``count`` tasks of ``seconds`` in all, in ``bucket`` (default: the bucket of
+        ``seconds``, for one task)."""
         self.finished += count
         self.duration_sum += seconds
-        self.buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += count
+        if bucket is None:
+            bucket = bisect.bisect_left(DURATION_BUCKETS, seconds)
+        self.buckets[bucket] += count
 
     def merge(self, other: _Total) -> None:
         self.finished += other.finished
@@ -149,9 +132,9 @@ class FoldTotals:
         try:
             for task in result.finished:
                 job = task.job or ""
-                self._add((job, False, task.name, task.status), task.duration_s)
+                self._add((job, False, task.name, task.status), task)
                 if task.root:
-                    self._add((job, True, "", task.status), task.duration_s)
+                    self._add((job, True, "", task.status), task)
             self._flush()
         except Exception:  # the folder must go on; the amounts stay pending
             self.write_errors += 1
@@ -159,7 +142,7 @@ class FoldTotals:
                 "could not add finished tasks to the metrics; retrying with the next fold"
             )
 
-    def _add(self, key: _Key, seconds: float) -> None:
+    def _add(self, key: _Key, task: FinishedTask) -> None:
         total = self._pending.get(key)
         if total is None:
             if len(self._pending) >= _MAX_PENDING and not key[1]:
@@ -167,7 +150,7 @@ class FoldTotals:
                 total = self._pending.get(key)
             if total is None:
                 total = self._pending[key] = _Total()
-        total.add(seconds)
+        total.add(task.duration_s, task.count, task.bucket)
 
     def _flush(self) -> None:
         with connection(self._pool) as conn, conn.transaction():

@@ -32,7 +32,6 @@ from tasktree.exporter.store._copy import fast_binary_dumpers
 from tasktree.exporter.tree.fold import (
     DEFAULT_MAX_DEPTH,
     REFUSED_REASONS,
-    Finished,
     Node,
     Record,
     RunFold,
@@ -41,6 +40,14 @@ from tasktree.exporter.tree.fold import (
 from tasktree.exporter.tree.status import COUNT_INDEX as _COUNT_INDEX
 
 logger = logging.getLogger(__name__)
+
+DURATION_BUCKETS = (
+    0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
+    28800.0, 86400.0,
+)
+"""Upper bounds (seconds) of the task and run duration histograms (``metrics.py``), up to a day
+(then +Inf).  Stored per bucket in ``metric_totals``: changing them needs a migration that empties
+that table."""
 
 # Claimed ids are staged in a temporary table so that every later statement joins on it
 # instead of shipping large arrays back and forth.
@@ -215,10 +222,19 @@ _LEAVES_UNDER = """
 SELECT span_id, status, heartbeat_ns FROM fold_leaves WHERE trace_id = %s AND parent_span_id = %s
 """
 
+# The leaves that finished, grouped for the duration metrics: a stored batch has thousands, and
+# one Python object each was a tenth of a fold's time.  The bucket is bisect_left(DURATION_BUCKETS,
+# seconds), as metrics.py counts one task: the bounds at least the duration, counted from the top.
 _LEAVES_FINISHED = """
-SELECT resource_id, name, status, end_ns - start_ns, parent_span_id IS NULL
-FROM fold_leaves WHERE status IN (3, 4)
+SELECT resource_id, name, status, root, sum(seconds), count(*),
+       %(buckets)s - width_bucket(-seconds, %(negated_bounds)s::float8[]) AS bucket
+FROM (SELECT resource_id, name, status, parent_span_id IS NULL AS root,
+             greatest(coalesce(end_ns, start_ns) - start_ns, 0)::float8 / 1e9 AS seconds
+      FROM fold_leaves WHERE status IN (3, 4)) AS f
+GROUP BY resource_id, name, status, root, bucket
 """
+_NEGATED_BOUNDS = {"buckets": len(DURATION_BUCKETS),
+                   "negated_bounds": sorted(-b for b in DURATION_BUCKETS)}
 
 # The claimed records that are not leaves, for the tree rules one by one.
 _RULED_RECORDS = """
@@ -331,11 +347,15 @@ ORDER BY heartbeat_ns LIMIT %s
 
 
 class FinishedTask(NamedTuple):
+    """``count`` tasks of one job, name and status that reached a final status in a fold."""
+
     job: str | None
     name: str
     status: int  # OK or ERROR
-    duration_s: float
-    root: bool = False  # a run's root task: its end is the run's end
+    duration_s: float  # their durations added up
+    root: bool = False  # runs' root tasks: their end is the run's end
+    count: int = 1
+    bucket: int | None = None  # all in this bucket of DURATION_BUCKETS (len: +Inf); None: one task
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,7 +407,8 @@ def fold_batch(
         folds = _fold_runs(conn, by_run, cutoff, days, seeds, max_depth, leaves)
         _write(conn, folds)
         conn.execute("DELETE FROM span_landing l USING fold_claim c WHERE l.id = c.id")
-        finished = _finished_tasks(conn, folds, conn.execute(_LEAVES_FINISHED).fetchall())
+        finished = _finished_tasks(
+            conn, folds, conn.execute(_LEAVES_FINISHED, _NEGATED_BOUNDS).fetchall())
     return FoldResult(sum(claimed.values()), tuple(trace_ids), finished)
 
 
@@ -503,18 +524,22 @@ def _fold_runs(
 
 
 def _finished_tasks(
-    conn, folds: dict[bytes, RunFold], leaves_finished: list[tuple]
+    conn, folds: dict[bytes, RunFold], leaf_groups: list[tuple]
 ) -> tuple[FinishedTask, ...]:
-    """The tasks that reached a final status: by the rules, and stored leaves (rows of
-    ``_LEAVES_FINISHED``, in the fields of ``tree.fold.Finished``)."""
+    """The tasks that reached a final status: one by one by the rules, and the stored leaves in
+    groups (rows of ``_LEAVES_FINISHED``)."""
     done = [f for fold in folds.values() for f in fold.finished]
-    done += [Finished(*row) for row in leaves_finished]
-    resource_ids = list({f.resource_id for f in done if f.resource_id is not None})
+    resource_ids = list(({f.resource_id for f in done} | {g[0] for g in leaf_groups}) - {None})
     jobs = dict(conn.execute("SELECT id, job FROM resources WHERE id = ANY(%s)", (resource_ids,)))
-    return tuple(
+    singles = (
         FinishedTask(jobs.get(f.resource_id), f.name, f.status, f.duration_ns / 1e9, f.root)
         for f in done
     )
+    groups = (
+        FinishedTask(jobs.get(resource_id), name, status, seconds, root, count, bucket)
+        for resource_id, name, status, root, seconds, count, bucket in leaf_groups
+    )
+    return (*singles, *groups)
 
 
 def _lock_runs(conn, trace_ids) -> None:
@@ -607,4 +632,11 @@ def _write(conn, folds: dict[bytes, RunFold]) -> None:
         cur.execute(_UPSERT_JOBS, {"traces": list(folds), "now": time.time_ns()})
 
 
-__all__ = ["FinishedTask", "FoldResult", "fold_batch", "lanes_with_records", "sweep_stalled"]
+__all__ = [
+    "DURATION_BUCKETS",
+    "FinishedTask",
+    "FoldResult",
+    "fold_batch",
+    "lanes_with_records",
+    "sweep_stalled",
+]
