@@ -1,6 +1,6 @@
 """Ingest throughput, end to end: OTLP/HTTP requests → durably stored → folded into the tree.
 
-    .venv/bin/python bench/ingest.py [--clients 4] [--workers 1] [--database-url postgresql://...]
+    .venv/bin/python bench/ingest.py [--clients 4] [--workers 1] [--repeat 1]
 
 Starts a real ``tasktree serve`` on a scratch database, sends pre-encoded protobuf requests of
 512 spans from several concurrent clients, and reports spans per second until every span is in
@@ -21,6 +21,7 @@ import http.client
 import json
 import os
 import random
+import statistics
 import subprocess
 import threading
 import time
@@ -165,7 +166,8 @@ def cpu_seconds(server_pid: int, database: str) -> tuple[float, float]:
 
 
 def scenario(name: str, spans: list[tuple], url: str, port: int, clients: int,
-             server_pid: int) -> None:
+             server_pid: int) -> float:
+    """Send ``spans`` and wait until they are folded; prints and returns spans/s end to end."""
     random.shuffle(spans)  # children usually arrive before their parents; any order must work
     bodies = encode(spans)
     database = url.rsplit("/", 1)[1]
@@ -186,12 +188,15 @@ def scenario(name: str, spans: list[tuple], url: str, port: int, clients: int,
           f"ratio {e2e / reference:.3f}")
     print(f"{'':34s} CPU per span: server {1e6 * server_s / len(spans):5.1f} µs, "
           f"PostgreSQL {1e6 * postgres_s / len(spans):5.1f} µs")
+    return e2e
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each scenario this many times and print the median too")
     args = parser.parse_args()
     with scratch_database("tasktree_bench") as url:
         run_scenarios(url, args)
@@ -201,9 +206,13 @@ def run_scenarios(url: str, args: argparse.Namespace) -> None:
     proc, port = start_ingest_server(url, args.workers)
     try:
         print(f"clients={args.clients} workers={args.workers} batch={BATCH} spans/request")
-        scenario("1 run x 20,000 flat tasks", flat_run(20_000), url, port, args.clients, proc.pid)
-        runs = [s for _ in range(100) for s in tree_run(1_000)]
-        scenario("100 runs x 1,000 tasks (fan-out 10)", runs, url, port, args.clients, proc.pid)
+        for name, make in (("1 run x 20,000 flat tasks", lambda: flat_run(20_000)),
+                           ("100 runs x 1,000 tasks (fan-out 10)",
+                            lambda: [s for _ in range(100) for s in tree_run(1_000)])):
+            rates = [scenario(name, make(), url, port, args.clients, proc.pid)
+                     for _ in range(args.repeat)]
+            if args.repeat > 1:
+                print(f"{name:34s} median of {args.repeat}: {statistics.median(rates):,.0f}/s")
     finally:
         proc.terminate()
         proc.wait()

@@ -13,7 +13,7 @@ import pytest
 from tasktree.exporter.errors import Overloaded, StoreUnavailable
 from tasktree.exporter.ingest import Ingestor
 from tasktree.exporter.receiver.records import DecodedBatch
-from tasktree.exporter.settings import Settings
+from tasktree.exporter.settings import Settings, SettingsError
 from tasktree.exporter.store.fold import LANES, fold_batch, lanes_with_records
 from tasktree.exporter.store.pool import open_pool
 
@@ -123,3 +123,40 @@ def test_a_lane_folds_only_its_own_runs_and_a_held_lane_is_skipped(pool, clean_s
         assert lanes_with_records(conn) == {1}  # what a folder's pass looks at first
         assert fold_batch(conn, limit=100, stall_after_s=30, lane=1).trace_ids == (runs[0],)
         assert lanes_with_records(conn) == set()
+
+
+def test_fold_threads_of_one_process_fold_every_lane_and_report_each_fold_once(
+    pool, clean_store_db
+):
+    from tasktree.exporter.background import Folder
+
+    ingest = Ingestor(pool, settings())
+    runs = [bytes([n, 9]) + bytes(14) for n in range(2 * LANES)]  # two runs in every lane
+    for t in runs:  # a root with 30 children each, in requests of 10
+        spans = [span(t, sid(0), None)] + [span(t, sid(k), sid(0)) for k in range(1, 31)]
+        for at in range(0, len(spans), 10):
+            ingest(DecodedBatch(spans[at:at + 10]))
+    reported, changed = [], []
+    folder = Folder(pool, settings(fold_threads=3, pool_size=4))
+    folder.subscribe_folds(lambda result: reported.append(result.records))
+    folder.subscribe(changed.extend)
+    folder.start()
+    try:
+        deadline = time.monotonic() + 30
+        while folder.folded_total < 31 * len(runs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        folder.stop()
+    assert folder.folded_total == sum(reported) == 31 * len(runs)
+    assert set(changed) == set(runs)
+    with psycopg.connect(clean_store_db, autocommit=True) as conn:
+        assert lanes_with_records(conn) == set()
+        for t in runs:
+            assert tree(conn, t)[sid(0)] == (None, False, 3, 30, 30, 0, 0, 0)
+            assert run(conn, t)[9] == 31
+
+
+def test_fold_threads_must_leave_connections_for_requests():
+    with pytest.raises(SettingsError, match=r"TASKTREE_FOLD_THREADS \(4\) must be below "
+                                            r"TASKTREE_POOL_SIZE \(4\)"):
+        Settings.from_env(fold_threads=4, pool_size=4)

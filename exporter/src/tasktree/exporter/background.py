@@ -1,7 +1,10 @@
 """The service's background work: folding landed spans into the tree and sweeping stalled tasks.
 
-Runs on one daemon thread per process; several processes (or hosts) can run it against the same
-database at once (claims use SKIP LOCKED, tree writes take per-run advisory locks).
+Runs on ``TASKTREE_FOLD_THREADS`` daemon threads per process, each on its own connection; several
+processes (or hosts) can run it against the same database at once.  Runs are spread over fold
+lanes by trace id and a folder holds a lane while it folds it, so folders work on different runs
+side by side (claims use SKIP LOCKED, tree writes take per-run advisory locks).  PostgreSQL does
+most of a fold's work, so threads fold in parallel even though Python runs one at a time.
 """
 
 from __future__ import annotations
@@ -45,26 +48,32 @@ class Folder:
         self._settings = settings
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="tasktree-folder", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), name=f"tasktree-folder-{i}", daemon=True)
+            for i in range(settings.fold_threads)
+        ]
         self.folded_total = 0
         self.stalled_total = 0
         self._listeners: list[Callable[[tuple[bytes, ...]], None]] = []
-        self._next_lane = 0
         self._fold_listeners: list[Callable[[FoldResult], None]] = []  # issue 5: /metrics
+        self._after_fold = threading.Lock()  # totals and listeners: one folder thread at a time
 
     def subscribe(self, listener: Callable[[tuple[bytes, ...]], None]) -> None:
-        """Call ``listener(trace_ids)`` on the folder thread after each commit that changed runs.
+        """Call ``listener(trace_ids)`` on a folder thread after each commit that changed runs.
 
-        Listeners must be quick and must not raise (a raise is logged and ignored).
+        Listeners are called one at a time; they must be quick and must not raise (a raise is
+        logged and ignored).
         """
         self._listeners.append(listener)
 
     def subscribe_folds(self, listener: Callable[[FoldResult], None]) -> None:
-        """Call ``listener(result)`` on the folder thread after each committed fold of records."""
+        """Call ``listener(result)`` on a folder thread after each committed fold of records
+        (one at a time, like ``subscribe``)."""
         self._fold_listeners.append(listener)
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def wake(self, _count: int = 0) -> None:
         self._wake.set()
@@ -72,17 +81,22 @@ class Folder:
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _run(self) -> None:
+    def _run(self, number: int) -> None:
+        """One folder thread; the first also sweeps stalled tasks and applies retention."""
         backoff, last_sweep, last_retention = 0.0, 0.0, 0.0
+        next_lane = number * LANES // len(self._threads)  # threads start on different lanes
         while not self._stop.is_set():
             try:
-                folded = self._fold_once()
-                if time.monotonic() - last_sweep >= _SWEEP_EVERY_S:
+                next_lane = (next_lane + 1) % LANES
+                folded = self._fold_once(next_lane)
+                if number == 0 and time.monotonic() - last_sweep >= _SWEEP_EVERY_S:
                     self._sweep_once()
                     last_sweep = time.monotonic()
-                if time.monotonic() - last_retention >= _RETENTION_EVERY_S:
+                if number == 0 and time.monotonic() - last_retention >= _RETENTION_EVERY_S:
                     last_retention = time.monotonic()
                     self.apply_retention()
                 backoff = 0.0
@@ -97,14 +111,13 @@ class Folder:
                 if woken:
                     self._stop.wait(_GATHER_S)
 
-    def _fold_once(self) -> int:
-        """One pass over the lanes (starting at a different one each time); returns the most
-        records folded from one lane, so a full batch means "go again at once"."""
+    def _fold_once(self, first_lane: int) -> int:
+        """One pass over the lanes, from ``first_lane`` on; returns the most records folded from
+        one lane, so a full batch means "go again at once"."""
         most = 0
-        self._next_lane = (self._next_lane + 1) % LANES
         with connection(self._pool) as conn:
             busy = lanes_with_records(conn)
-        for lane in [(self._next_lane + i) % LANES for i in range(LANES)]:
+        for lane in [(first_lane + i) % LANES for i in range(LANES)]:
             if lane not in busy:
                 continue
             with connection(self._pool) as conn:
@@ -115,10 +128,11 @@ class Folder:
                     max_depth=self._settings.max_depth,
                     lane=lane,
                 )
-            self.folded_total += result.records
-            self._notify(result.trace_ids)
-            if result.records:
-                self._call(self._fold_listeners, result)
+            with self._after_fold:
+                self.folded_total += result.records
+                self._notify(result.trace_ids)
+                if result.records:
+                    self._call(self._fold_listeners, result)
             most = max(most, result.records)
         return most
 
@@ -139,8 +153,9 @@ class Folder:
     def _sweep_once(self) -> None:
         with connection(self._pool) as conn:
             result = sweep_stalled(conn, stall_after_s=self._settings.stall_after)
-        self.stalled_total += result.records
-        self._notify(result.trace_ids)
+        with self._after_fold:
+            self.stalled_total += result.records
+            self._notify(result.trace_ids)
 
     def _notify(self, trace_ids: tuple[bytes, ...]) -> None:
         if trace_ids:

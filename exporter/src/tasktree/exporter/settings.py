@@ -38,6 +38,9 @@ class Settings:
     otlp_grpc_port: int = 4317
     otlp_http_port: int = 4318
     workers: int = 1
+    fold_threads: int = 2
+    """Threads of each process that fold landed spans into the tree, each on its own connection:
+    different runs are folded side by side (PostgreSQL does most of the work)."""
     stall_after: float = 30.0
     """Seconds without a heartbeat after which a running task is shown as stalled."""
     data_dir: Path = field(default_factory=_default_data_dir)
@@ -116,6 +119,7 @@ class Settings:
                 raise SettingsError(f"{_env_name(name)} must be a port number 0-65535, got {port}")
         for name in (
             "workers",
+            "fold_threads",
             "pool_size",
             "max_body_bytes",
             "max_value_bytes",
@@ -124,6 +128,11 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1")
+        if self.fold_threads >= self.pool_size:
+            raise SettingsError(
+                f"TASKTREE_FOLD_THREADS ({self.fold_threads}) must be below TASKTREE_POOL_SIZE"
+                f" ({self.pool_size}): each fold thread holds a connection while it folds"
+            )
         if self.max_depth < 2:
             raise SettingsError("TASKTREE_MAX_DEPTH must be at least 2 (a root and its children)")
         if self.retention_days is not None and self.retention_days < 1:

@@ -50,14 +50,16 @@ DURATION_BUCKETS = (
 that table."""
 
 # Claimed ids are staged in a temporary table so that every later statement joins on it
-# instead of shipping large arrays back and forth.
+# instead of shipping large arrays back and forth.  With them the landed rows' physical
+# addresses (ctid): the fold holds their row locks, so the rows stay where they are, and reading
+# or deleting them by address skips a primary-key lookup per record.
 LANES = 8  # must match the index span_landing_lane (migration 0007)
 _LANE_LOCK = 0x7461736B  # with the lane number: the two-int advisory lock of a lane
 
 _CLAIM = """
 WITH c AS (
     SELECT id, trace_id, span_id, parent_span_id, status, heartbeat_ns, start_ns, end_ns, name,
-           resource_id
+           resource_id, ctid
     FROM span_landing {lane} ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ), staged AS (INSERT INTO fold_claim SELECT * FROM c)
 SELECT trace_id, count(*) FROM c GROUP BY trace_id
@@ -102,8 +104,9 @@ _PLAN_FOR_BATCHES = (
 
 _TEMP_TABLES = """
 CREATE TEMP TABLE IF NOT EXISTS fold_claim (
-    id bigint PRIMARY KEY, trace_id bytea, span_id bytea, parent_span_id bytea, status smallint,
-    heartbeat_ns bigint, start_ns bigint, end_ns bigint, name text, resource_id bigint
+    id bigint, trace_id bytea, span_id bytea, parent_span_id bytea, status smallint,
+    heartbeat_ns bigint, start_ns bigint, end_ns bigint, name text, resource_id bigint,
+    landing_row tid
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_seeds (trace_id bytea, span_id bytea, run_day integer)
     ON COMMIT DELETE ROWS;
@@ -114,8 +117,9 @@ CREATE TEMP TABLE IF NOT EXISTS fold_out (
     height integer, refused_parent_span_id bytea, refused_reason smallint
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_leaves (
-    id bigint PRIMARY KEY, trace_id bytea, span_id bytea, parent_span_id bytea, status smallint,
-    heartbeat_ns bigint, start_ns bigint, end_ns bigint, name text, resource_id bigint
+    id bigint, trace_id bytea, span_id bytea, parent_span_id bytea, status smallint,
+    heartbeat_ns bigint, start_ns bigint, end_ns bigint, name text, resource_id bigint,
+    landing_row tid
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_runs (
     trace_id bytea, d_ok integer, d_error integer, d_running integer, d_stalled integer,
@@ -144,9 +148,6 @@ _OUT_TYPES = [
 ]
 _RUN_TYPES = ["bytea", "int4", "int4", "int4", "int4", "int4", "int8", "int8", "int4"]
 
-# The search document from the words the receiver found (tasktree.exporter.search).
-_SEARCH = "array_to_tsvector(array_remove(string_to_array(l.search_words, ' '), ''))"
-
 _PAYLOAD = (
     "name, kind, start_ns, end_ns, status_message, resource_id, scope, attributes, "
     "events, links, truncated, received_ns, search"
@@ -162,7 +163,7 @@ SELECT o.trace_id, o.span_id, o.parent_span_id, o.missing, o.status, o.heartbeat
        o.refused_reason,
        l.name, l.kind, l.start_ns, l.end_ns, l.status_message, l.resource_id, l.scope,
        l.attributes, l.events, l.links, coalesce(l.truncated, false), l.received_ns,
-       {_SEARCH}
+       l.search
 FROM fold_out o LEFT JOIN span_landing l ON l.id = o.landing_id
 WHERE o.is_new
 """  # noqa: S608
@@ -182,35 +183,43 @@ NOT EXISTS (SELECT FROM (SELECT 1 FROM tasks t
 # row, as the rules would make one for the first child: then every child's parent has a row.
 _STORE_PLACEHOLDERS = f"""
 INSERT INTO tasks (trace_id, span_id, missing, status, run_day)
-SELECT DISTINCT c.trace_id, c.parent_span_id, true, 0, %(day)s
-FROM fold_claim c
-WHERE c.trace_id = ANY(%(traces)s) AND c.parent_span_id <> c.span_id
-  AND {_NO_ROW.format(span="c.parent_span_id")}
+SELECT c.trace_id, c.parent_span_id, true, 0, %(day)s
+FROM (SELECT DISTINCT trace_id, parent_span_id FROM fold_claim
+      WHERE trace_id = ANY(%(traces)s) AND parent_span_id <> span_id) AS c
+WHERE {_NO_ROW.format(span="c.parent_span_id")}
 ORDER BY 1, 2
 """  # noqa: S608 (a constant fragment)
 
 # Then the leaves (see the module docstring): a span with one record in the batch and no row yet.
-# Their rows are written at once, in the state the rules give a new task without children.
+# Their rows are written at once, in the state the rules give a new task without children, and
+# the other records are the statement's result, for the rules.
 _STORE_LEAVES = f"""
 WITH candidates AS (
-    SELECT c.*, count(*) OVER (PARTITION BY c.trace_id, c.span_id) AS records
+    SELECT c.*,
+           count(*) OVER (PARTITION BY c.trace_id, c.span_id) = 1
+           AND c.parent_span_id IS DISTINCT FROM c.span_id AS single
     FROM fold_claim c WHERE c.trace_id = ANY(%(traces)s)
+), classified AS (
+    SELECT c.*, c.single AND {_NO_ROW.format(span="c.span_id")} AS leaf FROM candidates c
 ), leaves AS (
     INSERT INTO fold_leaves
     SELECT c.id, c.trace_id, c.span_id, c.parent_span_id,
            CASE WHEN c.status = 1 AND c.heartbeat_ns < %(cutoff)s THEN 2 ELSE c.status END,
-           c.heartbeat_ns, c.start_ns, c.end_ns, c.name, c.resource_id
-    FROM candidates c
-    WHERE c.records = 1 AND c.parent_span_id IS DISTINCT FROM c.span_id
-      AND {_NO_ROW.format(span="c.span_id")}
-    RETURNING id, trace_id, span_id, parent_span_id, status
+           c.heartbeat_ns, c.start_ns, c.end_ns, c.name, c.resource_id, c.landing_row
+    FROM classified c WHERE c.leaf
+    RETURNING trace_id, span_id, parent_span_id, status, landing_row
+), stored AS (
+    INSERT INTO tasks (trace_id, span_id, parent_span_id, status, heartbeat_ns, run_day,
+                       {_PAYLOAD})
+    SELECT f.trace_id, f.span_id, f.parent_span_id, f.status, l.heartbeat_ns, %(day)s,
+           l.name, l.kind, l.start_ns, l.end_ns, l.status_message, l.resource_id, l.scope,
+           l.attributes, l.events, l.links, coalesce(l.truncated, false), l.received_ns,
+           l.search
+    FROM leaves f JOIN span_landing l ON l.ctid = f.landing_row
 )
-INSERT INTO tasks (trace_id, span_id, parent_span_id, status, heartbeat_ns, run_day, {_PAYLOAD})
-SELECT f.trace_id, f.span_id, f.parent_span_id, f.status, l.heartbeat_ns, %(day)s,
-       l.name, l.kind, l.start_ns, l.end_ns, l.status_message, l.resource_id, l.scope,
-       l.attributes, l.events, l.links, coalesce(l.truncated, false), l.received_ns,
-       {_SEARCH}
-FROM leaves f JOIN span_landing l ON l.id = f.id
+SELECT c.id, c.trace_id, c.span_id, c.parent_span_id, c.status, c.start_ns, c.end_ns,
+       c.heartbeat_ns, c.name, c.resource_id
+FROM classified c WHERE NOT c.leaf
 """  # noqa: S608 (constant column lists)
 
 _LEAF_GROUPS = """
@@ -236,15 +245,7 @@ GROUP BY resource_id, name, status, root, bucket
 _NEGATED_BOUNDS = {"buckets": len(DURATION_BUCKETS),
                    "negated_bounds": sorted(-b for b in DURATION_BUCKETS)}
 
-# The claimed records that are not leaves, for the tree rules one by one.
-_RULED_RECORDS = """
-SELECT c.id, c.trace_id, c.span_id, c.parent_span_id, c.status, c.start_ns, c.end_ns,
-       c.heartbeat_ns, c.name, c.resource_id
-FROM fold_claim c
-WHERE NOT EXISTS (SELECT FROM (SELECT 1 FROM fold_leaves f WHERE f.id = c.id LIMIT 1) AS leaf)
-"""
-
-_UPDATE_WITH_PAYLOAD = f"""
+_UPDATE_WITH_PAYLOAD = """
 UPDATE tasks t SET
     parent_span_id = o.parent_span_id, missing = o.missing, status = o.status,
     heartbeat_ns = o.heartbeat_ns, child_count = o.child_count,
@@ -254,11 +255,11 @@ UPDATE tasks t SET
     name = l.name, kind = l.kind, start_ns = l.start_ns, end_ns = l.end_ns,
     status_message = l.status_message, resource_id = l.resource_id, scope = l.scope,
     attributes = l.attributes, events = l.events, links = l.links, truncated = l.truncated,
-    received_ns = l.received_ns, search = {_SEARCH}
+    received_ns = l.received_ns, search = l.search
 FROM fold_out o JOIN span_landing l ON l.id = o.landing_id
 WHERE NOT o.is_new
   AND t.span_id = o.span_id AND t.trace_id = o.trace_id AND t.run_day = o.run_day
-"""  # noqa: S608 (a constant fragment)
+"""
 
 _UPDATE_STRUCTURE = """
 UPDATE tasks t SET
@@ -396,8 +397,7 @@ def fold_batch(
         _lock_runs(conn, trace_ids)
         days = _run_days(conn, trace_ids)
         cutoff = time.time_ns() - int(stall_after_s * 1e9)
-        leaves = _store_leaves(conn, days, cutoff)
-        by_run = _ruled_records(conn)
+        leaves, by_run = _store_leaves(conn, days, cutoff)
         seeds = {(parent, t) for t, parent in leaves if parent is not None}
         for t, records in by_run.items():
             for r in records:
@@ -406,7 +406,7 @@ def fold_batch(
                     seeds.add((r.parent_span_id, t))
         folds = _fold_runs(conn, by_run, cutoff, days, seeds, max_depth, leaves)
         _write(conn, folds)
-        conn.execute("DELETE FROM span_landing l USING fold_claim c WHERE l.id = c.id")
+        conn.execute("DELETE FROM span_landing l USING fold_claim c WHERE l.ctid = c.landing_row")
         finished = _finished_tasks(
             conn, folds, conn.execute(_LEAVES_FINISHED, _NEGATED_BOUNDS).fetchall())
     return FoldResult(sum(claimed.values()), tuple(trace_ids), finished)
@@ -447,12 +447,21 @@ def sweep_stalled(
 _Leaves = dict[tuple[bytes, bytes | None], tuple[list[int], int, int]]
 
 
-def _store_leaves(conn, days: dict[bytes, int], cutoff_ns: int) -> _Leaves:
-    """Write the rows of the claimed records that are leaves (see the module docstring)."""
-    for day in set(days.values()):
-        params = {"traces": [t for t, d in days.items() if d == day], "day": day}
-        conn.execute(_STORE_PLACEHOLDERS, params)
-        conn.execute(_STORE_LEAVES, {**params, "cutoff": cutoff_ns})
+def _store_leaves(
+    conn, days: dict[bytes, int], cutoff_ns: int
+) -> tuple[_Leaves, dict[bytes, list[Record]]]:
+    """Write the rows of the claimed records that are leaves (see the module docstring); return
+    them counted by parent, and the other records by run, in landing order, for the rules."""
+    ruled = []
+    with conn.cursor(binary=True) as cur:
+        for day in set(days.values()):
+            params = {"traces": [t for t, d in days.items() if d == day], "day": day}
+            cur.execute(_STORE_PLACEHOLDERS, params)
+            ruled += cur.execute(_STORE_LEAVES, {**params, "cutoff": cutoff_ns}).fetchall()
+    return _count_leaves(conn), _records_by_run(ruled)
+
+
+def _count_leaves(conn) -> _Leaves:
     leaves: _Leaves = {}
     for trace_id, parent, status, n, start, landing_id in conn.execute(_LEAF_GROUPS):
         key = (bytes(trace_id), bytes(parent) if parent else None)
@@ -462,10 +471,8 @@ def _store_leaves(conn, days: dict[bytes, int], cutoff_ns: int) -> _Leaves:
     return leaves
 
 
-def _ruled_records(conn) -> dict[bytes, list[Record]]:
-    """The claimed records that are not leaves, by run, in landing order."""
+def _records_by_run(rows) -> dict[bytes, list[Record]]:
     by_run: dict[bytes, list[Record]] = defaultdict(list)
-    rows = conn.cursor(binary=True).execute(_RULED_RECORDS).fetchall()
     for lid, trace_id, span_id, parent, status, start, end, hb, name, resource_id in rows:
         by_run[bytes(trace_id)].append(
             Record(
