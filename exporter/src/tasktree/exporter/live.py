@@ -199,7 +199,7 @@ class RedisBus(LocalBus):
         backoff, missed = 0.0, False
         while not self._stop.is_set():
             try:
-                self._listen(resync=missed)
+                self._listen(resumed=missed)
                 backoff = 0.0
             except (self._redis.RedisError, OSError) as exc:
                 if not missed:
@@ -209,15 +209,17 @@ class RedisBus(LocalBus):
                 backoff = min(5.0, backoff * 2 or 0.2)
                 self._stop.wait(backoff)
 
-    def _listen(self, resync: bool) -> None:
+    def _listen(self, resumed: bool) -> None:
         """Subscribe and deliver until stopped; raises when the connection fails."""
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(self._channel)
             self.connected.set()
-            if resync:  # events were missed while disconnected: every page re-fetches once
+            if resumed:
                 logger.warning("live updates through Redis resumed")
-                self.deliver(_EVERYTHING)
+            # Pages opened before this subscription (at start-up, or while Redis was away) may
+            # have missed messages: each re-fetches once.
+            self.deliver(_EVERYTHING)
             while not self._stop.is_set():
                 message = pubsub.get_message(timeout=1.0)
                 if message is not None and message.get("type") == "message":

@@ -120,8 +120,9 @@ AND (t.start_ns, t.span_id) > (%(after_start)s, %(after_span)s)
 
 
 -- ---------------------------------------------------------------------------------------------
--- Task search, newest first (start_ns DESC, then trace id and span id ascending: exactly index
--- tasks_start).  Three sources, each on its own index:
+-- Task search, newest first (start_ns DESC, then trace id and span id ascending: index
+-- tasks_start walked in order, the few tasks of one nanosecond sorted).  Three sources, each on
+-- its own index:
 --   search_by_text   no q (index tasks_start) or keywords (GIN index tasks_search);
 --   search_by_span   span id prefix (index tasks_span_id);
 --   search_by_trace  trace id prefix: the top-level tasks of the matching runs (runs primary
