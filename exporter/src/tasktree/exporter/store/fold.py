@@ -93,13 +93,16 @@ SELECT * FROM chain
 # A batch touches a few thousand rows of tables that may hold millions: probing the indexes row
 # by row is always right, but the planner knows nothing about the unanalysed temporary tables,
 # nor about a day partition that filled since it was last analysed, and would otherwise pick hash
-# joins or repeated scans that read a whole table.
+# joins or repeated scans that read a whole table.  The claim, too, must walk its lane's index in
+# id order and stop at the limit; a bitmap scan read the lane's whole backlog and sorted it on
+# disk, at every claim.
 #
 # A fold need not wait for its commit to reach disk: if it is lost in a crash, so is its DELETE
 # of the landed records, and they are simply folded again.
 _PLAN_FOR_BATCHES = (
     "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;"
-    " SET LOCAL enable_seqscan = off; SET LOCAL jit = off; SET LOCAL synchronous_commit = off"
+    " SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL jit = off;"
+    " SET LOCAL synchronous_commit = off"
 )
 
 _TEMP_TABLES = """
