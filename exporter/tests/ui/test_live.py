@@ -161,10 +161,12 @@ def test_stream_of_a_malformed_run_id_is_400(tasktree_server):
     assert response.status_code == 400 and response.json()["error"]["code"] == "bad_request"
 
 
-def test_two_servers_share_live_updates_through_redis(start_tasktree):
+def test_two_servers_share_live_updates_through_redis(start_tasktree, private_db):
+    # A database of their own: a server of another test (its updates in-process only) must not
+    # fold this span in their place.
     _redis_or_skip()
-    one = start_tasktree(extra_args=("--redis-url", REDIS_URL))
-    two = start_tasktree(extra_args=("--redis-url", REDIS_URL))
+    one = start_tasktree(extra_args=("--redis-url", REDIS_URL), database=private_db)
+    two = start_tasktree(extra_args=("--redis-url", REDIS_URL), database=private_db)
     trace = os.urandom(16).hex()
     stream = EventReader(f"{two.web}/api/live/runs/{trace}")
     try:
@@ -175,9 +177,9 @@ def test_two_servers_share_live_updates_through_redis(start_tasktree):
         stream.close()
 
 
-def test_with_redis_down_pages_work_and_own_changes_still_go_live(start_tasktree):
+def test_with_redis_down_pages_work_and_own_changes_still_go_live(start_tasktree, private_db):
     dead = f"redis://127.0.0.1:{_free_port()}/0"
-    server = start_tasktree(extra_args=("--redis-url", dead))
+    server = start_tasktree(extra_args=("--redis-url", dead), database=private_db)  # see above
     assert requests.get(server.web + "/", timeout=10).status_code == 200
     trace = os.urandom(16).hex()
     stream = EventReader(f"{server.web}/api/live/runs/{trace}")

@@ -27,8 +27,9 @@ def test_a_notify_from_another_process_reaches_this_process_streams(database_url
         publisher.close()
 
 
-def test_live_stream_of_a_server_with_two_workers_sees_spans_arriving(start_tasktree):
-    server = start_tasktree(extra_args=("--workers", "2"))
+def test_live_stream_of_a_server_with_two_workers_sees_spans_arriving(start_tasktree, private_db):
+    # Its own database: only its two processes fold there, not the servers of other tests.
+    server = start_tasktree(extra_args=("--workers", "2"), database=private_db)
     trace_id = os.urandom(16).hex()
     events = []
 
