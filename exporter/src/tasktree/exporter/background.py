@@ -57,6 +57,8 @@ class Folder:
         self._listeners: list[Callable[[tuple[bytes, ...]], None]] = []
         self._fold_listeners: list[Callable[[FoldResult], None]] = []  # issue 5: /metrics
         self._after_fold = threading.Lock()  # totals and listeners: one folder thread at a time
+        self._lanes_in_use: set[int] = set()  # lanes a thread of this process is folding
+        self._lanes_lock = threading.Lock()
 
     def subscribe(self, listener: Callable[[tuple[bytes, ...]], None]) -> None:
         """Call ``listener(trace_ids)`` on a folder thread after each commit that changed runs.
@@ -118,23 +120,38 @@ class Folder:
         with connection(self._pool) as conn:
             busy = lanes_with_records(conn)
         for lane in [(first_lane + i) % LANES for i in range(LANES)]:
-            if lane not in busy:
-                continue
-            with connection(self._pool) as conn:
-                result = fold_batch(
-                    conn,
-                    limit=self._settings.fold_batch,
-                    stall_after_s=self._settings.stall_after,
-                    max_depth=self._settings.max_depth,
-                    lane=lane,
-                )
-            with self._after_fold:
-                self.folded_total += result.records
-                self._notify(result.trace_ids)
-                if result.records:
-                    self._call(self._fold_listeners, result)
-            most = max(most, result.records)
+            if lane in busy and self._take_lane(lane):
+                try:
+                    most = max(most, self._fold_lane(lane))
+                finally:
+                    with self._lanes_lock:
+                        self._lanes_in_use.discard(lane)
         return most
+
+    def _take_lane(self, lane: int) -> bool:
+        """Whether this thread may fold ``lane``: not while another thread of this process does
+        (the lane's lock would refuse it, after a transaction's worth of round trips)."""
+        with self._lanes_lock:
+            if lane in self._lanes_in_use:
+                return False
+            self._lanes_in_use.add(lane)
+            return True
+
+    def _fold_lane(self, lane: int) -> int:
+        with connection(self._pool) as conn:
+            result = fold_batch(
+                conn,
+                limit=self._settings.fold_batch,
+                stall_after_s=self._settings.stall_after,
+                max_depth=self._settings.max_depth,
+                lane=lane,
+            )
+        with self._after_fold:
+            self.folded_total += result.records
+            self._notify(result.trace_ids)
+            if result.records:
+                self._call(self._fold_listeners, result)
+        return result.records
 
     def apply_retention(self) -> list[int]:
         """Drop expired day partitions (when TASKTREE_RETENTION_DAYS is set); returns the days."""
