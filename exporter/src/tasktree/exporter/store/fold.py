@@ -4,9 +4,10 @@ One fold is one transaction:
 
 1. claim up to N landed records (``FOR UPDATE SKIP LOCKED``, so several folders never share one);
 2. take each affected run's advisory lock, in sorted order (no deadlocks between processes);
-3. store the *leaves* set-based: a new task's one record (most records are).  Their rows, and
-   placeholders for parents without one, are written here in two statements, and the tree rules
-   only get their counts by parent and status (``RunFold.add_stored_leaves``);
+3. store the *leaves* set-based: a new task's one record (most records are), no other record
+   of the batch naming it as parent.  Their rows are written here in one statement, and the
+   tree rules only get their counts by parent and status (``RunFold.add_stored_leaves``, which
+   makes a placeholder for a parent without a row);
 4. load the other records' nodes, the leaves' parents and their ancestor chains, fold in memory
    (``tree.fold.RunFold``);
    no stored chain is longer than the depth limit (``TASKTREE_MAX_DEPTH``: the fold refuses links
@@ -182,28 +183,26 @@ NOT EXISTS (SELECT FROM (SELECT 1 FROM tasks t
                            AND t.run_day = %(day)s LIMIT 1) AS r)
 """
 
-# First, for the claimed records of the runs of one day, a placeholder for every parent without a
-# row, as the rules would make one for the first child: then every child's parent has a row.
-_STORE_PLACEHOLDERS = f"""
-INSERT INTO tasks (trace_id, span_id, missing, status, run_day)
-SELECT c.trace_id, c.parent_span_id, true, 0, %(day)s
-FROM (SELECT DISTINCT trace_id, parent_span_id FROM fold_claim
-      WHERE trace_id = ANY(%(traces)s) AND parent_span_id <> span_id) AS c
-WHERE {_NO_ROW.format(span="c.parent_span_id")}
-ORDER BY 1, 2
-"""  # noqa: S608 (a constant fragment)
-
-# Then the leaves (see the module docstring): a span with one record in the batch and no row yet.
-# Their rows are written at once, in the state the rules give a new task without children, and
-# the other records are the statement's result, for the rules.
+# The leaves (see the module docstring), for the claimed records of the runs of one day: a span
+# with one record in the batch, no other record naming it as parent, and no row yet.  A leaf has
+# no children, so it can close no loop.  Their rows are written at once, in the state the rules
+# give a new task without children, and the other records are the statement's result, for the
+# rules.  (A span's records and the records naming it as parent are counted in one window.)
 _STORE_LEAVES = f"""
-WITH candidates AS (
-    SELECT c.*,
-           count(*) OVER (PARTITION BY c.trace_id, c.span_id) = 1
-           AND c.parent_span_id IS DISTINCT FROM c.span_id AS single
-    FROM fold_claim c WHERE c.trace_id = ANY(%(traces)s)
+WITH named AS (
+    SELECT c.*, true AS is_record FROM fold_claim c WHERE c.trace_id = ANY(%(traces)s)
+    UNION ALL
+    SELECT NULL, c.trace_id, c.parent_span_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           false
+    FROM fold_claim c WHERE c.trace_id = ANY(%(traces)s) AND c.parent_span_id IS NOT NULL
+), candidates AS (
+    SELECT n.*,
+           count(*) OVER (PARTITION BY n.trace_id, n.span_id) = 1
+           AND n.parent_span_id IS DISTINCT FROM n.span_id AS single
+    FROM named n
 ), classified AS (
-    SELECT c.*, c.single AND {_NO_ROW.format(span="c.span_id")} AS leaf FROM candidates c
+    SELECT c.*, c.single AND {_NO_ROW.format(span="c.span_id")} AS leaf
+    FROM candidates c WHERE c.is_record
 ), leaves AS (
     INSERT INTO fold_leaves
     SELECT c.id, c.trace_id, c.span_id, c.parent_span_id,
@@ -459,7 +458,6 @@ def _store_leaves(
     with conn.cursor(binary=True) as cur:
         for day in set(days.values()):
             params = {"traces": [t for t, d in days.items() if d == day], "day": day}
-            cur.execute(_STORE_PLACEHOLDERS, params)
             ruled += cur.execute(_STORE_LEAVES, {**params, "cutoff": cutoff_ns}).fetchall()
     return _count_leaves(conn), _records_by_run(ruled)
 

@@ -13,9 +13,9 @@ their ancestor chains, as loaded from the store) and applies records to it:
   ``child_count``.  Every change of a node's own status, and every attachment of a subtree, is
   applied to all its ancestors, so reading a node never has to look at its descendants.
 * **Leaves stored by the store.**  Most records are a new task's one record: the store writes
-  their rows itself, set-based, under their parent's row (a placeholder if need be), and hands
-  them over counted by parent and status (``add_stored_leaves``), so that the rollups above them
-  are done here once per parent instead of once per record.
+  their rows itself, set-based, and hands them over counted by parent and status
+  (``add_stored_leaves``, which makes a placeholder for a parent not stored yet), so that the
+  rollups above them are done here once per parent instead of once per record.
 * **Refused links** (design.md §3 rule 7: limits are visible).  A task whose declared parent
   cannot be its parent is kept at the top of its run, its declared parent in ``refused_parent``
   with the reason:
@@ -160,16 +160,20 @@ class RunFold:
         min_start_ns: int,
         landing_id: int,
     ) -> bool:
-        """Count new leaf tasks whose rows the store wrote under ``parent_id`` (a loaded node;
-        ``None``: roots): ``counts`` by status (ok, error, running, stalled).  Returns False, and
-        counts nothing, when they would pass the depth limit (see ``add_refused_leaf``)."""
+        """Count new leaf tasks whose rows the store wrote under ``parent_id`` (a loaded node, or
+        none yet: a placeholder is made; ``None``: roots): ``counts`` by status (ok, error,
+        running, stalled).  Returns False, and counts nothing, when they would pass the depth
+        limit (see ``add_refused_leaf``)."""
         d = self.delta
         if d.min_start_ns is None or min_start_ns < d.min_start_ns:
             d.min_start_ns = min_start_ns
         if d.any_landing_id is None:
             d.any_landing_id = landing_id
         if parent_id is not None:
-            parent = self.nodes[parent_id]
+            parent = self.nodes.get(parent_id)
+            if parent is None:
+                parent = Node(parent_id, None, True, st.NONE, (0, 0, 0), is_new=True, dirty=True)
+                self.nodes[parent_id] = parent
             chain = list(self._chain(parent))
             if len(chain) + 1 > self.max_depth:
                 return False
