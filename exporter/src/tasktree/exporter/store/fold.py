@@ -38,7 +38,6 @@ from tasktree.exporter.tree.fold import (
     RunFold,
     record_rank,
 )
-from tasktree.exporter.tree.status import COUNT_INDEX as _COUNT_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -224,9 +223,14 @@ SELECT c.id, c.trace_id, c.span_id, c.parent_span_id, c.status, c.start_ns, c.en
 FROM classified c WHERE NOT c.leaf
 """  # noqa: S608 (constant column lists)
 
+# Per parent: the leaves by status, in the order of tree.status.COUNTED (ok, error, running,
+# stalled), their earliest start and smallest landing id.
 _LEAF_GROUPS = """
-SELECT trace_id, parent_span_id, status, count(*), min(start_ns), min(id)
-FROM fold_leaves GROUP BY trace_id, parent_span_id, status
+SELECT trace_id, parent_span_id,
+       count(*) FILTER (WHERE status = 3), count(*) FILTER (WHERE status = 4),
+       count(*) FILTER (WHERE status = 1), count(*) FILTER (WHERE status = 2),
+       min(start_ns), min(id)
+FROM fold_leaves GROUP BY trace_id, parent_span_id
 """
 
 _LEAVES_UNDER = """
@@ -446,7 +450,7 @@ def sweep_stalled(
 
 # (trace id, parent span id or None) -> counts by status (ok, error, running, stalled), the
 # earliest start and the smallest landing id of the leaves stored under that parent
-_Leaves = dict[tuple[bytes, bytes | None], tuple[list[int], int, int]]
+_Leaves = dict[tuple[bytes, bytes | None], tuple[tuple[int, int, int, int], int, int]]
 
 
 def _store_leaves(
@@ -457,19 +461,14 @@ def _store_leaves(
     ruled = []
     with conn.cursor(binary=True) as cur:
         for day in set(days.values()):
-            params = {"traces": [t for t, d in days.items() if d == day], "day": day}
-            ruled += cur.execute(_STORE_LEAVES, {**params, "cutoff": cutoff_ns}).fetchall()
-    return _count_leaves(conn), _records_by_run(ruled)
-
-
-def _count_leaves(conn) -> _Leaves:
-    leaves: _Leaves = {}
-    for trace_id, parent, status, n, start, landing_id in conn.execute(_LEAF_GROUPS):
-        key = (bytes(trace_id), bytes(parent) if parent else None)
-        counts, first_start, first_id = leaves.get(key) or ([0, 0, 0, 0], start, landing_id)
-        counts[_COUNT_INDEX[status]] += n
-        leaves[key] = (counts, min(first_start, start), min(first_id, landing_id))
-    return leaves
+            traces = [t for t, d in days.items() if d == day]
+            params = {"traces": traces, "day": day, "cutoff": cutoff_ns}
+            ruled += cur.execute(_STORE_LEAVES, params).fetchall()
+    leaves = {
+        (bytes(trace_id), bytes(parent) if parent else None): ((ok, err, run, stall), start, lid)
+        for trace_id, parent, ok, err, run, stall, start, lid in conn.execute(_LEAF_GROUPS)
+    }
+    return leaves, _records_by_run(ruled)
 
 
 def _records_by_run(rows) -> dict[bytes, list[Record]]:
@@ -511,7 +510,7 @@ def _fold_runs(
         fold.run_day = day
     for (trace_id, parent), (counts, start, landing_id) in (leaves or {}).items():
         fold = folds[trace_id]
-        if not fold.add_stored_leaves(parent, tuple(counts), start, landing_id):
+        if not fold.add_stored_leaves(parent, counts, start, landing_id):
             for span_id, status, hb in conn.execute(_LEAVES_UNDER, (trace_id, parent)):
                 fold.add_refused_leaf(bytes(span_id), parent, status, hb)
     for trace_id, fold in folds.items():

@@ -141,7 +141,7 @@ class RunFold:
 
     def apply(self, record: Record) -> None:
         """Fold one record in.  Idempotent: applying the same record again changes nothing."""
-        self._note_start(record)
+        self._note_start(record.start_ns, record.landing_id)
         node = self.nodes.get(record.span_id)
         rank = record_rank(record.status, record.end_ns, record.heartbeat_ns)
         if node is not None and not node.missing:
@@ -164,16 +164,10 @@ class RunFold:
         none yet: a placeholder is made; ``None``: roots): ``counts`` by status (ok, error,
         running, stalled).  Returns False, and counts nothing, when they would pass the depth
         limit (see ``add_refused_leaf``)."""
+        self._note_start(min_start_ns, landing_id)
         d = self.delta
-        if d.min_start_ns is None or min_start_ns < d.min_start_ns:
-            d.min_start_ns = min_start_ns
-        if d.any_landing_id is None:
-            d.any_landing_id = landing_id
         if parent_id is not None:
-            parent = self.nodes.get(parent_id)
-            if parent is None:
-                parent = Node(parent_id, None, True, st.NONE, (0, 0, 0), is_new=True, dirty=True)
-                self.nodes[parent_id] = parent
+            parent = self.nodes.get(parent_id) or self._new_placeholder(parent_id)
             chain = list(self._chain(parent))
             if len(chain) + 1 > self.max_depth:
                 return False
@@ -213,12 +207,12 @@ class RunFold:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _note_start(self, record: Record) -> None:
+    def _note_start(self, start_ns: int, landing_id: int) -> None:
         d = self.delta
-        if d.min_start_ns is None or record.start_ns < d.min_start_ns:
-            d.min_start_ns = record.start_ns
+        if d.min_start_ns is None or start_ns < d.min_start_ns:
+            d.min_start_ns = start_ns
         if d.any_landing_id is None:
-            d.any_landing_id = record.landing_id
+            d.any_landing_id = landing_id
 
     def _status_of(self, record: Record) -> int:
         if record.status == st.RUNNING:
@@ -290,8 +284,7 @@ class RunFold:
             self._refuse(node, parent_id, REFUSED_DEPTH)
             return
         if parent is None:
-            parent = Node(parent_id, None, True, st.NONE, (0, 0, 0), is_new=True, dirty=True)
-            self.nodes[parent_id] = parent
+            parent = self._new_placeholder(parent_id)
             chain = [parent]
         node.parent_span_id = parent_id
         parent.child_count += 1
@@ -299,6 +292,13 @@ class RunFold:
         own = _COUNT_INDEX[node.status]
         subtree = (ok + (own == 0), error + (own == 1), running + (own == 2), stalled + (own == 3))
         _add_below(chain, subtree, node.height)
+
+    def _new_placeholder(self, span_id: bytes) -> Node:
+        """A node for a parent named by a child but not received (or stored) yet."""
+        node = self.nodes[span_id] = Node(
+            span_id, None, True, st.NONE, (0, 0, 0), is_new=True, dirty=True
+        )
+        return node
 
     def _break_cycle(self, node: Node, parent_id: bytes, chain: list[Node]) -> None:
         """``chain`` (the parent up to ``node``) plus the new link is a loop: refuse the link of
