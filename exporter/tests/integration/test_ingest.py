@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import threading
 import time
 
 import psycopg
 import pytest
+import requests
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from tasktree.exporter.errors import Overloaded, StoreUnavailable
 from tasktree.exporter.ingest import Ingestor
@@ -16,8 +19,10 @@ from tasktree.exporter.receiver.records import DecodedBatch
 from tasktree.exporter.settings import Settings, SettingsError
 from tasktree.exporter.store.fold import LANES, fold_batch, lanes_with_records
 from tasktree.exporter.store.pool import open_pool
+from tasktree.exporter.tree import status as st
 
 from ..spans import sid, span, tid
+from .faults_support import otlp_request
 from .test_fold import run, tree
 
 
@@ -160,3 +165,60 @@ def test_fold_threads_must_leave_connections_for_requests():
     with pytest.raises(SettingsError, match=r"TASKTREE_FOLD_THREADS \(4\) must be below "
                                             r"TASKTREE_POOL_SIZE \(4\)"):
         Settings.from_env(fold_threads=4, pool_size=4)
+
+
+def test_at_the_cap_records_of_kept_tasks_are_accepted_and_new_tasks_refused(pool, clean_store_db):
+    """Records landed before the run reached its cap, not folded yet, are tasks kept too."""
+    ingest = Ingestor(pool, settings(max_spans_per_run=2))
+    t = tid(5)
+    now = time.time_ns()
+    ingest(DecodedBatch([span(t, sid(k), status=st.RUNNING, heartbeat=now) for k in (1, 2, 3)]))
+    with psycopg.connect(clean_store_db, autocommit=True) as conn:
+        fold_batch(conn, limit=2, stall_after_s=30)  # the run holds 2 tasks; sid(3) waits
+        assert run_counts(conn, t) == (st.RUNNING, 2, 0)
+    batch = DecodedBatch([span(t, sid(k)) for k in (1, 2, 3, 4)])  # finals, and a new task
+    ingest(batch)
+    assert batch.rejected == 1 and [s.span_id for s in batch.spans] == [sid(1), sid(2), sid(3)]
+    with psycopg.connect(clean_store_db, autocommit=True) as conn:
+        while fold_batch(conn, limit=100, stall_after_s=30).records:
+            pass
+        assert run_counts(conn, t) == (st.OK, 3, 1)  # a soft cap: the landed task is kept
+
+
+def run_counts(conn, trace: bytes) -> tuple[int, int, int]:
+    return conn.execute("SELECT status, task_count, dropped_spans FROM runs WHERE trace_id = %s",
+                        (trace,)).fetchone()
+
+
+def test_through_the_server_a_run_at_its_cap_keeps_its_tasks_heartbeats_and_ends_ok(
+    start_tasktree, private_db
+):
+    """Issue 18: at TASKTREE_MAX_SPANS_PER_RUN, the kept tasks' heartbeats and final records are
+    accepted (the run neither stalls nor stays running for ever); only new tasks are refused."""
+    server = start_tasktree(extra_args=("--stall-after", "3"), database=private_db,
+                            env={"TASKTREE_MAX_SPANS_PER_RUN": "10"})
+    trace = os.urandom(16)
+    tasks = [(sid(0), None)] + [(sid(k), sid(0)) for k in range(1, 10)]
+
+    def send(records, running: bool) -> ExportTraceServiceResponse:
+        spans = [(s, p, f"task-{s.hex()}", running) for s, p in records]
+        body = otlp_request(trace, spans, "capped-job")
+        answer = requests.post(server.otlp_http + "/v1/traces", data=body, timeout=30,
+                               headers={"Content-Type": "application/x-protobuf"})
+        assert answer.status_code == 200, answer.text
+        return ExportTraceServiceResponse.FromString(answer.content)
+
+    assert not send(tasks, running=True).HasField("partial_success")
+    server.wait_folded()
+    for _ in range(4):  # heartbeats past --stall-after: the run stays running
+        assert not send(tasks, running=True).HasField("partial_success")
+        time.sleep(1)
+    server.wait_folded()
+    assert server.get(f"/api/runs/{trace.hex()}")["status"] == "running"
+    refused = send([(sid(10), sid(0))], running=False).partial_success
+    assert refused.rejected_spans == 1 and "TASKTREE_MAX_SPANS_PER_RUN" in refused.error_message
+    assert not send(tasks, running=False).HasField("partial_success")
+    server.wait_folded()
+    run = server.get(f"/api/runs/{trace.hex()}")
+    assert (run["status"], run["roots"][0]["status"]) == ("ok", "ok")
+    assert (run["task_count"], run["dropped_spans"], run["counts"]["ok"]) == (10, 1, 10)

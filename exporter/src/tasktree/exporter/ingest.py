@@ -2,8 +2,8 @@
 
 ``Ingestor`` is the ``ingest(batch)`` callable both OTLP receivers use.  It refuses work it cannot
 take (429 when the unfolded backlog is over its limit, 503 when PostgreSQL is unreachable), drops
-spans of runs over the per-run cap with a visible reason (``partial_success``), and returns only
-after the rest is committed.
+the spans of new tasks of runs at the per-run cap with a visible reason (``partial_success``), and
+returns only after the rest is committed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 import psycopg_pool
 
 from tasktree.exporter.errors import Overloaded
-from tasktree.exporter.receiver.records import DecodedBatch
+from tasktree.exporter.receiver.records import DecodedBatch, SpanRow
 from tasktree.exporter.settings import Settings
 from tasktree.exporter.store.landing import ResourceIds, land
 from tasktree.exporter.store.pool import connection
@@ -63,27 +63,63 @@ class Ingestor:
             )
 
     def _drop_over_run_cap(self, conn, batch: DecodedBatch) -> None:
-        """Refuse spans of runs that already hold ``max_spans_per_run`` tasks, and count them."""
+        """Refuse the new tasks of runs that already hold ``max_spans_per_run`` tasks, and count
+        them.  Records of the tasks such a run keeps (final records, snapshots, heartbeats) are
+        accepted: refusing them left those tasks running, then stalled, for ever."""
         cap = self._settings.max_spans_per_run
         traces = list({s.trace_id for s in batch.spans})
-        rows = conn.execute(
-            "SELECT trace_id, task_count FROM runs WHERE trace_id = ANY(%s) AND task_count >= %s",
-            (traces, cap),
-        ).fetchall()
-        full = {bytes(t) for t, _ in rows}
+        full = {bytes(t): day for t, day in conn.execute(_FULL_RUNS, (traces, cap))}
         if not full:
             return
-        dropped = [s.trace_id for s in batch.spans if s.trace_id in full]
-        batch.spans = [s for s in batch.spans if s.trace_id not in full]
+        kept = _kept_spans(conn, [s for s in batch.spans if s.trace_id in full], full)
+
+        def new_task(s: SpanRow) -> bool:
+            return s.trace_id in full and (s.trace_id, s.span_id) not in kept
+
+        dropped = [s.trace_id for s in batch.spans if new_task(s)]
+        if not dropped:
+            return
+        batch.spans = [s for s in batch.spans if not new_task(s)]
         batch.reject(
             len(dropped),
-            f"run over the limit of {cap} tasks (TASKTREE_MAX_SPANS_PER_RUN); "
-            "its further spans are refused",
+            f"run holds its limit of {cap} tasks (TASKTREE_MAX_SPANS_PER_RUN); "
+            "spans of new tasks are refused (those of its tasks are still accepted)",
         )
         with conn.transaction():
-            conn.execute(
-                "UPDATE runs SET dropped_spans = dropped_spans + c.n FROM "
-                "(SELECT t, count(*) AS n FROM unnest(%s::bytea[]) t GROUP BY t) c"
-                " WHERE trace_id = c.t",
-                (dropped,),
-            )
+            conn.execute(_COUNT_DROPPED, (dropped,))
+
+
+def _kept_spans(conn, spans: list[SpanRow], run_days: dict[bytes, int]) -> set[tuple[bytes, bytes]]:
+    """(trace id, span id) of ``spans`` whose task their run keeps already."""
+    rows = conn.execute(
+        _KEPT_SPANS,
+        (
+            [s.trace_id for s in spans],
+            [s.span_id for s in spans],
+            [run_days[s.trace_id] for s in spans],
+        ),
+    )
+    return {(bytes(t), bytes(s)) for t, s in rows}
+
+
+# Runs of a batch that hold their cap of tasks, and the day partition their tasks live in.
+# task_count counts folded tasks only: records landed and not folded yet may add a few (soft cap).
+_FULL_RUNS = "SELECT trace_id, run_day FROM runs WHERE trace_id = ANY(%s) AND task_count >= %s"
+
+# Which spans of full runs are tasks the run keeps: a row in ``tasks`` (its primary key, in the
+# run's day partition) or a record landed and not folded yet (index ``span_landing_span``).  One
+# index probe per span, so the cost follows the batch, never the size of the run or the backlog.
+# A missing-parent placeholder is a row too: the record that fills it in is accepted.
+_KEPT_SPANS = """
+SELECT k.trace_id, k.span_id
+FROM unnest(%s::bytea[], %s::bytea[], %s::integer[]) AS k(trace_id, span_id, run_day)
+WHERE EXISTS (SELECT FROM tasks t
+              WHERE t.span_id = k.span_id AND t.trace_id = k.trace_id AND t.run_day = k.run_day)
+   OR EXISTS (SELECT FROM span_landing l WHERE l.trace_id = k.trace_id AND l.span_id = k.span_id)
+"""
+
+_COUNT_DROPPED = """
+UPDATE runs SET dropped_spans = dropped_spans + c.n
+FROM (SELECT t, count(*) AS n FROM unnest(%s::bytea[]) t GROUP BY t) c
+WHERE trace_id = c.t
+"""
