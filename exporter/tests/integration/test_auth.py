@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import grpc
 import itsdangerous
 import pytest
 import requests
@@ -20,6 +21,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
+
+from .faults_support import otlp_request
 
 VIEWER = "viewer-token-3f9a1c77"
 OPERATOR = "operator-token-b41d2e08"
@@ -123,6 +127,49 @@ def test_otlp_http_answers_401_with_the_reason_without_an_ingest_token(server, s
         assert answer.json()["code"] == 16 and "ingest token" in answer.json()["message"]
         assert INGEST not in answer.text and "wrong-token" not in answer.text
         assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def refused_export(protocol: str, server, authorization: str | None) -> None:
+    """One export of one span that the server must refuse for its token."""
+    body = otlp_request(os.urandom(16), [(os.urandom(8), None, "refused", False)], "no-token")
+    credential = {"authorization": authorization} if authorization else {}
+    if protocol == "http":
+        answer = requests.post(server.otlp_http + "/v1/traces", data=body, timeout=10,
+                               headers={"Content-Type": "application/x-protobuf", **credential})
+        assert answer.status_code == 401
+        return
+    with grpc.insecure_channel(server.otlp_grpc) as channel:
+        export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+        with pytest.raises(grpc.RpcError) as refused:
+            export(body, timeout=10, metadata=list(credential.items()))
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def unauthenticated_total(server, protocol: str) -> float:
+    text = requests.get(server.web + "/metrics", headers={"Authorization": f"Bearer {VIEWER}"},
+                        timeout=10).text
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == "tasktree_ingest_spans_rejected_total"
+               and s.labels == {"protocol": protocol, "reason": "unauthenticated"})
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_exports_refused_for_their_token_are_counted_and_warned_about_once_a_minute(
+    protocol, server
+):
+    """Issue 18: an operator sees a job sending without its token, in /metrics and the log."""
+    for authorization in (None, "Bearer wrong-token-123", f"Basic {INGEST}", None):
+        refused_export(protocol, server, authorization)
+
+    assert unauthenticated_total(server, protocol) == 4  # requests: their bodies are not read
+    log = server.log_path.read_text()
+    warnings = [line for line in log.splitlines() if "refused an OTLP" in line]
+    assert len(warnings) == 1, log
+    name = {"http": "OTLP/HTTP", "grpc": "OTLP/gRPC"}[protocol]
+    assert " WARNING " in warnings[0]
+    assert f"refused an {name} export from 127.0.0.1: " in warnings[0]
+    assert "ingest token" in warnings[0] and "once every 60 s" in warnings[0]
+    assert "wrong-token" not in log and INGEST not in log
 
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])

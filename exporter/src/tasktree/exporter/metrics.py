@@ -536,7 +536,9 @@ class IngestMetrics:
             "tasktree_ingest_spans_rejected",
             "Spans not stored, by reason: "
             "refused (alone, in partial_success: invalid or over a limit), "
-            "overloaded (429), unavailable (503), error (500).",
+            "overloaded (429), unavailable (503), error (500); "
+            "unauthenticated (401, missing or wrong ingest token) counts requests, not spans: "
+            "the body of a request without a valid token is never decoded.",
             ["protocol", "reason"],
             registry=registry,
         )
@@ -550,8 +552,12 @@ class IngestMetrics:
         for protocol in ("http", "grpc"):  # series exist at 0 before the first request
             self.accepted.labels(protocol)
             self.latency.labels(protocol)
-            for reason in ("refused", "overloaded", "unavailable", "error"):
+            for reason in ("refused", "overloaded", "unavailable", "error", "unauthenticated"):
                 self.rejected.labels(protocol, reason)
+
+    def count_unauthenticated(self, protocol: str) -> None:
+        """One request refused for its token (its spans are not known: its body is not read)."""
+        self.rejected.labels(protocol, "unauthenticated").inc()
 
     def instrument(self, ingest: Ingest, protocol: str) -> Ingest:
         """``ingest`` that also counts and times each call; raises what ``ingest`` raises."""

@@ -18,6 +18,7 @@ from tasktree.exporter.docker import DockerService, check_docker_hosts
 from tasktree.exporter.ingest import Ingestor
 from tasktree.exporter.live import open_bus
 from tasktree.exporter.metrics import ServiceMetrics
+from tasktree.exporter.receiver._common import UnauthenticatedExports
 from tasktree.exporter.receiver.otlp_grpc import start_otlp_grpc_server
 from tasktree.exporter.receiver.otlp_http import create_otlp_http_app
 from tasktree.exporter.settings import Settings
@@ -115,11 +116,20 @@ class Service:
         # a token of its own (none of the configured ingest tokens is its to use).
         own_token = secrets.token_urlsafe(32)
         tokens = IngestTokens(s, internal=[own_token])
+        # One for both receivers: a client is warned about once a minute, whatever it speaks.
+        unauthenticated = UnauthenticatedExports(self.metrics.ingest.count_unauthenticated)
         self.otlp_http_port = self._start_http(
-            create_otlp_http_app(http_ingest, s, tokens), s.otlp_http_port, "otlp-http"
+            create_otlp_http_app(http_ingest, s, tokens, unauthenticated),
+            s.otlp_http_port,
+            "otlp-http",
         )
         self._grpc, self.otlp_grpc_port = start_otlp_grpc_server(
-            grpc_ingest, s, s.host, s.otlp_grpc_port, tokens=tokens
+            grpc_ingest,
+            s,
+            s.host,
+            s.otlp_grpc_port,
+            tokens=tokens,
+            unauthenticated=unauthenticated,
         )
         self.docker.connect_tracing(self._own_url(self.otlp_http_port) + "/v1/traces", own_token)
         return self

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from tasktree.exporter.errors import Overloaded, TasktreeError
+from tasktree.exporter.errors import Overloaded, TasktreeError, Unauthorized
 from tasktree.exporter.receiver.records import DecodedBatch
+
+logger = logging.getLogger(__name__)
 
 Ingest = Callable[[DecodedBatch], None]
 """Stores a batch durably before returning; may ``batch.reject(...)`` more spans; may raise
@@ -63,6 +69,63 @@ def ingest_tokens(settings, tokens=None):
     from tasktree.exporter.auth import IngestTokens
 
     return tokens if tokens is not None else IngestTokens(settings)
+
+
+_PROTOCOL_NAMES = {"http": "OTLP/HTTP", "grpc": "OTLP/gRPC"}
+
+
+class UnauthenticatedExports:
+    """What the receivers do with an export refused for a missing or wrong ingest token (401,
+    ``UNAUTHENTICATED``): count it with ``count(protocol)`` (the metrics' hook) and warn in the log.
+
+    A job sending without its token retries with every batch, so the warning comes at most once
+    per ``interval_s`` per client address, with the number of refusals left unlogged since.  At
+    most ``capacity`` addresses are remembered (the least recently warned are forgotten first).
+    """
+
+    def __init__(
+        self,
+        count: Callable[[str], None] = lambda protocol: None,
+        interval_s: float = 60.0,
+        capacity: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._count = count
+        self._clock = clock
+        self._interval = interval_s
+        self._capacity = capacity
+        self._warned: OrderedDict[str, list] = OrderedDict()  # address: [warned at, refused since]
+        self._lock = threading.Lock()
+
+    def refused(self, protocol: str, address: str, exc: Unauthorized) -> None:
+        self._count(protocol)
+        unlogged = self._unlogged_if_due(address)
+        if unlogged is None:
+            return
+        since = f" ({unlogged} more refused since the last warning)" if unlogged else ""
+        logger.warning(
+            "refused an %s export from %s: %s%s; warning at most once every %g s per address",
+            _PROTOCOL_NAMES.get(protocol, protocol),
+            address,
+            exc.message,
+            since,
+            self._interval,
+        )
+
+    def _unlogged_if_due(self, address: str) -> int | None:
+        """None when ``address`` was warned about less than ``interval_s`` ago (this refusal is
+        then counted for the next warning), else how many refusals went unlogged since."""
+        now = self._clock()
+        with self._lock:
+            entry = self._warned.get(address)
+            if entry is not None and now - entry[0] < self._interval:
+                entry[1] += 1
+                return None
+            self._warned[address] = [now, 0]
+            self._warned.move_to_end(address)
+            while len(self._warned) > self._capacity:
+                self._warned.popitem(last=False)
+            return entry[1] if entry is not None else 0
 
 
 def store(ingest: Ingest, batch: DecodedBatch) -> None:

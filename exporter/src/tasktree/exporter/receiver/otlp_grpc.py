@@ -13,6 +13,7 @@ exporter looks).
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from concurrent import futures
 
 import grpc
@@ -24,9 +25,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceServicer
 
-from tasktree.exporter.errors import TasktreeError
+from tasktree.exporter.errors import TasktreeError, Unauthorized
 from tasktree.exporter.receiver._common import (
     Ingest,
+    UnauthenticatedExports,
     export_response,
     ingest_tokens,
     retry_after,
@@ -44,14 +46,21 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def start_otlp_grpc_server(
-    ingest: Ingest, settings, host: str, port: int, max_workers: int = 8, tokens=None
+    ingest: Ingest,
+    settings,
+    host: str,
+    port: int,
+    max_workers: int = 8,
+    tokens=None,
+    unauthenticated: UnauthenticatedExports | None = None,
 ) -> tuple[grpc.Server, int]:
     """Start serving OTLP/gRPC on ``host:port`` only; return the server and the bound port.
 
     ``port`` 0 picks a free port.  Requests over ``settings.max_body_bytes`` (after
     decompression) are refused by gRPC itself with RESOURCE_EXHAUSTED.  Stop it with
     ``server.stop(grace)``.  ``ingest`` runs on the server's worker threads (``max_workers``).
-    ``tokens`` (an ``auth.IngestTokens``) replaces the ingest tokens configured in ``settings``.
+    ``tokens`` (an ``auth.IngestTokens``) replaces the ingest tokens configured in ``settings``;
+    ``unauthenticated`` counts and logs the calls refused for their token.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="otlp-grpc"),
@@ -61,7 +70,7 @@ def start_otlp_grpc_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    service = TraceService(ingest, settings, tokens)
+    service = TraceService(ingest, settings, tokens, unauthenticated)
     handler = grpc.unary_unary_rpc_method_handler(
         service.export_bytes,  # raw bytes in, so a malformed request is INVALID_ARGUMENT
         request_deserializer=None,
@@ -84,10 +93,11 @@ def start_otlp_grpc_server(
 class TraceService(TraceServiceServicer):
     """``Export`` into ``ingest``; every ``TasktreeError`` becomes the matching gRPC status."""
 
-    def __init__(self, ingest: Ingest, settings, tokens=None):
+    def __init__(self, ingest: Ingest, settings, tokens=None, unauthenticated=None):
         self.ingest = ingest
         self.limits = Limits.from_settings(settings)
         self.tokens = ingest_tokens(settings, tokens)
+        self.unauthenticated = unauthenticated or UnauthenticatedExports()
 
     def Export(self, request: ExportTraceServiceRequest, context) -> ExportTraceServiceResponse:
         """The generated servicer's method, for a request gRPC has already parsed."""
@@ -102,6 +112,9 @@ class TraceService(TraceServiceServicer):
             self.tokens.check(dict(context.invocation_metadata()).get("authorization"))
             batch = decode()
             store(self.ingest, batch)
+        except Unauthorized as exc:  # refused before the request is decoded
+            self.unauthenticated.refused("grpc", client_address(context.peer()), exc)
+            _abort(context, exc)
         except TasktreeError as exc:
             _abort(context, exc)
         except Exception:
@@ -111,6 +124,16 @@ class TraceService(TraceServiceServicer):
                 TasktreeError("internal error while storing spans; see the tasktree server log"),
             )
         return export_response(batch)
+
+
+def client_address(peer: str) -> str:
+    """The client's address in a gRPC peer (``ipv4:10.0.0.5:40312``, ``ipv6:[::1]:40312``),
+    without the port, which changes with every connection of the same client."""
+    kind, _, rest = peer.partition(":")
+    rest = urllib.parse.unquote(rest)  # some gRPC versions write ipv6:%5B::1%5D:40312
+    if kind in ("ipv4", "ipv6"):
+        return rest.rpartition(":")[0].removeprefix("[").removesuffix("]") or peer
+    return peer
 
 
 def _abort(context, exc: TasktreeError) -> None:

@@ -24,10 +24,12 @@ from tasktree.exporter.errors import (
     BadRequest,
     PayloadTooLarge,
     TasktreeError,
+    Unauthorized,
     UnsupportedMediaType,
 )
 from tasktree.exporter.receiver._common import (
     Ingest,
+    UnauthenticatedExports,
     export_response,
     export_response_json,
     ingest_tokens,
@@ -54,27 +56,30 @@ _WBITS = {"gzip": _GZIP_WBITS, "x-gzip": _GZIP_WBITS, "deflate": _ZLIB_WBITS}
 _READ_CHUNK = 1 << 20
 
 
-def create_otlp_http_app(ingest: Ingest, settings, tokens=None) -> Flask:
+def create_otlp_http_app(
+    ingest: Ingest, settings, tokens=None, unauthenticated: UnauthenticatedExports | None = None
+) -> Flask:
     """A Flask app serving ``POST /v1/traces`` into ``ingest`` (see the module docstring).
 
     ``settings`` needs ``max_body_bytes``, ``max_value_bytes`` and the ingest tokens
     (``ingest_tokens``, ``auth_token``); ``tokens`` (an ``auth.IngestTokens``) replaces the
     latter.  ``ingest`` is called on the request thread, once per non-empty request, and must be
-    thread-safe.
+    thread-safe.  ``unauthenticated`` counts and logs the requests refused for their token.
     """
     app = Flask(__name__)
-    receiver = _Receiver(ingest, settings, tokens)
+    receiver = _Receiver(ingest, settings, tokens, unauthenticated)
     app.add_url_rule(TRACES_PATH, "otlp_traces", receiver.export, methods=["POST"])
     app.register_error_handler(HTTPException, _http_exception)
     return app
 
 
 class _Receiver:
-    def __init__(self, ingest: Ingest, settings, tokens=None):
+    def __init__(self, ingest: Ingest, settings, tokens=None, unauthenticated=None):
         self.ingest = ingest
         self.limits = Limits.from_settings(settings)
         self.max_body = settings.max_body_bytes
         self.tokens = ingest_tokens(settings, tokens)
+        self.unauthenticated = unauthenticated or UnauthenticatedExports()
 
     def export(self) -> Response:
         """The view: every refusal is a ``TasktreeError`` turned into one response here."""
@@ -91,6 +96,9 @@ class _Receiver:
             body = self.read_body()
             batch = decode(body, self.limits) if body else DecodedBatch()
             store(self.ingest, batch)
+        except Unauthorized as exc:  # refused before the body is read
+            self.unauthenticated.refused("http", request.remote_addr or "unknown", exc)
+            return error_response(exc, as_json)
         except TasktreeError as exc:
             return error_response(exc, as_json)
         except Exception:
