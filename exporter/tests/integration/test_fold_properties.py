@@ -21,24 +21,26 @@ _traces = itertools.count(1000)
 
 @hs.composite
 def run_records(draw):
-    """Records of one random tree: finals, running snapshots, and parents that never arrive."""
+    """Records of one random tree: finals, running snapshots, and parents that never arrive.
+    The records of one task may name different parents (any earlier task, or none), and two of
+    them may tie on the lattice (same heartbeat, or same end and status)."""
     size = draw(hs.integers(1, 25))
-    parents = [None] + [draw(hs.integers(0, i - 1)) for i in range(1, size)]
     lost = draw(hs.sets(hs.integers(0, size - 1), max_size=size // 4))
     now = time.time_ns()
     records = []
-    for i, parent in enumerate(parents):
+    for i in range(size):
         if i in lost:
             continue
-        parent_id = sid(parent) if parent is not None else None
         start = 1_000 + i
-        for beat in range(draw(hs.integers(0, 2))):
-            records.append(dict(span_id=sid(i), parent=parent_id, status=st.RUNNING, start=start,
-                                heartbeat=now + beat))
-        if draw(hs.booleans()) or not records or records[-1]["span_id"] != sid(i):
-            final = draw(hs.sampled_from([st.OK, st.ERROR]))
-            records.append(dict(span_id=sid(i), parent=parent_id, status=final, start=start,
-                                end=start + 10))
+        mine = [dict(status=st.RUNNING, heartbeat=now + draw(hs.integers(0, 1)))
+                for _ in range(draw(hs.integers(0, 2)))]
+        mine += [dict(status=draw(hs.sampled_from([st.OK, st.ERROR])),
+                      end=start + draw(hs.integers(10, 11)))
+                 for _ in range(draw(hs.integers(0 if mine else 1, 2)))]
+        for r in mine:
+            parent = draw(hs.none() | hs.integers(0, i - 1)) if i else None
+            records.append(dict(span_id=sid(i), parent=sid(parent) if parent is not None else None,
+                                start=start, **r))
     return records
 
 
@@ -76,14 +78,16 @@ def test_permuted_duplicated_split_delivery_gives_the_in_order_tree(conn, record
 
 
 def expected_tree(records):
-    """The tree by definition: final status beats running; placeholders for parents never sent;
-    counts over all descendants; child_count over direct children."""
-    status, parent = {}, {}
+    """The tree by definition: each task's state and parent come from its winning record (a
+    final beats running, then the later end or heartbeat, an error beats ok, then the larger
+    parent id); placeholders for parents never sent; counts over all descendants; child_count
+    over direct children."""
+    winner = {}
     for r in records:
-        final = r["status"] in (st.OK, st.ERROR)
-        if final or r["span_id"] not in status:
-            status[r["span_id"]] = r["status"]
-        parent[r["span_id"]] = r["parent"]
+        if r["span_id"] not in winner or _lattice(r) > _lattice(winner[r["span_id"]]):
+            winner[r["span_id"]] = r
+    status = {s: r["status"] for s, r in winner.items()}
+    parent = {s: r["parent"] for s, r in winner.items()}
     nodes = {s: [parent[s], False, status[s], 0, 0, 0, 0, 0] for s in status}
     for p in parent.values():
         if p is not None and p not in nodes:
@@ -96,3 +100,9 @@ def expected_tree(records):
             nodes[ancestor][4 + st.COUNT_INDEX[own]] += 1
             ancestor = nodes[ancestor][0]
     return {s: tuple(v) for s, v in nodes.items()}
+
+
+def _lattice(record):
+    final = record["status"] in (st.OK, st.ERROR)
+    time_ns = record["end"] if final else record["heartbeat"]
+    return (final, time_ns, record["status"] if final else 0, record["parent"] or b"")

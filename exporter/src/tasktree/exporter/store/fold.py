@@ -73,6 +73,10 @@ WHERE EXISTS (SELECT 1 FROM span_landing WHERE get_byte(trace_id, 0) % 8 = lane)
 _CLAIM_LANE = _CLAIM.replace("{lane}", "WHERE get_byte(trace_id, 0) %% 8 = %(lane)s")
 
 
+# The seeds and their ancestor chains.  A task at the top whose link closed a loop (reason 1,
+# tree.fold.REFUSED_CYCLE; a refused link has no parent) brings the chain of its declared parent
+# too: if a task in that loop moves, the tree rules try the link again, and need that chain to
+# see whether the loop is gone.
 _LOAD = """
 WITH RECURSIVE chain AS (
     SELECT t.trace_id, t.span_id, t.parent_span_id, t.missing, t.status, t.end_ns,
@@ -85,7 +89,9 @@ WITH RECURSIVE chain AS (
            t.heartbeat_ns, t.child_count, t.n_ok, t.n_error, t.n_running, t.n_stalled, t.run_day,
            t.height, t.refused_parent_span_id, t.refused_reason
     FROM chain c JOIN tasks t
-         ON t.span_id = c.parent_span_id AND t.trace_id = c.trace_id AND t.run_day = c.run_day
+         ON t.span_id = coalesce(c.parent_span_id,
+                                 CASE WHEN c.refused_reason = 1 THEN c.refused_parent_span_id END)
+         AND t.trace_id = c.trace_id AND t.run_day = c.run_day
 )
 SELECT * FROM chain
 """
@@ -277,6 +283,11 @@ UPDATE tasks t SET
 FROM fold_out o
 WHERE NOT o.is_new AND o.landing_id IS NULL
   AND t.span_id = o.span_id AND t.trace_id = o.trace_id AND t.run_day = o.run_day
+"""
+
+# Stored placeholders whose last child moved to another parent (tree.fold: ``RunFold.dropped``).
+_DELETE_DROPPED = """
+DELETE FROM tasks WHERE trace_id = %s AND run_day = %s AND span_id = ANY(%s) AND missing
 """
 
 _UPSERT_RUNS = """
@@ -634,6 +645,9 @@ def _write(conn, folds: dict[bytes, RunFold]) -> None:
         cur.execute(_INSERT_NEW)
         cur.execute(_UPDATE_WITH_PAYLOAD)
         cur.execute(_UPDATE_STRUCTURE)
+        for trace_id, fold in folds.items():
+            if fold.dropped:
+                cur.execute(_DELETE_DROPPED, (trace_id, fold.run_day, list(fold.dropped)))
         cur.execute(_UPSERT_RUNS, {"now": time.time_ns()})
         cur.execute(_REFRESH_ROOTS, (list(folds),))
         cur.execute(_UPSERT_JOBS, {"traces": list(folds), "now": time.time_ns()})

@@ -7,6 +7,11 @@ their ancestor chains, as loaded from the store) and applies records to it:
   running snapshot; among finals the later end wins, among snapshots the later heartbeat.  A record
   replaces a node's state only when it outranks it, so any order and any duplicates give the same
   result, and nothing turns a final status back into a running one.
+* **The winning record names the parent.**  A task's parent is the one its winning record names
+  (a rank tie goes to the larger parent id, ``None`` smallest).  When it names another parent
+  than the node has, the subtree moves; a placeholder left without children goes (``dropped``),
+  and a loop cut because it went through the old link is tried again (a depth cut is not:
+  heights above a move stay upper bounds, so near the limit the order may still matter).
 * **Missing parents.** A record whose parent is unknown hangs under a placeholder (``missing``) for
   that parent; when the parent arrives the placeholder becomes it and its subtree counts move up.
 * **Rollups.** Each node keeps ``counts`` = how many of its descendants are in each status, plus its
@@ -96,7 +101,7 @@ class Node:
     is_new: bool = False  # not yet in the database
     landing_id: int | None = None  # the record whose payload must be written
     dirty: bool = False  # structure, status or counts changed
-    height: int = 0  # levels below this node (0: no children); an upper bound after a cycle cut
+    height: int = 0  # levels below this node (0: no children); an upper bound after a cut or move
     refused_parent: bytes | None = None  # the declared parent, when the link was refused
     refused_reason: int | None = None  # REFUSED_CYCLE or REFUSED_DEPTH
 
@@ -138,6 +143,7 @@ class RunFold:
         self.finished: list[Finished] = []
         self.run_day = 0  # the run's partition (set by the store; the tree rules ignore it)
         self.broken_links: list[tuple[bytes, bytes, int]] = []  # (span, declared parent, reason)
+        self.dropped: dict[bytes, Node] = {}  # stored placeholders left empty: their rows go
 
     def apply(self, record: Record) -> None:
         """Fold one record in.  Idempotent: applying the same record again changes nothing."""
@@ -145,13 +151,11 @@ class RunFold:
         node = self.nodes.get(record.span_id)
         rank = record_rank(record.status, record.end_ns, record.heartbeat_ns)
         if node is not None and not node.missing:
-            if rank > node.rank:
+            # The parent breaks rank ties, so that one record wins in any arrival order.
+            if (rank, record.parent_span_id or b"") > (node.rank, _declared_parent(node) or b""):
                 self._replace_state(node, record, rank)
             return
-        if node is None:
-            node = Node(record.span_id, None, True, st.NONE, (0, 0, 0), is_new=True)
-            self.nodes[record.span_id] = node
-        self._fill_placeholder(node, record, rank)
+        self._fill_placeholder(node or self._new_placeholder(record.span_id), record, rank)
 
     def add_stored_leaves(
         self,
@@ -241,6 +245,33 @@ class RunFold:
         )
         node.dirty = True
         self._set_own_status(node, self._status_of(record))
+        if record.parent_span_id != _declared_parent(node):
+            self._move(node, record.parent_span_id)
+
+    def _move(self, node: Node, parent_id: bytes | None) -> None:
+        """Hang ``node`` and its subtree under ``parent_id`` instead, as if the record naming it
+        had come first: a refused link of its own is decided again against the new parent."""
+        old_top = None
+        if node.parent_span_id is not None:
+            *_, old_top = self._chain(self.nodes[node.parent_span_id])
+            self._detach(node)
+        node.refused_parent = node.refused_reason = None
+        node.dirty = True
+        self._attach(node, parent_id)
+        if old_top is not None:
+            self._retry_cut(old_top)
+
+    def _retry_cut(self, top: Node) -> None:
+        """A task left the tree of ``top``.  If ``top``'s link was refused for a loop, the loop may
+        have gone through the moved link (or been cut elsewhere by the move): the link is tried
+        again, as the winning records alone would have it (a loop still there is cut again, at
+        its smallest id: ``top`` when the loop is unchanged)."""
+        if top.refused_reason != REFUSED_CYCLE or top.refused_parent not in self.nodes:
+            return  # (the store loads a cut link's chain: see _LOAD in store/fold.py)
+        declared = top.refused_parent
+        top.refused_parent = top.refused_reason = None
+        top.dirty = True
+        self._attach(top, declared)
 
     def _fill_placeholder(self, node: Node, record: Record, rank: tuple) -> None:
         """A new task, or the arrival of a parent that so far was only a placeholder."""
@@ -295,9 +326,11 @@ class RunFold:
 
     def _new_placeholder(self, span_id: bytes) -> Node:
         """A node for a parent named by a child but not received (or stored) yet."""
-        node = self.nodes[span_id] = Node(
-            span_id, None, True, st.NONE, (0, 0, 0), is_new=True, dirty=True
-        )
+        node = self.dropped.pop(span_id, None)  # its row is still there: updated, not inserted
+        if node is None:
+            node = Node(span_id, None, True, st.NONE, (0, 0, 0), is_new=True)
+        node.dirty = True
+        self.nodes[span_id] = node
         return node
 
     def _break_cycle(self, node: Node, parent_id: bytes, chain: list[Node]) -> None:
@@ -315,7 +348,8 @@ class RunFold:
 
     def _detach(self, node: Node) -> None:
         """Take ``node`` and its subtree from under its parent (the parent's chain is loaded: it
-        is part of a loop).  Heights above stay as they were: an upper bound."""
+        is part of a loop, or ``node``'s own chain).  Heights above stay as they were: an upper
+        bound."""
         parent = self.nodes[node.parent_span_id]
         parent.child_count -= 1
         subtree = list(node.counts)
@@ -326,6 +360,15 @@ class RunFold:
                 counts[i] -= subtree[i]
             ancestor.dirty = True
         node.parent_span_id = None
+        if parent.missing and parent.child_count == 0:
+            self._drop_placeholder(parent)
+
+    def _drop_placeholder(self, node: Node) -> None:
+        """A placeholder without children goes: kept, an empty "missing" task would show at the
+        top of the run in the arrival orders that made it, and in no other."""
+        del self.nodes[node.span_id]
+        if not node.is_new:
+            self.dropped[node.span_id] = node
 
     def _refuse(self, node: Node, parent_id: bytes, reason: int) -> None:
         """Keep ``node`` at the top of its run, its declared parent shown as refused."""
@@ -351,6 +394,11 @@ class RunFold:
             if node.parent_span_id is None or seen > len(self.nodes):
                 return
             node = self.nodes.get(node.parent_span_id)
+
+
+def _declared_parent(node: Node) -> bytes | None:
+    """The parent a node's record names, whether its link was taken or refused."""
+    return node.refused_parent if node.refused_reason is not None else node.parent_span_id
 
 
 def _add_below(chain: list[Node], subtree: tuple[int, int, int, int], height: int) -> None:
