@@ -5,8 +5,11 @@
 Starts a real ``tasktree serve`` on a scratch database, sends pre-encoded protobuf requests of
 512 spans from several concurrent clients, and reports spans per second until every span is in
 the tree, for (a) one run of 20,000 flat tasks and (b) 100 runs of 1,000 tasks (depth 3, fan-out
-10), interleaved.  Beside it, the same number of span-like rows bare-COPYed into an unindexed
-table in the same run, and the ratio (the machine is shared: compare ratios, not seconds).
+10), interleaved, and (c) with ``--small-runs N``, N one-span runs in requests of 5,000 (a day of
+many small jobs: issue 18), printing the rate of each tenth of the day too, which must stay flat
+from the first batch of the day to the last.  Beside it, the same number of span-like rows
+bare-COPYed into an unindexed table in the same run, and the ratio (the machine is shared:
+compare ratios, not seconds).
 Target: ≥ 30,000 spans/s end to end.
 
 Also the CPU time per span of the server's processes and of the database's PostgreSQL backends
@@ -33,6 +36,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from scratch import scratch_database, start_server  # bench/scratch.py: the script's folder
 
 BATCH = 512
+SMALL_RUNS_BATCH = 5_000  # spans per request in the many-small-runs scenario
 
 
 def _attrs(**kv) -> list[KeyValue]:
@@ -59,12 +63,17 @@ def tree_run(n: int, fanout: int = 10) -> list[tuple]:
     return spans
 
 
-def encode(spans: list[tuple]) -> list[bytes]:
-    """Protobuf request bodies of BATCH spans each, as an SDK exporter would send them."""
+def small_runs(n: int) -> list[tuple]:
+    """n runs of one task each (random trace ids)."""
+    return [(os.urandom(16), os.urandom(8), b"") for _ in range(n)]
+
+
+def encode(spans: list[tuple], batch: int = BATCH) -> list[bytes]:
+    """Protobuf request bodies of ``batch`` spans each, as an SDK exporter would send them."""
     bodies, now = [], time.time_ns()
-    for at in range(0, len(spans), BATCH):
+    for at in range(0, len(spans), batch):
         scope = ScopeSpans()
-        for k, (trace, span_id, parent) in enumerate(spans[at:at + BATCH]):
+        for k, (trace, span_id, parent) in enumerate(spans[at:at + batch]):
             scope.spans.append(Span(
                 trace_id=trace, span_id=span_id, parent_span_id=parent, name=f"task-{k % 50}",
                 kind=Span.SPAN_KIND_INTERNAL, start_time_unix_nano=now + k,
@@ -113,10 +122,39 @@ def wait_folded(url: str, expected_tasks: int) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         while True:
             landed = conn.execute("SELECT EXISTS (SELECT 1 FROM span_landing)").fetchone()[0]
-            total = conn.execute("SELECT coalesce(sum(task_count), 0) FROM runs").fetchone()[0]
-            if not landed and total >= expected_tasks:
-                return
+            if not landed:  # the sum reads every run: only once the landing is empty
+                total = conn.execute("SELECT coalesce(sum(task_count), 0) FROM runs").fetchone()[0]
+                if total >= expected_tasks:
+                    return
             time.sleep(0.02)
+
+
+class RunsSampler(threading.Thread):
+    """Samples (seconds, runs in the tree) ten times a second until stopped: for one-span runs,
+    the tasks folded so far."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url, self.samples, self.stop = url, [], threading.Event()
+        self.start_time = time.perf_counter()
+        self.done_at = 0.0  # seconds from the start to the last span folded (set by the caller)
+
+    def run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self.stop.wait(0.1):
+                n = conn.execute("SELECT count(*) FROM runs").fetchone()[0]
+                self.samples.append((time.perf_counter() - self.start_time, n))
+
+    def tenths(self, total: int) -> list[float]:
+        """Folded spans/s over each tenth of ``total``, from the samples (interpolated)."""
+        points = sorted([(0.0, 0), *self.samples, (self.done_at, total)])
+        def time_at(n: int) -> float:
+            for (t0, n0), (t1, n1) in zip(points, points[1:], strict=False):
+                if n1 >= n:
+                    return t0 + (t1 - t0) * (n - n0) / max(n1 - n0, 1)
+            return points[-1][0]
+        marks = [time_at(total * k // 10) for k in range(11)]
+        return [total / 10 / max(b - a, 1e-9) for a, b in zip(marks, marks[1:], strict=False)]
 
 
 def bare_copy_rate(url: str, spans: list[tuple]) -> float:
@@ -166,19 +204,25 @@ def cpu_seconds(server_pid: int, database: str) -> tuple[float, float]:
 
 
 def scenario(name: str, spans: list[tuple], url: str, port: int, clients: int,
-             server_pid: int) -> float:
-    """Send ``spans`` and wait until they are folded; prints and returns spans/s end to end."""
+             server_pid: int, batch: int = BATCH, sample: bool = False) -> float:
+    """Send ``spans`` and wait until they are folded; prints and returns spans/s end to end.
+    ``sample``: also print the rate of each tenth (one-span runs only)."""
     random.shuffle(spans)  # children usually arrive before their parents; any order must work
-    bodies = encode(spans)
+    bodies = encode(spans, batch)
     database = url.rsplit("/", 1)[1]
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE tasks, runs, span_landing")
     cpu_before = cpu_seconds(server_pid, database)
+    sampler = RunsSampler(url)
     start = time.perf_counter()
+    if sample:
+        sampler.start()
     send_all(port, bodies, clients)
     acked = time.perf_counter()
     wait_folded(url, len(spans))
     done = time.perf_counter()
+    sampler.stop.set()
+    sampler.done_at = done - start
     server_s, postgres_s = (b - a for a, b in zip(cpu_before, cpu_seconds(server_pid, database),
                                                    strict=True))
     e2e = len(spans) / (done - start)
@@ -188,6 +232,10 @@ def scenario(name: str, spans: list[tuple], url: str, port: int, clients: int,
           f"ratio {e2e / reference:.3f}")
     print(f"{'':34s} CPU per span: server {1e6 * server_s / len(spans):5.1f} µs, "
           f"PostgreSQL {1e6 * postgres_s / len(spans):5.1f} µs")
+    if sample:
+        sampler.join()
+        print(f"{'':34s} each tenth of the day, spans/s: "
+              + " ".join(f"{r:,.0f}" for r in sampler.tenths(len(spans))))
     return e2e
 
 
@@ -197,6 +245,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=1,
                         help="run each scenario this many times and print the median too")
+    parser.add_argument("--small-runs", type=int, default=0, metavar="N",
+                        help="also N one-span runs in requests of 5,000 (e.g. 100000)")
+    parser.add_argument("--only-small-runs", action="store_true",
+                        help="run the --small-runs scenario alone")
     args = parser.parse_args()
     with scratch_database("tasktree_bench") as url:
         run_scenarios(url, args)
@@ -206,10 +258,16 @@ def run_scenarios(url: str, args: argparse.Namespace) -> None:
     proc, port = start_ingest_server(url, args.workers)
     try:
         print(f"clients={args.clients} workers={args.workers} batch={BATCH} spans/request")
-        for name, make in (("1 run x 20,000 flat tasks", lambda: flat_run(20_000)),
-                           ("100 runs x 1,000 tasks (fan-out 10)",
-                            lambda: [s for _ in range(100) for s in tree_run(1_000)])):
-            rates = [scenario(name, make(), url, port, args.clients, proc.pid)
+        scenarios = [] if args.only_small_runs else [
+            ("1 run x 20,000 flat tasks", lambda: flat_run(20_000), BATCH),
+            ("100 runs x 1,000 tasks (fan-out 10)",
+             lambda: [s for _ in range(100) for s in tree_run(1_000)], BATCH)]
+        if args.small_runs:
+            scenarios.append((f"{args.small_runs:,} one-span runs",
+                              lambda: small_runs(args.small_runs), SMALL_RUNS_BATCH))
+        for name, make, batch in scenarios:
+            rates = [scenario(name, make(), url, port, args.clients, proc.pid, batch,
+                              sample=batch == SMALL_RUNS_BATCH)
                      for _ in range(args.repeat)]
             if args.repeat > 1:
                 print(f"{name:34s} median of {args.repeat}: {statistics.median(rates):,.0f}/s")

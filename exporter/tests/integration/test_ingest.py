@@ -17,7 +17,9 @@ from tasktree.exporter.errors import Overloaded, StoreUnavailable
 from tasktree.exporter.ingest import Ingestor
 from tasktree.exporter.receiver.records import DecodedBatch
 from tasktree.exporter.settings import Settings, SettingsError
-from tasktree.exporter.store.fold import LANES, fold_batch, lanes_with_records
+from tasktree.exporter.store import locks
+from tasktree.exporter.store.fold import fold_batch, lanes_with_records
+from tasktree.exporter.store.locks import LANES
 from tasktree.exporter.store.pool import open_pool
 from tasktree.exporter.tree import status as st
 
@@ -121,7 +123,7 @@ def test_a_lane_folds_only_its_own_runs_and_a_held_lane_is_skipped(pool, clean_s
     with psycopg.connect(clean_store_db, autocommit=True) as holder, \
             psycopg.connect(clean_store_db, autocommit=True) as conn:
         with holder.transaction():
-            holder.execute("SELECT pg_advisory_xact_lock(%s, %s)", (0x7461736B, 1))
+            holder.execute("SELECT pg_advisory_xact_lock(%s, %s)", locks.lane(1))
             assert fold_batch(conn, limit=100, stall_after_s=30, lane=1).records == 0
             folded = fold_batch(conn, limit=100, stall_after_s=30, lane=2)
         assert (folded.records, folded.trace_ids) == (3, (runs[1],))

@@ -3,8 +3,9 @@
 Runs on ``TASKTREE_FOLD_THREADS`` daemon threads per process, each on its own connection; several
 processes (or hosts) can run it against the same database at once.  Runs are spread over fold
 lanes by trace id and a folder holds a lane while it folds it, so folders work on different runs
-side by side (claims use SKIP LOCKED, tree writes take per-run advisory locks).  PostgreSQL does
-most of a fold's work, so threads fold in parallel even though Python runs one at a time.
+side by side (claims use SKIP LOCKED; a run's tree is written under its lane's lock).
+PostgreSQL does most of a fold's work, so threads fold in parallel even though Python runs one at
+a time.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ import psycopg_pool
 
 from tasktree.exporter.errors import StoreUnavailable
 from tasktree.exporter.settings import Settings
-from tasktree.exporter.store import partitions
+from tasktree.exporter.store import locks, partitions
 from tasktree.exporter.store.fold import (
-    LANES,
     FoldResult,
     fold_batch,
     lanes_with_records,
     sweep_stalled,
 )
+from tasktree.exporter.store.locks import LANES
 from tasktree.exporter.store.pool import connection
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ _BUSY_WAIT_S = 0.02  # after a pass that folded something: more is likely on its
 _GATHER_S = 0.02  # after a wake: the requests in flight land too, for fewer and larger folds
 _SWEEP_EVERY_S = 1.0
 _RETENTION_EVERY_S = 600.0
-_RETENTION_LOCK = (0x7461736B, 7)  # one process at a time drops partitions
 _MAX_BACKOFF_S = 5.0
 
 
@@ -59,6 +59,8 @@ class Folder:
         self._after_fold = threading.Lock()  # totals and listeners: one folder thread at a time
         self._lanes_in_use: set[int] = set()  # lanes a thread of this process is folding
         self._lanes_lock = threading.Lock()
+        self._lane_limits = [settings.fold_batch] * LANES  # smaller after a statement timeout
+        self.timeouts_total = 0  # folds cancelled by the statement timeout (then split)
 
     def subscribe(self, listener: Callable[[tuple[bytes, ...]], None]) -> None:
         """Call ``listener(trace_ids)`` on a folder thread after each commit that changed runs.
@@ -138,14 +140,21 @@ class Folder:
             return True
 
     def _fold_lane(self, lane: int) -> int:
+        limit = self._lane_limits[lane]
         with connection(self._pool) as conn:
-            result = fold_batch(
-                conn,
-                limit=self._settings.fold_batch,
-                stall_after_s=self._settings.stall_after,
-                max_depth=self._settings.max_depth,
-                lane=lane,
-            )
+            try:  # inside the block: connection() would report a timeout as an outage
+                result = fold_batch(
+                    conn,
+                    limit=limit,
+                    timeout_s=self._settings.fold_timeout,
+                    stall_after_s=self._settings.stall_after,
+                    max_depth=self._settings.max_depth,
+                    lane=lane,
+                )
+            except psycopg.errors.QueryCanceled as exc:
+                self._split(lane, limit, exc)
+                return limit  # as a full batch would: go again at once, with the smaller one
+        self._lane_limits[lane] = min(self._settings.fold_batch, limit * 2)
         with self._after_fold:
             self.folded_total += result.records
             self._notify(result.trace_ids)
@@ -153,19 +162,30 @@ class Folder:
                 self._call(self._fold_listeners, result)
         return result.records
 
+    def _split(self, lane: int, limit: int, exc: Exception) -> None:
+        """A fold that the statement timeout cancelled is retried in halves (down to one
+        record), so a batch too large to fold in time never blocks its lane for ever."""
+        self._lane_limits[lane] = max(1, limit // 2)
+        with self._after_fold:
+            self.timeouts_total += 1
+        logger.warning(
+            "folding %d records of lane %d was cancelled (%s); folding them %d at a time",
+            limit, lane, str(exc).strip(), self._lane_limits[lane],
+        )
+
     def apply_retention(self) -> list[int]:
         """Drop expired day partitions (when TASKTREE_RETENTION_DAYS is set); returns the days."""
         if self._settings.retention_days is None:
             return []
         with connection(self._pool) as conn:
-            if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", _RETENTION_LOCK).fetchone()[
+            if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", locks.RETENTION).fetchone()[
                 0
             ]:
                 return []  # another process is at it
             try:
                 return partitions.drop_expired(conn, self._settings.retention_days)
             finally:
-                conn.execute("SELECT pg_advisory_unlock(%s, %s)", _RETENTION_LOCK)
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", locks.RETENTION)
 
     def _sweep_once(self) -> None:
         with connection(self._pool) as conn:

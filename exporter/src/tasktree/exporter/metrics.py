@@ -50,6 +50,7 @@ from tasktree.exporter.errors import Overloaded, StoreUnavailable
 from tasktree.exporter.receiver._common import Ingest
 from tasktree.exporter.receiver.records import DecodedBatch
 from tasktree.exporter.settings import Settings
+from tasktree.exporter.store import locks
 from tasktree.exporter.store.fold import DURATION_BUCKETS, FinishedTask, FoldResult
 from tasktree.exporter.store.pool import connection
 from tasktree.exporter.tree import status as st
@@ -67,7 +68,6 @@ STORE_TTL_S = 1.0
 INGEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 _STATUS_LABEL = {st.OK: "ok", st.ERROR: "error"}
-_METRICS_LOCK = (0x7461736B, 2)  # ("task", 2): one metrics write at a time (the name cap)
 _MAX_PENDING = 10_000  # distinct (job, task, status) amounts kept while PostgreSQL refuses writes
 
 
@@ -154,7 +154,7 @@ class FoldTotals:
 
     def _flush(self) -> None:
         with connection(self._pool) as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _METRICS_LOCK)
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", locks.METRICS)
             jobs = sorted({job for job, run, _, _ in self._pending if not run})
             admitted: dict[str, set[str]] = defaultdict(set)
             for job, name in conn.execute(_ADMITTED, (jobs,)):
@@ -484,7 +484,13 @@ class ProcessStats:
                 "Running tasks this process turned stalled for lack of heartbeats.",
             )
             stalled.add_metric([], self._folder.stalled_total)
-            yield from (folded, stalled)
+            split = CounterMetricFamily(
+                "tasktree_fold_timeouts",
+                "Folds cancelled by the statement timeout; each is retried in batches half as"
+                " large.",
+            )
+            split.add_metric([], self._folder.timeouts_total)
+            yield from (folded, stalled, split)
         if self._totals is not None:
             errors = CounterMetricFamily(
                 "tasktree_metrics_write_errors",

@@ -58,6 +58,9 @@ class Settings:
     max_backlog_spans: int = 2_000_000
     """Received-but-not-yet-folded spans above which ingest answers 429 (backpressure)."""
     fold_batch: int = 10_000
+    fold_timeout: float = 60.0
+    """Seconds one fold may take; a fold cancelled at this limit is retried in smaller batches
+    (halved each time), so no batch can hold its lane for ever."""
     max_depth: int = 1000
     """Levels a run's tree may have; a task that would hang deeper stays at the top of its run,
     its declared parent shown as refused (``tree.fold``)."""
@@ -139,9 +142,7 @@ class Settings:
             raise SettingsError(
                 "TASKTREE_RETENTION_DAYS must be at least 1 (or unset to keep everything)"
             )
-        if self.stall_after <= 0:
-            raise SettingsError("TASKTREE_STALL_AFTER must be a positive number of seconds")
-        for name in ("docker_timeout", "docker_action_timeout"):
+        for name in ("stall_after", "fold_timeout", "docker_timeout", "docker_action_timeout"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_env_name(name)} must be a positive number of seconds")
         if self.docker_cache_ttl < 0:

@@ -3,7 +3,9 @@
 One fold is one transaction:
 
 1. claim up to N landed records (``FOR UPDATE SKIP LOCKED``, so several folders never share one);
-2. take each affected run's advisory lock, in sorted order (no deadlocks between processes);
+2. hold the lock of each affected run's lane (``store/locks.py``): a lane folder holds its one
+   lane already; a fold of every lane, and the stall sweeper, take theirs in sorted order (no
+   deadlocks between processes).  At most ``LANES`` locks, however many runs a batch touches;
 3. store the *leaves* set-based: a new task's one record (most records are), no other record
    of the batch naming it as parent.  Their rows are written here in one statement, and the
    tree rules only get their counts by parent and status (``RunFold.add_stored_leaves``, which
@@ -28,8 +30,9 @@ from typing import NamedTuple
 
 import psycopg
 
-from tasktree.exporter.store import partitions
+from tasktree.exporter.store import locks, partitions
 from tasktree.exporter.store._copy import fast_binary_dumpers
+from tasktree.exporter.store.locks import LANES
 from tasktree.exporter.tree.fold import (
     DEFAULT_MAX_DEPTH,
     REFUSED_REASONS,
@@ -53,8 +56,10 @@ that table."""
 # instead of shipping large arrays back and forth.  With them the landed rows' physical
 # addresses (ctid): the fold holds their row locks, so the rows stay where they are, and reading
 # or deleting them by address skips a primary-key lookup per record.
-LANES = 8  # must match the index span_landing_lane (migration 0007)
-_LANE_LOCK = 0x7461736B  # with the lane number: the two-int advisory lock of a lane
+
+_TRY_LOCK = "SELECT pg_try_advisory_xact_lock(%s, %s)"
+_TIMEOUT = "SELECT set_config('statement_timeout', %s, true)"
+_LOCK = "SELECT pg_advisory_xact_lock(%s, %s)"
 
 _CLAIM = """
 WITH c AS (
@@ -65,12 +70,15 @@ WITH c AS (
 SELECT trace_id, count(*) FROM c GROUP BY trace_id
 """
 _CLAIM_ANY = _CLAIM.replace("{lane}", "")
+# A landed record's lane (locks.lane_of), written as in the index span_landing_lane (migration
+# 0007), constant included, so that the planner matches the two.
+_LANE_OF = f"get_byte(trace_id, 0) % {LANES}"
 # One index probe per lane: far cheaper than opening a fold of an empty lane (about 2 ms).
-_LANES_WITH_RECORDS = """
-SELECT lane FROM generate_series(0, 7) AS lane
-WHERE EXISTS (SELECT 1 FROM span_landing WHERE get_byte(trace_id, 0) % 8 = lane)
-"""
-_CLAIM_LANE = _CLAIM.replace("{lane}", "WHERE get_byte(trace_id, 0) %% 8 = %(lane)s")
+_LANES_WITH_RECORDS = f"""
+SELECT lane FROM generate_series(0, {LANES} - 1) AS lane
+WHERE EXISTS (SELECT 1 FROM span_landing WHERE {_LANE_OF} = lane)
+"""  # noqa: S608 (a constant)
+_CLAIM_LANE = _CLAIM.replace("{lane}", f"WHERE {_LANE_OF.replace('%', '%%')} = %(lane)s")
 
 
 # The seeds and their ancestor chains.  A task at the top whose link closed a loop (reason 1,
@@ -188,6 +196,10 @@ NOT EXISTS (SELECT FROM (SELECT 1 FROM tasks t
                            AND t.run_day = %(day)s LIMIT 1) AS r)
 """
 
+# The claimed records of the runs of one day: all of them when the batch's runs share one day
+# (``traces`` NULL: no list of every trace id to send), else those of the runs in ``traces``.
+_OF_DAY = "(%(traces)s::bytea[] IS NULL OR c.trace_id = ANY(%(traces)s))"
+
 # The leaves (see the module docstring), for the claimed records of the runs of one day: a span
 # with one record in the batch, no other record naming it as parent, and no row yet.  A leaf has
 # no children, so it can close no loop.  Their rows are written at once, in the state the rules
@@ -195,11 +207,11 @@ NOT EXISTS (SELECT FROM (SELECT 1 FROM tasks t
 # rules.  (A span's records and the records naming it as parent are counted in one window.)
 _STORE_LEAVES = f"""
 WITH named AS (
-    SELECT c.*, true AS is_record FROM fold_claim c WHERE c.trace_id = ANY(%(traces)s)
+    SELECT c.*, true AS is_record FROM fold_claim c WHERE {_OF_DAY}
     UNION ALL
     SELECT NULL, c.trace_id, c.parent_span_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
            false
-    FROM fold_claim c WHERE c.trace_id = ANY(%(traces)s) AND c.parent_span_id IS NOT NULL
+    FROM fold_claim c WHERE {_OF_DAY} AND c.parent_span_id IS NOT NULL
 ), candidates AS (
     SELECT n.*,
            count(*) OVER (PARTITION BY n.trace_id, n.span_id) = 1
@@ -290,71 +302,81 @@ _DELETE_DROPPED = """
 DELETE FROM tasks WHERE trace_id = %s AND run_day = %s AND span_id = ANY(%s) AND missing
 """
 
+# A run's summary, written once per fold: its counts moved by the batch's delta, and what its
+# top-level tasks say now, after the fold's task writes.
+#
+# A run's status is its root's own status (several roots: the worst of them; severity: error 4
+# > stalled 3 > running 2 > ok 1).  Until a root arrives (other SDKs send it last) the run is
+# still going: running, or stalled when its tasks are stalled and none is running; its counts
+# show any errors meanwhile.  Its name and job are its first root's, a true root before a task
+# kept at the top for a refused link (no root yet: the job of a task of the batch).
+#
+# The statement starts from the batch's runs (fold_runs) and reaches each run's top-level tasks
+# through LATERAL, so the tasks index is always probed by trace id: its cost is the batch's runs'
+# top-level tasks, never the day's.  (Joined as plain tables, a day partition without statistics
+# led the planner to walk every top-level task of the day for each run of the batch: issue 18.)
 _UPSERT_RUNS = """
-INSERT INTO runs AS r (trace_id, job, start_ns, n_ok, n_error, n_running, n_stalled, task_count,
-                       last_received_ns, run_day)
-SELECT f.trace_id, res.job, f.min_start_ns, f.d_ok, f.d_error, f.d_running, f.d_stalled, f.d_tasks,
-       %(now)s, f.run_day
+INSERT INTO runs AS r (trace_id, job, name, status, start_ns, end_ns, n_ok, n_error, n_running,
+                       n_stalled, task_count, root_count, last_received_ns, run_day)
+SELECT f.trace_id, coalesce(x.root_job, res.job), x.root_name,
+       CASE WHEN x.root_count > 0 THEN (ARRAY[3, 1, 2, 4])[x.worst]
+            WHEN f.d_stalled > 0 AND f.d_running = 0 THEN 2 ELSE 1 END,
+       f.min_start_ns, CASE WHEN x.root_count > 0 AND x.open_roots = 0 THEN x.root_end END,
+       f.d_ok, f.d_error, f.d_running, f.d_stalled, f.d_tasks, x.root_count, %(now)s, f.run_day
 FROM fold_runs f
-LEFT JOIN span_landing l ON l.id = f.any_landing_id
-LEFT JOIN resources res ON res.id = l.resource_id
-ON CONFLICT (trace_id) DO UPDATE SET
-    job = coalesce(r.job, EXCLUDED.job),
-    start_ns = least(r.start_ns, EXCLUDED.start_ns),
-    n_ok = r.n_ok + EXCLUDED.n_ok, n_error = r.n_error + EXCLUDED.n_error,
-    n_running = r.n_running + EXCLUDED.n_running, n_stalled = r.n_stalled + EXCLUDED.n_stalled,
-    task_count = r.task_count + EXCLUDED.task_count,
-    last_received_ns = greatest(r.last_received_ns, EXCLUDED.last_received_ns)
-"""
-
-# A run's status is its root's own status (several roots: the worst); with no root received yet,
-# it follows what its tasks are doing.  Severity: error 4 > stalled 3 > running 2 > ok 1.  Its
-# name is its first root's, a true root before a task kept at the top for a refused link.
-_REFRESH_ROOTS = """
-UPDATE runs r SET
-    root_count = x.root_count,
-    name = coalesce(x.root_name, r.name),
-    job = coalesce(x.root_job, r.job),
-    end_ns = CASE WHEN x.root_count > 0 AND x.open_roots = 0 THEN x.root_end END,
-    status = CASE
-        WHEN x.root_count > 0 THEN (ARRAY[3, 1, 2, 4])[x.worst]
-        WHEN r.n_running > 0 THEN 1
-        WHEN r.n_stalled > 0 THEN 2
-        WHEN r.n_error > 0 THEN 4
-        ELSE 3 END
-FROM (
-    SELECT t.trace_id,
-           count(*) FILTER (WHERE NOT t.missing) AS root_count,
+CROSS JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE NOT t.missing) AS root_count,
            count(*) FILTER (WHERE NOT t.missing AND t.status IN (1, 2)) AS open_roots,
            max(t.end_ns) FILTER (WHERE NOT t.missing) AS root_end,
            max(CASE t.status WHEN 4 THEN 4 WHEN 2 THEN 3 WHEN 1 THEN 2 WHEN 3 THEN 1 END)
                FILTER (WHERE NOT t.missing) AS worst,
            (array_agg(t.name ORDER BY t.refused_parent_span_id IS NOT NULL, t.start_ns, t.span_id)
                FILTER (WHERE NOT t.missing))[1] AS root_name,
-           (array_agg(res.job ORDER BY t.refused_parent_span_id IS NOT NULL, t.start_ns, t.span_id)
+           (array_agg(tr.job ORDER BY t.refused_parent_span_id IS NOT NULL, t.start_ns, t.span_id)
                FILTER (WHERE NOT t.missing))[1] AS root_job
-    FROM runs rd
-    JOIN tasks t ON t.trace_id = rd.trace_id AND t.run_day = rd.run_day AND t.parent_span_id IS NULL
-    LEFT JOIN resources res ON res.id = t.resource_id
-    WHERE rd.trace_id = ANY(%s)
-    GROUP BY t.trace_id
+    FROM tasks t LEFT JOIN resources tr ON tr.id = t.resource_id
+    WHERE t.trace_id = f.trace_id AND t.run_day = f.run_day AND t.parent_span_id IS NULL
 ) x
-WHERE r.trace_id = x.trace_id
+LEFT JOIN span_landing l ON l.id = f.any_landing_id
+LEFT JOIN resources res ON res.id = l.resource_id
+ON CONFLICT (trace_id) DO UPDATE SET
+    job = CASE WHEN EXCLUDED.root_count > 0 THEN coalesce(EXCLUDED.job, r.job)
+               ELSE coalesce(r.job, EXCLUDED.job) END,
+    name = coalesce(EXCLUDED.name, r.name),
+    status = CASE WHEN EXCLUDED.root_count > 0 THEN EXCLUDED.status
+                  WHEN r.n_stalled + EXCLUDED.n_stalled > 0
+                       AND r.n_running + EXCLUDED.n_running = 0 THEN 2
+                  ELSE 1 END,
+    start_ns = least(r.start_ns, EXCLUDED.start_ns),
+    end_ns = EXCLUDED.end_ns,
+    n_ok = r.n_ok + EXCLUDED.n_ok, n_error = r.n_error + EXCLUDED.n_error,
+    n_running = r.n_running + EXCLUDED.n_running, n_stalled = r.n_stalled + EXCLUDED.n_stalled,
+    task_count = r.task_count + EXCLUDED.task_count,
+    root_count = EXCLUDED.root_count,
+    last_received_ns = greatest(r.last_received_ns, EXCLUDED.last_received_ns)
 """
 
 # Per job: when a run last started, succeeded, failed, and when anything was last heard from it,
-# so that "never ran" and "stopped succeeding" are plain PromQL over timestamps.
-_UPSERT_JOBS = """
+# so that "never ran" and "stopped succeeding" are plain PromQL over timestamps.  From the runs
+# rows the same statement just wrote.
+_UPSERT_RUNS_AND_JOBS = f"""
+WITH r AS ({_UPSERT_RUNS} RETURNING job, start_ns, end_ns, status)
 INSERT INTO jobs AS j (job, last_start_ns, last_success_ns, last_failure_ns, last_seen_ns)
 SELECT r.job, max(r.start_ns), max(r.end_ns) FILTER (WHERE r.status = 3),
        max(r.end_ns) FILTER (WHERE r.status = 4), %(now)s
-FROM runs r WHERE r.trace_id = ANY(%(traces)s) AND r.job IS NOT NULL
+FROM r WHERE r.job IS NOT NULL
 GROUP BY r.job
 ON CONFLICT (job) DO UPDATE SET
     last_start_ns = greatest(j.last_start_ns, EXCLUDED.last_start_ns),
     last_success_ns = greatest(j.last_success_ns, EXCLUDED.last_success_ns),
     last_failure_ns = greatest(j.last_failure_ns, EXCLUDED.last_failure_ns),
     last_seen_ns = greatest(j.last_seen_ns, EXCLUDED.last_seen_ns)
+"""  # noqa: S608 (constant statements)
+
+_RUN_DAYS = "SELECT trace_id, run_day FROM runs WHERE trace_id = ANY(%s)"
+_CLAIMED_RUN_DAYS = """
+SELECT r.trace_id, r.run_day FROM (SELECT DISTINCT trace_id FROM fold_claim) c
+CROSS JOIN LATERAL (SELECT trace_id, run_day FROM runs WHERE runs.trace_id = c.trace_id) r
 """
 
 _STALE_CANDIDATES = """
@@ -390,29 +412,32 @@ def fold_batch(
     stall_after_s: float,
     max_depth: int = DEFAULT_MAX_DEPTH,
     lane: int | None = None,
+    timeout_s: float | None = None,
 ) -> FoldResult:
     """Fold up to ``limit`` landed records in one transaction; return how many were folded.
 
     ``max_depth``: levels a run's tree may have (``tree.fold``: deeper links are refused).
     ``lane``: claim only that lane's records (0 … LANES-1), if no other folder holds the lane;
-    ``None`` claims from every lane.
+    ``None`` claims from every lane.  ``timeout_s``: the fold's statement timeout (default: the
+    connection's); a cancelled fold raises ``psycopg.errors.QueryCanceled``, changing nothing.
     """
     partitions.ensure_current(conn)
     with conn.transaction():
-        if lane is not None and not conn.execute(
-            "SELECT pg_try_advisory_xact_lock(%s, %s)", (_LANE_LOCK, lane)
-        ).fetchone()[0]:
+        if lane is not None and not conn.execute(_TRY_LOCK, locks.lane(lane)).fetchone()[0]:
             return FoldResult(0)  # another folder is on this lane
         conn.execute(_TEMP_TABLES)
         conn.execute(_PLAN_FOR_BATCHES)
+        if timeout_s is not None:
+            conn.execute(_TIMEOUT, (f"{int(timeout_s * 1000)}ms",))
         claim, params = (_CLAIM_ANY, {"limit": limit}) if lane is None else (
             _CLAIM_LANE, {"limit": limit, "lane": lane})
         claimed = {bytes(t): n for t, n in conn.execute(claim, params)}
         if not claimed:
             return FoldResult(0)
         trace_ids = list(claimed)
-        _lock_runs(conn, trace_ids)
-        days = _run_days(conn, trace_ids)
+        if lane is None:
+            _lock_lanes(conn, trace_ids)
+        days = _run_days(conn, trace_ids, claimed=True)
         cutoff = time.time_ns() - int(stall_after_s * 1e9)
         leaves, by_run = _store_leaves(conn, days, cutoff)
         seeds = {(parent, t) for t, parent in leaves if parent is not None}
@@ -450,7 +475,7 @@ def sweep_stalled(
         for trace_id, span_id in found:
             by_run[bytes(trace_id)].append(bytes(span_id))
         conn.execute(_TEMP_TABLES)
-        _lock_runs(conn, list(by_run))
+        _lock_lanes(conn, list(by_run))
         days = _run_days(conn, list(by_run))
         seeds = {(bytes(s), bytes(t)) for t, s in found}
         folds = _fold_runs(conn, {}, cutoff, days, seeds)
@@ -471,8 +496,9 @@ def _store_leaves(
     them counted by parent, and the other records by run, in landing order, for the rules."""
     ruled = []
     with conn.cursor(binary=True) as cur:
-        for day in set(days.values()):
-            traces = [t for t, d in days.items() if d == day]
+        by_day = set(days.values())
+        for day in by_day:
+            traces = [t for t, d in days.items() if d == day] if len(by_day) > 1 else None
             params = {"traces": traces, "day": day, "cutoff": cutoff_ns}
             ruled += cur.execute(_STORE_LEAVES, params).fetchall()
     leaves = {
@@ -560,20 +586,18 @@ def _finished_tasks(
     return (*singles, *groups)
 
 
-def _lock_runs(conn, trace_ids) -> None:
-    """Advisory locks on the runs, in sorted key order so concurrent folders cannot deadlock."""
-    keys = sorted({int.from_bytes(t[:8], "big", signed=True) for t in trace_ids})
-    conn.execute(
-        "SELECT pg_advisory_xact_lock(k)"
-        " FROM unnest(%s::bigint[]) WITH ORDINALITY AS u(k, i) ORDER BY i",
-        (keys,),
-    )
+def _lock_lanes(conn, trace_ids) -> None:
+    """Take the locks of the runs' lanes, in sorted order so concurrent folders cannot deadlock
+    (one statement each: the order of a set-returning statement's calls is not promised)."""
+    for number in sorted({locks.lane_of(t) for t in trace_ids}):
+        conn.execute(_LOCK, locks.lane(number))
 
 
-def _run_days(conn, trace_ids: list[bytes]) -> dict[bytes, int]:
-    """The partition day of each run: kept from its first fold, today for a new run."""
+def _run_days(conn, trace_ids: list[bytes], *, claimed: bool = False) -> dict[bytes, int]:
+    """The partition day of each run: kept from its first fold, today for a new run.
+    ``claimed``: the runs of ``fold_claim``, found there (no list of ids to send)."""
     known = dict(
-        conn.execute("SELECT trace_id, run_day FROM runs WHERE trace_id = ANY(%s)", (trace_ids,))
+        conn.execute(_CLAIMED_RUN_DAYS) if claimed else conn.execute(_RUN_DAYS, (trace_ids,))
     )
     today = partitions.today()
     return {t: known.get(t, today) for t in trace_ids}
@@ -648,9 +672,7 @@ def _write(conn, folds: dict[bytes, RunFold]) -> None:
         for trace_id, fold in folds.items():
             if fold.dropped:
                 cur.execute(_DELETE_DROPPED, (trace_id, fold.run_day, list(fold.dropped)))
-        cur.execute(_UPSERT_RUNS, {"now": time.time_ns()})
-        cur.execute(_REFRESH_ROOTS, (list(folds),))
-        cur.execute(_UPSERT_JOBS, {"traces": list(folds), "now": time.time_ns()})
+        cur.execute(_UPSERT_RUNS_AND_JOBS, {"now": time.time_ns()})
 
 
 __all__ = [

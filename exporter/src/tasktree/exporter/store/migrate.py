@@ -11,10 +11,9 @@ from importlib import resources
 
 import psycopg
 
-logger = logging.getLogger(__name__)
+from tasktree.exporter.store import locks
 
-# Two-int advisory lock keys live in a different lock space from the one-bigint run locks.
-_MIGRATION_LOCK = (0x7461736B, 1)  # "task", 1
+logger = logging.getLogger(__name__)
 
 
 def available() -> list[tuple[int, str, str]]:
@@ -32,7 +31,7 @@ def migrate(conninfo: str, target: int | None = None) -> list[int]:
     """Apply every pending migration (up to ``target``); return the versions this call applied."""
     applied_now = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s, %s)", _MIGRATION_LOCK)
+        conn.execute("SELECT pg_advisory_lock(%s, %s)", locks.MIGRATIONS)
         try:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -52,5 +51,5 @@ def migrate(conninfo: str, target: int | None = None) -> list[int]:
                 logger.info("applied migration %s", name)
                 applied_now.append(version)
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s, %s)", _MIGRATION_LOCK)
+            conn.execute("SELECT pg_advisory_unlock(%s, %s)", locks.MIGRATIONS)
     return applied_now

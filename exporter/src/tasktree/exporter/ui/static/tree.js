@@ -299,6 +299,14 @@
     set("duration", TT.duration(run.duration));
     set("task_count", TT.number(run.task_count));
     set("counts", TT.rollup(run.counts));
+    set("root_note", rootNote(run));
+  }
+
+  /** The run page's "root" line: a run whose root has not arrived counts as running. */
+  function rootNote(run) {
+    if (run.root_count > 1) return `${TT.number(run.root_count)} top-level tasks`;
+    if (run.root_count === 1) return "received";
+    return document.querySelector("[data-field=root_note]").dataset.noRoot;
   }
 
   /**
