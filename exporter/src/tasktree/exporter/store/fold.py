@@ -136,7 +136,7 @@ CREATE TEMP TABLE IF NOT EXISTS fold_out (
 CREATE TEMP TABLE IF NOT EXISTS fold_leaves (
     id bigint, trace_id bytea, span_id bytea, parent_span_id bytea, status smallint,
     heartbeat_ns bigint, start_ns bigint, end_ns bigint, name text, resource_id bigint,
-    landing_row tid
+    landing_row tid, run_day integer
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_runs (
     trace_id bytea, d_ok integer, d_error integer, d_running integer, d_stalled integer,
@@ -224,7 +224,7 @@ WITH named AS (
     INSERT INTO fold_leaves
     SELECT c.id, c.trace_id, c.span_id, c.parent_span_id,
            CASE WHEN c.status = 1 AND c.heartbeat_ns < %(cutoff)s THEN 2 ELSE c.status END,
-           c.heartbeat_ns, c.start_ns, c.end_ns, c.name, c.resource_id, c.landing_row
+           c.heartbeat_ns, c.start_ns, c.end_ns, c.name, c.resource_id, c.landing_row, %(day)s
     FROM classified c WHERE c.leaf
     RETURNING trace_id, span_id, parent_span_id, status, landing_row
 ), stored AS (
@@ -242,13 +242,23 @@ FROM classified c WHERE NOT c.leaf
 """  # noqa: S608 (constant column lists)
 
 # Per parent: the leaves by status, in the order of tree.status.COUNTED (ok, error, running,
-# stalled), their earliest start and smallest landing id.
-_LEAF_GROUPS = """
+# stalled), their earliest start and smallest landing id.  Leaves at the top of their run (a root
+# alone, as in a run of one task) touch no other task: their runs' summaries are counted here, in
+# SQL, and such a run needs no tree rules at all (fold_runs then holds up to two rows a run).
+_LEAF_GROUPS_UNDER_PARENTS = """
 SELECT trace_id, parent_span_id,
        count(*) FILTER (WHERE status = 3), count(*) FILTER (WHERE status = 4),
        count(*) FILTER (WHERE status = 1), count(*) FILTER (WHERE status = 2),
        min(start_ns), min(id)
-FROM fold_leaves GROUP BY trace_id, parent_span_id
+FROM fold_leaves WHERE parent_span_id IS NOT NULL GROUP BY trace_id, parent_span_id
+"""
+_RUNS_OF_TOP_LEAVES = """
+INSERT INTO fold_runs
+SELECT trace_id,
+       count(*) FILTER (WHERE status = 3), count(*) FILTER (WHERE status = 4),
+       count(*) FILTER (WHERE status = 1), count(*) FILTER (WHERE status = 2),
+       count(*), min(start_ns), min(id), min(run_day)
+FROM fold_leaves WHERE parent_span_id IS NULL GROUP BY trace_id
 """
 
 _LEAVES_UNDER = """
@@ -318,12 +328,20 @@ DELETE FROM tasks WHERE trace_id = %s AND run_day = %s AND span_id = ANY(%s) AND
 _UPSERT_RUNS = """
 INSERT INTO runs AS r (trace_id, job, name, status, start_ns, end_ns, n_ok, n_error, n_running,
                        n_stalled, task_count, root_count, last_received_ns, run_day)
-SELECT f.trace_id, coalesce(x.root_job, res.job), x.root_name,
+SELECT f.trace_id,
+       coalesce(x.root_job,  -- else the job of a landed record (asked only when needed)
+                (SELECT res.job FROM span_landing l JOIN resources res ON res.id = l.resource_id
+                 WHERE l.id = f.any_landing_id)),
+       x.root_name,
        CASE WHEN x.root_count > 0 THEN (ARRAY[3, 1, 2, 4])[x.worst]
             WHEN f.d_stalled > 0 AND f.d_running = 0 THEN 2 ELSE 1 END,
        f.min_start_ns, CASE WHEN x.root_count > 0 AND x.open_roots = 0 THEN x.root_end END,
        f.d_ok, f.d_error, f.d_running, f.d_stalled, f.d_tasks, x.root_count, %(now)s, f.run_day
-FROM fold_runs f
+FROM (SELECT trace_id, sum(d_ok) AS d_ok, sum(d_error) AS d_error, sum(d_running) AS d_running,
+             sum(d_stalled) AS d_stalled, sum(d_tasks) AS d_tasks,
+             min(min_start_ns) AS min_start_ns, min(any_landing_id) AS any_landing_id,
+             min(run_day) AS run_day
+      FROM fold_runs GROUP BY trace_id) f
 CROSS JOIN LATERAL (
     SELECT count(*) FILTER (WHERE NOT t.missing) AS root_count,
            count(*) FILTER (WHERE NOT t.missing AND t.status IN (1, 2)) AS open_roots,
@@ -337,8 +355,6 @@ CROSS JOIN LATERAL (
     FROM tasks t LEFT JOIN resources tr ON tr.id = t.resource_id
     WHERE t.trace_id = f.trace_id AND t.run_day = f.run_day AND t.parent_span_id IS NULL
 ) x
-LEFT JOIN span_landing l ON l.id = f.any_landing_id
-LEFT JOIN resources res ON res.id = l.resource_id
 ON CONFLICT (trace_id) DO UPDATE SET
     job = CASE WHEN EXCLUDED.root_count > 0 THEN coalesce(EXCLUDED.job, r.job)
                ELSE coalesce(r.job, EXCLUDED.job) END,
@@ -446,7 +462,9 @@ def fold_batch(
                 seeds.add((r.span_id, t))
                 if r.parent_span_id:
                     seeds.add((r.parent_span_id, t))
-        folds = _fold_runs(conn, by_run, cutoff, days, seeds, max_depth, leaves)
+        ruled = {t: days[t] for t in (*by_run, *(t for t, _ in leaves))}
+        folds = _fold_runs(conn, by_run, cutoff, ruled, seeds, max_depth, leaves)
+        conn.execute(_RUNS_OF_TOP_LEAVES)
         _write(conn, folds)
         conn.execute("DELETE FROM span_landing l USING fold_claim c WHERE l.ctid = c.landing_row")
         finished = _finished_tasks(
@@ -503,7 +521,8 @@ def _store_leaves(
             ruled += cur.execute(_STORE_LEAVES, params).fetchall()
     leaves = {
         (bytes(trace_id), bytes(parent) if parent else None): ((ok, err, run, stall), start, lid)
-        for trace_id, parent, ok, err, run, stall, start, lid in conn.execute(_LEAF_GROUPS)
+        for trace_id, parent, ok, err, run, stall, start, lid in conn.execute(
+            _LEAF_GROUPS_UNDER_PARENTS)
     }
     return leaves, _records_by_run(ruled)
 
@@ -538,8 +557,8 @@ def _fold_runs(
     max_depth: int = DEFAULT_MAX_DEPTH,
     leaves: _Leaves | None = None,
 ) -> dict[bytes, RunFold]:
-    """Load the (span, trace) ``seeds`` with their ancestors, count the stored ``leaves``, apply
-    the records, for each run of ``days`` (whose locks the caller holds)."""
+    """Load the (span, trace) ``seeds`` with their ancestors, count the stored ``leaves`` (those
+    under a parent), apply the records, for each run of ``days`` (whose locks the caller holds)."""
     loaded = _load_nodes(conn, seeds, days)
     folds = {}
     for trace_id, day in days.items():
