@@ -140,7 +140,9 @@ CREATE TEMP TABLE IF NOT EXISTS fold_leaves (
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_runs (
     trace_id bytea, d_ok integer, d_error integer, d_running integer, d_stalled integer,
-    d_tasks integer, min_start_ns bigint, any_landing_id bigint, run_day integer
+    d_tasks integer, min_start_ns bigint, any_landing_id bigint, run_day integer,
+    root_count integer, open_roots integer, root_end bigint, worst integer, root_name text,
+    root_resource bigint
 ) ON COMMIT DELETE ROWS;
 """
 
@@ -164,6 +166,10 @@ _OUT_TYPES = [
     "int2",
 ]
 _RUN_TYPES = ["bytea", "int4", "int4", "int4", "int4", "int4", "int8", "int8", "int4"]
+_COPY_RUNS = (
+    "COPY fold_runs (trace_id, d_ok, d_error, d_running, d_stalled, d_tasks, min_start_ns,"
+    " any_landing_id, run_day) FROM STDIN (FORMAT BINARY)"
+)
 
 _PAYLOAD = (
     "name, kind, start_ns, end_ns, status_message, resource_id, scope, attributes, "
@@ -252,14 +258,25 @@ SELECT trace_id, parent_span_id,
        min(start_ns), min(id)
 FROM fold_leaves WHERE parent_span_id IS NOT NULL GROUP BY trace_id, parent_span_id
 """
-_RUNS_OF_TOP_LEAVES = """
+# A top-level task's severity, for a run's status: the worst of its roots (error 4 > stalled 3 >
+# running 2 > ok 1), turned back into a status by _STATUS_OF_SEVERITY.
+_SEVERITY = "CASE {status} WHEN 4 THEN 4 WHEN 2 THEN 3 WHEN 1 THEN 2 WHEN 3 THEN 1 END"
+_STATUS_OF_SEVERITY = "(ARRAY[3, 1, 2, 4])"
+
+# With them, what the run's top-level leaves say, as the run summary reads it from its stored
+# top-level tasks (_UPSERT_RUNS), for a run the batch starts: then they are all its top tasks.
+_RUNS_OF_TOP_LEAVES = f"""
 INSERT INTO fold_runs
-SELECT trace_id,
-       count(*) FILTER (WHERE status = 3), count(*) FILTER (WHERE status = 4),
-       count(*) FILTER (WHERE status = 1), count(*) FILTER (WHERE status = 2),
-       count(*), min(start_ns), min(id), min(run_day)
-FROM fold_leaves WHERE parent_span_id IS NULL GROUP BY trace_id
-"""
+SELECT DISTINCT ON (trace_id) trace_id,
+       count(*) FILTER (WHERE status = 3) OVER w, count(*) FILTER (WHERE status = 4) OVER w,
+       count(*) FILTER (WHERE status = 1) OVER w, count(*) FILTER (WHERE status = 2) OVER w,
+       count(*) OVER w, min(start_ns) OVER w, min(id) OVER w, run_day,
+       count(*) OVER w, count(*) FILTER (WHERE status IN (1, 2)) OVER w, max(end_ns) OVER w,
+       max({_SEVERITY.format(status="status")}) OVER w, name, resource_id
+FROM fold_leaves WHERE parent_span_id IS NULL
+WINDOW w AS (PARTITION BY trace_id)
+ORDER BY trace_id, start_ns, span_id  -- DISTINCT ON keeps the first root's name and resource
+"""  # noqa: S608 (constant)
 
 _LEAVES_UNDER = """
 SELECT span_id, status, heartbeat_ns FROM fold_leaves WHERE trace_id = %s AND parent_span_id = %s
@@ -315,17 +332,35 @@ DELETE FROM tasks WHERE trace_id = %s AND run_day = %s AND span_id = ANY(%s) AND
 # A run's summary, written once per fold: its counts moved by the batch's delta, and what its
 # top-level tasks say now, after the fold's task writes.
 #
-# A run's status is its root's own status (several roots: the worst of them; severity: error 4
-# > stalled 3 > running 2 > ok 1).  Until a root arrives (other SDKs send it last) the run is
-# still going: running, or stalled when its tasks are stalled and none is running; its counts
-# show any errors meanwhile.  Its name and job are its first root's, a true root before a task
-# kept at the top for a refused link (no root yet: the job of a task of the batch).
+# A run's status is its root's own status (several roots: the worst of them).  Until a root
+# arrives (other SDKs send it last) the run is still going: running, or stalled when its tasks
+# are stalled and none is running; its counts show any errors meanwhile.  Its name and job are its
+# first root's, a true root before a task kept at the top for a refused link (no root yet: the job
+# of a task of the batch).
 #
-# The statement starts from the batch's runs (fold_runs) and reaches each run's top-level tasks
-# through LATERAL, so the tasks index is always probed by trace id: its cost is the batch's runs'
-# top-level tasks, never the day's.  (Joined as plain tables, a day partition without statistics
-# led the planner to walk every top-level task of the day for each run of the batch: issue 18.)
-_UPSERT_RUNS = """
+# What the top-level tasks say comes from the batch itself for a run it starts with top-level
+# leaves only (a run of one task: the batch holds all its top tasks); for any other run, from its
+# stored top-level tasks, reached through LATERAL from the batch's runs so that the tasks index is
+# always probed by trace id: the cost is the batch's runs' top-level tasks, never the day's.
+# (Joined as plain tables, a day partition without statistics led the planner to walk every
+# top-level task of the day for each run of the batch: issue 18.)
+_BATCH_RUNS = """
+g AS (
+    SELECT trace_id, sum(d_ok) AS d_ok, sum(d_error) AS d_error, sum(d_running) AS d_running,
+           sum(d_stalled) AS d_stalled, sum(d_tasks) AS d_tasks,
+           min(min_start_ns) AS min_start_ns, min(any_landing_id) AS any_landing_id,
+           min(run_day) AS run_day, count(*) = 1 AND count(root_count) = 1 AS top_leaves_only,
+           max(root_count) AS root_count, max(open_roots) AS open_roots,
+           max(root_end) AS root_end, max(worst) AS worst, max(root_name) AS root_name,
+           max(root_resource) AS root_resource
+    FROM fold_runs GROUP BY trace_id
+), f AS (
+    SELECT g.*, g.top_leaves_only AND NOT EXISTS (SELECT FROM runs e WHERE e.trace_id = g.trace_id)
+               AS tops_in_batch
+    FROM g
+)
+"""
+_UPSERT_RUNS = f"""
 INSERT INTO runs AS r (trace_id, job, name, status, start_ns, end_ns, n_ok, n_error, n_running,
                        n_stalled, task_count, root_count, last_received_ns, run_day)
 SELECT f.trace_id,
@@ -333,28 +368,30 @@ SELECT f.trace_id,
                 (SELECT res.job FROM span_landing l JOIN resources res ON res.id = l.resource_id
                  WHERE l.id = f.any_landing_id)),
        x.root_name,
-       CASE WHEN x.root_count > 0 THEN (ARRAY[3, 1, 2, 4])[x.worst]
+       CASE WHEN x.root_count > 0 THEN {_STATUS_OF_SEVERITY}[x.worst]
             WHEN f.d_stalled > 0 AND f.d_running = 0 THEN 2 ELSE 1 END,
        f.min_start_ns, CASE WHEN x.root_count > 0 AND x.open_roots = 0 THEN x.root_end END,
-       f.d_ok, f.d_error, f.d_running, f.d_stalled, f.d_tasks, x.root_count, %(now)s, f.run_day
-FROM (SELECT trace_id, sum(d_ok) AS d_ok, sum(d_error) AS d_error, sum(d_running) AS d_running,
-             sum(d_stalled) AS d_stalled, sum(d_tasks) AS d_tasks,
-             min(min_start_ns) AS min_start_ns, min(any_landing_id) AS any_landing_id,
-             min(run_day) AS run_day
-      FROM fold_runs GROUP BY trace_id) f
-CROSS JOIN LATERAL (
-    SELECT count(*) FILTER (WHERE NOT t.missing) AS root_count,
-           count(*) FILTER (WHERE NOT t.missing AND t.status IN (1, 2)) AS open_roots,
-           max(t.end_ns) FILTER (WHERE NOT t.missing) AS root_end,
-           max(CASE t.status WHEN 4 THEN 4 WHEN 2 THEN 3 WHEN 1 THEN 2 WHEN 3 THEN 1 END)
-               FILTER (WHERE NOT t.missing) AS worst,
+       f.d_ok, f.d_error, f.d_running, f.d_stalled, f.d_tasks, coalesce(x.root_count, 0),
+       %(now)s, f.run_day
+FROM f
+LEFT JOIN LATERAL (
+    SELECT f.root_count, f.open_roots, f.root_end, f.worst, f.root_name, rj.job AS root_job
+    FROM (VALUES (1)) AS one (x) LEFT JOIN resources rj ON rj.id = f.root_resource
+    WHERE f.tops_in_batch
+    UNION ALL
+    SELECT count(*) FILTER (WHERE NOT t.missing),
+           count(*) FILTER (WHERE NOT t.missing AND t.status IN (1, 2)),
+           max(t.end_ns) FILTER (WHERE NOT t.missing),
+           max({_SEVERITY.format(status="t.status")}) FILTER (WHERE NOT t.missing),
            (array_agg(t.name ORDER BY t.refused_parent_span_id IS NOT NULL, t.start_ns, t.span_id)
-               FILTER (WHERE NOT t.missing))[1] AS root_name,
+               FILTER (WHERE NOT t.missing))[1],
            (array_agg(tr.job ORDER BY t.refused_parent_span_id IS NOT NULL, t.start_ns, t.span_id)
-               FILTER (WHERE NOT t.missing))[1] AS root_job
+               FILTER (WHERE NOT t.missing))[1]
     FROM tasks t LEFT JOIN resources tr ON tr.id = t.resource_id
-    WHERE t.trace_id = f.trace_id AND t.run_day = f.run_day AND t.parent_span_id IS NULL
-) x
+    WHERE NOT f.tops_in_batch
+      AND t.trace_id = f.trace_id AND t.run_day = f.run_day AND t.parent_span_id IS NULL
+    GROUP BY t.trace_id
+) x ON true
 ON CONFLICT (trace_id) DO UPDATE SET
     job = CASE WHEN EXCLUDED.root_count > 0 THEN coalesce(EXCLUDED.job, r.job)
                ELSE coalesce(r.job, EXCLUDED.job) END,
@@ -370,13 +407,13 @@ ON CONFLICT (trace_id) DO UPDATE SET
     task_count = r.task_count + EXCLUDED.task_count,
     root_count = EXCLUDED.root_count,
     last_received_ns = greatest(r.last_received_ns, EXCLUDED.last_received_ns)
-"""
+"""  # noqa: S608 (constant fragments)
 
 # Per job: when a run last started, succeeded, failed, and when anything was last heard from it,
 # so that "never ran" and "stopped succeeding" are plain PromQL over timestamps.  From the runs
 # rows the same statement just wrote.
 _UPSERT_RUNS_AND_JOBS = f"""
-WITH r AS ({_UPSERT_RUNS} RETURNING job, start_ns, end_ns, status)
+WITH {_BATCH_RUNS}, r AS ({_UPSERT_RUNS} RETURNING job, start_ns, end_ns, status)
 INSERT INTO jobs AS j (job, last_start_ns, last_success_ns, last_failure_ns, last_seen_ns)
 SELECT r.job, max(r.start_ns), max(r.end_ns) FILTER (WHERE r.status = 3),
        max(r.end_ns) FILTER (WHERE r.status = 4), %(now)s
@@ -678,7 +715,7 @@ def _write(conn, folds: dict[bytes, RunFold]) -> None:
                             n.refused_reason,
                         )
                     )
-        with cur.copy("COPY fold_runs FROM STDIN (FORMAT BINARY)") as copy:
+        with cur.copy(_COPY_RUNS) as copy:
             copy.set_types(_RUN_TYPES)
             for trace_id, fold in folds.items():
                 d = fold.delta
