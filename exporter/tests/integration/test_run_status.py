@@ -52,3 +52,19 @@ def test_a_run_without_its_root_is_running_with_its_errors_counted(start_tasktre
     assert (run["status"], run["root_count"], run["name"]) == ("ok", 1, "nightly")
     page = requests.get(f"{server.web}/runs/{trace.hex()}", timeout=30).text
     assert '">received</dd>' in page
+
+
+def test_a_root_that_moves_under_a_parent_takes_the_run_name_with_it(start_tasktree, private_db):
+    """A running snapshot sent before its parent link was known, then the final naming the
+    parent: the task is no root any more (its final record's parent wins), so the run has no
+    root yet and no name, in whichever order the two records are folded."""
+    server = start_tasktree(database=private_db)
+    for order in ((False, True), (True, False)):
+        trace, task, parent = os.urandom(16), os.urandom(8), os.urandom(8)
+        records = {False: (task, None, "early-snapshot", True),  # running, no parent yet
+                   True: (task, parent, "chunk", False)}  # final, under `parent`
+        for final in order:
+            post(server, otlp_request(trace, [records[final]], "rootless-job"))
+            server.wait_folded()
+        run = server.get(f"/api/runs/{trace.hex()}")
+        assert (run["root_count"], run["name"], run["status"]) == (0, None, "running"), order

@@ -395,7 +395,7 @@ LEFT JOIN LATERAL (
 ON CONFLICT (trace_id) DO UPDATE SET
     job = CASE WHEN EXCLUDED.root_count > 0 THEN coalesce(EXCLUDED.job, r.job)
                ELSE coalesce(r.job, EXCLUDED.job) END,
-    name = coalesce(EXCLUDED.name, r.name),
+    name = EXCLUDED.name,  -- none again once its only root has moved under a parent
     status = CASE WHEN EXCLUDED.root_count > 0 THEN EXCLUDED.status
                   WHEN r.n_stalled + EXCLUDED.n_stalled > 0
                        AND r.n_running + EXCLUDED.n_running = 0 THEN 2
