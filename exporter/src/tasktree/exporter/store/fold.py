@@ -249,8 +249,8 @@ FROM classified c WHERE NOT c.leaf
 
 # Per parent: the leaves by status, in the order of tree.status.COUNTED (ok, error, running,
 # stalled), their earliest start and smallest landing id.  Leaves at the top of their run (a root
-# alone, as in a run of one task) touch no other task: their runs' summaries are counted here, in
-# SQL, and such a run needs no tree rules at all (fold_runs then holds up to two rows a run).
+# alone, as in a run of one task) touch no other task: _RUNS_OF_TOP_LEAVES counts them into their
+# runs' summaries in SQL, and a run with no other records needs no tree rules at all.
 _LEAF_GROUPS_UNDER_PARENTS = """
 SELECT trace_id, parent_span_id,
        count(*) FILTER (WHERE status = 3), count(*) FILTER (WHERE status = 4),
@@ -263,8 +263,9 @@ FROM fold_leaves WHERE parent_span_id IS NOT NULL GROUP BY trace_id, parent_span
 _SEVERITY = "CASE {status} WHEN 4 THEN 4 WHEN 2 THEN 3 WHEN 1 THEN 2 WHEN 3 THEN 1 END"
 _STATUS_OF_SEVERITY = "(ARRAY[3, 1, 2, 4])"
 
-# With them, what the run's top-level leaves say, as the run summary reads it from its stored
-# top-level tasks (_UPSERT_RUNS), for a run the batch starts: then they are all its top tasks.
+# The top-level leaves' part of their runs' summaries (fold_runs then holds up to two rows a
+# run: this one, and the tree rules' delta): their counts, and what they say as _UPSERT_RUNS reads
+# a run's top-level tasks, which for a run the batch starts are all there is.
 _RUNS_OF_TOP_LEAVES = f"""
 INSERT INTO fold_runs
 SELECT DISTINCT ON (trace_id) trace_id,
