@@ -63,3 +63,17 @@ def test_tasks_stored_before_partitioning_move_into_their_runs_day(empty_databas
         rows = conn.execute(
             "SELECT tableoid::regclass::text, count(*) FROM tasks GROUP BY 1").fetchall()
     assert rows == [(f"tasks_d{partitions.today() - 3}", 2)]
+
+
+def test_the_day_a_row_is_filed_under_by_default_is_floored_not_rounded(clean_store_db):
+    """Issue 14: at 12:00:01 UTC the default day was the next one (a numeric cast rounds)."""
+    noon = "'2026-12-06 12:00:01+00'::timestamptz"
+    with psycopg.connect(clean_store_db, autocommit=True) as conn:
+        for table in ("runs", "tasks", "tasks_default"):
+            default = conn.execute(
+                "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d"
+                " JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum"
+                " WHERE d.adrelid = %s::regclass AND a.attname = 'run_day'", (table,)).fetchone()[0]
+            assert "now()" in default, default
+            day = conn.execute(f"SELECT {default.replace('now()', noon)}").fetchone()[0]
+            assert day == partitions.today(1_796_558_401 * 10**9) == 20793, (table, default)
