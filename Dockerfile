@@ -1,5 +1,5 @@
 # tasktree's service (`tasktree serve`), as run by docker-compose.yml.
-FROM python:3.11-slim
+FROM python:3.11.11-slim-bookworm
 
 RUN useradd --system --create-home --home-dir /var/lib/tasktree tasktree
 WORKDIR /src

@@ -19,6 +19,13 @@ class SettingsError(ValueError):
     """A configuration value is malformed; the message names the variable or flag."""
 
 
+EXAMPLE_TOKEN = "replace-me-with-a-random-token"
+"""The placeholder of TASKTREE_AUTH_TOKEN in the repository's ``.env.example``: refused in every
+token setting, so a copied example never becomes a working credential (a test keeps both equal)."""
+
+_TOKEN_FIELDS = ("auth_token", "ingest_tokens", "viewer_tokens", "operator_tokens", "secret_key")
+
+
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(
         os.path.expanduser("~"), ".local", "share"
@@ -151,6 +158,13 @@ class Settings:
             raise SettingsError("TASKTREE_SECRET_KEY must be at least 32 characters (random)")
         if self.session_lifetime < 60:
             raise SettingsError("TASKTREE_SESSION_LIFETIME must be at least 60 seconds")
+        for name in _TOKEN_FIELDS:
+            if EXAMPLE_TOKEN in (getattr(self, name) or ""):
+                raise SettingsError(
+                    f"{_env_name(name)} holds the placeholder {EXAMPLE_TOKEN!r} of .env.example: "
+                    "put a random secret there (python3 -c 'import secrets; "
+                    "print(secrets.token_urlsafe(32))') and start again"
+                )
         if not _is_loopback(self.host):
             self._check_credentials_for_network()
 
