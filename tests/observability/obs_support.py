@@ -27,6 +27,7 @@ RULES_DIR = ROOT / "prometheus" / "rules"
 DASHBOARDS_DIR = ROOT / "grafana" / "dashboards"
 SCHEMA_CHECK_DIR = Path(__file__).resolve().parent / "schema-check"
 APT_PACKAGES = ("prometheus", "prometheus-alertmanager")
+RUNBOOK_BASE_URL = "https://runbooks.example/tasktree"  # the external label the alerts link from
 
 
 def unavailable(reason: str) -> None:
@@ -102,7 +103,11 @@ class Prometheus:
         if bearer:
             job["authorization"] = {"type": "Bearer", "credentials": bearer}
         config = {
-            "global": {"scrape_interval": interval, "evaluation_interval": "1s"},
+            "global": {
+                "scrape_interval": interval,
+                "evaluation_interval": "1s",
+                "external_labels": {"runbook_base_url": RUNBOOK_BASE_URL},
+            },
             "rule_files": [str(rules_dir / "*.yml")] if rules_dir else [],
             "scrape_configs": [job],
         }

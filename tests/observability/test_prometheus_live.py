@@ -291,7 +291,7 @@ def test_a_job_killed_with_sigkill_makes_the_stalled_alert_fire(stack):
             "severity": "warning",
         }
         assert (
-            alert[0]["annotations"]["runbook_url"] == "prometheus/runbook.md#tasktreetasksstalled"
+            alert[0]["annotations"]["runbook_url"] == obs.RUNBOOK_BASE_URL + "#tasktreetasksstalled"
         )
     finally:
         if child.poll() is None:

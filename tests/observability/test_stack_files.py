@@ -63,17 +63,32 @@ def _alerts():
 @pytest.mark.parametrize("rule", _alerts(), ids=[r["alert"] for r in _alerts()])
 def test_every_alert_has_for_severity_summary_description_runbook_and_a_unit_test(rule):
     assert re.fullmatch(r"\d+[smh]", str(rule.get("for", ""))), "every alert waits a `for` window"
-    assert rule["labels"]["severity"] in ("warning", "critical")
+    assert rule["labels"]["severity"] in ("warning", "critical") or rule["alert"] == "Watchdog"
     annotations = rule["annotations"]
     assert annotations["summary"] and annotations["description"]
     anchor = "#" + rule["alert"].lower()
-    assert annotations["runbook_url"] == f"prometheus/runbook.md{anchor}"
+    assert annotations["runbook_url"] == "{{ $externalLabels.runbook_base_url }}" + anchor
     assert f"## {rule['alert']}\n" in (PROMETHEUS / "runbook.md").read_text()
     tests = "".join(p.read_text() for p in (PROMETHEUS / "tests").glob("*.yml"))
     assert f"alertname: {rule['alert']}\n" in tests, "no promtool test for this alert"
     assert re.search(rf"- name: {rule['alert']} fires ", tests), (
         "a test named as a sentence shows it firing"
     )
+
+
+def test_runbook_links_are_absolute_from_one_base_in_prometheus_yml():
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    base = config["global"]["external_labels"]["runbook_base_url"]
+    assert re.fullmatch(r"https?://[^\s#]+", base), base
+    urls = {rule["annotations"]["runbook_url"] for rule in _alerts()}
+    assert {re.sub(r"#\w+$", "", url) for url in urls} == {"{{ $externalLabels.runbook_base_url }}"}
+
+
+def test_job_alerts_keep_firing_through_a_store_outage():
+    job_alerts = {r["alert"]: r for r in _alerts() if "by (job_name)" in r["expr"]}
+    assert len(job_alerts) == 5, sorted(job_alerts)
+    for name, rule in job_alerts.items():
+        assert rule.get("keep_firing_for") == "15m", name  # longer than the inhibitors' `for`
 
 
 # -- Grafana ------------------------------------------------------------------------------------
