@@ -240,18 +240,33 @@ def promql_with_variables(expr: str) -> str:
     for var in ("$__rate_interval", "$__interval"):
         expr = expr.replace(var, "2m")
     expr = expr.replace("$__range", "10m")
-    return re.sub(r"\$\{?(job|host)\}?", ".*", expr)
+    return re.sub(r"\$\{?(job|host|scrape_job|instance)\b\}?", ".*", expr)
 
 
-def sql_with_variables(query: str, trace_id: str, from_ns: int, to_ns: int) -> str:
-    """A dashboard SQL query with the variables and macros Grafana would expand."""
+def sql_quote(value: str) -> str:
+    """A string as Grafana's ``sqlstring`` format writes it: in single quotes, ``'`` doubled."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_with_variables(
+    query: str, variables: dict[str, str | list[str]], from_ns: int, to_ns: int
+) -> str:
+    """A dashboard SQL query with the variables and macros Grafana would expand.
+
+    Variables go into SQL only as ``${name:sqlstring}`` (each value quoted, ``'`` doubled, joined
+    by commas, as Grafana formats one or several values); anything else is left for the assert.
+    """
+
+    def sqlstring(match: re.Match) -> str:
+        value = variables[match.group(1)]
+        return ",".join(sql_quote(v) for v in ([value] if isinstance(value, str) else value))
+
     query = (
-        query.replace("${trace_id}", trace_id)
-        .replace("$trace_id", trace_id)
+        re.sub(r"\$\{(\w+):sqlstring\}", sqlstring, query)
         .replace("$__unixEpochNanoFrom()", str(from_ns))
         .replace("$__unixEpochNanoTo()", str(to_ns))
     )
-    unknown = re.findall(r"\$\{?\w+", query)
+    unknown = re.findall(r"\$\{?\w+(?::\w+)?", query)
     assert not unknown, f"the test does not expand {unknown}: add them to sql_with_variables"
     return query
 

@@ -225,6 +225,7 @@ def test_every_dashboard_promql_expression_returns_data(stack, where, expr):
     variable = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", expr.strip())
     if variable:  # a Grafana variable: Grafana asks the label values API, as here
         selector, label = variable.groups()
+        selector = obs.promql_with_variables(selector)  # a variable may depend on another
         values = stack.prometheus.api(f"label/{label}/values", **{"match[]": selector})
         assert values, f"{where}: no values of {label} in {selector}"
         return
@@ -309,10 +310,37 @@ def test_a_job_killed_with_sigkill_makes_the_stalled_alert_fire(stack):
     ids=[i for i, _ in obs.dashboard_queries("grafana-postgresql-datasource")],
 )
 def test_every_dashboard_sql_query_returns_rows(stack, where, query):
-    sql = obs.sql_with_variables(
-        query, stack.failing_trace, stack.started_ns - 3600 * 10**9, time.time_ns()
-    )
+    variables = {
+        "trace_id": stack.failing_trace,
+        # several jobs, as "All" or a multi-value pick sends them; one quoted as Grafana does
+        "job": ["obs-etl", "obs-failing", "it's; not a job"],
+    }
+    sql = obs.sql_with_variables(query, variables, stack.started_ns - 3600 * 10**9, time.time_ns())
     with psycopg.connect(stack.database_url, autocommit=True) as conn:
         conn.execute("SET default_transaction_read_only = on")  # Grafana's role only reads
         rows = conn.execute(sql).fetchall()
     assert rows, f"{where}: no rows"
+
+
+@pytest.mark.parametrize(
+    "where,query",
+    [q for q in obs.dashboard_queries("grafana-postgresql-datasource") if "${job:" in q[1]],
+    ids=[i for i, q in obs.dashboard_queries("grafana-postgresql-datasource") if "${job:" in q[1]],
+)
+def test_sql_panels_show_only_the_runs_of_the_jobs_picked_in_job(stack, where, query):
+    def jobs(picked: list[str]) -> set[str]:
+        sql = obs.sql_with_variables(
+            query,
+            {"trace_id": stack.failing_trace, "job": picked},
+            stack.started_ns - 3600 * 10**9,
+            time.time_ns(),
+        )
+        with psycopg.connect(stack.database_url, autocommit=True) as conn:
+            conn.execute("SET default_transaction_read_only = on")
+            cursor = conn.execute(sql)
+            column = [c.name for c in cursor.description].index("job")
+            return {row[column] for row in cursor.fetchall()}
+
+    assert jobs(["obs-failing"]) == {"obs-failing"}
+    assert jobs(["obs-etl", "obs-failing"]) <= {"obs-etl", "obs-failing"}
+    assert jobs(["no-such-job", "it's"]) == set()
