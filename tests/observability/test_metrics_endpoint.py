@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
 
@@ -99,6 +100,42 @@ def test_task_names_beyond_the_per_job_cap_are_counted_as_other(private_db, star
     wl.send_run(server.otlp_http + "/v1/traces", "capped-job", fail=False)
     doubled = {k: v * 2 for k, v in names.items()}
     wait_until(lambda: _task_counts(server, "capped-job") == doubled, 15, "the second run's counts")
+
+
+def _runs_finished(server) -> float:
+    return sum(v for (n, _), v in _samples(server).items() if n == "tasktree_runs_finished_total")
+
+
+def _job_names(samples) -> set[str]:
+    return {dict(labels)["job_name"] for _, labels in samples if "job_name" in dict(labels)}
+
+
+def test_jobs_beyond_the_job_cap_are_counted_as_other(private_db, start_tasktree):
+    server = start_tasktree(env={"TASKTREE_METRICS_MAX_JOBS": "2"}, database=private_db)
+    for count, job in enumerate(("job-a", "job-b", "job-c"), 1):  # the third is over the cap
+        wl.send_run(server.otlp_http + "/v1/traces", job, fail=False)
+        wait_until(lambda n=count: _runs_finished(server) == n, 15, f"the run of {job}")
+    seen = _samples(server)
+    assert _job_names(seen) == {"job-a", "job-b", "__other__"}
+    assert _value(seen, "tasktree_runs_finished_total", job_name="__other__", status="ok") == 1
+    assert _task_counts(server, "__other__") == {"__other__": 9}  # nothing lost, one series
+    assert _value(seen, "tasktree_job_last_start_timestamp_seconds", job_name="job-b")
+    assert _value(seen, "tasktree_job_last_start_timestamp_seconds", job_name="__other__") is None
+
+
+def test_a_job_unseen_for_the_ttl_leaves_metrics_and_gives_its_place_up(private_db, start_tasktree):
+    env = {"TASKTREE_METRICS_MAX_JOBS": "1", "TASKTREE_METRICS_JOB_TTL": "3"}
+    server = start_tasktree(env=env, database=private_db)
+    wl.send_run(server.otlp_http + "/v1/traces", "job-old", fail=False)
+    wait_until(lambda: _task_counts(server, "job-old"), 15, "job-old in the totals")
+    time.sleep(3.5)
+    wl.send_run(server.otlp_http + "/v1/traces", "job-new", fail=False)
+    wait_until(
+        lambda: sum(_task_counts(server, "job-new").values()) == 9, 15, "job-new with its own label"
+    )
+    assert _job_names(_samples(server)) == {"job-new"}
+    with psycopg.connect(private_db) as conn:  # its totals were deleted, not just hidden
+        assert conn.execute("SELECT DISTINCT job FROM metric_totals").fetchall() == [("job-new",)]
 
 
 def test_metrics_needs_a_viewer_token_when_the_server_has_one(clean_db, start_tasktree):

@@ -14,7 +14,12 @@ Two kinds of series, so that several ``tasktree serve`` processes on one databas
 Task names are bounded per job: the first ``TASKTREE_METRICS_TASK_NAMES`` names a job finishes get
 their own ``task`` label value, shared by all processes through PostgreSQL; later names are counted
 as ``__other__`` (the overflow series of OpenTelemetry's cardinality limits, and stable: a series
-never changes its meaning).
+never changes its meaning).  Jobs are bounded the same way: the first ``TASKTREE_METRICS_MAX_JOBS``
+jobs get their own ``job_name``; the finished tasks and runs of later ones are counted under
+``job_name="__other__"`` (all their task names as ``__other__``), their running, stalled and
+missing-parent tasks too, and their timestamps are not shown.  A job tasktree has not seen for
+``TASKTREE_METRICS_JOB_TTL`` seconds leaves /metrics and frees its place (its totals are deleted:
+if it comes back its counters start again, as a new series).
 
 The label for the job is ``job_name``: ``job`` is Prometheus's own target label.
 """
@@ -60,7 +65,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["DURATION_BUCKETS", "OTHER", "ServiceMetrics", "StoreMetrics", "metrics_view"]
 
 OTHER = "__other__"
-"""The ``task`` label value of every task name beyond a job's first ``metrics_task_names``."""
+"""The ``task`` label value of every task name beyond a job's first ``metrics_task_names``, and
+the ``job_name`` of every job beyond the first ``metrics_max_jobs``."""
 
 STORE_TTL_S = 1.0
 """Seconds the PostgreSQL-backed values are reused between scrapes."""
@@ -100,6 +106,10 @@ _Key = tuple[str, bool, str, int]  # (job, run, name, status), the metric_totals
 _ADMITTED = """
 SELECT job, name FROM metric_totals WHERE job = ANY(%s) AND NOT run GROUP BY job, name
 """
+_ADMITTED_JOBS = "SELECT DISTINCT job FROM metric_totals WHERE job <> %s"
+_FORGET = """
+DELETE FROM metric_totals m USING jobs j WHERE m.job = j.job AND j.last_seen_ns < %s
+"""
 
 _ADD = """
 INSERT INTO metric_totals AS m (job, run, name, status, finished, duration_sum, buckets)
@@ -120,9 +130,17 @@ class FoldTotals:
     the amounts are kept and added with the next fold's.
     """
 
-    def __init__(self, pool: psycopg_pool.ConnectionPool, names_per_job: int):
+    def __init__(
+        self,
+        pool: psycopg_pool.ConnectionPool,
+        names_per_job: int,
+        max_jobs: int = 100,
+        job_ttl_s: int = 0,
+    ):
         self._pool = pool
         self._cap = names_per_job
+        self._max_jobs = max_jobs
+        self._job_ttl_s = job_ttl_s
         self._pending: dict[_Key, _Total] = {}
         self.write_errors = 0
 
@@ -155,11 +173,14 @@ class FoldTotals:
     def _flush(self) -> None:
         with connection(self._pool) as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", locks.METRICS)
+            if self._job_ttl_s:  # jobs unseen for the TTL give their place up
+                conn.execute(_FORGET, (time.time_ns() - self._job_ttl_s * 10**9,))
             jobs = sorted({job for job, run, _, _ in self._pending if not run})
             admitted: dict[str, set[str]] = defaultdict(set)
             for job, name in conn.execute(_ADMITTED, (jobs,)):
                 admitted[job].add(name)
-            rows = self._bounded(self._pending, admitted)
+            known = {job for (job,) in conn.execute(_ADMITTED_JOBS, (OTHER,))}
+            rows = self._bounded(self._pending, admitted, known)
             with conn.cursor() as cur:
                 cur.executemany(
                     _ADD,
@@ -171,12 +192,20 @@ class FoldTotals:
         self._pending = {}
 
     def _bounded(
-        self, pending: dict[_Key, _Total], admitted: dict[str, set[str]]
+        self, pending: dict[_Key, _Total], admitted: dict[str, set[str]], known: set[str]
     ) -> dict[_Key, _Total]:
-        """The pending amounts with names beyond each job's cap counted as ``OTHER``."""
+        """The pending amounts with jobs beyond the job cap and names beyond each job's cap
+        counted as ``OTHER`` (``known``: the jobs with their own totals already)."""
         rows: dict[_Key, _Total] = {}
         for (job, run, name, status), total in sorted(pending.items()):
-            if not run and name not in admitted[job]:
+            if job not in known and job != OTHER:
+                if len(known) < self._max_jobs:
+                    known.add(job)
+                else:
+                    job = OTHER
+            if job == OTHER and not run:
+                name = OTHER
+            elif not run and name not in admitted[job]:
                 if len(admitted[job] - {OTHER}) < self._cap and name != OTHER:
                     admitted[job].add(name)
                 else:
@@ -224,9 +253,17 @@ class StoreMetrics:
     cannot be read the text says ``tasktree_store_up 0`` and nothing else (no stale values).
     """
 
-    def __init__(self, pool: psycopg_pool.ConnectionPool, ttl: float = STORE_TTL_S):
+    def __init__(
+        self,
+        pool: psycopg_pool.ConnectionPool,
+        ttl: float = STORE_TTL_S,
+        max_jobs: int = 100,
+        job_ttl_s: int = 0,
+    ):
         self._pool = pool
         self._ttl = ttl
+        self._max_jobs = max_jobs
+        self._job_ttl_s = job_ttl_s
         self._lock = threading.Lock()
         self._cached: tuple[float, bytes] | None = None  # (time.monotonic(), text)
 
@@ -237,7 +274,7 @@ class StoreMetrics:
             out = _Exposition()
             try:
                 started = time.perf_counter()
-                rows = self._query()
+                rows = _bounded_jobs(self._query(), self._max_jobs, self._job_ttl_s)
                 read_s = time.perf_counter() - started
             except Exception:  # noqa: BLE001 (the scrape shows store_up 0 instead of failing)
                 logger.warning("metrics: could not read PostgreSQL", exc_info=True)
@@ -265,6 +302,50 @@ class StoreMetrics:
             rows["oldest_received_ns"], rows["backlog"] = conn.execute(_LANDING).fetchone()
         rows["now_s"] = time.time()
         return rows
+
+
+def _bounded_jobs(rows: dict, max_jobs: int, job_ttl_s: int) -> dict:
+    """``rows`` without the jobs unseen for ``job_ttl_s`` and with the jobs beyond the first
+    ``max_jobs`` as ``OTHER``: those with totals first (their series must keep their label), then
+    the others by name.  Timestamps are shown for the jobs with their own label only."""
+    cutoff = (rows["now_s"] - job_ttl_s) * 1e9 if job_ttl_s else None
+    expired = {
+        job
+        for job, *_, last_seen in rows["jobs"]
+        if cutoff is not None and last_seen is not None and last_seen < cutoff
+    }
+    shown = {row[0] for row in rows["totals"]} - expired - {OTHER}
+    for job in sorted(
+        {row[0] for row in rows["jobs"]}
+        | {row[0] for row in rows["live"]}
+        | {row[0] for row in rows["missing"]}
+    ):
+        if len(shown) >= max_jobs:
+            break
+        if job not in expired:
+            shown.add(job)
+
+    def label(job: str) -> str | None:
+        return None if job in expired else job if job in shown else OTHER
+
+    live: dict[tuple[str, int], list] = {}
+    for job, status, count, newest in rows["live"]:
+        if label(job) is not None:
+            seen = live.setdefault((label(job), status), [0, None])
+            seen[0] += count
+            if newest is not None:
+                seen[1] = newest if seen[1] is None else max(seen[1], newest)
+    missing: dict[str, int] = defaultdict(int)
+    for job, count in rows["missing"]:
+        if label(job) is not None:
+            missing[label(job)] += count
+    return {
+        **rows,
+        "totals": [row for row in rows["totals"] if row[0] not in expired],
+        "jobs": [row for row in rows["jobs"] if row[0] in shown],
+        "live": [(job, status, n, newest) for (job, status), (n, newest) in sorted(live.items())],
+        "missing": sorted(missing.items()),
+    }
 
 
 _UP_HELP = "Whether tasktree could read PostgreSQL for this scrape (1) or not (0)."
@@ -606,11 +687,15 @@ class ServiceMetrics:
         registry: CollectorRegistry = REGISTRY,
     ):
         self.registry = registry
-        self.totals = FoldTotals(pool, settings.metrics_task_names)
+        self.totals = FoldTotals(
+            pool, settings.metrics_task_names, settings.metrics_max_jobs, settings.metrics_job_ttl
+        )
         if folder is not None:
             folder.subscribe_folds(self.totals)
         self.ingest = IngestMetrics(registry)
-        self.store = StoreMetrics(pool)
+        self.store = StoreMetrics(
+            pool, max_jobs=settings.metrics_max_jobs, job_ttl_s=settings.metrics_job_ttl
+        )
         registry.register(ProcessStats(pool, folder, self.totals))
         if registry is not REGISTRY:  # the global registry has these already
             ProcessCollector(registry=registry)

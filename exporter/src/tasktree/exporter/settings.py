@@ -73,8 +73,13 @@ class Settings:
     its declared parent shown as refused (``tree.fold``)."""
     retention_days: int | None = None
     """Days runs are kept (whole day partitions are dropped); unset keeps everything."""
-    metrics_task_names: int = 50
-    """Task names per job with their own label in /metrics; later ones count as ``__other__``."""
+    metrics_task_names: int = 20
+    """Task names per job with their own label in /metrics; later ones count as ``__other__``
+    (each name is 21 series: a 19-series duration histogram and two status counters)."""
+    metrics_max_jobs: int = 100
+    """Jobs with their own ``job_name`` label in /metrics; later ones count as ``__other__``."""
+    metrics_job_ttl: int = 35 * 86400
+    """Seconds after which a job tasktree has not seen leaves /metrics (0: never)."""
     auth_token: str | None = field(default=None, repr=False)
     """Service-wide bearer token: accepted on ingest and, as a viewer, on the UI and API; once set,
     ingest and reading need a token (see ``tasktree.exporter.auth``)."""
@@ -135,6 +140,7 @@ class Settings:
             "max_value_bytes",
             "fold_batch",
             "metrics_task_names",
+            "metrics_max_jobs",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1")
@@ -152,6 +158,8 @@ class Settings:
         for name in ("stall_after", "fold_timeout", "docker_timeout", "docker_action_timeout"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_env_name(name)} must be a positive number of seconds")
+        if self.metrics_job_ttl < 0:
+            raise SettingsError("TASKTREE_METRICS_JOB_TTL must be 0 (never) or more seconds")
         if self.docker_cache_ttl < 0:
             raise SettingsError("TASKTREE_DOCKER_CACHE_TTL must be 0 (no cache) or more seconds")
         if self.secret_key is not None and len(self.secret_key) < 32:
