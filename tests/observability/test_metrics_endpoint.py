@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.error
 import urllib.request
 
 import obs_workload as wl
 import psycopg
+import pytest
 from obs_support import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -179,3 +181,19 @@ def test_finished_tasks_wait_in_memory_while_postgresql_refuses_and_are_added_on
     finally:
         down.close()
         up.close()
+
+
+def test_the_metrics_guards_are_settings_with_bounded_defaults():
+    from tasktree.exporter.settings import Settings, SettingsError
+
+    defaults = Settings.from_env({})
+    assert (defaults.metrics_task_names, defaults.metrics_max_jobs) == (20, 100)
+    assert defaults.metrics_job_ttl == 35 * 86400
+    chosen = Settings.from_env({"TASKTREE_METRICS_MAX_JOBS": "7", "TASKTREE_METRICS_JOB_TTL": "0"})
+    assert (chosen.metrics_max_jobs, chosen.metrics_job_ttl) == (7, 0)
+    for env, says in (
+        ({"TASKTREE_METRICS_MAX_JOBS": "0"}, "TASKTREE_METRICS_MAX_JOBS must be at least 1"),
+        ({"TASKTREE_METRICS_JOB_TTL": "-1"}, "TASKTREE_METRICS_JOB_TTL must be 0 (never)"),
+    ):
+        with pytest.raises(SettingsError, match=re.escape(says)):
+            Settings.from_env(env)
