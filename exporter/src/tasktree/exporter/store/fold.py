@@ -673,6 +673,8 @@ def _run_days(conn, trace_ids: list[bytes], *, claimed: bool = False) -> dict[by
 def _load_nodes(
     conn, seeds: set[tuple[bytes, bytes]], days: dict[bytes, int]
 ) -> dict[bytes, dict[bytes, Node]]:
+    if not seeds:  # (nothing to load: and with no days, no partition would be pruned)
+        return {}
     copy_sql = "COPY fold_seeds (span_id, trace_id, run_day) FROM STDIN (FORMAT BINARY)"
     with fast_binary_dumpers(conn.cursor()).copy(copy_sql) as copy:
         copy.set_types(["bytea", "bytea", "int4"])
