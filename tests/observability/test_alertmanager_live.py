@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -52,12 +51,7 @@ def alertmanager(prometheus_tools, tmp_path):
         assert proc.poll() is None, (tmp_path / "alertmanager.log").read_text()
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        obs.stop_process(proc)
         log.close()
 
 

@@ -115,12 +115,7 @@ def test_spans_sent_through_a_real_collector_reach_tasktree_intact(
         assert event["name"] == "exception"
         assert event["attributes"]["exception.message"] == "bad record in chunk 1"
     finally:
-        agent.terminate()
-        try:
-            agent.wait(10)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait()
+        obs.stop_process(agent)
         log.close()
 
 
