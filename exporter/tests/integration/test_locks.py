@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import re
-import threading
-import time
 from importlib import resources
 
 import psycopg
 
-from tasktree.exporter.store import locks, partitions
+from tasktree.exporter.store import locks
 from tasktree.exporter.store.fold import fold_batch
 from tasktree.exporter.store.landing import ResourceIds, land
 
@@ -45,39 +43,3 @@ def test_service_locks_never_keep_a_lane_from_folding(clean_store_db):
         folded = [fold_batch(conn, limit=100, stall_after_s=30, lane=lane).trace_ids
                   for lane in range(locks.LANES)]
     assert folded == [(t,) for t in runs]
-
-
-def test_a_fold_locks_the_partitions_of_its_days_only(clean_store_db):
-    """A fold opened every day partition of tasks (about nine relation locks each, in the lock
-    table every database of the server shares): a year of partitions without retention made
-    thousands of locks a fold.  Caught mid-fold (its last statement waits on a row this test
-    holds), a fold among 60 days of partitions holds a handful."""
-    today = partitions.today()
-    with psycopg.connect(clean_store_db, autocommit=True) as conn:
-        for day in range(today - 60, today):
-            conn.execute("SELECT tasktree_ensure_day_partition(%s)", (day,))
-        land(conn, [span(bytes([9]) + bytes(15), sid(0))], ResourceIds(), 1)
-        fold_batch(conn, limit=100, stall_after_s=30)  # the job's row exists from here on
-        land(conn, [span(bytes([n]) + bytes(15), sid(0)) for n in range(20, 60)], ResourceIds(), 1)
-        with psycopg.connect(clean_store_db) as holder:  # a transaction until the block ends
-            holder.execute("SELECT 1 FROM jobs FOR UPDATE")
-            folding = threading.Thread(target=fold_batch, args=(conn,),
-                                       kwargs={"limit": 100, "stall_after_s": 30})
-            folding.start()
-            held = _locks_once_waiting(holder, conn.info.backend_pid)
-            holder.rollback()
-        folding.join(30)
-    assert 0 < held < 150, held
-
-
-def _locks_once_waiting(observer, pid: int) -> int:
-    """The locks ``pid`` holds once it waits for one (its fold's last statement)."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        waiting, held = observer.execute(
-            "SELECT count(*) FILTER (WHERE NOT granted), count(*) FILTER (WHERE granted)"
-            " FROM pg_locks WHERE pid = %s", (pid,)).fetchone()
-        if waiting:
-            return held
-        time.sleep(0.02)
-    raise AssertionError("the fold never waited on the row this test holds")

@@ -92,7 +92,6 @@ WITH RECURSIVE chain AS (
            t.height, t.refused_parent_span_id, t.refused_reason
     FROM fold_seeds s JOIN tasks t
          ON t.span_id = s.span_id AND t.trace_id = s.trace_id AND t.run_day = s.run_day
-    WHERE t.run_day = ANY(%(days)s::integer[])
     UNION
     SELECT t.trace_id, t.span_id, t.parent_span_id, t.missing, t.status, t.end_ns,
            t.heartbeat_ns, t.child_count, t.n_ok, t.n_error, t.n_running, t.n_stalled, t.run_day,
@@ -101,7 +100,6 @@ WITH RECURSIVE chain AS (
          ON t.span_id = coalesce(c.parent_span_id,
                                  CASE WHEN c.refused_reason = 1 THEN c.refused_parent_span_id END)
          AND t.trace_id = c.trace_id AND t.run_day = c.run_day
-    WHERE t.run_day = ANY(%(days)s::integer[])
 )
 SELECT * FROM chain
 """
@@ -113,17 +111,10 @@ SELECT * FROM chain
 # id order and stop at the limit; a bitmap scan read the lane's whole backlog and sorted it on
 # disk, at every claim.
 #
-# Every statement on tasks names the batch's days (``%(days)s``), and each is planned for its own
-# parameters (no generic plan): the planner then opens only those days' partitions.  A join on
-# run_day alone, or a generic plan, opens and locks every partition of tasks, about nine locks
-# each, in the lock table that every database of the server shares: a year of partitions (no
-# retention) was over 3,000 locks a fold.
-#
 # A fold need not wait for its commit to reach disk: if it is lost in a crash, so is its DELETE
 # of the landed records, and they are simply folded again.
 _PLAN_FOR_BATCHES = (
-    "SET LOCAL plan_cache_mode = force_custom_plan;"
-    " SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;"
+    "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;"
     " SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL jit = off;"
     " SET LOCAL synchronous_commit = off"
 )
@@ -318,7 +309,7 @@ UPDATE tasks t SET
     attributes = l.attributes, events = l.events, links = l.links, truncated = l.truncated,
     received_ns = l.received_ns, search = l.search
 FROM fold_out o JOIN span_landing l ON l.id = o.landing_id
-WHERE NOT o.is_new AND t.run_day = ANY(%(days)s::integer[])
+WHERE NOT o.is_new
   AND t.span_id = o.span_id AND t.trace_id = o.trace_id AND t.run_day = o.run_day
 """
 
@@ -330,7 +321,7 @@ UPDATE tasks t SET
     height = o.height, refused_parent_span_id = o.refused_parent_span_id,
     refused_reason = o.refused_reason
 FROM fold_out o
-WHERE NOT o.is_new AND o.landing_id IS NULL AND t.run_day = ANY(%(days)s::integer[])
+WHERE NOT o.is_new AND o.landing_id IS NULL
   AND t.span_id = o.span_id AND t.trace_id = o.trace_id AND t.run_day = o.run_day
 """
 
@@ -398,7 +389,7 @@ LEFT JOIN LATERAL (
            (array_agg(tr.job ORDER BY t.refused_parent_span_id IS NOT NULL, t.start_ns, t.span_id)
                FILTER (WHERE NOT t.missing))[1]
     FROM tasks t LEFT JOIN resources tr ON tr.id = t.resource_id
-    WHERE NOT f.tops_in_batch AND t.run_day = ANY(%(days)s::integer[])
+    WHERE NOT f.tops_in_batch
       AND t.trace_id = f.trace_id AND t.run_day = f.run_day AND t.parent_span_id IS NULL
     GROUP BY t.trace_id
 ) x ON true
@@ -512,7 +503,7 @@ def fold_batch(
         ruled = {t: days[t] for t in (*by_run, *(t for t, _ in leaves))}
         folds = _fold_runs(conn, by_run, cutoff, ruled, seeds, max_depth, leaves)
         conn.execute(_RUNS_OF_TOP_LEAVES)
-        _write(conn, folds, days)
+        _write(conn, folds)
         conn.execute("DELETE FROM span_landing l USING fold_claim c WHERE l.ctid = c.landing_row")
         finished = _finished_tasks(
             conn, folds, conn.execute(_LEAVES_FINISHED, _NEGATED_BOUNDS).fetchall())
@@ -540,13 +531,12 @@ def sweep_stalled(
         for trace_id, span_id in found:
             by_run[bytes(trace_id)].append(bytes(span_id))
         conn.execute(_TEMP_TABLES)
-        conn.execute(_PLAN_FOR_BATCHES)
         _lock_lanes(conn, list(by_run))
         days = _run_days(conn, list(by_run))
         seeds = {(bytes(s), bytes(t)) for t, s in found}
         folds = _fold_runs(conn, {}, cutoff, days, seeds)
         flipped = sum(folds[t].mark_stalled(s) for t, spans in by_run.items() for s in spans)
-        _write(conn, folds, days)
+        _write(conn, folds)
     return FoldResult(flipped, tuple(by_run))
 
 
@@ -673,7 +663,7 @@ def _run_days(conn, trace_ids: list[bytes], *, claimed: bool = False) -> dict[by
 def _load_nodes(
     conn, seeds: set[tuple[bytes, bytes]], days: dict[bytes, int]
 ) -> dict[bytes, dict[bytes, Node]]:
-    if not seeds:  # (nothing to load: and with no days, no partition would be pruned)
+    if not seeds:  # nothing to load (runs of top-level leaves only)
         return {}
     copy_sql = "COPY fold_seeds (span_id, trace_id, run_day) FROM STDIN (FORMAT BINARY)"
     with fast_binary_dumpers(conn.cursor()).copy(copy_sql) as copy:
@@ -681,7 +671,7 @@ def _load_nodes(
         for span_id, trace_id in seeds:
             copy.write_row((span_id, trace_id, days[trace_id]))
     loaded: dict[bytes, dict[bytes, Node]] = defaultdict(dict)
-    for row in conn.execute(_LOAD, {"days": sorted(set(days.values()))}).fetchall():
+    for row in conn.execute(_LOAD).fetchall():
         loaded[bytes(row[0])][bytes(row[1])] = _node(row)
     return loaded
 
@@ -704,9 +694,7 @@ def _node(row) -> Node:
     )
 
 
-def _write(conn, folds: dict[bytes, RunFold], days: dict[bytes, int]) -> None:
-    """Write the folds' changed tasks and the summaries of the runs of ``days``."""
-    on_days = {"days": sorted(set(days.values()))}
+def _write(conn, folds: dict[bytes, RunFold]) -> None:
     with fast_binary_dumpers(conn.cursor()) as cur:
         with cur.copy("COPY fold_out FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_OUT_TYPES)
@@ -738,12 +726,12 @@ def _write(conn, folds: dict[bytes, RunFold], days: dict[bytes, int]) -> None:
                     (trace_id, *d.counts, d.tasks, d.min_start_ns, d.any_landing_id, fold.run_day)
                 )
         cur.execute(_INSERT_NEW)
-        cur.execute(_UPDATE_WITH_PAYLOAD, on_days)
-        cur.execute(_UPDATE_STRUCTURE, on_days)
+        cur.execute(_UPDATE_WITH_PAYLOAD)
+        cur.execute(_UPDATE_STRUCTURE)
         for trace_id, fold in folds.items():
             if fold.dropped:
                 cur.execute(_DELETE_DROPPED, (trace_id, fold.run_day, list(fold.dropped)))
-        cur.execute(_UPSERT_RUNS_AND_JOBS, {"now": time.time_ns(), **on_days})
+        cur.execute(_UPSERT_RUNS_AND_JOBS, {"now": time.time_ns()})
 
 
 __all__ = [
