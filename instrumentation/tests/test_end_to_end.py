@@ -13,27 +13,12 @@ import sys
 import time
 
 import pytest
+from engine_support import wait_for_task
 from propagation_matrix import assert_matrix, records_from_api
 
 from conftest import SCRIPTS, child_environment, run_script
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for_task(server, trace_id, span_id, predicate, timeout=30.0):
-    """Polls the task through the API until ``predicate(task)``; returns it."""
-    deadline = time.monotonic() + timeout
-    path = f"/api/runs/{trace_id}/tasks/{span_id}"
-    task = None
-    while time.monotonic() < deadline:
-        try:
-            task = server.get(path)
-        except AssertionError:  # 404 until its first record is folded
-            task = None
-        if task is not None and predicate(task):
-            return task
-        time.sleep(0.1)
-    raise AssertionError(f"{path} never satisfied the condition; last: {task}")
 
 
 def test_propagation_matrix_through_tasktree_serve(tasktree_server):

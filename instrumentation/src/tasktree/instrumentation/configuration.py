@@ -9,8 +9,9 @@
 - the application or ``opentelemetry-instrument`` already installed an SDK ``TracerProvider``:
   it adds a snapshots-only :class:`LiveSpanProcessor` to it and leaves everything else alone.
 
-Either way it installs the propagation patches, adopts ``TRACEPARENT`` and (by default) a
-SIGTERM handler that flushes before the process dies.
+Either way it installs the propagation patches, adopts ``TRACEPARENT``, activates the engine
+integrations (Celery, Dask, Ray, RQ: see ``integrations``) and (by default) a SIGTERM handler that
+flushes before the process dies.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from tasktree.instrumentation import _settings, propagation
+from tasktree.instrumentation import _settings, integrations, propagation
 from tasktree.instrumentation.environment import build_resource
 from tasktree.instrumentation.environment_variables import TASKTREE_HANDLE_SIGTERM
 from tasktree.instrumentation.heartbeat import LiveSpanProcessor
@@ -108,6 +109,7 @@ def configure(
             trace.set_tracer_provider(provider)
         _state = _State(provider, processor, owns, setup)
     propagation.install()
+    integrations.activate()
     _install_sigterm_handler(_settings.flag(handle_sigterm, TASKTREE_HANDLE_SIGTERM, True))
     return provider
 

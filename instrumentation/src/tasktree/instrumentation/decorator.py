@@ -29,6 +29,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, Status, StatusCode
 
 from tasktree.instrumentation import propagation
+from tasktree.instrumentation.integrations import _context as _engines
 
 _logger = logging.getLogger(__name__)
 _tracer = trace.get_tracer("tasktree.instrumentation")
@@ -40,14 +41,19 @@ PROGRESS_RATIO = "tasktree.progress"
 
 
 def _parent() -> Context | None:
-    """The parent context for a new task: the current one, or this process's TRACEPARENT."""
-    fallback = propagation._process_parent
-    if fallback is not None and not trace.get_current_span().get_span_context().is_valid:
-        return fallback
-    return None  # the current context
+    """The parent context for a new task: the current task; with none, the submitter of the engine
+    work running on this thread (Celery, Dask, Ray, RQ), else this process's TRACEPARENT.  None
+    means the current context."""
+    if trace.get_current_span().get_span_context().is_valid:
+        return None
+    ambient = _engines.ambient_parent()
+    return ambient if ambient is not None else propagation._process_parent
 
 
 def _start(name: str, attributes: Mapping | None, parent: Context | None) -> Span:
+    engine_attributes = _engines.attributes_for(parent)
+    if engine_attributes:
+        attributes = {**engine_attributes, **(attributes or {})}
     return _tracer.start_span(
         name,
         context=parent,
@@ -215,7 +221,9 @@ def _wrap_coroutine(function: Callable, name: str, attributes: Mapping | None) -
 def _wrap_generator(function: Callable, name: str, attributes: Mapping | None) -> Callable:
     @functools.wraps(function)
     def create_task_generator(*args, **kwargs):
-        parent = _parent() or context.get_current()
+        parent = _parent()
+        if parent is None:  # an empty Context (a run of its own) is falsy
+            parent = context.get_current()
         return _run_generator(function(*args, **kwargs), name, attributes, parent)
 
     return create_task_generator
@@ -256,7 +264,9 @@ def _run_generator(generator, name: str, attributes: Mapping | None, parent: Con
 def _wrap_async_generator(function: Callable, name: str, attributes: Mapping | None) -> Callable:
     @functools.wraps(function)
     def create_task_generator(*args, **kwargs):
-        parent = _parent() or context.get_current()
+        parent = _parent()
+        if parent is None:  # an empty Context (a run of its own) is falsy
+            parent = context.get_current()
         return _run_async_generator(function(*args, **kwargs), name, attributes, parent)
 
     return create_task_generator

@@ -1,0 +1,74 @@
+"""Helpers for the engine blocks of the propagation matrix (Celery, Dask, Ray, RQ): real workers
+started and stopped by PID, and the tree read back from a real ``tasktree serve``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+from propagation_matrix import Node, records_from_api
+
+ENGINE_SCRIPTS = Path(__file__).parent / "scripts" / "engines"
+
+
+def wait_for_task(server, trace_id, span_id, predicate, timeout=30.0):
+    """Polls the task through the API until ``predicate(task)``; returns it."""
+    deadline = time.monotonic() + timeout
+    path = f"/api/runs/{trace_id}/tasks/{span_id}"
+    task = None
+    while time.monotonic() < deadline:
+        try:
+            task = server.get(path)
+        except AssertionError:  # 404 until its first record is folded
+            task = None
+        if task is not None and predicate(task):
+            return task
+        time.sleep(0.1)
+    raise AssertionError(f"{path} never satisfied the condition; last: {task}")
+
+
+def start_worker(command: list[str], env: dict[str, str], log: Path, cwd: Path | None = None):
+    """Starts an engine worker in its own process group, output to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def stop_worker(process: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM to the worker's process group (its pool children too), SIGKILL if it lingers."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout)
+        except ProcessLookupError:
+            pass
+
+
+def runs_of(server, trace_ids) -> dict[str, list[Node]]:
+    """Every task of each run, read through the API."""
+    return {trace_id: records_from_api(server, trace_id) for trace_id in set(trace_ids)}
+
+
+def shape(nodes: list[Node]) -> Counter:
+    """The tree as a multiset of (task name, parent name, status): what a person sees, ids aside;
+    a parent never recorded shows as ``<orphan>``."""
+    by_id = {node.span_id: node for node in nodes}
+    return Counter(
+        (
+            node.name,
+            None
+            if node.parent is None
+            else (by_id[node.parent].name if node.parent in by_id else "<orphan>"),
+            node.status,
+        )
+        for node in nodes
+    )
