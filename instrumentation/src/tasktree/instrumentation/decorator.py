@@ -131,6 +131,9 @@ class task:  # noqa: N801 - used like a function: @task, @task(...), with task("
     def __call__(self, function: Callable) -> Callable:
         if isinstance(function, (classmethod, staticmethod)):
             return type(function)(self(function.__func__))
+        adapted = _engines.decorate_engine_object(function, self)
+        if adapted is not None:  # e.g. @task over @app.task: the engine's object, body wrapped
+            return adapted
         name = self.name or getattr(function, "__qualname__", None) or repr(function)
         attributes = self.attributes
         if inspect.isasyncgenfunction(function):

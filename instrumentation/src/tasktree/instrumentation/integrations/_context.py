@@ -24,7 +24,10 @@ TRACEPARENT = "traceparent"
 
 AmbientParent = Callable[[], Context | None]
 
+DecorationAdapter = Callable[[object, Callable[[Callable], Callable]], object | None]
+
 _providers: list[AmbientParent] = []
+_decoration_adapters: list[DecorationAdapter] = []
 _ATTRIBUTES_KEY = context.create_key("tasktree-engine-attributes")
 _warned: set[tuple[str, str]] = set()
 _warned_lock = threading.Lock()
@@ -80,6 +83,25 @@ def attributes_for(parent: Context | None) -> Mapping[str, object] | None:
     return (
         attributes if trace.get_current_span(parent).get_span_context().span_id == span_id else None
     )
+
+
+def register_decoration(adapter: DecorationAdapter) -> None:
+    """Adds ``adapter``: ``@task`` applied over an engine's own task object (``@task`` over
+    ``@app.task``) asks it first; it returns the object to use instead of a plain wrapper (the
+    engine's object, its body made a task by ``decorate``), or None when the object is not its."""
+    if adapter not in _decoration_adapters:
+        _decoration_adapters.append(adapter)
+
+
+def decorate_engine_object(
+    target: object, decorate: Callable[[Callable], Callable]
+) -> object | None:
+    """What ``@task`` returns for ``target`` if it is an engine's task object, else None."""
+    for adapter in _decoration_adapters:
+        adapted = adapter(target, decorate)
+        if adapted is not None:
+            return adapted
+    return None
 
 
 def register_ambient_parent(provider: AmbientParent) -> None:
