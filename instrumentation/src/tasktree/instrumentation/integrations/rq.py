@@ -1,0 +1,127 @@
+"""RQ (Redis Queue): a job's tasks under the task that enqueued it, also when RQ retries it.
+
+Installed by ``configure()`` when the job imports ``rq``:
+
+- where a job is created (``Queue.enqueue``, ``enqueue_call``, ``enqueue_at``/``enqueue_in``,
+  ``enqueue_many``, ``@job(...).delay``: all go through ``Queue.create_job``), the current task is
+  written into the job's ``meta`` under ``"tasktree"`` as a W3C carrier, unless the caller put one
+  there already; a job enqueued outside any task gets none;
+- in the worker, the first task started with no current task takes that carrier as its parent
+  (the job is found with ``rq.get_current_job()``), with ``tasktree.attempt`` (1, then 2, ... for
+  each ``Retry``), ``rq.job.id`` and ``rq.queue``; a retry runs the job again, so it is a new task
+  under the same parent;
+- the work horse RQ forks (or spawns) per job leaves through ``os._exit``: what the job recorded
+  is flushed (bounded by ``TASKTREE_FLUSH_TIMEOUT``) when the job's execution ends, before RQ
+  stores the result.  ``SimpleWorker`` runs jobs in the worker process, which exports as usual.
+
+The worker sets itself up through the job's module: ``configure()`` at the top level of the
+module that defines the jobs runs in every work horse that imports a job from it, so ``rq worker``
+needs nothing more (``opentelemetry-instrument rq worker ...`` also works, and sets the worker up
+once instead of once per work horse).
+
+A job with no carrier, or a malformed one, runs normally as a run of its own (logged once per
+process: with the forking worker, once per job).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+
+from opentelemetry.context import Context
+from wrapt import wrap_function_wrapper
+
+from tasktree.instrumentation import configuration
+from tasktree.instrumentation.integrations import _context
+
+_logger = logging.getLogger(__name__)
+
+ENGINE = "rq"
+META_KEY = "tasktree"
+"""The key of ``job.meta`` holding the carrier (``{"traceparent": ..., "tracestate": ...}``)."""
+RETRIES_KEY = "tasktree.retries"
+"""The key of ``job.meta`` holding ``Retry(max=...)``: RQ only keeps the retries left."""
+
+JOB_ID = "rq.job.id"
+QUEUE = "rq.queue"
+
+_installed = False
+_lock = threading.Lock()
+
+
+def install() -> None:
+    """Hooks tasktree into RQ in this process; idempotent."""
+    global _installed
+    with _lock:
+        if _installed:
+            return
+        _installed = True
+    # RQ has no hook where a job is created and no hook in the work horse after a job: both are
+    # patched (a custom job or worker class would need every Queue(...) and `rq worker` changed).
+    wrap_function_wrapper("rq.queue", "Queue.create_job", _create_job_with_carrier)
+    wrap_function_wrapper(
+        "rq.worker.base", "BaseWorker.handle_execution_ended", _flush_in_work_horse
+    )
+    _context.register_ambient_parent(current_job_parent)
+
+
+# -- where the job is enqueued -----------------------------------------------------------------
+
+
+def _create_job_with_carrier(wrapped, instance, args, kwargs):
+    job = wrapped(*args, **kwargs)
+    try:
+        carrier = _context.carrier()
+        if carrier and META_KEY not in job.meta:
+            job.meta[META_KEY] = carrier
+        if job.retries_left is not None:
+            job.meta.setdefault(RETRIES_KEY, job.retries_left)
+    except Exception:  # noqa: BLE001 - enqueueing must work even if linking cannot
+        _logger.exception("tasktree rq: cannot write the task context into job %s", job.id)
+    return job
+
+
+# -- where the job runs ------------------------------------------------------------------------
+
+
+def current_job_parent() -> Context | None:
+    """The parent of a task started by the RQ job running on this thread (the task that enqueued
+    it, or an empty context: a run of its own); None outside a job."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    if job is None:
+        return None
+    return _context.with_attributes(
+        _context.parent_from(_carrier_of(job), ENGINE),
+        {_context.ATTEMPT: _attempt(job), JOB_ID: job.id, QUEUE: job.origin},
+    )
+
+
+def _attempt(job) -> int:
+    """1 for the first run; one more for each retry after an exception (``Retry(max=...)``) or
+    after the job returned a ``Retry``."""
+    retried_after_exception = 0
+    retries = job.meta.get(RETRIES_KEY) if isinstance(job.meta, Mapping) else None
+    if isinstance(retries, int) and isinstance(job.retries_left, int):
+        retried_after_exception = max(0, retries - job.retries_left)
+    return 1 + retried_after_exception + (job.number_of_retries or 0)
+
+
+def _carrier_of(job) -> Mapping[str, str] | None:
+    """The carrier in the job's meta; something else there is passed on as a malformed one."""
+    meta = job.meta if isinstance(job.meta, Mapping) else {}
+    found = meta.get(META_KEY)
+    if found is None or isinstance(found, Mapping):
+        return found
+    return {_context.TRACEPARENT: repr(found)}
+
+
+def _flush_in_work_horse(wrapped, instance, args, kwargs):
+    """After a job ran in a work horse (which ends in ``os._exit``): export what it recorded."""
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        if getattr(instance, "is_horse", False):
+            configuration.flush()
