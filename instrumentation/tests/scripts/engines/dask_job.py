@@ -1,0 +1,144 @@
+"""A Dask job with nothing but ``@task``, ``configure()`` and Dask's own API, on a real
+``LocalCluster`` of two worker processes of one thread each.
+
+    dask_job.py tree   the tree of submit, map, delayed, bag and a task submitting more
+    dask_job.py long   one long task (its ids and worker pid written to $DASK_LONG_MARKER), rerun
+                       quickly when its worker is killed
+    dask_job.py bad    tasks submitted with no current task and with a malformed carrier
+
+Prints one JSON line: the ids the test reads the tree back with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import dask
+import dask.bag
+from dask.distributed import Client, LocalCluster, get_client, rejoin, secede
+from opentelemetry import trace
+
+from tasktree.instrumentation import configure, task
+
+
+def ids() -> dict[str, str]:
+    span = trace.get_current_span().get_span_context()
+    return {"trace_id": f"{span.trace_id:032x}", "span_id": f"{span.span_id:016x}"}
+
+
+@task(name="inner")
+def inner(i):
+    return i
+
+
+@task(name="submitted")
+def submitted(i):
+    return i
+
+
+@task(name="mapped")
+def mapped(i):
+    return inner(i)
+
+
+@task(name="delayed-leaf")
+def delayed_leaf(i):
+    return i
+
+
+@task(name="delayed-total")
+def delayed_total(values):
+    return sum(values)
+
+
+@task(name="bag-item")
+def bag_item(i):
+    return i * 2
+
+
+@task(name="nested")
+def nested(i):
+    return i
+
+
+@task(name="spawner")
+def spawner(n):
+    client = get_client()
+    futures = client.map(nested, range(n))
+    secede()  # the nested tasks need this worker's thread
+    total = sum(client.gather(futures))
+    rejoin()
+    return total
+
+
+@task(name="long")
+def long_task(seconds):
+    marker = Path(os.environ["DASK_LONG_MARKER"])
+    if marker.exists():
+        return "rerun"  # the first attempt's worker was killed: finish at once
+    marker.write_text(json.dumps({**ids(), "pid": os.getpid()}))
+    time.sleep(seconds)
+    return "first"
+
+
+def run_of_its_own():
+    @task(name="own-run")
+    def own_run():
+        span = trace.get_current_span()
+        parent = span.parent.span_id if span.parent else None
+        return {**ids(), "parent": parent}
+
+    return own_run()
+
+
+def cluster() -> LocalCluster:
+    return LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+
+
+@task(name="dask-tree")
+def tree() -> dict:
+    # The cluster is started inside a task: its workers must not take it as every task's parent.
+    with cluster() as local, Client(local) as client:
+        with task("submit-phase"):
+            assert client.submit(submitted, 1).result() == 1
+        with task("map-phase"):
+            assert client.gather(client.map(mapped, range(3))) == [0, 1, 2]
+        with task("delayed-phase"):
+            leaves = [dask.delayed(delayed_leaf)(i) for i in range(3)]
+            assert dask.delayed(delayed_total)(leaves).compute() == 3
+        with task("bag-phase"):
+            bag = dask.bag.from_sequence(range(4), npartitions=2).map(bag_item)
+            assert bag.compute() == [0, 2, 4, 6]
+        with task("spawn-phase"):
+            assert client.submit(spawner, 2).result() == 1
+        return ids()
+
+
+@task(name="dask-long")
+def long_job() -> dict:
+    with cluster() as local, Client(local) as client:
+        with task("long-phase"):
+            result = client.submit(long_task, 60).result()
+        return {**ids(), "result": result}
+
+
+def bad_input() -> dict:
+    with cluster() as local, Client(local) as client:
+        no_carrier = client.submit(run_of_its_own, pure=False).result()
+        with dask.annotate(tasktree={"traceparent": "00-not-a-trace-id-01"}):
+            malformed = client.submit(run_of_its_own, pure=False).result()
+        with dask.annotate(tasktree="not a carrier"):
+            not_a_dict = client.submit(run_of_its_own, pure=False).result()
+    return {"no_carrier": no_carrier, "malformed": malformed, "not_a_dict": not_a_dict}
+
+
+if __name__ == "__main__":
+    configure(service_name="dask-job")
+    modes = {"tree": tree, "long": long_job, "bad": bad_input}
+    print(json.dumps(modes[sys.argv[1]]()), flush=True)

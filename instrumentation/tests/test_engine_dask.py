@@ -1,0 +1,142 @@
+"""Dask distributed through a real ``tasktree serve``: a job of ``@task`` + ``configure()`` + Dask's
+own API on a ``LocalCluster`` of two worker processes gives exactly the tree of the calls; a task
+shows running and heartbeats, and SIGKILL of its worker leaves it stalled (the rerun Dask makes is
+a new task beside it); tasks submitted with no carrier or a malformed one are runs of their own.
+
+The job (``scripts/engines/dask_job.py``) runs in its own process group, killed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+from engine_support import ENGINE_SCRIPTS, runs_of, shape, wait_for_task
+from propagation_matrix import records_from_api
+
+from conftest import child_environment
+
+pytestmark = pytest.mark.slow
+
+JOB = ENGINE_SCRIPTS / "dask_job.py"
+
+
+def start_job(mode: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(JOB), mode], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def finish_job(process: subprocess.Popen, timeout: float = 180) -> tuple[dict, str]:
+    """Waits for the job; returns its JSON line and its stderr (workers' logs included)."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        kill_group(process)
+    assert process.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1]), err
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL to what is left of the job's process group (its workers too)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(30)
+
+
+def test_every_task_runs_under_the_task_current_where_it_was_submitted(tasktree_server):
+    started = time.monotonic()
+    out, _ = finish_job(start_job("tree", child_environment(tasktree_server.otlp_http)))
+    print(f"job with a 2-worker LocalCluster: {time.monotonic() - started:.1f}s")
+    tasktree_server.wait_folded()
+    got = shape(records_from_api(tasktree_server, out["trace_id"]))
+    expected = Counter(
+        {
+            ("dask-tree", None, "ok"): 1,
+            ("submit-phase", "dask-tree", "ok"): 1,
+            ("submitted", "submit-phase", "ok"): 1,
+            ("map-phase", "dask-tree", "ok"): 1,
+            ("mapped", "map-phase", "ok"): 3,
+            ("inner", "mapped", "ok"): 3,
+            ("delayed-phase", "dask-tree", "ok"): 1,
+            ("delayed-leaf", "delayed-phase", "ok"): 3,
+            ("delayed-total", "delayed-phase", "ok"): 1,
+            ("bag-phase", "dask-tree", "ok"): 1,
+            ("bag-item", "bag-phase", "ok"): 4,
+            ("spawn-phase", "dask-tree", "ok"): 1,
+            ("spawner", "spawn-phase", "ok"): 1,
+            ("nested", "spawner", "ok"): 2,
+        }
+    )
+    assert got == expected, f"missing {expected - got}, unexpected {got - expected}"
+
+
+def test_a_task_shows_running_and_a_sigkill_of_its_worker_leaves_it_stalled(
+    start_tasktree, private_db, tmp_path
+):
+    server = start_tasktree(extra_args=("--stall-after", "1.5"), database=private_db)
+    marker = tmp_path / "long.json"
+    env = child_environment(server.otlp_http, DASK_LONG_MARKER=str(marker))
+    job = start_job("long", env)
+    try:
+        first = _wait_for_marker(marker, job)
+        started = time.monotonic()
+        trace_id, span_id = first["trace_id"], first["span_id"]
+        running = wait_for_task(server, trace_id, span_id, lambda t: t["status"] == "running")
+        shown_after = time.monotonic() - started
+        beat = running["last_heartbeat"]
+        wait_for_task(server, trace_id, span_id, lambda t: t["last_heartbeat"] != beat)
+        os.kill(first["pid"], signal.SIGKILL)  # the Nanny's worker process running the task
+        killed = time.monotonic()
+        stalled = wait_for_task(server, trace_id, span_id, lambda t: t["status"] == "stalled")
+        stalled_after = time.monotonic() - killed
+        out, _ = finish_job(job)
+    finally:
+        kill_group(job)
+    assert out["result"] == "rerun" and out["trace_id"] == trace_id
+    assert stalled["last_heartbeat"] is not None
+    server.wait_folded()
+    assert shape(records_from_api(server, trace_id)) == Counter(
+        {
+            ("dask-long", None, "ok"): 1,
+            ("long-phase", "dask-long", "ok"): 1,
+            ("long", "long-phase", "stalled"): 1,  # the attempt whose worker was killed
+            ("long", "long-phase", "ok"): 1,  # Dask's rerun on another worker: a new task
+        }
+    )
+    print(
+        f"running shown {shown_after:.2f}s after the task started; "
+        f"stalled {stalled_after:.2f}s after SIGKILL of worker {first['pid']}"
+    )
+
+
+def _wait_for_marker(marker, job, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if marker.exists() and marker.read_text():
+            return json.loads(marker.read_text())
+        assert job.poll() is None, job.stderr.read()
+        time.sleep(0.05)
+    raise AssertionError("the long task never started")
+
+
+def test_tasks_without_a_carrier_or_with_a_malformed_one_are_runs_of_their_own(tasktree_server):
+    out, err = finish_job(start_job("bad", child_environment(tasktree_server.otlp_http)))
+    tasktree_server.wait_folded()
+    results = [out["no_carrier"], out["malformed"], out["not_a_dict"]]
+    assert all(result["parent"] is None for result in results), results
+    assert len({result["trace_id"] for result in results}) == 3
+    for trace_id, nodes in runs_of(tasktree_server, [r["trace_id"] for r in results]).items():
+        assert shape(nodes) == Counter({("own-run", None, "ok"): 1}), trace_id
+    malformed = err.count("a malformed traceparent") + err.count("a malformed 'tasktree'")
+    assert 1 <= malformed <= 4, err  # once per worker process and kind of problem, at most
+    assert "Traceback" not in err, err
