@@ -70,7 +70,8 @@ def populate(url: str, tasks: int) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DROP INDEX tasks_search")
         conn.execute(
-            "INSERT INTO resources (digest, job, attributes) SELECT sha256(j::text::bytea), 'job-' || j,"
+            "INSERT INTO resources (digest, job, attributes)"
+            " SELECT sha256(j::text::bytea), 'job-' || j,"
             " jsonb_build_object('service.name', 'job-' || j) FROM generate_series(1, %s) j",
             (JOBS,),
         )
@@ -98,11 +99,14 @@ def populate(url: str, tasks: int) -> None:
         # live and missing tasks first (the same in every size), then finished ones
         live = LIVE_RUNNING + LIVE_STALLED + MISSING
         conn.execute(
-            "INSERT INTO tasks (trace_id, span_id, status, missing, heartbeat_ns, resource_id, name, start_ns, end_ns)"
+            "INSERT INTO tasks (trace_id, span_id, status, missing, heartbeat_ns, resource_id,"
+            " name, start_ns, end_ns)"
             " SELECT sha256((i %% 1000 + 1)::text::bytea), int8send(i), "
-            "  CASE WHEN i <= %(r)s THEN 1 WHEN i <= %(r)s + %(s)s THEN 2 WHEN i <= %(l)s THEN 0 ELSE 3 END,"
+            "  CASE WHEN i <= %(r)s THEN 1 WHEN i <= %(r)s + %(s)s THEN 2"
+            "   WHEN i <= %(l)s THEN 0 ELSE 3 END,"
             "  i > %(r)s + %(s)s AND i <= %(l)s,"
-            "  CASE WHEN i <= %(r)s + %(s)s THEN %(now)s END, i %% %(jobs)s + 1, 'task-' || (i %% 10 + 1),"
+            "  CASE WHEN i <= %(r)s + %(s)s THEN %(now)s END, i %% %(jobs)s + 1,"
+            "  'task-' || (i %% 10 + 1),"
             "  %(now)s, CASE WHEN i > %(l)s THEN %(now)s + 1000 END"
             " FROM generate_series(1, %(n)s) i",
             {"r": LIVE_RUNNING, "s": LIVE_STALLED, "l": live, "now": now, "jobs": JOBS, "n": tasks},
@@ -131,11 +135,11 @@ def scrape(metrics) -> tuple[float, float, int]:
 
 
 def explain(url: str) -> str:
-    from tasktree.exporter import metrics
+    from tasktree.exporter.metrics import store_metrics
 
     with psycopg.connect(url) as conn:
-        plan = conn.execute("EXPLAIN (COSTS OFF) " + metrics._LIVE).fetchall()
-        plan += conn.execute("EXPLAIN (COSTS OFF) " + metrics._MISSING).fetchall()
+        plan = conn.execute("EXPLAIN (COSTS OFF) " + store_metrics.LIVE).fetchall()
+        plan += conn.execute("EXPLAIN (COSTS OFF) " + store_metrics.MISSING).fetchall()
     return "\n".join("    " + r[0] for r in plan)
 
 
@@ -152,7 +156,8 @@ def main() -> None:
             started = time.perf_counter()
             populate(url, tasks)
             print(
-                f"{tasks:>9,} stored tasks: loaded in {time.perf_counter() - started:.0f} s; plans:\n{explain(url)}"
+                f"{tasks:>9,} stored tasks: loaded in {time.perf_counter() - started:.0f} s;"
+                f" plans:\n{explain(url)}"
             )
             opened[tasks] = open_metrics(url)
             scratch.callback(opened[tasks][0].close)
@@ -168,14 +173,17 @@ def main() -> None:
             times = sorted(t for t, _, _ in runs)
             medians[tasks] = statistics.median(times)
             print(
-                f"{tasks:>9,} stored tasks: /metrics {runs[-1][2]:,} lines, median {medians[tasks] * 1000:.1f} ms "
+                f"{tasks:>9,} stored tasks: /metrics {runs[-1][2]:,} lines,"
+                f" median {medians[tasks] * 1000:.1f} ms "
                 f"(PostgreSQL {statistics.median(r for _, r, _ in runs) * 1000:.1f} ms), "
-                f"p95 {times[int(0.95 * (len(times) - 1))] * 1000:.1f} ms over {len(times)} cold scrapes"
+                f"p95 {times[int(0.95 * (len(times) - 1))] * 1000:.1f} ms"
+                f" over {len(times)} cold scrapes"
             )
         if len(medians) >= 2:
             small, large = min(medians), max(medians)
             print(
-                f"ratio {large:,} / {small:,} tasks: {medians[large] / medians[small]:.2f} (flat: ~1.0)"
+                f"ratio {large:,} / {small:,} tasks:"
+                f" {medians[large] / medians[small]:.2f} (flat: ~1.0)"
             )
 
 

@@ -153,8 +153,8 @@ def test_metrics_needs_a_viewer_token_when_the_server_has_one(clean_db, start_ta
 def test_finished_tasks_wait_in_memory_while_postgresql_refuses_and_are_added_once_later(
     clean_store_db,
 ):
-    from tasktree.exporter.metrics import FoldTotals
     from tasktree.exporter.store.fold import FinishedTask, FoldResult
+    from tasktree.exporter.store.metric_totals import FoldTotals
     from tasktree.exporter.store.pool import open_pool
 
     down = open_pool("postgresql://postgres@127.0.0.1:1/none", max_size=1, timeout=0.2)

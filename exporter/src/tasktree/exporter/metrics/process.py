@@ -1,0 +1,179 @@
+"""The per-process part of /metrics: each process shows what it alone did (``sum by`` them).
+
+Ingest requests, accepted and rejected spans and request latency (``IngestMetrics``); spans
+folded, stall transitions, fold timeouts, metrics write errors and the connection pool
+(``ProcessStats``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import psycopg_pool
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from tasktree.exporter.errors import Overloaded, StoreUnavailable
+from tasktree.exporter.receiver._common import Ingest
+from tasktree.exporter.receiver.records import DecodedBatch
+from tasktree.exporter.store.metric_totals import FoldTotals
+
+if TYPE_CHECKING:
+    from tasktree.exporter.background import Folder
+
+__all__ = ["INGEST_BUCKETS", "IngestMetrics", "ProcessStats"]
+
+INGEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""Upper bounds (seconds) of the ingest request duration histogram."""
+
+REJECT_REASONS = ("refused", "overloaded", "unavailable", "error", "unauthenticated")
+
+
+class ProcessStats:
+    """This process's folder and connection pool (per-process values: ``sum by`` across them)."""
+
+    def __init__(
+        self,
+        pool: psycopg_pool.ConnectionPool,
+        folder: Folder | None = None,
+        totals: FoldTotals | None = None,
+    ):
+        self._pool = pool
+        self._folder = folder
+        self._totals = totals
+
+    def describe(self) -> list[Metric]:
+        return list(self.collect())
+
+    def collect(self) -> Iterable[Metric]:
+        if self._folder is not None:
+            yield from _folder_families(self._folder)
+        if self._totals is not None:
+            errors = CounterMetricFamily(
+                "tasktree_metrics_write_errors",
+                "Folds whose finished tasks could not be added to the metrics at once (retried).",
+            )
+            errors.add_metric([], self._totals.write_errors)
+            yield errors
+        yield from _pool_families(self._pool.get_stats())
+
+
+def _counter(name: str, help_text: str, value: float) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, help_text)
+    family.add_metric([], value)
+    return family
+
+
+def _folder_families(folder: Folder) -> list[Metric]:
+    return [
+        _counter(
+            "tasktree_folded_spans",
+            "Span records this process folded into the tree.",
+            folder.folded_total,
+        ),
+        _counter(
+            "tasktree_stall_transitions",
+            "Running tasks this process turned stalled for lack of heartbeats.",
+            folder.stalled_total,
+        ),
+        _counter(
+            "tasktree_fold_timeouts",
+            "Folds cancelled by the statement timeout; each is retried in batches half as large.",
+            folder.timeouts_total,
+        ),
+    ]
+
+
+def _pool_families(stats: dict[str, Any]) -> list[Metric]:
+    size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
+    connections = GaugeMetricFamily(
+        "tasktree_db_pool_connections",
+        "Database connections of this process, by state.",
+        labels=["state"],
+    )
+    connections.add_metric(["busy"], max(0, size - idle))
+    connections.add_metric(["idle"], idle)
+    most = GaugeMetricFamily(
+        "tasktree_db_pool_max_connections",
+        "The most database connections this process opens (TASKTREE_POOL_SIZE).",
+    )
+    most.add_metric([], stats.get("pool_max", 0))
+    waiting = GaugeMetricFamily(
+        "tasktree_db_pool_waiting_requests", "Requests waiting for a database connection now."
+    )
+    waiting.add_metric([], stats.get("requests_waiting", 0))
+    errors = _counter(
+        "tasktree_db_pool_errors",
+        "Requests for a database connection "
+        "that failed (TASKTREE_POOL_TIMEOUT passed, or the pool closed).",
+        stats.get("requests_errors", 0),
+    )
+    return [connections, most, waiting, errors]
+
+
+class IngestMetrics:
+    """Counts and times what the OTLP receivers hand to ingest (per process)."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY):
+        self.accepted = Counter(
+            "tasktree_ingest_spans_accepted",
+            "Spans received and durably stored (answered 200).",
+            ["protocol"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "tasktree_ingest_spans_rejected",
+            "Spans not stored, by reason: "
+            "refused (alone, in partial_success: invalid or over a limit), "
+            "overloaded (429), unavailable (503), error (500); "
+            "unauthenticated (401, missing or wrong ingest token) counts requests, not spans: "
+            "the body of a request without a valid token is never decoded.",
+            ["protocol", "reason"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "tasktree_ingest_request_duration_seconds",
+            "Time to store one OTLP request's spans (after decoding), answered or refused.",
+            ["protocol"],
+            buckets=INGEST_BUCKETS,
+            registry=registry,
+        )
+        for protocol in ("http", "grpc"):  # series exist at 0 before the first request
+            self.accepted.labels(protocol)
+            self.latency.labels(protocol)
+            for reason in REJECT_REASONS:
+                self.rejected.labels(protocol, reason)
+
+    def count_unauthenticated(self, protocol: str) -> None:
+        """One request refused for its token (its spans are not known: its body is not read)."""
+        self.rejected.labels(protocol, "unauthenticated").inc()
+
+    def instrument(self, ingest: Ingest, protocol: str) -> Ingest:
+        """``ingest`` that also counts and times each call; raises what ``ingest`` raises."""
+        accepted, latency = self.accepted.labels(protocol), self.latency.labels(protocol)
+
+        def instrumented(batch: DecodedBatch) -> None:
+            started = time.perf_counter()
+            try:
+                ingest(batch)
+            except Exception as exc:
+                rejected = self.rejected.labels(protocol, _reject_reason(exc))
+                rejected.inc(len(batch.spans) + batch.rejected)
+                raise
+            finally:
+                latency.observe(time.perf_counter() - started)
+            accepted.inc(len(batch.spans))
+            if batch.rejected:
+                self.rejected.labels(protocol, "refused").inc(batch.rejected)
+
+        return instrumented
+
+
+def _reject_reason(exc: Exception) -> str:
+    if isinstance(exc, Overloaded):
+        return "overloaded"
+    if isinstance(exc, StoreUnavailable):
+        return "unavailable"
+    return "error"

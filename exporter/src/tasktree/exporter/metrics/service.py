@@ -1,0 +1,71 @@
+"""``ServiceMetrics``: everything ``/metrics`` shows for one ``tasktree serve`` process."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import psycopg_pool
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.registry import Collector
+
+from tasktree.exporter.metrics.process import IngestMetrics, ProcessStats
+from tasktree.exporter.metrics.store_metrics import StoreMetrics
+from tasktree.exporter.receiver._common import Ingest
+from tasktree.exporter.settings import Settings
+from tasktree.exporter.store.metric_totals import FoldTotals
+
+if TYPE_CHECKING:
+    from tasktree.exporter.background import Folder
+
+__all__ = ["ServiceMetrics"]
+
+
+class ServiceMetrics:
+    """Everything ``/metrics`` shows for one ``tasktree serve`` process, on its own registry.
+
+    Subscribes to ``folder`` (when given) so finished tasks reach ``metric_totals``.
+    """
+
+    def __init__(
+        self,
+        pool: psycopg_pool.ConnectionPool,
+        settings: Settings,
+        folder: Folder | None = None,
+        registry: CollectorRegistry = REGISTRY,
+    ):
+        self.registry = registry
+        self.totals = FoldTotals(
+            pool, settings.metrics_task_names, settings.metrics_max_jobs, settings.metrics_job_ttl
+        )
+        if folder is not None:
+            folder.subscribe_folds(self.totals)
+        self.ingest = IngestMetrics(registry)
+        self.store = StoreMetrics(
+            pool, max_jobs=settings.metrics_max_jobs, job_ttl_s=settings.metrics_job_ttl
+        )
+        registry.register(ProcessStats(pool, folder, self.totals))
+        if registry is not REGISTRY:  # the global registry has these already
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+        self._extra: list[Collector] = []
+
+    def exposition(self) -> bytes:
+        """The /metrics page (text format 0.0.4): this process's registry, then the store's."""
+        return generate_latest(self.registry) + self.store.text()
+
+    def instrument_ingest(self, ingest: Ingest, protocol: str) -> Ingest:
+        return self.ingest.instrument(ingest, protocol)
+
+    def add_collector(self, collector: Collector) -> None:
+        """Show another collector's families too (e.g. the docker hosts'), once."""
+        if collector not in self._extra:
+            self._extra.append(collector)
+            self.registry.register(collector)
