@@ -1,0 +1,140 @@
+"""The Celery app of the engine tests: imported by the job (``celery_job.py``) and by the worker
+(``celery -A celery_app worker``), which is why it calls ``configure()`` at module level.
+
+Broker and result backend: ``TASKTREE_CELERY_BROKER`` (Redis db 5 by default); every test uses
+its own queue (``TASKTREE_CELERY_QUEUE``).  Every task returns the ids of the tasktree task it ran
+in (``{"trace_id", "span_id", "parent"}``), so that the job can tell where each one went.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from celery import Celery
+from opentelemetry import trace
+
+from tasktree.instrumentation import configure, task
+
+configure(service_name="celery-job")
+
+BROKER = os.environ.get("TASKTREE_CELERY_BROKER", "redis://127.0.0.1:6379/5")
+QUEUE = os.environ.get("TASKTREE_CELERY_QUEUE", "tasktree-celery")
+
+app = Celery("celery_app", broker=BROKER, backend=BROKER)
+app.conf.update(
+    task_default_queue=QUEUE,
+    result_expires=600,
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+)
+
+
+def ids() -> dict:
+    span = trace.get_current_span()
+    context = span.get_span_context()
+    parent = getattr(span, "parent", None)
+    return {
+        "trace_id": format(context.trace_id, "032x"),
+        "span_id": format(context.span_id, "016x"),
+        "parent": format(parent.span_id, "016x") if parent else None,
+    }
+
+
+@task
+def helper():
+    return ids()
+
+
+@app.task
+@task
+def delayed(*_previous):
+    return {**ids(), "helper": helper()}
+
+
+@app.task
+@task
+def applied():
+    return ids()
+
+
+@app.task
+@task
+def in_group(i):
+    return ids()
+
+
+@app.task
+@task
+def chain_first():
+    return ids()
+
+
+@task  # the other order: @task over the Celery task object
+@app.task
+def chain_second(previous):
+    return ids()
+
+
+@app.task
+@task
+def chord_part(i):
+    return ids()
+
+
+@app.task
+@task
+def chord_sum(parts):
+    return ids()
+
+
+@app.task(bind=True, max_retries=5)
+@task
+def flaky(self, fail_times):
+    if self.request.retries < fail_times:
+        raise self.retry(countdown=0)
+    return ids()
+
+
+@app.task
+@task
+def boom():
+    raise ValueError("boom: the task failed on purpose")
+
+
+@app.task
+@task
+def submits():
+    return {**ids(), "child": submitted.delay().id}
+
+
+@app.task
+@task
+def submitted():
+    return ids()
+
+
+@app.task(bind=True, acks_late=True, reject_on_worker_lost=True)
+@task
+def slow(self, report_path, seconds):
+    """Appends its ids and pid to ``report_path``; sleeps ``seconds`` unless redelivered (the
+    process running the first delivery is killed by the test)."""
+    with open(report_path, "a") as report:
+        report.write(json.dumps({**ids(), "pid": os.getpid()}) + "\n")
+    if not self.request.delivery_info.get("redelivered"):
+        time.sleep(seconds)
+    return ids()
+
+
+@app.task
+def noop():
+    """For the benchmark: no tasktree task at all, only the engine's cost."""
+    return None
+
+
+@app.task
+@task
+def noop_task():
+    """For the benchmark: one tasktree task per Celery task."""
+    return None

@@ -1,0 +1,218 @@
+"""Celery through a real ``tasktree serve``: a real prefork worker (``celery worker -c 2``) on a
+real Redis broker (db 5, a queue of its own per test), the job using only ``@task``,
+``configure()`` and Celery's API, and the tree read back through the API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from contextlib import contextmanager
+
+import pytest
+from engine_support import ENGINE_SCRIPTS, shape, start_worker, stop_worker, wait_for_task
+from propagation_matrix import records_from_api
+
+from conftest import child_environment
+
+pytestmark = pytest.mark.slow
+
+BROKER = "redis://127.0.0.1:6379/5"
+RUN_TIMEOUT = 120
+
+
+def celery_environment(server, queue: str, **extra: str) -> dict[str, str]:
+    return child_environment(
+        server.otlp_http,
+        TASKTREE_CELERY_BROKER=BROKER,
+        TASKTREE_CELERY_QUEUE=queue,
+        PYTHONPATH=str(ENGINE_SCRIPTS),
+        **extra,
+    )
+
+
+@contextmanager
+def celery_worker(env: dict[str, str], log, *options: str):
+    """A real ``celery worker`` (prefork, 2 processes) on the test's queue; stopped by PID."""
+    command = [
+        sys.executable, "-m", "celery", "-A", "celery_app", "worker", "-c", "2", "-P", "prefork",
+        "-Q", env["TASKTREE_CELERY_QUEUE"], "-n", f"{env['TASKTREE_CELERY_QUEUE']}@%h",
+        "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO",
+        *options,
+    ]  # fmt: skip
+    worker = start_worker(command, env, log, cwd=ENGINE_SCRIPTS)
+    try:
+        yield worker
+    finally:
+        stop_worker(worker)
+        _purge(env)
+
+
+def _purge(env: dict[str, str]) -> None:
+    """Drops what is left in the test's queue (Redis db 5 only, this queue only)."""
+    import redis
+
+    redis.Redis.from_url(BROKER).delete(env["TASKTREE_CELERY_QUEUE"])
+
+
+def run_job(env: dict[str, str], *args: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(ENGINE_SCRIPTS / "celery_job.py"), *args],
+        env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def wait_for_shape(server, trace_id: str, expected: Counter, timeout: float = 30.0) -> list:
+    """The run's tasks once their (name, parent name, status) are exactly ``expected``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        server.wait_folded()
+        nodes = records_from_api(server, trace_id)
+        if shape(nodes) == expected or time.monotonic() > deadline:
+            assert shape(nodes) == expected, _difference(shape(nodes), expected)
+            return nodes
+        time.sleep(0.3)
+
+
+def _difference(got: Counter, expected: Counter) -> str:
+    return f"missing: {dict(expected - got)}\nunexpected: {dict(got - expected)}"
+
+
+def attributes_of(server, trace_id: str, nodes, name: str) -> list[dict]:
+    return [
+        server.get(f"/api/runs/{trace_id}/tasks/{node.span_id}")["attributes"]
+        for node in nodes
+        if node.name == name
+    ]
+
+
+# -- the tree --------------------------------------------------------------------------------
+
+TREE = Counter(
+    {
+        ("main_tree", None, "ok"): 1,
+        ("delayed", "main_tree", "ok"): 1,
+        ("helper", "delayed", "ok"): 1,
+        ("applied", "main_tree", "ok"): 1,
+        ("in_group", "main_tree", "ok"): 3,
+        ("chain_first", "main_tree", "ok"): 1,
+        ("chain_second", "main_tree", "ok"): 1,  # @task over @app.task: one node all the same
+        ("chord_part", "main_tree", "ok"): 2,
+        ("chord_sum", "main_tree", "ok"): 1,
+        ("flaky", "main_tree", "error"): 2,  # attempts 1 and 2 raised Retry
+        ("flaky", "main_tree", "ok"): 1,  # attempt 3
+        ("boom", "main_tree", "error"): 1,
+        ("submits", "main_tree", "ok"): 1,
+        ("submitted", "submits", "ok"): 1,
+    }
+)
+
+
+def test_every_celery_submission_under_the_task_that_submitted_it(tasktree_server, tmp_path):
+    env = celery_environment(tasktree_server, f"tasktree-celery-tree-{uuid.uuid4().hex[:8]}")
+    # One task per pool process: every process leaves (os._exit) right after its task, so the
+    # tree is complete only if each flushes on its way out.
+    with celery_worker(env, tmp_path / "worker.log", "--max-tasks-per-child", "1"):
+        started = time.monotonic()
+        out = run_job(env, "tree")
+        print(f"job with {sum(TREE.values()) - 1} Celery tasks: {time.monotonic() - started:.1f}s")
+    trace_id = out["trace_id"]
+    nodes = wait_for_shape(tasktree_server, trace_id, TREE)
+    attempts = sorted(
+        a["tasktree.attempt"] for a in attributes_of(tasktree_server, trace_id, nodes, "flaky")
+    )
+    assert attempts == [1, 2, 3]
+    assert out["results"]["boom"] == "boom: the task failed on purpose"
+    run = tasktree_server.get(f"/api/runs/{trace_id}")
+    assert run["counts"]["running"] == run["counts"]["stalled"] == 0
+
+
+# -- a worker process killed mid-task --------------------------------------------------------
+
+
+def read_reports(path, count: int, timeout: float = 60.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= count:
+            return [json.loads(line) for line in lines]
+        time.sleep(0.1)
+    raise AssertionError(f"{count} reports expected in {path}, got {lines}")
+
+
+def test_a_pool_process_killed_mid_task_leaves_it_stalled_and_the_redelivery_is_a_new_attempt(
+    start_tasktree, private_db, tmp_path
+):
+    server = start_tasktree(extra_args=("--stall-after", "1.5"), database=private_db)
+    env = celery_environment(server, f"tasktree-celery-kill-{uuid.uuid4().hex[:8]}")
+    report = tmp_path / "slow.jsonl"
+    with celery_worker(env, tmp_path / "worker.log"):
+        job = subprocess.Popen(
+            [sys.executable, str(ENGINE_SCRIPTS / "celery_job.py"), "slow", str(report), "120"],
+            env=env, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        with job:
+            first = read_reports(report, 1)[0]
+            started = time.monotonic()
+            running = wait_for_task(
+                server, first["trace_id"], first["span_id"],
+                lambda t: t["status"] == "running" and t["last_heartbeat"] is not None,
+            )  # fmt: skip
+            shown_after = time.monotonic() - started
+            subprocess.run(["kill", "-KILL", str(first["pid"])], check=True)
+            killed = time.monotonic()
+            dead = wait_for_task(
+                server, first["trace_id"], first["span_id"], lambda t: t["status"] == "stalled"
+            )
+            stalled_after = time.monotonic() - killed
+            out = json.loads(job.stdout.read().splitlines()[-1])
+            assert job.wait(RUN_TIMEOUT) == 0
+    second = read_reports(report, 2)[1]
+    assert second["span_id"] != first["span_id"] and second["pid"] != first["pid"]
+    trace_id = first["trace_id"]
+    assert out["trace_id"] == trace_id
+    nodes = wait_for_shape(
+        server,
+        trace_id,
+        Counter({("main_slow", None, "ok"): 1, ("slow", "main_slow", "stalled"): 1,
+                 ("slow", "main_slow", "ok"): 1}),
+    )  # fmt: skip
+    by_span = {node.span_id: node for node in nodes}
+    assert by_span[first["span_id"]].status == "stalled"
+    assert by_span[second["span_id"]].status == "ok"
+    attempts = server.get(f"/api/runs/{trace_id}/tasks/{second['span_id']}")["attributes"]
+    assert attempts["tasktree.attempt"] == 2 and attempts["celery.redelivered"] is True
+    assert running["attributes"]["tasktree.attempt"] == 1
+    assert dead["last_heartbeat"] is not None
+    print(
+        f"running shown {shown_after:.2f}s after the task started; "
+        f"stalled {stalled_after:.2f}s after SIGKILL"
+    )
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+
+def test_messages_without_or_with_a_malformed_context_run_as_runs_of_their_own(
+    tasktree_server, tmp_path
+):
+    env = celery_environment(tasktree_server, f"tasktree-celery-bad-{uuid.uuid4().hex[:8]}")
+    log = tmp_path / "worker.log"
+    with celery_worker(env, log):
+        out = run_job(env, "bad")
+    for kind in ("missing", "malformed"):
+        result = out["results"][kind]
+        assert result["parent"] is None, kind
+        wait_for_shape(
+            tasktree_server,
+            result["trace_id"],
+            Counter({("delayed", None, "ok"): 1, ("helper", "delayed", "ok"): 1}),
+        )
+    text = log.read_text()
+    assert "tasktree celery: a malformed traceparent '00-not-a-trace-context'" in text
+    assert "tasktree celery: work submitted without a task context" in text
