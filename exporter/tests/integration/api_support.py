@@ -56,8 +56,21 @@ class Task:
 
 def placeholder(span: str) -> Task:
     """A missing-parent placeholder: no payload, no status of its own, no parent."""
-    return Task(span, None, name=None, status=st.NONE, start=None, end=None, missing=True,
-                message=None, attributes=None, events=None, links=None, kind=None, scope=None)
+    return Task(
+        span,
+        None,
+        name=None,
+        status=st.NONE,
+        start=None,
+        end=None,
+        missing=True,
+        message=None,
+        attributes=None,
+        events=None,
+        links=None,
+        kind=None,
+        scope=None,
+    )
 
 
 def create_test_app(settings: Settings, pool) -> Flask:
@@ -93,8 +106,14 @@ def client(db, api_pool):
 # Writing a run
 
 
-def insert_run(conn: psycopg.Connection, trace: str, tasks: list[Task], *, job: str = "nightly",
-               dropped: int = 0) -> None:
+def insert_run(
+    conn: psycopg.Connection,
+    trace: str,
+    tasks: list[Task],
+    *,
+    job: str = "nightly",
+    dropped: int = 0,
+) -> None:
     """Write ``tasks`` of run ``trace`` with consistent child counts, rollups and run row."""
     ids = {t.span: t for t in tasks}
     rollups = _rollups(tasks, ids)
@@ -139,10 +158,27 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 
 
 
 def _task_params(trace: str, t: Task, resource_id: int | None, rollup: list[int]) -> tuple:
-    return (bytes.fromhex(trace), bytes.fromhex(t.span), _maybe_hex(t.parent), t.missing, t.name,
-            t.kind, t.status, t.start, t.end, t.heartbeat, t.message, resource_id, t.scope,
-            _json(t.attributes), _json(t.events), _json(t.links), t.truncated, *rollup,
-            None if t.missing else _search_words(t))
+    return (
+        bytes.fromhex(trace),
+        bytes.fromhex(t.span),
+        _maybe_hex(t.parent),
+        t.missing,
+        t.name,
+        t.kind,
+        t.status,
+        t.start,
+        t.end,
+        t.heartbeat,
+        t.message,
+        resource_id,
+        t.scope,
+        _json(t.attributes),
+        _json(t.events),
+        _json(t.links),
+        t.truncated,
+        *rollup,
+        None if t.missing else _search_words(t),
+    )
 
 
 def _search_words(t: Task) -> str:
@@ -166,17 +202,30 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
 
 
+# Stated here again rather than read from tree.status: the oracle of a run's status.
+_WORST_FIRST = (st.ERROR, st.STALLED, st.RUNNING, st.OK)
+
+
 def _run_params(trace: str, tasks: list[Task], job: str, dropped: int) -> tuple:
     """The run row as the folder keeps it: status and name of the (worst) real root."""
     real = [t for t in tasks if not t.missing]
     roots = [t for t in real if t.parent is None]
     counts = [sum(t.status == code for t in real) for code in st.COUNTED]
-    worst = max(roots, key=lambda t: st.SEVERITY[t.status]) if roots else None
+    worst = min(roots, key=lambda t: _WORST_FIRST.index(t.status)) if roots else None
     first = min(roots, key=lambda t: (t.start, t.span)) if roots else None
     ended = roots and all(t.end is not None for t in roots)
-    return (bytes.fromhex(trace), job, first.name if first else None,
-            worst.status if worst else st.RUNNING, min(t.start for t in real),
-            max(t.end for t in roots) if ended else None, *counts, len(real), len(roots), dropped)
+    return (
+        bytes.fromhex(trace),
+        job,
+        first.name if first else None,
+        worst.status if worst else st.RUNNING,
+        min(t.start for t in real),
+        max(t.end for t in roots) if ended else None,
+        *counts,
+        len(real),
+        len(roots),
+        dropped,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,15 +35,28 @@ from tasktree.exporter.store._copy import fast_binary_dumpers
 from tasktree.exporter.store.locks import LANES
 from tasktree.exporter.tree.fold import (
     DEFAULT_MAX_DEPTH,
+    REFUSED_CYCLE,
     REFUSED_REASONS,
     Node,
     Record,
     RunFold,
     record_rank,
 )
+from tasktree.exporter.tree.status import (
+    COUNTED,
+    ERROR,
+    FINAL,
+    LIVE,
+    OK,
+    RUNNING,
+    STALLED,
+    WORST_FIRST,
+    sql_list,
+)
 
 logger = logging.getLogger(__name__)
 
+# fmt: off
 DURATION_BUCKETS = (
     0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
     28800.0, 86400.0,
@@ -51,6 +64,7 @@ DURATION_BUCKETS = (
 """Upper bounds (seconds) of the task and run duration histograms (``metrics.py``), up to a day
 (then +Inf).  Stored per bucket in ``metric_totals``: changing them needs a migration that empties
 that table."""
+# fmt: on
 
 # Claimed ids are staged in a temporary table so that every later statement joins on it
 # instead of shipping large arrays back and forth.  With them the landed rows' physical
@@ -85,7 +99,7 @@ _CLAIM_LANE = _CLAIM.replace("{lane}", f"WHERE {_LANE_OF.replace('%', '%%')} = %
 # tree.fold.REFUSED_CYCLE; a refused link has no parent) brings the chain of its declared parent
 # too: if a task in that loop moves, the tree rules try the link again, and need that chain to
 # see whether the loop is gone.
-_LOAD = """
+_LOAD = f"""
 WITH RECURSIVE chain AS (
     SELECT t.trace_id, t.span_id, t.parent_span_id, t.missing, t.status, t.end_ns,
            t.heartbeat_ns, t.child_count, t.n_ok, t.n_error, t.n_running, t.n_stalled, t.run_day,
@@ -97,12 +111,13 @@ WITH RECURSIVE chain AS (
            t.heartbeat_ns, t.child_count, t.n_ok, t.n_error, t.n_running, t.n_stalled, t.run_day,
            t.height, t.refused_parent_span_id, t.refused_reason
     FROM chain c JOIN tasks t
-         ON t.span_id = coalesce(c.parent_span_id,
-                                 CASE WHEN c.refused_reason = 1 THEN c.refused_parent_span_id END)
+         ON t.span_id = coalesce(
+             c.parent_span_id,
+             CASE WHEN c.refused_reason = {REFUSED_CYCLE:d} THEN c.refused_parent_span_id END)
          AND t.trace_id = c.trace_id AND t.run_day = c.run_day
 )
 SELECT * FROM chain
-"""
+"""  # noqa: S608 (a constant)
 
 # A batch touches a few thousand rows of tables that may hold millions: probing the indexes row
 # by row is always right, but the planner knows nothing about the unanalysed temporary tables,
@@ -229,7 +244,8 @@ WITH named AS (
 ), leaves AS (
     INSERT INTO fold_leaves
     SELECT c.id, c.trace_id, c.span_id, c.parent_span_id,
-           CASE WHEN c.status = 1 AND c.heartbeat_ns < %(cutoff)s THEN 2 ELSE c.status END,
+           CASE WHEN c.status = {RUNNING:d} AND c.heartbeat_ns < %(cutoff)s THEN {STALLED:d}
+                ELSE c.status END,
            c.heartbeat_ns, c.start_ns, c.end_ns, c.name, c.resource_id, c.landing_row, %(day)s
     FROM classified c WHERE c.leaf
     RETURNING trace_id, span_id, parent_span_id, status, landing_row
@@ -247,21 +263,30 @@ SELECT c.id, c.trace_id, c.span_id, c.parent_span_id, c.status, c.start_ns, c.en
 FROM classified c WHERE NOT c.leaf
 """  # noqa: S608 (constant column lists)
 
+
+def _count_by_status(window: str = "") -> str:
+    """The SQL of the counts of rows by status, in the order of tree.status.COUNTED."""
+    return ", ".join(f"count(*) FILTER (WHERE status = {code:d}){window}" for code in COUNTED)
+
+
 # Per parent: the leaves by status, in the order of tree.status.COUNTED (ok, error, running,
 # stalled), their earliest start and smallest landing id.  Leaves at the top of their run (a root
 # alone, as in a run of one task) touch no other task: _RUNS_OF_TOP_LEAVES counts them into their
 # runs' summaries in SQL, and a run with no other records needs no tree rules at all.
-_LEAF_GROUPS_UNDER_PARENTS = """
-SELECT trace_id, parent_span_id,
-       count(*) FILTER (WHERE status = 3), count(*) FILTER (WHERE status = 4),
-       count(*) FILTER (WHERE status = 1), count(*) FILTER (WHERE status = 2),
-       min(start_ns), min(id)
+_LEAF_GROUPS_UNDER_PARENTS = f"""
+SELECT trace_id, parent_span_id, {_count_by_status()}, min(start_ns), min(id)
 FROM fold_leaves WHERE parent_span_id IS NOT NULL GROUP BY trace_id, parent_span_id
-"""
-# A top-level task's severity, for a run's status: the worst of its roots (error 4 > stalled 3 >
-# running 2 > ok 1), turned back into a status by _STATUS_OF_SEVERITY.
-_SEVERITY = "CASE {status} WHEN 4 THEN 4 WHEN 2 THEN 3 WHEN 1 THEN 2 WHEN 3 THEN 1 END"
-_STATUS_OF_SEVERITY = "(ARRAY[3, 1, 2, 4])"
+"""  # noqa: S608 (constants)
+# A top-level task's severity, for a run's status: the worst of its roots (tree.status.WORST_FIRST:
+# error 4 > stalled 3 > running 2 > ok 1), turned back into a status by _STATUS_OF_SEVERITY (an
+# array indexed by severity).  Written with the codes as constants, worst first, as before the
+# enum: this is evaluated for every top-level task of every run a fold touches.
+_SEVERITY = (
+    "CASE {status} "
+    + " ".join(f"WHEN {code:d} THEN {len(WORST_FIRST) - i}" for i, code in enumerate(WORST_FIRST))
+    + " END"
+)
+_STATUS_OF_SEVERITY = f"(ARRAY[{', '.join(str(int(code)) for code in reversed(WORST_FIRST))}])"
 
 # The top-level leaves' part of their runs' summaries (fold_runs then holds up to two rows a
 # run: this one, and the tree rules' delta): their counts, and what they say as _UPSERT_RUNS reads
@@ -269,10 +294,10 @@ _STATUS_OF_SEVERITY = "(ARRAY[3, 1, 2, 4])"
 _RUNS_OF_TOP_LEAVES = f"""
 INSERT INTO fold_runs
 SELECT DISTINCT ON (trace_id) trace_id,
-       count(*) FILTER (WHERE status = 3) OVER w, count(*) FILTER (WHERE status = 4) OVER w,
-       count(*) FILTER (WHERE status = 1) OVER w, count(*) FILTER (WHERE status = 2) OVER w,
+       {_count_by_status(" OVER w")},
        count(*) OVER w, min(start_ns) OVER w, min(id) OVER w, run_day,
-       count(*) OVER w, count(*) FILTER (WHERE status IN (1, 2)) OVER w, max(end_ns) OVER w,
+       count(*) OVER w, count(*) FILTER (WHERE status IN {sql_list(LIVE)}) OVER w,
+       max(end_ns) OVER w,
        max({_SEVERITY.format(status="status")}) OVER w, name, resource_id
 FROM fold_leaves WHERE parent_span_id IS NULL
 WINDOW w AS (PARTITION BY trace_id)
@@ -286,16 +311,18 @@ SELECT span_id, status, heartbeat_ns FROM fold_leaves WHERE trace_id = %s AND pa
 # The leaves that finished, grouped for the duration metrics: a stored batch has thousands, and
 # one Python object each was a tenth of a fold's time.  The bucket is bisect_left(DURATION_BUCKETS,
 # seconds), as metrics.py counts one task: the bounds at least the duration, counted from the top.
-_LEAVES_FINISHED = """
+_LEAVES_FINISHED = f"""
 SELECT resource_id, name, status, root, sum(seconds), count(*),
        %(buckets)s - width_bucket(-seconds, %(negated_bounds)s::float8[]) AS bucket
 FROM (SELECT resource_id, name, status, parent_span_id IS NULL AS root,
              greatest(coalesce(end_ns, start_ns) - start_ns, 0)::float8 / 1e9 AS seconds
-      FROM fold_leaves WHERE status IN (3, 4)) AS f
+      FROM fold_leaves WHERE status IN {sql_list(FINAL)}) AS f
 GROUP BY resource_id, name, status, root, bucket
-"""
-_NEGATED_BOUNDS = {"buckets": len(DURATION_BUCKETS),
-                   "negated_bounds": sorted(-b for b in DURATION_BUCKETS)}
+"""  # noqa: S608 (constants)
+_NEGATED_BOUNDS = {
+    "buckets": len(DURATION_BUCKETS),
+    "negated_bounds": sorted(-b for b in DURATION_BUCKETS),
+}
 
 _UPDATE_WITH_PAYLOAD = """
 UPDATE tasks t SET
@@ -370,7 +397,7 @@ SELECT f.trace_id,
                  WHERE l.id = f.any_landing_id)),
        x.root_name,
        CASE WHEN x.root_count > 0 THEN {_STATUS_OF_SEVERITY}[x.worst]
-            WHEN f.d_stalled > 0 AND f.d_running = 0 THEN 2 ELSE 1 END,
+            WHEN f.d_stalled > 0 AND f.d_running = 0 THEN {STALLED:d} ELSE {RUNNING:d} END,
        f.min_start_ns, CASE WHEN x.root_count > 0 AND x.open_roots = 0 THEN x.root_end END,
        f.d_ok, f.d_error, f.d_running, f.d_stalled, f.d_tasks, coalesce(x.root_count, 0),
        %(now)s, f.run_day
@@ -381,7 +408,7 @@ LEFT JOIN LATERAL (
     WHERE f.tops_in_batch
     UNION ALL
     SELECT count(*) FILTER (WHERE NOT t.missing),
-           count(*) FILTER (WHERE NOT t.missing AND t.status IN (1, 2)),
+           count(*) FILTER (WHERE NOT t.missing AND t.status IN {sql_list(LIVE)}),
            max(t.end_ns) FILTER (WHERE NOT t.missing),
            max({_SEVERITY.format(status="t.status")}) FILTER (WHERE NOT t.missing),
            (array_agg(t.name ORDER BY t.refused_parent_span_id IS NOT NULL, t.start_ns, t.span_id)
@@ -399,8 +426,8 @@ ON CONFLICT (trace_id) DO UPDATE SET
     name = EXCLUDED.name,  -- none again once its only root has moved under a parent
     status = CASE WHEN EXCLUDED.root_count > 0 THEN EXCLUDED.status
                   WHEN r.n_stalled + EXCLUDED.n_stalled > 0
-                       AND r.n_running + EXCLUDED.n_running = 0 THEN 2
-                  ELSE 1 END,
+                       AND r.n_running + EXCLUDED.n_running = 0 THEN {STALLED:d}
+                  ELSE {RUNNING:d} END,
     start_ns = least(r.start_ns, EXCLUDED.start_ns),
     end_ns = EXCLUDED.end_ns,
     n_ok = r.n_ok + EXCLUDED.n_ok, n_error = r.n_error + EXCLUDED.n_error,
@@ -416,8 +443,8 @@ ON CONFLICT (trace_id) DO UPDATE SET
 _UPSERT_RUNS_AND_JOBS = f"""
 WITH {_BATCH_RUNS}, r AS ({_UPSERT_RUNS} RETURNING job, start_ns, end_ns, status)
 INSERT INTO jobs AS j (job, last_start_ns, last_success_ns, last_failure_ns, last_seen_ns)
-SELECT r.job, max(r.start_ns), max(r.end_ns) FILTER (WHERE r.status = 3),
-       max(r.end_ns) FILTER (WHERE r.status = 4), %(now)s
+SELECT r.job, max(r.start_ns), max(r.end_ns) FILTER (WHERE r.status = {OK:d}),
+       max(r.end_ns) FILTER (WHERE r.status = {ERROR:d}), %(now)s
 FROM r WHERE r.job IS NOT NULL
 GROUP BY r.job
 ON CONFLICT (job) DO UPDATE SET
@@ -433,11 +460,13 @@ SELECT r.trace_id, r.run_day FROM (SELECT DISTINCT trace_id FROM fold_claim) c
 CROSS JOIN LATERAL (SELECT trace_id, run_day FROM runs WHERE runs.trace_id = c.trace_id) r
 """
 
-_STALE_CANDIDATES = """
+# The status is a constant, not a parameter: only then can the planner use the partial index
+# tasks_live_heartbeat (running and stalled tasks only) in a generic plan.
+_STALE_CANDIDATES = f"""
 SELECT trace_id, span_id FROM tasks
-WHERE status = 1 AND heartbeat_ns < %s
+WHERE status = {RUNNING:d} AND heartbeat_ns < %s
 ORDER BY heartbeat_ns LIMIT %s
-"""
+"""  # noqa: S608 (a constant)
 
 
 class FinishedTask(NamedTuple):
@@ -483,8 +512,11 @@ def fold_batch(
         conn.execute(_PLAN_FOR_BATCHES)
         if timeout_s is not None:
             conn.execute(_TIMEOUT, (f"{int(timeout_s * 1000)}ms",))
-        claim, params = (_CLAIM_ANY, {"limit": limit}) if lane is None else (
-            _CLAIM_LANE, {"limit": limit, "lane": lane})
+        claim, params = (
+            (_CLAIM_ANY, {"limit": limit})
+            if lane is None
+            else (_CLAIM_LANE, {"limit": limit, "lane": lane})
+        )
         claimed = {bytes(t): n for t, n in conn.execute(claim, params)}
         if not claimed:
             return FoldResult(0)
@@ -506,7 +538,8 @@ def fold_batch(
         _write(conn, folds)
         conn.execute("DELETE FROM span_landing l USING fold_claim c WHERE l.ctid = c.landing_row")
         finished = _finished_tasks(
-            conn, folds, conn.execute(_LEAVES_FINISHED, _NEGATED_BOUNDS).fetchall())
+            conn, folds, conn.execute(_LEAVES_FINISHED, _NEGATED_BOUNDS).fetchall()
+        )
     return FoldResult(sum(claimed.values()), tuple(trace_ids), finished)
 
 
@@ -560,7 +593,8 @@ def _store_leaves(
     leaves = {
         (bytes(trace_id), bytes(parent) if parent else None): ((ok, err, run, stall), start, lid)
         for trace_id, parent, ok, err, run, stall, start, lid in conn.execute(
-            _LEAF_GROUPS_UNDER_PARENTS)
+            _LEAF_GROUPS_UNDER_PARENTS
+        )
     }
     return leaves, _records_by_run(ruled)
 

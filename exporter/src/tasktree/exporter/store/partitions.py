@@ -15,11 +15,20 @@ import time
 import psycopg
 from psycopg import sql
 
+from tasktree.exporter.tree.status import RUNNING
+
 logger = logging.getLogger(__name__)
 
 _DAY_NS = 86_400 * 10**9
 _ensured: set[tuple] = set()  # (database, day) already created in this process
 _ensured_lock = threading.Lock()
+
+# A day's runs that keep its partition: still running (a stalled run does not), or heard from
+# since the cutoff.
+_HAS_LIVE_RUNS = f"""
+SELECT EXISTS (SELECT 1 FROM runs WHERE run_day = %s
+               AND (status = {RUNNING:d} OR last_received_ns >= %s))
+"""  # noqa: S608 (a constant)
 
 
 def today(now_ns: int | None = None) -> int:
@@ -91,11 +100,7 @@ def _partition_days(conn) -> list[int]:
 
 
 def _has_live_runs(conn, day: int, cutoff_ns: int) -> bool:
-    row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM runs WHERE run_day = %s"
-        " AND (status = 1 OR last_received_ns >= %s))",
-        (day, cutoff_ns),
-    ).fetchone()
+    row = conn.execute(_HAS_LIVE_RUNS, (day, cutoff_ns)).fetchone()
     return row[0]
 
 
