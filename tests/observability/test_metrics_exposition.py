@@ -5,6 +5,8 @@ text, a label, the order or a number's spelling shows here first."""
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -114,6 +116,18 @@ def test_the_store_families_of_a_known_database_state_are_exactly_this_text(know
         rows = dataclasses.replace(read_store(conn), now_s=NOW_S)
     text = render_store_text(bounded_jobs(rows, max_jobs=4, job_ttl_s=35 * 86400), read_s=0.125)
     assert text.decode() == EXPECTED
+
+
+def test_no_bare_status_numbers_in_the_metrics_sql():
+    """The statuses in the metrics' statements come from ``tree.status`` (its own test checks the
+    other SQL sources)."""
+    exporter = Path(st.__file__).parents[1]
+    sources = [*sorted((exporter / "metrics").glob("*.py")), exporter / "store/metric_totals.py"]
+    bare = re.compile(r"status\s*(?:=|<>|!=|IN\s*\()\s*\d|THEN\s+\d\s+ELSE\s+\d", re.I)
+    found = [
+        f"{path.name}: {m.group(0)}" for path in sources for m in bare.finditer(path.read_text())
+    ]
+    assert found == []
 
 
 def test_a_store_that_cannot_be_read_shows_store_up_0_and_nothing_else():

@@ -43,12 +43,12 @@ SELECT job, last_start_ns, last_success_ns, last_failure_ns, last_seen_ns FROM j
 # LIVE and MISSING read partial indexes only (tasks_live_heartbeat, tasks_missing) and look each
 # row's job up by key: the cost follows the live tasks and placeholders, not the tasks or runs
 # stored.  The statuses are written into the text, not passed as parameters: the planner uses a
-# partial index only when it can prove the index's predicate (status IN (1, 2)) from the query's.
+# partial index only when it can prove the index's predicate (the live statuses) from the query's.
 LIVE = f"""
 SELECT coalesce(res.job, ''), t.status, count(*), max(t.heartbeat_ns)
 FROM tasks t LEFT JOIN resources res ON res.id = t.resource_id
-WHERE t.status IN ({st.RUNNING:d}, {st.STALLED:d}) GROUP BY 1, 2 ORDER BY 1, 2
-"""  # noqa: S608 (constant: two codes of the status enum)
+WHERE t.status IN {st.sql_list(st.LIVE)} GROUP BY 1, 2 ORDER BY 1, 2
+"""  # noqa: S608 (constant: the status enum's live codes)
 
 MISSING = """
 SELECT coalesce((SELECT r.job FROM runs r WHERE r.trace_id = t.trace_id), ''), count(*)
