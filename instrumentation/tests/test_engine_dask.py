@@ -15,9 +15,17 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
-from engine_support import ENGINE_SCRIPTS, runs_of, shape, wait_for_task
+from engine_support import (
+    ENGINE_SCRIPTS,
+    runs_of,
+    shape,
+    start_worker,
+    stop_worker,
+    wait_for_task,
+)
 from propagation_matrix import records_from_api
 
 from conftest import child_environment
@@ -25,6 +33,8 @@ from conftest import child_environment
 pytestmark = pytest.mark.slow
 
 JOB = ENGINE_SCRIPTS / "dask_job.py"
+DASK = str(Path(sys.executable).parent / "dask")
+PRELOAD = "tasktree.instrumentation.integrations.dask"
 
 
 def start_job(mode: str, env: dict[str, str]) -> subprocess.Popen:
@@ -53,31 +63,64 @@ def kill_group(process: subprocess.Popen) -> None:
     process.wait(30)
 
 
-def test_every_task_runs_under_the_task_current_where_it_was_submitted(tasktree_server):
+TREE = Counter(
+    {
+        ("dask-tree", None, "ok"): 1,
+        ("submit-phase", "dask-tree", "ok"): 1,
+        ("submitted", "submit-phase", "ok"): 1,
+        ("map-phase", "dask-tree", "ok"): 1,
+        ("mapped", "map-phase", "ok"): 3,
+        ("inner", "mapped", "ok"): 3,
+        ("delayed-phase", "dask-tree", "ok"): 1,
+        ("delayed-leaf", "delayed-phase", "ok"): 3,
+        ("delayed-total", "delayed-phase", "ok"): 1,
+        ("bag-phase", "dask-tree", "ok"): 1,
+        ("bag-item", "bag-phase", "ok"): 4,
+        ("spawn-phase", "dask-tree", "ok"): 1,
+        ("spawner", "spawn-phase", "ok"): 1,
+        ("nested", "spawner", "ok"): 2,
+    }
+)
+"""The tree of ``dask_job.py tree``: (task, parent, status) → how many."""
+
+
+@pytest.mark.parametrize("processes", ["1", "0"], ids=["worker-processes", "threads"])
+def test_every_task_runs_under_the_task_current_where_it_was_submitted(tasktree_server, processes):
+    env = child_environment(tasktree_server.otlp_http, DASK_PROCESSES=processes)
     started = time.monotonic()
-    out, _ = finish_job(start_job("tree", child_environment(tasktree_server.otlp_http)))
-    print(f"job with a 2-worker LocalCluster: {time.monotonic() - started:.1f}s")
+    out, _ = finish_job(start_job("tree", env))
+    print(f"job: {time.monotonic() - started:.1f}s")
     tasktree_server.wait_folded()
-    got = shape(records_from_api(tasktree_server, out["trace_id"]))
-    expected = Counter(
-        {
-            ("dask-tree", None, "ok"): 1,
-            ("submit-phase", "dask-tree", "ok"): 1,
-            ("submitted", "submit-phase", "ok"): 1,
-            ("map-phase", "dask-tree", "ok"): 1,
-            ("mapped", "map-phase", "ok"): 3,
-            ("inner", "mapped", "ok"): 3,
-            ("delayed-phase", "dask-tree", "ok"): 1,
-            ("delayed-leaf", "delayed-phase", "ok"): 3,
-            ("delayed-total", "delayed-phase", "ok"): 1,
-            ("bag-phase", "dask-tree", "ok"): 1,
-            ("bag-item", "bag-phase", "ok"): 4,
-            ("spawn-phase", "dask-tree", "ok"): 1,
-            ("spawner", "spawn-phase", "ok"): 1,
-            ("nested", "spawner", "ok"): 2,
-        }
-    )
-    assert got == expected, f"missing {expected - got}, unexpected {got - expected}"
+    assert_tree(records_from_api(tasktree_server, out["trace_id"]))
+
+
+def test_workers_started_by_hand_with_the_preload_option(tasktree_server, tmp_path):
+    scheduler_file = tmp_path / "scheduler.json"
+    env = child_environment(tasktree_server.otlp_http)
+    log = tmp_path / "dask.log"
+    scheduler = start_worker(
+        [DASK, "scheduler", "--scheduler-file", str(scheduler_file), "--port", "0",
+         "--dashboard-address", ":0"], env, log,
+    )  # fmt: skip
+    worker = None
+    try:
+        worker = start_worker(
+            [DASK, "worker", "--scheduler-file", str(scheduler_file), "--nworkers", "1",
+             "--nthreads", "2", "--no-dashboard", "--preload", PRELOAD], env, log,
+        )  # fmt: skip
+        job_env = {**env, "DASK_SCHEDULER_FILE": str(scheduler_file)}
+        out, _ = finish_job(start_job("tree", job_env))
+    finally:
+        if worker is not None:
+            stop_worker(worker)  # the worker exports what it recorded as it closes
+        stop_worker(scheduler)
+    tasktree_server.wait_folded()
+    assert_tree(records_from_api(tasktree_server, out["trace_id"]))
+
+
+def assert_tree(nodes) -> None:
+    got = shape(nodes)
+    assert got == TREE, f"missing {TREE - got}, unexpected {got - TREE}"
 
 
 def test_a_task_shows_running_and_a_sigkill_of_its_worker_leaves_it_stalled(

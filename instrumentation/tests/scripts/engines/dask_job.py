@@ -6,15 +6,20 @@
                        quickly when its worker is killed
     dask_job.py bad    tasks submitted with no current task and with a malformed carrier
 
+With $DASK_SCHEDULER_FILE, the job uses that scheduler (workers started by hand) instead; with
+DASK_PROCESSES=0, a LocalCluster of threads.
+
 Prints one JSON line: the ids the test reads the tree back with.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dask
@@ -95,16 +100,30 @@ def run_of_its_own():
     return own_run()
 
 
-def cluster() -> LocalCluster:
-    return LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    )
+@contextlib.contextmanager
+def dask_client() -> Iterator[Client]:
+    """A client of the scheduler in $DASK_SCHEDULER_FILE (workers started by hand), else of a
+    LocalCluster of two worker processes."""
+    scheduler_file = os.environ.get("DASK_SCHEDULER_FILE")
+    if scheduler_file:
+        with Client(scheduler_file=scheduler_file) as client:
+            yield client
+        return
+    processes = os.environ.get("DASK_PROCESSES", "1") == "1"
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=processes, dashboard_address=None
+        ) as local,
+        Client(local) as client,
+    ):
+        yield client
 
 
 @task(name="dask-tree")
 def tree() -> dict:
-    # The cluster is started inside a task: its workers must not take it as every task's parent.
-    with cluster() as local, Client(local) as client:
+    # A LocalCluster is started inside a task: its workers must not take it as every task's
+    # parent.
+    with dask_client() as client:
         with task("submit-phase"):
             assert client.submit(submitted, 1).result() == 1
         with task("map-phase"):
@@ -122,14 +141,14 @@ def tree() -> dict:
 
 @task(name="dask-long")
 def long_job() -> dict:
-    with cluster() as local, Client(local) as client:
+    with dask_client() as client:
         with task("long-phase"):
             result = client.submit(long_task, 60).result()
         return {**ids(), "result": result}
 
 
 def bad_input() -> dict:
-    with cluster() as local, Client(local) as client:
+    with dask_client() as client:
         no_carrier = client.submit(run_of_its_own, pure=False).result()
         with dask.annotate(tasktree={"traceparent": "00-not-a-trace-id-01"}):
             malformed = client.submit(run_of_its_own, pure=False).result()
