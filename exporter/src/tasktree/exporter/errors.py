@@ -70,6 +70,29 @@ class Overloaded(TasktreeError):
     code = "overloaded"
 
 
+class HostUnavailable(TasktreeError):
+    """The docker host could not be reached or failed (HTTP 502: the fault is upstream)."""
+
+    status = 502
+    code = "docker_host_unavailable"
+
+
+class TooManyStreams(TasktreeError):
+    """Every live event stream this process allows is open; the page polls instead."""
+
+    status = 503
+    code = "too_many_streams"
+
+
+class RoutingError(TasktreeError):
+    """No route for the path (404) or the method (405): werkzeug's routing error with its
+    status, for the edges that answer every error in their own format (OTLP/HTTP)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
 class StoreUnavailable(TasktreeError):
     """PostgreSQL cannot be reached (or no connection came free in time)."""
 

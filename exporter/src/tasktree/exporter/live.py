@@ -1,18 +1,20 @@
-"""Live updates: "these runs changed", from the folder to every open page, as server-sent events.
+"""Live updates: "these runs changed", from the folder to every open page.
 
 The folder calls ``LiveBus.publish(trace_ids)`` after each commit that changed runs.  A page holds
 one event stream (``GET /api/live/runs`` for the runs list, ``GET /api/live/runs/<trace_id>`` for
-one run) and, on each ``changed`` event, re-fetches what it shows through the JSON API.  Events
-carry no tree data, so nothing on a page can go backwards: the store never regresses a final
-status, and a page only ever shows what the store answered last.
+one run: ``ui/live.py``) and, on each ``changed`` event, re-fetches what it shows through the JSON
+API.  Events carry no tree data, so nothing on a page can go backwards: the store never regresses
+a final status, and a page only ever shows what the store answered last.
 
-Two buses with one interface:
+Three buses with one interface:
 
 * ``LocalBus``: in-process fan-out (the default, one ``tasktree serve`` process);
 * ``RedisBus``: publishes to a Redis channel and fans out what it hears there, so every process
   serving the web UI sees every process's folds (``settings.redis_url``).  While Redis is down,
   a process still delivers its own changes locally; when Redis is back, every open stream is told
-  "everything changed" once, since events may have been missed meanwhile.
+  "everything changed" once, since events may have been missed meanwhile;
+* ``PostgresBus``: the same through PostgreSQL LISTEN/NOTIFY, for several processes on one
+  database without Redis (``tasktree serve --workers N``).
 
 Streams hold a server thread each, so their number is capped (``max_streams``); beyond it the
 stream answers 503 and the page falls back to polling.
@@ -22,13 +24,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import psycopg
-from flask import Blueprint, Response, current_app
-
-from tasktree.exporter.errors import TasktreeError, Unauthorized, json_error
 
 logger = logging.getLogger(__name__)
 
@@ -36,14 +34,6 @@ CHANNEL = "tasktree:live:runs"
 """The Redis pub/sub channel; a message is comma-separated hex trace ids, or ``*`` for all runs."""
 MAX_STREAMS = 32
 """Open event streams per process (each holds one web server thread)."""
-KEEPALIVE_S = 15.0
-"""A comment line this often keeps proxies from closing an idle stream and finds gone clients."""
-COALESCE_S = 0.3
-"""At most one event per run stream this often: a busy run changes at every fold (milliseconds)."""
-COALESCE_LIST_S = 1.0
-"""The same for the runs list's streams, which hear of every run's changes."""
-STREAM_MAX_S = 600.0
-"""A stream ends after this long; the browser reconnects (and re-fetches), spreading load."""
 _MAX_IDS_PER_MESSAGE = 1000
 _EVERYTHING = None  # "all runs changed" in deliver(): after an outage, or a message too long
 
@@ -141,17 +131,18 @@ class RedisBus(LocalBus):
 
         self._redis = redis
         self._channel = channel
-        self._client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2,
-                                            health_check_interval=10)
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10
+        )
         self._pending: set[bytes] = set()
         self._pending_all = False
         self._wake = threading.Condition(self._lock)
         self._stop = threading.Event()
         self.connected = threading.Event()  # the listener is subscribed (tests wait on it)
-        self._threads = [threading.Thread(target=self._run_publisher, name="tasktree-live-pub",
-                                          daemon=True),
-                         threading.Thread(target=self._run_listener, name="tasktree-live-sub",
-                                          daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._run_publisher, name="tasktree-live-pub", daemon=True),
+            threading.Thread(target=self._run_listener, name="tasktree-live-sub", daemon=True),
+        ]
 
     def start(self) -> RedisBus:
         for thread in self._threads:
@@ -247,8 +238,9 @@ class PostgresBus(LocalBus):
         self._publisher: psycopg.Connection | None = None
         self._publish_lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run_listener, name="tasktree-live-pg",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run_listener, name="tasktree-live-pg", daemon=True
+        )
 
     def start(self) -> PostgresBus:
         if self._listen:
@@ -270,8 +262,9 @@ class PostgresBus(LocalBus):
             with self._publish_lock:
                 if self._publisher is None or self._publisher.closed:
                     self._publisher = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
-                self._publisher.execute("SELECT pg_notify(%s, %s)",
-                                        (self.CHANNEL, payload.decode()))
+                self._publisher.execute(
+                    "SELECT pg_notify(%s, %s)", (self.CHANNEL, payload.decode())
+                )
         except psycopg.Error as exc:
             logger.warning("live updates: NOTIFY failed (%s)", exc)
             self._publisher = None
@@ -310,8 +303,13 @@ def decode_message(data: bytes) -> frozenset[bytes] | None:
         return None
 
 
-def open_bus(redis_url: str | None, max_streams: int = MAX_STREAMS, *,
-             database_url: str | None = None, listen: bool = True) -> LocalBus:
+def open_bus(
+    redis_url: str | None,
+    max_streams: int = MAX_STREAMS,
+    *,
+    database_url: str | None = None,
+    listen: bool = True,
+) -> LocalBus:
     """The bus for these settings, started: Redis when ``redis_url`` is set; else PostgreSQL
     LISTEN/NOTIFY when ``database_url`` is given (several processes on one database); else
     in-process.  ``listen=False`` only publishes (a process that serves no pages)."""
@@ -322,85 +320,3 @@ def open_bus(redis_url: str | None, max_streams: int = MAX_STREAMS, *,
     else:
         bus = LocalBus(max_streams)
     return bus.start()
-
-
-# ---------------------------------------------------------------------------------------------
-# Server-sent event streams
-
-live_blueprint = Blueprint("live", __name__, url_prefix="/api/live")
-
-
-def bus_of(app) -> LocalBus:
-    """The app's bus (``services["live"]``); an app built without one gets a local, idle bus."""
-    services = app.extensions["tasktree"]
-    if services.get("live") is None:
-        services["live"] = LocalBus()
-    return services["live"]
-
-
-@live_blueprint.before_request
-def _authenticate() -> None:
-    from tasktree.exporter import auth
-
-    if auth.authenticate() is None:
-        raise Unauthorized("this stream needs a viewer sign-in (/login) or the header "
-                           "Authorization: Bearer <viewer token>")
-
-
-live_blueprint.register_error_handler(TasktreeError, json_error)
-
-
-@live_blueprint.get("/runs")
-def runs_stream() -> Response:
-    """Events for the runs list: ``changed`` whenever any run changed."""
-    return _stream_response(None, COALESCE_LIST_S)
-
-
-@live_blueprint.get("/runs/<trace_id>")
-def run_stream(trace_id: str) -> Response:
-    """Events for one run's pages: ``changed`` whenever that run's tree changed."""
-    from tasktree.exporter.api import params
-
-    return _stream_response(params.trace_id(trace_id), COALESCE_S)
-
-
-def _stream_response(trace_id: bytes | None, pause: float) -> Response:
-    bus = bus_of(current_app)
-    subscription = bus.subscribe(trace_id)
-    if subscription is None:
-        raise TooManyStreams("too many live streams open on this server; poll instead",
-                             retry_after=30)
-    response = Response(_events(bus, subscription, STREAM_MAX_S, pause),
-                        mimetype="text/event-stream")
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
-    return response
-
-
-class TooManyStreams(TasktreeError):
-    status = 503
-    code = "too_many_streams"
-
-
-def _events(bus: LocalBus, subscription: Subscription, lifetime: float,
-            pause: float) -> Iterator[str]:
-    """The stream: an opening comment, then ``changed`` events (at most one per ``pause``
-    seconds) and keep-alive comments.
-
-    Runs on a web server thread for the stream's life; ends at ``lifetime``, at shutdown, or at
-    the first write after the client went away (the server then closes this generator).
-    """
-    try:
-        # "retry" is the browser's reconnect delay; the comment makes the response start at once.
-        yield "retry: 2000\n: open\n\n"
-        deadline = time.monotonic() + lifetime
-        while not subscription.closed and time.monotonic() < deadline:
-            timeout = min(KEEPALIVE_S, max(0.0, deadline - time.monotonic()))
-            if subscription.wait(timeout):
-                yield "event: changed\ndata: {}\n\n"
-                time.sleep(pause)
-            elif not subscription.closed:
-                yield ": keepalive\n\n"
-    finally:
-        bus.unsubscribe(subscription)
-

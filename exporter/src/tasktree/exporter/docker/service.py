@@ -25,7 +25,7 @@ from tasktree.exporter.docker.hosts import HostClients, load_hosts
 from tasktree.exporter.docker.listing import Inventory, describe_error
 from tasktree.exporter.docker.operations import ERROR, OK, RUNNING, Operation, OperationRegistry
 from tasktree.exporter.docker.specs import DeploySpec, PullSpec
-from tasktree.exporter.errors import NotFound, TasktreeError
+from tasktree.exporter.errors import HostUnavailable, NotFound, TasktreeError
 from tasktree.exporter.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -307,13 +307,6 @@ def _translate(exc: Exception, host: str, container: str) -> Exception:
     if isinstance(exc, docker.errors.APIError) and exc.status_code == 400:
         return BadRequest(f"{host}: {describe_error(exc)}")
     return HostUnavailable(f"{host}: {describe_error(exc)}")
-
-
-class HostUnavailable(TasktreeError):
-    """The docker host could not be reached or failed (HTTP 502: the fault is upstream)."""
-
-    status = 502
-    code = "docker_host_unavailable"
 
 
 def _done_text(kind: str, result: dict) -> str:

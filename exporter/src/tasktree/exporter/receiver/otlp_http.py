@@ -23,6 +23,7 @@ from werkzeug.exceptions import HTTPException
 from tasktree.exporter.errors import (
     BadRequest,
     PayloadTooLarge,
+    RoutingError,
     TasktreeError,
     Unauthorized,
     UnsupportedMediaType,
@@ -216,14 +217,8 @@ def _pack(message) -> AnyPb:
 def _http_exception(exc: HTTPException) -> Response:
     """Routing errors (404, 405) in the same OTLP error format as everything else."""
     response = error_response(
-        _RoutingError(exc.description or exc.name, exc.code or 500), _answers_json(request.mimetype)
+        RoutingError(exc.description or exc.name, exc.code or 500), _answers_json(request.mimetype)
     )
     if exc.code == 405:
         response.headers["Allow"] = "POST"
     return response
-
-
-class _RoutingError(TasktreeError):
-    def __init__(self, message: str, status: int):
-        super().__init__(message)
-        self.status = status

@@ -40,7 +40,7 @@ SECURITY_HEADERS = {
 def install_ui(app: Flask) -> None:
     """Register the pages and the live event streams on ``app`` (the bus: ``services["live"]``)."""
     from tasktree.exporter import auth
-    from tasktree.exporter.live import bus_of, live_blueprint
+    from tasktree.exporter.ui.live import bus_of, live_blueprint
     from tasktree.exporter.ui.login import login_blueprint
 
     auth.install(app)  # the session cookie the pages sign in with
