@@ -22,6 +22,41 @@ from tasktree.exporter.store.pool import connection
 
 _BACKLOG_TTL_S = 1.0
 
+# Spans landed and not folded yet, at most: the range of their ids (two index probes, where a
+# count would read the whole backlog).
+_BACKLOG = "SELECT max(id) - min(id) + 1 FROM span_landing"
+
+# Runs of a batch that hold their cap of tasks, and the day partition their tasks live in.
+# task_count counts folded tasks only: records landed and not folded yet may add a few (soft cap).
+# The batch's trace ids travel as one bytea of 16-byte ids (the decoder admits no other length):
+# psycopg dumps a list param one element at a time in Python, 4 µs a span for a request of
+# thousands of one-span runs.
+_FULL_RUNS = """
+SELECT trace_id, run_day FROM runs
+WHERE trace_id = ANY(ARRAY(SELECT substring(%(ids)s::bytea FROM i * 16 + 1 FOR 16)
+                           FROM generate_series(0, length(%(ids)s::bytea) / 16 - 1) AS i))
+  AND task_count >= %(cap)s
+"""
+
+# Which spans of full runs are tasks the run keeps: a row in ``tasks`` (its primary key, in the
+# run's day partition) or a record landed and not folded yet (index ``span_landing_span``).  One
+# index probe per span, so the cost follows the batch, never the size of the run or the backlog.
+# A missing-parent placeholder is a row too: the record that fills it in is accepted.
+_KEPT_SPANS = """
+SELECT k.trace_id, k.span_id
+FROM unnest(%s::bytea[], %s::bytea[], %s::integer[]) AS k(trace_id, span_id, run_day)
+WHERE EXISTS (SELECT FROM tasks t
+              WHERE t.span_id = k.span_id AND t.trace_id = k.trace_id AND t.run_day = k.run_day)
+   OR EXISTS (SELECT FROM span_landing l WHERE l.trace_id = k.trace_id AND l.span_id = k.span_id)
+"""
+
+# The refused spans of new tasks, counted on their runs (``runs.dropped_spans``).
+_COUNT_DROPPED = """
+UPDATE runs SET dropped_spans = dropped_spans + c.n
+FROM (SELECT t, count(*) AS n FROM unnest(%s::bytea[]) t GROUP BY t) c
+WHERE trace_id = c.t
+"""
+
 
 class Ingestor:
     """Thread-safe; one per process.  ``on_landed`` is called after each successful commit."""
@@ -51,7 +86,7 @@ class Ingestor:
     def _refuse_when_backlogged(self, conn) -> None:
         measured_at, backlog = self._backlog
         if time.monotonic() - measured_at > _BACKLOG_TTL_S:
-            row = conn.execute("SELECT max(id) - min(id) + 1 FROM span_landing").fetchone()
+            row = conn.execute(_BACKLOG).fetchone()
             backlog = row[0] or 0
             self._backlog = (time.monotonic(), backlog)
         if backlog > self._settings.max_backlog_spans:
@@ -100,34 +135,3 @@ def _kept_spans(conn, spans: list[SpanRow], run_days: dict[bytes, int]) -> set[t
         ),
     )
     return {(bytes(t), bytes(s)) for t, s in rows}
-
-
-# Runs of a batch that hold their cap of tasks, and the day partition their tasks live in.
-# task_count counts folded tasks only: records landed and not folded yet may add a few (soft cap).
-# The batch's trace ids travel as one bytea of 16-byte ids (the decoder admits no other length):
-# psycopg dumps a list param one element at a time in Python, 4 µs a span for a request of
-# thousands of one-span runs.
-_FULL_RUNS = """
-SELECT trace_id, run_day FROM runs
-WHERE trace_id = ANY(ARRAY(SELECT substring(%(ids)s::bytea FROM i * 16 + 1 FOR 16)
-                           FROM generate_series(0, length(%(ids)s::bytea) / 16 - 1) AS i))
-  AND task_count >= %(cap)s
-"""
-
-# Which spans of full runs are tasks the run keeps: a row in ``tasks`` (its primary key, in the
-# run's day partition) or a record landed and not folded yet (index ``span_landing_span``).  One
-# index probe per span, so the cost follows the batch, never the size of the run or the backlog.
-# A missing-parent placeholder is a row too: the record that fills it in is accepted.
-_KEPT_SPANS = """
-SELECT k.trace_id, k.span_id
-FROM unnest(%s::bytea[], %s::bytea[], %s::integer[]) AS k(trace_id, span_id, run_day)
-WHERE EXISTS (SELECT FROM tasks t
-              WHERE t.span_id = k.span_id AND t.trace_id = k.trace_id AND t.run_day = k.run_day)
-   OR EXISTS (SELECT FROM span_landing l WHERE l.trace_id = k.trace_id AND l.span_id = k.span_id)
-"""
-
-_COUNT_DROPPED = """
-UPDATE runs SET dropped_spans = dropped_spans + c.n
-FROM (SELECT t, count(*) AS n FROM unnest(%s::bytea[]) t GROUP BY t) c
-WHERE trace_id = c.t
-"""

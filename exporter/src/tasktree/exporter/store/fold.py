@@ -180,11 +180,15 @@ _OUT_TYPES = [
     "bytea",
     "int2",
 ]
+_COPY_OUT = "COPY fold_out FROM STDIN (FORMAT BINARY)"
 _RUN_TYPES = ["bytea", "int4", "int4", "int4", "int4", "int4", "int8", "int8", "int4"]
 _COPY_RUNS = (
     "COPY fold_runs (trace_id, d_ok, d_error, d_running, d_stalled, d_tasks, min_start_ns,"
     " any_landing_id, run_day) FROM STDIN (FORMAT BINARY)"
 )
+
+_SEED_TYPES = ["bytea", "bytea", "int4"]
+_COPY_SEEDS = "COPY fold_seeds (span_id, trace_id, run_day) FROM STDIN (FORMAT BINARY)"
 
 _PAYLOAD = (
     "name, kind, start_ns, end_ns, status_message, resource_id, scope, attributes, "
@@ -352,6 +356,9 @@ WHERE NOT o.is_new AND o.landing_id IS NULL
   AND t.span_id = o.span_id AND t.trace_id = o.trace_id AND t.run_day = o.run_day
 """
 
+# The claimed records, folded: by their physical address (see _CLAIM).
+_DELETE_CLAIMED = "DELETE FROM span_landing l USING fold_claim c WHERE l.ctid = c.landing_row"
+
 # Stored placeholders whose last child moved to another parent (tree.fold: ``RunFold.dropped``).
 _DELETE_DROPPED = """
 DELETE FROM tasks WHERE trace_id = %s AND run_day = %s AND span_id = ANY(%s) AND missing
@@ -455,6 +462,7 @@ ON CONFLICT (job) DO UPDATE SET
 """  # noqa: S608 (constant statements)
 
 _RUN_DAYS = "SELECT trace_id, run_day FROM runs WHERE trace_id = ANY(%s)"
+_JOBS_OF_RESOURCES = "SELECT id, job FROM resources WHERE id = ANY(%s)"
 _CLAIMED_RUN_DAYS = """
 SELECT r.trace_id, r.run_day FROM (SELECT DISTINCT trace_id FROM fold_claim) c
 CROSS JOIN LATERAL (SELECT trace_id, run_day FROM runs WHERE runs.trace_id = c.trace_id) r
@@ -536,7 +544,7 @@ def fold_batch(
         folds = _fold_runs(conn, by_run, cutoff, ruled, seeds, max_depth, leaves)
         conn.execute(_RUNS_OF_TOP_LEAVES)
         _write(conn, folds)
-        conn.execute("DELETE FROM span_landing l USING fold_claim c WHERE l.ctid = c.landing_row")
+        conn.execute(_DELETE_CLAIMED)
         finished = _finished_tasks(
             conn, folds, conn.execute(_LEAVES_FINISHED, _NEGATED_BOUNDS).fetchall()
         )
@@ -665,7 +673,7 @@ def _finished_tasks(
     groups (rows of ``_LEAVES_FINISHED``)."""
     done = [f for fold in folds.values() for f in fold.finished]
     resource_ids = list(({f.resource_id for f in done} | {g[0] for g in leaf_groups}) - {None})
-    jobs = dict(conn.execute("SELECT id, job FROM resources WHERE id = ANY(%s)", (resource_ids,)))
+    jobs = dict(conn.execute(_JOBS_OF_RESOURCES, (resource_ids,)))
     singles = (
         FinishedTask(jobs.get(f.resource_id), f.name, f.status, f.duration_ns / 1e9, f.root)
         for f in done
@@ -699,9 +707,8 @@ def _load_nodes(
 ) -> dict[bytes, dict[bytes, Node]]:
     if not seeds:  # nothing to load (runs of top-level leaves only)
         return {}
-    copy_sql = "COPY fold_seeds (span_id, trace_id, run_day) FROM STDIN (FORMAT BINARY)"
-    with fast_binary_dumpers(conn.cursor()).copy(copy_sql) as copy:
-        copy.set_types(["bytea", "bytea", "int4"])
+    with fast_binary_dumpers(conn.cursor()).copy(_COPY_SEEDS) as copy:
+        copy.set_types(_SEED_TYPES)
         for span_id, trace_id in seeds:
             copy.write_row((span_id, trace_id, days[trace_id]))
     loaded: dict[bytes, dict[bytes, Node]] = defaultdict(dict)
@@ -730,7 +737,7 @@ def _node(row) -> Node:
 
 def _write(conn, folds: dict[bytes, RunFold]) -> None:
     with fast_binary_dumpers(conn.cursor()) as cur:
-        with cur.copy("COPY fold_out FROM STDIN (FORMAT BINARY)") as copy:
+        with cur.copy(_COPY_OUT) as copy:
             copy.set_types(_OUT_TYPES)
             for trace_id, fold in folds.items():
                 for n in fold.changed_nodes():
