@@ -1,7 +1,7 @@
 """The audit log of docker actions in PostgreSQL (table ``docker_audit``, migration 0003).
 
-Callers pass requests that are already redacted (``redact_request``): environment values never
-reach this module.  Writes block for one short statement on a pooled connection and raise
+Callers pass requests that are already redacted (``public()`` of the specs): environment values
+never reach this module.  Writes block for one short statement on a pooled connection and raise
 ``StoreUnavailable`` when PostgreSQL is unreachable: an action that cannot be audited is not done.
 """
 
@@ -35,14 +35,6 @@ WHERE (%(before)s::bigint IS NULL OR id < %(before)s)
 ORDER BY id DESC
 LIMIT %(limit)s
 """  # noqa: S608 (a constant list of columns)
-
-
-def redact_request(body: dict) -> dict:
-    """The request as it may be stored and shown: ``env`` reduced to its names."""
-    clean = {k: v for k, v in body.items() if k != "env"}
-    if body.get("env"):
-        clean["env_keys"] = sorted(body["env"])
-    return clean
 
 
 class AuditLog:

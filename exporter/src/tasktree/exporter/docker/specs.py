@@ -30,14 +30,6 @@ class PullSpec:
     image: str
     hosts: list[str]
 
-    @property
-    def repository(self) -> str:
-        return split_image(self.image)[0]
-
-    @property
-    def tag(self) -> str:
-        return split_image(self.image)[1]
-
     def public(self) -> dict:
         return {"image": self.image, "hosts": self.hosts}
 

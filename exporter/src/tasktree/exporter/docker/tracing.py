@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 
-from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -67,7 +66,3 @@ def fail(span: Span, exc: BaseException | None, message: str) -> None:
             "exception", {"exception.type": type(exc).__name__, "exception.message": message}
         )
     span.set_status(Status(StatusCode.ERROR, message))
-
-
-def child_context(span: Span):
-    return trace.set_span_in_context(span)
