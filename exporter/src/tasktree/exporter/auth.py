@@ -44,7 +44,7 @@ from typing import TypeVar
 from flask import Flask, current_app, g, request, session
 
 from tasktree.exporter.errors import CsrfRejected, Forbidden, Unauthorized
-from tasktree.exporter.settings import Settings, SettingsError, _is_loopback
+from tasktree.exporter.settings import Settings, SettingsError, is_loopback
 
 __all__ = [
     "ANONYMOUS",
@@ -114,7 +114,7 @@ class TokenTable:
             self._entries.append((settings.auth_token.encode(), Principal("auth-token", VIEWER)))
         self.has_operators = any(p.role == OPERATOR for _, p in self._entries)
         self.anonymous_reads = (
-            not settings.viewer_tokens and not settings.auth_token and _is_loopback(settings.host)
+            not settings.viewer_tokens and not settings.auth_token and is_loopback(settings.host)
         )
         self._key = key.encode() if isinstance(key, str) else (key or secrets.token_bytes(32))
         self._by_fingerprint: dict[str, Principal] = {}
@@ -148,8 +148,9 @@ class TokenTable:
 
 
 def parse_tokens(raw: str | None, var: str) -> list[tuple[str, str]]:
-    """``name:token,...`` (or bare tokens) → ``[(name, token)]``; ``SettingsError`` names ``var``.
-    """
+    """``name:token,...`` (or bare tokens) → ``[(name, token)]``.
+
+    A malformed entry raises ``SettingsError`` naming ``var``."""
     entries = []
     for item in (raw or "").split(","):
         item = item.strip()
@@ -174,10 +175,9 @@ class IngestTokens:
     ingest closed on their own.
     """
 
-    def __init__(self, settings, internal: Iterable[str] = ()):
-        tokens = [t for _, t in parse_tokens(getattr(settings, "ingest_tokens", None),
-                                             "TASKTREE_INGEST_TOKENS")]
-        if getattr(settings, "auth_token", None):
+    def __init__(self, settings: Settings, internal: Iterable[str] = ()):
+        tokens = [t for _, t in parse_tokens(settings.ingest_tokens, "TASKTREE_INGEST_TOKENS")]
+        if settings.auth_token:
             tokens.append(settings.auth_token)
         self.required = bool(tokens)
         self._secrets = [t.encode() for t in (*tokens, *internal)] if tokens else []
@@ -224,8 +224,8 @@ def install(app: Flask) -> None:
         # Cross-site POSTs carry no cookie under Lax, and every cookie-authenticated action needs
         # the CSRF token besides.
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=bool(getattr(settings, "cookie_secure", False)),
-        PERMANENT_SESSION_LIFETIME=timedelta(seconds=getattr(settings, "session_lifetime", 43200)),
+        SESSION_COOKIE_SECURE=settings.cookie_secure,
+        PERMANENT_SESSION_LIFETIME=timedelta(seconds=settings.session_lifetime),
         # The cookie is signed once at sign-in and its timestamp is checked on every request, so
         # a sign-in lasts TASKTREE_SESSION_LIFETIME however busy the page is.
         SESSION_REFRESH_EACH_REQUEST=False,
@@ -248,7 +248,9 @@ def load_secret_key(settings: Settings) -> str:
     except OSError as exc:
         logger.warning(
             "cannot keep the session signing key in %s (%s): web sign-ins end when this process "
-            "stops; set TASKTREE_SECRET_KEY", path, exc.strerror or exc,
+            "stops; set TASKTREE_SECRET_KEY",
+            path,
+            exc.strerror or exc,
         )
         return secrets.token_hex(32)
 

@@ -8,21 +8,13 @@ import logging
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 
-from tasktree.exporter.settings import Settings, SettingsError
+from tasktree.exporter.settings import OPTIONS, Option, Settings, SettingsError, plain_text
 
-# flag → (Settings field, type, help)
-_SERVE_FLAGS = {
-    "--database-url": ("database_url", str, "PostgreSQL URL (default: the embedded PostgreSQL)"),
-    "--redis-url": ("redis_url", str, "Redis URL, for several processes sharing live updates"),
-    "--host": ("host", str, "address to bind (default 127.0.0.1)"),
-    "--port": ("port", int, "web UI, JSON API and /metrics port (default 8080)"),
-    "--otlp-grpc-port": ("otlp_grpc_port", int, "OTLP/gRPC port (default 4317)"),
-    "--otlp-http-port": ("otlp_http_port", int, "OTLP/HTTP port (default 4318)"),
-    "--workers": ("workers", int, "processes folding spans into the tree (default 1)"),
-    "--stall-after": ("stall_after", float, "seconds without heartbeat before a task is stalled"),
-}
+_ARGUMENT_TYPES = {"int": int, "float": float}
+"""The argparse type of a flag by its field's annotation (the first word); others are text."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,9 +24,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        settings = Settings.from_env(
-            **{field: getattr(args, field, None) for field, _, _ in _SERVE_FLAGS.values()}
-        )
+        # Commands without the serve flags (tasktree docker ...) resolve from the environment alone.
+        flags = vars(args)
+        settings = Settings.from_env(**{o.name: flags.get(o.name) for o in _flagged()})
         from tasktree.exporter.auth import check_settings
 
         check_settings(settings)  # a malformed token list stops start-up, not the first request
@@ -48,11 +40,21 @@ def _parser() -> argparse.ArgumentParser:
         prog="tasktree", description="The live tree of every batch job."
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    serve = commands.add_parser("serve", help="run the tasktree service")
+    serve = commands.add_parser(
+        "serve",
+        help="run the tasktree service",
+        epilog=_environment_only_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     demo = commands.add_parser("demo", help="run the service plus a sample job and print the URL")
     for sub in (serve, demo):
-        for flag, (field, kind, text) in _SERVE_FLAGS.items():
-            sub.add_argument(flag, dest=field, type=kind, help=text)
+        for option in _flagged():
+            sub.add_argument(
+                option.flag,
+                dest=option.name,
+                type=_ARGUMENT_TYPES.get(option.kind.split()[0], str),
+                help=_flag_help(option),
+            )
     serve.add_argument("--role", choices=["all", "folder"], default="all", help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
     demo.add_argument("--exit", action="store_true", help="exit once the sample job is stored")
@@ -61,6 +63,37 @@ def _parser() -> argparse.ArgumentParser:
 
     add_docker_commands(commands)
     return parser
+
+
+def _flagged() -> list[Option]:
+    return [option for option in OPTIONS if option.flag]
+
+
+def _flag_help(option: Option) -> str:
+    text = (
+        f"{plain_text(option.meaning)} ({option.env}; default {plain_text(option.shown_default)})"
+    )
+    return text.replace("%", "%%")  # argparse formats help strings with %
+
+
+def _environment_only_help() -> str:
+    """The settings without a flag, for the end of ``tasktree serve --help``."""
+    lines = textwrap.wrap(
+        "Every flag also has a TASKTREE_* variable (the flag wins). These settings are read"
+        " from the environment only:",
+        width=78,
+    )
+    for option in OPTIONS:
+        if not option.flag:
+            lines.append(f"  {option.env} (default {plain_text(option.shown_default)})")
+            lines += textwrap.wrap(
+                plain_text(option.meaning),
+                width=78,
+                initial_indent=" " * 6,
+                subsequent_indent=" " * 6,
+                break_on_hyphens=False,
+            )
+    return "\n".join(lines)
 
 
 def _serve(settings: Settings, args) -> int:

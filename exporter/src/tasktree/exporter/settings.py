@@ -1,7 +1,9 @@
 """Service configuration: one frozen ``Settings``, resolved argument → environment → default.
 
-Every ``TASKTREE_*`` variable the service reads is listed in ``ENVIRONMENT`` with its meaning,
-so the README table and ``tasktree serve --help`` come from one place.  A malformed value stops
+Each field is declared with ``setting(...)``: its default, its ``tasktree serve`` flag (if any),
+its default as people read it and its meaning.  ``OPTIONS``, built from those declarations, is the
+one table behind ``tasktree serve --help`` (``cli.py``) and the README's configuration table
+(``configuration_table()``; a test keeps the README equal to it).  A malformed value stops
 start-up with a message naming the variable (``SettingsError``).
 """
 
@@ -10,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 class SettingsError(ValueError):
@@ -34,80 +38,223 @@ def _default_data_dir() -> Path:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Everything ``tasktree serve`` needs to know.  Build: ``Settings.from_env(**overrides)``."""
+class Option:
+    """One row of the configuration table: what people see of a ``Settings`` field."""
 
-    database_url: str | None = None
-    """PostgreSQL URL; ``None`` starts the embedded PostgreSQL under ``data_dir``."""
-    redis_url: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8080
-    otlp_grpc_port: int = 4317
-    otlp_http_port: int = 4318
-    workers: int = 1
-    fold_threads: int = 2
-    """Threads of each process that fold landed spans into the tree, each on its own connection:
-    different runs are folded side by side (PostgreSQL does most of the work)."""
-    stall_after: float = 30.0
-    """Seconds without a heartbeat after which a running task is shown as stalled."""
-    data_dir: Path = field(default_factory=_default_data_dir)
-    pool_size: int = 10
-    pool_max_lifetime: float = 1800.0
-    """Seconds a database connection is used before it is replaced (below typical proxy and
-    server idle cuts)."""
-    pool_timeout: float = 5.0
-    """Seconds a request waits for a database connection before answering 503."""
-    max_body_bytes: int = 64 * 1024 * 1024
-    """Largest OTLP request accepted, measured after decompression."""
-    max_value_bytes: int = 256 * 1024
-    """Attribute values, event fields and status messages beyond this are cut, with a marker."""
-    max_spans_per_run: int = 2_000_000
-    max_backlog_spans: int = 2_000_000
-    """Received-but-not-yet-folded spans above which ingest answers 429 (backpressure)."""
-    fold_batch: int = 10_000
-    fold_timeout: float = 60.0
-    """Seconds one fold may take; a fold cancelled at this limit is retried in smaller batches
-    (halved each time), so no batch can hold its lane for ever."""
-    max_depth: int = 1000
-    """Levels a run's tree may have; a task that would hang deeper stays at the top of its run,
-    its declared parent shown as refused (``tree.fold``)."""
-    retention_days: int | None = None
-    """Days runs are kept (whole day partitions are dropped); unset keeps everything."""
-    metrics_task_names: int = 20
-    """Task names per job with their own label in /metrics; later ones count as ``__other__``
-    (each name is 21 series: a 19-series duration histogram and two status counters)."""
-    metrics_max_jobs: int = 100
-    """Jobs with their own ``job_name`` label in /metrics; later ones count as ``__other__``."""
-    metrics_job_ttl: int = 35 * 86400
-    """Seconds after which a job tasktree has not seen leaves /metrics (0: never)."""
-    auth_token: str | None = field(default=None, repr=False)
-    """Service-wide bearer token: accepted on ingest and, as a viewer, on the UI and API; once set,
-    ingest and reading need a token (see ``tasktree.exporter.auth``)."""
-    ingest_tokens: str | None = field(default=None, repr=False)
-    """Bearer tokens (``name:token``, comma-separated) that OTLP exporters may send spans with;
-    once any is set (or ``auth_token``), ingest without one of them is refused."""
-    secret_key: str | None = field(default=None, repr=False)
-    """Signs the web UI's session cookies; unset: a random key kept in ``data_dir/secret_key``."""
-    session_lifetime: int = 12 * 3600
-    """Seconds a web UI sign-in lasts (from signing in; then the user signs in again)."""
-    cookie_secure: bool = False
-    """Mark the session cookie ``Secure``: set when users reach the UI through an HTTPS proxy."""
-    # -- docker hosts (issue 6; tasktree.exporter.docker, tasktree.exporter.auth) --
-    docker_hosts_file: Path | None = None
-    """YAML file listing the docker hosts (name, url, labels, tls, timeout)."""
-    docker_hosts: str | None = None
-    """Docker hosts inline: ``name=url`` pairs (space/comma separated), or the YAML list itself."""
-    docker_timeout: float = 3.0
-    """Seconds a docker host may take to answer a listing or metrics scrape before it shows down."""
-    docker_action_timeout: float = 120.0
-    """Seconds a docker host may stay silent during a pull, deploy, stop or log read."""
-    docker_cache_ttl: float = 5.0
-    """Seconds a host's container and image listing is reused (in Redis when ``redis_url``)."""
-    viewer_tokens: str | None = field(default=None, repr=False)
-    """Bearer tokens (``name:token``, comma-separated) that may list docker hosts, containers,
-    operations and the audit log."""
-    operator_tokens: str | None = field(default=None, repr=False)
-    """Bearer tokens that may also act on docker hosts: pull, deploy, start/stop/remove, logs."""
+    name: str
+    """The ``Settings`` field."""
+    kind: str
+    """Its type as annotated (``int``, ``float``, ``str | None`` …): how its text is parsed."""
+    meaning: str
+    """What it does, in Markdown (``--help`` shows it as plain text)."""
+    flag: str | None
+    """Its flag of ``tasktree serve`` and ``tasktree demo``; None: the environment only."""
+    shown_default: str
+    """Its default as the README and ``--help`` say it."""
+
+    @property
+    def env(self) -> str:
+        return env_name(self.name)
+
+
+def setting(
+    default: Any = None,
+    *,
+    meaning: str,
+    flag: str | None = None,
+    shown: str | None = None,
+    default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+    secret: bool = False,
+) -> Any:
+    """A ``Settings`` field with its row of the configuration table.  ``shown``: the default as
+    people should read it, when the value itself would not say it (default: the value);
+    ``secret``: kept out of ``repr`` (and so out of logs)."""
+    metadata = {_OPTION: (meaning, flag, shown if shown is not None else _shown(default))}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, repr=not secret, metadata=metadata)
+    return field(default=default, repr=not secret, metadata=metadata)
+
+
+_OPTION = "tasktree.option"
+
+
+def _shown(default: Any) -> str:
+    if default is None:
+        return "none"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
+    if isinstance(default, float) and default.is_integer():
+        return f"`{int(default)}`"
+    return f"`{default}`"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``tasktree serve`` needs to know.  Build: ``Settings.from_env(**overrides)``.
+
+    The fields are in the order of the README's configuration table.
+    """
+
+    database_url: str | None = setting(
+        flag="--database-url",
+        shown="embedded",
+        meaning="PostgreSQL 14+ URL; unset: an embedded PostgreSQL under `TASKTREE_DATA_DIR`"
+        " (reused next start)",
+    )
+    redis_url: str | None = setting(
+        flag="--redis-url",
+        meaning="Redis, for live updates shared by several processes",
+    )
+    host: str = setting(
+        "127.0.0.1",
+        flag="--host",
+        meaning="address to bind; any other than loopback requires credentials for ingest and for"
+        " reading (see [Authentication](#authentication))",
+    )
+    port: int = setting(8080, flag="--port", meaning="web UI, JSON API, `/metrics`, `/healthz`")
+    otlp_grpc_port: int = setting(4317, flag="--otlp-grpc-port", meaning="OTLP/gRPC")
+    otlp_http_port: int = setting(4318, flag="--otlp-http-port", meaning="OTLP/HTTP (`/v1/traces`)")
+    workers: int = setting(
+        1,
+        flag="--workers",
+        meaning="processes folding spans into the tree (the first one also serves)",
+    )
+    # Each fold thread has its own connection: PostgreSQL does most of a fold's work, so two
+    # threads fold two runs on two cores.
+    fold_threads: int = setting(
+        2,
+        meaning="threads of each process folding spans into the tree, each on its own connection"
+        " (below `TASKTREE_POOL_SIZE`); runs are spread over 8 fold lanes by trace id, so two"
+        " folders fold different runs side by side on two cores",
+    )
+    stall_after: float = setting(
+        30.0,
+        flag="--stall-after",
+        meaning="seconds without a heartbeat before a running task is `stalled`",
+    )
+    data_dir: Path = setting(
+        default_factory=_default_data_dir,
+        shown="`~/.local/share/tasktree`",
+        meaning="where the embedded PostgreSQL keeps its data",
+    )
+    # -- authentication (tasktree.exporter.auth) --
+    auth_token: str | None = setting(
+        secret=True,
+        meaning="one service-wide token: accepted on ingest and, as a viewer named `auth-token`, on"
+        " the UI and API; once set, both need a token",
+    )
+    ingest_tokens: str | None = setting(
+        secret=True,
+        meaning="`name:token,...` that jobs may send spans with"
+        " (`OTEL_EXPORTER_OTLP_HEADERS=Authorization=Bearer <token>`); once set (or"
+        " `TASKTREE_AUTH_TOKEN`), ingest without one is 401 / `UNAUTHENTICATED`",
+    )
+    secret_key: str | None = setting(
+        secret=True,
+        shown="a random key in `TASKTREE_DATA_DIR/secret_key`",
+        meaning="signs the web UI's session cookies (32+ characters); set the same value on every"
+        " `tasktree serve` behind one address",
+    )
+    session_lifetime: int = setting(
+        12 * 3600,
+        meaning="seconds a web UI sign-in lasts from signing in (at least 60)",
+    )
+    cookie_secure: bool = setting(
+        False,
+        meaning="mark the session cookie `Secure`: set it when users reach tasktree through an"
+        " HTTPS proxy",
+    )
+    # -- the database pool --
+    pool_size: int = setting(
+        10, meaning="database connections per process (bounded; checked on borrow)"
+    )
+    # Below typical proxy and server idle cuts.
+    pool_max_lifetime: float = setting(1800.0, meaning="seconds before a connection is replaced")
+    pool_timeout: float = setting(
+        5.0, meaning="seconds to wait for a connection before answering 503"
+    )
+    # -- ingest and folding limits --
+    max_body_bytes: int = setting(
+        64 * 1024 * 1024,
+        meaning="largest OTLP request, after decompression (413 beyond)",
+    )
+    # Longer attribute values, event fields and status messages are cut, with a marker.
+    max_value_bytes: int = setting(256 * 1024, meaning="longest string value kept whole")
+    max_spans_per_run: int = setting(2_000_000, meaning="tasks kept per run")
+    max_backlog_spans: int = setting(
+        2_000_000,
+        meaning="received-but-unfolded spans above which ingest answers 429",
+    )
+    fold_batch: int = setting(10_000, meaning="spans folded per transaction")
+    # Halving each time, so that no batch can hold its lane for ever.
+    fold_timeout: float = setting(
+        60.0,
+        meaning="seconds one fold may take; a fold cancelled at this limit is logged, counted"
+        " (`tasktree_fold_timeouts_total`) and retried in batches half as large",
+    )
+    max_depth: int = setting(
+        1000,
+        meaning="levels a run's tree may have: a task that would hang deeper is kept at the top of"
+        " its run, its declared parent shown as refused (so is a parent link that would make a"
+        " loop)",
+    )
+    # -- docker hosts (tasktree.exporter.docker, tasktree.exporter.auth) --
+    docker_hosts_file: Path | None = setting(
+        meaning="YAML file of docker hosts to manage (see [Docker hosts](#docker-hosts))",
+    )
+    docker_hosts: str | None = setting(
+        meaning="docker hosts inline: `name=unix:///path.sock other=ssh://user@host`, or the YAML"
+        " list",
+    )
+    docker_timeout: float = setting(
+        3.0,
+        meaning="seconds a docker host may take to answer a listing or metrics scrape before it is"
+        " shown down",
+    )
+    docker_action_timeout: float = setting(
+        120.0,
+        meaning="seconds a docker host may stay silent during a pull, deploy, stop or log read",
+    )
+    docker_cache_ttl: float = setting(
+        5.0,
+        meaning="seconds a host's containers and images listing is reused (in Redis when"
+        " `TASKTREE_REDIS_URL` is set); `0` no cache",
+    )
+    viewer_tokens: str | None = setting(
+        secret=True,
+        meaning="`name:token,...` that may read (pages, API, `/metrics`, docker hosts, audit log);"
+        " once set, reading needs a credential even on loopback",
+    )
+    operator_tokens: str | None = setting(
+        secret=True,
+        meaning="`name:token,...` that may also act on docker hosts (pull, deploy, start, stop,"
+        " restart, remove, logs); none: docker actions are disabled",
+    )
+    # -- retention and /metrics --
+    retention_days: int | None = setting(
+        shown="unset (keep all)",
+        meaning="days a run is kept: tasks live in one partition per day (the day their run was"
+        " first received) and expired days are dropped whole; a day with a run still going"
+        " (running, or anything received within the window) is kept",
+    )
+    metrics_task_names: int = setting(
+        20,
+        meaning="task names per job with their own `task` label in `/metrics`; later names are"
+        " counted as `__other__` (each name is 21 series: a duration histogram and two status"
+        " counters)",
+    )
+    metrics_max_jobs: int = setting(
+        100,
+        meaning="jobs with their own `job_name` label in `/metrics`; later jobs are counted as"
+        ' `job_name="__other__"` (tasks, runs, running, stalled) and their timestamps are not'
+        " shown",
+    )
+    metrics_job_ttl: int = setting(
+        35 * 86400,
+        shown="`3024000` (35 days)",
+        meaning="seconds after which a job tasktree has not seen leaves `/metrics` and frees its"
+        " place (its counters start again if it returns); `0` never",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
@@ -119,7 +266,7 @@ class Settings:
             if overrides.get(f.name) is not None:
                 values[f.name] = overrides[f.name]
                 continue
-            raw = env.get(_env_name(f.name))
+            raw = env.get(env_name(f.name))
             if raw is not None and raw != "":
                 values[f.name] = _parse(f.name, raw, f.type)
         settings = cls(**values)
@@ -131,7 +278,7 @@ class Settings:
         for name in ("port", "otlp_grpc_port", "otlp_http_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
-                raise SettingsError(f"{_env_name(name)} must be a port number 0-65535, got {port}")
+                raise SettingsError(f"{env_name(name)} must be a port number 0-65535, got {port}")
         for name in (
             "workers",
             "fold_threads",
@@ -143,7 +290,7 @@ class Settings:
             "metrics_max_jobs",
         ):
             if getattr(self, name) < 1:
-                raise SettingsError(f"{_env_name(name)} must be at least 1")
+                raise SettingsError(f"{env_name(name)} must be at least 1")
         if self.fold_threads >= self.pool_size:
             raise SettingsError(
                 f"TASKTREE_FOLD_THREADS ({self.fold_threads}) must be below TASKTREE_POOL_SIZE"
@@ -157,7 +304,7 @@ class Settings:
             )
         for name in ("stall_after", "fold_timeout", "docker_timeout", "docker_action_timeout"):
             if getattr(self, name) <= 0:
-                raise SettingsError(f"{_env_name(name)} must be a positive number of seconds")
+                raise SettingsError(f"{env_name(name)} must be a positive number of seconds")
         if self.metrics_job_ttl < 0:
             raise SettingsError("TASKTREE_METRICS_JOB_TTL must be 0 (never) or more seconds")
         if self.docker_cache_ttl < 0:
@@ -169,11 +316,11 @@ class Settings:
         for name in _TOKEN_FIELDS:
             if EXAMPLE_TOKEN in (getattr(self, name) or ""):
                 raise SettingsError(
-                    f"{_env_name(name)} holds the placeholder {EXAMPLE_TOKEN!r} of .env.example: "
+                    f"{env_name(name)} holds the placeholder {EXAMPLE_TOKEN!r} of .env.example: "
                     "put a random secret there (python3 -c 'import secrets; "
                     "print(secrets.token_urlsafe(32))') and start again"
                 )
-        if not _is_loopback(self.host):
+        if not is_loopback(self.host):
             self._check_credentials_for_network()
 
     def _check_credentials_for_network(self) -> None:
@@ -195,7 +342,8 @@ class Settings:
             )
 
 
-def _env_name(field_name: str) -> str:
+def env_name(field_name: str) -> str:
+    """The environment variable of a ``Settings`` field: ``port`` → ``TASKTREE_PORT``."""
     return "TASKTREE_" + field_name.upper()
 
 
@@ -213,7 +361,7 @@ def _parse(name: str, raw: str, type_name: str):
         return raw
     except ValueError:
         raise SettingsError(
-            f"{_env_name(name)}={raw!r} is not a valid {kind.split(' ')[0]}"
+            f"{env_name(name)}={raw!r} is not a valid {kind.split(' ')[0]}"
         ) from None
 
 
@@ -226,7 +374,8 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError(raw)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reached from this machine only (``localhost`` or a loopback IP)."""
     if host == "localhost":
         return True
     try:
@@ -235,5 +384,21 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-ENVIRONMENT = {_env_name(f.name): f.name for f in dataclasses.fields(Settings)}
-"""Every TASKTREE_* variable of the service, mapped to its Settings field."""
+OPTIONS: tuple[Option, ...] = tuple(
+    Option(f.name, str(f.type), *f.metadata[_OPTION]) for f in dataclasses.fields(Settings)
+)
+"""The configuration table: every setting, in the README's order."""
+
+
+def configuration_table() -> str:
+    """The README's configuration table (Markdown), generated from ``OPTIONS``."""
+    rows = [
+        f"|{f' `{o.flag}` ' if o.flag else ' '}| `{o.env}` | {o.shown_default} | {o.meaning} |"
+        for o in OPTIONS
+    ]
+    return "\n".join(["| flag | variable | default | meaning |", "|---|---|---|---|", *rows])
+
+
+def plain_text(markdown: str) -> str:
+    """A table cell as a terminal shows it: no backticks, links as their text."""
+    return re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", markdown).replace("`", "")
