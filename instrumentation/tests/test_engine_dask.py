@@ -79,6 +79,9 @@ TREE = Counter(
         ("spawn-phase", "dask-tree", "ok"): 1,
         ("spawner", "spawn-phase", "ok"): 1,
         ("nested", "spawner", "ok"): 2,
+        ("retry-phase", "dask-tree", "ok"): 1,
+        ("flaky", "retry-phase", "error"): 1,  # attempt 1 fails: Dask retries it (retries=1)
+        ("flaky", "retry-phase", "ok"): 1,  # attempt 2: a new task beside the first
     }
 )
 """The tree of ``dask_job.py tree``: (task, parent, status) → how many."""
@@ -91,16 +94,16 @@ def test_every_task_runs_under_the_task_current_where_it_was_submitted(tasktree_
     out, _ = finish_job(start_job("tree", env))
     print(f"job: {time.monotonic() - started:.1f}s")
     tasktree_server.wait_folded()
-    assert_tree(records_from_api(tasktree_server, out["trace_id"]))
+    assert_tree(tasktree_server, out["trace_id"])
 
 
-def test_workers_started_by_hand_with_the_preload_option(tasktree_server, tmp_path):
+def test_a_scheduler_and_workers_started_by_hand_with_the_preload_option(tasktree_server, tmp_path):
     scheduler_file = tmp_path / "scheduler.json"
     env = child_environment(tasktree_server.otlp_http)
     log = tmp_path / "dask.log"
     scheduler = start_worker(
         [DASK, "scheduler", "--scheduler-file", str(scheduler_file), "--port", "0",
-         "--dashboard-address", ":0"], env, log,
+         "--dashboard-address", ":0", "--preload", PRELOAD], env, log,
     )  # fmt: skip
     worker = None
     try:
@@ -115,12 +118,26 @@ def test_workers_started_by_hand_with_the_preload_option(tasktree_server, tmp_pa
             stop_worker(worker)  # the worker exports what it recorded as it closes
         stop_worker(scheduler)
     tasktree_server.wait_folded()
-    assert_tree(records_from_api(tasktree_server, out["trace_id"]))
+    assert_tree(tasktree_server, out["trace_id"])
 
 
-def assert_tree(nodes) -> None:
+def assert_tree(server, trace_id: str) -> None:
+    """The run is exactly TREE, and each retried task carries its attempt number."""
+    nodes = records_from_api(server, trace_id)
     got = shape(nodes)
     assert got == TREE, f"missing {TREE - got}, unexpected {got - TREE}"
+    assert attempts(server, trace_id, nodes, "flaky") == {"error": 1, "ok": 2}
+
+
+def attempts(server, trace_id: str, nodes, name: str) -> dict[str, int]:
+    """Status → ``tasktree.attempt`` of the tasks called ``name``."""
+    return {
+        node.status: server.get(f"/api/runs/{trace_id}/tasks/{node.span_id}")["attributes"].get(
+            "tasktree.attempt"
+        )
+        for node in nodes
+        if node.name == name
+    }
 
 
 def test_a_task_shows_running_and_a_sigkill_of_its_worker_leaves_it_stalled(
@@ -148,7 +165,9 @@ def test_a_task_shows_running_and_a_sigkill_of_its_worker_leaves_it_stalled(
     assert out["result"] == "rerun" and out["trace_id"] == trace_id
     assert stalled["last_heartbeat"] is not None
     server.wait_folded()
-    assert shape(records_from_api(server, trace_id)) == Counter(
+    nodes = records_from_api(server, trace_id)
+    assert attempts(server, trace_id, nodes, "long") == {"stalled": 1, "ok": 2}
+    assert shape(nodes) == Counter(
         {
             ("dask-long", None, "ok"): 1,
             ("long-phase", "dask-long", "ok"): 1,

@@ -1,7 +1,8 @@
 """A Dask job with nothing but ``@task``, ``configure()`` and Dask's own API, on a real
 ``LocalCluster`` of two worker processes of one thread each.
 
-    dask_job.py tree   the tree of submit, map, delayed, bag and a task submitting more
+    dask_job.py tree   the tree of submit, map, delayed, bag, a task submitting more and a task
+                       retried once
     dask_job.py long   one long task (its ids and worker pid written to $DASK_LONG_MARKER), rerun
                        quickly when its worker is killed
     dask_job.py bad    tasks submitted with no current task and with a malformed carrier
@@ -18,6 +19,7 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,6 +82,15 @@ def spawner(n):
     return total
 
 
+@task(name="flaky")
+def flaky(marker):
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("failed once")
+        raise RuntimeError("the first attempt fails")
+    return "second attempt"
+
+
 @task(name="long")
 def long_task(seconds):
     marker = Path(os.environ["DASK_LONG_MARKER"])
@@ -136,6 +147,9 @@ def tree() -> dict:
             assert bag.compute() == [0, 2, 4, 6]
         with task("spawn-phase"):
             assert client.submit(spawner, 2).result() == 1
+        with task("retry-phase"), tempfile.TemporaryDirectory() as scratch:
+            marker = str(Path(scratch) / "flaky")
+            assert client.submit(flaky, marker, retries=1).result() == "second attempt"
         return ids()
 
 

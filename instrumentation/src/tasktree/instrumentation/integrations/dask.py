@@ -17,8 +17,14 @@ Installed when the job imports ``distributed`` (``dask.distributed`` imports it 
   (``distributed.worker.thread_state.key``), its annotations on the worker, and takes the
   submitter as its parent.
 
-A rerun (``retries=``, a worker lost mid-task) is a new task under the same parent.  A task with
-no carrier, or a malformed one, runs normally as a run of its own (logged once per worker).
+- Attempts: the scheduler preloads this module too (``distributed.scheduler.preload``; by hand:
+  ``dask scheduler --preload ...``): a scheduler plugin counts each time a carrying task becomes
+  ``waiting`` (its first run, a rerun after ``retries=`` or a lost worker) into the annotation, and
+  the task's first span carries it as ``tasktree.attempt``.  A rerun is a new task under the same
+  parent, beside the attempt before it.
+
+A task with no carrier, or a malformed one, runs normally as a run of its own (logged once per
+worker).
 Tasks defined as coroutines run on the worker's event loop, where the running key is not known:
 they are runs of their own.
 """
@@ -32,6 +38,7 @@ from collections.abc import Mapping
 
 import dask
 import wrapt
+from distributed.diagnostics.plugin import SchedulerPlugin
 from opentelemetry import context, trace
 from opentelemetry.context import Context
 
@@ -46,7 +53,10 @@ ANNOTATION = "tasktree"
 PRELOAD = __name__
 """What workers preload (``dask worker --preload tasktree.instrumentation.integrations.dask``)."""
 
-_WORKER_PRELOAD = "distributed.worker.preload"
+ATTEMPT_ANNOTATION = "tasktree-attempt"
+"""The Dask annotation the scheduler counts a carrying task's attempts in (1 for the first)."""
+
+_PRELOADS = ("distributed.worker.preload", "distributed.scheduler.preload")
 _SETUP_CONFIG = "tasktree-worker-setup"  # the job's configure() arguments, as JSON, for workers
 
 _installed = False
@@ -104,14 +114,15 @@ def _with_submitter(wrapped, instance, args, kwargs):
 
 
 def _preload_in_workers() -> None:
-    """Makes every worker started from this process's configuration (LocalCluster, Nanny) preload
-    this module, set up like this process."""
+    """Makes every worker and scheduler started from this process's configuration (LocalCluster,
+    Nanny) preload this module; workers are set up like this process."""
     from tasktree.instrumentation import configuration
 
-    preloads = list(dask.config.get(_WORKER_PRELOAD, default=None) or [])
     updates: dict[str, object] = {}
-    if PRELOAD not in preloads:
-        updates[_WORKER_PRELOAD] = [*preloads, PRELOAD]
+    for option in _PRELOADS:
+        preloads = list(dask.config.get(option, default=None) or [])
+        if PRELOAD not in preloads:
+            updates[option] = [*preloads, PRELOAD]
     setup = configuration.child_setup()
     if setup is not None:
         updates[_SETUP_CONFIG] = json.dumps(setup)
@@ -119,24 +130,34 @@ def _preload_in_workers() -> None:
         dask.config.set(updates)
 
 
-def dask_setup(worker) -> None:
-    """Dask's preload hook, in each worker: tasktree set up as the job was (else from the
-    environment), and the worker's own context cleared of any task it inherited."""
-    from tasktree.instrumentation import configuration
+def dask_setup(server) -> None:
+    """Dask's preload hook.  In a worker: tasktree set up as the job was (else from the
+    environment), and the worker's own context cleared of any task it inherited.  In a scheduler:
+    the plugin counting attempts."""
+    from distributed import Scheduler
 
     try:
-        configuration.setup_child(_job_setup())
-        install()
-        _forget_inherited_task()
+        if isinstance(server, Scheduler):
+            server.add_plugin(_Attempts(server), name=_Attempts.name)
+        else:
+            _set_up_worker()
     except Exception:  # noqa: BLE001 - a worker must run even if tasktree cannot
-        _logger.exception("tasktree dask: cannot set up worker %s", getattr(worker, "name", ""))
+        _logger.exception("tasktree dask: cannot set up %r", server)
 
 
-def dask_teardown(worker) -> None:
-    """Dask's preload hook when a worker closes: exports what it recorded."""
+def dask_teardown(server) -> None:
+    """Dask's preload hook when a worker (or scheduler) closes: exports what it recorded."""
     from tasktree.instrumentation import configuration
 
     configuration.flush()
+
+
+def _set_up_worker() -> None:
+    from tasktree.instrumentation import configuration
+
+    configuration.setup_child(_job_setup())
+    install()
+    _forget_inherited_task()
 
 
 def _job_setup() -> dict:
@@ -160,6 +181,27 @@ def _forget_inherited_task() -> None:
         context.attach(Context())  # for the worker's life: never detached
 
 
+class _Attempts(SchedulerPlugin):
+    """Counts the attempts of each carrying task in its annotations: a task becomes ``waiting``
+    once before each run (first run, ``retries=``, rerun after its worker was lost)."""
+
+    name = "tasktree-attempts"
+    idempotent = True
+
+    def __init__(self, scheduler):
+        self._tasks = scheduler.tasks
+
+    def transition(self, key, start, finish, *args, **kwargs) -> None:
+        if finish != "waiting":
+            return
+        state = self._tasks.get(key)
+        annotations = state.annotations if state is not None else None
+        if annotations and ANNOTATION in annotations:
+            # This task's own dict (built per task by the scheduler), read when it is sent to
+            # a worker, after this transition.
+            annotations[ATTEMPT_ANNOTATION] = annotations.get(ATTEMPT_ANNOTATION, 0) + 1
+
+
 def _parent_of_running_task() -> Context | None:
     """The submitter of the Dask task running on this thread; None when it runs none."""
     key = getattr(_thread_state, "key", None)
@@ -176,4 +218,8 @@ def _parent_of_running_task() -> Context | None:
     if found is not None and not isinstance(found, Mapping):
         _context.warn_once(ENGINE, "malformed", "a malformed %r annotation %r", ANNOTATION, found)
         return Context()
-    return _context.parent_from(found, ENGINE)
+    parent = _context.parent_from(found, ENGINE)
+    attempt = annotations.get(ATTEMPT_ANNOTATION)
+    if attempt and parent:  # an empty Context (a run of its own) is falsy
+        return _context.with_attributes(parent, {_context.ATTEMPT: attempt})
+    return parent
