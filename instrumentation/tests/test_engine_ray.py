@@ -1,0 +1,232 @@
+"""Ray through a real ``tasktree serve``: a job of ``@task`` + ``configure()`` + Ray's own API gives
+exactly the tree of the calls (remote functions, nested remote calls, actors); a task running in a
+Ray worker shows running and heartbeats, and SIGKILL of that worker leaves it stalled (the retry
+Ray makes is a new task beside it, attempt 2); tasks submitted with no current task or a
+malformed carrier are runs of their own.
+
+One Ray (``ray start --head --block``, two CPUs) serves the whole module, started and stopped by
+its process group; it is started without the jobs' ``OTEL_*``/``TASKTREE_*`` variables, so the
+workers export to the jobs' sink only because the integration passes them on.  Each job connects
+to it with ``ray.init()`` (``RAY_ADDRESS``) and runs in its own process group, killed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from engine_support import ENGINE_SCRIPTS, shape, stop_worker, wait_for_task
+from propagation_matrix import records_from_api
+
+from conftest import child_environment
+
+pytest.importorskip("ray")
+
+pytestmark = pytest.mark.slow
+
+JOB = ENGINE_SCRIPTS / "ray_job.py"
+RAY = Path(sys.executable).parent / "ray"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A local Ray head (2 CPUs) for the module; yields its address."""
+    temp_dir = tmp_path_factory.mktemp("ray")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TASKTREE_", "RAY_"))}
+    env["RAY_AUTH_MODE"] = "disabled"  # else `ray start` requires a token the jobs do not have
+    log = temp_dir / "ray-start.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [str(RAY), "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
+             "--node-ip-address", "127.0.0.1", "--include-dashboard", "false",
+             "--disable-usage-stats", "--temp-dir", str(temp_dir)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    address = f"127.0.0.1:{port}"
+    try:
+        _wait_until_up(address, process, log)
+        yield address
+    finally:
+        stop_worker(process, timeout=30)
+        _kill_group(process)
+
+
+def _wait_until_up(address: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"ray start exited:\n{log.read_text()}")
+        if "Ray runtime started" in log.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"ray start did not come up:\n{log.read_text()}")
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(30)
+
+
+def start_job(mode: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(JOB), mode], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def finish_job(process: subprocess.Popen, timeout: float = 180) -> tuple[dict, str]:
+    """Waits for the job; returns its JSON line and its stderr (workers' logs included)."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        _kill_group(process)
+    assert process.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1]), err
+
+
+def job_env(server, ray_cluster: str, **extra: str) -> dict[str, str]:
+    return child_environment(
+        server.otlp_http, RAY_ADDRESS=ray_cluster, RAY_AUTH_MODE="disabled", **extra
+    )
+
+
+def test_every_task_runs_under_the_task_current_where_it_was_submitted(
+    tasktree_server, ray_cluster
+):
+    started = time.monotonic()
+    out, _ = finish_job(start_job("tree", job_env(tasktree_server, ray_cluster)))
+    print(f"tree job on the module's Ray: {time.monotonic() - started:.1f}s")
+    tasktree_server.wait_folded()
+    got = shape(records_from_api(tasktree_server, out["trace_id"]))
+    expected = Counter(
+        {
+            ("ray-job", None, "ok"): 1,
+            ("fan-out", "ray-job", "ok"): 1,
+            ("leaf", "fan-out", "ok"): 3,
+            ("nested-outer", "ray-job", "ok"): 1,
+            ("nested-middle", "nested-outer", "ok"): 1,
+            ("leaf", "nested-middle", "ok"): 1,
+            ("helper", "ray-job", "ok"): 1,  # from a remote function that is no task itself
+            ("generated", "ray-job", "ok"): 1,
+            ("generated-0", "generated", "ok"): 1,
+            ("generated-1", "generated", "ok"): 1,
+            ("task-over-remote", "ray-job", "ok"): 1,
+            ("helper", "task-over-remote", "ok"): 1,
+            ("counter-init", "ray-job", "ok"): 1,
+            ("counter-add", "ray-job", "ok"): 2,
+            ("counter-spawn", "ray-job", "ok"): 1,
+            ("leaf", "counter-spawn", "ok"): 1,
+            ("async-add", "ray-job", "ok"): 1,
+        }
+    )
+    assert got == expected, f"missing {expected - got}, unexpected {got - expected}"
+    run = tasktree_server.get(f"/api/runs/{out['trace_id']}")
+    assert run["counts"]["running"] == run["counts"]["stalled"] == 0
+
+
+def test_a_task_in_a_ray_worker_shows_running_then_stalled_when_the_worker_is_killed(
+    start_tasktree, private_db, ray_cluster, tmp_path
+):
+    # Its own database: no server with another stall window folds these tasks.
+    server = start_tasktree(extra_args=("--stall-after", "1.5"), database=private_db)
+    marker, release = tmp_path / "long.json", tmp_path / "release"
+    env = job_env(
+        server, ray_cluster, RAY_LONG_MARKER=str(marker), RAY_LONG_RELEASE=str(release),
+        TASKTREE_SNAPSHOT_DELAY="0.5", TASKTREE_HEARTBEAT_INTERVAL="0.5",
+    )  # fmt: skip
+    job = start_job("long", env)
+    try:
+        first = _wait_for_marker(marker, job)
+        written = time.monotonic()
+        running = wait_for_task(
+            server, first["trace_id"], first["span_id"], lambda t: t["status"] == "running"
+        )
+        shown_after = time.monotonic() - written
+        beat = wait_for_task(
+            server, first["trace_id"], first["span_id"],
+            lambda t: t["last_heartbeat"] not in (None, running["last_heartbeat"]),
+        )  # fmt: skip
+        os.kill(first["pid"], signal.SIGKILL)
+        killed = time.monotonic()
+        stalled = wait_for_task(
+            server, first["trace_id"], first["span_id"], lambda t: t["status"] == "stalled"
+        )
+        stalled_after = time.monotonic() - killed
+        retry = _wait_for_marker(marker, job, other_than=first["span_id"])
+        wait_for_task(
+            server, retry["trace_id"], retry["span_id"], lambda t: t["status"] == "running"
+        )
+        release.touch()
+        out, _ = finish_job(job)
+    finally:
+        _kill_group(job)
+    print(
+        f"running shown {shown_after:.2f}s after the task started; heartbeat "
+        f"{beat['last_heartbeat']}; stalled {stalled_after:.2f}s after SIGKILL of its worker"
+    )
+    assert out["trace_id"] == first["trace_id"] == retry["trace_id"]
+    server.wait_folded()
+    nodes = records_from_api(server, out["trace_id"])
+    assert shape(nodes) == Counter(
+        {
+            ("ray-long-job", None, "ok"): 1,
+            ("long", "ray-long-job", "stalled"): 1,
+            ("long", "ray-long-job", "ok"): 1,
+        }
+    )
+    attempts = {
+        span_id: server.get(f"/api/runs/{out['trace_id']}/tasks/{span_id}")["attributes"].get(
+            "tasktree.attempt"
+        )
+        for span_id in (first["span_id"], retry["span_id"])
+    }
+    assert attempts == {first["span_id"]: 1, retry["span_id"]: 2}
+    assert stalled["status"] == "stalled"
+
+
+def _wait_for_marker(marker: Path, job: subprocess.Popen, other_than: str | None = None) -> dict:
+    """The ids and pid the long task wrote (those of a new attempt when ``other_than``)."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if job.poll() is not None:
+            raise AssertionError(f"the job ended early:\n{job.stderr.read()}")
+        try:
+            found = json.loads(marker.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            found = None
+        if found and found["span_id"] != other_than:
+            return found
+        time.sleep(0.1)
+    raise AssertionError("the long task never wrote its marker")
+
+
+def test_tasks_with_no_context_or_a_malformed_one_are_runs_of_their_own(
+    tasktree_server, ray_cluster
+):
+    out, err = finish_job(start_job("bad", job_env(tasktree_server, ray_cluster)))
+    tasktree_server.wait_folded()
+    for case in ("no_context", "malformed"):
+        ids = out[case]
+        nodes = records_from_api(tasktree_server, ids["trace_id"])
+        assert shape(nodes) == Counter({("orphan", None, "ok"): 1}), case
+    assert out["no_context"]["trace_id"] != out["malformed"]["trace_id"]
+    assert "work submitted without a task context" in err
+    assert "a malformed traceparent" in err
