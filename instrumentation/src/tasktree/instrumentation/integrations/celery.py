@@ -33,6 +33,8 @@ import logging
 import sys
 from collections.abc import Callable, Mapping
 
+from celery import signals
+from celery._state import get_current_task
 from opentelemetry.context import Context
 
 from tasktree.instrumentation.integrations import _context
@@ -51,8 +53,6 @@ _RUN_IS_TASK = "_tasktree_celery_run"
 
 def install() -> None:
     """Connects the Celery signals and registers the worker-side parent; once per process."""
-    from celery import signals
-
     signals.before_task_publish.connect(
         _write_carrier, weak=False, dispatch_uid=_DISPATCH_UID + ".carrier"
     )
@@ -94,8 +94,6 @@ def _carrier_for(headers: Mapping) -> dict[str, str]:
 def _running_request():
     """The request of the Celery task this thread is running for a worker (not a direct call of
     the task function, not ``apply()``); None otherwise."""
-    from celery._state import get_current_task
-
     celery_task = get_current_task()
     if celery_task is None:
         return None

@@ -1,0 +1,205 @@
+"""Overhead of tasktree on Celery: n no-op Celery tasks, with and without tasktree.
+
+    .venv/bin/python bench/engine_celery.py [tasks] [--rounds 3]
+
+Two real workers (``celery worker -c 2``, prefork) on Redis (db 5, a queue each), started before
+the clock, one per variant; each measurement is a fresh job process that submits n ``delay()``
+calls and waits for every result (``ResultSet.join_native``), after a warm-up of 200 tasks.
+*Without*: a plain ``@app.task``, tasktree never imported, neither in the job nor in the worker.
+*With*: the same task under ``@task``, submitted under a root ``@task``, tasktree configured in
+both (the worker through this module, its app module) and exporting to a real ``tasktree serve``
+(scratch database), so that every message carries the submitter and every task records a span in
+its pool process.  Rounds alternate without/with; the best of each is kept.
+Target (issue 12): ratio ≤ 1.05.
+
+The machine is shared: beside the wall times, the CPU seconds per task of the job (its timed
+part) and of the worker's processes (main and pool, over the whole job, warm-up included) are
+reported, best of the rounds too; they move far less than seconds when others load the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+BROKER = "redis://127.0.0.1:6379/5"
+WARM_UP = 200
+VARIANT = os.environ.get("TASKTREE_BENCH_CELERY")  # set in the job and worker processes only
+HERE = Path(__file__).resolve().parent
+
+
+def measure(n: int, rounds: int = 3) -> dict:
+    """Wall seconds of n no-op Celery tasks submitted and awaited, best of ``rounds``."""
+    from scratch import scratch_database, start_server  # bench/scratch.py: the script's folder
+
+    best: dict[str, dict[str, float]] = {"without": {}, "with": {}}
+    with scratch_database("bench_celery") as url:
+        server, urls = start_server(url)
+        endpoint = urls["otlp_http"].removesuffix("/v1/traces")
+        try:
+            with _workers(endpoint) as workers:
+                for _ in range(rounds):
+                    for variant, (env, worker) in workers.items():
+                        for figure, value in _measured_job(env, worker, n).items():
+                            best[variant][figure] = min(value, best[variant].get(figure, value))
+        finally:
+            server.terminate()
+            server.wait(30)
+    without, with_ = best["without"], best["with"]
+    return {
+        "engine": "celery",
+        "tasks": n,
+        "without_s": without["seconds"],
+        "with_s": with_["seconds"],
+        "ratio": with_["seconds"] / without["seconds"],
+        **{
+            f"{figure}_{variant}_us": round(best[variant][figure] * 1e6 / count, 1)
+            for figure, count in (("job_cpu", n), ("worker_cpu", n + WARM_UP))
+            for variant in best
+        },
+    }
+
+
+def _measured_job(env: dict[str, str], worker: subprocess.Popen, n: int) -> dict[str, float]:
+    before = _cpu_seconds(worker.pid)
+    figures = _run_job(env, n)
+    return {**figures, "worker_cpu": _cpu_seconds(worker.pid) - before}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU seconds used so far by a worker: its main process and its pool processes."""
+    import psutil
+
+    main = psutil.Process(pid)
+    total = 0.0
+    for process in (main, *main.children(recursive=True)):
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def _environment(variant: str, endpoint: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TASKTREE_"))}
+    env.pop("TRACEPARENT", None)
+    env.update(
+        TASKTREE_BENCH_CELERY=variant,
+        TASKTREE_BENCH_CELERY_QUEUE=f"bench-celery-{variant}-{uuid.uuid4().hex[:8]}",
+        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+        OTEL_SERVICE_NAME="bench-celery",
+        PYTHONPATH=str(HERE),
+    )
+    return env
+
+
+@contextlib.contextmanager
+def _workers(endpoint: str):
+    """One worker per variant, each on its own queue, as (environment, process); stopped by
+    process group afterwards."""
+    workers: dict[str, tuple[dict[str, str], subprocess.Popen]] = {}
+    try:
+        for variant in ("without", "with"):
+            env = _environment(variant, endpoint)
+            worker = subprocess.Popen(
+                _worker_command(env["TASKTREE_BENCH_CELERY_QUEUE"]), env=env, cwd=HERE,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+            workers[variant] = (env, worker)
+        yield workers
+    finally:
+        for _, worker in workers.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(30)
+        _purge(env["TASKTREE_BENCH_CELERY_QUEUE"] for env, _ in workers.values())
+
+
+def _worker_command(queue: str) -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "engine_celery", "worker", "-c", "2", "-P", "prefork",
+        "-Q", queue, "-n", f"{queue}@%h", "--without-gossip", "--without-mingle",
+        "--without-heartbeat", "--loglevel", "WARNING",
+    ]  # fmt: skip
+
+
+def _purge(queues) -> None:
+    import redis
+
+    redis.Redis.from_url(BROKER).delete(*queues)
+
+
+def _run_job(env: dict[str, str], n: int) -> dict[str, float]:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--job", str(n)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"the {env['TASKTREE_BENCH_CELERY']} job failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -- the app (job and worker processes) -------------------------------------------------------
+
+
+def _make_app():
+    from celery import Celery
+
+    app = Celery("engine_celery", broker=BROKER, backend=BROKER)
+    app.conf.update(
+        task_default_queue=os.environ["TASKTREE_BENCH_CELERY_QUEUE"],
+        result_expires=600,
+        broker_connection_retry_on_startup=True,
+    )
+    return app
+
+
+def _noop():
+    return None
+
+
+if VARIANT:
+    app = _make_app()
+    if VARIANT == "with":
+        from tasktree.instrumentation import configure, task
+
+        configure()  # at module level: the worker imports this module too
+        noop = app.task(name="bench.noop")(task(name="noop")(_noop))
+    else:
+        noop = app.task(name="bench.noop")(_noop)
+
+
+def _job(n: int) -> dict[str, float]:
+    from celery.result import ResultSet
+
+    scope = contextlib.nullcontext()
+    if VARIANT == "with":
+        from tasktree.instrumentation import task
+
+        scope = task("bench")
+    with scope:
+        ResultSet([noop.delay() for _ in range(WARM_UP)]).join_native(timeout=300)
+        started, cpu = time.perf_counter(), time.process_time()
+        ResultSet([noop.delay() for _ in range(n)]).join_native(timeout=600)
+        return {"seconds": time.perf_counter() - started, "job_cpu": time.process_time() - cpu}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("tasks", type=int, nargs="?", default=2_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--job", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.job:
+        print(json.dumps(_job(args.job)))
+    else:
+        print(json.dumps(measure(args.tasks, args.rounds)))
