@@ -46,6 +46,8 @@ def main_tree() -> dict:
     }
     failed = boom.delay()
     got = {name: result.get(timeout=TIMEOUT) for name, result in results.items()}
+    # Submitted by a task in the worker: waited for too, so the worker is not stopped before.
+    got["submitted"] = submits.AsyncResult(got["submits"]["child"]).get(timeout=TIMEOUT)
     try:
         failed.get(timeout=TIMEOUT)
     except ValueError as exc:
