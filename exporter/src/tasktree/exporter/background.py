@@ -28,7 +28,7 @@ from tasktree.exporter.store.fold import (
     sweep_stalled,
 )
 from tasktree.exporter.store.locks import LANES
-from tasktree.exporter.store.pool import connection
+from tasktree.exporter.store.pool import connection, scalar
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,10 @@ _GATHER_S = 0.02  # after a wake: the requests in flight land too, for fewer and
 _SWEEP_EVERY_S = 1.0
 _RETENTION_EVERY_S = 600.0
 _MAX_BACKOFF_S = 5.0
+
+# Retention holds a session lock: it drops partitions in many short transactions.
+_TRY_SESSION_LOCK = "SELECT pg_try_advisory_lock(%s, %s)"
+_UNLOCK = "SELECT pg_advisory_unlock(%s, %s)"
 
 
 class Folder:
@@ -170,7 +174,10 @@ class Folder:
             self.timeouts_total += 1
         logger.warning(
             "folding %d records of lane %d was cancelled (%s); folding them %d at a time",
-            limit, lane, str(exc).strip(), self._lane_limits[lane],
+            limit,
+            lane,
+            str(exc).strip(),
+            self._lane_limits[lane],
         )
 
     def apply_retention(self) -> list[int]:
@@ -178,14 +185,12 @@ class Folder:
         if self._settings.retention_days is None:
             return []
         with connection(self._pool) as conn:
-            if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", locks.RETENTION).fetchone()[
-                0
-            ]:
+            if not scalar(conn, _TRY_SESSION_LOCK, locks.RETENTION):
                 return []  # another process is at it
             try:
                 return partitions.drop_expired(conn, self._settings.retention_days)
             finally:
-                conn.execute("SELECT pg_advisory_unlock(%s, %s)", locks.RETENTION)
+                conn.execute(_UNLOCK, locks.RETENTION)
 
     def _sweep_once(self) -> None:
         with connection(self._pool) as conn:

@@ -17,10 +17,9 @@ def run_demo(settings: Settings, *, exit_when_done: bool = False) -> int:
 
     settings = dataclasses.replace(
         settings,
-        **{
-            f: _free_or_zero(settings.host, getattr(settings, f))
-            for f in ("port", "otlp_http_port", "otlp_grpc_port")
-        },
+        port=_free_or_zero(settings.host, settings.port),
+        otlp_http_port=_free_or_zero(settings.host, settings.otlp_http_port),
+        otlp_grpc_port=_free_or_zero(settings.host, settings.otlp_grpc_port),
     )
     service = Service(settings).start()
     urls = service.urls()

@@ -18,7 +18,7 @@ from tasktree.exporter.errors import Overloaded
 from tasktree.exporter.receiver.records import DecodedBatch, SpanRow
 from tasktree.exporter.settings import Settings
 from tasktree.exporter.store.landing import ResourceIds, land
-from tasktree.exporter.store.pool import connection
+from tasktree.exporter.store.pool import connection, scalar
 
 _BACKLOG_TTL_S = 1.0
 
@@ -86,8 +86,7 @@ class Ingestor:
     def _refuse_when_backlogged(self, conn) -> None:
         measured_at, backlog = self._backlog
         if time.monotonic() - measured_at > _BACKLOG_TTL_S:
-            row = conn.execute(_BACKLOG).fetchone()
-            backlog = row[0] or 0
+            backlog = scalar(conn, _BACKLOG) or 0
             self._backlog = (time.monotonic(), backlog)
         if backlog > self._settings.max_backlog_spans:
             raise Overloaded(

@@ -6,6 +6,7 @@ import logging
 import secrets
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import waitress.server
@@ -24,6 +25,9 @@ from tasktree.exporter.receiver.otlp_http import create_otlp_http_app
 from tasktree.exporter.settings import Settings
 from tasktree.exporter.store.migrate import migrate
 from tasktree.exporter.store.pool import open_pool
+
+if TYPE_CHECKING:
+    import grpc
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +92,12 @@ class Service:
         self.folder.subscribe(self.live.publish)
         self._serve = serve
         self._threads: list[threading.Thread] = []
-        self._http_servers = []
-        self._grpc = None
-        self.web_port = self.otlp_http_port = self.otlp_grpc_port = None
+        self._http_servers: list[Any] = []  # waitress servers (a union of classes)
+        self._grpc: grpc.Server | None = None
+        # The ports bound, once started (a configured port 0 is any free port).
+        self.web_port: int | None = None
+        self.otlp_http_port: int | None = None
+        self.otlp_grpc_port: int | None = None
 
     def start(self) -> Service:
         self.folder.start()
@@ -118,7 +125,7 @@ class Service:
         tokens = IngestTokens(s, internal=[own_token])
         # One for both receivers: a client is warned about once a minute, whatever it speaks.
         unauthenticated = UnauthenticatedExports(self.metrics.ingest.count_unauthenticated)
-        self.otlp_http_port = self._start_http(
+        self.otlp_http_port = otlp_http_port = self._start_http(
             create_otlp_http_app(http_ingest, s, tokens, unauthenticated),
             s.otlp_http_port,
             "otlp-http",
@@ -131,7 +138,7 @@ class Service:
             tokens=tokens,
             unauthenticated=unauthenticated,
         )
-        self.docker.connect_tracing(self._own_url(self.otlp_http_port) + "/v1/traces", own_token)
+        self.docker.connect_tracing(self._own_url(otlp_http_port) + "/v1/traces", own_token)
         return self
 
     def _own_url(self, port: int) -> str:

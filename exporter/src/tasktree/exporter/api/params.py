@@ -117,9 +117,10 @@ def _rfc3339_ns(value: str) -> int | None:
     if match is None:
         return None
     *fields, fraction, offset = match.groups()
+    year, month, day, hour, minute, second = map(int, fields)
     try:
         tz = UTC if offset in "Zz" else _offset(offset)
-        moment = datetime(*map(int, fields), tzinfo=tz)
+        moment = datetime(year, month, day, hour, minute, second, tzinfo=tz)
     except ValueError:  # month 13, hour 24, offset beyond a day, ...
         return None
     delta = moment - _EPOCH  # days and seconds are exact; microseconds are 0

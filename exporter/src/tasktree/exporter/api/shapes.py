@@ -16,7 +16,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # OTLP SpanKind numbers (opentelemetry-proto trace.proto), as the API names them.
 SPAN_KINDS = {
-    0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer",
+    0: "unspecified",
+    1: "internal",
+    2: "server",
+    3: "client",
+    4: "producer",
+    5: "consumer",
 }
 
 Row = dict[str, Any]
@@ -47,8 +52,12 @@ def duration(start_ns: int | None, end_ns: int | None) -> float | None:
 
 def counts(row: Row) -> dict[str, int]:
     """The rollup: descendants (or a run's tasks) by status."""
-    return {"ok": row["n_ok"], "error": row["n_error"], "running": row["n_running"],
-            "stalled": row["n_stalled"]}
+    return {
+        "ok": row["n_ok"],
+        "error": row["n_error"],
+        "running": row["n_running"],
+        "stalled": row["n_stalled"],
+    }
 
 
 def node(row: Row) -> dict[str, Any]:
@@ -76,8 +85,8 @@ def refused_parent(row: Row) -> dict[str, str] | None:
     declared = row.get("refused_parent_span_id")
     if declared is None:
         return None
-    return {"span_id": declared.hex(),
-            "reason": REFUSED_REASONS.get(row.get("refused_reason"), "unknown")}
+    reason = REFUSED_REASONS.get(row.get("refused_reason") or 0, "unknown")  # 0: none stored
+    return {"span_id": declared.hex(), "reason": reason}
 
 
 def found_task(row: Row) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import psycopg_pool
 from psycopg.types.json import Jsonb
 
-from tasktree.exporter.store.pool import connection
+from tasktree.exporter.store.pool import connection, scalar
 
 _COLUMNS = (
     "id, at, finished_at, actor, role, action, hosts, target, request, dry_run, status, result,"
@@ -58,7 +58,8 @@ class AuditLog:
     ) -> int:
         """Insert one row; returns its id."""
         with connection(self._pool) as conn:
-            row = conn.execute(
+            return scalar(
+                conn,
                 _INSERT,
                 {
                     "actor": actor,
@@ -73,8 +74,7 @@ class AuditLog:
                     "operation_id": operation_id,
                     "trace_id": trace_id,
                 },
-            ).fetchone()
-        return row[0]
+            )
 
     def finish(self, audit_id: int, status: str, result: dict) -> None:
         with connection(self._pool) as conn:

@@ -12,6 +12,7 @@ one fetch per host.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import logging
 import threading
 import time
@@ -66,7 +67,8 @@ class Inventory:
         self._hosts_pool = cf.ThreadPoolExecutor(max_workers, thread_name_prefix="docker-host")
         self._calls_pool = cf.ThreadPoolExecutor(max_workers, thread_name_prefix="docker-call")
         self._inflight: dict[str, cf.Future] = {}
-        self._last_error: dict[str, tuple[str, str]] = {}  # this process's view: (message, when)
+        # This process's view: (message, when).
+        self._last_error: dict[str, tuple[str, str | None]] = {}
         self._lock = threading.Lock()
 
     def snapshot(self, names: list[str] | None = None, *, refresh: bool = False) -> list[dict]:
@@ -97,7 +99,7 @@ class Inventory:
                 return future
             future = self._inflight[name] = self._hosts_pool.submit(self._fetch_host, name)
         # Outside the lock: a future that is already done runs its callback right here.
-        future.add_done_callback(lambda done, n=name: self._forget(n, done))
+        future.add_done_callback(functools.partial(self._forget, name))
         return future
 
     def _forget(self, name: str, done: cf.Future) -> None:

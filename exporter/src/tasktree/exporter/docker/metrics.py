@@ -55,7 +55,7 @@ class DockerMetrics:
         started = time.monotonic()
         hosts = service.inventory.snapshot()
         families = _families()
-        details = {}
+        details: dict[tuple[str, str], cf.Future[dict]] = {}
         for host in hosts:
             if host["up"]:
                 for c in host["containers"]:
@@ -64,8 +64,8 @@ class DockerMetrics:
                     )
         budget = service.settings.docker_timeout - (time.monotonic() - started)
         cf.wait(list(details.values()), timeout=max(0.05, budget))
-        for future in details.values():
-            future.cancel()  # not started yet: drop it rather than let slow scrapes pile up
+        for pending in details.values():
+            pending.cancel()  # not started yet: drop it rather than let slow scrapes pile up
         for host in hosts:
             families["up"].add_metric([host["name"]], 1.0 if host["up"] else 0.0)
             if host.get("version"):
@@ -92,7 +92,7 @@ class DockerMetrics:
     def _detail(self, host: str, container: dict) -> dict:
         client = self._service.clients.client(host)
         info = client.inspect_container(container["id"])
-        detail = {"restarts": float(info.get("RestartCount", 0))}
+        detail: dict[str, float | None] = {"restarts": float(info.get("RestartCount", 0))}
         if container["state"] == "running":
             one_shot = _version_at_least(client.api_version, "1.41") or None
             stats = client.stats(container["id"], stream=False, one_shot=one_shot)

@@ -16,8 +16,13 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tasktree.exporter.docker.listing import rfc3339
+
+if TYPE_CHECKING:
+    import redis
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +62,8 @@ class Operation:
         }
         self.seq = 0
         self._cond = threading.Condition()
-        self.on_change = None  # callable(snapshot) for publishing; must not raise
+        # For publishing; must not raise.
+        self.on_change: Callable[[dict], None] | None = None
 
     def host_update(self, host: str, **fields) -> None:
         """Set some of status/message/progress/result/span_id for one host, and wake the streams."""
@@ -135,7 +141,7 @@ class OperationRegistry:
     def __init__(self, redis_url: str | None = None):
         self._ops: OrderedDict[str, Operation] = OrderedDict()
         self._lock = threading.Lock()
-        self._redis = None
+        self._redis: redis.Redis | None = None
         if redis_url:
             import redis
 
@@ -176,6 +182,8 @@ class OperationRegistry:
 
     def _publish(self, snapshot: dict) -> None:
         # Progress of a pull changes many times a second; the final state always gets through.
+        if self._redis is None:  # add() attaches this only with Redis
+            return
         try:
             self._redis.set(
                 "tasktree:docker:op:" + snapshot["id"], json.dumps(snapshot), ex=_REDIS_TTL_S

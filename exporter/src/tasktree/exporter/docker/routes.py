@@ -24,6 +24,7 @@ from flask import (
 )
 
 from tasktree.exporter.auth import OPERATOR, VIEWER, current_principal, require
+from tasktree.exporter.docker.operations import Operation
 from tasktree.exporter.docker.specs import deploy_spec, pull_spec
 from tasktree.exporter.errors import (
     BadRequest,
@@ -193,7 +194,7 @@ def operations():
     return {"operations": _service().operations.recent(limit)}
 
 
-def _operation_snapshot(op_id: str) -> tuple[object | None, dict]:
+def _operation_snapshot(op_id: str) -> tuple[Operation | None, dict]:
     registry = _service().operations
     op = registry.get(op_id)
     if op is not None:

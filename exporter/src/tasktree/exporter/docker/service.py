@@ -183,7 +183,7 @@ class DockerService:
                     f"failed on {len(failed)} of {len(op.hosts)} hosts: {', '.join(failed)}",
                 )
             root.set_attribute("docker.status", status)
-            self.inventory.invalidate(op.hosts)
+            self.inventory.invalidate(list(op.hosts))
             if self.audit is not None and op.audit_id is not None:
                 self.audit.finish(op.audit_id, status, _audit_result(op))
         except Exception:  # noqa: BLE001 (a coordinator never dies silently)

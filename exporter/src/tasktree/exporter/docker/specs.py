@@ -75,6 +75,7 @@ class DeploySpec:
         bindings: dict[str, list] = {}
         for text in self.ports:
             m = _PORT.match(text)
+            assert m is not None  # deploy_spec admits only ports of this form
             key = f"{m['container']}/{m['proto'] or 'tcp'}"
             host_port = int(m["host"]) if m["host"] else None
             ip = (m["ip"] or "").strip("[]")

@@ -557,9 +557,9 @@ class _JsonDecoder(_Builder):
         if (x := v.get("kvlistValue")) is not None:
             self.nest(at, key)
             values = _object(x, f"{at} {key!r}: kvlistValue").get("values")
-            items = self.attributes(values, f"{at} {key!r}: kvlistValue.values")
+            entries = self.attributes(values, f"{at} {key!r}: kvlistValue.values")
             self.depth -= 1
-            return items
+            return entries
         if (x := v.get("bytesValue")) is not None:
             return self.text(_base64(x, f"{at} {key!r}: bytesValue"))
         return None

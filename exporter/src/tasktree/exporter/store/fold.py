@@ -33,6 +33,7 @@ import psycopg
 from tasktree.exporter.store import locks, partitions
 from tasktree.exporter.store._copy import fast_binary_dumpers
 from tasktree.exporter.store.locks import LANES
+from tasktree.exporter.store.pool import scalar
 from tasktree.exporter.tree.fold import (
     DEFAULT_MAX_DEPTH,
     REFUSED_CYCLE,
@@ -485,7 +486,7 @@ class FinishedTask(NamedTuple):
     status: int  # OK or ERROR
     duration_s: float  # their durations added up
     root: bool = False  # runs' root tasks: their end is the run's end
-    count: int = 1
+    count: int = 1  # type: ignore[assignment]  # shadows tuple.count, which nobody calls
     bucket: int | None = None  # all in this bucket of DURATION_BUCKETS (len: +Inf); None: one task
 
 
@@ -514,7 +515,7 @@ def fold_batch(
     """
     partitions.ensure_current(conn)
     with conn.transaction():
-        if lane is not None and not conn.execute(_TRY_LOCK, locks.lane(lane)).fetchone()[0]:
+        if lane is not None and not scalar(conn, _TRY_LOCK, locks.lane(lane)):
             return FoldResult(0)  # another folder is on this lane
         conn.execute(_TEMP_TABLES)
         conn.execute(_PLAN_FOR_BATCHES)
@@ -646,7 +647,7 @@ def _fold_runs(
         fold.run_day = day
     for (trace_id, parent), (counts, start, landing_id) in (leaves or {}).items():
         fold = folds[trace_id]
-        if not fold.add_stored_leaves(parent, counts, start, landing_id):
+        if not fold.add_stored_leaves(parent, counts, start, landing_id) and parent is not None:
             for span_id, status, hb in conn.execute(_LEAVES_UNDER, (trace_id, parent)):
                 fold.add_refused_leaf(bytes(span_id), parent, status, hb)
     for trace_id, fold in folds.items():

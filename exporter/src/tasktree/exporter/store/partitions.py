@@ -15,6 +15,7 @@ import time
 import psycopg
 from psycopg import sql
 
+from tasktree.exporter.store.pool import scalar
 from tasktree.exporter.tree.status import RUNNING
 
 logger = logging.getLogger(__name__)
@@ -100,8 +101,7 @@ def _partition_days(conn) -> list[int]:
 
 
 def _has_live_runs(conn, day: int, cutoff_ns: int) -> bool:
-    row = conn.execute(_HAS_LIVE_RUNS, (day, cutoff_ns)).fetchone()
-    return row[0]
+    return scalar(conn, _HAS_LIVE_RUNS, (day, cutoff_ns))
 
 
 def _days_in_default(conn) -> set[int]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import psycopg
 import psycopg_pool
@@ -60,6 +61,19 @@ def open_pool(
     )
     pool.open(wait=False)
     return pool
+
+
+def scalar(
+    conn: psycopg.Connection[Any],
+    query: str,
+    params: Sequence[Any] | Mapping[str, Any] | None = None,
+) -> Any:
+    """The first value of the one row ``query`` always returns (an aggregate, a lock function,
+    ``INSERT … RETURNING``)."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise LookupError(f"no row from: {query}")
+    return row[0]
 
 
 @contextlib.contextmanager

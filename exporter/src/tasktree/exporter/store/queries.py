@@ -82,7 +82,7 @@ def blocks() -> dict[str, str]:
     return found
 
 
-def statement(name: str, filters: Iterable[str] = (), **slots: sql.Composable) -> sql.Composable:
+def statement(name: str, filters: Iterable[str] = (), **slots: sql.Composable) -> sql.Composed:
     """Block ``name`` with its column lists and ``{where}`` filled by the named filter blocks.
 
     Only text of ``queries.sql`` is composed here; every value stays a bound parameter.
@@ -97,7 +97,7 @@ def statement(name: str, filters: Iterable[str] = (), **slots: sql.Composable) -
     )
 
 
-def _rows(conn: psycopg.Connection, query: sql.Composable, params: dict) -> list[Row]:
+def _rows(conn: psycopg.Connection, query: sql.Composed, params: dict) -> list[Row]:
     # prepare=False: always a plan for these values (prefix ranges, page size and the folded
     # tsquery constant matter to the plan); a cached generic plan could pick a worse index.
     with conn.cursor(row_factory=dict_row) as cur:
@@ -106,7 +106,7 @@ def _rows(conn: psycopg.Connection, query: sql.Composable, params: dict) -> list
 
 def _page(
     conn: psycopg.Connection,
-    query: sql.Composable,
+    query: sql.Composed,
     params: dict,
     limit: int,
     key: Callable[[Row], tuple],
@@ -165,8 +165,11 @@ def list_runs(
 
 def _filters(family: str, params: dict) -> list[str]:
     """The filter blocks (``runs.job``, ``search.from``, ...) of the parameters that are set."""
-    return [f"{family}.{name.removesuffix('_ns')}" for name, value in params.items()
-            if value is not None]
+    return [
+        f"{family}.{name.removesuffix('_ns')}"
+        for name, value in params.items()
+        if value is not None
+    ]
 
 
 def _runs_search(box: SearchBox, params: dict) -> list[str]:
@@ -264,7 +267,7 @@ def search_tasks(
     return _page(conn, _search_ids(box.hex, filters, params), params, limit, _search_key)
 
 
-def _search_ids(digits: str, filters: list[str], params: dict) -> sql.Composable:
+def _search_ids(digits: str, filters: list[str], params: dict) -> sql.Composed:
     """The id search: trace id prefix, merged with span id prefix when ``digits`` could be one."""
     params["trace_lo"], params["trace_hi"] = prefix_bounds(digits, TRACE_ID_BYTES)
     by_trace = statement("search_by_trace", filters)

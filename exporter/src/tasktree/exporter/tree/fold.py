@@ -342,6 +342,7 @@ class RunFold:
             self._refuse(node, parent_id, REFUSED_CYCLE)
             return
         declared = victim.parent_span_id
+        assert declared is not None  # every task of a loop has a parent
         self._detach(victim)
         self._refuse(victim, declared, REFUSED_CYCLE)
         self._attach(node, parent_id)
@@ -350,6 +351,7 @@ class RunFold:
         """Take ``node`` and its subtree from under its parent (the parent's chain is loaded: it
         is part of a loop, or ``node``'s own chain).  Heights above stay as they were: an upper
         bound."""
+        assert node.parent_span_id is not None  # only tasks with a parent are detached
         parent = self.nodes[node.parent_span_id]
         parent.child_count -= 1
         subtree = list(node.counts)

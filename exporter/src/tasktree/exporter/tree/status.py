@@ -36,7 +36,7 @@ CODES = {label: Status(code) for code, label in NAMES.items() if code != NONE}
 
 # The rollup columns, in the order counts are kept in memory: (ok, error, running, stalled).
 COUNTED = (OK, ERROR, RUNNING, STALLED)
-COUNT_INDEX = {code: i for i, code in enumerate(COUNTED)}
+COUNT_INDEX: dict[int, int] = {code: i for i, code in enumerate(COUNTED)}
 
 # A task that has not finished: running, or stalled (running with an old heartbeat).
 LIVE = (RUNNING, STALLED)

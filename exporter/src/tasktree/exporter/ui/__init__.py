@@ -16,6 +16,7 @@ import logging
 from importlib import resources
 
 from flask import Flask, Response, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response as BaseResponse  # what redirect() returns
 
 from tasktree.exporter.errors import TasktreeError, Unauthorized
 from tasktree.exporter.ui import format as fmt
@@ -71,7 +72,7 @@ for _name, _filter in fmt.FILTERS.items():
 
 
 @ui_blueprint.before_request
-def _authenticate() -> Response | None:
+def _authenticate() -> BaseResponse | None:
     """Pages need what reading the API needs (anonymous only on loopback without tokens); a
     browser without a credential is sent to ``/login``, and back here afterwards."""
     if request.endpoint == "ui.static":
@@ -79,7 +80,7 @@ def _authenticate() -> Response | None:
     return require_page()
 
 
-def require_page() -> Response | None:
+def require_page() -> BaseResponse | None:
     """None when the request may read; else a redirect to ``/login`` (GET) or ``Unauthorized``."""
     from tasktree.exporter import auth
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 LONG_VALUE_CHARS = 240
@@ -62,11 +63,12 @@ def first_line(text: str, limit: int = 120) -> str:
 def split_resource(resource: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(resource attributes, captured environment by variable name), each sorted by key."""
     plain, env = {}, {}
-    for key in sorted(resource or {}):
+    attributes = resource or {}
+    for key in sorted(attributes):
         if key.startswith(ENV_PREFIX):
-            env[key.removeprefix(ENV_PREFIX)] = resource[key]
+            env[key.removeprefix(ENV_PREFIX)] = attributes[key]
         else:
-            plain[key] = resource[key]
+            plain[key] = attributes[key]
     return plain, env
 
 
@@ -75,6 +77,12 @@ def without(mapping: dict[str, Any], key: str) -> dict[str, Any]:
     return {k: v for k, v in mapping.items() if k != key}
 
 
-FILTERS = {"duration": duration, "rollup": rollup, "shown": shown, "is_long": is_long,
-           "first_line": first_line, "without": without}
+FILTERS: dict[str, Callable[..., Any]] = {
+    "duration": duration,
+    "rollup": rollup,
+    "shown": shown,
+    "is_long": is_long,
+    "first_line": first_line,
+    "without": without,
+}
 """Registered as Jinja filters by the blueprint."""

@@ -26,8 +26,13 @@ from tasktree.exporter.store.pool import connection
 from tasktree.exporter.tree import status as task_status
 from tasktree.exporter.ui import format as fmt
 
-ui_blueprint = Blueprint("ui", __name__, template_folder="templates", static_folder="static",
-                         static_url_path="/static/ui")
+ui_blueprint = Blueprint(
+    "ui",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static/ui",
+)
 
 RUNS_PAGE = 50
 CHILDREN_PAGE = 100
@@ -60,14 +65,20 @@ def runs_page() -> str:
     filters = params.filters(args)  # BadRequest: a 400 page
     after = params.decode_cursor("runs", args.get("cursor"))
     page = _read(lambda conn: queries.list_runs(conn, limit=RUNS_PAGE, after=after, **filters))
-    kept = {name: args[name] for name in FILTER_NAMES if name in args}
+    kept: dict[str, Any] = {name: args[name] for name in FILTER_NAMES if name in args}
     next_cursor = params.encode_cursor("runs", page.next_after)
     # What the page re-fetches from the JSON API when the live stream says runs changed.
-    api_query = urlencode({**kept, **{k: args[k] for k in ("cursor",) if k in args},
-                           "limit": RUNS_PAGE})
+    api_query = urlencode(
+        {**kept, **{k: args[k] for k in ("cursor",) if k in args}, "limit": RUNS_PAGE}
+    )
     return render_template(
-        "runs.html", runs=[shapes.run(row) for row in page.rows], args=kept, now=int(time.time()),
-        statuses=list(task_status.CODES), page_size=RUNS_PAGE, paged="cursor" in args,
+        "runs.html",
+        runs=[shapes.run(row) for row in page.rows],
+        args=kept,
+        now=int(time.time()),
+        statuses=list(task_status.CODES),
+        page_size=RUNS_PAGE,
+        paged="cursor" in args,
         api_query=api_query,
         next_url=url_for("ui.runs_page", **kept, cursor=next_cursor) if next_cursor else None,
     )
@@ -84,8 +95,12 @@ def run_page(trace_id: str) -> str:
     focus = params.span_id(request.args["node"]) if request.args.get("node") else None
     run, tops, ancestors, opened = _read(lambda conn: _tree_start(conn, trace, focus))
     tree = {
-        "trace_id": trace.hex(), "run": run, "roots": tops, "focus": focus and focus.hex(),
-        "open": opened, "page_size": CHILDREN_PAGE,
+        "trace_id": trace.hex(),
+        "run": run,
+        "roots": tops,
+        "focus": focus and focus.hex(),
+        "open": opened,
+        "page_size": CHILDREN_PAGE,
     }
     return render_template("run.html", run=run, tree=tree, ancestors=ancestors, focus=focus)
 
@@ -104,21 +119,27 @@ def _tree_start(conn: psycopg.Connection, trace: bytes, focus: bytes | None):
         tops, ancestors = [shapes.node(task)], _ancestors(conn, trace, task)
     real = [node for node in tops if not node["missing"]]
     shown_open = real[:1] if len(real) == 1 or focus else []
-    opened = {node["span_id"]: _children_page(conn, trace, node) for node in shown_open
-              if node["child_count"]}
+    opened = {
+        node["span_id"]: _children_page(conn, trace, node)
+        for node in shown_open
+        if node["child_count"]
+    }
     return shapes.run(row), tops, ancestors, opened
 
 
 def _children_page(conn: psycopg.Connection, trace: bytes, node: dict) -> dict[str, Any]:
     """The first page of a node's children, as ``GET .../children`` answers it."""
     page = queries.children(conn, trace, bytes.fromhex(node["span_id"]), limit=CHILDREN_PAGE)
-    return {"children": [shapes.node(r) for r in page.rows],
-            "next_cursor": params.encode_cursor("children", page.next_after)}
+    return {
+        "children": [shapes.node(r) for r in page.rows],
+        "next_cursor": params.encode_cursor("children", page.next_after),
+    }
 
 
 def _ancestors(conn: psycopg.Connection, trace: bytes, task: dict) -> list[dict[str, Any]]:
     """The task's ancestors from the top down, as {span_id, name, missing} (for breadcrumbs)."""
-    found, parent = [], task["parent_span_id"]
+    found: list[dict[str, Any]] = []
+    parent = task["parent_span_id"]
     while parent is not None and len(found) < MAX_ANCESTORS:
         row = queries.get_task(conn, trace, parent)
         if row is None:  # not folded yet: the chain ends at a span we cannot show
@@ -146,9 +167,15 @@ def task_page(trace_id: str, span_id: str) -> str:
     row, run_row, ancestors = _read(read)
     task = shapes.task_detail(row)
     resource, env = fmt.split_resource(task["resource"])
-    return render_template("task.html", task=task, run=shapes.run(run_row) if run_row else None,
-                           ancestors=ancestors, resource=resource, env=env,
-                           attributes=dict(sorted(task["attributes"].items())))
+    return render_template(
+        "task.html",
+        task=task,
+        run=shapes.run(run_row) if run_row else None,
+        ancestors=ancestors,
+        resource=resource,
+        env=env,
+        attributes=dict(sorted(task["attributes"].items())),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,19 +193,33 @@ def search_page():
     filters = params.filters(args)  # BadRequest: a 400 page
     after = params.decode_cursor("search", args.get("cursor"))
     if q is None:
-        return render_template("search.html", q="", runs=[], tasks=[], args=args, next_url=None,
-                               statuses=list(task_status.CODES))
-    runs, page = _read(lambda conn: (
-        [] if after else queries.list_runs(conn, q=q, limit=SEARCH_PAGE, **filters).rows,
-        queries.search_tasks(conn, q=q, limit=SEARCH_PAGE, after=after, **filters)))
+        return render_template(
+            "search.html",
+            q="",
+            runs=[],
+            tasks=[],
+            args=args,
+            next_url=None,
+            statuses=list(task_status.CODES),
+        )
+    runs, page = _read(
+        lambda conn: (
+            [] if after else queries.list_runs(conn, q=q, limit=SEARCH_PAGE, **filters).rows,
+            queries.search_tasks(conn, q=q, limit=SEARCH_PAGE, after=after, **filters),
+        )
+    )
     target = _exact_hit(q, runs, page.rows) if after is None else None
     if target is not None:
         return redirect(target)
-    kept = {name: args[name] for name in (*FILTER_NAMES, "q") if name in args}
+    kept: dict[str, Any] = {name: args[name] for name in (*FILTER_NAMES, "q") if name in args}
     next_cursor = params.encode_cursor("search", page.next_after)
     return render_template(
-        "search.html", q=q, runs=[shapes.run(r) for r in runs], args=kept,
-        tasks=[shapes.found_task(r) for r in page.rows], statuses=list(task_status.CODES),
+        "search.html",
+        q=q,
+        runs=[shapes.run(r) for r in runs],
+        args=kept,
+        tasks=[shapes.found_task(r) for r in page.rows],
+        statuses=list(task_status.CODES),
         next_url=url_for("ui.search_page", **kept, cursor=next_cursor) if next_cursor else None,
     )
 
