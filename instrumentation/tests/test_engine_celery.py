@@ -216,3 +216,34 @@ def test_messages_without_or_with_a_malformed_context_run_as_runs_of_their_own(
     text = log.read_text()
     assert "tasktree celery: a malformed traceparent '00-not-a-trace-context'" in text
     assert "tasktree celery: work submitted without a task context" in text
+
+
+# -- the OpenTelemetry Celery instrumentor -----------------------------------------------------
+
+
+def test_the_integration_stands_aside_while_the_opentelemetry_celery_instrumentor_is_active(
+    monkeypatch,
+):
+    """Both write ``traceparent`` into the same headers: with that instrumentor active in the
+    process (faked here: it is not installed), tasktree writes nothing and gives no parent."""
+    import types
+
+    import celery  # noqa: F401 - the integration is installed for an imported celery only
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from tasktree.instrumentation.integrations import celery as integration
+
+    tracer = TracerProvider().get_tracer("test")
+    instrumentor = types.SimpleNamespace(is_instrumented_by_opentelemetry=False)
+    fake = types.ModuleType("opentelemetry.instrumentation.celery")
+    fake.CeleryInstrumentor = type("CeleryInstrumentor", (), {"_instance": instrumentor})
+    monkeypatch.setitem(sys.modules, "opentelemetry.instrumentation.celery", fake)
+    with trace.use_span(tracer.start_span("submitter"), end_on_exit=True):
+        written: dict = {"id": "a"}
+        integration._write_carrier(headers=written)
+        assert written["traceparent"].startswith("00-")
+        instrumentor.is_instrumented_by_opentelemetry = True
+        untouched: dict = {"id": "b"}
+        integration._write_carrier(headers=untouched)
+        assert untouched == {"id": "b"}
