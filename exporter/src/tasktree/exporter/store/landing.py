@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from typing import Any
 
 import psycopg
 from psycopg import postgres
@@ -75,7 +76,7 @@ class ResourceIds:
             found.update(self._insert(conn, list(unknown.values())))
         return found
 
-    def _insert(self, conn, resources: list[Resource]) -> dict[bytes, int]:
+    def _insert(self, conn: psycopg.Connection[Any], resources: list[Resource]) -> dict[bytes, int]:
         digests = [r.digest for r in resources]
         conn.execute(
             "INSERT INTO resources (digest, job, attributes) "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -21,7 +22,7 @@ from tasktree.exporter.tree.status import RUNNING
 logger = logging.getLogger(__name__)
 
 _DAY_NS = 86_400 * 10**9
-_ensured: set[tuple] = set()  # (database, day) already created in this process
+_ensured: set[tuple[Any, ...]] = set()  # (database, day) already created in this process
 _ensured_lock = threading.Lock()
 
 # A day's runs that keep its partition: still running (a stalled run does not), or heard from
@@ -92,7 +93,7 @@ def drop_expired(
     return dropped
 
 
-def _partition_days(conn) -> list[int]:
+def _partition_days(conn: psycopg.Connection[Any]) -> list[int]:
     rows = conn.execute(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
         " WHERE i.inhparent = 'tasks'::regclass AND c.relname ~ '^tasks_d[0-9]+$'"
@@ -100,16 +101,16 @@ def _partition_days(conn) -> list[int]:
     return sorted(int(name[len("tasks_d") :]) for (name,) in rows)
 
 
-def _has_live_runs(conn, day: int, cutoff_ns: int) -> bool:
-    return scalar(conn, _HAS_LIVE_RUNS, (day, cutoff_ns))
+def _has_live_runs(conn: psycopg.Connection[Any], day: int, cutoff_ns: int) -> bool:
+    return bool(scalar(conn, _HAS_LIVE_RUNS, (day, cutoff_ns)))
 
 
-def _days_in_default(conn) -> set[int]:
+def _days_in_default(conn: psycopg.Connection[Any]) -> set[int]:
     """Days with rows in the default partition (normally none: it only catches strays)."""
     return {d for (d,) in conn.execute("SELECT DISTINCT run_day FROM tasks_default")}
 
 
-def _delete_in_batches(conn, statement: str, day: int, batch: int) -> None:
+def _delete_in_batches(conn: psycopg.Connection[Any], statement: str, day: int, batch: int) -> None:
     """Short DELETE transactions, so retention never holds long locks."""
     while True:
         with conn.transaction():

@@ -47,6 +47,8 @@ _HEX = re.compile(r"[0-9a-fA-F]{1,32}")
 _NAME = re.compile(r"^-- name: (\S+)\s*$", re.MULTILINE)
 
 Row = dict[str, Any]
+Params = dict[str, Any]  # a statement's named parameters
+Key = tuple[Any, ...]  # a row's place in its list's order: where the next page starts
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class Page:
     """One page of rows; ``next_after`` is the key to pass as ``after`` for the next, or None."""
 
     rows: list[Row]
-    next_after: tuple | None
+    next_after: Key | None
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ def statement(name: str, filters: Iterable[str] = (), **slots: sql.Composable) -
     )
 
 
-def _rows(conn: psycopg.Connection, query: sql.Composed, params: dict) -> list[Row]:
+def _rows(conn: psycopg.Connection, query: sql.Composed, params: Params) -> list[Row]:
     # prepare=False: always a plan for these values (prefix ranges, page size and the folded
     # tsquery constant matter to the plan); a cached generic plan could pick a worse index.
     with conn.cursor(row_factory=dict_row) as cur:
@@ -107,9 +109,9 @@ def _rows(conn: psycopg.Connection, query: sql.Composed, params: dict) -> list[R
 def _page(
     conn: psycopg.Connection,
     query: sql.Composed,
-    params: dict,
+    params: Params,
     limit: int,
-    key: Callable[[Row], tuple],
+    key: Callable[[Row], Key],
 ) -> Page:
     """Run ``query`` for ``limit`` + 1 rows: the extra row only says that a next page exists."""
     rows = _rows(conn, query, {**params, "limit": limit + 1})
@@ -153,7 +155,7 @@ def list_runs(
     from_ns: int | None = None,
     to_ns: int | None = None,
     limit: int = 100,
-    after: tuple | None = None,
+    after: Key | None = None,
 ) -> Page:
     """Runs newest first; each filter given is ANDed.  ``from_ns`` <= start < ``to_ns``."""
     params = {"job": job, "status": status, "from_ns": from_ns, "to_ns": to_ns}
@@ -163,7 +165,7 @@ def list_runs(
     return _page(conn, statement("list_runs", filters), params, limit, _run_key)
 
 
-def _filters(family: str, params: dict) -> list[str]:
+def _filters(family: str, params: Params) -> list[str]:
     """The filter blocks (``runs.job``, ``search.from``, ...) of the parameters that are set."""
     return [
         f"{family}.{name.removesuffix('_ns')}"
@@ -172,7 +174,7 @@ def _filters(family: str, params: dict) -> list[str]:
     ]
 
 
-def _runs_search(box: SearchBox, params: dict) -> list[str]:
+def _runs_search(box: SearchBox, params: Params) -> list[str]:
     """The filter for the runs list's search box, its parameters added to ``params``."""
     if box.hex is not None:
         params["trace_lo"], params["trace_hi"] = prefix_bounds(box.hex, TRACE_ID_BYTES)
@@ -184,7 +186,7 @@ def _runs_search(box: SearchBox, params: dict) -> list[str]:
     return []
 
 
-def _after(family: str, after: tuple | None, params: dict, names: tuple[str, ...]) -> list[str]:
+def _after(family: str, after: Key | None, params: Params, names: tuple[str, ...]) -> list[str]:
     """The keyset filter continuing after ``after`` (start first; a None start: unstarted rows)."""
     if after is None:
         return []
@@ -192,7 +194,7 @@ def _after(family: str, after: tuple | None, params: dict, names: tuple[str, ...
     return [f"{family}.after" if after[0] is not None else f"{family}.after_unstarted"]
 
 
-def _run_key(row: Row) -> tuple:
+def _run_key(row: Row) -> Key:
     return (row["start_ns"], row["trace_id"])
 
 
@@ -228,15 +230,15 @@ def children(
     span_id: bytes,
     *,
     limit: int = 100,
-    after: tuple | None = None,
+    after: Key | None = None,
 ) -> Page:
     """Direct children of a task by start time, then span id.  Unknown task: an empty page."""
-    params: dict = {"trace_id": trace_id, "span_id": span_id}
+    params: Params = {"trace_id": trace_id, "span_id": span_id}
     filters = _after("children", after, params, ("after_start", "after_span"))
     return _page(conn, statement("children", filters), params, limit, _child_key)
 
 
-def _child_key(row: Row) -> tuple:
+def _child_key(row: Row) -> Key:
     return (row["start_ns"], row["span_id"])
 
 
@@ -249,7 +251,7 @@ def search_tasks(
     from_ns: int | None = None,
     to_ns: int | None = None,
     limit: int = 100,
-    after: tuple | None = None,
+    after: Key | None = None,
 ) -> Page:
     """Tasks newest first matching the search box and every filter given (see module docstring).
 
@@ -267,7 +269,7 @@ def search_tasks(
     return _page(conn, _search_ids(box.hex, filters, params), params, limit, _search_key)
 
 
-def _search_ids(digits: str, filters: list[str], params: dict) -> sql.Composed:
+def _search_ids(digits: str, filters: list[str], params: Params) -> sql.Composed:
     """The id search: trace id prefix, merged with span id prefix when ``digits`` could be one."""
     params["trace_lo"], params["trace_hi"] = prefix_bounds(digits, TRACE_ID_BYTES)
     by_trace = statement("search_by_trace", filters)
@@ -278,5 +280,5 @@ def _search_ids(digits: str, filters: list[str], params: dict) -> sql.Composed:
     return statement("search_merge", by_span=by_span, by_trace=by_trace)
 
 
-def _search_key(row: Row) -> tuple:
+def _search_key(row: Row) -> Key:
     return (row["start_ns"], row["trace_id"], row["span_id"])

@@ -43,6 +43,7 @@ The store turns the resulting ``changes()`` into set-based writes (``store/fold.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -55,6 +56,9 @@ _COUNT_INDEX = st.COUNT_INDEX
 DEFAULT_MAX_DEPTH = 1000
 """Levels a run's tree may have (``TASKTREE_MAX_DEPTH``).  Python's own recursion limit is 1000
 frames, so a recursive function decorated with ``@task`` never gets near it."""
+
+Rank = tuple[int, int, int]
+"""A record's place in the status lattice (``record_rank``): tuples compare, higher wins."""
 
 REFUSED_CYCLE = 1
 REFUSED_DEPTH = 2
@@ -94,7 +98,7 @@ class Node:
     parent_span_id: bytes | None
     missing: bool
     status: int
-    rank: tuple
+    rank: Rank
     heartbeat_ns: int | None = None
     counts: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
     child_count: int = 0
@@ -116,7 +120,7 @@ class RunDelta:
     any_landing_id: int | None = None
 
 
-def record_rank(status: int, end_ns: int | None, heartbeat_ns: int | None) -> tuple:
+def record_rank(status: int, end_ns: int | None, heartbeat_ns: int | None) -> Rank:
     """The lattice rank of a record or stored node: higher wins."""
     if status in (st.OK, st.ERROR):
         return (2, end_ns or 0, status)
@@ -236,7 +240,7 @@ class RunFold:
                 )
             )
 
-    def _replace_state(self, node: Node, record: Record, rank: tuple) -> None:
+    def _replace_state(self, node: Node, record: Record, rank: Rank) -> None:
         self._note_finished(node.status in (st.OK, st.ERROR), record)
         node.rank = rank
         node.landing_id = record.landing_id
@@ -273,7 +277,7 @@ class RunFold:
         top.dirty = True
         self._attach(top, declared)
 
-    def _fill_placeholder(self, node: Node, record: Record, rank: tuple) -> None:
+    def _fill_placeholder(self, node: Node, record: Record, rank: Rank) -> None:
         """A new task, or the arrival of a parent that so far was only a placeholder."""
         self._note_finished(False, record)
         node.missing = False
@@ -379,14 +383,14 @@ class RunFold:
         node.dirty = True
         self.broken_links.append((node.span_id, parent_id, reason))
 
-    def _ancestors(self, node: Node):
+    def _ancestors(self, node: Node) -> Iterator[Node]:
         if node.parent_span_id is None:
             return
         parent = self.nodes.get(node.parent_span_id)
         if parent is not None:
             yield from self._chain(parent)
 
-    def _chain(self, start: Node):
+    def _chain(self, start: Node) -> Iterator[Node]:
         """``start`` and every ancestor above it that is loaded."""
         node: Node | None = start
         seen = 0
