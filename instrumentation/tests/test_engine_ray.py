@@ -154,30 +154,14 @@ def test_a_task_in_a_ray_worker_shows_running_then_stalled_when_the_worker_is_ki
     )  # fmt: skip
     job = start_job("long", env)
     try:
-        first = _wait_for_marker(marker, job)
-        written = time.monotonic()
-        running = wait_for_task(
-            server, first["trace_id"], first["span_id"], lambda t: t["status"] == "running"
+        first, shown_after, beat, stalled, stalled_after, retry = _kill_the_worker_mid_task(
+            server, marker, job
         )
-        shown_after = time.monotonic() - written
-        beat = wait_for_task(
-            server, first["trace_id"], first["span_id"],
-            lambda t: t["last_heartbeat"] not in (None, running["last_heartbeat"]),
-        )  # fmt: skip
-        os.kill(first["pid"], signal.SIGKILL)
-        killed = time.monotonic()
-        stalled = wait_for_task(
-            server, first["trace_id"], first["span_id"], lambda t: t["status"] == "stalled"
-        )
-        stalled_after = time.monotonic() - killed
-        retry = _wait_for_marker(marker, job, other_than=first["span_id"])
-        wait_for_task(
-            server, retry["trace_id"], retry["span_id"], lambda t: t["status"] == "running"
-        )
-        release.touch()
-        out, _ = finish_job(job)
-    finally:
+    except AssertionError as failure:
         _kill_group(job)
+        raise AssertionError(f"{failure}\njob's output:\n{job.stderr.read()[-5000:]}") from None
+    release.touch()
+    out, _ = finish_job(job)
     print(
         f"running shown {shown_after:.2f}s after the task started; heartbeat "
         f"{beat['last_heartbeat']}; stalled {stalled_after:.2f}s after SIGKILL of its worker"
@@ -200,6 +184,28 @@ def test_a_task_in_a_ray_worker_shows_running_then_stalled_when_the_worker_is_ki
     }
     assert attempts == {first["span_id"]: 1, retry["span_id"]: 2}
     assert stalled["status"] == "stalled"
+
+
+def _kill_the_worker_mid_task(server, marker: Path, job: subprocess.Popen):
+    first = _wait_for_marker(marker, job)
+    written = time.monotonic()
+    running = wait_for_task(
+        server, first["trace_id"], first["span_id"], lambda t: t["status"] == "running"
+    )
+    shown_after = time.monotonic() - written
+    beat = wait_for_task(
+        server, first["trace_id"], first["span_id"],
+        lambda t: t["last_heartbeat"] not in (None, running["last_heartbeat"]),
+    )  # fmt: skip
+    os.kill(first["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    stalled = wait_for_task(
+        server, first["trace_id"], first["span_id"], lambda t: t["status"] == "stalled"
+    )
+    stalled_after = time.monotonic() - killed
+    retry = _wait_for_marker(marker, job, other_than=first["span_id"])
+    wait_for_task(server, retry["trace_id"], retry["span_id"], lambda t: t["status"] == "running")
+    return first, shown_after, beat, stalled, stalled_after, retry
 
 
 def _wait_for_marker(marker: Path, job: subprocess.Popen, other_than: str | None = None) -> dict:
