@@ -8,11 +8,16 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from tasktree.exporter.errors import Overloaded, TasktreeError, Unauthorized
 from tasktree.exporter.receiver.records import DecodedBatch
+
+if TYPE_CHECKING:
+    from tasktree.exporter.auth import IngestTokens
+    from tasktree.exporter.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +68,7 @@ def retry_after_header(seconds: float) -> str:
     return str(math.ceil(seconds))
 
 
-def ingest_tokens(settings, tokens=None):
+def ingest_tokens(settings: Settings, tokens: IngestTokens | None = None) -> IngestTokens:
     """The tokens a receiver accepts: ``tokens`` when given (``Service`` adds its own internal
     token), else those configured in ``settings``."""
     from tasktree.exporter.auth import IngestTokens
@@ -94,7 +99,8 @@ class UnauthenticatedExports:
         self._clock = clock
         self._interval = interval_s
         self._capacity = capacity
-        self._warned: OrderedDict[str, list] = OrderedDict()  # address: [warned at, refused since]
+        # address: [warned at, refused since]
+        self._warned: OrderedDict[str, list[float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def refused(self, protocol: str, address: str, exc: Unauthorized) -> None:
@@ -125,7 +131,7 @@ class UnauthenticatedExports:
             self._warned.move_to_end(address)
             while len(self._warned) > self._capacity:
                 self._warned.popitem(last=False)
-            return entry[1] if entry is not None else 0
+            return int(entry[1]) if entry is not None else 0
 
 
 def store(ingest: Ingest, batch: DecodedBatch) -> None:
@@ -152,7 +158,7 @@ def export_response(batch: DecodedBatch) -> ExportTraceServiceResponse:
     return response
 
 
-def export_response_json(batch: DecodedBatch) -> dict:
+def export_response_json(batch: DecodedBatch) -> dict[str, Any]:
     """``export_response`` in OTLP/JSON form (int64 as a decimal string, as proto3 JSON does)."""
     if not batch.rejected:
         return {}

@@ -30,7 +30,9 @@ import binascii
 import hashlib
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 from google.protobuf.message import DecodeError
@@ -46,6 +48,15 @@ from tasktree.exporter.receiver.records import (
 )
 from tasktree.exporter.search import document_words
 from tasktree.exporter.tree.status import ERROR, OK, RUNNING
+
+if TYPE_CHECKING:
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    from tasktree.exporter.settings import Settings
+
+JsonObject = dict[str, Any]
+"""A decoded JSON object (``orjson``), or one built for a row's JSON column."""
 
 __all__ = ["Limits", "decode_json", "decode_protobuf", "decode_request"]
 
@@ -84,7 +95,7 @@ class Limits:
     max_value_bytes: int
 
     @classmethod
-    def from_settings(cls, settings) -> Limits:
+    def from_settings(cls, settings: Settings) -> Limits:
         return cls(max_value_bytes=settings.max_value_bytes)
 
 
@@ -158,7 +169,7 @@ class _Builder:
             f"{kept}…[truncated by tasktree: kept {len(kept.encode('utf-8'))} of {len(raw)} bytes]"
         )
 
-    def resource(self, attributes: dict, dropped: int) -> tuple[Resource, bool]:
+    def resource(self, attributes: JsonObject, dropped: int) -> tuple[Resource, bool]:
         """The ``Resource`` for decoded attributes, and whether any of its values was cut."""
         if dropped:
             attributes["tasktree.dropped_attributes"] = dropped
@@ -184,9 +195,9 @@ class _Builder:
         end: int,
         code: int,
         message: str,
-        attributes: dict,
-        events: list,
-        links: list,
+        attributes: JsonObject,
+        events: Sequence[Any],  # rows' event objects, or protobuf's empty repeated field
+        links: Sequence[Any],
     ) -> None:
         """Validate one span and append its row, or reject it alone with the reason."""
         running = attributes.get(LIVE_ATTRIBUTE) == LIVE_VALUE
@@ -296,7 +307,7 @@ class _ProtoDecoder(_Builder):
                     self.span(span, resource, scope)
         return self.batch
 
-    def span(self, span, resource: Resource, scope: str) -> None:
+    def span(self, span: Span, resource: Resource, scope: str) -> None:
         attributes = self.attributes(span.attributes)
         if span.dropped_attributes_count:
             attributes["tasktree.dropped_attributes"] = span.dropped_attributes_count
@@ -328,7 +339,7 @@ class _ProtoDecoder(_Builder):
             links,
         )
 
-    def event(self, event) -> dict:
+    def event(self, event: Span.Event) -> JsonObject:
         attributes = self.attributes(event.attributes)
         if event.dropped_attributes_count:
             attributes["tasktree.dropped_attributes"] = event.dropped_attributes_count
@@ -338,7 +349,7 @@ class _ProtoDecoder(_Builder):
             "attributes": attributes,
         }
 
-    def link(self, link) -> dict:
+    def link(self, link: Span.Link) -> JsonObject:
         attributes = self.attributes(link.attributes)
         if link.dropped_attributes_count:
             attributes["tasktree.dropped_attributes"] = link.dropped_attributes_count
@@ -348,7 +359,7 @@ class _ProtoDecoder(_Builder):
             "attributes": attributes,
         }
 
-    def attributes(self, key_values) -> dict:
+    def attributes(self, key_values: Iterable[KeyValue]) -> JsonObject:
         """``KeyValue``s as a dict.  The common scalar cases are inlined: this loop is most of the
         decoding time, and a method call per value would cost a third of it."""
         out = {}
@@ -358,7 +369,7 @@ class _ProtoDecoder(_Builder):
             if len(key) > quick or "\x00" in key:
                 key = self.text(key)
             v = kv.value
-            x = v.string_value  # most values are strings: this skips WhichOneof for them
+            x: Any = v.string_value  # most values are strings: this skips WhichOneof for them
             if x:
                 if len(x) > quick or "\x00" in x:
                     x = self.text(x)
@@ -373,7 +384,7 @@ class _ProtoDecoder(_Builder):
             out[key] = x
         return out
 
-    def value(self, v, kind: str | None):
+    def value(self, v: AnyValue, kind: str | None) -> Any:
         """An ``AnyValue`` whose set field is ``kind``, as a JSON-ready value (unset: ``None``)."""
         if kind == "string_value":
             return self.text(v.string_value)
@@ -403,7 +414,7 @@ class _JsonDecoder(_Builder):
         if self.depth > _MAX_NESTING:
             raise _Malformed(f"{at} {key!r}: values nested more than {_MAX_NESTING} levels deep")
 
-    def request(self, document: dict) -> DecodedBatch:
+    def request(self, document: JsonObject) -> DecodedBatch:
         where = "resourceSpans"
         try:
             for i, resource_spans in enumerate(_array(document.get("resourceSpans"))):
@@ -413,7 +424,7 @@ class _JsonDecoder(_Builder):
             raise BadRequest(f"malformed OTLP/JSON at {where}{exc}") from None
         return self.batch
 
-    def resource_spans(self, resource_spans: dict) -> None:
+    def resource_spans(self, resource_spans: JsonObject) -> None:
         self.truncated = False
         resource_json = _object(resource_spans.get("resource"), ".resource")
         resource, resource_truncated = self.resource(
@@ -434,7 +445,7 @@ class _JsonDecoder(_Builder):
                 except _Malformed as exc:
                     raise _Malformed(f"{at}.spans[{k}]{exc}") from None
 
-    def span(self, span: dict, resource: Resource, scope: str) -> None:
+    def span(self, span: JsonObject, resource: Resource, scope: str) -> None:
         try:
             trace_id = _hex_id(span.get("traceId"), ".traceId")
             span_id = _hex_id(span.get("spanId"), ".spanId")
@@ -474,7 +485,7 @@ class _JsonDecoder(_Builder):
             links,
         )
 
-    def event(self, event, n: int) -> dict:
+    def event(self, event: Any, n: int) -> JsonObject:
         at = f".events[{n}]"
         event = _object(event, at)
         attributes = self.attributes(event.get("attributes"), at + ".attributes")
@@ -487,7 +498,7 @@ class _JsonDecoder(_Builder):
             "attributes": attributes,
         }
 
-    def link(self, link, n: int) -> dict:
+    def link(self, link: Any, n: int) -> JsonObject:
         at = f".links[{n}]"
         link = _object(link, at)
         attributes = self.attributes(link.get("attributes"), at + ".attributes")
@@ -500,7 +511,7 @@ class _JsonDecoder(_Builder):
             "attributes": attributes,
         }
 
-    def attributes(self, key_values, at: str) -> dict:
+    def attributes(self, key_values: Any, at: str) -> JsonObject:
         if key_values is None:
             return {}
         if type(key_values) is not list:
@@ -527,7 +538,7 @@ class _JsonDecoder(_Builder):
             out[key] = x
         return out
 
-    def value(self, v, at: str, key: str):
+    def value(self, v: Any, at: str, key: str) -> Any:
         """An OTLP/JSON ``AnyValue`` object as a JSON-ready Python value."""
         if type(v) is not dict:
             raise _Malformed(f"{at} {key!r}: value must be an AnyValue object, got {_json_type(v)}")
@@ -565,7 +576,7 @@ class _JsonDecoder(_Builder):
         return None
 
 
-def _json_type(x) -> str:
+def _json_type(x: Any) -> str:
     if x is None:
         return "null"
     return {
@@ -578,7 +589,7 @@ def _json_type(x) -> str:
     }.get(type(x), type(x).__name__)
 
 
-def _array(x, at: str = "") -> list:
+def _array(x: Any, at: str = "") -> list[Any]:
     if x is None:
         return []
     if type(x) is not list:
@@ -586,7 +597,7 @@ def _array(x, at: str = "") -> list:
     return x
 
 
-def _object(x, at: str = "") -> dict:
+def _object(x: Any, at: str = "") -> JsonObject:
     if x is None:
         return {}
     if type(x) is not dict:
@@ -594,7 +605,7 @@ def _object(x, at: str = "") -> dict:
     return x
 
 
-def _str(x, at: str) -> str:
+def _str(x: Any, at: str) -> str:
     if x is None:
         return ""
     if type(x) is not str:
@@ -602,11 +613,11 @@ def _str(x, at: str) -> str:
     return x
 
 
-def _integer(x, at: str) -> int:
+def _integer(x: Any, at: str) -> int:
     """A proto3-JSON integer: a number or a decimal string (``"123"``), never a boolean."""
     t = type(x)
     if t is int:
-        return x
+        return cast(int, x)
     if t is str:
         # Short strings only: int() of thousands of digits raises (and is slow) on Python 3.11+.
         if len(x) <= 21 and x.isascii() and (x.isdigit() or (x[:1] == "-" and x[1:].isdigit())):
@@ -616,7 +627,7 @@ def _integer(x, at: str) -> int:
     raise _Malformed(f"{at}: expected an integer (number or decimal string), got {x!r:.40}")
 
 
-def _uint(x, at: str) -> int:
+def _uint(x: Any, at: str) -> int:
     """An unsigned 64-bit field (times, counts); absent is 0."""
     if x is None:
         return 0
@@ -626,7 +637,7 @@ def _uint(x, at: str) -> int:
     return value
 
 
-def _time(x, at: str) -> int:
+def _time(x: Any, at: str) -> int:
     """A time (fixed64 nanoseconds; absent is 0).  Only JSON can write one outside that range
     (before 1970, or past 2554 like year 9999): a valid number, so the span is refused alone."""
     if x is None:
@@ -639,14 +650,14 @@ def _time(x, at: str) -> int:
     return value
 
 
-def _int64(x, at: str) -> int:
+def _int64(x: Any, at: str) -> int:
     value = _integer(x, at)
     if not _INT64_MIN <= value <= _INT64_MAX:
         raise _Malformed(f"{at}: {value} is outside the signed 64-bit range")
     return value
 
 
-def _enum(x, names: dict, at: str) -> int:
+def _enum(x: Any, names: dict[str, int], at: str) -> int:
     if x is None:
         return 0
     if type(x) is str and not x.lstrip("-").isdigit():
@@ -654,7 +665,7 @@ def _enum(x, names: dict, at: str) -> int:
     return _integer(x, at)
 
 
-def _float(x, at: str) -> float:
+def _float(x: Any, at: str) -> float:
     t = type(x)
     if t is float or t is int:
         return float(x)
@@ -666,7 +677,7 @@ def _float(x, at: str) -> float:
     raise _Malformed(f"{at}: expected a number or a numeric string, got {x!r:.40}")
 
 
-def _base64(x, at: str) -> str:
+def _base64(x: Any, at: str) -> str:
     """Proto3-JSON bytes (standard or URL-safe base64, padding optional) in standard base64."""
     if type(x) is not str:
         raise _Malformed(f"{at}: expected a base64 string, got {_json_type(x)}")
@@ -679,7 +690,7 @@ def _base64(x, at: str) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def _hex_id(x, at: str) -> bytes:
+def _hex_id(x: Any, at: str) -> bytes:
     """A hex trace/span id (any case) as bytes; absent is empty.  Not hex rejects the span."""
     if x is None or x == "":
         return b""

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
+from collections.abc import Callable
 from concurrent import futures
+from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyPb
@@ -36,6 +38,11 @@ from tasktree.exporter.receiver._common import (
     store,
 )
 from tasktree.exporter.receiver.decode import Limits, decode_protobuf, decode_request
+from tasktree.exporter.receiver.records import DecodedBatch
+
+if TYPE_CHECKING:
+    from tasktree.exporter.auth import IngestTokens
+    from tasktree.exporter.settings import Settings
 
 __all__ = ["TraceService", "start_otlp_grpc_server"]
 
@@ -47,11 +54,11 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 def start_otlp_grpc_server(
     ingest: Ingest,
-    settings,
+    settings: Settings,
     host: str,
     port: int,
     max_workers: int = 8,
-    tokens=None,
+    tokens: IngestTokens | None = None,
     unauthenticated: UnauthenticatedExports | None = None,
 ) -> tuple[grpc.Server, int]:
     """Start serving OTLP/gRPC on ``host:port`` only; return the server and the bound port.
@@ -93,21 +100,33 @@ def start_otlp_grpc_server(
 class TraceService(TraceServiceServicer):
     """``Export`` into ``ingest``; every ``TasktreeError`` becomes the matching gRPC status."""
 
-    def __init__(self, ingest: Ingest, settings, tokens=None, unauthenticated=None):
+    def __init__(
+        self,
+        ingest: Ingest,
+        settings: Settings,
+        tokens: IngestTokens | None = None,
+        unauthenticated: UnauthenticatedExports | None = None,
+    ):
         self.ingest = ingest
         self.limits = Limits.from_settings(settings)
         self.tokens = ingest_tokens(settings, tokens)
         self.unauthenticated = unauthenticated or UnauthenticatedExports()
 
-    def Export(self, request: ExportTraceServiceRequest, context) -> ExportTraceServiceResponse:
+    def Export(
+        self, request: ExportTraceServiceRequest, context: grpc.ServicerContext
+    ) -> ExportTraceServiceResponse:
         """The generated servicer's method, for a request gRPC has already parsed."""
         return self._export(lambda: decode_request(request, self.limits), context)
 
-    def export_bytes(self, body: bytes, context) -> ExportTraceServiceResponse:
+    def export_bytes(
+        self, body: bytes, context: grpc.ServicerContext
+    ) -> ExportTraceServiceResponse:
         """What the server registers: parses the request itself to answer INVALID_ARGUMENT."""
         return self._export(lambda: decode_protobuf(body, self.limits), context)
 
-    def _export(self, decode, context) -> ExportTraceServiceResponse:
+    def _export(
+        self, decode: Callable[[], DecodedBatch], context: grpc.ServicerContext
+    ) -> ExportTraceServiceResponse:
         try:
             self.tokens.check(dict(context.invocation_metadata()).get("authorization"))
             batch = decode()
@@ -136,7 +155,7 @@ def client_address(peer: str) -> str:
     return peer
 
 
-def _abort(context, exc: TasktreeError) -> None:
+def _abort(context: grpc.ServicerContext, exc: TasktreeError) -> None:
     """End the call with ``exc``'s status (raises, as ``context.abort`` does)."""
     code = rpc_code(exc.status)
     delay = retry_after(exc) if exc.status in (429, 503) else None

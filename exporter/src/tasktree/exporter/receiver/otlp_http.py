@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 import zlib
+from typing import IO, TYPE_CHECKING
 
 import orjson
 from flask import Flask, Response, request
 from google.protobuf.any_pb2 import Any as AnyPb
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from werkzeug.exceptions import HTTPException
 
@@ -42,6 +44,10 @@ from tasktree.exporter.receiver._common import (
 from tasktree.exporter.receiver.decode import Limits, decode_json, decode_protobuf
 from tasktree.exporter.receiver.records import DecodedBatch
 
+if TYPE_CHECKING:
+    from tasktree.exporter.auth import IngestTokens
+    from tasktree.exporter.settings import Settings
+
 __all__ = ["TRACES_PATH", "create_otlp_http_app"]
 
 logger = logging.getLogger(__name__)
@@ -58,7 +64,10 @@ _READ_CHUNK = 1 << 20
 
 
 def create_otlp_http_app(
-    ingest: Ingest, settings, tokens=None, unauthenticated: UnauthenticatedExports | None = None
+    ingest: Ingest,
+    settings: Settings,
+    tokens: IngestTokens | None = None,
+    unauthenticated: UnauthenticatedExports | None = None,
 ) -> Flask:
     """A Flask app serving ``POST /v1/traces`` into ``ingest`` (see the module docstring).
 
@@ -75,7 +84,13 @@ def create_otlp_http_app(
 
 
 class _Receiver:
-    def __init__(self, ingest: Ingest, settings, tokens=None, unauthenticated=None):
+    def __init__(
+        self,
+        ingest: Ingest,
+        settings: Settings,
+        tokens: IngestTokens | None = None,
+        unauthenticated: UnauthenticatedExports | None = None,
+    ):
         self.ingest = ingest
         self.limits = Limits.from_settings(settings)
         self.max_body = settings.max_body_bytes
@@ -134,7 +149,7 @@ class _Receiver:
         )
 
 
-def _read_at_most(stream, limit: int) -> bytes:
+def _read_at_most(stream: IO[bytes], limit: int) -> bytes:
     """Up to ``limit`` bytes of ``stream`` (raw streams may return short reads: loop to EOF)."""
     parts = []
     size = 0
@@ -208,7 +223,7 @@ def _answers_json(mimetype: str) -> bool:
     return mimetype not in _PROTOBUF_TYPES
 
 
-def _pack(message) -> AnyPb:
+def _pack(message: Message) -> AnyPb:
     packed = AnyPb()
     packed.Pack(message)
     return packed
