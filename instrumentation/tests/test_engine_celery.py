@@ -13,6 +13,7 @@ from collections import Counter
 from contextlib import contextmanager
 
 import pytest
+from celery.app.task import Task as CeleryTask
 from engine_support import ENGINE_SCRIPTS, shape, start_worker, stop_worker, wait_for_task
 from propagation_matrix import records_from_api
 
@@ -145,15 +146,29 @@ def read_reports(path, count: int, timeout: float = 60.0) -> list[dict]:
     raise AssertionError(f"{count} reports expected in {path}, got {lines}")
 
 
-def test_a_pool_process_killed_mid_task_leaves_it_stalled_and_the_redelivery_is_a_new_attempt(
-    start_tasktree, private_db, tmp_path
+RETRY_ON_WORKER_LOST = hasattr(CeleryTask, "retry_on_worker_lost")  # Celery 5.7
+
+
+@pytest.mark.parametrize(
+    ("name", "again"),
+    [
+        pytest.param("slow", {"celery.redelivered": True}, id="acks_late-redelivered"),
+        pytest.param(
+            "slow_retried", {"celery.redelivered": None}, id="retry_on_worker_lost",
+            marks=pytest.mark.skipif(not RETRY_ON_WORKER_LOST, reason="Celery < 5.7"),
+        ),
+    ],
+)  # fmt: skip
+def test_a_pool_process_killed_mid_task_leaves_it_stalled_and_the_next_attempt_is_a_new_task(
+    start_tasktree, private_db, tmp_path, name, again
 ):
     server = start_tasktree(extra_args=("--stall-after", "1.5"), database=private_db)
     env = celery_environment(server, f"tasktree-celery-kill-{uuid.uuid4().hex[:8]}")
     report = tmp_path / "slow.jsonl"
     with celery_worker(env, tmp_path / "worker.log"):
         job = subprocess.Popen(
-            [sys.executable, str(ENGINE_SCRIPTS / "celery_job.py"), "slow", str(report), "120"],
+            [sys.executable, str(ENGINE_SCRIPTS / "celery_job.py"), "slow", name, str(report),
+             "120"],
             env=env, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         with job:
@@ -179,14 +194,15 @@ def test_a_pool_process_killed_mid_task_leaves_it_stalled_and_the_redelivery_is_
     nodes = wait_for_shape(
         server,
         trace_id,
-        Counter({("main_slow", None, "ok"): 1, ("slow", "main_slow", "stalled"): 1,
-                 ("slow", "main_slow", "ok"): 1}),
+        Counter({("main_slow", None, "ok"): 1, (name, "main_slow", "stalled"): 1,
+                 (name, "main_slow", "ok"): 1}),
     )  # fmt: skip
     by_span = {node.span_id: node for node in nodes}
     assert by_span[first["span_id"]].status == "stalled"
     assert by_span[second["span_id"]].status == "ok"
-    attempts = server.get(f"/api/runs/{trace_id}/tasks/{second['span_id']}")["attributes"]
-    assert attempts["tasktree.attempt"] == 2 and attempts["celery.redelivered"] is True
+    attributes = server.get(f"/api/runs/{trace_id}/tasks/{second['span_id']}")["attributes"]
+    assert attributes["tasktree.attempt"] == 2
+    assert {key: attributes.get(key) for key in again} == again
     assert running["attributes"]["tasktree.attempt"] == 1
     assert dead["last_heartbeat"] is not None
     print(

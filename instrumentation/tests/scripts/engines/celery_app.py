@@ -118,11 +118,23 @@ def submitted():
 @app.task(bind=True, acks_late=True, reject_on_worker_lost=True)
 @task
 def slow(self, report_path, seconds):
-    """Appends its ids and pid to ``report_path``; sleeps ``seconds`` unless redelivered (the
-    process running the first delivery is killed by the test)."""
+    """The test kills the process running its first attempt: the broker redelivers it."""
+    return _report_and_sleep(self.request, report_path, seconds)
+
+
+@app.task(bind=True, acks_late=True, retry_on_worker_lost=True, default_retry_delay=0)
+@task
+def slow_retried(self, report_path, seconds):
+    """The test kills the process running its first attempt: the worker retries it (Celery 5.7's
+    ``task_retry_on_worker_lost``, published by the worker's main process)."""
+    return _report_and_sleep(self.request, report_path, seconds)
+
+
+def _report_and_sleep(request, report_path, seconds):
+    """Appends the ids and pid to ``report_path``; sleeps ``seconds`` in the first attempt."""
     with open(report_path, "a") as report:
         report.write(json.dumps({**ids(), "pid": os.getpid()}) + "\n")
-    if not self.request.delivery_info.get("redelivered"):
+    if not request.delivery_info.get("redelivered") and not request.retries:
         time.sleep(seconds)
     return ids()
 

@@ -1,7 +1,7 @@
 """A Celery job: only ``@task``, ``configure()`` (in celery_app) and Celery's own API.
 
     python celery_job.py tree              every kind of submission under the task "main"
-    python celery_job.py slow REPORT SECS  one acks_late task the test kills mid-way
+    python celery_job.py slow TASK REPORT SECS  one acks_late task the test kills mid-way
     python celery_job.py bad               tasks submitted with no context / a malformed one
 
 Prints one JSON line: {"trace_id": ... of "main", "results": ...}.
@@ -25,6 +25,7 @@ from celery_app import (
     ids,
     in_group,
     slow,
+    slow_retried,
     submits,
 )
 
@@ -56,8 +57,8 @@ def main_tree() -> dict:
 
 
 @task
-def main_slow(report_path: str, seconds: float) -> dict:
-    result = slow.delay(report_path, seconds)
+def main_slow(name: str, report_path: str, seconds: float) -> dict:
+    result = {"slow": slow, "slow_retried": slow_retried}[name].delay(report_path, seconds)
     print(json.dumps(ids()), flush=True)  # the test watches this run while the task runs
     return {**ids(), "results": result.get(timeout=TIMEOUT)}
 
@@ -74,7 +75,7 @@ if __name__ == "__main__":
     if mode == "tree":
         out = main_tree()
     elif mode == "slow":
-        out = main_slow(sys.argv[2], float(sys.argv[3]))
+        out = main_slow(sys.argv[2], sys.argv[3], float(sys.argv[4]))
     else:
         out = bad_input()
     print(json.dumps(out), flush=True)

@@ -5,12 +5,16 @@ after ``configure()``; it uses Celery's own extension points, no patch:
 
 - ``before_task_publish`` writes the carrier into the message headers (``traceparent``,
   ``tracestate``: the keys the OpenTelemetry Celery instrumentor uses too).  The carrier is the
-  current task's, except when the worker publishes for the Celery task it is running:
+  current task's, except when a worker publishes for the Celery task it is running:
   - the same task again (``task.retry()``: same task id) carries that task's own carrier, so that
     every attempt sits under the original parent, never under the attempt that retried;
   - with no task current (the next task of a chain, a chord's callback, a link: Celery publishes
     them after the task's body returned) it carries the running task's carrier, so that every
     task of a canvas sits under the task where the canvas was submitted.
+
+  A retry the worker's main process publishes after losing the process running the task
+  (``task_retry_on_worker_lost``, Celery 5.7) copies the message's headers, carrier included,
+  and has no task current: it keeps the original parent as it is.
 - On the worker, the first ``@task`` started with no current task inside a Celery task takes the
   message's carrier as its parent (an ambient-parent provider reading the request of
   ``celery.current_task``, per thread), with ``tasktree.attempt`` (``retries + 1``, one more
