@@ -38,10 +38,12 @@ BIG_NODE = (2).to_bytes(8, "big")  # task 1's span id
 # middle nodes under the root; the rest leaves spread over the middle nodes.  Span ids are
 # 8-byte big-endian i+1; start times rise with i, ties every 4 tasks to exercise the span-id
 # tie-break.  Every 97th leaf failed, the last 100 are still running.
-BUILD_RUN = ["""
+BUILD_RUN = [
+    """
 INSERT INTO resources (id, digest, job, attributes)
 VALUES (1, '\\x01', 'bench-job', '{"service.name": "bench-job", "host.name": "bench-host"}')
-""", """
+""",
+    """
 INSERT INTO tasks (trace_id, span_id, parent_span_id, name, kind, status, start_ns, end_ns,
                    status_message, resource_id, scope, attributes, events, links, received_ns)
 SELECT %(trace)s, int8send(i + 1),
@@ -56,11 +58,13 @@ SELECT %(trace)s, int8send(i + 1),
        CASE WHEN i %% 97 = 0 AND i > 1 THEN 'disk full on /var' ELSE '' END,
        1, 'bench', jsonb_build_object('item', i, 'partition', i %% 7), '[]', '[]', %(base)s
 FROM generate_series(0, %(tasks)s - 1) AS i
-"""]
+""",
+]
 
 # Child counts and rollups in one UPDATE: every task counted at its parent (depth 1) and at its
 # grandparent (depth 2); the tree is three levels deep below the root, so that is all of them.
-ROLLUPS = ["""
+ROLLUPS = [
+    """
 WITH up AS (
     SELECT c.parent_span_id AS ancestor, 1 AS depth, c.status FROM tasks c
     WHERE c.parent_span_id IS NOT NULL
@@ -79,7 +83,8 @@ WITH up AS (
 UPDATE tasks t SET child_count = agg.child_count, n_ok = agg.n_ok, n_error = agg.n_error,
                    n_running = agg.n_running, n_stalled = agg.n_stalled
 FROM agg WHERE t.trace_id = %(trace)s AND t.span_id = agg.ancestor
-""", """
+""",
+    """
 INSERT INTO runs (trace_id, job, name, status, start_ns, end_ns, n_ok, n_error, n_running,
                   n_stalled, task_count, root_count, last_received_ns)
 SELECT %(trace)s, 'bench-job', 'task-0', 3, min(start_ns), NULL,
@@ -87,15 +92,21 @@ SELECT %(trace)s, 'bench-job', 'task-0', 3, min(start_ns), NULL,
        count(*) FILTER (WHERE status = 1), count(*) FILTER (WHERE status = 2), count(*),
        count(*) FILTER (WHERE parent_span_id IS NULL), max(received_ns)
 FROM tasks WHERE trace_id = %(trace)s
-"""]
+""",
+]
 
 
 def build(url: str, tasks: int) -> None:
     """Fill the scratch database with the one big run, rollups consistent, statistics fresh."""
     first_branch = BIG_CHILDREN + 2
     params = {
-        "trace": TRACE, "tasks": tasks, "big": BIG_CHILDREN, "branches": BRANCHES,
-        "first_branch": first_branch, "first_leaf": first_branch + BRANCHES, "base": BASE_NS,
+        "trace": TRACE,
+        "tasks": tasks,
+        "big": BIG_CHILDREN,
+        "branches": BRANCHES,
+        "first_branch": first_branch,
+        "first_leaf": first_branch + BRANCHES,
+        "base": BASE_NS,
     }
     with psycopg.connect(url, autocommit=True) as conn:
         for step, statements in (("tasks", BUILD_RUN), ("rollups", ROLLUPS)):
@@ -138,13 +149,20 @@ def measure(url: str, repeat: int) -> dict[str, float]:
         page = queries.children(conn, TRACE, big, limit=100, after=after)
         assert len(page.rows) == 100 and page.next_after is not None, "middle page is not full"
         return {
-            "reference: primary-key lookup": median_ms(lambda: conn.execute(
-                "SELECT 1 FROM tasks WHERE trace_id = %s AND span_id = %s", (TRACE, big),
-                prepare=False).fetchall(), repeat),
+            "reference: primary-key lookup": median_ms(
+                lambda: conn.execute(
+                    "SELECT 1 FROM tasks WHERE trace_id = %s AND span_id = %s",
+                    (TRACE, big),
+                    prepare=False,
+                ).fetchall(),
+                repeat,
+            ),
             "children page (query)": median_ms(
-                lambda: queries.children(conn, TRACE, big, limit=100, after=after), repeat),
+                lambda: queries.children(conn, TRACE, big, limit=100, after=after), repeat
+            ),
             "run summary (query)": median_ms(
-                lambda: (queries.get_run(conn, TRACE), queries.run_roots(conn, TRACE)), repeat),
+                lambda: (queries.get_run(conn, TRACE), queries.run_roots(conn, TRACE)), repeat
+            ),
             **measure_routes(url, after, repeat),
         }
 
@@ -155,6 +173,7 @@ def measure_routes(url: str, after: tuple, repeat: int) -> dict[str, float]:
 
     from tasktree.exporter.api import api_blueprint
     from tasktree.exporter.api.params import encode_cursor
+    from tasktree.exporter.services import Services, install_services
     from tasktree.exporter.settings import Settings
     from tasktree.exporter.store.pool import open_pool
 
@@ -162,7 +181,7 @@ def measure_routes(url: str, after: tuple, repeat: int) -> dict[str, float]:
     try:
         pool.wait()
         app = Flask("bench")
-        app.extensions["tasktree"] = {"pool": pool, "settings": Settings()}
+        install_services(app, Services(Settings(), pool))
         app.register_blueprint(api_blueprint)
         client = app.test_client()
         cursor = encode_cursor("children", after)
@@ -194,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(figures: dict[str, float], args: argparse.Namespace) -> None:
     reference = figures["reference: primary-key lookup"]
-    print(f"\none run of {args.tasks:,} tasks, a node of {BIG_CHILDREN:,} children; "
-          f"median of {args.repeat} calls")
+    print(
+        f"\none run of {args.tasks:,} tasks, a node of {BIG_CHILDREN:,} children; "
+        f"median of {args.repeat} calls"
+    )
     for what, ms in figures.items():
         verdict = "" if what.startswith("reference") else ("  ok" if ms < 20 else "  OVER 20 ms")
         print(f"  {what:32} {ms:8.3f} ms  {ms / reference:6.1f} x reference{verdict}")

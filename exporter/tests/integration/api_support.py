@@ -18,6 +18,7 @@ from flask import Flask
 
 from tasktree.exporter.api import api_blueprint
 from tasktree.exporter.search import document_words
+from tasktree.exporter.services import Services, install_services
 from tasktree.exporter.settings import Settings
 from tasktree.exporter.store.pool import open_pool
 from tasktree.exporter.tree import status as st
@@ -77,7 +78,7 @@ def create_test_app(settings: Settings, pool) -> Flask:
     """The smallest app the blueprint runs in (what the app factory does for it)."""
     app = Flask("tasktree-api-tests")
     app.json.sort_keys = False
-    app.extensions["tasktree"] = {"pool": pool, "settings": settings}
+    install_services(app, Services(settings, pool))
     app.register_blueprint(api_blueprint)
     return app
 

@@ -11,6 +11,7 @@ import pytest
 from flask import Flask
 
 from tasktree.exporter.api import api_blueprint
+from tasktree.exporter.services import Services, install_services
 from tasktree.exporter.settings import Settings
 from tasktree.exporter.tree import status as st
 from tasktree.exporter.ui import install_ui
@@ -27,7 +28,7 @@ STACK = "Traceback (most recent call last):\n" + "".join(
 @pytest.fixture
 def client(db, api_pool):
     app = Flask("tasktree-ui-tests")
-    app.extensions["tasktree"] = {"pool": api_pool, "settings": Settings()}
+    install_services(app, Services(Settings(), api_pool))
     app.register_blueprint(api_blueprint)
     install_ui(app)
     return app.test_client()

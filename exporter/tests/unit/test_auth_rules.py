@@ -12,6 +12,7 @@ from flask import Flask
 from tasktree.exporter import auth
 from tasktree.exporter.app import error_response
 from tasktree.exporter.errors import TasktreeError, Unauthorized
+from tasktree.exporter.services import Services, install_services
 from tasktree.exporter.settings import Settings, SettingsError
 from tasktree.exporter.ui import ui_blueprint
 from tasktree.exporter.ui.login import login_blueprint
@@ -93,7 +94,7 @@ def test_an_internal_ingest_token_never_closes_open_ingest():
 
 def app_for(**values) -> Flask:
     app = Flask(__name__)
-    app.extensions["tasktree"] = {"settings": settings(**values), "pool": None}
+    install_services(app, Services(settings(**values), pool=None))
     auth.install(app)
     app.register_blueprint(ui_blueprint)
     app.register_blueprint(login_blueprint)

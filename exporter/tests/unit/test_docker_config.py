@@ -9,6 +9,7 @@ from tasktree.exporter.auth import OPERATOR, VIEWER, TokenTable, require
 from tasktree.exporter.docker.hosts import load_hosts
 from tasktree.exporter.docker.specs import deploy_spec, pull_spec
 from tasktree.exporter.errors import BadRequest, Forbidden, Unauthorized
+from tasktree.exporter.services import Services, install_services
 from tasktree.exporter.settings import Settings, SettingsError
 
 
@@ -100,7 +101,7 @@ def test_short_tokens_are_refused():
 )
 def test_who_may_read_and_who_may_act(configured, host, header, role, outcome):
     app = Flask(__name__)
-    app.extensions["tasktree"] = {"settings": settings(host=host, **configured)}
+    install_services(app, Services(settings(host=host, **configured), pool=None))
     view = require(role)(lambda: "ok")
     headers = {"Authorization": f"Bearer {header}"} if header else {}
     with app.test_request_context(headers=headers):

@@ -2,23 +2,58 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import psycopg_pool
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from tasktree.exporter.errors import TasktreeError, json_error, json_http_error
 from tasktree.exporter.metrics import mount as mount_metrics
+from tasktree.exporter.services import Services, current_services, install_services
 from tasktree.exporter.settings import Settings
 from tasktree.exporter.store.pool import connection
 
+if TYPE_CHECKING:
+    from tasktree.exporter.background import Folder
+    from tasktree.exporter.docker import DockerService
+    from tasktree.exporter.ingest import Ingestor
+    from tasktree.exporter.live import LocalBus
+    from tasktree.exporter.metrics import ServiceMetrics
 
-def create_app(settings: Settings, pool: psycopg_pool.ConnectionPool, **services) -> Flask:
-    """Build the Flask app.  ``services`` (e.g. the folder) are kept in ``app.extensions``."""
+
+class _JSONProvider(DefaultJSONProvider):
+    sort_keys = False  # the API's objects keep the order their fields are documented in
+
+
+def create_app(
+    settings: Settings,
+    pool: psycopg_pool.ConnectionPool,
+    *,
+    folder: Folder | None = None,
+    ingest: Ingestor | None = None,
+    docker: DockerService | None = None,
+    live: LocalBus | None = None,
+    metrics: ServiceMetrics | None = None,
+    secret_key: str | None = None,
+) -> Flask:
+    """Build the Flask app; the services are kept in ``app.extensions`` (``services.py``)."""
     from tasktree.exporter.api import api_blueprint
 
     app = Flask(__name__)
-    app.json.sort_keys = False
-    app.extensions["tasktree"] = {"settings": settings, "pool": pool, **services}
+    app.json = _JSONProvider(app)
+    services = Services(
+        settings,
+        pool,
+        folder=folder,
+        ingest=ingest,
+        docker=docker,
+        live=live,
+        metrics=metrics,
+        secret_key=secret_key,
+    )
+    install_services(app, services)
     from tasktree.exporter.auth import install as install_auth  # issue 7: session cookie, CSRF
 
     install_auth(app)
@@ -36,16 +71,13 @@ def create_app(settings: Settings, pool: psycopg_pool.ConnectionPool, **services
     return app
 
 
-def _healthz():
-    from flask import current_app
-
-    pool = current_app.extensions["tasktree"]["pool"]
-    with connection(pool) as conn:
+def _healthz() -> Response:
+    with connection(current_services().pool) as conn:
         conn.execute("SELECT 1")
     return jsonify({"status": "ok"})
 
 
-def _api_http_error(exc: HTTPException):
+def _api_http_error(exc: HTTPException) -> HTTPException | Response:
     """An unknown ``/api/`` path or a wrong method there answers JSON like every API error (the
     blueprints' own handlers never see routing errors); everywhere else Flask's page stays."""
     if not request.path.startswith("/api/"):

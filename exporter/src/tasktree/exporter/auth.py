@@ -44,6 +44,7 @@ from typing import TypeVar
 from flask import Flask, current_app, g, request, session
 
 from tasktree.exporter.errors import CsrfRejected, Forbidden, Unauthorized
+from tasktree.exporter.services import current_services, services_of
 from tasktree.exporter.settings import Settings, SettingsError, is_loopback
 
 __all__ = [
@@ -208,15 +209,15 @@ def install(app: Flask) -> None:
     """Configure ``app``'s signed session cookie from its settings (once; ``install_ui`` calls
     it too, so any app with the pages has sign-in).
 
-    The key: ``services["secret_key"]`` (what ``Service`` loaded with ``load_secret_key``), else
+    The key: ``Services.secret_key`` (what ``Service`` loaded with ``load_secret_key``), else
     ``TASKTREE_SECRET_KEY``, else a random one (an app built in a test: sessions end with it).
     """
-    ext = app.extensions["tasktree"]
-    if ext.get("auth_installed"):
+    services = services_of(app)
+    if services.auth_installed:
         return
-    ext["auth_installed"] = True
-    settings: Settings = ext["settings"]
-    app.secret_key = ext.get("secret_key") or settings.secret_key or secrets.token_hex(32)
+    services.auth_installed = True
+    settings = services.settings
+    app.secret_key = services.secret_key or settings.secret_key or secrets.token_hex(32)
     app.config.update(
         SESSION_COOKIE_NAME=SESSION_COOKIE,
         SESSION_COOKIE_HTTPONLY=True,
@@ -327,10 +328,10 @@ def _session_principal(table: TokenTable) -> Principal | None:
 
 
 def _table() -> TokenTable:
-    ext = current_app.extensions["tasktree"]
-    table = ext.get("tokens")
+    services = current_services()
+    table = services.tokens
     if table is None:
-        table = ext["tokens"] = TokenTable(ext["settings"], key=current_app.secret_key)
+        table = services.tokens = TokenTable(services.settings, key=current_app.secret_key)
     return table
 
 

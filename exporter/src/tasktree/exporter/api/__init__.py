@@ -1,6 +1,6 @@
 """The JSON API (design.md §4) as one Flask blueprint.
 
-    app.extensions["tasktree"] = {"pool": pool, "settings": settings}
+    install_services(app, Services(settings, pool))
     app.register_blueprint(api_blueprint)
 """
 

@@ -1,7 +1,7 @@
 """The JSON API blueprint (design.md §4): runs, one run, one task, children, search, OpenAPI.
 
-Wiring (the app factory): ``app.extensions["tasktree"] = {"pool": pool, "settings": settings}``
-then ``app.register_blueprint(api_blueprint)``.  Views run on the server's request threads and
+Wiring (the app factory): ``install_services(app, Services(settings, pool))`` then
+``app.register_blueprint(api_blueprint)``.  Views run on the server's request threads and
 block on PostgreSQL for one or two short queries on one pooled connection.  Errors are raised,
 never caught in views: the blueprint's handlers turn every ``TasktreeError`` into
 ``{"error": {"code", "message"}}`` with its HTTP status (and Retry-After when it has one).
@@ -30,6 +30,7 @@ from tasktree.exporter.errors import (
     json_error,
     json_unexpected,
 )
+from tasktree.exporter.services import current_services
 from tasktree.exporter.store import queries
 from tasktree.exporter.store.pool import connection
 
@@ -46,7 +47,7 @@ T = TypeVar("T")
 
 def _read(work: Callable[[psycopg.Connection], T]) -> T:
     """Run ``work`` on a pooled connection (StoreUnavailable when there is none)."""
-    with connection(current_app.extensions["tasktree"]["pool"]) as conn:
+    with connection(current_services().pool) as conn:
         return work(conn)
 
 
@@ -60,8 +61,10 @@ def _authenticate() -> None:
     """Reading needs a viewer (``tasktree.exporter.auth``: anonymous only on loopback without
     tokens); the OpenAPI document is public."""
     if request.endpoint != "api.openapi" and auth.authenticate() is None:
-        raise Unauthorized("this API needs the header Authorization: Bearer <viewer token> "
-                           "(or a browser signed in at /login)")
+        raise Unauthorized(
+            "this API needs the header Authorization: Bearer <viewer token> "
+            "(or a browser signed in at /login)"
+        )
 
 
 def _arg(name: str) -> str | None:

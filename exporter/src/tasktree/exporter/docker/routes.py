@@ -16,7 +16,6 @@ import logging
 from flask import (
     Blueprint,
     Response,
-    current_app,
     jsonify,
     render_template,
     request,
@@ -33,6 +32,7 @@ from tasktree.exporter.errors import (
     json_error,
     json_unexpected,
 )
+from tasktree.exporter.services import current_services
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ _MAX_WAIT_S = 300.0
 
 
 def _service():
-    service = current_app.extensions["tasktree"].get("docker")
+    service = current_services().docker
     if service is None:
         raise NotFound("docker host management is not enabled in this process")
     return service

@@ -1,6 +1,6 @@
 """``DockerService``: the hosts, listing, operations, audit log, tracing and metrics of one process.
 
-Built once by ``tasktree serve`` (``server.py``), kept in ``app.extensions["tasktree"]["docker"]``.
+Built once by ``tasktree serve`` (``server.py``), kept in the app's ``Services.docker``.
 Reading methods block at most about the slowest host's timeout; ``pull``/``deploy`` write the audit
 row and start the run's root span on the caller's thread (so a database outage refuses the action
 with 503 before anything is done), then work on background threads and return the ``Operation``.

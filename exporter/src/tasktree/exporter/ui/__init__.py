@@ -39,7 +39,7 @@ SECURITY_HEADERS = {
 
 
 def install_ui(app: Flask) -> None:
-    """Register the pages and the live event streams on ``app`` (the bus: ``services["live"]``)."""
+    """Register the pages and the live event streams on ``app`` (the bus: ``Services.live``)."""
     from tasktree.exporter import auth
     from tasktree.exporter.ui.live import bus_of, live_blueprint
     from tasktree.exporter.ui.login import login_blueprint

@@ -15,6 +15,7 @@ from flask import Blueprint, Flask, Response, current_app
 
 from tasktree.exporter.errors import TasktreeError, TooManyStreams, Unauthorized, json_error
 from tasktree.exporter.live import LocalBus, Subscription
+from tasktree.exporter.services import services_of
 
 __all__ = ["bus_of", "live_blueprint"]
 
@@ -31,11 +32,11 @@ live_blueprint = Blueprint("live", __name__, url_prefix="/api/live")
 
 
 def bus_of(app: Flask) -> LocalBus:
-    """The app's bus (``services["live"]``); an app built without one gets a local, idle bus."""
-    services = app.extensions["tasktree"]
-    if services.get("live") is None:
-        services["live"] = LocalBus()
-    return services["live"]
+    """The app's bus; an app built without one gets a local, idle bus."""
+    services = services_of(app)
+    if services.live is None:
+        services.live = LocalBus()
+    return services.live
 
 
 @live_blueprint.before_request

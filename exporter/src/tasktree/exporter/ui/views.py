@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import psycopg
-from flask import Blueprint, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, redirect, render_template, request, url_for
 
 from tasktree.exporter.api import params, shapes
 from tasktree.exporter.errors import NotFound
+from tasktree.exporter.services import current_services
 from tasktree.exporter.store import queries
 from tasktree.exporter.store.pool import connection
 from tasktree.exporter.tree import status as task_status
@@ -45,7 +46,7 @@ T = TypeVar("T")
 
 def _read(work: Callable[[psycopg.Connection], T]) -> T:
     """Run ``work`` on a pooled connection (StoreUnavailable, a 503 page, when there is none)."""
-    with connection(current_app.extensions["tasktree"]["pool"]) as conn:
+    with connection(current_services().pool) as conn:
         return work(conn)
 
 
