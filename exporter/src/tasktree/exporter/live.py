@@ -166,19 +166,22 @@ class RedisBus(LocalBus):
                 self._pending_all, self._pending = True, set()
             self._wake.notify()
 
-    def _take_pending(self) -> frozenset[bytes] | None | bool:
-        """Wait for ids to send: the ids, None for "all runs", False when stopping."""
+    def _take_pending(self) -> tuple[bool, frozenset[bytes] | None]:
+        """Wait for ids to send: (stopping, the ids or None for "all runs")."""
         with self._wake:
             while not (self._pending or self._pending_all or self._stop.is_set()):
                 self._wake.wait()
             if self._stop.is_set():
-                return False
+                return True, None
             taken = _EVERYTHING if self._pending_all else frozenset(self._pending)
             self._pending, self._pending_all = set(), False
-            return taken
+            return False, taken
 
     def _run_publisher(self) -> None:
-        while (trace_ids := self._take_pending()) is not False:
+        while True:
+            stopping, trace_ids = self._take_pending()
+            if stopping:
+                return
             try:
                 self._client.publish(self._channel, encode_message(trace_ids))
             except self._redis.RedisError as exc:

@@ -268,7 +268,7 @@ class Settings:
                 continue
             raw = env.get(env_name(f.name))
             if raw is not None and raw != "":
-                values[f.name] = _parse(f.name, raw, f.type)
+                values[f.name] = _parse(f.name, raw, str(f.type))
         settings = cls(**values)
         settings.validate()
         return settings

@@ -160,9 +160,10 @@ def _relabelled_live(live: list[tuple], label: _Label) -> list[tuple]:
     """``live`` by (label, status): the counts added, the newest heartbeat kept."""
     merged: dict[tuple[str, int], list] = {}
     for job, status, count, newest in live:
-        if label(job) is None:
+        shown_as = label(job)
+        if shown_as is None:
             continue
-        seen = merged.setdefault((label(job), status), [0, None])
+        seen = merged.setdefault((shown_as, status), [0, None])
         seen[0] += count
         if newest is not None:
             seen[1] = newest if seen[1] is None else max(seen[1], newest)
@@ -172,6 +173,7 @@ def _relabelled_live(live: list[tuple], label: _Label) -> list[tuple]:
 def _relabelled_missing(missing: list[tuple], label: _Label) -> list[tuple]:
     merged: dict[str, int] = defaultdict(int)
     for job, count in missing:
-        if label(job) is not None:
-            merged[label(job)] += count
+        shown_as = label(job)
+        if shown_as is not None:
+            merged[shown_as] += count
     return sorted(merged.items())
