@@ -379,8 +379,10 @@ def _attempt() -> int | None:
 
 
 def _flush() -> None:
-    """Exports what the call recorded before its result goes back: Ray ends idle workers and the
-    workers of a job that shuts down without running ``atexit``."""
+    """Exports what the call recorded before its result goes back (at once if it recorded
+    nothing): Ray ends idle workers and the workers of a job that shuts down without running
+    ``atexit`` (without this, a job that calls ``ray.shutdown()`` right after its last
+    ``ray.get`` loses the records of its last tasks)."""
     configuration.flush()
 
 
