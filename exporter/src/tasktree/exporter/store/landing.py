@@ -18,6 +18,14 @@ from psycopg.pq import Format
 from tasktree.exporter.receiver.records import Resource, SpanRow
 from tasktree.exporter.store._copy import fast_binary_dumpers
 
+# Resources are shared by every span of a process: a known digest is a row already.
+_INSERT_RESOURCES = """
+INSERT INTO resources (digest, job, attributes)
+SELECT * FROM unnest(%s::bytea[], %s::text[], %s::jsonb[])
+ON CONFLICT (digest) DO NOTHING
+"""
+_RESOURCE_IDS = "SELECT digest, id FROM resources WHERE digest = ANY(%s)"
+
 _COLUMNS = (
     "received_ns, trace_id, span_id, parent_span_id, name, kind, start_ns, end_ns, "
     "heartbeat_ns, status, status_message, resource_id, scope, attributes, events, links, "
@@ -43,6 +51,7 @@ _TYPES = [
     "bool",
     "text",
 ]
+_COPY_ROWS = f"COPY span_landing ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 
 
 class _JsonTextBinaryDumper(Dumper):
@@ -79,12 +88,10 @@ class ResourceIds:
     def _insert(self, conn: psycopg.Connection[Any], resources: list[Resource]) -> dict[bytes, int]:
         digests = [r.digest for r in resources]
         conn.execute(
-            "INSERT INTO resources (digest, job, attributes) "
-            "SELECT * FROM unnest(%s::bytea[], %s::text[], %s::jsonb[])"
-            " ON CONFLICT (digest) DO NOTHING",
+            _INSERT_RESOURCES,
             (digests, [r.job for r in resources], [r.attributes_json for r in resources]),
         )
-        rows = conn.execute("SELECT digest, id FROM resources WHERE digest = ANY(%s)", (digests,))
+        rows = conn.execute(_RESOURCE_IDS, (digests,))
         ids = {bytes(d): i for d, i in rows}
         with self._lock:
             for digest, rid in ids.items():
@@ -105,7 +112,7 @@ def land(
         ids = resource_ids.ids_for(conn, list(distinct.values()))
         with fast_binary_dumpers(conn.cursor()) as cur:
             cur.adapters.register_dumper(None, _JsonTextBinaryDumper)
-            with cur.copy(f"COPY span_landing ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+            with cur.copy(_COPY_ROWS) as copy:
                 copy.set_types(_TYPES)
                 for s in spans:
                     copy.write_row(

@@ -15,6 +15,16 @@ from tasktree.exporter.store import locks
 
 logger = logging.getLogger(__name__)
 
+# A session lock: each migration commits on its own, and the lock spans them all.
+_LOCK = "SELECT pg_advisory_lock(%s, %s)"
+_UNLOCK = "SELECT pg_advisory_unlock(%s, %s)"
+_CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())
+"""
+_APPLIED_VERSIONS = "SELECT version FROM schema_migrations"
+_RECORD_VERSION = "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)"
+
 
 def available() -> list[tuple[int, str, str]]:
     """All migration files as (version, name, sql), sorted by version."""
@@ -31,25 +41,18 @@ def migrate(conninfo: str, target: int | None = None) -> list[int]:
     """Apply every pending migration (up to ``target``); return the versions this call applied."""
     applied_now = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s, %s)", locks.MIGRATIONS)
+        conn.execute(_LOCK, locks.MIGRATIONS)
         try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version integer PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            conn.execute(_CREATE_MIGRATIONS_TABLE)
+            done = {row[0] for row in conn.execute(_APPLIED_VERSIONS)}
             for version, name, sql in available():
                 if version in done or (target is not None and version > target):
                     continue
                 with conn.transaction():
                     conn.execute(sql)
-                    conn.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                        (version, name),
-                    )
+                    conn.execute(_RECORD_VERSION, (version, name))
                 logger.info("applied migration %s", name)
                 applied_now.append(version)
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s, %s)", locks.MIGRATIONS)
+            conn.execute(_UNLOCK, locks.MIGRATIONS)
     return applied_now

@@ -25,6 +25,22 @@ _DAY_NS = 86_400 * 10**9
 _ensured: set[tuple[Any, ...]] = set()  # (database, day) already created in this process
 _ensured_lock = threading.Lock()
 
+# Creates the partition of a day unless it exists, under its advisory lock (migration 0005).
+_ENSURE_DAY = "SELECT tasktree_ensure_day_partition(%s)"
+_DAY_PARTITIONS = """
+SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'tasks'::regclass AND c.relname ~ '^tasks_d[0-9]+$'
+"""
+_DAYS_IN_DEFAULT = "SELECT DISTINCT run_day FROM tasks_default"
+# A day's rows in batches of at most %s (see _delete_in_batches).
+_DELETE_STRAY_TASKS_OF_DAY = """
+DELETE FROM tasks_default
+WHERE ctid IN (SELECT ctid FROM tasks_default WHERE run_day = %s LIMIT %s)
+"""
+_DELETE_RUNS_OF_DAY = """
+DELETE FROM runs WHERE trace_id IN (SELECT trace_id FROM runs WHERE run_day = %s LIMIT %s)
+"""
+
 # A day's runs that keep its partition: still running (a stalled run does not), or heard from
 # since the cutoff.
 _HAS_LIVE_RUNS = f"""
@@ -49,7 +65,7 @@ def ensure_current(conn: psycopg.Connection) -> None:
         missing = [d for d in (day, day + 1) if (database, d) not in _ensured]
     for d in missing:
         with conn.transaction():
-            conn.execute("SELECT tasktree_ensure_day_partition(%s)", (d,))
+            conn.execute(_ENSURE_DAY, (d,))
         with _ensured_lock:
             _ensured.add((database, d))
 
@@ -70,20 +86,8 @@ def drop_expired(
             continue
         with conn.transaction():
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(f"tasks_d{day}")))
-        _delete_in_batches(
-            conn,
-            "DELETE FROM tasks_default WHERE ctid IN (SELECT ctid FROM"
-            " tasks_default WHERE run_day = %s LIMIT %s)",
-            day,
-            batch,
-        )
-        _delete_in_batches(
-            conn,
-            "DELETE FROM runs WHERE trace_id IN (SELECT trace_id FROM runs"
-            " WHERE run_day = %s LIMIT %s)",
-            day,
-            batch,
-        )
+        _delete_in_batches(conn, _DELETE_STRAY_TASKS_OF_DAY, day, batch)
+        _delete_in_batches(conn, _DELETE_RUNS_OF_DAY, day, batch)
         logger.info(
             "retention: dropped the tasks of day %s (%s)",
             day,
@@ -94,10 +98,7 @@ def drop_expired(
 
 
 def _partition_days(conn: psycopg.Connection[Any]) -> list[int]:
-    rows = conn.execute(
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-        " WHERE i.inhparent = 'tasks'::regclass AND c.relname ~ '^tasks_d[0-9]+$'"
-    ).fetchall()
+    rows = conn.execute(_DAY_PARTITIONS).fetchall()
     return sorted(int(name[len("tasks_d") :]) for (name,) in rows)
 
 
@@ -107,7 +108,7 @@ def _has_live_runs(conn: psycopg.Connection[Any], day: int, cutoff_ns: int) -> b
 
 def _days_in_default(conn: psycopg.Connection[Any]) -> set[int]:
     """Days with rows in the default partition (normally none: it only catches strays)."""
-    return {d for (d,) in conn.execute("SELECT DISTINCT run_day FROM tasks_default")}
+    return {d for (d,) in conn.execute(_DAYS_IN_DEFAULT)}
 
 
 def _delete_in_batches(conn: psycopg.Connection[Any], statement: str, day: int, batch: int) -> None:
