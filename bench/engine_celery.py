@@ -9,7 +9,8 @@ calls and waits for every result (``ResultSet.join_native``), after a warm-up of
 *With*: the same task under ``@task``, submitted under a root ``@task``, tasktree configured in
 both (the worker through this module, its app module) and exporting to a real ``tasktree serve``
 (scratch database), so that every message carries the submitter and every task records a span in
-its pool process.  Rounds alternate without/with; the best of each is kept.
+its pool process.  Rounds alternate without/with (then with/without); the best of each is
+kept.
 Target (issue 12): ratio ≤ 1.05.
 
 The machine is shared: beside the wall times, the CPU seconds per task of the job (its timed
@@ -46,8 +47,9 @@ def measure(n: int, rounds: int = 3) -> dict:
         endpoint = urls["otlp_http"].removesuffix("/v1/traces")
         try:
             with _workers(endpoint) as workers:
-                for _ in range(rounds):
-                    for variant, (env, worker) in workers.items():
+                for round_ in range(rounds):
+                    order = list(workers.items())[:: 1 if round_ % 2 == 0 else -1]
+                    for variant, (env, worker) in order:
                         for figure, value in _measured_job(env, worker, n).items():
                             best[variant][figure] = min(value, best[variant].get(figure, value))
         finally:
