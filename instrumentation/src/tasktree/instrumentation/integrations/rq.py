@@ -5,22 +5,24 @@ Installed by ``configure()`` when the job imports ``rq``:
 - where a job is created (``Queue.enqueue``, ``enqueue_call``, ``enqueue_at``/``enqueue_in``,
   ``enqueue_many``, ``@job(...).delay``: all go through ``Queue.create_job``), the current task is
   written into the job's ``meta`` under ``"tasktree"`` as a W3C carrier, unless the caller put one
-  there already; a job enqueued outside any task gets none;
+  there already (a job enqueued outside any task gets none), and ``Retry(max=...)`` under
+  ``"tasktree.retries"`` (RQ itself only keeps the retries left);
 - in the worker, the first task started with no current task takes that carrier as its parent
   (the job is found with ``rq.get_current_job()``), with ``tasktree.attempt`` (1, then 2, ... for
-  each ``Retry``), ``rq.job.id`` and ``rq.queue``; a retry runs the job again, so it is a new task
+  each retry), ``rq.job.id`` and ``rq.queue``: a retry runs the job again, so it is a new task
   under the same parent;
 - the work horse RQ forks (or spawns) per job leaves through ``os._exit``: what the job recorded
   is flushed (bounded by ``TASKTREE_FLUSH_TIMEOUT``) when the job's execution ends, before RQ
-  stores the result.  ``SimpleWorker`` runs jobs in the worker process, which exports as usual.
+  stores its result.  ``SimpleWorker`` runs jobs in the worker process, which exports as usual.
 
-The worker sets itself up through the job's module: ``configure()`` at the top level of the
-module that defines the jobs runs in every work horse that imports a job from it, so ``rq worker``
-needs nothing more (``opentelemetry-instrument rq worker ...`` also works, and sets the worker up
-once instead of once per work horse).
+The worker sets itself up through the jobs' module: ``configure()`` at the top level of the
+module that defines the jobs runs in the work horse that imports a job from it, so a plain
+``rq worker`` needs nothing more.  ``opentelemetry-instrument rq worker ...`` sets the worker up
+once, before it forks, instead of once per work horse (which costs the imports, ~0.3 s a job).
 
 A job with no carrier, or a malformed one, runs normally as a run of its own (logged once per
-process: with the forking worker, once per job).
+process: with the forking worker, once per job).  A job created with ``Job.create`` and enqueued
+with ``Queue.enqueue_job`` bypasses ``create_job`` and carries nothing.
 """
 
 from __future__ import annotations
