@@ -1,47 +1,14 @@
-"""Fixtures for the instrumentation tests: an OTLP test sink and a runner for child scripts."""
+"""Fixtures for the instrumentation tests: an OTLP test sink.  The runner for child scripts is in
+``job_support.py``; the engine tests still import it from here, hence the re-export."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from job_support import SCRIPTS, child_environment, run_script  # noqa: F401  (re-exported)
 from otlp_sink import OTLPSink
-
-SCRIPTS = Path(__file__).parent / "scripts"
 
 
 @pytest.fixture
 def otlp_sink():
     with OTLPSink() as sink:
         yield sink
-
-
-def child_environment(endpoint: str, **extra: str) -> dict[str, str]:
-    """A child job's environment: the sink's endpoint, fast heartbeats, no inherited context."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TASKTREE_"))}
-    for key in ("TRACEPARENT", "TRACESTATE", "BAGGAGE"):
-        env.pop(key, None)
-    env.update(
-        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
-        TASKTREE_SNAPSHOT_DELAY="0.2",
-        TASKTREE_HEARTBEAT_INTERVAL="0.5",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
-    return env
-
-
-def run_script(
-    name: str, *args: str, env: dict[str, str], timeout: float = 120
-) -> tuple[int, dict, str]:
-    """Runs ``tests/scripts/<name>``; returns (exit code, its last stdout line as JSON, stderr)."""
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / name), *args],
-        env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    return proc.returncode, (json.loads(lines[-1]) if lines else {}), proc.stderr

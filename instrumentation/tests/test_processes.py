@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from job_support import SCRIPTS, child_environment, run_script
 from propagation_matrix import assert_matrix, records_from_sink
 
-from conftest import SCRIPTS, child_environment, run_script
 from tasktree.instrumentation.snapshot import ABANDONED_MESSAGE
 
 BIN = Path(sys.executable).parent

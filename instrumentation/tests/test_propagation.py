@@ -7,9 +7,9 @@ import pickle
 import subprocess
 import sys
 
+from job_support import child_environment, run_script
 from opentelemetry import context, trace
 
-from conftest import child_environment, run_script
 from tasktree.instrumentation import child_env, in_context, task
 from tasktree.instrumentation.propagation import read_process_parent
 from tasktree.instrumentation.testing import TaskRecorder

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from job_support import SCRIPTS, child_environment
 
-from conftest import SCRIPTS, child_environment
 from tasktree.instrumentation.runner import STDERR_TAIL_ATTRIBUTE, job_name
 
 RUNNER = str(Path(sys.executable).with_name("tasktree-run"))

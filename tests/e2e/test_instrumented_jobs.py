@@ -1,7 +1,7 @@
 """Through a real ``tasktree serve``: the propagation matrix, SIGKILL → stalled, SIGTERM → flushed.
 
 Uses the ``tasktree_server`` / ``start_tasktree`` fixtures of the repository's conftest.py (a
-fresh PostgreSQL database per session).
+fresh PostgreSQL database per session) and the instrumentation's test jobs (``job_support``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import time
 
 import pytest
 from engine_support import wait_for_task
+from job_support import SCRIPTS, child_environment, run_script
 from propagation_matrix import assert_matrix, records_from_api
-
-from conftest import SCRIPTS, child_environment, run_script
 
 pytestmark = pytest.mark.slow
 

@@ -10,19 +10,33 @@ import urllib.request
 
 
 def _post(endpoint: str, spans: list[dict]) -> None:
-    body = {"resourceSpans": [{
-        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "twin"}}]},
-        "scopeSpans": [{"spans": spans}]}]}
-    req = urllib.request.Request(endpoint + "/v1/traces", json.dumps(body).encode(),
-                                 {"Content-Type": "application/json"})
+    body = {
+        "resourceSpans": [
+            {
+                "resource": {
+                    "attributes": [{"key": "service.name", "value": {"stringValue": "twin"}}]
+                },
+                "scopeSpans": [{"spans": spans}],
+            }
+        ]
+    }
+    req = urllib.request.Request(
+        endpoint + "/v1/traces", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=60) as resp:
         assert resp.status == 200
 
 
 def _run_spans(trace_id: str, branches: int, leaves: int) -> tuple[str, list[dict]]:
     def span(sid, parent, name):
-        return {"traceId": trace_id, "spanId": sid, "parentSpanId": parent, "name": name,
-                "startTimeUnixNano": "1000", "endTimeUnixNano": "2000"}
+        return {
+            "traceId": trace_id,
+            "spanId": sid,
+            "parentSpanId": parent,
+            "name": name,
+            "startTimeUnixNano": "1000",
+            "endTimeUnixNano": "2000",
+        }
 
     root = os.urandom(8).hex()
     spans = [span(root, "", "root")]
@@ -41,7 +55,7 @@ def test_two_servers_on_one_database_fold_the_same_runs_without_losing_updates(s
         root, spans = _run_spans(trace_id, branches=10, leaves=30)
         runs[trace_id] = root
         random.shuffle(spans)
-        requests += [spans[i:i + 25] for i in range(0, len(spans), 25)]
+        requests += [spans[i : i + 25] for i in range(0, len(spans), 25)]
     random.shuffle(requests)
 
     def send(worker: int):
