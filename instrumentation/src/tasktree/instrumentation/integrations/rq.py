@@ -62,9 +62,7 @@ def install() -> None:
     # RQ has no hook where a job is created and no hook in the work horse after a job: both are
     # patched (a custom job or worker class would need every Queue(...) and `rq worker` changed).
     wrap_function_wrapper("rq.queue", "Queue.create_job", _create_job_with_carrier)
-    wrap_function_wrapper(
-        "rq.worker.base", "BaseWorker.handle_execution_ended", _flush_in_work_horse
-    )
+    wrap_function_wrapper("rq.worker", "BaseWorker.handle_execution_ended", _flush_in_work_horse)
     _context.register_ambient_parent(current_job_parent)
 
 
@@ -74,11 +72,15 @@ def install() -> None:
 def _create_job_with_carrier(wrapped, instance, args, kwargs):
     job = wrapped(*args, **kwargs)
     try:
+        added = {}
         carrier = _context.carrier()
         if carrier and META_KEY not in job.meta:
-            job.meta[META_KEY] = carrier
-        if job.retries_left is not None:
-            job.meta.setdefault(RETRIES_KEY, job.retries_left)
+            added[META_KEY] = carrier
+        if job.retries_left is not None and RETRIES_KEY not in job.meta:
+            added[RETRIES_KEY] = job.retries_left
+        if added:
+            # A copy: job.meta is the caller's ``meta=`` dict, which may be reused for other jobs.
+            job.meta = {**job.meta, **added}
     except Exception:  # noqa: BLE001 - enqueueing must work even if linking cannot
         _logger.exception("tasktree rq: cannot write the task context into job %s", job.id)
     return job
@@ -108,7 +110,7 @@ def _attempt(job) -> int:
     retries = job.meta.get(RETRIES_KEY) if isinstance(job.meta, Mapping) else None
     if isinstance(retries, int) and isinstance(job.retries_left, int):
         retried_after_exception = max(0, retries - job.retries_left)
-    return 1 + retried_after_exception + (job.number_of_retries or 0)
+    return 1 + retried_after_exception + (getattr(job, "number_of_retries", None) or 0)
 
 
 def _carrier_of(job) -> Mapping[str, str] | None:
