@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow
 
 REDIS_URL = "redis://127.0.0.1:6379/6"
 RQ = os.path.join(os.path.dirname(sys.executable), "rq")
+OPENTELEMETRY_INSTRUMENT = os.path.join(os.path.dirname(sys.executable), "opentelemetry-instrument")
 
 
 def _environment(server, **extra):
@@ -37,11 +38,14 @@ def _environment(server, **extra):
 
 
 @contextmanager
-def rq_worker(server, tmp_path, worker_class="rq.Worker"):
-    """A plain ``rq worker`` on a fresh queue; yields (queue name, process, log path)."""
+def rq_worker(server, tmp_path, worker_class="rq.Worker", instrumented=False):
+    """A plain ``rq worker`` on a fresh queue (``instrumented``: under ``opentelemetry-instrument``,
+    so set up before it forks); yields (queue name, process, log path)."""
     queue = f"tasktree-test-{uuid.uuid4().hex[:12]}"
     log = tmp_path / f"{queue}.log"
     command = [RQ, "worker", "--url", REDIS_URL, "--worker-class", worker_class, queue]
+    if instrumented:
+        command = [OPENTELEMETRY_INSTRUMENT, *command]
     process = start_worker(command, _environment(server), log)
     try:
         yield queue, process, log
@@ -100,13 +104,24 @@ def tree_when_complete(server, trace_id, expected_tasks, timeout=30.0):
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("worker_class", ["rq.Worker", "rq.SpawnWorker", "rq.SimpleWorker"])
-def test_jobs_are_children_of_the_task_that_enqueued_them(tasktree_server, tmp_path, worker_class):
-    with rq_worker(tasktree_server, tmp_path, worker_class) as (queue, _, _):
+@pytest.mark.parametrize(
+    "worker_class, instrumented",
+    [
+        ("rq.Worker", False),
+        ("rq.Worker", True),  # opentelemetry-instrument rq worker: set up before each fork
+        ("rq.SpawnWorker", False),
+        ("rq.SimpleWorker", False),
+    ],
+)
+def test_jobs_are_children_of_the_task_that_enqueued_them(
+    tasktree_server, tmp_path, worker_class, instrumented
+):
+    with rq_worker(tasktree_server, tmp_path, worker_class, instrumented) as (queue, _, _):
         started = time.monotonic()
         out = submit(tasktree_server, "tree", queue)
         took = time.monotonic() - started
-        print(f"9 jobs (and 2 retries) through an rq worker ({worker_class}): {took:.2f}s")
+        how = f"{worker_class}{' under opentelemetry-instrument' if instrumented else ''}"
+        print(f"9 jobs (and 2 retries) through an rq worker ({how}): {took:.2f}s")
         nodes = tree_when_complete(tasktree_server, out["trace_id"], EXPECTED_TREE.total())
     assert shape(nodes) == EXPECTED_TREE
     assert attempts_of(tasktree_server, out["trace_id"], nodes, "flaky") == [
