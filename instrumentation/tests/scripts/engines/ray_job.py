@@ -153,7 +153,8 @@ def orphan():
 def bad() -> dict:
     no_context = ray.get(orphan.remote())
     malformed = ray.get(orphan.remote(_tasktree_carrier={"traceparent": "00-not-a-trace-id"}))
-    return {"no_context": no_context, "malformed": malformed}
+    job_id = ray.get_runtime_context().get_job_id()
+    return {"no_context": no_context, "malformed": malformed, "job_id": job_id}
 
 
 if __name__ == "__main__":

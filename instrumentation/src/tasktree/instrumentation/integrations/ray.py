@@ -73,8 +73,9 @@ def install() -> None:
 
     # Ray has no per-task metadata a worker can read, and no submission hook: like Ray's own
     # tracing (ray.util.tracing.tracing_helper), the context travels as a keyword argument added
-    # at submission and removed by a wrapper around the function.  Each patch is at the single
-    # point Ray's tracing decorates.
+    # at submission and removed by a wrapper around the function.  Each patch is on the one
+    # method every submission of its kind goes through (.remote(), .options(...).remote(), from
+    # the driver or a worker); Ray's tracing decorates the first and the last too.
     wrap_function_wrapper("ray.remote_function", "RemoteFunction._remote", _submit_function)
     wrap_function_wrapper("ray.actor", "ActorHandle._actor_method_call", _submit_actor_method)
     wrap_function_wrapper("ray.actor", "ActorClass._remote", _create_actor)
@@ -281,10 +282,20 @@ def _wrap_methods(actor_class: type) -> list[str]:
 
 
 def _submit_function(wrapped, instance, args, kwargs):
-    _prepare(instance)
-    if _takes_carrier(instance._function):
-        args, kwargs = _with_carrier(args, kwargs)
+    try:
+        _prepare(instance)
+        if _takes_carrier(instance._function):
+            args, kwargs = _with_carrier(args, kwargs)
+    except Exception as exc:  # noqa: BLE001 - the submission must go on, unlinked if need be
+        _cannot_link("a remote function", exc)
     return wrapped(*args, **kwargs)
+
+
+def _cannot_link(what: str, exc: Exception) -> None:
+    _context.warn_once(
+        ENGINE, "submit", "cannot pass the current task to %s (%s: %s)", what,
+        type(exc).__name__, exc,
+    )  # fmt: skip
 
 
 def _prepare(remote_function) -> None:
@@ -303,21 +314,28 @@ def _prepare(remote_function) -> None:
 
 
 def _submit_actor_method(wrapped, instance, args, kwargs):
-    method_name = args[0] if args else kwargs.get("method_name")
-    signature = getattr(instance, "_ray_method_signatures", {}).get(method_name)
-    if signature and any(parameter.name == CARRIER for parameter in signature):
-        args, kwargs = _with_carrier(args, kwargs, first=1)
+    try:
+        method_name = args[0] if args else kwargs.get("method_name")
+        if _accepts_carrier(instance._ray_method_signatures.get(method_name)):
+            args, kwargs = _with_carrier(args, kwargs, first=1)
+    except Exception as exc:  # noqa: BLE001
+        _cannot_link("an actor method", exc)
     return wrapped(*args, **kwargs)
 
 
 def _create_actor(wrapped, instance, args, kwargs):
-    meta = getattr(instance, "__ray_metadata__", None)
-    if meta is not None:
+    try:
+        meta = instance.__ray_metadata__
         _prepare_actor_class(meta)
-        signature = meta.method_meta.signatures.get("__init__")
-        if signature and any(parameter.name == CARRIER for parameter in signature):
+        if _accepts_carrier(meta.method_meta.signatures.get("__init__")):
             args, kwargs = _with_carrier(args, kwargs)
+    except Exception as exc:  # noqa: BLE001
+        _cannot_link("an actor's creation", exc)
     return wrapped(*args, **kwargs)
+
+
+def _accepts_carrier(signature: list[inspect.Parameter] | None) -> bool:
+    return bool(signature) and any(parameter.name == CARRIER for parameter in signature)
 
 
 def _prepare_actor_class(meta) -> None:
