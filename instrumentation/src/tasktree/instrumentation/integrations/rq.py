@@ -63,7 +63,7 @@ def install() -> None:
     # patched (a custom job or worker class would need every Queue(...) and `rq worker` changed).
     wrap_function_wrapper("rq.queue", "Queue.create_job", _create_job_with_carrier)
     wrap_function_wrapper("rq.worker", "BaseWorker.handle_execution_ended", _flush_in_work_horse)
-    _context.register_ambient_parent(current_job_parent)
+    _context.register_ambient_parent(_current_job_parent)
 
 
 # -- where the job is enqueued -----------------------------------------------------------------
@@ -89,7 +89,7 @@ def _create_job_with_carrier(wrapped, instance, args, kwargs):
 # -- where the job runs ------------------------------------------------------------------------
 
 
-def current_job_parent() -> Context | None:
+def _current_job_parent() -> Context | None:
     """The parent of a task started by the RQ job running on this thread (the task that enqueued
     it, or an empty context: a run of its own); None outside a job."""
     from rq import get_current_job
