@@ -1,6 +1,6 @@
 """Real docker engines, a registry and a slow proxy for tests and ``bench/docker.py`` (design §6).
 
-No pytest here (the fixtures are in ``docker_fixtures.py``), so the bench can import it.
+No pytest here (the fixtures are in ``docker_support.py``), so the bench can import it.
 
 * ``Dockerd``: Debian's ``dockerd`` on a unix socket in its own temporary directory, started with
   exactly the flags of design.md §6 and stopped by PID.

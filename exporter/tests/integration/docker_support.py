@@ -1,8 +1,10 @@
-"""Session fixtures: two real docker engines, a local registry with a busybox image (design.md §6).
+"""The docker tests' lab and helpers (design.md §6): two real docker engines, a local registry with
+a busybox image, the Flask app on them, and a real ``tasktree serve`` on them.
 
-Import the fixtures into a test module (``from .docker_fixtures import docker_lab  # noqa: F401``).
-Missing tools are installed with apt-get when running as root; if that is impossible the tests
-are skipped, and under ``CI=true`` they fail instead.
+The fixtures (``docker_lab``, ``lab``, ``docker_pool``, ``make_app``) reach the tests through this
+folder's conftest.py; the helpers (``call``, ``deploy_body``, ``serve_docker``, the tokens) are
+imported.  Missing tools are installed with apt-get when running as root; if that is impossible
+the tests are skipped, and under ``CI=true`` they fail instead.
 """
 
 from __future__ import annotations
@@ -11,6 +13,11 @@ import os
 from dataclasses import dataclass, field
 
 import pytest
+
+from tasktree.exporter.app import create_app
+from tasktree.exporter.docker import DockerService
+from tasktree.exporter.settings import Settings
+from tasktree.exporter.store.pool import open_pool
 
 from . import docker_lab as lab
 
@@ -73,8 +80,8 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def docker_lab():
+@pytest.fixture(scope="session", name="docker_lab")
+def docker_lab_session():
     """Engines ``alpha`` and ``beta``, a registry with ``busybox:1`` and ``:2``; stopped by PID."""
     _need_tools()
     if os.geteuid() != 0:
@@ -92,3 +99,103 @@ def docker_lab():
     finally:
         for thing in reversed(started):
             thing.stop()
+
+
+# -- the app on the lab, in-process --------------------------------------------------------------
+
+OPERATOR = "ops-token-7f1c2a9e"
+VIEWER = "viewer-token-55d0b3c1"
+SECRET = "s3cr3t-Zq81-never-shown"
+SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; echo started; while true; do sleep 1; done"]
+
+
+@pytest.fixture(name="lab")
+def emptied_lab(docker_lab):
+    """The session's engines and registry, emptied of containers and test images."""
+    docker_lab.reset()
+    return docker_lab
+
+
+@pytest.fixture(scope="module")
+def docker_pool(database_url):
+    """The pool of the apps ``make_app`` makes (their audit log is in the session database)."""
+    pool = open_pool(database_url, max_size=4)
+    pool.wait(10)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def make_app(docker_pool, lab, tmp_path):
+    """Factory: ``make_app(extra_hosts=None, **settings)`` → (Flask test client, DockerService)."""
+    services = []
+
+    def make(extra_hosts: dict | None = None, timeout: float | None = None, **overrides):
+        hosts_file = tmp_path / f"hosts-{len(services)}.yaml"
+        hosts_file.write_text(lab.hosts_yaml(extra_hosts, timeout))
+        values = {
+            "docker_hosts_file": hosts_file,
+            "operator_tokens": f"olga:{OPERATOR}",
+            "viewer_tokens": f"victor:{VIEWER}",
+            "docker_cache_ttl": 5.0,
+            **overrides,
+        }
+        settings = Settings.from_env({}, **values)
+        service = DockerService(settings, docker_pool)
+        services.append(service)
+        app = create_app(settings, docker_pool, docker=service)
+        return app.test_client(), service
+
+    yield make
+    for service in services:
+        service.close()
+
+
+def call(
+    client,
+    method: str,
+    path: str,
+    token: str | None = OPERATOR,
+    body=None,
+    expect: int | None = 200,
+):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = client.open(path, method=method, headers=headers, json=body)
+    if expect is not None:
+        assert response.status_code == expect, (
+            f"{method} {path}: {response.status_code} {response.data[:800]!r}"
+        )
+    return response.get_json() if response.is_json else response.data
+
+
+def deploy_body(lab, tag="1", **extra) -> dict:
+    return {
+        "image": lab.image(tag),
+        "name": "web",
+        "hosts": ["alpha", "beta"],
+        "command": SLEEPER,
+        "network_mode": "none",
+        "stop_timeout": 5,
+        **extra,
+    }
+
+
+def containers_named(lab, host: str, name: str) -> list[dict]:
+    with lab.client(host) as client:
+        return [c for c in client.containers(all=True) if f"/{name}" in c["Names"]]
+
+
+# -- a real `tasktree serve` on the lab -----------------------------------------------------------
+
+
+def serve_docker(start_tasktree, lab, tmp_path):
+    """A real ``tasktree serve`` on the lab's engines, with the operator and viewer tokens."""
+    hosts_file = tmp_path / "hosts.yaml"
+    hosts_file.write_text(lab.hosts_yaml())
+    return start_tasktree(
+        env={
+            "TASKTREE_DOCKER_HOSTS_FILE": str(hosts_file),
+            "TASKTREE_OPERATOR_TOKENS": f"olga:{OPERATOR}",
+            "TASKTREE_VIEWER_TOKENS": f"victor:{VIEWER}",
+        }
+    )

@@ -3,6 +3,7 @@
 * ``embedded_pg``: a private PostgreSQL (the embedded one) that a test may stop and start; the
   shared server on :5432 serves everyone else's tests and is never touched.
 * ``free_port()``: a loopback port nobody listens on now (for a server restarted on the same ports).
+* ``RedisServer``: a private redis-server that a test may stop and start.
 * ``otlp_request()``, ``OtlpClient``: OTLP/HTTP protobuf requests sent the way an OTel exporter
   does (retry 429/503 after Retry-After), recording every status seen and every span acknowledged.
 * ``AckRecordingExporter``: wraps a real SDK exporter; records the span ids acknowledged (export
@@ -17,6 +18,7 @@ import os
 import queue
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -39,6 +41,44 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A private redis-server on a free port, stopped and restarted by PID."""
+
+    def __init__(self):
+        if shutil.which("redis-server") is None:
+            pytest.fail("redis-server is not installed")  # scripts/test-services installs it
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+
+    def start(self) -> RedisServer:
+        argv = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
 
 
 @pytest.fixture
@@ -76,8 +116,12 @@ def embedded_pg():
 # -- OTLP clients that count what they were told -------------------------------------------------
 
 
-def otlp_request(trace_id: bytes, spans: Sequence[tuple[bytes, bytes | None, str, bool]],
-                 job: str, now_ns: int | None = None) -> bytes:
+def otlp_request(
+    trace_id: bytes,
+    spans: Sequence[tuple[bytes, bytes | None, str, bool]],
+    job: str,
+    now_ns: int | None = None,
+) -> bytes:
     """An ExportTraceServiceRequest of ``(span_id, parent_id, name, running)`` spans.
 
     A running one is a tasktree live snapshot (``tasktree.state=running``, end = heartbeat).
@@ -89,9 +133,15 @@ def otlp_request(trace_id: bytes, spans: Sequence[tuple[bytes, bytes | None, str
     scope = rs.scope_spans.add()
     scope.scope.name = "faults"
     for span_id, parent, name, running in spans:
-        span = scope.spans.add(trace_id=trace_id, span_id=span_id, parent_span_id=parent or b"",
-                               name=name, kind=trace_pb2.Span.SPAN_KIND_INTERNAL,
-                               start_time_unix_nano=now_ns - 5_000_000, end_time_unix_nano=now_ns)
+        span = scope.spans.add(
+            trace_id=trace_id,
+            span_id=span_id,
+            parent_span_id=parent or b"",
+            name=name,
+            kind=trace_pb2.Span.SPAN_KIND_INTERNAL,
+            start_time_unix_nano=now_ns - 5_000_000,
+            end_time_unix_nano=now_ns,
+        )
         if running:
             span.attributes.add(key="tasktree.state").value.string_value = "running"
         else:
@@ -119,8 +169,12 @@ class OtlpClient:
         try:
             while time.monotonic() < deadline:
                 try:
-                    response = session.post(self.url, data=body, timeout=30,
-                                            headers={"Content-Type": "application/x-protobuf"})
+                    response = session.post(
+                        self.url,
+                        data=body,
+                        timeout=30,
+                        headers={"Content-Type": "application/x-protobuf"},
+                    )
                 except requests.RequestException:
                     self._count("error")
                     time.sleep(0.2)

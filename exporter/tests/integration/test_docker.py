@@ -15,94 +15,16 @@ import psycopg
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from tasktree.exporter.app import create_app
-from tasktree.exporter.docker import DockerService
-from tasktree.exporter.settings import Settings
-from tasktree.exporter.store.pool import open_pool
-
 from . import docker_lab
-from .docker_fixtures import docker_lab as docker_lab_session  # noqa: F401 (fixture)
-
-OPERATOR = "ops-token-7f1c2a9e"
-VIEWER = "viewer-token-55d0b3c1"
-SECRET = "s3cr3t-Zq81-never-shown"
-SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; echo started; while true; do sleep 1; done"]
-
-
-@pytest.fixture
-def lab(docker_lab_session):  # noqa: F811
-    """The session's engines and registry, emptied of containers and test images."""
-    docker_lab_session.reset()
-    return docker_lab_session
-
-
-@pytest.fixture(scope="module")
-def pool(database_url):
-    pool = open_pool(database_url, max_size=4)
-    pool.wait(10)
-    yield pool
-    pool.close()
-
-
-@pytest.fixture
-def make_app(pool, lab, tmp_path):
-    """Factory: ``make_app(extra_hosts=None, **settings)`` → (Flask test client, DockerService)."""
-    services = []
-
-    def make(extra_hosts: dict | None = None, timeout: float | None = None, **overrides):
-        hosts_file = tmp_path / f"hosts-{len(services)}.yaml"
-        hosts_file.write_text(lab.hosts_yaml(extra_hosts, timeout))
-        values = {
-            "docker_hosts_file": hosts_file,
-            "operator_tokens": f"olga:{OPERATOR}",
-            "viewer_tokens": f"victor:{VIEWER}",
-            "docker_cache_ttl": 5.0,
-            **overrides,
-        }
-        settings = Settings.from_env({}, **values)
-        service = DockerService(settings, pool)
-        services.append(service)
-        app = create_app(settings, pool, docker=service)
-        return app.test_client(), service
-
-    yield make
-    for service in services:
-        service.close()
-
-
-def call(
-    client,
-    method: str,
-    path: str,
-    token: str | None = OPERATOR,
-    body=None,
-    expect: int | None = 200,
-):
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    response = client.open(path, method=method, headers=headers, json=body)
-    if expect is not None:
-        assert response.status_code == expect, (
-            f"{method} {path}: {response.status_code} {response.data[:800]!r}"
-        )
-    return response.get_json() if response.is_json else response.data
-
-
-def deploy_body(lab, tag="1", **extra) -> dict:
-    return {
-        "image": lab.image(tag),
-        "name": "web",
-        "hosts": ["alpha", "beta"],
-        "command": SLEEPER,
-        "network_mode": "none",
-        "stop_timeout": 5,
-        **extra,
-    }
-
-
-def containers_named(lab, host: str, name: str) -> list[dict]:
-    with lab.client(host) as client:
-        return [c for c in client.containers(all=True) if f"/{name}" in c["Names"]]
-
+from .docker_support import (
+    OPERATOR,
+    SECRET,
+    VIEWER,
+    call,
+    containers_named,
+    deploy_body,
+    serve_docker,
+)
 
 # -- seeing -----------------------------------------------------------------------------------
 
@@ -167,9 +89,14 @@ def test_listing_cache_and_operations_in_redis_are_shared_by_two_processes(lab, 
     seen_by_second = call(second, "GET", "/api/docker/containers", token=VIEWER)["containers"]
 
     assert seen_by_second == []  # the first process's snapshot, from Redis
-    op = call(first, "POST", "/api/docker/pull?wait=60", body={"image": lab.image(), "hosts": ["*"]})
+    op = call(
+        first, "POST", "/api/docker/pull?wait=60", body={"image": lab.image(), "hosts": ["*"]}
+    )
     polled = call(second, "GET", f"/api/docker/operations/{op['operation']['id']}", token=VIEWER)
-    assert polled["operation"]["status"] == "ok" and polled["operation"]["seq"] == op["operation"]["seq"]
+    assert (
+        polled["operation"]["status"] == "ok"
+        and polled["operation"]["seq"] == op["operation"]["seq"]
+    )
 
 
 def _idle_container(engine, image: str, name: str) -> dict:
@@ -404,7 +331,7 @@ def test_without_viewer_tokens_a_loopback_server_lists_anonymously_but_actions_n
     )
 
 
-def test_the_audit_log_records_who_did_what_where_and_the_result(lab, make_app, pool):
+def test_the_audit_log_records_who_did_what_where_and_the_result(lab, make_app, docker_pool):
     client, _ = make_app()
     op = call(
         client,
@@ -435,7 +362,7 @@ def test_the_audit_log_records_who_did_what_where_and_the_result(lab, make_app, 
     ) == ("olga", "deploy", ["alpha", "beta"], "ok", op["id"], op["trace_id"])
     assert deploy["request"]["env_keys"] == ["DB_PASSWORD"] and deploy["finished_at"]
     assert {h: r["status"] for h, r in deploy["result"].items()} == {"alpha": "ok", "beta": "ok"}
-    with pool.connection() as conn:
+    with docker_pool.connection() as conn:
         stored = conn.execute(
             "SELECT request::text || coalesce(result::text, '') FROM docker_audit"
         ).fetchall()
@@ -475,8 +402,10 @@ def test_the_docker_page_renders_without_data_and_with_its_script(lab, make_app)
     client, _ = make_app()
     viewer = {"Authorization": f"Bearer {VIEWER}"}
 
-    with client.get("/docker", headers=viewer) as page, \
-            client.get("/docker/static/docker.js") as script:
+    with (
+        client.get("/docker", headers=viewer) as page,
+        client.get("/docker/static/docker.js") as script,
+    ):
         html, js = page.data, script.data
 
     assert client.get("/docker").headers["Location"] == "/login?next=/docker"  # signed out
@@ -507,19 +436,6 @@ def _http(server, method: str, path: str, token: str | None, body=None, expect: 
         status, raw = exc.code, exc.read()
     assert status == expect, f"{method} {path}: {status} {raw[:600]!r}"
     return raw
-
-
-def serve_docker(start_tasktree, lab, tmp_path):
-    """A real ``tasktree serve`` on the lab's engines, with the operator and viewer tokens."""
-    hosts_file = tmp_path / "hosts.yaml"
-    hosts_file.write_text(lab.hosts_yaml())
-    return start_tasktree(
-        env={
-            "TASKTREE_DOCKER_HOSTS_FILE": str(hosts_file),
-            "TASKTREE_OPERATOR_TOKENS": f"olga:{OPERATOR}",
-            "TASKTREE_VIEWER_TOKENS": f"victor:{VIEWER}",
-        }
-    )
 
 
 def test_deploy_through_tasktree_serve_is_a_run_with_a_task_per_host_and_keeps_secrets(

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import re
 
-from ..ui.browser import ARTIFACTS, browser  # noqa: F401 (fixture)
-from .docker_fixtures import docker_lab as docker_lab_session  # noqa: F401 (fixture)
-from .test_docker import OPERATOR, SECRET, VIEWER, lab, serve_docker  # noqa: F401 (fixture)
+from ..ui.browser import ARTIFACTS
+from .docker_support import OPERATOR, SECRET, serve_docker
 
 
 def test_docker_page_signed_in_deploys_with_confirmation_live_progress_and_a_confirmed_stop(
-    lab,  # noqa: F811
+    lab,
     start_tasktree,
     tmp_path,
-    browser,  # noqa: F811
+    browser,
 ):
     from playwright.sync_api import expect
 
@@ -26,8 +25,10 @@ def test_docker_page_signed_in_deploys_with_confirmation_live_progress_and_a_con
     page.on("dialog", lambda d: (dialogs.append(d.message), d.accept()))  # confirm() says yes
     page.on("pageerror", lambda exc: page_errors.append(str(exc)))
     # The page is served with the UI's Content-Security-Policy: a violation is a console error.
-    page.on("console", lambda msg: msg.type == "error" and "401" not in msg.text
-            and page_errors.append(msg.text))
+    page.on(
+        "console",
+        lambda msg: msg.type == "error" and "401" not in msg.text and page_errors.append(msg.text),
+    )
     page.goto(server.web + "/docker")
     expect(page).to_have_url(server.web + "/login?next=/docker")  # no credential: sign in first
 

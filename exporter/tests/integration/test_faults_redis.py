@@ -18,18 +18,27 @@ import requests
 from tasktree.exporter.live import CHANNEL
 
 from ..ui.support import send_spans, span
-from ..ui.test_live import RedisServer
-from .faults_support import EventReader
+from .faults_support import EventReader, RedisServer
 
 PAGES = ("/", "/runs/{trace}", "/runs/{trace}/tasks/{span}", "/search?q=redis", "/docker")
-API = ("/api/runs", "/api/runs/{trace}", "/api/runs/{trace}/tasks/{span}",
-       "/api/runs/{trace}/tasks/{span}/children", "/api/search?q=redis", "/api/docker/hosts",
-       "/api/docker/operations", "/metrics", "/healthz")
+API = (
+    "/api/runs",
+    "/api/runs/{trace}",
+    "/api/runs/{trace}/tasks/{span}",
+    "/api/runs/{trace}/tasks/{span}/children",
+    "/api/search?q=redis",
+    "/api/docker/hosts",
+    "/api/docker/operations",
+    "/metrics",
+    "/healthz",
+)
 
 
 def _statuses(web: str, trace: str, span_id: str) -> dict[str, int]:
-    return {path: requests.get(web + path.format(trace=trace, span=span_id), timeout=30).status_code
-            for path in PAGES + API}
+    return {
+        path: requests.get(web + path.format(trace=trace, span=span_id), timeout=30).status_code
+        for path in PAGES + API
+    }
 
 
 def _heard_on_channel(url: str, trace: str, send) -> bool:
@@ -61,9 +70,13 @@ def test_redis_killed_and_restarted_nothing_returns_500_and_live_updates_resume(
         stream = EventReader(f"{server.web}/api/live/runs/{trace}")
         try:
             assert stream.next_event(5) == "open"
-            assert _heard_on_channel(private.url, trace, lambda: send_spans(
-                server.otlp_http, [span(trace, root, name="root", running=True)])), \
-                "with Redis up, folds are published through it"
+            assert _heard_on_channel(
+                private.url,
+                trace,
+                lambda: send_spans(
+                    server.otlp_http, [span(trace, root, name="root", running=True)]
+                ),
+            ), "with Redis up, folds are published through it"
             assert stream.next_event(5) == "changed"
 
             private.proc.kill()  # gone without a goodbye
@@ -82,9 +95,11 @@ def test_redis_killed_and_restarted_nothing_returns_500_and_live_updates_resume(
             stream.drain()
             private.start()  # same port: the server's Redis is back
             assert stream.next_event(15) == "changed", "open streams are told to re-fetch"
-            assert _heard_on_channel(private.url, trace, lambda: send_spans(
-                server.otlp_http, [span(trace, root, name="root")])), \
-                "live updates travel through Redis again"
+            assert _heard_on_channel(
+                private.url,
+                trace,
+                lambda: send_spans(server.otlp_http, [span(trace, root, name="root")]),
+            ), "live updates travel through Redis again"
             assert stream.next_event(10) == "changed"
             server.wait_folded()
             assert server.get(f"/api/runs/{trace}")["status"] == "ok"

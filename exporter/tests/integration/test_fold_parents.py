@@ -17,15 +17,21 @@ import pytest
 from tasktree.exporter.tree import status as st
 
 from ..spans import deliver, sid, span, tid
-from .test_fold import tree
+from .fold_support import tree
 
 NOW = time.time_ns()
 
 
 def _otlp_span(trace, span_id, parent, name, *, running=False, error=False):
     """One OTLP JSON span: a running snapshot (heartbeat now) or a final record."""
-    record = {"traceId": trace, "spanId": span_id, "parentSpanId": parent or "", "name": name,
-              "startTimeUnixNano": str(NOW), "endTimeUnixNano": str(NOW + 1_000)}
+    record = {
+        "traceId": trace,
+        "spanId": span_id,
+        "parentSpanId": parent or "",
+        "name": name,
+        "startTimeUnixNano": str(NOW),
+        "endTimeUnixNano": str(NOW + 1_000),
+    }
     if running:
         record["attributes"] = [{"key": "tasktree.state", "value": {"stringValue": "running"}}]
     if error:
@@ -34,11 +40,21 @@ def _otlp_span(trace, span_id, parent, name, *, running=False, error=False):
 
 
 def _send(server, spans) -> None:
-    body = {"resourceSpans": [{
-        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "parents"}}]},
-        "scopeSpans": [{"spans": spans}]}]}
-    request = urllib.request.Request(server.otlp_http + "/v1/traces", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})
+    body = {
+        "resourceSpans": [
+            {
+                "resource": {
+                    "attributes": [{"key": "service.name", "value": {"stringValue": "parents"}}]
+                },
+                "scopeSpans": [{"spans": spans}],
+            }
+        ]
+    }
+    request = urllib.request.Request(
+        server.otlp_http + "/v1/traces",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )
     urllib.request.urlopen(request, timeout=30).close()
 
 
@@ -50,8 +66,9 @@ def _counts(ok=0, error=0, running=0, stalled=0):
 @pytest.mark.parametrize("a_stored", [True, False], ids=["A stored", "A missing"])
 @pytest.mark.parametrize("delivery", ["one request", "two requests"])
 @pytest.mark.parametrize("order", ["snapshot first", "final first"])
-def test_the_final_records_parent_wins_in_any_order(tasktree_server, order, delivery, a_stored,
-                                                    child):
+def test_the_final_records_parent_wins_in_any_order(
+    tasktree_server, order, delivery, a_stored, child
+):
     """X's running snapshot names A, its final record B: X (and its child Y) end under B, A's
     and B's rollups say so, and no empty placeholder for A is left at the top of the run."""
     server = tasktree_server
@@ -97,14 +114,20 @@ def test_a_loop_closed_by_a_losing_record_is_undone_when_the_winner_folds_later(
     """3's running snapshot names 1, closing the loop 1 → 2 → 3 → 1, cut at 1 (the smallest id);
     3's final names no parent.  Folded one record at a time, in every order, the cut must go
     when the final comes; the store has to load the chain the cut link names to see that."""
-    def records(trace):
-        return [span(trace, sid(1), sid(2)), span(trace, sid(2), sid(3)),
-                span(trace, sid(3), sid(1), status=st.RUNNING, heartbeat=NOW),
-                span(trace, sid(3), None)]
 
-    expected = {sid(1): (sid(2), False, st.OK, 0, 0, 0, 0, 0),
-                sid(2): (sid(3), False, st.OK, 1, 1, 0, 0, 0),
-                sid(3): (None, False, st.OK, 1, 2, 0, 0, 0)}
+    def records(trace):
+        return [
+            span(trace, sid(1), sid(2)),
+            span(trace, sid(2), sid(3)),
+            span(trace, sid(3), sid(1), status=st.RUNNING, heartbeat=NOW),
+            span(trace, sid(3), None),
+        ]
+
+    expected = {
+        sid(1): (sid(2), False, st.OK, 0, 0, 0, 0, 0),
+        sid(2): (sid(3), False, st.OK, 1, 1, 0, 0, 0),
+        sid(3): (None, False, st.OK, 1, 2, 0, 0, 0),
+    }
     for n, order in enumerate(itertools.permutations(range(4))):
         trace = tid(100 + n)
         deliver(conn, *[[records(trace)[i]] for i in order], fold_between=True)

@@ -14,7 +14,7 @@ from hypothesis import strategies as hs
 from tasktree.exporter.tree import status as st
 
 from ..spans import deliver, sid, span
-from .test_fold import run, tree
+from .fold_support import run, tree
 
 _traces = itertools.count(1000)
 
@@ -32,15 +32,27 @@ def run_records(draw):
         if i in lost:
             continue
         start = 1_000 + i
-        mine = [dict(status=st.RUNNING, heartbeat=now + draw(hs.integers(0, 1)))
-                for _ in range(draw(hs.integers(0, 2)))]
-        mine += [dict(status=draw(hs.sampled_from([st.OK, st.ERROR])),
-                      end=start + draw(hs.integers(10, 11)))
-                 for _ in range(draw(hs.integers(0 if mine else 1, 2)))]
+        mine = [
+            dict(status=st.RUNNING, heartbeat=now + draw(hs.integers(0, 1)))
+            for _ in range(draw(hs.integers(0, 2)))
+        ]
+        mine += [
+            dict(
+                status=draw(hs.sampled_from([st.OK, st.ERROR])),
+                end=start + draw(hs.integers(10, 11)),
+            )
+            for _ in range(draw(hs.integers(0 if mine else 1, 2)))
+        ]
         for r in mine:
             parent = draw(hs.none() | hs.integers(0, i - 1)) if i else None
-            records.append(dict(span_id=sid(i), parent=sid(parent) if parent is not None else None,
-                                start=start, **r))
+            records.append(
+                dict(
+                    span_id=sid(i),
+                    parent=sid(parent) if parent is not None else None,
+                    start=start,
+                    **r,
+                )
+            )
     return records
 
 
@@ -58,7 +70,9 @@ def _rows(trace, records):
     return out
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(records=run_records(), data=hs.data())
 def test_permuted_duplicated_split_delivery_gives_the_in_order_tree(conn, records, data):
     in_order, shuffled = next(_traces).to_bytes(16, "big"), next(_traces).to_bytes(16, "big")
@@ -69,8 +83,12 @@ def test_permuted_duplicated_split_delivery_gives_the_in_order_tree(conn, record
     cuts = sorted(data.draw(hs.lists(hs.integers(0, len(delivered)), max_size=4)))
     batches = [delivered[a:b] for a, b in zip([0, *cuts], [*cuts, len(delivered)], strict=True)]
     limit = data.draw(hs.integers(1, 12))
-    deliver(conn, *[_rows(shuffled, b) for b in batches], fold_limit=limit,
-            fold_between=data.draw(hs.booleans()))
+    deliver(
+        conn,
+        *[_rows(shuffled, b) for b in batches],
+        fold_limit=limit,
+        fold_between=data.draw(hs.booleans()),
+    )
 
     assert tree(conn, in_order) == expected_tree(records)
     assert tree(conn, shuffled) == tree(conn, in_order)

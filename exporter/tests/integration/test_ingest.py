@@ -25,7 +25,7 @@ from tasktree.exporter.tree import status as st
 
 from ..spans import sid, span, tid
 from .faults_support import otlp_request
-from .test_fold import run, tree
+from .fold_support import run, tree
 
 
 @pytest.fixture
@@ -52,8 +52,9 @@ def test_spans_of_a_run_over_its_cap_are_refused_with_a_reason_and_counted(pool,
     assert "TASKTREE_MAX_SPANS_PER_RUN" in batch.messages[0]
     with psycopg.connect(clean_store_db, autocommit=True) as conn:
         fold_batch(conn, limit=100, stall_after_s=30)
-        assert conn.execute("SELECT task_count, dropped_spans FROM runs WHERE trace_id = %s",
-                            (t,)).fetchone() == (2, 1)
+        assert conn.execute(
+            "SELECT task_count, dropped_spans FROM runs WHERE trace_id = %s", (t,)
+        ).fetchone() == (2, 1)
         assert run(conn, other)[9] == 1  # the other run's span was stored
 
 
@@ -90,7 +91,7 @@ def test_two_folders_on_the_same_runs_neither_deadlock_nor_lose_rollup_updates(
             spans += [span(t, sid(100 * b + k), sid(b), start=3) for k in range(10)]
     rng.shuffle(spans)
     for at in range(0, len(spans), 37):
-        ingest(DecodedBatch(spans[at:at + 37]))
+        ingest(DecodedBatch(spans[at : at + 37]))
 
     errors = []
 
@@ -120,8 +121,10 @@ def test_a_lane_folds_only_its_own_runs_and_a_held_lane_is_skipped(pool, clean_s
     ingest = Ingestor(pool, settings())
     runs = [bytes([lane, 7]) + bytes(14) for lane in (1, 2 + LANES)]  # lanes 1 and 2
     ingest(DecodedBatch([span(t, sid(i)) for t in runs for i in range(3)]))
-    with psycopg.connect(clean_store_db, autocommit=True) as holder, \
-            psycopg.connect(clean_store_db, autocommit=True) as conn:
+    with (
+        psycopg.connect(clean_store_db, autocommit=True) as holder,
+        psycopg.connect(clean_store_db, autocommit=True) as conn,
+    ):
         with holder.transaction():
             holder.execute("SELECT pg_advisory_xact_lock(%s, %s)", locks.lane(1))
             assert fold_batch(conn, limit=100, stall_after_s=30, lane=1).records == 0
@@ -142,7 +145,7 @@ def test_fold_threads_of_one_process_fold_every_lane_and_report_each_fold_once(
     for t in runs:  # a root with 30 children each, in requests of 10
         spans = [span(t, sid(0), None)] + [span(t, sid(k), sid(0)) for k in range(1, 31)]
         for at in range(0, len(spans), 10):
-            ingest(DecodedBatch(spans[at:at + 10]))
+            ingest(DecodedBatch(spans[at : at + 10]))
     reported, changed = [], []
     folder = Folder(pool, settings(fold_threads=3, pool_size=4))
     folder.subscribe_folds(lambda result: reported.append(result.records))
@@ -164,8 +167,11 @@ def test_fold_threads_of_one_process_fold_every_lane_and_report_each_fold_once(
 
 
 def test_fold_threads_must_leave_connections_for_requests():
-    with pytest.raises(SettingsError, match=r"TASKTREE_FOLD_THREADS \(4\) must be below "
-                                            r"TASKTREE_POOL_SIZE \(4\)"):
+    with pytest.raises(
+        SettingsError,
+        match=r"TASKTREE_FOLD_THREADS \(4\) must be below "
+        r"TASKTREE_POOL_SIZE \(4\)",
+    ):
         Settings.from_env(fold_threads=4, pool_size=4)
 
 
@@ -188,8 +194,9 @@ def test_at_the_cap_records_of_kept_tasks_are_accepted_and_new_tasks_refused(poo
 
 
 def run_counts(conn, trace: bytes) -> tuple[int, int, int]:
-    return conn.execute("SELECT status, task_count, dropped_spans FROM runs WHERE trace_id = %s",
-                        (trace,)).fetchone()
+    return conn.execute(
+        "SELECT status, task_count, dropped_spans FROM runs WHERE trace_id = %s", (trace,)
+    ).fetchone()
 
 
 def test_through_the_server_a_run_at_its_cap_keeps_its_tasks_heartbeats_and_ends_ok(
@@ -197,16 +204,23 @@ def test_through_the_server_a_run_at_its_cap_keeps_its_tasks_heartbeats_and_ends
 ):
     """Issue 18: at TASKTREE_MAX_SPANS_PER_RUN, the kept tasks' heartbeats and final records are
     accepted (the run neither stalls nor stays running for ever); only new tasks are refused."""
-    server = start_tasktree(extra_args=("--stall-after", "3"), database=private_db,
-                            env={"TASKTREE_MAX_SPANS_PER_RUN": "10"})
+    server = start_tasktree(
+        extra_args=("--stall-after", "3"),
+        database=private_db,
+        env={"TASKTREE_MAX_SPANS_PER_RUN": "10"},
+    )
     trace = os.urandom(16)
     tasks = [(sid(0), None)] + [(sid(k), sid(0)) for k in range(1, 10)]
 
     def send(records, running: bool) -> ExportTraceServiceResponse:
         spans = [(s, p, f"task-{s.hex()}", running) for s, p in records]
         body = otlp_request(trace, spans, "capped-job")
-        answer = requests.post(server.otlp_http + "/v1/traces", data=body, timeout=30,
-                               headers={"Content-Type": "application/x-protobuf"})
+        answer = requests.post(
+            server.otlp_http + "/v1/traces",
+            data=body,
+            timeout=30,
+            headers={"Content-Type": "application/x-protobuf"},
+        )
         assert answer.status_code == 200, answer.text
         return ExportTraceServiceResponse.FromString(answer.content)
 

@@ -4,9 +4,6 @@ server-sent event streams of a real ``tasktree serve``."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
 import time
 import uuid
 
@@ -15,7 +12,7 @@ import requests
 
 from tasktree.exporter.live import LocalBus, RedisBus, decode_message, encode_message
 
-from ..integration.faults_support import EventReader
+from ..integration.faults_support import EventReader, RedisServer, free_port
 from .support import send_spans, span
 
 A, B = b"\xaa" * 16, b"\xbb" * 16
@@ -78,41 +75,6 @@ def test_redis_bus_carries_one_process_changes_to_another():
     finally:
         one.close()
         two.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RedisServer:
-    """A private redis-server on a free port, stopped and restarted by PID."""
-
-    def __init__(self):
-        if shutil.which("redis-server") is None:
-            pytest.fail("redis-server is not installed")  # scripts/test-services installs it
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = None
-
-    def start(self) -> RedisServer:
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
 
 
 @pytest.fixture
@@ -178,7 +140,7 @@ def test_two_servers_share_live_updates_through_redis(start_tasktree, private_db
 
 
 def test_with_redis_down_pages_work_and_own_changes_still_go_live(start_tasktree, private_db):
-    dead = f"redis://127.0.0.1:{_free_port()}/0"
+    dead = f"redis://127.0.0.1:{free_port()}/0"
     server = start_tasktree(extra_args=("--redis-url", dead), database=private_db)  # see above
     assert requests.get(server.web + "/", timeout=10).status_code == 200
     trace = os.urandom(16).hex()

@@ -12,27 +12,45 @@ from tasktree.exporter.tree import status as st
 from tasktree.exporter.tree.fold import REFUSED_CYCLE, REFUSED_DEPTH, Record, RunFold
 
 from ..spans import sid
-from .test_tree_refused_links import declared_graphs, fold, record, structure
+from .tree_support import declared_graphs, fold, record, structure
 
 
 def snapshot(n: int, parent: int | None, heartbeat: int = 1_500, landing: int = 0) -> Record:
     """A running snapshot of task ``n``: any final record of it wins over it."""
-    return Record(landing, sid(n), sid(parent) if parent is not None else None, st.RUNNING,
-                  1_000 + n, None, heartbeat)
+    return Record(
+        landing,
+        sid(n),
+        sid(parent) if parent is not None else None,
+        st.RUNNING,
+        1_000 + n,
+        None,
+        heartbeat,
+    )
 
 
 def every_order(records: list[Record], max_depth: int = 1000) -> dict:
     """The one structure every arrival order and batching gives (asserted), with duplicates."""
-    found = {str(sorted(structure(fold(order + order[:1], max_depth, batches)).items()))
-             for order in map(list, itertools.permutations(records)) for batches in (1, 2, 3)}
+    found = {
+        str(sorted(structure(fold(order + order[:1], max_depth, batches)).items()))
+        for order in map(list, itertools.permutations(records))
+        for batches in (1, 2, 3)
+    }
     assert len(found) == 1, found
     return fold(records, max_depth)
 
 
 def test_the_final_records_parent_wins_and_the_subtree_moves_with_it():
     # 5's snapshot names 1, its final 2; 6 hangs under 5.
-    nodes = every_order([record(0, None), record(1, 0), record(2, 0), snapshot(5, 1),
-                         record(5, 2, st.ERROR), record(6, 5)])
+    nodes = every_order(
+        [
+            record(0, None),
+            record(1, 0),
+            record(2, 0),
+            snapshot(5, 1),
+            record(5, 2, st.ERROR),
+            record(6, 5),
+        ]
+    )
     assert nodes[sid(5)].parent_span_id == sid(2) and nodes[sid(5)].status == st.ERROR
     assert (nodes[sid(1)].child_count, nodes[sid(1)].counts) == (0, [0, 0, 0, 0])
     assert (nodes[sid(2)].child_count, nodes[sid(2)].counts) == (1, [1, 1, 0, 0])
@@ -40,8 +58,15 @@ def test_the_final_records_parent_wins_and_the_subtree_moves_with_it():
 
 
 def test_the_newest_snapshots_parent_wins_and_a_tie_goes_to_the_larger_parent_id():
-    nodes = every_order([snapshot(5, 1, heartbeat=9), snapshot(5, 2, heartbeat=8),
-                         snapshot(6, 1), snapshot(6, 2), snapshot(6, None)])
+    nodes = every_order(
+        [
+            snapshot(5, 1, heartbeat=9),
+            snapshot(5, 2, heartbeat=8),
+            snapshot(6, 1),
+            snapshot(6, 2),
+            snapshot(6, None),
+        ]
+    )
     assert nodes[sid(5)].parent_span_id == sid(1)
     assert nodes[sid(6)].parent_span_id == sid(2)
     ties = every_order([record(7, 3), record(7, None), record(7, 4)])
@@ -75,7 +100,10 @@ def test_a_refused_link_is_decided_again_against_the_new_parent():
     for x in ([snapshot(5, 0), record(5, 2)], [record(5, 2), snapshot(5, 0)]):
         five = fold([*deep, *x], max_depth=3)[sid(5)]
         assert (five.parent_span_id, five.refused_parent, five.refused_reason) == (
-            None, sid(2), REFUSED_DEPTH)
+            None,
+            sid(2),
+            REFUSED_DEPTH,
+        )
 
 
 def test_a_loop_through_a_losing_record_leaves_no_cut_behind():
@@ -99,10 +127,14 @@ def test_losing_records_leave_no_trace_in_any_order(graph, data):
     """Each task's final record declares a parent as in ``declared_graphs`` (loops included); a
     running snapshot of it names another (or the same).  The tree is the one of the finals alone."""
     parents, statuses = graph
-    finals = [record(i, p, s if s != st.RUNNING else st.OK, landing=i)
-              for i, (p, s) in enumerate(zip(parents, statuses, strict=True))]
-    decoys = [snapshot(i, data.draw(hs.none() | hs.integers(0, len(parents) + 1)), landing=100 + i)
-              for i in range(len(parents))]
+    finals = [
+        record(i, p, s if s != st.RUNNING else st.OK, landing=i)
+        for i, (p, s) in enumerate(zip(parents, statuses, strict=True))
+    ]
+    decoys = [
+        snapshot(i, data.draw(hs.none() | hs.integers(0, len(parents) + 1)), landing=100 + i)
+        for i in range(len(parents))
+    ]
     delivered = data.draw(hs.permutations(finals + decoys))
     delivered += data.draw(hs.lists(hs.sampled_from(delivered), max_size=4))
     batches = data.draw(hs.integers(1, 3))

@@ -14,62 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 
 from tasktree.exporter.tree import status as st
-from tasktree.exporter.tree.fold import REFUSED_CYCLE, REFUSED_DEPTH, Record, RunFold
+from tasktree.exporter.tree.fold import REFUSED_CYCLE, REFUSED_DEPTH, Record
 
 from ..spans import sid
-
-
-def record(n: int, parent: int | None, status: int = st.OK, landing: int = 0) -> Record:
-    return Record(landing, sid(n), sid(parent) if parent is not None else None, status,
-                  1_000 + n, 2_000 + n if status != st.RUNNING else None,
-                  1_500 if status == st.RUNNING else None)
-
-
-def fold(records: list[Record], max_depth: int = 1000, batches: int = 1) -> dict:
-    """Apply ``records`` in order, in ``batches`` folds sharing the node table (as the store
-    would reload it), and return the nodes after checking the tree's invariants."""
-    nodes: dict = {}
-    size = max(1, -(-len(records) // batches))
-    for i in range(0, len(records), size):
-        run = RunFold(nodes, stall_cutoff_ns=0, max_depth=max_depth)
-        for r in records[i:i + size]:
-            run.apply(r)
-    check_tree(nodes, max_depth)
-    return nodes
-
-
-def check_tree(nodes: dict, max_depth: int) -> None:
-    """Forest, depth within the limit, rollups and child counts as the structure says."""
-    children: dict = {s: [] for s in nodes}
-    for s, n in nodes.items():
-        if n.parent_span_id is not None:
-            children[n.parent_span_id].append(s)
-
-    def walk(s: bytes, level: int, seen: set) -> list[int]:
-        assert s not in seen, "a task is its own ancestor"
-        seen.add(s)
-        assert level <= max_depth, f"tree deeper than {max_depth}"
-        total = [0, 0, 0, 0]
-        for c in children[s]:
-            sub = walk(c, level + 1, seen)
-            total = [a + b for a, b in zip(total, sub, strict=True)]
-            total[st.COUNT_INDEX[nodes[c].status]] += 1
-        n = nodes[s]
-        assert n.counts == total, (s.hex(), n.counts, total)
-        assert n.child_count == len(children[s]), (s.hex(), n.child_count)
-        return total
-
-    seen: set = set()
-    for s, n in nodes.items():
-        if n.parent_span_id is None:
-            walk(s, 1, seen)
-    assert seen == set(nodes), "some tasks hang under nothing reachable"
-
-
-def structure(nodes: dict) -> dict:
-    return {s: (n.parent_span_id, n.refused_parent, n.refused_reason, n.missing, n.status,
-                n.child_count, tuple(n.counts)) for s, n in nodes.items()}
-
+from .tree_support import declared_graphs, fold, record, structure
 
 # -- loops ------------------------------------------------------------------------------------
 
@@ -92,8 +40,15 @@ def test_a_span_naming_itself_as_parent_is_a_root_with_its_link_refused():
 
 def test_longer_loops_with_hangers_on_give_one_tree_in_every_arrival_order_and_batching():
     # 3 → 1 → 4 → 2 → 3 loops; 7 and 8 hang off it, 9 under 8; one running.
-    records = [record(3, 2), record(1, 3), record(4, 1), record(2, 4),
-               record(7, 4, st.ERROR), record(8, 2, st.RUNNING), record(9, 8)]
+    records = [
+        record(3, 2),
+        record(1, 3),
+        record(4, 1),
+        record(2, 4),
+        record(7, 4, st.ERROR),
+        record(8, 2, st.RUNNING),
+        record(9, 8),
+    ]
     expected = None
     for order in itertools.permutations(records):
         for batches in (1, 3):
@@ -146,8 +101,11 @@ def test_a_chain_past_the_limit_is_cut_into_trees_within_it_with_every_cut_visib
         tops = [n for n in nodes.values() if n.parent_span_id is None]
         assert len(nodes) == 50 and not any(n.missing for n in nodes.values())
         assert all(n.refused_reason == REFUSED_DEPTH for n in tops if n.span_id != sid(0))
-        assert all(n.refused_parent == sid(int.from_bytes(n.span_id, "big") - 2)
-                   for n in tops if n.span_id != sid(0))
+        assert all(
+            n.refused_parent == sid(int.from_bytes(n.span_id, "big") - 2)
+            for n in tops
+            if n.span_id != sid(0)
+        )
         assert max(depth_of(nodes, s) for s in nodes) <= 10
         assert len(tops) >= 5  # 50 levels in pieces of at most 10
         if order == "in":  # parents first: cut exactly every 10 levels
@@ -157,34 +115,36 @@ def test_a_chain_past_the_limit_is_cut_into_trees_within_it_with_every_cut_visib
 def test_a_subtree_joining_too_deep_is_refused_whole_at_the_join_and_stays_intact():
     # 2 → 3 → 4 → 5 → 6 grew under a placeholder for 2; then 0 → 1 arrive, then 2 (child of 1):
     # hanging 2 under 1 would make 7 levels, past the limit of 5.
-    records = [record(3, 2), record(4, 3), record(5, 4), record(6, 5), record(1, 0),
-               record(0, None), record(2, 1)]
+    records = [
+        record(3, 2),
+        record(4, 3),
+        record(5, 4),
+        record(6, 5),
+        record(1, 0),
+        record(0, None),
+        record(2, 1),
+    ]
     nodes = fold(records, max_depth=5)
     two = nodes[sid(2)]
     assert (two.parent_span_id, two.refused_parent, two.refused_reason) == (
-        None, sid(1), REFUSED_DEPTH)
+        None,
+        sid(1),
+        REFUSED_DEPTH,
+    )
     assert not two.missing and two.counts == [4, 0, 0, 0]  # the placeholder became the task
     assert nodes[sid(3)].parent_span_id == sid(2) and nodes[sid(0)].counts == [1, 0, 0, 0]
 
 
 def test_status_changes_deep_in_a_long_cut_chain_only_walk_up_their_piece():
     records = chain(3000)
-    nodes = fold([*records, *[record(i, i - 1 if i else None, st.RUNNING) for i in range(3000)]],
-                 max_depth=100)
+    nodes = fold(
+        [*records, *[record(i, i - 1 if i else None, st.RUNNING) for i in range(3000)]],
+        max_depth=100,
+    )
     assert nodes[sid(2999)].status == st.OK  # a final record beats a later running snapshot
 
 
 # -- any graph of declared parents ---------------------------------------------------------------
-
-
-@hs.composite
-def declared_graphs(draw):
-    """Tasks 0..n-1 each declaring a parent among 0..n+1 (n, n+1: never sent) or none; loops,
-    self-parents and chains past a small depth limit all come up."""
-    n = draw(hs.integers(1, 12))
-    parents = [draw(hs.none() | hs.integers(0, n + 1)) for _ in range(n)]
-    statuses = [draw(hs.sampled_from([st.OK, st.ERROR, st.RUNNING])) for _ in range(n)]
-    return parents, statuses
 
 
 def expected_parents(parents: list) -> dict:
@@ -196,7 +156,7 @@ def expected_parents(parents: list) -> dict:
             path.append(node)
             node = parents[node]
         if node is not None and node < len(parents) and node in path:
-            cut.add(min(path[path.index(node):]))
+            cut.add(min(path[path.index(node) :]))
     return {i: (None if i in cut else p) for i, p in enumerate(parents)}
 
 
@@ -206,6 +166,7 @@ def forest_depth(parent_of: dict) -> int:
         while (i := parent_of.get(i)) is not None:
             level += 1
         return level
+
     return max(depth(i) for i in parent_of)
 
 
@@ -213,8 +174,9 @@ def forest_depth(parent_of: dict) -> int:
 @given(graph=declared_graphs(), max_depth=hs.integers(2, 12), data=hs.data())
 def test_any_declared_parents_fold_into_a_consistent_forest(graph, max_depth, data):
     parents, statuses = graph
-    records = [record(i, p, s, landing=i)
-               for i, (p, s) in enumerate(zip(parents, statuses, strict=True))]
+    records = [
+        record(i, p, s, landing=i) for i, (p, s) in enumerate(zip(parents, statuses, strict=True))
+    ]
     delivered = data.draw(hs.permutations(records))
     delivered += data.draw(hs.lists(hs.sampled_from(records), max_size=4))
     nodes = fold(delivered, max_depth=max_depth, batches=data.draw(hs.integers(1, 3)))
@@ -232,7 +194,8 @@ def test_any_declared_parents_fold_into_a_consistent_forest(graph, max_depth, da
     looped = any(expected[i] != p for i, p in enumerate(parents))
     if forest_depth(with_placeholders) * (3 if looped else 1) <= max_depth:
         assert {s: n.parent_span_id for s, n in nodes.items() if not n.missing} == {
-            sid(i): (sid(p) if p is not None else None) for i, p in expected.items()}
+            sid(i): (sid(p) if p is not None else None) for i, p in expected.items()
+        }
         assert not any(n.refused_reason == REFUSED_DEPTH for n in nodes.values())
 
 
