@@ -2,7 +2,8 @@
 ``RAY_ADDRESS`` (else a local Ray of two CPUs).
 
     ray_job.py tree   remote functions, nested remote calls, a plain remote function calling a
-                      task, a remote generator, @task over @ray.remote, sync and async actors
+                      task, a remote generator, @task over @ray.remote, sync and async actors,
+                      and a task whose worker is killed as soon as its result is back
     ray_job.py long   one long remote task (its ids and worker pid written to $RAY_LONG_MARKER),
                       retried by Ray when its worker dies; it ends once $RAY_LONG_RELEASE exists
     ray_job.py bad    tasks submitted with no current task and with a malformed carrier
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -99,6 +101,12 @@ class AsyncCounter:
         return n
 
 
+@ray.remote
+@task(name="last-words")
+def last_words():
+    return os.getpid()
+
+
 def task_over_remote():
     """@task over @ray.remote: decorated once configure() has run (as here, in the job)."""
 
@@ -124,6 +132,8 @@ def tree() -> dict:
         assert ray.get(counter.spawn.remote()) == 3
         async_counter = AsyncCounter.remote()
         assert ray.get(async_counter.add.remote(5)) == 5
+        # As Ray ends the workers of a job that shuts down (no atexit): the record is out already.
+        os.kill(ray.get(last_words.remote()), signal.SIGKILL)
     return result
 
 
