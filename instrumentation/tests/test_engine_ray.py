@@ -12,6 +12,7 @@ to it with ``ray.init()`` (``RAY_ADDRESS``) and runs in its own process group, k
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -253,3 +254,42 @@ def test_tasks_with_no_context_or_a_malformed_one_are_runs_of_their_own(
     while not all(text in ray_cluster.worker_errors(out["job_id"]) for text in expected):
         assert time.monotonic() < deadline, f"not logged: {expected}"
         time.sleep(0.2)
+
+
+# -- the wrapper alone (no Ray started) ------------------------------------------------------------
+
+
+def test_the_wrapper_keeps_the_kind_of_function_and_passes_direct_calls_through():
+    from tasktree.instrumentation.integrations import ray as integration
+
+    def plain(a, *, b=1, **rest):
+        return a + b
+
+    async def coroutine(a):
+        return a
+
+    def generator(n):
+        yield from range(n)
+
+    wrapped = {f.__name__: integration._carrying(f) for f in (plain, coroutine, generator)}
+    assert inspect.iscoroutinefunction(wrapped["coroutine"])
+    assert inspect.isgeneratorfunction(wrapped["generator"])
+    assert not hasattr(wrapped["plain"], "__wrapped__")  # Ray unwraps actor methods
+    assert list(inspect.signature(wrapped["plain"]).parameters) == [
+        "a", "b", integration.CARRIER, "rest"
+    ]  # fmt: skip
+    assert wrapped["plain"](1, b=2) == 3  # a direct Python call: no carrier, nothing done
+    assert list(wrapped["generator"](2)) == [0, 1]
+    assert integration._carrying(wrapped["plain"]) is wrapped["plain"]
+
+
+@pytest.mark.parametrize("carrier", [{}, {"traceparent": "00-bad"}, "not a dict", 42])
+def test_a_call_with_a_bad_carrier_runs_normally_as_a_run_of_its_own(carrier):
+    from opentelemetry import trace
+
+    from tasktree.instrumentation.integrations import ray as integration
+
+    seen = integration._carrying(lambda: trace.get_current_span().get_span_context())(
+        _tasktree_carrier=carrier
+    )
+    assert not seen.is_valid

@@ -378,6 +378,8 @@ def _kwargs_with_carrier(call_kwargs: Mapping | None) -> dict:
 
 def _parent(carrier: Mapping[str, str]) -> Context:
     """The submitter's task (empty: a run of its own, logged once) with the attempt number."""
+    if not isinstance(carrier, Mapping):  # not what tasktree sends: treated as malformed
+        carrier = {_context.TRACEPARENT: repr(carrier)}
     parent = _context.parent_from(carrier, ENGINE)
     attempt = _attempt()
     return (
