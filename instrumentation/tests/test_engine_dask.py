@@ -79,6 +79,7 @@ TREE = Counter(
         ("spawn-phase", "dask-tree", "ok"): 1,
         ("spawner", "spawn-phase", "ok"): 1,
         ("nested", "spawner", "ok"): 2,
+        ("plain-nested", "spawn-phase", "ok"): 2,  # submitted by a Dask task that is no @task
         ("retry-phase", "dask-tree", "ok"): 1,
         ("flaky", "retry-phase", "error"): 1,  # attempt 1 fails: Dask retries it (retries=1)
         ("flaky", "retry-phase", "ok"): 1,  # attempt 2: a new task beside the first

@@ -82,6 +82,21 @@ def spawner(n):
     return total
 
 
+@task(name="plain-nested")
+def plain_nested(i):
+    return i
+
+
+def plain_spawner(n):
+    """A Dask task that is no @task: what it submits runs under its own submitter."""
+    client = get_client()
+    futures = client.map(plain_nested, range(n))
+    secede()
+    total = sum(client.gather(futures))
+    rejoin()
+    return total
+
+
 @task(name="flaky")
 def flaky(marker):
     path = Path(marker)
@@ -147,6 +162,7 @@ def tree() -> dict:
             assert bag.compute() == [0, 2, 4, 6]
         with task("spawn-phase"):
             assert client.submit(spawner, 2).result() == 1
+            assert client.submit(plain_spawner, 2).result() == 1
         with task("retry-phase"), tempfile.TemporaryDirectory() as scratch:
             marker = str(Path(scratch) / "flaky")
             assert client.submit(flaky, marker, retries=1).result() == "second attempt"

@@ -16,7 +16,6 @@ Installed when the job imports ``distributed`` (``dask.distributed`` imports it 
   task started on a thread running a Dask task finds the task's key
   (``distributed.worker.thread_state.key``), its annotations on the worker, and takes the
   submitter as its parent.
-
 - Attempts: the scheduler preloads this module too (``distributed.scheduler.preload``; by hand:
   ``dask scheduler --preload ...``): a scheduler plugin counts each time a carrying task becomes
   ``waiting`` (its first run, a rerun after ``retries=`` or a lost worker) into the annotation, and
@@ -24,9 +23,8 @@ Installed when the job imports ``distributed`` (``dask.distributed`` imports it 
   parent, beside the attempt before it.
 
 A task with no carrier, or a malformed one, runs normally as a run of its own (logged once per
-worker).
-Tasks defined as coroutines run on the worker's event loop, where the running key is not known:
-they are runs of their own.
+worker).  Tasks defined as coroutines run on the worker's event loop, where the running key is not
+known: they are runs of their own.
 """
 
 from __future__ import annotations
@@ -39,7 +37,7 @@ from collections.abc import Mapping
 import dask
 import wrapt
 from distributed.diagnostics.plugin import SchedulerPlugin
-from opentelemetry import context, trace
+from opentelemetry import context, propagate, trace
 from opentelemetry.context import Context
 
 from tasktree.instrumentation.integrations import _context
@@ -62,20 +60,22 @@ _SETUP_CONFIG = "tasktree-worker-setup"  # the job's configure() arguments, as J
 _installed = False
 _install_lock = threading.Lock()
 _thread_state = None  # distributed.worker.thread_state: .key is the task running on a thread
+_get_worker = None  # distributed.worker.get_worker: the worker running this thread's task
+_parents: dict[tuple, Context] = {}  # (carrier, attempt) -> parent: a graph's tasks share one
+_PARENTS_KEPT = 1024
 
 
 def install() -> None:
     """Carries the submitter in every graph this process submits, preloads tasktree in the
     workers this process starts, and finds the parent of the Dask task running on a thread."""
-    global _installed
+    global _installed, _thread_state, _get_worker
     with _install_lock:
         if _installed:
             return
         _installed = True
-    global _thread_state
-    from distributed.worker import thread_state
+    from distributed.worker import get_worker, thread_state
 
-    _thread_state = thread_state
+    _thread_state, _get_worker = thread_state, get_worker
     _context.register_ambient_parent(_parent_of_running_task)
     _annotate_submissions()
     _preload_in_workers()
@@ -100,7 +100,7 @@ def _annotate_submissions() -> None:
 
 def _with_submitter(wrapped, instance, args, kwargs):
     try:
-        found = _context.carrier()
+        found = _submitter()
     except Exception:  # noqa: BLE001 - never break the job's submission
         _logger.exception("tasktree dask: cannot read the current task")
         found = None
@@ -108,6 +108,18 @@ def _with_submitter(wrapped, instance, args, kwargs):
         return wrapped(*args, **kwargs)
     with dask.annotate(**{ANNOTATION: found}):
         return wrapped(*args, **kwargs)
+
+
+def _submitter() -> dict[str, str]:
+    """The carrier of the current task; in a Dask task that is no ``@task`` itself, that of its
+    own submitter (as a ``@task`` it called would be)."""
+    found = _context.carrier()
+    if found:
+        return found
+    ambient = _parent_of_running_task()
+    if ambient:  # an empty Context (a run of its own) is falsy
+        propagate.inject(found, context=ambient)
+    return found
 
 
 # -- workers -----------------------------------------------------------------------------------
@@ -142,7 +154,9 @@ def dask_setup(server) -> None:
         else:
             _set_up_worker()
     except Exception:  # noqa: BLE001 - a worker must run even if tasktree cannot
-        _logger.exception("tasktree dask: cannot set up %r", server)
+        _logger.exception(
+            "tasktree dask: cannot set tasktree up in %r; its tasks will not be linked", server
+        )
 
 
 def dask_teardown(server) -> None:
@@ -189,12 +203,12 @@ class _Attempts(SchedulerPlugin):
     idempotent = True
 
     def __init__(self, scheduler):
-        self._tasks = scheduler.tasks
+        self._scheduler = scheduler
 
     def transition(self, key, start, finish, *args, **kwargs) -> None:
         if finish != "waiting":
             return
-        state = self._tasks.get(key)
+        state = self._scheduler.tasks.get(key)
         annotations = state.annotations if state is not None else None
         if annotations and ANNOTATION in annotations:
             # This task's own dict (built per task by the scheduler), read when it is sent to
@@ -207,19 +221,30 @@ def _parent_of_running_task() -> Context | None:
     key = getattr(_thread_state, "key", None)
     if key is None:
         return None
-    from distributed.worker import get_worker
-
     try:
-        state = get_worker().state.tasks.get(key)
+        state = _get_worker().state.tasks.get(key)
     except ValueError:  # not in a worker
         return None
     annotations = getattr(state, "annotations", None) or {}
     found = annotations.get(ANNOTATION)
+    attempt = annotations.get(ATTEMPT_ANNOTATION)
+    try:
+        cache_key = (frozenset(found.items()), attempt)
+    except (AttributeError, TypeError):  # no carrier, or not a dict of strings
+        return _parent_from(found, attempt)
+    parent = _parents.get(cache_key)
+    if parent is None:
+        if len(_parents) >= _PARENTS_KEPT:
+            _parents.clear()
+        parent = _parents[cache_key] = _parent_from(found, attempt)
+    return parent
+
+
+def _parent_from(found, attempt) -> Context:
     if found is not None and not isinstance(found, Mapping):
         _context.warn_once(ENGINE, "malformed", "a malformed %r annotation %r", ANNOTATION, found)
         return Context()
     parent = _context.parent_from(found, ENGINE)
-    attempt = annotations.get(ATTEMPT_ANNOTATION)
     if attempt and parent:  # an empty Context (a run of its own) is falsy
         return _context.with_attributes(parent, {_context.ATTEMPT: attempt})
     return parent
