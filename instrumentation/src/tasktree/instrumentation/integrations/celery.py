@@ -53,6 +53,9 @@ REDELIVERED = "celery.redelivered"
 _CARRIER_KEYS = (_context.TRACEPARENT, "tracestate")
 _DISPATCH_UID = "tasktree.instrumentation.integrations.celery"
 _RUN_IS_TASK = "_tasktree_celery_run"
+_PARENTS_KEPT = 1024
+
+_parents: dict[tuple[str | None, ...], Context] = {}
 
 
 def install() -> None:
@@ -120,8 +123,19 @@ def _ambient_parent() -> Context | None:
     request = _running_request()
     if request is None or _otel_celery_active():
         return None
-    parent = _context.parent_from(_request_carrier(request), ENGINE)
-    return _context.with_attributes(parent, _attributes(request))
+    return _context.with_attributes(_parent_of(_request_carrier(request)), _attributes(request))
+
+
+def _parent_of(carrier: dict[str, str]) -> Context:
+    """``parent_from(carrier)``, remembered: the tasks a job submits share a few carriers (one
+    per submitting task), and a Context is immutable."""
+    key = tuple(carrier.get(field) for field in _CARRIER_KEYS)
+    parent = _parents.get(key)
+    if parent is None:
+        if len(_parents) >= _PARENTS_KEPT:
+            _parents.clear()
+        parent = _parents[key] = _context.parent_from(carrier, ENGINE)
+    return parent
 
 
 def _attributes(request) -> dict[str, object]:
