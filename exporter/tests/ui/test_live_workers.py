@@ -1,15 +1,24 @@
 """With ``--workers 2`` and no Redis, folds done by the worker process still reach the live pages
-(PostgreSQL LISTEN/NOTIFY carries them)."""
+(PostgreSQL LISTEN/NOTIFY carries them): the main process serves the pages and folds too, so the
+strict test freezes it while only the worker can fold."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import threading
 import time
 import urllib.request
 
-from tasktree.exporter.live import PostgresBus
+import psycopg
+
+from tasktree.exporter.live import PostgresBus, encode_message
+from tasktree.exporter.store.landing import ResourceIds, land
+
+from ..integration.faults_support import EventReader
+from ..spans import sid, span
 
 
 def test_a_notify_from_another_process_reaches_this_process_streams(database_url):
@@ -45,14 +54,83 @@ def test_live_stream_of_a_server_with_two_workers_sees_spans_arriving(start_task
     reader.start()
     time.sleep(1.0)  # let the stream open before the spans arrive
     for i in range(20):  # enough batches that the worker process folds some of them
-        span = {"traceId": trace_id, "spanId": os.urandom(8).hex(), "name": f"t{i}",
-                "startTimeUnixNano": "1000", "endTimeUnixNano": "2000"}
+        span = {
+            "traceId": trace_id,
+            "spanId": os.urandom(8).hex(),
+            "name": f"t{i}",
+            "startTimeUnixNano": "1000",
+            "endTimeUnixNano": "2000",
+        }
         body = {"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}
-        urllib.request.urlopen(urllib.request.Request(
-            server.otlp_http + "/v1/traces", json.dumps(body).encode(),
-            {"Content-Type": "application/json"}), timeout=30).close()
+        urllib.request.urlopen(
+            urllib.request.Request(
+                server.otlp_http + "/v1/traces",
+                json.dumps(body).encode(),
+                {"Content-Type": "application/json"},
+            ),
+            timeout=30,
+        ).close()
         time.sleep(0.1)
     reader.join(20)
     assert len(events) >= 1, "no live event arrived"
     server.wait_folded()
     assert server.get(f"/api/runs/{trace_id}")["task_count"] == 20
+
+
+def test_a_span_folded_by_the_worker_process_reaches_the_stream_of_the_serving_process(
+    start_tasktree, private_db
+):
+    server = start_tasktree(extra_args=("--workers", "2"), database=private_db)
+    trace = os.urandom(16)
+    stream = EventReader(f"{server.web}/api/live/runs/{trace.hex()}")
+    try:
+        assert stream.next_event(10) == "open"
+        _wait_until_the_stream_hears_notifications(stream, private_db, trace)
+        server.wait_folded()  # the serving process is idle: frozen, it holds no fold's locks
+        with _frozen(server.proc.pid):
+            _land_without_ingest(private_db, trace)  # the frozen process's ingest never sees it
+            _wait_until_folded_by_someone_else(private_db)
+            frozen_at = time.monotonic()
+        event = stream.next_event(15)
+        print(f"changed event {time.monotonic() - frozen_at:.2f}s after the serving process thawed")
+        assert event == "changed", "the worker's fold never reached the stream"
+    finally:
+        stream.close()
+    assert server.get(f"/api/runs/{trace.hex()}")["task_count"] == 1
+
+
+def _wait_until_the_stream_hears_notifications(stream, database_url: str, trace: bytes) -> None:
+    """A NOTIFY of our own reaches the stream: the serving process LISTENs (its start-up resync
+    is behind us, so the next event can only come from a new notification)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_notify(%s, %s)",
+            (PostgresBus.CHANNEL, encode_message(frozenset([trace])).decode()),
+        )
+    assert stream.next_event(15) == "changed"
+    stream.drain(quiet=1.0)
+
+
+@contextlib.contextmanager
+def _frozen(pid: int):
+    """SIGSTOP the process for the block (its worker, a process of its own, keeps running)."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def _land_without_ingest(database_url: str, trace: bytes) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        land(
+            conn, [span(trace, sid(1), name="folded-by-the-worker")], ResourceIds(), time.time_ns()
+        )
+
+
+def _wait_until_folded_by_someone_else(database_url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while conn.execute("SELECT EXISTS (SELECT 1 FROM span_landing)").fetchone()[0]:
+            assert time.monotonic() < deadline, "no worker process folded the landed span"
+            time.sleep(0.05)
