@@ -40,13 +40,18 @@ def start_long_task(server, **env):
     return process, ids
 
 
+STALL_AFTER = 1.5  # the server's --stall-after, seconds
+HEARTBEAT = 0.5  # the job's heartbeat interval, seconds
+SWEEP_EVERY = 1.0  # how often the server looks for stalled tasks (background._SWEEP_EVERY_S)
+
+
 def test_a_task_shows_running_then_a_sigkill_leaves_it_stalled_after_stall_after(
     start_tasktree, private_db
 ):
     # Its own database: no server with another stall window folds these tasks.
-    server = start_tasktree(extra_args=("--stall-after", "1.5"), database=private_db)
+    server = start_tasktree(extra_args=("--stall-after", str(STALL_AFTER)), database=private_db)
     process, ids = start_long_task(
-        server, TASKTREE_SNAPSHOT_DELAY="1", TASKTREE_HEARTBEAT_INTERVAL="0.5"
+        server, TASKTREE_SNAPSHOT_DELAY="1", TASKTREE_HEARTBEAT_INTERVAL=str(HEARTBEAT)
     )
     with process:
         started = time.monotonic()
@@ -58,12 +63,17 @@ def test_a_task_shows_running_then_a_sigkill_leaves_it_stalled_after_stall_after
         server, ids["trace_id"], ids["span_id"], lambda t: t["status"] == "stalled"
     )
     stalled_after = time.monotonic() - killed
+    print(
+        f"running shown {shown_after:.2f}s after start; stalled {stalled_after:.2f}s after SIGKILL"
+        f" (--stall-after {STALL_AFTER}s)"
+    )
     run = server.get(f"/api/runs/{ids['trace_id']}")
     assert run["counts"]["stalled"] == 2  # long and long-root, both left running by the kill
     assert task["last_heartbeat"] is not None
-    print(
-        f"running shown {shown_after:.2f}s after start; stalled {stalled_after:.2f}s after SIGKILL"
-    )
+    # Not before its last heartbeat (at most a heartbeat or two before the kill) is stall_after
+    # old; and within stall_after plus one sweep, with room for a loaded machine.
+    assert stalled_after >= STALL_AFTER - 2 * HEARTBEAT, "stalled while its heartbeat was fresh"
+    assert stalled_after <= 2 * (STALL_AFTER + SWEEP_EVERY), "stalled far later than stall_after"
 
 
 def test_sigterm_flushes_the_running_tasks_as_errors(tasktree_server):
