@@ -28,7 +28,7 @@ from tasktree.exporter.tree import status as st
 
 from ..otlp_fuzz import HANG_SECONDS, check_decoding, no_hang, requests
 from ..spans import deliver, sid, span, tid
-from ..ui.browser import ARTIFACTS, browser, browser_context, page_errors  # noqa: F401 (fixtures)
+from ..ui.browser import ARTIFACTS
 from .abuse_data import DEPTH_LIMIT, INT64_MAX, seed, send_protobuf
 from .abuse_data import T0 as T_OK
 
@@ -63,17 +63,24 @@ def get(client, url: str, *, status: int | None = 200):
     if status is None:
         assert response.status_code < 500, (url, response.status_code)
     else:
-        assert response.status_code == status, (url, response.status_code,
-                                                response.get_data(as_text=True)[:300])
-    return response.get_json() if response.mimetype == "application/json" else (
-        response.get_data(as_text=True))
+        assert response.status_code == status, (
+            url,
+            response.status_code,
+            response.get_data(as_text=True)[:300],
+        )
+    return (
+        response.get_json()
+        if response.mimetype == "application/json"
+        else (response.get_data(as_text=True))
+    )
 
 
 def tree_problems(conn, trace: bytes, max_depth: int) -> list:
     """Whatever breaks the tree's promises for run ``trace`` (empty when all is well):
     a child count or rollup that differs from the children's, a parent that is not stored, a
     task deeper than ``max_depth``, or a run summary that does not add up."""
-    problems = conn.execute("""
+    problems = conn.execute(
+        """
         WITH kids AS (
             SELECT parent_span_id AS span_id, count(*) AS n,
                    sum(n_ok + (status = 3)::int) AS ok, sum(n_error + (status = 4)::int) AS err,
@@ -88,15 +95,20 @@ def tree_problems(conn, trace: bytes, max_depth: int) -> list:
         SELECT 'dangling', c.span_id FROM tasks c
         WHERE c.trace_id = %(t)s AND c.parent_span_id IS NOT NULL AND NOT EXISTS (
             SELECT 1 FROM tasks p WHERE p.trace_id = c.trace_id AND p.span_id = c.parent_span_id)
-        """, {"t": trace}).fetchall()
-    deepest = conn.execute("""
+        """,
+        {"t": trace},
+    ).fetchall()
+    deepest = conn.execute(
+        """
         WITH RECURSIVE down AS (
             SELECT span_id, 1 AS level FROM tasks WHERE trace_id = %(t)s AND parent_span_id IS NULL
             UNION ALL
             SELECT c.span_id, d.level + 1 FROM down d
             JOIN tasks c ON c.trace_id = %(t)s AND c.parent_span_id = d.span_id
             WHERE d.level <= %(limit)s)
-        SELECT max(level), count(*) FROM down""", {"t": trace, "limit": max_depth}).fetchone()
+        SELECT max(level), count(*) FROM down""",
+        {"t": trace, "limit": max_depth},
+    ).fetchone()
     stored = conn.execute("SELECT count(*) FROM tasks WHERE trace_id = %s", (trace,)).fetchone()[0]
     if deepest[0] > max_depth:
         problems.append(("too deep", deepest[0]))
@@ -104,28 +116,35 @@ def tree_problems(conn, trace: bytes, max_depth: int) -> list:
         problems.append(("unreachable from a top-level task", stored - deepest[1]))
     run = conn.execute(
         "SELECT task_count, n_ok + n_error + n_running + n_stalled FROM runs WHERE trace_id = %s",
-        (trace,)).fetchone()
-    real = conn.execute("SELECT count(*) FROM tasks WHERE trace_id = %s AND NOT missing",
-                        (trace,)).fetchone()[0]
+        (trace,),
+    ).fetchone()
+    real = conn.execute(
+        "SELECT count(*) FROM tasks WHERE trace_id = %s AND NOT missing", (trace,)
+    ).fetchone()[0]
     if run != (real, real):
         problems.append(("run summary", run, real))
     return problems
 
 
 def refused(conn, trace: bytes) -> dict:
-    rows = conn.execute("SELECT span_id, refused_parent_span_id, refused_reason, parent_span_id"
-                        " FROM tasks WHERE trace_id = %s AND refused_parent_span_id IS NOT NULL",
-                        (trace,))
+    rows = conn.execute(
+        "SELECT span_id, refused_parent_span_id, refused_reason, parent_span_id"
+        " FROM tasks WHERE trace_id = %s AND refused_parent_span_id IS NOT NULL",
+        (trace,),
+    )
     return {bytes(s): (bytes(p), r, q) for s, p, r, q in rows}
 
 
 def structure(conn, trace: bytes) -> dict:
-    rows = conn.execute("SELECT span_id, parent_span_id, refused_parent_span_id, missing, status,"
-                        " child_count, n_ok, n_error FROM tasks WHERE trace_id = %s", (trace,))
+    rows = conn.execute(
+        "SELECT span_id, parent_span_id, refused_parent_span_id, missing, status,"
+        " child_count, n_ok, n_error FROM tasks WHERE trace_id = %s",
+        (trace,),
+    )
     return {bytes(r[0]): (r[1] and bytes(r[1]), r[2] and bytes(r[2]), *r[3:]) for r in rows}
 
 
-def renders(client, trace: bytes, spans: list[bytes]) -> None:
+def renders(conn, client, trace: bytes, spans: list[bytes]) -> None:
     """The run's pages and each task's pages answer; nothing is a server error."""
     t = trace.hex()
     get(client, f"/api/runs/{t}")
@@ -136,8 +155,24 @@ def renders(client, trace: bytes, spans: list[bytes]) -> None:
         get(client, f"/api/runs/{t}/tasks/{s}/children?limit=1000")
         get(client, f"/runs/{t}/tasks/{s}")
         get(client, f"/runs/{t}?node={s}")
-        get(client, f"/search?q={s}", status=None)  # an exact id redirects to its task
+        search_opens_a_task_found_once(conn, client, t, s)
         get(client, f"/api/search?q={s}")
+
+
+def search_opens_a_task_found_once(conn, client, trace: str, span: str) -> None:
+    """``/search?q=<span id>``: an id stored once redirects to its task's page; an id several
+    runs share (the same records folded in several orders) lists them instead."""
+    stored = conn.execute(
+        "SELECT count(*) FROM tasks WHERE span_id = %s", (bytes.fromhex(span),)
+    ).fetchone()[0]
+    with no_hang(HANG_SECONDS):
+        response = client.get(f"/search?q={span}")
+    if stored == 1:
+        assert response.status_code == 302, (span, response.status_code)
+        assert response.location.endswith(f"/runs/{trace}/tasks/{span}"), response.location
+    else:
+        assert response.status_code == 200, (span, response.status_code)
+        assert span in response.get_data(as_text=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,19 +180,35 @@ def renders(client, trace: bytes, spans: list[bytes]) -> None:
 
 
 LOOP = [  # 1 -> 2 -> 1 under nothing; 3 -> 4 -> 5 -> 3 with 6 (a child of 4) failing; 8 its own
-    (1, 2, st.OK), (2, 1, st.OK), (3, 5, st.OK), (4, 3, st.OK), (5, 4, st.OK), (6, 4, st.ERROR),
+    (1, 2, st.OK),
+    (2, 1, st.OK),
+    (3, 5, st.OK),
+    (4, 3, st.OK),
+    (5, 4, st.OK),
+    (6, 4, st.ERROR),
     (8, 8, st.RUNNING),
 ]
 
 
 def _loop_rows(trace: bytes, order: list) -> list:
-    return [span(trace, sid(n), sid(p), status=status, start=1_000 + n, name=f"loop {n}",
-                 heartbeat=time.time_ns()) for n, p, status in order]
+    return [
+        span(
+            trace,
+            sid(n),
+            sid(p),
+            status=status,
+            start=1_000 + n,
+            name=f"loop {n}",
+            heartbeat=time.time_ns(),
+        )
+        for n, p, status in order
+    ]
 
 
 @pytest.mark.parametrize("split", ["one batch", "one span per batch"])
-def test_parent_loops_are_stored_with_the_smallest_ids_link_refused_in_any_order(conn, client,
-                                                                                 split):
+def test_parent_loops_are_stored_with_the_smallest_ids_link_refused_in_any_order(
+    conn, client, split
+):
     rng = random.Random(11)
     orders = [LOOP, LOOP[::-1], *(rng.sample(LOOP, len(LOOP)) for _ in range(4))]
     seen = []
@@ -171,16 +222,23 @@ def test_parent_loops_are_stored_with_the_smallest_ids_link_refused_in_any_order
 
     trace = tid(100)
     assert refused(conn, trace) == {  # in each loop the task with the smallest id keeps none
-        sid(1): (sid(2), 1, None), sid(3): (sid(5), 1, None), sid(8): (sid(8), 1, None)}
+        sid(1): (sid(2), 1, None),
+        sid(3): (sid(5), 1, None),
+        sid(8): (sid(8), 1, None),
+    }
     three = get(client, f"/api/runs/{trace.hex()}/tasks/{sid(3).hex()}")
     assert three["refused_parent"] == {"span_id": sid(5).hex(), "reason": "cycle"}
     assert three["parent_span_id"] is None and three["counts"] == {
-        "ok": 2, "error": 1, "running": 0, "stalled": 0}  # 4, 5 and the failed 6
+        "ok": 2,
+        "error": 1,
+        "running": 0,
+        "stalled": 0,
+    }  # 4, 5 and the failed 6
     roots = get(client, f"/api/runs/{trace.hex()}")["roots"]
     assert {r["span_id"] for r in roots} == {sid(1).hex(), sid(3).hex(), sid(8).hex()}
     page = get(client, f"/runs/{trace.hex()}/tasks/{sid(3).hex()}")
     assert "declared parent" in page and sid(5).hex() in page and "loop back" in page
-    renders(client, trace, [sid(n) for n, _, _ in LOOP])
+    renders(conn, client, trace, [sid(n) for n, _, _ in LOOP])
 
 
 def test_a_loop_closed_by_a_later_batch_moves_the_cut_to_the_smallest_id(conn, client):
@@ -218,20 +276,30 @@ the test quick; the default (1000) behaves the same (bench/deep_tree.py measures
 
 
 @pytest.mark.parametrize("order", ["parents first", "random"])
-def test_a_100000_deep_chain_is_stored_whole_in_trees_within_the_depth_limit(conn, client,
-                                                                             order):
+def test_a_100000_deep_chain_is_stored_whole_in_trees_within_the_depth_limit(conn, client, order):
     trace = tid(200 if order == "parents first" else 201)
-    rows = [span(trace, sid(i), sid(i - 1) if i else None, start=1_000 + i, end=10**9 - i,
-                 name=f"level {i}") for i in range(CHAIN)]
+    rows = [
+        span(
+            trace,
+            sid(i),
+            sid(i - 1) if i else None,
+            start=1_000 + i,
+            end=10**9 - i,
+            name=f"level {i}",
+        )
+        for i in range(CHAIN)
+    ]
     if order == "random":
         random.Random(3).shuffle(rows)
-    deliver(conn, *[rows[i:i + 5000] for i in range(0, CHAIN, 5000)], max_depth=LIMIT)
+    deliver(conn, *[rows[i : i + 5000] for i in range(0, CHAIN, 5000)], max_depth=LIMIT)
 
     assert tree_problems(conn, trace, LIMIT) == []  # every tree within the limit, rollups right
     cuts = refused(conn, trace)
     assert len(cuts) >= CHAIN // LIMIT - 1
-    assert all(parent == sid(int.from_bytes(s, "big") - 2) and reason == 2 and now is None
-               for s, (parent, reason, now) in cuts.items())  # each cut keeps its true parent
+    assert all(
+        parent == sid(int.from_bytes(s, "big") - 2) and reason == 2 and now is None
+        for s, (parent, reason, now) in cuts.items()
+    )  # each cut keeps its true parent
     run = get(client, f"/api/runs/{trace.hex()}")
     assert run["task_count"] == CHAIN and run["root_count"] == len(cuts) + 1
     assert len(run["roots"]) == min(1000, len(cuts) + 1)  # the first 1000 shown
@@ -239,16 +307,17 @@ def test_a_100000_deep_chain_is_stored_whole_in_trees_within_the_depth_limit(con
     task = get(client, f"/api/runs/{trace.hex()}/tasks/{cut.hex()}")
     assert task["refused_parent"] == {"span_id": cuts[cut][0].hex(), "reason": "depth"}
     assert "deeper than this server" in get(client, f"/runs/{trace.hex()}/tasks/{cut.hex()}")
-    renders(client, trace, [sid(0), sid(CHAIN // 2), sid(CHAIN - 1), cut])
+    renders(conn, client, trace, [sid(0), sid(CHAIN // 2), sid(CHAIN - 1), cut])
 
 
 def test_a_chain_within_the_limit_is_never_cut_whatever_the_order(conn):
     for n in range(3):
         trace = tid(210 + n)
-        rows = [span(trace, sid(i), sid(i - 1) if i else None, start=1_000 + i)
-                for i in range(LIMIT)]
+        rows = [
+            span(trace, sid(i), sid(i - 1) if i else None, start=1_000 + i) for i in range(LIMIT)
+        ]
         random.Random(n).shuffle(rows)
-        deliver(conn, *[rows[i:i + 7] for i in range(0, LIMIT, 7)], max_depth=LIMIT)
+        deliver(conn, *[rows[i : i + 7] for i in range(0, LIMIT, 7)], max_depth=LIMIT)
         assert refused(conn, trace) == {} and tree_problems(conn, trace, LIMIT) == []
 
 
@@ -263,11 +332,14 @@ WIDE = bytes.fromhex("c0ffee00" * 4)
 def _million_children(conn) -> None:
     """One root with a million finished children, written in SQL as the folder would leave them
     (generated: folding them one by one is not what this test is about)."""
-    conn.execute("INSERT INTO resources (digest, job, attributes) VALUES ('\\xc0ffee', 'wide',"
-                 " '{\"service.name\": \"wide\"}') ON CONFLICT DO NOTHING")
+    conn.execute(
+        "INSERT INTO resources (digest, job, attributes) VALUES ('\\xc0ffee', 'wide',"
+        ' \'{"service.name": "wide"}\') ON CONFLICT DO NOTHING'
+    )
     (resource,) = conn.execute("SELECT id FROM resources WHERE digest = '\\xc0ffee'").fetchone()
     with conn.transaction():
-        conn.execute("""
+        conn.execute(
+            """
             INSERT INTO tasks (trace_id, span_id, parent_span_id, name, kind, status, start_ns,
                                end_ns, status_message, resource_id, scope, attributes, events,
                                links, received_ns, search)
@@ -277,18 +349,26 @@ def _million_children(conn) -> None:
                    array_to_tsvector(string_to_array(name, ' '))  -- its words (search.py)
             FROM generate_series(0, %(n)s) AS i,
                  LATERAL (SELECT CASE WHEN i = 0 THEN 'wide root' ELSE 'child ' || i END) AS n(name)
-            """, {"t": WIDE, "r": resource, "n": MILLION})
-        conn.execute("""
+            """,
+            {"t": WIDE, "r": resource, "n": MILLION},
+        )
+        conn.execute(
+            """
             UPDATE tasks SET child_count = %(n)s, height = 1,
                    n_ok = %(n)s - %(n)s / 1000, n_error = %(n)s / 1000
-            WHERE trace_id = %(t)s AND span_id = int8send(1)""", {"t": WIDE, "n": MILLION})
-        conn.execute("""
+            WHERE trace_id = %(t)s AND span_id = int8send(1)""",
+            {"t": WIDE, "n": MILLION},
+        )
+        conn.execute(
+            """
             INSERT INTO runs (trace_id, job, name, status, start_ns, end_ns, n_ok, n_error,
                               task_count, root_count, last_received_ns)
             SELECT %(t)s, 'wide', 'wide root', 3, 1000, 10000000,
                    count(*) FILTER (WHERE status = 3), count(*) FILTER (WHERE status = 4),
                    count(*), 1, 1
-            FROM tasks WHERE trace_id = %(t)s""", {"t": WIDE})
+            FROM tasks WHERE trace_id = %(t)s""",
+            {"t": WIDE},
+        )
     conn.execute("ANALYZE tasks")
 
 
@@ -322,7 +402,7 @@ def test_a_million_children_are_paged_and_a_new_one_still_folds_in(conn, client)
 def tree_data(html: str) -> dict:
     """The JSON the run page embeds for its script."""
     start = html.index('<script type="application/json" id="tree-data">') + 47
-    return json.loads(html[start:html.index("</script>", start)])
+    return json.loads(html[start : html.index("</script>", start)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,13 +430,18 @@ def test_bad_ids_and_times_are_refused_alone_with_reasons_over_json(abused):
     server, data = abused
     message, count = data.rejections
     assert count == "10"
-    for reason in ("trace_id is all zeros", "trace_id must be 16 bytes, got 15",
-                   "span_id is all zeros", "span_id must be 8 bytes, got 2",
-                   "parent_span_id must be empty or 8 bytes, got 3",
-                   "start_time_unix_nano is missing (0)",
-                   "startTimeUnixNano -5 is before 1970 (negative)",
-                   "startTimeUnixNano 253402300799000000000 is beyond year 2262",
-                   "is before start_time_unix_nano", "times beyond year 2262 are not supported"):
+    for reason in (
+        "trace_id is all zeros",
+        "trace_id must be 16 bytes, got 15",
+        "span_id is all zeros",
+        "span_id must be 8 bytes, got 2",
+        "parent_span_id must be empty or 8 bytes, got 3",
+        "start_time_unix_nano is missing (0)",
+        "startTimeUnixNano -5 is before 1970 (negative)",
+        "startTimeUnixNano 253402300799000000000 is beyond year 2262",
+        "is before start_time_unix_nano",
+        "times beyond year 2262 are not supported",
+    ):
         assert reason in message, reason
     run = server.get(f"/api/runs/{data.traces['refused']}")
     assert sorted(r["name"] for r in run["roots"]) == ["all-zero parent: a root", "the good one"]
@@ -370,8 +455,14 @@ def test_bad_ids_are_refused_alone_with_reasons_over_protobuf(abused):
     spans = request.resource_spans.add().scope_spans.add().spans
 
     def add(trace_id=trace, span_id=b"\x05" * 8, parent=b"", start=T_OK):
-        spans.add(trace_id=trace_id, span_id=span_id, parent_span_id=parent, name="p",
-                  start_time_unix_nano=start, end_time_unix_nano=max(start, T_OK) + 1)
+        spans.add(
+            trace_id=trace_id,
+            span_id=span_id,
+            parent_span_id=parent,
+            name="p",
+            start_time_unix_nano=start,
+            end_time_unix_nano=max(start, T_OK) + 1,
+        )
 
     add(span_id=b"\x01" * 8)  # good
     add(span_id=b"\x02" * 8, parent=bytes(8))  # an all-zero parent is no parent: a root
@@ -384,25 +475,33 @@ def test_bad_ids_are_refused_alone_with_reasons_over_protobuf(abused):
     add(span_id=b"\x06" * 8, start=INT64_MAX + 1)
     answer = send_protobuf(server.otlp_http, request)
     assert answer.partial_success.rejected_spans == 7
-    for reason in ("trace_id is all zeros", "trace_id must be 16 bytes, got 8",
-                   "span_id is all zeros", "span_id must be 8 bytes, got 9",
-                   "span_id must be 8 bytes, got 0", "parent_span_id must be empty or 8 bytes",
-                   "beyond year 2262"):
+    for reason in (
+        "trace_id is all zeros",
+        "trace_id must be 16 bytes, got 8",
+        "span_id is all zeros",
+        "span_id must be 8 bytes, got 9",
+        "span_id must be 8 bytes, got 0",
+        "parent_span_id must be empty or 8 bytes",
+        "beyond year 2262",
+    ):
         assert reason in answer.partial_success.error_message, reason
     server.wait_folded()
     roots = server.get(f"/api/runs/{trace.hex()}")["roots"]
     assert sorted(r["span_id"] for r in roots) == ["0101010101010101", "0202020202020202"]
 
 
-
 def test_times_at_the_ends_of_what_is_stored_show_as_dates(abused):
     server, data = abused
     t = data.traces["times"]
     early = server.get(f"/api/runs/{t}/tasks/{data.spans['early']}")
-    assert (early["start"], early["end"]) == ("1970-01-01T00:00:00.000000001Z",
-                                             "2262-04-11T23:47:16.854775807Z")
-    assert [e["time"] for e in early["events"]] == ["1970-01-01T00:00:00.000000000Z",
-                                                    "2554-07-21T23:34:33.709551615Z"]
+    assert (early["start"], early["end"]) == (
+        "1970-01-01T00:00:00.000000001Z",
+        "2262-04-11T23:47:16.854775807Z",
+    )
+    assert [e["time"] for e in early["events"]] == [
+        "1970-01-01T00:00:00.000000000Z",
+        "2554-07-21T23:34:33.709551615Z",
+    ]
     live = server.get(f"/api/runs/{t}/tasks/{data.spans['live']}")
     assert live["status"] == "running" and live["last_heartbeat"].startswith("2262-04-11")
     status, page = fetch(server, f"/runs/{t}/tasks/{data.spans['early']}")
@@ -415,19 +514,30 @@ def test_refused_links_show_on_the_tree_and_the_task_page(abused):
     loop = server.get(f"/api/runs/{data.traces['loop']}")
     assert loop["name"] == "root"  # named after its true root, not a task whose link was refused
     by_id = {r["span_id"]: r for r in loop["roots"]}
-    assert by_id[data.spans["loop_a"]]["refused_parent"] == {"span_id": data.spans["loop_b"],
-                                                             "reason": "cycle"}
+    assert by_id[data.spans["loop_a"]]["refused_parent"] == {
+        "span_id": data.spans["loop_b"],
+        "reason": "cycle",
+    }
     assert by_id[data.spans["self_parent"]]["refused_parent"]["reason"] == "cycle"
     deep = server.get(f"/api/runs/{data.traces['deep']}")
     assert deep["task_count"] == 3 * DEPTH_LIMIT
     assert {r["refused_parent"]["reason"] for r in deep["roots"] if r["refused_parent"]} == {
-        "depth"}
+        "depth"
+    }
 
 
 def test_every_page_of_an_abused_server_answers_without_a_server_error(abused):
     server, data = abused
-    paths = ["/", "/api/runs", "/search?q=loop", "/search?q=%3Cscript%3E", "/api/search?q=level",
-             "/search?q=" + "ab" * 16, "/api/search?q=%00", "/api/runs?from=0&to=99999999999"]
+    paths = [
+        "/",
+        "/api/runs",
+        "/search?q=loop",
+        "/search?q=%3Cscript%3E",
+        "/api/search?q=level",
+        "/search?q=" + "ab" * 16,
+        "/api/search?q=%00",
+        "/api/runs?from=0&to=99999999999",
+    ]
     for trace in data.traces.values():
         paths += [f"/runs/{trace}", f"/api/runs/{trace}"]
         for root in server.get(f"/api/runs/{trace}")["roots"]:
@@ -435,9 +545,13 @@ def test_every_page_of_an_abused_server_answers_without_a_server_error(abused):
             kids = server.get(f"/api/runs/{trace}/tasks/{root['span_id']}/children?limit=1000")
             spans += [k["span_id"] for k in kids["children"][:5]]
             for s in spans:
-                paths += [f"/runs/{trace}/tasks/{s}", f"/api/runs/{trace}/tasks/{s}",
-                          f"/runs/{trace}?node={s}", f"/api/runs/{trace}/tasks/{s}/children",
-                          f"/search?q={s}"]
+                paths += [
+                    f"/runs/{trace}/tasks/{s}",
+                    f"/api/runs/{trace}/tasks/{s}",
+                    f"/runs/{trace}?node={s}",
+                    f"/api/runs/{trace}/tasks/{s}/children",
+                    f"/search?q={s}",
+                ]
     statuses = {}
     for path in paths:
         statuses[path] = fetch(server, path)[0]
@@ -450,7 +564,8 @@ def test_every_page_of_an_abused_server_answers_without_a_server_error(abused):
 
 
 def test_the_tree_in_a_browser_marks_refused_links_and_survives_extreme_times(
-        abused, browser_context, page_errors):  # noqa: F811 (fixtures imported above)
+    abused, browser_context, page_errors
+):
     from playwright.sync_api import expect
 
     server, data = abused
