@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from tasktree.exporter.live import LocalBus, RedisBus, decode_message, encode_message
+from tasktree.exporter.ui.live import KEEPALIVE_S
 
 from ..integration.faults_support import EventReader, RedisServer, free_port
 from .support import send_spans, span
@@ -104,7 +105,7 @@ def test_redis_outage_delivers_locally_then_resyncs_everyone_when_redis_is_back(
 # -- event streams through a real server ----------------------------------------------------------
 
 
-def test_run_stream_says_changed_within_a_second_of_a_span_arriving(tasktree_server):
+def test_run_stream_says_changed_as_a_span_arrives_not_at_the_next_keepalive(tasktree_server):
     trace = os.urandom(16).hex()
     stream = EventReader(f"{tasktree_server.web}/api/live/runs/{trace}")
     try:
@@ -112,10 +113,14 @@ def test_run_stream_says_changed_within_a_second_of_a_span_arriving(tasktree_ser
         assert stream.next_event(5) == "open"
         started = time.monotonic()
         send_spans(tasktree_server.otlp_http, [span(trace, os.urandom(8).hex(), name="t")])
-        assert stream.next_event(5) == "changed"
-        assert time.monotonic() - started < 1.0, "events must not wait in a server buffer"
+        assert stream.next_event(KEEPALIVE_S) == "changed"
+        latency = time.monotonic() - started
     finally:
         stream.close()
+    print(f"changed {latency:.2f}s after the span was sent (keep-alives every {KEEPALIVE_S}s)")
+    # An event held in a server buffer would come out with the next write, a keep-alive; well
+    # before it, with room for a loaded machine, it was sent at once (typically ~0.1 s).
+    assert latency < KEEPALIVE_S / 5, "the event waited in a server buffer"
 
 
 def test_stream_of_a_malformed_run_id_is_400(tasktree_server):
