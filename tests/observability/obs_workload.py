@@ -122,10 +122,11 @@ KILLED_JOB = textwrap.dedent("""
     span_id = int.from_bytes(os.urandom(8), "big") | 1
     start = time.time_ns()
     first = True
+    context = SpanContext(trace_id, span_id, False, TraceFlags(1))
     while True:
-        span = ReadableSpan(name="killed-task", context=SpanContext(trace_id, span_id, False, TraceFlags(1)),
-                            parent=None, resource=resource, kind=SpanKind.INTERNAL,
-                            attributes={"tasktree.state": "running"}, start_time=start, end_time=time.time_ns())
+        span = ReadableSpan(name="killed-task", context=context, parent=None, resource=resource,
+                            kind=SpanKind.INTERNAL, attributes={"tasktree.state": "running"},
+                            start_time=start, end_time=time.time_ns())
         if exporter.export([span]) == SpanExportResult.SUCCESS and first:
             print("READY", format(trace_id, "032x"), flush=True)
             first = False
