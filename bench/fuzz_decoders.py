@@ -27,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "exporter"))
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as hs  # noqa: E402
-from tests.otlp_fuzz import (  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+from tests.otlp_fuzz import (
     check_decoding,
     dump,
     json_values,

@@ -199,7 +199,7 @@ def test_any_declared_parents_fold_into_a_consistent_forest(graph, max_depth, da
         assert not any(n.refused_reason == REFUSED_DEPTH for n in nodes.values())
 
 
-def test_the_depth_limit_comes_from_TASKTREE_MAX_DEPTH_and_must_allow_children():
+def test_the_depth_limit_comes_from_tasktree_max_depth_and_must_allow_children():
     from tasktree.exporter.settings import Settings, SettingsError
 
     assert Settings.from_env({}).max_depth == 1000

@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the service plus a sample job and print the URL")
     for sub in (serve, demo):
         for option in _flagged():
+            assert option.flag is not None  # _flagged() yields flagged options only
             sub.add_argument(
                 option.flag,
                 dest=option.name,

@@ -22,10 +22,12 @@ import signal
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import trace
-from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
+    BaseInstrumentor,  # (the package ships no type information for it)
+)
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
@@ -98,10 +100,10 @@ def configure(
         owns = not isinstance(current, TracerProvider)
         if owns:
             resource = build_resource(service_name, resource_attributes, capture_env)
-            setup["service_name"] = resource.attributes.get("service.name")
+            setup["service_name"] = str(resource.attributes.get("service.name"))
             provider = TracerProvider(resource=resource)
         else:
-            provider = current
+            provider = cast(TracerProvider, current)
         processor = _live_processor(exporter, endpoint, owns, heartbeat_interval, snapshot_delay)
         if processor is not None:
             provider.add_span_processor(processor)
@@ -126,7 +128,7 @@ def _live_processor(exporter, endpoint, export_finals, heartbeat_interval, snaps
             heartbeat_interval=heartbeat_interval,
             snapshot_delay=snapshot_delay,
         )
-    except Exception:  # noqa: BLE001 - e.g. a malformed OTEL_EXPORTER_OTLP_* value
+    except Exception:
         _logger.exception("tasktree: cannot build the span exporter; tasks will not be sent")
         return None
 
@@ -191,7 +193,7 @@ def setup_child(setup: dict) -> None:
     OpenTelemetry is set up there already."""
     try:
         configure(**setup)
-    except Exception:  # noqa: BLE001 - a child must run even if tasktree cannot
+    except Exception:
         _logger.exception("tasktree: cannot set up the child process")
 
 
@@ -212,7 +214,7 @@ def flush(timeout_millis: int | None = None) -> bool:
         return force_flush(
             timeout_millis if timeout_millis is not None else _flush_timeout_millis()
         )
-    except Exception:  # noqa: BLE001
+    except Exception:
         _logger.exception("tasktree: flush failed")
         return False
 

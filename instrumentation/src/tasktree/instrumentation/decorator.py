@@ -22,7 +22,7 @@ import inspect
 import logging
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from opentelemetry import context, trace
 from opentelemetry.context import Context
@@ -80,7 +80,7 @@ def _record_failure(span: Span, exc: BaseException) -> None:
                 f"{type(exc).__name__}: {message}" if message else type(exc).__name__,
             )
         )
-    except Exception:  # noqa: BLE001 - recording must never replace the job's own exception
+    except Exception:
         _logger.exception("tasktree: cannot record %r", exc)
 
 
@@ -128,7 +128,7 @@ class task:  # noqa: N801 - used like a function: @task, @task(...), with task("
 
     # -- decorator ---------------------------------------------------------------------------
 
-    def __call__(self, function: Callable) -> Callable:
+    def __call__(self, function: Any) -> Any:
         if isinstance(function, (classmethod, staticmethod)):
             return type(function)(self(function.__func__))
         adapted = _engines.decorate_engine_object(function, self)
@@ -161,7 +161,7 @@ class task:  # noqa: N801 - used like a function: @task, @task(...), with task("
         self._entries.append(entry)
         return span
 
-    def __exit__(self, exc_type, exc, traceback) -> bool:
+    def __exit__(self, exc_type, exc, traceback) -> Literal[False]:
         entry = context.get_value(_ENTRY_KEY)
         if not (
             isinstance(entry, list) and entry[0] is self and any(e is entry for e in self._entries)
@@ -183,7 +183,7 @@ class task:  # noqa: N801 - used like a function: @task, @task(...), with task("
     async def __aenter__(self) -> Span:
         return self._enter(sys._getframe(1))
 
-    async def __aexit__(self, exc_type, exc, traceback) -> bool:
+    async def __aexit__(self, exc_type, exc, traceback) -> Literal[False]:
         return self.__exit__(exc_type, exc, traceback)
 
 
@@ -320,7 +320,7 @@ def set_attributes(attributes: Mapping[str, Any] | None = None, /, **more: Any) 
             span.set_attributes(attributes)
         if more:
             span.set_attributes(more)
-    except Exception:  # noqa: BLE001
+    except Exception:
         _logger.exception("tasktree: cannot set attributes")
 
 

@@ -19,7 +19,7 @@ import re
 import shlex
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
@@ -52,7 +52,7 @@ _CONTAINER_ID = re.compile(r"([0-9a-f]{64})")
 _MOUNTINFO_CONTAINER_ID = re.compile(r"/(?:docker|containers|sandboxes)/([0-9a-f]{64})/")
 
 
-def is_secret_name(name: str, extra_patterns: list[str] = ()) -> bool:
+def is_secret_name(name: str, extra_patterns: Sequence[str] = ()) -> bool:
     """True when the variable ``name`` looks like it holds a secret (or matches an extra glob)."""
     return bool(_SECRET_NAME.search(name)) or any(
         fnmatch.fnmatchcase(name, p) for p in extra_patterns
@@ -118,9 +118,9 @@ def container_id(
         pass
     try:
         for line in Path(mountinfo).read_text().splitlines():
-            found = _MOUNTINFO_CONTAINER_ID.search(line)
-            if found:
-                return found.group(1)
+            match = _MOUNTINFO_CONTAINER_ID.search(line)
+            if match:
+                return match.group(1)
     except OSError:
         pass
     return None

@@ -80,8 +80,13 @@ class LiveSpanProcessor(SpanProcessor):
     ):
         # Built now, on the configuring thread: building it lazily on the worker thread could race
         # a fork and leave the child with a half-imported HTTP library.
-        self._factory = None if isinstance(exporter, SpanExporter) else exporter
-        self._exporter: SpanExporter | None = exporter if self._factory is None else self._factory()
+        self._factory: Callable[[], SpanExporter] | None = None
+        self._exporter: SpanExporter | None
+        if isinstance(exporter, SpanExporter):
+            self._exporter = exporter
+        else:
+            self._factory = exporter
+            self._exporter = exporter()
         self._export_finals = export_finals
         self._interval = _settings.positive_float(
             heartbeat_interval, TASKTREE_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_INTERVAL
@@ -180,7 +185,7 @@ class LiveSpanProcessor(SpanProcessor):
                     self._start_worker_locked()
             if wake:
                 self._wake.set()
-        except Exception:  # noqa: BLE001 - a hook must never break the job
+        except Exception:
             _logger.exception("tasktree: on_start failed")
 
     def on_end(self, span: ReadableSpan) -> None:
@@ -198,7 +203,7 @@ class LiveSpanProcessor(SpanProcessor):
                 wake = self._enqueue_locked(span)
             if wake:
                 self._wake.set()
-        except Exception:  # noqa: BLE001
+        except Exception:
             _logger.exception("tasktree: on_end failed")
 
     def _enqueue_locked(self, span: ReadableSpan) -> bool:
@@ -210,7 +215,7 @@ class LiveSpanProcessor(SpanProcessor):
         if self._worker is None:
             self._start_worker_locked()
         first = self._queue_since is None
-        if first:
+        if self._queue_since is None:
             self._queue_since = monotonic()
         if self._backing_off:
             return False  # the worker wakes up when the backoff ends anyway
@@ -242,7 +247,7 @@ class LiveSpanProcessor(SpanProcessor):
                     self._start_worker_locked()
                 self._wake.set()
                 return self._cond.wait_for(lambda: self._flush_done >= target, timeout)
-        except Exception:  # noqa: BLE001
+        except Exception:
             _logger.exception("tasktree: flush failed")
             return False
 
@@ -256,7 +261,7 @@ class LiveSpanProcessor(SpanProcessor):
         down).  Blocks the caller for at most that long; idempotent; never raises."""
         try:
             self._close_bounded(message)
-        except Exception:  # noqa: BLE001
+        except Exception:
             _logger.exception("tasktree: shutdown failed")
 
     def _close_bounded(self, message: str) -> None:
@@ -289,10 +294,10 @@ class LiveSpanProcessor(SpanProcessor):
 
     def _run(self) -> None:
         with suppress_instrumentation():  # the export's own HTTP calls must not become spans
-            if self._exporter is None:
+            if self._exporter is None and self._factory is not None:
                 try:
                     self._exporter = self._factory()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     _logger.exception(
                         "tasktree: cannot build the span exporter; nothing will be sent"
                     )
@@ -302,7 +307,7 @@ class LiveSpanProcessor(SpanProcessor):
                 stopping = self._stopping
                 try:
                     self._cycle(stopping)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     _logger.exception("tasktree: heartbeat cycle failed")
                     self._failed(0, 0, "internal error")
                 if stopping:
@@ -359,11 +364,14 @@ class LiveSpanProcessor(SpanProcessor):
 
     def _export(self, finals: list[ReadableSpan], snapshots: list[ReadableSpan]) -> None:
         records = finals + snapshots
+        exporter = self._exporter
+        if exporter is None:  # never: _run returns before any export when it cannot build one
+            return
         for start in range(0, len(records), self._batch):
             chunk = records[start : start + self._batch]
             self._export_started = monotonic()
             try:
-                result = self._exporter.export(chunk)
+                result = exporter.export(chunk)
                 error = "" if result is SpanExportResult.SUCCESS else "export failed"
             except Exception as exc:  # noqa: BLE001
                 error = f"{type(exc).__name__}: {exc}"

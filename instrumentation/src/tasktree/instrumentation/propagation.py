@@ -88,8 +88,10 @@ def child_env(env: Mapping | None = None) -> dict:
     injected: dict[str, str] = {}
     propagate.inject(injected, setter=_SETTER)
     if result and isinstance(next(iter(result)), bytes):  # os.environb-style mapping
-        fields = {field.encode() for field in fields}
-        injected = {k.encode(): v.encode() for k, v in injected.items()}
+        for field in fields:
+            result.pop(field.encode(), None)
+        result.update({k.encode(): v.encode() for k, v in injected.items()})
+        return result
     for field in fields:
         result.pop(field, None)
     result.update(injected)
@@ -219,7 +221,7 @@ def _restore_process_context(carrier: dict[str, str], setup: dict | None) -> _Pr
 def _wrap_process_start(wrapped, instance, args, kwargs):
     try:
         instance._tasktree_context = _ProcessContext(_capture(), _child_setup())
-    except Exception:  # noqa: BLE001 - never break the job's start()
+    except Exception:
         _logger.exception("tasktree: cannot capture the context for %r", instance)
     return wrapped(*args, **kwargs)
 
@@ -244,7 +246,7 @@ def _wrap_first_argument(wrapped, instance, args, kwargs):
             args = (in_context(args[0]), *args[1:])
         elif "func" in kwargs:
             kwargs["func"] = in_context(kwargs["func"])
-    except Exception:  # noqa: BLE001
+    except Exception:
         _logger.exception("tasktree: cannot wrap %r", wrapped)
     return wrapped(*args, **kwargs)
 
@@ -276,7 +278,7 @@ def _wrap_popen_init(wrapped, instance, args, kwargs):
                 )
             else:
                 kwargs["env"] = child_env(kwargs.get("env"))
-    except Exception:  # noqa: BLE001
+    except Exception:
         _logger.exception("tasktree: cannot pass TRACEPARENT to %r", args[:1])
     return wrapped(*args, **kwargs)
 

@@ -124,8 +124,10 @@ def _run(command: list[str], span) -> tuple[int, str, str]:
     span.set_attribute("tasktree.pid", process.pid)
     _forward_signals(process)
     tail: collections.deque = collections.deque()
-    tee = threading.Thread(target=_tee, args=(os.dup(process.stderr.fileno()), tail), daemon=True)
-    process.stderr.close()
+    stderr = process.stderr
+    assert stderr is not None  # started with stderr=PIPE
+    tee = threading.Thread(target=_tee, args=(os.dup(stderr.fileno()), tail), daemon=True)
+    stderr.close()
     tee.start()
     returncode = process.wait()
     tee.join()

@@ -46,7 +46,7 @@ def _attributes_now(span: ReadableSpan) -> dict | None:
     # its lock, a key evicted by the attribute limit in between is the only possible failure.
     for _ in range(3):
         try:
-            return dict(span.attributes)
+            return dict(span.attributes or {})
         except (KeyError, RuntimeError):
             continue
     return None

@@ -104,4 +104,4 @@ class TaskRecorder:
         """Names of the recorded children of the task ``name``, by start time."""
         span_id = self.get(name).context.span_id
         children = [s for s in self.spans if s.parent is not None and s.parent.span_id == span_id]
-        return [s.name for s in sorted(children, key=lambda s: s.start_time)]
+        return [s.name for s in sorted(children, key=lambda s: s.start_time or 0)]

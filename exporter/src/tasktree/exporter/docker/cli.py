@@ -128,7 +128,7 @@ def _request(args, method: str, path: str, body=None, *, stream: bool = False):
         args.url.rstrip("/") + path, data=data, method=method, headers=headers
     )
     try:
-        response = urllib.request.urlopen(request, timeout=None if stream else 120)  # noqa: S310 (user's URL)
+        response = urllib.request.urlopen(request, timeout=None if stream else 120)
     except urllib.error.HTTPError as exc:
         try:
             message = json.loads(exc.read())["error"]["message"]

@@ -100,7 +100,7 @@ class Operation:
         if self.on_change is not None:
             try:
                 self.on_change(self._snapshot_locked())
-            except Exception:  # noqa: BLE001 (publishing is best effort)
+            except Exception:
                 logger.exception("publishing docker operation %s failed", self.id)
 
     def snapshot(self) -> dict:

@@ -186,7 +186,7 @@ class DockerService:
             self.inventory.invalidate(list(op.hosts))
             if self.audit is not None and op.audit_id is not None:
                 self.audit.finish(op.audit_id, status, _audit_result(op))
-        except Exception:  # noqa: BLE001 (a coordinator never dies silently)
+        except Exception:
             logger.exception("docker operation %s failed", op.id)
         finally:
             root.end()
@@ -230,7 +230,7 @@ class DockerService:
                 self.clients.client(host, action=True), container, action, **options
             )
             status, outcome = OK, result
-        except Exception as exc:  # noqa: BLE001 (audited, then re-raised as the right error)
+        except Exception as exc:
             status, outcome = ERROR, {"error": describe_error(exc)}
             self._audit_once(who, action, host, container, {"options": options}, status, outcome)
             raise _translate(exc, host, container) from exc
@@ -261,7 +261,7 @@ class DockerService:
                 timestamps=timestamps,
                 since=since,
             )
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise _translate(exc, host, container) from exc
         self._audit_once(who, "logs", host, container, {"tail": tail, "follow": follow}, OK, {})
         return stream

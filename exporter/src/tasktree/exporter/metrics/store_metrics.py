@@ -111,7 +111,7 @@ class StoreMetrics:
                 rows = read_store(conn)
             rows = bounded_jobs(rows, self._max_jobs, self._job_ttl_s)
             read_s = time.perf_counter() - started
-        except Exception:  # noqa: BLE001 (the scrape shows store_up 0 instead of failing)
+        except Exception:
             logger.warning("metrics: could not read PostgreSQL", exc_info=True)
             return render_store_down()
         return render_store_text(rows, read_s)

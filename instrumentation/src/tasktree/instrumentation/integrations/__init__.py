@@ -52,7 +52,7 @@ def activate() -> None:
 def _install(integration: str, engine_module) -> None:
     try:
         importlib.import_module(f"{__name__}.{integration}").install()
-    except Exception:  # noqa: BLE001 - an integration must never break the job's import
+    except Exception:
         _logger.exception(
             "tasktree: cannot install the %s integration; its tasks will not be linked",
             integration,

@@ -77,7 +77,7 @@ def with_attributes(parent: Context, attributes: Mapping[str, object]) -> Contex
 def attributes_for(parent: Context | None) -> Mapping[str, object] | None:
     """The engine attributes for a task started under ``parent`` (None: the current context)."""
     value = context.get_value(_ATTRIBUTES_KEY, parent)
-    if value is None:
+    if not isinstance(value, tuple):
         return None
     span_id, attributes = value
     return (
@@ -117,7 +117,7 @@ def ambient_parent() -> Context | None:
     for provider in _providers:
         try:
             found = provider()
-        except Exception:  # noqa: BLE001 - never an exception in the user's task
+        except Exception:
             _logger.exception("tasktree: the parent provider %r failed", provider)
             continue
         if found is not None:

@@ -79,7 +79,7 @@ def _write_carrier(sender=None, headers=None, **_signal) -> None:
         return
     try:
         headers.update(_carrier_for(headers))
-    except Exception:  # noqa: BLE001 - publishing must never fail because of tasktree
+    except Exception:
         _logger.exception("tasktree celery: cannot write the parent of %s", sender)
 
 

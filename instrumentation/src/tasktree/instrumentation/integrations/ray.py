@@ -101,7 +101,7 @@ def _in_worker() -> bool:
 def _init_with_worker_setup(wrapped, instance, args, kwargs):
     try:
         kwargs = {**kwargs, "runtime_env": _runtime_env_with_setup(kwargs.get("runtime_env"))}
-    except Exception:  # noqa: BLE001 - ray.init must work even if the workers cannot be set up
+    except Exception:
         _logger.exception("tasktree ray: cannot add the worker setup hook; workers not recorded")
     return wrapped(*args, **kwargs)
 
@@ -169,8 +169,8 @@ def _carrying(function: Callable) -> Callable:
     else:
         wrapper = _function_wrapper(function)
     functools.update_wrapper(wrapper, function)
-    del wrapper.__wrapped__
-    wrapper.__signature__ = signature
+    del wrapper.__wrapped__  # type: ignore[attr-defined]
+    wrapper.__signature__ = signature  # type: ignore[attr-defined]
     setattr(wrapper, _MARK, True)
     return wrapper
 
@@ -335,7 +335,7 @@ def _create_actor(wrapped, instance, args, kwargs):
 
 
 def _accepts_carrier(signature: list[inspect.Parameter] | None) -> bool:
-    return bool(signature) and any(parameter.name == CARRIER for parameter in signature)
+    return any(parameter.name == CARRIER for parameter in signature or ())
 
 
 def _prepare_actor_class(meta) -> None:
@@ -392,7 +392,7 @@ def _attempt() -> int | None:
     try:
         import ray
 
-        core_worker = ray._private.worker.global_worker.core_worker
+        core_worker = ray._private.worker.global_worker.core_worker  # type: ignore[attr-defined]
         return core_worker.get_current_task_attempt_number() + 1
     except Exception:  # noqa: BLE001 - an internal API: without it, no attempt attribute
         return None

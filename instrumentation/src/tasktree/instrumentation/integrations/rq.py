@@ -81,7 +81,7 @@ def _create_job_with_carrier(wrapped, instance, args, kwargs):
         if added:
             # A copy: job.meta is the caller's ``meta=`` dict, which may be reused for other jobs.
             job.meta = {**job.meta, **added}
-    except Exception:  # noqa: BLE001 - enqueueing must work even if linking cannot
+    except Exception:
         _logger.exception("tasktree rq: cannot write the task context into job %s", job.id)
     return job
 
