@@ -100,11 +100,6 @@ class LocalBus:
         for subscription in subscriptions:
             subscription.offer(trace_ids)
 
-    @property
-    def stream_count(self) -> int:
-        with self._lock:
-            return len(self._subscriptions)
-
     def start(self) -> LocalBus:
         return self
 

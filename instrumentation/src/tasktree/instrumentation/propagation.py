@@ -106,11 +106,6 @@ def read_process_parent(environ: Mapping[str, str] | None = None) -> Context | N
     return ctx if _has_span(ctx) else None
 
 
-def process_parent() -> Context | None:
-    """The parent this process was given through ``TRACEPARENT`` (None without one)."""
-    return _process_parent
-
-
 def _adopt_process_parent() -> None:
     """Reads ``TRACEPARENT`` once; makes it current on this thread unless a task already is."""
     global _process_parent
