@@ -234,6 +234,11 @@ def end_of_process(message: str = ABANDONED_MESSAGE) -> None:
         flush()
 
 
+propagation.set_process_hooks(
+    propagation.ProcessHooks(child_setup, setup_child, flush, end_of_process)
+)
+
+
 # -- SIGTERM -----------------------------------------------------------------------------------
 
 

@@ -30,6 +30,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Mapping, MutableMapping
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import pool as mp_pool
 from multiprocessing import process as mp_process
 
@@ -129,19 +130,37 @@ def _restore(carrier: dict[str, str]) -> Context:
     return propagate.extract(carrier, context=Context())
 
 
-def _child_setup() -> dict | None:
-    from tasktree.instrumentation import configuration as _configure
+# -- what handing work to another process needs from the set-up ----------------------------------
 
-    return _configure.child_setup()
+
+@dataclass(frozen=True)
+class ProcessHooks:
+    """Given by ``configuration`` when it is imported (the package imports it first, also in a
+    spawned child unpickling a call), so that this module never imports it back."""
+
+    child_setup: Callable[[], dict | None]  # what a spawned child needs to set up as this one
+    setup_child: Callable[[dict], None]  # in the child: set up like that
+    flush: Callable[[], bool]  # everything recorded so far, sent (bounded)
+    end_of_process: Callable[[], None]  # running tasks closed, everything sent (bounded)
+
+
+_hooks: ProcessHooks | None = None
+
+
+def set_process_hooks(hooks: ProcessHooks) -> None:
+    global _hooks
+    _hooks = hooks
+
+
+def _child_setup() -> dict | None:
+    return None if _hooks is None else _hooks.child_setup()
 
 
 def _ensure_setup(setup: dict | None) -> None:
     """In a spawned child: set tasktree up as its parent was, unless that is done already."""
-    if setup is None or _installed:
+    if setup is None or _installed or _hooks is None:
         return
-    from tasktree.instrumentation import configuration as _configure
-
-    _configure.setup_child(setup)
+    _hooks.setup_child(setup)
 
 
 def _in_child_process() -> bool:
@@ -149,9 +168,8 @@ def _in_child_process() -> bool:
 
 
 def _flush_before_handoff() -> None:
-    from tasktree.instrumentation import configuration as _configure
-
-    _configure.flush()
+    if _hooks is not None:
+        _hooks.flush()
 
 
 class _InContext:
@@ -230,9 +248,8 @@ def _wrap_process_bootstrap(wrapped, instance, args, kwargs):
         return wrapped(*args, **kwargs)
     finally:
         context.detach(token)
-        from tasktree.instrumentation import configuration as _configure
-
-        _configure.end_of_process()  # fork children leave through os._exit: no atexit
+        if _hooks is not None:
+            _hooks.end_of_process()  # fork children leave through os._exit: no atexit
 
 
 def _wrap_first_argument(wrapped, instance, args, kwargs):
