@@ -101,7 +101,7 @@ def _annotate_submissions() -> None:
 def _with_submitter(wrapped, instance, args, kwargs):
     try:
         found = _submitter()
-    except Exception:  # noqa: BLE001 - never break the job's submission
+    except Exception:  # never break the job's submission
         _logger.exception("tasktree dask: cannot read the current task")
         found = None
     if not found:
@@ -153,7 +153,7 @@ def dask_setup(server) -> None:
             server.add_plugin(_Attempts(server), name=_Attempts.name)
         else:
             _set_up_worker()
-    except Exception:  # noqa: BLE001 - a worker must run even if tasktree cannot
+    except Exception:  # a worker must run even if tasktree cannot
         _logger.exception(
             "tasktree dask: cannot set tasktree up in %r; its tasks will not be linked", server
         )
