@@ -72,3 +72,41 @@ def shape(nodes: list[Node]) -> Counter:
         )
         for node in nodes
     )
+
+
+def open_tree_in_browser(server, trace_id: str, engine: str) -> list[str]:
+    """Opens the run page in Chromium, expands every node, saves the page as
+    ``test-artifacts/engine-<engine>.png`` (the README's picture of that engine's tree) and
+    returns the task names shown, in page order."""
+    from playwright.sync_api import sync_playwright
+
+    from exporter.tests.ui.browser import ARTIFACTS, CHROMIUM_ARGS, ensure_chromium
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=ensure_chromium(), args=CHROMIUM_ARGS)
+        try:
+            page = chromium.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(f"{server.web}/runs/{trace_id}")
+            page.wait_for_selector("[role=treeitem]")
+            _expand_every_node(page)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / f"engine-{engine}.png"), full_page=True)
+            return page.locator("[role=treeitem] > .row .name").all_text_contents()
+        finally:
+            chromium.close()
+
+
+def _expand_every_node(page, rounds: int = 100) -> None:
+    """Opens closed nodes one by one until none is left (children load lazily)."""
+    for _ in range(rounds):
+        closed = page.locator("[role=treeitem][aria-expanded=false]")
+        if closed.count() == 0:
+            return
+        item = closed.first.element_handle()
+        item.query_selector(":scope > .row").click()
+        page.wait_for_function(
+            "item => item.getAttribute('aria-expanded') === 'true'"
+            " && item.querySelector(':scope > .children [role=treeitem]')",
+            arg=item,
+        )
+    raise AssertionError(f"nodes still closed after opening {rounds}")

@@ -14,7 +14,14 @@ from contextlib import contextmanager
 
 import pytest
 from celery.app.task import Task as CeleryTask
-from engine_support import ENGINE_SCRIPTS, shape, start_worker, stop_worker, wait_for_task
+from engine_support import (
+    ENGINE_SCRIPTS,
+    open_tree_in_browser,
+    shape,
+    start_worker,
+    stop_worker,
+    wait_for_task,
+)
 from propagation_matrix import records_from_api
 
 from conftest import child_environment
@@ -131,6 +138,8 @@ def test_every_celery_submission_under_the_task_that_submitted_it(tasktree_serve
     assert out["results"]["boom"] == "boom: the task failed on purpose"
     run = tasktree_server.get(f"/api/runs/{trace_id}")
     assert run["counts"]["running"] == run["counts"]["stalled"] == 0
+    shown = open_tree_in_browser(tasktree_server, trace_id, "celery")
+    assert Counter(shown) == Counter(node.name for node in nodes)  # the page shows the whole tree
 
 
 # -- a worker process killed mid-task --------------------------------------------------------

@@ -25,7 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from engine_support import ENGINE_SCRIPTS, shape, stop_worker, wait_for_task
+from engine_support import (
+    ENGINE_SCRIPTS,
+    open_tree_in_browser,
+    shape,
+    stop_worker,
+    wait_for_task,
+)
 from propagation_matrix import records_from_api
 
 from conftest import child_environment
@@ -129,7 +135,8 @@ def test_every_task_runs_under_the_task_current_where_it_was_submitted(
     out, _ = finish_job(start_job("tree", job_env(tasktree_server, ray_cluster)))
     print(f"tree job on the module's Ray: {time.monotonic() - started:.1f}s")
     tasktree_server.wait_folded()
-    got = shape(records_from_api(tasktree_server, out["trace_id"]))
+    nodes = records_from_api(tasktree_server, out["trace_id"])
+    got = shape(nodes)
     expected = Counter(
         {
             ("ray-job", None, "ok"): 1,
@@ -155,6 +162,8 @@ def test_every_task_runs_under_the_task_current_where_it_was_submitted(
     assert got == expected, f"missing {expected - got}, unexpected {got - expected}"
     run = tasktree_server.get(f"/api/runs/{out['trace_id']}")
     assert run["counts"]["running"] == run["counts"]["stalled"] == 0
+    shown = open_tree_in_browser(tasktree_server, out["trace_id"], "ray")
+    assert Counter(shown) == Counter(node.name for node in nodes)  # the page shows the whole tree
 
 
 def test_a_task_in_a_ray_worker_shows_running_then_stalled_when_the_worker_is_killed(

@@ -21,7 +21,14 @@ from collections import Counter
 from contextlib import contextmanager
 
 import pytest
-from engine_support import ENGINE_SCRIPTS, shape, start_worker, stop_worker, wait_for_task
+from engine_support import (
+    ENGINE_SCRIPTS,
+    open_tree_in_browser,
+    shape,
+    start_worker,
+    stop_worker,
+    wait_for_task,
+)
 from propagation_matrix import records_from_api
 
 from conftest import child_environment
@@ -135,6 +142,8 @@ def test_jobs_are_children_of_the_task_that_enqueued_them(
     assert detail["attributes"]["rq.queue"] == queue
     run = tasktree_server.get(f"/api/runs/{out['trace_id']}")
     assert run["counts"]["running"] == run["counts"]["stalled"] == 0
+    shown = open_tree_in_browser(tasktree_server, out["trace_id"], "rq")
+    assert Counter(shown) == Counter(node.name for node in nodes)  # the page shows the whole tree
 
 
 def test_a_job_without_a_carrier_or_with_a_malformed_one_is_a_run_of_its_own(
