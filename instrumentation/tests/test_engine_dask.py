@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from engine_support import (
     ENGINE_SCRIPTS,
+    open_tree_in_browser,
     runs_of,
     shape,
     start_worker,
@@ -95,7 +96,9 @@ def test_every_task_runs_under_the_task_current_where_it_was_submitted(tasktree_
     out, _ = finish_job(start_job("tree", env))
     print(f"job: {time.monotonic() - started:.1f}s")
     tasktree_server.wait_folded()
-    assert_tree(tasktree_server, out["trace_id"])
+    nodes = assert_tree(tasktree_server, out["trace_id"])
+    shown = open_tree_in_browser(tasktree_server, out["trace_id"], "dask")
+    assert Counter(shown) == Counter(node.name for node in nodes)  # the page shows the whole tree
 
 
 def test_a_scheduler_and_workers_started_by_hand_with_the_preload_option(tasktree_server, tmp_path):
@@ -122,12 +125,13 @@ def test_a_scheduler_and_workers_started_by_hand_with_the_preload_option(tasktre
     assert_tree(tasktree_server, out["trace_id"])
 
 
-def assert_tree(server, trace_id: str) -> None:
+def assert_tree(server, trace_id: str) -> list:
     """The run is exactly TREE, and each retried task carries its attempt number."""
     nodes = records_from_api(server, trace_id)
     got = shape(nodes)
     assert got == TREE, f"missing {TREE - got}, unexpected {got - TREE}"
     assert attempts(server, trace_id, nodes, "flaky") == {"error": 1, "ok": 2}
+    return nodes
 
 
 def attempts(server, trace_id: str, nodes, name: str) -> dict[str, int]:

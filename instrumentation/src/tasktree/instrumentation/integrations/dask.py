@@ -219,7 +219,7 @@ class _Attempts(SchedulerPlugin):
 def _parent_of_running_task() -> Context | None:
     """The submitter of the Dask task running on this thread; None when it runs none."""
     key = getattr(_thread_state, "key", None)
-    if key is None:
+    if key is None or _get_worker is None:
         return None
     try:
         state = _get_worker().state.tasks.get(key)
@@ -229,7 +229,7 @@ def _parent_of_running_task() -> Context | None:
     found = annotations.get(ANNOTATION)
     attempt = annotations.get(ATTEMPT_ANNOTATION)
     try:
-        cache_key = (frozenset(found.items()), attempt)
+        cache_key = (frozenset(found.items()), attempt)  # type: ignore[union-attr]
     except (AttributeError, TypeError):  # no carrier, or not a dict of strings
         return _parent_from(found, attempt)
     parent = _parents.get(cache_key)
