@@ -13,7 +13,7 @@ import requests
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from .faults_support import otlp_request
+from exporter.tests.integration.faults_support import otlp_request
 
 
 def post(server, body: bytes) -> None:
