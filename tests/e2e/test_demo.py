@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 
+import psutil
 import psycopg
 
 
@@ -44,3 +47,65 @@ def test_demo_stores_an_instrumented_run_of_thousands_of_tasks_and_prints_the_ur
     assert tasks > 2500 and errors > 0
     assert names["transform-chunk"] == 1000 and names["load-batch"] == 1000  # process pool, threads
     assert report_parent == ("report",)  # the child program hangs under its launcher
+
+
+def _demo_on_embedded_database(data_dir, **env) -> subprocess.CompletedProcess:
+    """``tasktree demo --exit`` with no database URL: the embedded PostgreSQL under ``data_dir``."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TASKTREE_")}
+    environment.update(TASKTREE_DATA_DIR=str(data_dir), **env)
+    return subprocess.run(
+        [sys.executable, "-m", "tasktree.exporter", "demo", "--exit",
+         "--port", "0", "--otlp-http-port", "0", "--otlp-grpc-port", "0"],
+        env=environment, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def _embedded_pid(stderr: str) -> int:
+    found = re.search(r"embedded PostgreSQL \(pid (\d+)", stderr)
+    assert found, f"the demo does not say which PostgreSQL it started:\n{stderr[-3000:]}"
+    return int(found.group(1))
+
+
+def _processes_using(data_dir) -> list[str]:
+    """Every process whose command line names ``data_dir`` (the postmaster's ``-D``)."""
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        if str(data_dir) in " ".join(process.info["cmdline"] or ()):
+            found.append(f"{process.info['pid']}: {' '.join(process.info['cmdline'])}")
+    return found
+
+
+def _ends_soon(pid: int, timeout: float = 10.0) -> bool:
+    """Whether process ``pid`` is gone within ``timeout`` (``pg_ctl stop -w`` returns as the
+    postmaster removes its pid file, a moment before the process itself ends)."""
+    try:
+        psutil.Process(pid).wait(timeout)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        return False
+    return True
+
+
+def test_the_demo_on_the_embedded_database_leaves_no_server_running(tmp_path):
+    out = _demo_on_embedded_database(tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    pid = _embedded_pid(out.stderr)
+    assert _ends_soon(pid), f"the embedded PostgreSQL {pid} outlived the demo"
+    assert _processes_using(tmp_path) == []
+
+
+def test_a_kept_embedded_database_says_how_to_stop_it_and_that_command_stops_it(tmp_path):
+    out = _demo_on_embedded_database(tmp_path, TASKTREE_KEEP_DATABASE="true")
+    assert out.returncode == 0, out.stderr[-3000:]
+    pid = _embedded_pid(out.stderr)
+    try:
+        assert psutil.pid_exists(pid), "TASKTREE_KEEP_DATABASE=true: the server should stay up"
+        stop = re.search(r"stop it with: (.+)", out.stderr)
+        assert stop, out.stderr[-3000:]
+        subprocess.run(stop.group(1), shell=True, check=True)
+        assert _ends_soon(pid, 30.0)
+        assert _processes_using(tmp_path) == []
+    finally:
+        if psutil.pid_exists(pid):
+            psutil.Process(pid).kill()

@@ -40,7 +40,7 @@ def resolve_database_url(settings: Settings) -> str:
         return settings.database_url
     from tasktree.exporter.store.embedded import embedded_database_url
 
-    return embedded_database_url(settings.data_dir)
+    return embedded_database_url(settings.data_dir, keep=settings.keep_database)
 
 
 def migrate_when_reachable(url: str, wait_s: float = _DB_WAIT_S) -> None:

@@ -137,6 +137,11 @@ class Settings:
         shown="`~/.local/share/tasktree`",
         meaning="where the embedded PostgreSQL keeps its data",
     )
+    keep_database: bool = setting(
+        False,
+        meaning="leave the embedded PostgreSQL running when the last tasktree process using it"
+        " exits (the next start is then instant); by default it stops with them",
+    )
     # -- authentication (tasktree.exporter.auth) --
     auth_token: str | None = setting(
         secret=True,

