@@ -119,8 +119,12 @@ def test_tree_expands_loads_more_answers_keys_and_opens_a_task(tasktree_server, 
     page.keyboard.press("Enter")
     page.wait_for_url(f"**/runs/{trace}/tasks/{c}")
     check(page.locator(".task-head .message")).to_have_text("disk full")
-    check(page.locator("pre.stack")).to_contain_text('File "load.py", line 9')
+    # The failure (type, message, stack trace) comes first, above the attribute tables.
+    check(page.locator("#failure .message")).to_have_text("OSError")  # (the event has no message)
+    check(page.locator("#failure pre.stack")).to_contain_text('File "load.py", line 9')
     check(page.locator("table.kv").first).to_contain_text("orders")
+    failure_top = page.locator("#failure").bounding_box()["y"]
+    assert failure_top < page.locator("table.kv").first.bounding_box()["y"]
     # Times are in the browser's zone, with UTC on hover.
     started, start_ns = page.locator("dl.facts time").first, now + 3  # task c's start
     local = datetime.fromtimestamp(start_ns // 10**9, ZONE).strftime("%Y-%m-%d %H:%M:%S")

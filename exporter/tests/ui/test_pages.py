@@ -112,6 +112,17 @@ def test_task_page_shows_everything_with_long_values_folded_whole(client, db):
     assert f'href="/runs/{TRACE}/tasks/{ROOT}"' in html  # breadcrumb and parent link
 
 
+def test_a_failed_task_page_shows_the_exception_before_the_attribute_tables(client, db):
+    sample_run(db)
+    html = page(client, f"/runs/{TRACE}/tasks/{CHILD}")
+    failure = html.index('id="failure"')
+    assert failure < html.index("<h2>Attributes</h2>")
+    section = html[failure : html.index("</section>", failure)]
+    assert "<strong>ValueError</strong>: bad row" in section
+    assert "Traceback (most recent call last)" in section and "line 39, in step_39" in section
+    assert 'id="failure"' not in page(client, f"/runs/{TRACE}/tasks/{ROOT}")  # no exception
+
+
 def test_running_task_page_has_its_last_heartbeat(client, db):
     sample_run(db)
     html = page(client, f"/runs/{TRACE}/tasks/{LEAF}")
