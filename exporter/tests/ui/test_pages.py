@@ -183,3 +183,20 @@ def test_runs_page_pages_on_with_a_cursor(client, db):
     next_url = first.split('id="next-page"')[0].rsplit('href="', 1)[1].split('"')[0]
     next_url = next_url.replace("&amp;", "&")
     assert page(client, next_url).count('class="run"') == 3
+
+
+def test_the_docker_page_has_the_common_frame_and_says_how_to_add_a_host_when_none_is(api_pool):
+    from tasktree.exporter.app import create_app
+    from tasktree.exporter.docker import DockerService
+    from tasktree.exporter.settings import Settings
+
+    settings = Settings.from_env({})
+    service = DockerService(settings, api_pool)  # no TASKTREE_DOCKER_HOSTS: no host
+    try:
+        html = page(create_app(settings, api_pool, docker=service).test_client(), "/docker")
+    finally:
+        service.close()
+    assert '<header class="top">' in html and 'class="brand" href="/"' in html  # the same frame
+    assert 'href="/docker">Docker</a>' in html and 'id="search-box"' in html
+    assert 'id="no-hosts"' in html and "TASKTREE_DOCKER_HOSTS=" in html
+    assert 'id="containers"' not in html  # no empty tables

@@ -73,7 +73,11 @@ def page():
     redirect_to_login = require_page()
     if redirect_to_login is not None:
         return redirect_to_login
-    response = Response(render_template("docker.html"), mimetype="text/html")
+    service = current_services().docker
+    hosts_configured = service is not None and bool(service.hosts)
+    response = Response(
+        render_template("docker.html", hosts_configured=hosts_configured), mimetype="text/html"
+    )
     response.headers.update(SECURITY_HEADERS)
     return response
 
