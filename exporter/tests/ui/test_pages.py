@@ -200,3 +200,13 @@ def test_the_docker_page_has_the_common_frame_and_says_how_to_add_a_host_when_no
     assert 'href="/docker">Docker</a>' in html and 'id="search-box"' in html
     assert 'id="no-hosts"' in html and "TASKTREE_DOCKER_HOSTS=" in html
     assert 'id="containers"' not in html  # no empty tables
+
+
+def test_an_empty_runs_page_shows_the_lines_that_send_a_first_task(client, db):
+    html = page(client, "/")
+    assert 'id="first-steps"' in html
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318" in html  # this host, the port
+    assert 'with task("hello")' in html
+    assert 'id="first-steps"' not in page(client, "/?job=nothing-like-this")  # filtered: no
+    sample_run(db)
+    assert 'id="first-steps"' not in page(client, "/")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -22,6 +23,7 @@ from flask import Blueprint, redirect, render_template, request, url_for
 from tasktree.exporter.api import params, shapes
 from tasktree.exporter.errors import NotFound
 from tasktree.exporter.services import current_services
+from tasktree.exporter.settings import Settings
 from tasktree.exporter.store import queries
 from tasktree.exporter.store.pool import connection
 from tasktree.exporter.tree import status as task_status
@@ -82,7 +84,18 @@ def runs_page() -> str:
         paged="cursor" in args,
         api_query=api_query,
         next_url=url_for("ui.runs_page", **kept, cursor=next_cursor) if next_cursor else None,
+        otlp_endpoint=_otlp_endpoint(),
     )
+
+
+def _otlp_endpoint() -> str:
+    """Where a job sends OTLP/HTTP: this host, the configured port (the default one when the
+    port was left to the system)."""
+    port = current_services().settings.otlp_http_port or _DEFAULT_OTLP_HTTP_PORT
+    return f"http://{request.host.rsplit(':', 1)[0]}:{port}"
+
+
+_DEFAULT_OTLP_HTTP_PORT = next(f.default for f in fields(Settings) if f.name == "otlp_http_port")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,6 +36,8 @@
     const body = await TT.api(`/api/runs?${table.dataset.api}`);
     document.getElementById("runs-body").replaceChildren(...body.runs.map(runRow));
     document.getElementById("runs-empty").hidden = body.runs.length > 0;
+    const firstSteps = document.getElementById("first-steps");
+    if (firstSteps && body.runs.length > 0) firstSteps.hidden = true;
   }
 
   document.addEventListener("DOMContentLoaded", () => {
