@@ -6,6 +6,7 @@ and inert XSS payloads.  Few tests, each walking a whole story, to keep the brow
 from __future__ import annotations
 
 import os
+import re
 import time
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -131,6 +132,9 @@ def test_tree_expands_loads_more_answers_keys_and_opens_a_task(tasktree_server, 
     check(started).to_contain_text(local)
     utc = datetime.fromtimestamp(start_ns // 10**9, UTC)
     check(started).to_have_attribute("title", f"{utc:%Y-%m-%d %H:%M:%S}.{start_ns % 10**9:09d} UTC")
+    # The zone is named once, in the header (ICU may call Kolkata by its old name).
+    zone = re.compile(r"times in Asia/(Kolkata|Calcutta) \(UTC\+05:30\)")
+    check(page.locator("#time-zone")).to_have_text(zone)
     assert page_errors == []
 
 

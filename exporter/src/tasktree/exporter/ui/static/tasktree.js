@@ -84,6 +84,23 @@ const TT = (() => {
     return el("time", {datetime: iso, title: utcTitle(iso), "data-local": "1"}, localText(ms));
   }
 
+  /** "Asia/Kolkata (UTC+05:30)": the zone every time on the page is shown in. */
+  function zoneName() {
+    const zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
+    const minutes = -new Date().getTimezoneOffset();
+    const sign = minutes < 0 ? "-" : "+";
+    const offset = `UTC${sign}${pad(Math.floor(Math.abs(minutes) / 60))}:${pad(Math.abs(minutes) % 60)}`;
+    return `${zone} (${offset})`;
+  }
+
+  function showZone() {
+    const node = document.getElementById("time-zone");
+    if (!node) return;
+    node.textContent = `times in ${zoneName()}`;
+    node.title = "hover over a time for UTC";
+    node.hidden = false;
+  }
+
   /** Turn server-rendered <time datetime> (UTC text) into local text with UTC on hover. */
   function localizeTimes(root) {
     for (const node of (root || document).querySelectorAll("time[datetime]:not([data-local])")) {
@@ -199,6 +216,7 @@ const TT = (() => {
 
   function init() {
     localizeTimes(document);
+    showZone();
     document.addEventListener("click", onCopyEvent, true);
     document.addEventListener("keydown", onCopyEvent, true);
     document.addEventListener("keydown", (event) => {  // "/" jumps to the search box
