@@ -32,6 +32,8 @@ def _value(value) -> dict:
         return {"boolValue": value}
     if isinstance(value, int):
         return {"intValue": str(value)}
+    if isinstance(value, float):
+        return {"doubleValue": value}
     return {"stringValue": str(value)}
 
 

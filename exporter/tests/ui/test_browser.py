@@ -254,3 +254,25 @@ def test_xss_payloads_in_span_fields_stay_inert_text(tasktree_server, browser_co
     page.wait_for_timeout(300)
     assert page.locator("img[src=x]").count() == 0
     assert page_errors == [], "no dialog, no script error"
+
+
+def test_a_running_task_page_ticks_its_elapsed_time_and_shows_its_progress_bar(
+        tasktree_server, browser_context, page_errors):
+    trace, now = os.urandom(16).hex(), time.time_ns()
+    (task,) = ids(1)
+    progress = {"tasktree.progress": 0.4, "tasktree.progress.done": 4,
+                "tasktree.progress.total": 10}
+    send_spans(tasktree_server.otlp_http, [
+        span(trace, task, name="crunch", start=now - 90 * 10**9, end=now, running=True,
+             attributes=progress)])
+    tasktree_server.wait_folded()
+    page = browser_context.new_page()
+    page.goto(f"{tasktree_server.web}/runs/{trace}/tasks/{task}")
+    check = expect()
+    check(page.locator("[data-field=progress] progress")).to_have_attribute("value", "0.4")
+    check(page.locator("[data-field=progress]")).to_have_text("40 % (4 of 10)")
+    elapsed = page.locator("[data-field=duration]")
+    check(elapsed).to_have_text(re.compile(r"^1m 3\d+s so far$"))  # started 90 s ago
+    first = elapsed.text_content()
+    check(elapsed).not_to_have_text(first, timeout=5000)  # it ticks
+    assert page_errors == []

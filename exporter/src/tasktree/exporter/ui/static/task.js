@@ -17,7 +17,27 @@
     const beat = head.querySelector("[data-field=last_heartbeat]");
     beat.dataset.heartbeat = task.last_heartbeat || "";
     set(head, "counts", TT.rollup(task.counts));
+    drawProgress(head, task.attributes || {});
     drawHeartbeatAge(head, task.status);
+  }
+
+  // Written by set_progress() in tasktree-instrumentation.
+  const PROGRESS = "tasktree.progress", DONE = "tasktree.progress.done", TOTAL = "tasktree.progress.total";
+
+  function drawProgress(head, attributes) {
+    const ratio = attributes[PROGRESS];
+    if (typeof ratio !== "number") return;  // never reported: the page's "not reported" stays
+    const bar = TT.el("progress", {max: "1", value: String(ratio)});
+    const of = typeof attributes[TOTAL] === "number" ? ` (${attributes[DONE]} of ${attributes[TOTAL]})` : "";
+    set(head, "progress", bar, ` ${Math.round(ratio * 100)} %${of}`);
+  }
+
+  /** While the task runs, its duration is the time since it started, ticking. */
+  function drawElapsed(head, status) {
+    const slot = head.querySelector("[data-field=duration]");
+    const start = TT.parseTime(slot.dataset.start);
+    if (!(status === "running" || status === "stalled") || !start) return;
+    slot.replaceChildren(`${TT.duration((Date.now() - start) / 1000)} so far`);
   }
 
   function drawHeartbeatAge(head, status) {
@@ -35,7 +55,8 @@
     const {traceId, spanId} = head.dataset;
     let status = head.querySelector("[data-field=status] .status").textContent;
     drawHeartbeatAge(head, status);
-    setInterval(() => drawHeartbeatAge(head, status), 1000);
+    drawElapsed(head, status);
+    setInterval(() => { drawHeartbeatAge(head, status); drawElapsed(head, status); }, 1000);
     TT.live(`/api/live/runs/${traceId}`, TT.serial(async () => {
       const task = await TT.api(`/api/runs/${traceId}/tasks/${spanId}`);
       status = task.status;
