@@ -210,3 +210,13 @@ def test_an_empty_runs_page_shows_the_lines_that_send_a_first_task(client, db):
     assert 'id="first-steps"' not in page(client, "/?job=nothing-like-this")  # filtered: no
     sample_run(db)
     assert 'id="first-steps"' not in page(client, "/")
+
+
+def test_a_search_that_finds_nothing_says_which_words_it_looked_for(client, db):
+    sample_run(db)
+    html = page(client, "/search?q=Nothing-LIKE%20this&job=etl")
+    searched = html[html.index('id="searched"') :]
+    for word in ("nothing", "like", "this"):  # the words as the search uses them: lower case
+        assert f"<q>{word}</q>" in searched, word
+    assert "words match as prefixes" in searched and "within the filters" in searched
+    assert "no words" in page(client, "/search?q=%2B%2B%2B")  # only punctuation

@@ -25,10 +25,15 @@ def document_words(text: str) -> str:
     return raw.decode("utf-8", "ignore")  # a cut may have split a character
 
 
+def query_words(text: str) -> list[str]:
+    """The words a search for ``text`` looks for, each as the beginning of a stored word."""
+    return list(dict.fromkeys(document_words(text).split()))
+
+
 def query(text: str) -> str | None:
     """The ``tsquery`` matching tasks that hold a word starting with each word of ``text``;
     ``None`` when ``text`` has no words (then nothing matches)."""
-    words = dict.fromkeys(document_words(text).split())
+    words = query_words(text)
     if not words:
         return None
     return " & ".join(f"'{word}':*" for word in words)

@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 import psycopg
 from flask import Blueprint, redirect, render_template, request, url_for
 
+from tasktree.exporter import search
 from tasktree.exporter.api import params, shapes
 from tasktree.exporter.errors import NotFound
 from tasktree.exporter.services import current_services
@@ -233,6 +234,8 @@ def search_page():
         runs=[shapes.run(r) for r in runs],
         args=kept,
         tasks=[shapes.found_task(r) for r in page.rows],
+        words=search.query_words(q),
+        filtered=any(name in args for name in FILTER_NAMES),
         statuses=list(task_status.CODES),
         next_url=url_for("ui.search_page", **kept, cursor=next_cursor) if next_cursor else None,
     )
