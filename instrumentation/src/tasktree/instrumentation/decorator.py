@@ -234,34 +234,41 @@ def _wrap_generator(function: Callable, name: str, attributes: Mapping | None) -
 
 def _run_generator(generator, name: str, attributes: Mapping | None, parent: Context):
     span = _start(name, attributes, parent)
-    body = trace.set_span_in_context(span, parent)  # the body's own context, kept across yields
-    sent = thrown = None
     try:
-        while True:
-            token = context.attach(body)
-            try:
-                value = generator.send(sent) if thrown is None else generator.throw(thrown)
-            except StopIteration as stop:
-                return stop.value
-            finally:
-                body = context.get_current()
-                context.detach(token)
-            try:
-                sent, thrown = (yield value), None
-            except GeneratorExit:
-                token = context.attach(body)
-                try:
-                    generator.close()
-                finally:
-                    context.detach(token)
-                raise
-            except BaseException as exc:  # noqa: BLE001 - thrown in by the consumer: pass it on
-                sent, thrown = None, exc
+        # The body's own context (its task current), kept across yields.
+        return (yield from each_step_in(trace.set_span_in_context(span, parent), generator))
     except BaseException as exc:
         _record_failure(span, exc)
         raise
     finally:
         span.end()
+
+
+def each_step_in(body: Context, generator):
+    """Drives ``generator`` with ``body`` current while its body runs, and only then (the
+    consumer's context is back at each ``yield``); ``body`` follows what the body left current at
+    its last ``yield`` (a ``with task(...)`` open across it).  Sends, throws and close pass on."""
+    sent = thrown = None
+    while True:
+        token = context.attach(body)
+        try:
+            value = generator.send(sent) if thrown is None else generator.throw(thrown)
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            body = context.get_current()
+            context.detach(token)
+        try:
+            sent, thrown = (yield value), None
+        except GeneratorExit:
+            token = context.attach(body)
+            try:
+                generator.close()
+            finally:
+                context.detach(token)
+            raise
+        except BaseException as exc:  # noqa: BLE001 - thrown in by the consumer: pass it on
+            sent, thrown = None, exc
 
 
 def _wrap_async_generator(function: Callable, name: str, attributes: Mapping | None) -> Callable:

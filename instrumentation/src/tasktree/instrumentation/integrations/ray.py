@@ -46,6 +46,7 @@ from opentelemetry.context import Context
 from wrapt import wrap_function_wrapper
 
 from tasktree.instrumentation import configuration
+from tasktree.instrumentation.decorator import each_step_in
 from tasktree.instrumentation.integrations import _context
 
 _logger = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ def _function_wrapper(function: Callable) -> Callable:
             raise
         context.detach(token)
         if inspect.isgenerator(result):  # e.g. @task over a generator: Ray iterates it after
-            return _flushed_after(_each_step_in(parent, result))
+            return _flushed_after(each_step_in(parent, result))
         _flush()
         return result
 
@@ -222,7 +223,7 @@ def _generator_wrapper(function: Callable) -> Callable:
         if _tasktree_carrier is None:
             return (yield from function(*args, **kwargs))
         parent = _parent(_tasktree_carrier)
-        return (yield from _flushed_after(_each_step_in(parent, function(*args, **kwargs))))
+        return (yield from _flushed_after(each_step_in(parent, function(*args, **kwargs))))
 
     return run_with_carrier
 
@@ -232,34 +233,6 @@ def _flushed_after(generator):
         return (yield from generator)
     finally:
         _flush()
-
-
-def _each_step_in(parent: Context, generator):
-    """Drives ``generator`` with its own context current while its body runs, and only then
-    (Ray's executor runs between the steps): ``parent`` at first, then whatever the body left
-    current at its last ``yield`` (a ``with task(...)`` open across it)."""
-    body = parent
-    sent = thrown = None
-    while True:
-        token = context.attach(body)
-        try:
-            value = generator.send(sent) if thrown is None else generator.throw(thrown)
-        except StopIteration as stop:
-            return stop.value
-        finally:
-            body = context.get_current()
-            context.detach(token)
-        try:
-            sent, thrown = (yield value), None
-        except GeneratorExit:
-            token = context.attach(body)
-            try:
-                generator.close()
-            finally:
-                context.detach(token)
-            raise
-        except BaseException as exc:  # noqa: BLE001 - thrown in by the consumer: pass it on
-            sent, thrown = None, exc
 
 
 def _wrap_methods(actor_class: type) -> list[str]:
