@@ -3,9 +3,11 @@ started and stopped by PID, and the tree read back from a real ``tasktree serve`
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -51,6 +53,33 @@ def stop_worker(process: subprocess.Popen, timeout: float = 20.0) -> None:
             process.wait(timeout)
         except ProcessLookupError:
             pass
+
+
+def start_job(script: Path, mode: str, env: dict[str, str]) -> subprocess.Popen:
+    """Starts ``script mode`` in its own process group (the engine's workers it starts too)."""
+    return subprocess.Popen(
+        [sys.executable, str(script), mode], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def finish_job(process: subprocess.Popen, timeout: float = 180) -> tuple[dict, str]:
+    """Waits for the job; returns its JSON line and its stderr (workers' logs included)."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        kill_group(process)
+    assert process.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1]), err
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL to what is left of the job's process group (its workers too)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(30)
 
 
 def runs_of(server, trace_ids) -> dict[str, list[Node]]:

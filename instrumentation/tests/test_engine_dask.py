@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -20,9 +19,12 @@ from pathlib import Path
 import pytest
 from engine_support import (
     ENGINE_SCRIPTS,
+    finish_job,
+    kill_group,
     open_tree_in_browser,
     runs_of,
     shape,
+    start_job,
     start_worker,
     stop_worker,
     wait_for_task,
@@ -38,30 +40,10 @@ DASK = str(Path(sys.executable).parent / "dask")
 PRELOAD = "tasktree.instrumentation.integrations.dask"
 
 
-def start_job(mode: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(JOB), mode], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
 
 
-def finish_job(process: subprocess.Popen, timeout: float = 180) -> tuple[dict, str]:
-    """Waits for the job; returns its JSON line and its stderr (workers' logs included)."""
-    try:
-        out, err = process.communicate(timeout=timeout)
-    finally:
-        kill_group(process)
-    assert process.returncode == 0, err
-    return json.loads(out.strip().splitlines()[-1]), err
 
 
-def kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL to what is left of the job's process group (its workers too)."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(30)
 
 
 TREE = Counter(
@@ -93,7 +75,7 @@ TREE = Counter(
 def test_every_task_runs_under_the_task_current_where_it_was_submitted(tasktree_server, processes):
     env = child_environment(tasktree_server.otlp_http, DASK_PROCESSES=processes)
     started = time.monotonic()
-    out, _ = finish_job(start_job("tree", env))
+    out, _ = finish_job(start_job(JOB, "tree", env))
     print(f"job: {time.monotonic() - started:.1f}s")
     tasktree_server.wait_folded()
     nodes = assert_tree(tasktree_server, out["trace_id"])
@@ -116,7 +98,7 @@ def test_a_scheduler_and_workers_started_by_hand_with_the_preload_option(tasktre
              "--nthreads", "2", "--no-dashboard", "--preload", PRELOAD], env, log,
         )  # fmt: skip
         job_env = {**env, "DASK_SCHEDULER_FILE": str(scheduler_file)}
-        out, _ = finish_job(start_job("tree", job_env))
+        out, _ = finish_job(start_job(JOB, "tree", job_env))
     finally:
         if worker is not None:
             stop_worker(worker)  # the worker exports what it recorded as it closes
@@ -151,7 +133,7 @@ def test_a_task_shows_running_and_a_sigkill_of_its_worker_leaves_it_stalled(
     server = start_tasktree(extra_args=("--stall-after", "1.5"), database=private_db)
     marker = tmp_path / "long.json"
     env = child_environment(server.otlp_http, DASK_LONG_MARKER=str(marker))
-    job = start_job("long", env)
+    job = start_job(JOB, "long", env)
     try:
         first = _wait_for_marker(marker, job)
         started = time.monotonic()
@@ -197,7 +179,7 @@ def _wait_for_marker(marker, job, timeout: float = 120) -> dict:
 
 
 def test_tasks_without_a_carrier_or_with_a_malformed_one_are_runs_of_their_own(tasktree_server):
-    out, err = finish_job(start_job("bad", child_environment(tasktree_server.otlp_http)))
+    out, err = finish_job(start_job(JOB, "bad", child_environment(tasktree_server.otlp_http)))
     tasktree_server.wait_folded()
     results = [out["no_carrier"], out["malformed"], out["not_a_dict"]]
     assert all(result["parent"] is None for result in results), results

@@ -27,8 +27,11 @@ from pathlib import Path
 import pytest
 from engine_support import (
     ENGINE_SCRIPTS,
+    finish_job,
+    kill_group,
     open_tree_in_browser,
     shape,
+    start_job,
     stop_worker,
     wait_for_task,
 )
@@ -83,7 +86,7 @@ def ray_cluster(tmp_path_factory):
         yield RayCluster(address, temp_dir)
     finally:
         stop_worker(process, timeout=30)
-        _kill_group(process)
+        kill_group(process)
 
 
 def _wait_until_up(address: str, process: subprocess.Popen, log: Path) -> None:
@@ -97,29 +100,10 @@ def _wait_until_up(address: str, process: subprocess.Popen, log: Path) -> None:
     raise RuntimeError(f"ray start did not come up:\n{log.read_text()}")
 
 
-def _kill_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(30)
 
 
-def start_job(mode: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(JOB), mode], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
 
 
-def finish_job(process: subprocess.Popen, timeout: float = 180) -> tuple[dict, str]:
-    """Waits for the job; returns its JSON line and its stderr (workers' logs included)."""
-    try:
-        out, err = process.communicate(timeout=timeout)
-    finally:
-        _kill_group(process)
-    assert process.returncode == 0, err
-    return json.loads(out.strip().splitlines()[-1]), err
 
 
 def job_env(server, ray_cluster: RayCluster, **extra: str) -> dict[str, str]:
@@ -132,7 +116,7 @@ def test_every_task_runs_under_the_task_current_where_it_was_submitted(
     tasktree_server, ray_cluster
 ):
     started = time.monotonic()
-    out, _ = finish_job(start_job("tree", job_env(tasktree_server, ray_cluster)))
+    out, _ = finish_job(start_job(JOB, "tree", job_env(tasktree_server, ray_cluster)))
     print(f"tree job on the module's Ray: {time.monotonic() - started:.1f}s")
     tasktree_server.wait_folded()
     nodes = records_from_api(tasktree_server, out["trace_id"])
@@ -176,13 +160,13 @@ def test_a_task_in_a_ray_worker_shows_running_then_stalled_when_the_worker_is_ki
         server, ray_cluster, RAY_LONG_MARKER=str(marker), RAY_LONG_RELEASE=str(release),
         TASKTREE_SNAPSHOT_DELAY="0.5", TASKTREE_HEARTBEAT_INTERVAL="0.5",
     )  # fmt: skip
-    job = start_job("long", env)
+    job = start_job(JOB, "long", env)
     try:
         first, shown_after, beat, stalled, stalled_after, retry = _kill_the_worker_mid_task(
             server, marker, job
         )
     except AssertionError as failure:
-        _kill_group(job)
+        kill_group(job)
         raise AssertionError(f"{failure}\njob's output:\n{job.stderr.read()[-5000:]}") from None
     release.touch()
     out, _ = finish_job(job)
@@ -251,7 +235,7 @@ def _wait_for_marker(marker: Path, job: subprocess.Popen, other_than: str | None
 def test_tasks_with_no_context_or_a_malformed_one_are_runs_of_their_own(
     tasktree_server, ray_cluster
 ):
-    out, _ = finish_job(start_job("bad", job_env(tasktree_server, ray_cluster)))
+    out, _ = finish_job(start_job(JOB, "bad", job_env(tasktree_server, ray_cluster)))
     tasktree_server.wait_folded()
     for case in ("no_context", "malformed"):
         ids = out[case]
