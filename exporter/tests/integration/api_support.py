@@ -242,15 +242,17 @@ def get_json(client, url: str, status: int = 200) -> Any:
     return response.get_json()
 
 
-def walk(client, url: str, key: str, *, limit: int) -> list[list[dict]]:
-    """Every page of a paginated list, following ``next_cursor`` until it is null."""
+def walk(
+    client, url: str, key: str, *, limit: int, cursor_key: str = "next_cursor"
+) -> list[list[dict]]:
+    """Every page of a paginated list, following ``cursor_key`` until it is null."""
     pages, cursor, seen = [], None, set()
     separator = "&" if "?" in url else "?"
     while True:
         page_url = f"{url}{separator}limit={limit}" + (f"&cursor={cursor}" if cursor else "")
         body = get_json(client, page_url)
         pages.append(body[key])
-        cursor = body["next_cursor"]
+        cursor = body[cursor_key]
         if cursor is None:
             return pages
         assert len(body[key]) == limit, "only the last page may be short"

@@ -76,7 +76,8 @@ RUN = {
 
 def test_run_shows_summary_and_real_root_then_missing_placeholder(client, db):
     sample_run(db)
-    assert get_json(client, f"/api/runs/{TRACE}") == {**RUN, "roots": [ROOT_NODE, GHOST_NODE]}
+    assert get_json(client, f"/api/runs/{TRACE}") == {
+        **RUN, "roots": [ROOT_NODE, GHOST_NODE], "roots_next_cursor": None}
 
 
 def test_run_lookup_accepts_uppercase_ids_and_answers_lowercase(client, db):
@@ -176,6 +177,44 @@ def test_children_default_page_is_100(client, db):
     wide_node(db, 150)
     body = get_json(client, f"/api/runs/{TRACE}/tasks/{ROOT}/children")
     assert len(body["children"]) == 100 and body["next_cursor"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Top-level tasks, paged like children
+
+
+def many_tops(db, n: int, placeholders: int = 0) -> list[str]:
+    """A run of ``n`` top-level tasks (starts tying in threes) and ``placeholders`` missing
+    parents (each with one orphan); returns the expected order: by start, then placeholders."""
+    tops = [Task(f"{(i * 7919) % 100_000 + 10:016x}", None, f"top-{i}", st.OK, at(i // 3),
+                 at(i // 3 + 1)) for i in range(n)]
+    ghosts = [placeholder(f"{0xF000_0000 + i:016x}") for i in range(placeholders)]
+    orphans = [Task(f"{0xE000_0000 + i:016x}", g.span, "orphan") for i, g in enumerate(ghosts)]
+    insert_run(db, TRACE, tops + ghosts + orphans)
+    return [t.span for t in sorted(tops, key=lambda t: (t.start, t.span))] + [
+        g.span for g in ghosts]
+
+
+@pytest.mark.parametrize("limit", [1, 3, 7, 1000])
+def test_top_level_pages_cover_every_task_once_then_placeholders(client, db, limit):
+    expected = many_tops(db, 20, placeholders=5)
+    pages = walk(client, f"/api/runs/{TRACE}", "roots", limit=limit, cursor_key="roots_next_cursor")
+    assert [t["span_id"] for page in pages for t in page] == expected
+
+
+def test_every_one_of_5000_top_level_tasks_is_reachable(client, db):
+    expected = many_tops(db, 5000, placeholders=2)
+    first = get_json(client, f"/api/runs/{TRACE}")
+    assert len(first["roots"]) == 1000 and first["roots_next_cursor"]  # the default page
+    pages = walk(client, f"/api/runs/{TRACE}", "roots", limit=1000, cursor_key="roots_next_cursor")
+    assert [t["span_id"] for page in pages for t in page] == expected
+
+
+def test_a_children_cursor_is_refused_for_top_level_tasks(client, db):
+    wide_node(db, 5)
+    cursor = get_json(client, f"/api/runs/{TRACE}/tasks/{ROOT}/children?limit=2")["next_cursor"]
+    body = get_json(client, f"/api/runs/{TRACE}?cursor={cursor}", 400)
+    assert "cursor" in body["error"]["message"]
 
 
 # ---------------------------------------------------------------------------------------------

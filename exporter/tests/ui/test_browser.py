@@ -276,3 +276,29 @@ def test_a_running_task_page_ticks_its_elapsed_time_and_shows_its_progress_bar(
     first = elapsed.text_content()
     check(elapsed).not_to_have_text(first, timeout=5000)  # it ticks
     assert page_errors == []
+
+
+def test_every_one_of_5000_top_level_tasks_is_reached_by_scrolling_and_load_more(
+        tasktree_server, browser_context, page_errors):
+    trace, now = os.urandom(16).hex(), time.time_ns()
+    tops = ids(5000)
+    for at in range(0, len(tops), 1000):  # a run whose tasks all declare no parent
+        send_spans(tasktree_server.otlp_http, [
+            span(trace, s, name=f"top-{n:04d}", start=now + n, end=now + n + 10**6)
+            for n, s in enumerate(tops[at:at + 1000], start=at)])
+    tasktree_server.wait_folded()
+    page = browser_context.new_page()
+    page.goto(f"{tasktree_server.web}/runs/{trace}")
+    check = expect()
+    rows = page.locator("#tree > [role=treeitem].node")
+    check(rows).to_have_count(100)
+    more = page.locator("#tree > .more")
+    for shown in range(200, 5001, 100):
+        more.scroll_into_view_if_needed()
+        more.click()
+        check(rows).to_have_count(shown)
+    check(more).to_be_hidden()
+    rows.last.scroll_into_view_if_needed()
+    names = page.locator("#tree > [role=treeitem] > .row .name").all_text_contents()
+    assert names == [f"top-{n:04d}" for n in range(5000)], "in start order, none twice"
+    assert page_errors == []

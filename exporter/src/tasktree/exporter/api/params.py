@@ -37,6 +37,7 @@ _BAD_CURSOR = "cursor is not valid: pass back a next_cursor of this list unchang
 # Cursor layouts per list: the stored key, in order; "start?" may be null (placeholders).
 CURSOR_KEYS = {
     "runs": ("start?", TRACE_ID_BYTES),
+    "roots": ("start?", SPAN_ID_BYTES),
     "children": ("start", SPAN_ID_BYTES),
     "search": ("start?", TRACE_ID_BYTES, SPAN_ID_BYTES),
 }
@@ -57,10 +58,10 @@ def span_id(value: str) -> bytes:
     return hex_id(value, SPAN_ID_BYTES, "span id")
 
 
-def limit(value: str | None) -> int:
-    """Page size: an integer from 1 to ``MAX_LIMIT``; ``DEFAULT_LIMIT`` when absent."""
+def limit(value: str | None, default: int = DEFAULT_LIMIT) -> int:
+    """Page size: an integer from 1 to ``MAX_LIMIT``; ``default`` when absent."""
     if value is None:
-        return DEFAULT_LIMIT
+        return default
     if not _DIGITS.fullmatch(value) or not 1 <= int(value) <= MAX_LIMIT:
         raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}")
     return int(value)

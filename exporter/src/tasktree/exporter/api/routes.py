@@ -93,17 +93,26 @@ def list_runs() -> dict[str, Any]:
 
 @api_blueprint.get("/runs/<trace_id>")
 def get_run(trace_id: str) -> dict[str, Any]:
-    """One run and its top-level tasks: the real root(s), then missing-parent placeholders."""
+    """One run and a page of its top-level tasks: the real root(s), then missing-parent
+    placeholders; ``roots_next_cursor`` pages on (``limit`` default: ``queries.MAX_ROOTS``)."""
     trace = params.trace_id(trace_id)
+    limit = params.limit(_arg("limit"), default=queries.MAX_ROOTS)
+    after = params.decode_cursor("roots", _arg("cursor"))
 
-    def read(conn: psycopg.Connection) -> tuple[dict | None, list[dict]]:
+    def read(conn: psycopg.Connection) -> tuple[dict | None, queries.Page | None]:
         row = queries.get_run(conn, trace)
-        return row, (queries.run_roots(conn, trace) if row is not None else [])
+        if row is None:
+            return None, None
+        return row, queries.run_roots(conn, trace, limit=limit, after=after)
 
-    row, roots = _read(read)
-    if row is None:
+    row, page = _read(read)
+    if row is None or page is None:
         raise NotFound(f"no run with trace id {trace.hex()}")
-    return {**shapes.run(row), "roots": [shapes.node(root) for root in roots]}
+    return {
+        **shapes.run(row),
+        "roots": [shapes.node(root) for root in page.rows],
+        "roots_next_cursor": params.encode_cursor("roots", page.next_after),
+    }
 
 
 @api_blueprint.get("/runs/<trace_id>/tasks/<span_id>")

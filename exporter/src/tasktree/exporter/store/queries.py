@@ -12,6 +12,7 @@ Lists are pages read by keyset: pass ``after``, the ``Page.next_after`` key of t
 function     order                                              key
 ===========  =================================================  ==============================
 list_runs    start desc, trace id desc                          (start_ns | None, trace_id)
+run_roots    start (placeholders, without one, last), span id  (start_ns | None, span_id)
 children     start, span id                                     (start_ns, span_id)
 search_tasks start desc, trace id, span id                      (start_ns | None, trace_id, span_id)
 ===========  =================================================  ==============================
@@ -41,7 +42,7 @@ from tasktree.exporter import search
 TRACE_ID_BYTES = 16
 SPAN_ID_BYTES = 8
 MAX_ROOTS = 1000
-"""``run_roots`` returns at most this many top-level tasks (``runs.root_count`` has them all)."""
+"""``run_roots``' page size when none is asked for (``runs.root_count`` has them all)."""
 
 _HEX = re.compile(r"[0-9a-fA-F]{1,32}")
 _NAME = re.compile(r"^-- name: (\S+)\s*$", re.MULTILINE)
@@ -204,9 +205,20 @@ def get_run(conn: psycopg.Connection, trace_id: bytes) -> Row | None:
     return rows[0] if rows else None
 
 
-def run_roots(conn: psycopg.Connection, trace_id: bytes, *, limit: int = MAX_ROOTS) -> list[Row]:
-    """Top-level tasks of a run: real roots by start time, then missing-parent placeholders."""
-    return _rows(conn, statement("run_roots"), {"trace_id": trace_id, "limit": limit})
+def run_roots(
+    conn: psycopg.Connection,
+    trace_id: bytes,
+    *,
+    limit: int = MAX_ROOTS,
+    after: Key | None = None,
+) -> Page:
+    """Top-level tasks of a run: real roots by start time (then span id), then missing-parent
+    placeholders by span id.  Unknown run: an empty page."""
+    params: Params = {"trace_id": trace_id}
+    filters = _after("roots", after, params, ("after_start", "after_span"))
+    if filters == ["roots.after"]:  # the rest of the started tasks, then every placeholder
+        return _page(conn, statement("run_roots_after"), params, limit, _child_key)
+    return _page(conn, statement("run_roots", filters), params, limit, _child_key)
 
 
 # ---------------------------------------------------------------------------------------------

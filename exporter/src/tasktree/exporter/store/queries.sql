@@ -72,8 +72,8 @@ AND (r.start_ns IS NOT NULL OR r.trace_id < %(after_trace)s)
 
 
 -- ---------------------------------------------------------------------------------------------
--- One run: its row (primary key) and its top-level tasks (index tasks_children, parent NULL):
--- the real root(s), then missing-parent placeholders (no start time, so last).  The ORDER BY
+-- One run: its row (primary key) and a page of its top-level tasks (index tasks_children, parent
+-- NULL): the real root(s), then missing-parent placeholders (no start time, so last).  The ORDER BY
 -- spells out the whole index key: the planner does not treat "IS NULL" as a constant, so with
 -- "ORDER BY start_ns, span_id" it misjudged the sort and walked tasks_start over every task
 -- instead (300 ms on a run of 1,000,000 tasks; 0.05 ms this way).
@@ -86,8 +86,33 @@ WHERE r.trace_id = %(trace_id)s
 -- name: run_roots
 SELECT {node_columns}
 FROM tasks t
-WHERE t.trace_id = %(trace_id)s AND t.parent_span_id IS NULL
+WHERE t.trace_id = %(trace_id)s AND t.parent_span_id IS NULL {where}
 ORDER BY t.trace_id, t.parent_span_id, t.start_ns, t.span_id
+LIMIT %(limit)s
+
+-- name: roots.after_unstarted
+-- The previous page ended among placeholders (no start, last in this order): the rest of those.
+AND t.start_ns IS NULL AND t.span_id > %(after_span)s
+
+-- name: run_roots_after
+-- The previous page ended among tasks with a start: the rest of those, then every placeholder.
+-- Two walks of tasks_children, each an index range; one OR filter would walk from the first
+-- top-level task at every page.
+SELECT found.* FROM (
+    (SELECT {node_columns}
+     FROM tasks t
+     WHERE t.trace_id = %(trace_id)s AND t.parent_span_id IS NULL
+       AND (t.start_ns, t.span_id) > (%(after_start)s, %(after_span)s)
+     ORDER BY t.trace_id, t.parent_span_id, t.start_ns, t.span_id
+     LIMIT %(limit)s)
+    UNION ALL
+    (SELECT {node_columns}
+     FROM tasks t
+     WHERE t.trace_id = %(trace_id)s AND t.parent_span_id IS NULL AND t.start_ns IS NULL
+     ORDER BY t.trace_id, t.parent_span_id, t.start_ns, t.span_id
+     LIMIT %(limit)s)
+) AS found
+ORDER BY found.start_ns NULLS LAST, found.span_id
 LIMIT %(limit)s
 
 

@@ -108,11 +108,12 @@ def run_page(trace_id: str) -> str:
     """The run's tree from its top-level tasks, or from task ``node`` when given (a subtree)."""
     trace = params.trace_id(trace_id)
     focus = params.span_id(request.args["node"]) if request.args.get("node") else None
-    run, tops, ancestors, opened = _read(lambda conn: _tree_start(conn, trace, focus))
+    run, (tops, cursor), ancestors, opened = _read(lambda conn: _tree_start(conn, trace, focus))
     tree = {
         "trace_id": trace.hex(),
         "run": run,
         "roots": tops,
+        "roots_next_cursor": cursor,
         "focus": focus and focus.hex(),
         "open": opened,
         "page_size": CHILDREN_PAGE,
@@ -121,12 +122,16 @@ def run_page(trace_id: str) -> str:
 
 
 def _tree_start(conn: psycopg.Connection, trace: bytes, focus: bytes | None):
-    """(run, top nodes, ancestors of the focus, first child pages of the nodes shown open)."""
+    """(run, (top nodes, their next cursor), ancestors of the focus, first child pages of the
+    nodes shown open)."""
     row = queries.get_run(conn, trace)
     if row is None:
         raise NotFound(f"no run with trace id {trace.hex()} (yet: spans show once folded)")
+    cursor = None
     if focus is None:
-        tops, ancestors = [shapes.node(r) for r in queries.run_roots(conn, trace)], []
+        page = queries.run_roots(conn, trace, limit=CHILDREN_PAGE)
+        tops, ancestors = [shapes.node(r) for r in page.rows], []
+        cursor = params.encode_cursor("roots", page.next_after)
     else:
         task = queries.get_task(conn, trace, focus)
         if task is None:
@@ -139,7 +144,7 @@ def _tree_start(conn: psycopg.Connection, trace: bytes, focus: bytes | None):
         for node in shown_open
         if node["child_count"]
     }
-    return shapes.run(row), tops, ancestors, opened
+    return shapes.run(row), (tops, cursor), ancestors, opened
 
 
 def _children_page(conn: psycopg.Connection, trace: bytes, node: dict) -> dict[str, Any]:

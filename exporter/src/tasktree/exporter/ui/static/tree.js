@@ -16,7 +16,8 @@
   const trace = data.trace_id;
   const pageSize = data.page_size;
   const nodes = new Map();  // span id -> state {node, item, row, group, more, expanded, kids, cursor, level}
-  const top = {kids: [], group: null, level: 0, expanded: true, cursor: null};
+  // The run's top-level tasks, paged like children (``GET /api/runs/{trace}``'s roots).
+  const top = {kids: [], group: null, more: null, level: 0, expanded: true, cursor: null};
   let tree;
   let chain = Promise.resolve();
 
@@ -147,7 +148,7 @@
   }
 
   function ensureGroupFor(parent) {
-    if (parent === top) return;
+    if (parent === top) return;  // the tree itself (start)
     ensureGroup(parent);
   }
 
@@ -160,14 +161,21 @@
   }
 
   function drawMore(parent) {
-    if (parent === top) return;
-    const shown = parent.kids.length, total = parent.node.child_count;
+    if (!parent.more) return;  // the top of a subtree page: one task
+    const shown = parent.kids.length.toLocaleString("en-US");
+    // A run counts its real top-level tasks, not the missing parents' placeholders.
+    const of = parent === top ? "" : ` of ${parent.node.child_count.toLocaleString("en-US")}`;
     parent.more.hidden = !parent.cursor;
-    parent.more.textContent = parent.cursor ? `load more (${shown.toLocaleString("en-US")} of ${total.toLocaleString("en-US")} shown)` : "";
+    parent.more.textContent = parent.cursor ? `load more (${shown}${of} shown)` : "";
   }
 
+  /** A page of ``state``'s children, or of the run's top-level tasks (``top``). */
   async function fetchChildren(state, cursor, limit) {
     const query = `limit=${limit}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`;
+    if (state === top) {
+      const run = await TT.api(`/api/runs/${trace}?${query}`);
+      return {children: run.roots, next_cursor: run.roots_next_cursor, run};
+    }
     return TT.api(`/api/runs/${trace}/tasks/${state.node.span_id}/children?${query}`);
   }
 
@@ -252,29 +260,30 @@
 
   async function readTop() {
     if (data.focus) {
-      const [run, task] = await Promise.all([TT.api(`/api/runs/${trace}`),
+      const [run, task] = await Promise.all([TT.api(`/api/runs/${trace}?limit=1`),
                                              TT.api(`/api/runs/${trace}/tasks/${data.focus}`)]);
-      return {run, roots: [task]};
+      return {run, list: [task], cursor: null};
     }
-    const run = await TT.api(`/api/runs/${trace}`);
-    return {run, roots: run.roots};
+    return readLoaded(top);
   }
 
+  /** As many of ``state``'s children (or top-level tasks) as are shown, read again. */
   async function readLoaded(state) {
-    let wanted = Math.max(state.kids.length, pageSize), cursor = null, list = [];
+    let wanted = Math.max(state.kids.length, pageSize), cursor = null, list = [], run;
     do {
       const page = await fetchChildren(state, cursor, Math.min(1000, wanted - list.length));
       list = list.concat(page.children);
       cursor = page.next_cursor;
+      run = run || page.run;
     } while (cursor && list.length < wanted);
-    return {list, cursor};
+    return {list, cursor, run};
   }
 
   async function refresh() {
-    const {run, roots} = await readTop();
+    const {run, list, cursor} = await readTop();
     data.run = run;
     drawHead(run);
-    reconcile(top, roots, null);
+    reconcile(top, list, cursor);
     for (const state of expandedInOrder()) {
       if (!nodes.has(state.node.span_id)) continue;  // dropped by an earlier reconcile
       if (!state.node.child_count) continue;
@@ -368,7 +377,7 @@
         else focusItem(parentItem(item));
       },
       Enter: () => {
-        if (!state) loadMore(stateOf(parentItem(item)));
+        if (!state) loadMore(stateOf(parentItem(item)) || top);
         else location.href = item.querySelector("a.name").href;
       },
     };
@@ -398,9 +407,14 @@
   async function start() {
     tree = document.getElementById("tree");
     top.group = tree;
+    if (!data.focus) {
+      top.more = el("div", {role: "treeitem", class: "more", tabindex: "-1", "aria-level": 1}, "");
+      top.more.addEventListener("click", () => loadMore(top));
+      tree.append(top.more);
+    }
     tree.addEventListener("keydown", onKey);
     tree.addEventListener("click", onClick);
-    reconcile(top, data.roots, null);
+    reconcile(top, data.roots, data.roots_next_cursor);
     const first = tree.querySelector("[role=treeitem]");
     if (first) first.tabIndex = 0;
     for (const id of Object.keys(data.open)) {
