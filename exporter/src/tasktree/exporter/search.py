@@ -11,16 +11,21 @@ about 10 µs a span, more than writing the rest of the task; this costs under 1 
 
 from __future__ import annotations
 
+import re
+
 _ASCII_SEPARATORS = bytes(c for c in range(128) if not chr(c).isalnum())
 _TO_SPACES = bytes.maketrans(_ASCII_SEPARATORS, b" " * len(_ASCII_SEPARATORS))
 MAX_TEXT = 100_000  # characters of a document that are read (a tsvector cannot exceed 1 MB)
 MAX_WORD = 100  # bytes kept of a word: longer words match by their beginning
+# A word longer than MAX_WORD: found by one C-level scan; most documents have none, and splitting
+# every document into words to look was 2 µs of the receiver's ~18 µs a span.
+_LONG_WORD = re.compile(rb"[^ ]{%d}" % (MAX_WORD + 1))
 
 
 def document_words(text: str) -> str:
     """The words of ``text``, separated by one or more spaces, as stored."""
     raw = text[:MAX_TEXT].lower().encode("utf-8", "replace").translate(_TO_SPACES)
-    if len(raw) > MAX_WORD:  # only then can a word be too long
+    if len(raw) > MAX_WORD and _LONG_WORD.search(raw):
         raw = b" ".join(word[:MAX_WORD] for word in raw.split())
     return raw.decode("utf-8", "ignore")  # a cut may have split a character
 

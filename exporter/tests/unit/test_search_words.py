@@ -1,0 +1,40 @@
+"""The keyword search's words (search.py): what ingest stores for a task, and what a search asks."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasktree.exporter.search import MAX_WORD, document_words, query, query_words
+
+
+def test_words_are_lowercased_runs_between_ascii_punctuation_and_spaces():
+    assert document_words('Disk_Full on db-3 {"host.name":"Box"}').split() == [
+        "disk", "full", "on", "db", "3", "host", "name", "box",
+    ]
+
+
+@pytest.mark.parametrize("prefix", ["", "short words before it ", "x" * MAX_WORD + " "])
+def test_a_word_longer_than_the_limit_keeps_its_beginning(prefix):
+    long_word = "a" * (MAX_WORD + 50)
+    words = document_words(f"{prefix}{long_word} tail").split()
+    assert words[-2:] == ["a" * MAX_WORD, "tail"]
+    assert all(len(w.encode()) <= MAX_WORD for w in words)
+
+
+def test_a_cut_inside_a_multibyte_character_drops_the_partial_character():
+    word = "é" * MAX_WORD  # 2 bytes each: the cut at MAX_WORD bytes falls between characters
+    assert document_words(word).split() == ["é" * (MAX_WORD // 2)]
+    odd = "x" + "é" * MAX_WORD  # the cut falls inside a character
+    (kept,) = document_words(odd).split()
+    assert kept == "x" + "é" * ((MAX_WORD - 1) // 2)
+
+
+def test_long_text_made_of_short_words_is_kept_whole():
+    text = " ".join(f"w{i}" for i in range(200))
+    assert document_words(text).split() == text.split()
+
+
+def test_a_query_matches_each_word_as_a_prefix():
+    assert query_words("Disk full disk") == ["disk", "full"]
+    assert query("Disk-full") == "'disk':* & 'full':*"
+    assert query("...") is None
