@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tasktree.exporter.tree import status as st
+
 
 def tree(conn, trace):
     rows = conn.execute(
@@ -18,3 +20,26 @@ def run(conn, trace):
         " task_count, root_count FROM runs WHERE trace_id = %s",
         (trace,),
     ).fetchone()
+
+
+def wrong_paths(conn, trace):
+    """The tasks in a status listed by subtree (running, stalled, error) whose stored path is not
+    their trace id then the span ids from the top of the tree down to them: {span: (stored,
+    expected)}; empty when every path is right."""
+    rows = conn.execute(
+        "SELECT span_id, parent_span_id, status, path FROM tasks WHERE trace_id = %s", (trace,)
+    ).fetchall()
+    parents = {bytes(r[0]): bytes(r[1]) if r[1] else None for r in rows}
+    wrong = {}
+    for span, _, status, stored in rows:
+        if status not in (st.RUNNING, st.STALLED, st.ERROR):
+            continue
+        expected, at = [], bytes(span)
+        while at is not None:
+            expected.insert(0, at)
+            at = parents.get(at)
+        expected.insert(0, trace)
+        stored = [bytes(p) for p in stored] if stored is not None else None
+        if stored != expected:
+            wrong[bytes(span)] = (stored, expected)
+    return wrong

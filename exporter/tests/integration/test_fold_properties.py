@@ -14,7 +14,7 @@ from hypothesis import strategies as hs
 from tasktree.exporter.tree import status as st
 
 from ..spans import deliver, sid, span
-from .fold_support import run, tree
+from .fold_support import run, tree, wrong_paths
 
 _traces = itertools.count(1000)
 
@@ -93,6 +93,9 @@ def test_permuted_duplicated_split_delivery_gives_the_in_order_tree(conn, record
     assert tree(conn, in_order) == expected_tree(records)
     assert tree(conn, shuffled) == tree(conn, in_order)
     assert run(conn, shuffled) == run(conn, in_order)
+    # Subtree lists by status read paths: right after any order of folds.
+    assert wrong_paths(conn, in_order) == {}
+    assert wrong_paths(conn, shuffled) == {}
 
 
 def expected_tree(records):

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import psycopg
 
-from tasktree.exporter.store import locks, partitions
+from tasktree.exporter.store import locks, partitions, subtree_paths
 from tasktree.exporter.store._copy import fast_binary_dumpers
 from tasktree.exporter.store.locks import LANES
 from tasktree.exporter.store.pool import scalar
@@ -548,6 +548,7 @@ def fold_batch(
         folds = _fold_runs(conn, by_run, cutoff, ruled, seeds, max_depth, leaves)
         conn.execute(_RUNS_OF_TOP_LEAVES)
         _write(conn, folds)
+        subtree_paths.write(conn, folds, leaves)
         conn.execute(_DELETE_CLAIMED)
         finished = _finished_tasks(
             conn, folds, conn.execute(_LEAVES_FINISHED, _NEGATED_BOUNDS).fetchall()
@@ -582,6 +583,7 @@ def sweep_stalled(
         folds = _fold_runs(conn, {}, cutoff, days, seeds)
         flipped = sum(folds[t].mark_stalled(s) for t, spans in by_run.items() for s in spans)
         _write(conn, folds)
+        subtree_paths.write(conn, folds)
     return FoldResult(flipped, tuple(by_run))
 
 

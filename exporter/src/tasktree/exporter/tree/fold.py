@@ -148,6 +148,9 @@ class RunFold:
         self.run_day = 0  # the run's partition (set by the store; the tree rules ignore it)
         self.broken_links: list[tuple[bytes, bytes, int]] = []  # (span, declared parent, reason)
         self.dropped: dict[bytes, Node] = {}  # stored placeholders left empty: their rows go
+        # Each loaded node's parent and status as loaded: after the fold the store finds in them
+        # the subtrees that moved and the tasks whose path it must write (store/subtree_paths.py).
+        self.loaded_state = {s: (n.parent_span_id, n.status) for s, n in loaded.items()}
 
     def apply(self, record: Record) -> None:
         """Fold one record in.  Idempotent: applying the same record again changes nothing."""

@@ -41,6 +41,9 @@ COUNT_INDEX: dict[int, int] = {code: i for i, code in enumerate(COUNTED)}
 # A task that has not finished: running, or stalled (running with an old heartbeat).
 LIVE = (RUNNING, STALLED)
 FINAL = (OK, ERROR)
+# The statuses a subtree's tasks are listed by (queries.subtree_tasks), from the index over the
+# paths of the tasks in these statuses only (migration 0012, store/subtree_paths.py).
+FLAGGED = (RUNNING, STALLED, ERROR)
 
 # "Worst" first, for a run with several roots: a failure beats a stall beats work in progress.
 WORST_FIRST = (ERROR, STALLED, RUNNING, OK)
