@@ -281,7 +281,8 @@ class PostgresBus(LocalBus):
             except psycopg.Error as exc:
                 logger.warning("live updates: LISTEN lost (%s); retrying in %.1fs", exc, backoff)
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                # Short: after a failover the new primary is found within seconds.
+                backoff = min(backoff * 2, 2.0)
 
 
 def encode_message(trace_ids: frozenset[bytes] | None) -> bytes:

@@ -24,7 +24,7 @@ from tasktree.exporter.receiver.otlp_grpc import start_otlp_grpc_server
 from tasktree.exporter.receiver.otlp_http import create_otlp_http_app
 from tasktree.exporter.settings import Settings
 from tasktree.exporter.store.migrate import migrate
-from tasktree.exporter.store.pool import open_pool
+from tasktree.exporter.store.pool import open_pool, primary_conninfo
 
 if TYPE_CHECKING:
     import grpc
@@ -35,9 +35,10 @@ _DB_WAIT_S = 30.0
 
 
 def resolve_database_url(settings: Settings) -> str:
-    """The configured URL, or the embedded PostgreSQL's when none is set."""
+    """The configured URL (for the writing pool: ``primary_conninfo``), or the embedded
+    PostgreSQL's when none is set."""
     if settings.database_url:
-        return settings.database_url
+        return primary_conninfo(settings.database_url)
     from tasktree.exporter.store.embedded import embedded_database_url
 
     return embedded_database_url(settings.data_dir, keep=settings.keep_database)

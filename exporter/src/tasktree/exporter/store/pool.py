@@ -3,6 +3,13 @@
 Connections are checked on borrow, replaced after ``max_lifetime`` (before a server or proxy would
 cut them), and re-opened after PostgreSQL restarts (on demand, within seconds).  Waiting longer than
 ``timeout`` for a connection raises ``StoreUnavailable`` (HTTP 503 with Retry-After), never hangs.
+
+Failover (issue 17): a URL may name several servers (libpq multi-host,
+``postgresql://a:5432,b:5432/tasktree?target_session_attrs=read-write``).  The writing pool only
+keeps connections to a server that accepts writes: a dead primary's connections fail their check,
+new ones go to whichever server is primary now, and a connection that finds itself on a
+read-only server (a demoted primary, a URL without ``target_session_attrs``) is dropped and its
+write answered 503, never acknowledged.
 """
 
 from __future__ import annotations
@@ -28,6 +35,56 @@ logger = logging.getLogger(__name__)
 _RECONNECT_WINDOW_S = 5.0
 
 
+# Added to a URL that does not say otherwise: libpq waits for ever by default, and a primary whose
+# machine died answers nothing (no reset), so without these a failover would hang on it.
+_FAILOVER_DEFAULTS = {
+    "connect_timeout": "5",  # seconds per server tried
+    "keepalives_idle": "10",  # idle connections: probe after 10 s, give up 3 × 5 s later
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "15000",  # ms: a write the dead server never acknowledges fails
+}
+
+
+def primary_conninfo(url: str) -> str:
+    """``url`` for the writing pool: with several hosts and no ``target_session_attrs``, only a
+    server that accepts writes is chosen (``read-write``); timeouts that end waits on a dead
+    server are added where the URL sets none."""
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    if "," in str(params.get("host") or params.get("hostaddr") or ""):
+        params.setdefault("target_session_attrs", "read-write")
+    return _with_failover_defaults(params)
+
+
+def standby_conninfo(url: str) -> str:
+    """``url`` for the reading pool: with several hosts and no ``target_session_attrs``, a
+    standby when one answers, else the primary (``prefer-standby``)."""
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    if "," in str(params.get("host") or params.get("hostaddr") or ""):
+        params.setdefault("target_session_attrs", "prefer-standby")
+    return _with_failover_defaults(params)
+
+
+def _with_failover_defaults(params: dict[str, Any]) -> str:
+    if str(params.get("host", "")).startswith("/"):  # a Unix socket: no TCP settings
+        params.setdefault("connect_timeout", _FAILOVER_DEFAULTS["connect_timeout"])
+    else:
+        for key, value in _FAILOVER_DEFAULTS.items():
+            params.setdefault(key, value)
+    return psycopg.conninfo.make_conninfo(**params)
+
+
+def _check_writable(conn: psycopg.Connection) -> None:
+    """The writing pool's check on borrow: alive, and not on a hot standby.  PostgreSQL 14+
+    reports ``in_hot_standby`` with every change (a promotion too), so this costs no round trip
+    beyond the liveness check."""
+    psycopg_pool.ConnectionPool.check_connection(conn)
+    if conn.info.parameter_status("in_hot_standby") == "on":
+        raise psycopg.OperationalError(
+            f"{conn.info.host}:{conn.info.port} is a read-only standby, not the primary"
+        )
+
+
 def _configure(conn: psycopg.Connection) -> None:
     # Statement timeout keeps one pathological query from holding a connection for ever.
     conn.execute("SET statement_timeout = '60s'")
@@ -43,8 +100,10 @@ def open_pool(
     max_lifetime: float = 1800.0,
     timeout: float = 5.0,
     name: str = "tasktree",
+    writable: bool = True,
 ) -> psycopg_pool.ConnectionPool:
-    """Open a pool without waiting for the database: start-up succeeds even while it is down."""
+    """Open a pool without waiting for the database: start-up succeeds even while it is down.
+    ``writable``: lend connections to the primary only (False: the reading pool of standbys)."""
     pool = psycopg_pool.ConnectionPool(
         conninfo,
         min_size=min(2, max_size),
@@ -53,7 +112,7 @@ def open_pool(
         max_idle=min(300.0, max_lifetime),
         timeout=timeout,
         reconnect_timeout=_RECONNECT_WINDOW_S,  # requests get 503 meanwhile; see above
-        check=psycopg_pool.ConnectionPool.check_connection,
+        check=_check_writable if writable else psycopg_pool.ConnectionPool.check_connection,
         configure=_configure,
         kwargs={"autocommit": True},  # every write says where its transaction starts and ends
         name=name,
@@ -78,10 +137,18 @@ def scalar(
 
 @contextlib.contextmanager
 def connection(pool: psycopg_pool.ConnectionPool) -> Iterator[psycopg.Connection]:
-    """Borrow a connection; translate "database unreachable" into ``StoreUnavailable``."""
+    """Borrow a connection; translate "database unreachable" into ``StoreUnavailable``, and so
+    is a write refused by a server that became read-only (its connection is closed, so that the
+    pool replaces it with one to the new primary)."""
     try:
         with pool.connection() as conn:
-            yield conn
+            try:
+                yield conn
+            except psycopg.errors.ReadOnlySqlTransaction:
+                conn.close()
+                raise
+    except psycopg.errors.ReadOnlySqlTransaction as exc:
+        raise StoreUnavailable(f"the database server is read-only now (failover?): {exc}") from exc
     except psycopg_pool.PoolTimeout as exc:
         raise StoreUnavailable(f"no database connection available: {exc}") from exc
     except psycopg.OperationalError as exc:

@@ -1,0 +1,101 @@
+"""PostgreSQL failover under load (issue 17): a primary with a streaming standby, a real
+``tasktree serve`` given both in one multi-host URL, an OTel SDK job sending runs through it.  The
+primary's machine dies (SIGKILL to every process of the server) mid-load and the standby is
+promoted; tasktree finds the new primary by itself.
+
+With a synchronous standby nothing acknowledged is lost: every span that got a 200 is in the
+promoted server's tree.  With an asynchronous one, spans acknowledged in the last moments before
+the crash may be lost (README, "Failover"), but the tree is never corrupt: every rollup still
+counts exactly the tasks the promoted server holds.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from failover_support import Load, Prober, stored_spans, wait_healthy, wrong_rollups
+from replication_support import Replication
+
+HEALTHY_WITHIN_S = 10.0
+"""The service answers again within this long of the promotion (issue 17)."""
+
+
+@pytest.fixture
+def replication(request):
+    pair = Replication(synchronous=request.param == "synchronous")
+    yield pair
+    pair.close()
+
+
+def _fail_over(replication: Replication, server) -> Load:
+    """Load through ``server``, the primary killed mid-load, the standby promoted; the load
+    stopped (and its queue exported) once spans are acknowledged by the new primary.  Meanwhile
+    ingest answers 200, or 503 with Retry-After while there is no primary: nothing else."""
+    load, prober = Load(server.otlp_http).start(), Prober(server.otlp_http).start()
+    try:
+        load.wait_acked(500, timeout=60)
+        replication.primary.kill()
+        time.sleep(1.0)  # a moment with no primary at all, as when a failover manager decides
+        replication.standby.promote()
+        wait_healthy(server, deadline=time.monotonic() + HEALTHY_WITHIN_S)
+        load.wait_acked(500, timeout=60)  # the job's own spans go through the new primary
+    finally:
+        load.stop()
+        prober.stop()
+    assert set(prober.client.statuses) <= {200, 503}, prober.client.statuses
+    assert prober.client.missing_retry_after == 0
+    server.wait_folded(timeout=60)
+    return load
+
+
+@pytest.mark.parametrize("replication", ["synchronous"], indirect=True)
+def test_with_a_synchronous_standby_every_acknowledged_span_survives_the_primary_s_death(
+    replication, start_tasktree
+):
+    server = start_tasktree(database=replication.multi_host_url(target_session_attrs="read-write"))
+    load = _fail_over(replication, server)
+
+    acked = load.acked()
+    lost = acked - stored_spans(replication.standby)
+    assert not lost, f"{len(lost)} of {len(acked)} acknowledged spans are not on the new primary"
+    assert wrong_rollups(replication.standby) == []
+
+
+@pytest.mark.parametrize("replication", ["asynchronous"], indirect=True)
+def test_with_an_asynchronous_standby_a_failover_may_lose_spans_but_never_corrupts_the_tree(
+    replication, start_tasktree
+):
+    server = start_tasktree(database=replication.multi_host_url())  # read-write is implied
+    load = _fail_over(replication, server)
+
+    acked = load.acked()
+    lost = acked - stored_spans(replication.standby)
+    print(f"asynchronous standby: {len(lost)} of {len(acked)} acknowledged spans lost")
+    assert wrong_rollups(replication.standby) == []
+
+
+@pytest.mark.parametrize("replication", ["asynchronous"], indirect=True)
+def test_a_write_that_reaches_a_read_only_server_is_refused_as_unavailable_never_acknowledged(
+    replication,
+):
+    """The writing pool lends no connection to a standby; a write on a connection that is on
+    one (a server demoted under it) is a 503 (``StoreUnavailable``) and the connection is
+    dropped."""
+    from tasktree.exporter.errors import StoreUnavailable
+    from tasktree.exporter.store.pool import connection, open_pool
+
+    writing = open_pool(replication.standby.url(), timeout=2.0)
+    reading = open_pool(replication.standby.url(), timeout=2.0, writable=False)
+    try:
+        with pytest.raises(StoreUnavailable, match="no database connection"):
+            with connection(writing) as conn:
+                conn.execute("SELECT 1")
+        with pytest.raises(StoreUnavailable, match="read-only"):
+            with connection(reading) as conn:
+                conn.execute("CREATE TABLE refused (id int)")
+        with connection(reading) as conn:  # reads go on, on a fresh connection
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+    finally:
+        writing.close()
+        reading.close()
