@@ -53,7 +53,10 @@ def _fail_over(replication: Replication, server) -> Load:
 def test_with_a_synchronous_standby_every_acknowledged_span_survives_the_primary_s_death(
     replication, start_tasktree
 ):
-    server = start_tasktree(database=replication.multi_host_url(target_session_attrs="read-write"))
+    server = start_tasktree(
+        database=replication.multi_host_url(target_session_attrs="read-write"),
+        env={"TASKTREE_REQUIRE_SYNC_STANDBY": "1"},  # starts: the primary has one
+    )
     load = _fail_over(replication, server)
 
     acked = load.acked()
@@ -99,3 +102,13 @@ def test_a_write_that_reaches_a_read_only_server_is_refused_as_unavailable_never
     finally:
         writing.close()
         reading.close()
+
+
+def test_with_require_sync_standby_tasktree_refuses_a_primary_without_one_and_says_what_to_set(
+    start_tasktree,
+):
+    with pytest.raises(RuntimeError, match="did not start") as failed:
+        start_tasktree(env={"TASKTREE_REQUIRE_SYNC_STANDBY": "1"})
+    log = str(failed.value)
+    assert "TASKTREE_REQUIRE_SYNC_STANDBY is set" in log
+    assert "synchronous_standby_names = 'FIRST 1 (" in log and "synchronous_commit = on" in log

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from tasktree.exporter.ingest import Ingestor
     from tasktree.exporter.live import LocalBus
     from tasktree.exporter.metrics import ServiceMetrics
+    from tasktree.exporter.store.replication import ReadRoute
 
 
 class _JSONProvider(DefaultJSONProvider):
@@ -37,6 +38,7 @@ def create_app(
     live: LocalBus | None = None,
     metrics: ServiceMetrics | None = None,
     secret_key: str | None = None,
+    reads: ReadRoute | None = None,
 ) -> Flask:
     """Build the Flask app; the services are kept in ``app.extensions`` (``services.py``)."""
     from tasktree.exporter.api import api_blueprint
@@ -52,6 +54,7 @@ def create_app(
         live=live,
         metrics=metrics,
         secret_key=secret_key,
+        reads=reads,
     )
     install_services(app, services)
     from tasktree.exporter.auth import install as install_auth  # issue 7: session cookie, CSRF

@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+import psycopg_pool
 import waitress.server
 from prometheus_client import CollectorRegistry
 
@@ -24,7 +25,8 @@ from tasktree.exporter.receiver.otlp_grpc import start_otlp_grpc_server
 from tasktree.exporter.receiver.otlp_http import create_otlp_http_app
 from tasktree.exporter.settings import Settings
 from tasktree.exporter.store.migrate import migrate
-from tasktree.exporter.store.pool import open_pool, primary_conninfo
+from tasktree.exporter.store.pool import open_pool, primary_conninfo, standby_conninfo
+from tasktree.exporter.store.replication import ReadRoute, check_synchronous_standby
 
 if TYPE_CHECKING:
     import grpc
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _DB_WAIT_S = 30.0
+_READ_POOL_TIMEOUT_S = 1.0
 
 
 def resolve_database_url(settings: Settings) -> str:
@@ -77,10 +80,16 @@ class Service:
             max_lifetime=settings.pool_max_lifetime,
             timeout=settings.pool_timeout,
         )
+        check_synchronous_standby(  # issue 17: a 200 on two machines, or say it is not
+            self.database_url,
+            required=settings.require_sync_standby,
+            embedded=not settings.database_url,
+        )
+        self.reads = ReadRoute(self.pool, self._open_read_pool(settings))
         self.folder = Folder(self.pool, settings)
         self.ingest = Ingestor(self.pool, settings, on_landed=self.folder.wake)
         self.metrics = ServiceMetrics(
-            self.pool, settings, self.folder, registry=CollectorRegistry()
+            self.pool, settings, self.folder, registry=CollectorRegistry(), reads=self.reads
         )  # issue 5
         self.docker = DockerService(settings, self.pool)  # issue 6: docker hosts
         # Live updates of the web pages: Redis when configured, else LISTEN/NOTIFY when several
@@ -100,6 +109,21 @@ class Service:
         self.otlp_http_port: int | None = None
         self.otlp_grpc_port: int | None = None
 
+    @staticmethod
+    def _open_read_pool(settings: Settings) -> psycopg_pool.ConnectionPool | None:
+        """The pool of hot standbys that serve reads (``--read-database-url``), if any.  Its
+        borrow timeout is short: when no standby answers, reads go to the primary instead."""
+        if not settings.read_database_url:
+            return None
+        return open_pool(
+            standby_conninfo(settings.read_database_url),
+            max_size=settings.pool_size,
+            max_lifetime=settings.pool_max_lifetime,
+            timeout=min(settings.pool_timeout, _READ_POOL_TIMEOUT_S),
+            name="tasktree-read",
+            writable=False,
+        )
+
     def start(self) -> Service:
         self.folder.start()
         if not self._serve:
@@ -114,6 +138,7 @@ class Service:
             live=self.live,
             metrics=self.metrics,
             secret_key=load_secret_key(s),
+            reads=self.reads,
         )
         # Each open live stream holds a thread: room for them beside the ordinary requests.
         self.web_port = self._start_http(web, s.port, "web", threads=8 + self.live.max_streams)
@@ -176,6 +201,8 @@ class Service:
             self._grpc.stop(grace=5).wait(5)
         self.folder.stop()
         self.pool.close()
+        if self.reads.standby is not None:
+            self.reads.standby.close()
 
     def urls(self) -> dict[str, str]:
         host = self.settings.host

@@ -7,14 +7,16 @@ what it needs: the settings, often a pool, seldom the rest.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from flask import Flask, current_app
 
 from tasktree.exporter.settings import Settings
 
 if TYPE_CHECKING:
+    import psycopg
     import psycopg_pool
 
     from tasktree.exporter.auth import TokenTable
@@ -23,6 +25,9 @@ if TYPE_CHECKING:
     from tasktree.exporter.ingest import Ingestor
     from tasktree.exporter.live import LocalBus
     from tasktree.exporter.metrics import ServiceMetrics
+    from tasktree.exporter.store.replication import ReadRoute
+
+T = TypeVar("T")
 
 __all__ = ["EXTENSION", "Services", "current_services", "install_services", "services_of"]
 
@@ -48,6 +53,17 @@ class Services:
     """The configured tokens, parsed at the first request (``auth``)."""
     auth_installed: bool = False
     """Whether ``auth.install`` configured the session cookie already (it runs once)."""
+    reads: ReadRoute | None = None
+    """Where the API, pages and ``/metrics`` read (issue 17); None: the primary ``pool``."""
+
+    def read(self, work: Callable[[psycopg.Connection], T]) -> T:
+        """``work(conn)`` on a read replica when one is configured and answers, else on the
+        primary (``StoreUnavailable`` when neither answers).  For reads only."""
+        if self.reads is None:
+            from tasktree.exporter.store.replication import ReadRoute
+
+            self.reads = ReadRoute(self.pool, None)
+        return self.reads.run(work)
 
 
 def install_services(app: Flask, services: Services) -> Services:

@@ -98,8 +98,23 @@ class Settings:
     database_url: str | None = setting(
         flag="--database-url",
         shown="embedded",
-        meaning="PostgreSQL 14+ URL; unset: an embedded PostgreSQL under `TASKTREE_DATA_DIR`"
-        " (reused next start)",
+        meaning="PostgreSQL 14+ URL; several hosts (`postgresql://a:5432,b:5432/tasktree`) for"
+        " failover: tasktree writes to whichever accepts writes; unset: an embedded PostgreSQL"
+        " under `TASKTREE_DATA_DIR` (reused next start)",
+    )
+    # -- failover and read replicas (issue 17; README "Failover and read replicas") --
+    read_database_url: str | None = setting(
+        flag="--read-database-url",
+        shown="none (reads go to the primary)",
+        meaning="PostgreSQL hot standby (or several: a multi-host URL) that serves the API, UI and"
+        " `/metrics` reads; ingest, folding and docker audit stay on `--database-url`; when no"
+        " standby answers, reads go to the primary",
+    )
+    require_sync_standby: bool = setting(
+        False,
+        meaning="refuse to start unless the primary has a synchronous standby streaming"
+        " (`synchronous_standby_names`, `synchronous_commit`), so that a 200 means the spans are"
+        " on two machines; unset, tasktree only warns",
     )
     redis_url: str | None = setting(
         flag="--redis-url",

@@ -32,7 +32,6 @@ from tasktree.exporter.errors import (
 )
 from tasktree.exporter.services import current_services
 from tasktree.exporter.store import queries
-from tasktree.exporter.store.pool import connection
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +45,9 @@ T = TypeVar("T")
 
 
 def _read(work: Callable[[psycopg.Connection], T]) -> T:
-    """Run ``work`` on a pooled connection (StoreUnavailable when there is none)."""
-    with connection(current_services().pool) as conn:
-        return work(conn)
+    """Run ``work`` on a pooled connection, a read replica's when configured (StoreUnavailable
+    when there is none)."""
+    return current_services().read(work)
 
 
 api_blueprint.register_error_handler(TasktreeError, json_error)

@@ -16,10 +16,12 @@ from prometheus_client import (
 from prometheus_client.registry import Collector
 
 from tasktree.exporter.metrics.process import IngestMetrics, ProcessStats
+from tasktree.exporter.metrics.replica import ReplicaLag
 from tasktree.exporter.metrics.store_metrics import StoreMetrics
 from tasktree.exporter.receiver._common import Ingest
 from tasktree.exporter.settings import Settings
 from tasktree.exporter.store.metric_totals import FoldTotals
+from tasktree.exporter.store.replication import ReadRoute
 
 if TYPE_CHECKING:
     from tasktree.exporter.background import Folder
@@ -39,6 +41,7 @@ class ServiceMetrics:
         settings: Settings,
         folder: Folder | None = None,
         registry: CollectorRegistry = REGISTRY,
+        reads: ReadRoute | None = None,
     ):
         self.registry = registry
         self.totals = FoldTotals(
@@ -48,8 +51,13 @@ class ServiceMetrics:
             folder.subscribe_folds(self.totals)
         self.ingest = IngestMetrics(registry)
         self.store = StoreMetrics(
-            pool, max_jobs=settings.metrics_max_jobs, job_ttl_s=settings.metrics_job_ttl
+            pool,
+            max_jobs=settings.metrics_max_jobs,
+            job_ttl_s=settings.metrics_job_ttl,
+            reads=reads,
         )
+        if reads is not None and reads.standby is not None:  # issue 17: --read-database-url
+            registry.register(ReplicaLag(reads))
         registry.register(ProcessStats(pool, folder, self.totals))
         if registry is not REGISTRY:  # the global registry has these already
             ProcessCollector(registry=registry)

@@ -21,7 +21,7 @@ import psycopg_pool
 
 from tasktree.exporter.metrics.exposition import StoreRows, render_store_down, render_store_text
 from tasktree.exporter.store.metric_totals import OTHER
-from tasktree.exporter.store.pool import connection
+from tasktree.exporter.store.replication import ReadRoute
 from tasktree.exporter.tree import status as st
 
 logger = logging.getLogger(__name__)
@@ -88,8 +88,9 @@ class StoreMetrics:
         ttl: float = STORE_TTL_S,
         max_jobs: int = 100,
         job_ttl_s: int = 0,
+        reads: ReadRoute | None = None,
     ):
-        self._pool = pool
+        self._reads = reads or ReadRoute(pool, None)  # a read replica's, when configured
         self._ttl = ttl
         self._max_jobs = max_jobs
         self._job_ttl_s = job_ttl_s
@@ -107,8 +108,7 @@ class StoreMetrics:
     def _read_and_render(self) -> bytes:
         try:
             started = time.perf_counter()
-            with connection(self._pool) as conn:
-                rows = read_store(conn)
+            rows = self._reads.run(read_store)
             rows = bounded_jobs(rows, self._max_jobs, self._job_ttl_s)
             read_s = time.perf_counter() - started
         except Exception:

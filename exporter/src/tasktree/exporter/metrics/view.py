@@ -18,7 +18,11 @@ def mount(app: Flask) -> None:
     services = services_of(app)
     if services.metrics is None:
         services.metrics = ServiceMetrics(
-            services.pool, services.settings, services.folder, registry=CollectorRegistry()
+            services.pool,
+            services.settings,
+            services.folder,
+            registry=CollectorRegistry(),
+            reads=services.reads,
         )
     if services.docker is not None:
         services.metrics.add_collector(services.docker.metrics)

@@ -15,10 +15,11 @@ import hashlib
 import logging
 from importlib import resources
 
-from flask import Flask, Response, redirect, render_template, request, url_for
+from flask import Flask, Response, current_app, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse  # what redirect() returns
 
 from tasktree.exporter.errors import TasktreeError, Unauthorized
+from tasktree.exporter.services import EXTENSION
 from tasktree.exporter.ui import format as fmt
 from tasktree.exporter.ui.views import ui_blueprint
 
@@ -55,6 +56,15 @@ def install_ui(app: Flask) -> None:
 def static_url(filename: str) -> str:
     """URL of a static file with its content hash, so browsers never run yesterday's script."""
     return f"/static/ui/{filename}?v={_static_version(filename)}"
+
+
+@ui_blueprint.app_template_global()
+def replica_lag() -> float | None:
+    """Seconds what a page shows is behind, when it is read from a standby that lags (issue 17:
+    every page then says so); else None."""
+    services = current_app.extensions.get(EXTENSION)
+    reads = services.reads if services is not None else None
+    return reads.lag_notice() if reads is not None else None
 
 
 _VERSIONS: dict[str, str] = {}

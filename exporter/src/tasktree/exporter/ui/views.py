@@ -26,7 +26,6 @@ from tasktree.exporter.errors import NotFound
 from tasktree.exporter.services import current_services
 from tasktree.exporter.settings import Settings
 from tasktree.exporter.store import queries
-from tasktree.exporter.store.pool import connection
 from tasktree.exporter.tree import status as task_status
 from tasktree.exporter.ui import format as fmt
 
@@ -48,9 +47,9 @@ T = TypeVar("T")
 
 
 def _read(work: Callable[[psycopg.Connection], T]) -> T:
-    """Run ``work`` on a pooled connection (StoreUnavailable, a 503 page, when there is none)."""
-    with connection(current_services().pool) as conn:
-        return work(conn)
+    """Run ``work`` on a pooled connection, a read replica's when configured (StoreUnavailable,
+    a 503 page, when there is none)."""
+    return current_services().read(work)
 
 
 def _args() -> dict[str, str]:
