@@ -121,8 +121,18 @@ def insert_run(
     for task in tasks:
         resource = task.resource or {"service.name": job}
         resource_id = None if task.missing else _resource_id(conn, resource)
-        conn.execute(_INSERT_TASK, _task_params(trace, task, resource_id, rollups[task.span]))
+        params = _task_params(trace, task, resource_id, rollups[task.span])
+        conn.execute(_INSERT_TASK, (*params, _path(trace, task, ids)))
     conn.execute(_INSERT_RUN, _run_params(trace, tasks, job, dropped))
+
+
+def _path(trace: str, task: Task, ids: dict[str, Task]) -> list[bytes]:
+    """The stored path (migration 0012): the trace id, then span ids from the top down."""
+    path, at = [], task
+    while at is not None:
+        path.insert(0, bytes.fromhex(at.span))
+        at = ids[at.parent] if at.parent is not None else None
+    return [bytes.fromhex(trace), *path]
 
 
 def _rollups(tasks: list[Task], ids: dict[str, Task]) -> dict[str, list[int]]:
@@ -152,9 +162,9 @@ def _resource_id(conn: psycopg.Connection, attributes: dict) -> int:
 _INSERT_TASK = """
 INSERT INTO tasks (trace_id, span_id, parent_span_id, missing, name, kind, status, start_ns, end_ns,
                    heartbeat_ns, status_message, resource_id, scope, attributes, events, links,
-                   truncated, child_count, n_ok, n_error, n_running, n_stalled, search)
+                   truncated, child_count, n_ok, n_error, n_running, n_stalled, search, path)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-        array_to_tsvector(array_remove(string_to_array(%s, ' '), '')))
+        array_to_tsvector(array_remove(string_to_array(%s, ' '), '')), %s)
 """
 
 

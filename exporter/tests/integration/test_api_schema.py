@@ -57,6 +57,8 @@ def _cases(schema, pairs):
             ("/api/runs/{trace_id}", {"trace_id": trace}),
             ("/api/runs/{trace_id}/tasks/{span_id}", {"trace_id": trace, "span_id": span}),
             ("/api/runs/{trace_id}/tasks/{span_id}/children", {"trace_id": trace, "span_id": span}),
+            ("/api/runs/{trace_id}/tasks/{span_id}/subtree", {"trace_id": trace, "span_id": span}),
+            ("/api/runs/{trace_id}/tasks", {"trace_id": trace}),
         )
     ]
     lists = [schema[path]["GET"].as_strategy() for path in ("/api/runs", "/api/search")]
@@ -104,7 +106,7 @@ def test_following_the_documented_links_from_runs_to_tasks_to_children(seeded):
 
 @pytest.mark.parametrize(("method", "path", "status", "code"), [
     ("GET", "/api/nothing-here", 404, "not_found"),
-    ("GET", "/api/runs/0123/tasks", 404, "not_found"),
+    ("GET", "/api/runs/0123/steps", 404, "not_found"),
     ("POST", "/api/runs", 405, "method_not_allowed"),
     ("DELETE", "/api/runs/" + "ab" * 16, 405, "method_not_allowed"),
 ])

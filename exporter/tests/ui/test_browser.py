@@ -302,3 +302,52 @@ def test_every_one_of_5000_top_level_tasks_is_reached_by_scrolling_and_load_more
     names = page.locator("#tree > [role=treeitem] > .row .name").all_text_contents()
     assert names == [f"top-{n:04d}" for n in range(5000)], "in start order, none twice"
     assert page_errors == []
+
+
+def test_a_nodes_error_count_leads_to_its_failed_tasks_and_the_run_page_steps_through_failures(
+        tasktree_server, browser_context, page_errors):
+    trace, now = os.urandom(16).hex(), time.time_ns()
+    root, mid, other = ids(3)
+    failed, fine, elsewhere = ids(5), ids(3), ids(2)
+    # Children first, as many SDKs send them: their parents' placeholders, then the parents
+    # arrive and the subtrees move under them (the paths of the failures move with them).
+    send_spans(tasktree_server.otlp_http, [
+        *(span(trace, s, mid, name=f"fail-{n}", start=now + 10 + n, end=now + 20 + n,
+               error=f"boom {n}") for n, s in enumerate(failed)),
+        *(span(trace, s, mid, name=f"fine-{n}", start=now + 30 + n, end=now + 40 + n)
+          for n, s in enumerate(fine)),
+        *(span(trace, s, other, name=f"elsewhere-{n}", start=now + 50 + n, end=now + 60 + n,
+               error="far") for n, s in enumerate(elsewhere))])
+    tasktree_server.wait_folded()
+    send_spans(tasktree_server.otlp_http, [
+        span(trace, root, name="nightly", start=now, end=now + 10**9),
+        span(trace, mid, root, name="mid", start=now + 1, end=now + 10**8),
+        span(trace, other, root, name="other", start=now + 2, end=now + 10**8)])
+    tasktree_server.wait_folded()
+    page = browser_context.new_page()
+    page.goto(f"{tasktree_server.web}/runs/{trace}")
+    check = expect()
+    count = item(page, mid).locator(":scope > .row .rollup a.r-error")
+    check(count).to_have_text("5 error")
+    count.click()
+    page.wait_for_url(f"**/runs/{trace}/tasks?node={mid}&status=error")
+    check(page.locator("#list-head")).to_contain_text("5 error tasks in the subtree of mid")
+    names = page.locator("#listed-tasks tr.task .name")
+    check(names).to_have_text([f"fail-{n}" for n in reversed(range(5))])  # newest first
+    names.first.locator("a").click()
+    page.wait_for_url(f"**/runs/{trace}/tasks/{failed[4]}")
+    # The root's count: the failures of both subtrees that moved under it when their parents came.
+    page.goto(f"{tasktree_server.web}/runs/{trace}")
+    item(page, root).locator(":scope > .row .rollup a.r-error").click()
+    check(names).to_have_count(7)
+    # The run page steps through the run's failures, oldest first, each shown in its place.
+    page.goto(f"{tasktree_server.web}/runs/{trace}")
+    check(page.locator("#run-head [data-field=counts] a.r-error")).to_have_text("7 error")
+    page.locator("#first-failure").click()
+    for n, expected in enumerate([*failed, *elsewhere]):
+        page.wait_for_url(re.compile(rf".*/runs/{trace}\?node={expected}&failure=.*"))
+        check(item(page, expected)).to_have_class("node s-error")
+        if n < 6:
+            page.locator("#next-failure").click()
+    check(page.locator("#failure-nav")).to_contain_text("the last failure")
+    assert page_errors == []

@@ -63,7 +63,8 @@ def test_runs_page_lists_runs_with_job_status_counts_and_links(client, db):
     sample_run(db)
     html = page(client, "/")
     assert f'href="/runs/{TRACE}"' in html and ">etl</a>" in html and "nightly" in html
-    assert "3 ok" not in html and '<span class="r-error">1 error</span>' in html
+    assert "3 ok" not in html
+    assert f'<a class="r-error" href="/runs/{TRACE}/tasks?status=error">1 error</a>' in html
     assert 'datetime="2026-11-26T17:33:26.123456789Z"' in html
 
 
@@ -220,3 +221,48 @@ def test_a_search_that_finds_nothing_says_which_words_it_looked_for(client, db):
         assert f"<q>{word}</q>" in searched, word
     assert "words match as prefixes" in searched and "within the filters" in searched
     assert "no words" in page(client, "/search?q=%2B%2B%2B")  # only punctuation
+
+
+def test_counts_link_to_the_lists_of_those_tasks_in_the_run_or_the_subtree(client, db):
+    sample_run(db)
+    run = page(client, f"/runs/{TRACE}")
+    assert f'<a class="r-running" href="/runs/{TRACE}/tasks?status=running">1 running</a>' in run
+    task = page(client, f"/runs/{TRACE}/tasks/{ROOT}")
+    assert f'href="/runs/{TRACE}/tasks?node={ROOT}&amp;status=error">1 error</a>' in task
+    failed = page(client, f"/runs/{TRACE}/tasks?node={ROOT}&status=error")
+    assert "1 " in failed and "task in" in failed and "the subtree of" in failed
+    assert f'href="/runs/{TRACE}/tasks/{CHILD}"' in failed and XSS not in failed  # text, escaped
+    running = page(client, f"/runs/{TRACE}/tasks?status=running")
+    assert f'data-span-id="{LEAF}"' in running and f'data-span-id="{CHILD}"' not in running
+    assert "ok tasks are its children" in page(client, f"/runs/{TRACE}/tasks?status=ok", 400)
+    assert "no task" in page(client, f"/runs/{TRACE}/tasks?node={'ee' * 8}&status=error", 404)
+
+
+def test_the_list_pages_on_newest_first(client, db):
+    failures = [Task(f"{100 + i:016x}", ROOT, f"f-{i:02d}", st.ERROR, at(i), at(i + 1))
+                for i in range(60)]
+    insert_run(db, TRACE, [Task(ROOT, name="etl", end=at(100)), *failures])
+    first = page(client, f"/runs/{TRACE}/tasks?node={ROOT}&status=error")
+    assert first.count('class="task"') == 50 and first.index(">f-59<") < first.index(">f-58<")
+    next_url = first.split('id="next-page"')[0].rsplit('href="', 1)[1].split('"')[0]
+    second = page(client, next_url.replace("&amp;", "&"))
+    assert second.count('class="task"') == 10 and ">f-09<" in second and ">f-10<" not in second
+
+
+def test_first_and_next_failure_step_through_the_runs_failures_oldest_first(client, db):
+    sample_run(db)
+    db.execute("UPDATE tasks SET status = %s, start_ns = %s, path = %s WHERE span_id = %s",
+               (st.ERROR, at(5), [bytes.fromhex(TRACE), bytes.fromhex(GHOST),
+                                  bytes.fromhex(ORPHAN)], bytes.fromhex(ORPHAN)))
+    run = page(client, f"/runs/{TRACE}")
+    assert f'href="/runs/{TRACE}/failures" id="first-failure"' in run
+    response = client.get(f"/runs/{TRACE}/failures")
+    assert response.status_code == 302 and f"node={CHILD}&failure=" in response.location
+    shown = page(client, response.location)
+    assert 'id="next-failure"' in shown
+    after = response.location.split("failure=")[1]
+    second = client.get(f"/runs/{TRACE}/failures?after={after}")
+    assert f"node={ORPHAN}&failure=" in second.location
+    assert "the last failure" in page(client, second.location)
+    last = second.location.split("failure=")[1]
+    assert "no failed task" in page(client, f"/runs/{TRACE}/failures?after={last}", 404)

@@ -39,6 +39,8 @@ CURSOR_KEYS = {
     "runs": ("start?", TRACE_ID_BYTES),
     "roots": ("start?", SPAN_ID_BYTES),
     "children": ("start", SPAN_ID_BYTES),
+    "subtree": ("start", SPAN_ID_BYTES),
+    "failures": ("start", SPAN_ID_BYTES),  # the run page's "next failure" (oldest first)
     "search": ("start?", TRACE_ID_BYTES, SPAN_ID_BYTES),
 }
 
@@ -73,6 +75,17 @@ def status(value: str | None) -> int | None:
         return None
     if value not in task_status.CODES:
         raise BadRequest("status must be one of: " + ", ".join(task_status.CODES))
+    return task_status.CODES[value]
+
+
+def listed_status(value: str | None) -> int:
+    """The status a subtree's tasks are listed by: required, one of ``tree.status.FLAGGED``."""
+    names = [task_status.name(code) for code in task_status.FLAGGED]
+    if value not in names:
+        raise BadRequest(
+            "status must be one of: " + ", ".join(names) + " (a subtree lists the tasks that"
+            " are running, stalled or failed; its ok tasks are its children, in the tree)"
+        )
     return task_status.CODES[value]
 
 

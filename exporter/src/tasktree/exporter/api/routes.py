@@ -145,6 +145,45 @@ def list_children(trace_id: str, span_id: str) -> dict[str, Any]:
     }
 
 
+@api_blueprint.get("/runs/<trace_id>/tasks")
+def list_run_tasks(trace_id: str) -> dict[str, Any]:
+    """A page of the run's tasks in one status (running, stalled, error), newest first."""
+    trace = params.trace_id(trace_id)
+    return _subtree_page(trace, None, f"no run with trace id {trace.hex()}")
+
+
+@api_blueprint.get("/runs/<trace_id>/tasks/<span_id>/subtree")
+def list_subtree(trace_id: str, span_id: str) -> dict[str, Any]:
+    """A page of the tasks in one status (running, stalled, error) of a task's subtree (the
+    task and all its descendants), newest first."""
+    trace, span = params.trace_id(trace_id), params.span_id(span_id)
+    return _subtree_page(trace, span, f"no task {span.hex()} in run {trace.hex()}")
+
+
+def _subtree_page(trace: bytes, span: bytes | None, unknown: str) -> dict[str, Any]:
+    status = params.listed_status(_arg("status"))
+    limit = params.limit(_arg("limit"))
+    after = params.decode_cursor("subtree", _arg("cursor"))
+
+    def read(conn: psycopg.Connection) -> queries.Page | None:
+        found = (
+            queries.get_run(conn, trace) is not None
+            if span is None
+            else queries.task_exists(conn, trace, span)
+        )
+        if not found:
+            return None
+        return queries.subtree_tasks(conn, trace, span, status, limit=limit, after=after)
+
+    page = _read(read)
+    if page is None:
+        raise NotFound(unknown)
+    return {
+        "tasks": [shapes.node(row) for row in page.rows],
+        "next_cursor": params.encode_cursor("subtree", page.next_after),
+    }
+
+
 @api_blueprint.get("/search")
 def search() -> dict[str, Any]:
     """Tasks newest first: by id (prefix) or keywords, job, status and start time range."""

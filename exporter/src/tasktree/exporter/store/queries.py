@@ -14,6 +14,7 @@ function     order                                              key
 list_runs    start desc, trace id desc                          (start_ns | None, trace_id)
 run_roots    start (placeholders, without one, last), span id  (start_ns | None, span_id)
 children     start, span id                                     (start_ns, span_id)
+subtree_tasks start desc, span id desc (or both ascending)      (start_ns, span_id)
 search_tasks start desc, trace id, span id                      (start_ns | None, trace_id, span_id)
 ===========  =================================================  ==============================
 
@@ -38,6 +39,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from tasktree.exporter import search
+from tasktree.exporter.tree.status import FLAGGED, sql_list
 
 TRACE_ID_BYTES = 16
 SPAN_ID_BYTES = 8
@@ -95,6 +97,7 @@ def statement(name: str, filters: Iterable[str] = (), **slots: sql.Composable) -
     return sql.SQL(text[name]).format(
         run_columns=sql.SQL(text["run_columns"]),
         node_columns=sql.SQL(text["node_columns"]),
+        flagged=sql.SQL(sql_list(FLAGGED)),
         where=where,
         **slots,
     )
@@ -252,6 +255,28 @@ def children(
 
 def _child_key(row: Row) -> Key:
     return (row["start_ns"], row["span_id"])
+
+
+def subtree_tasks(
+    conn: psycopg.Connection,
+    trace_id: bytes,
+    span_id: bytes | None,
+    status: int,
+    *,
+    limit: int = 100,
+    after: Key | None = None,
+    oldest_first: bool = False,
+) -> Page:
+    """The tasks in ``status`` (one of ``tree.status.FLAGGED``) of task ``span_id``'s subtree,
+    itself included (``None``: of the whole run), newest first (or oldest first), by index."""
+    if status not in FLAGGED:
+        raise ValueError(f"subtrees list only the statuses {FLAGGED}, not {status}")
+    top = span_id if span_id is not None else trace_id  # a path starts with its trace id
+    params: Params = {"trace_id": trace_id, "top": top, "status": status}
+    family = "subtree_oldest" if oldest_first else "subtree"
+    filters = _after(family, after, params, ("after_start", "after_span"))
+    name = "subtree_tasks_oldest_first" if oldest_first else "subtree_tasks"
+    return _page(conn, statement(name, filters), params, limit, _child_key)
 
 
 def search_tasks(

@@ -145,6 +145,37 @@ AND (t.start_ns, t.span_id) > (%(after_start)s, %(after_span)s)
 
 
 -- ---------------------------------------------------------------------------------------------
+-- A subtree's tasks in one status (running, stalled or error: tree.status.FLAGGED), newest first
+-- (or oldest first: the run page's "first failure" / "next failure").  The GIN index
+-- tasks_flagged_path (migration 0012) finds every task whose path holds %(top)s: a task's span
+-- id for its subtree (itself included), the trace id for the whole run; {flagged} repeats the
+-- index predicate so the planner may use it.  The cost follows the tasks listed, never the
+-- subtree's size: no walk down the tree.
+
+-- name: subtree_tasks
+SELECT {node_columns}
+FROM tasks t
+WHERE t.path @> ARRAY[%(top)s]::bytea[] AND t.trace_id = %(trace_id)s
+  AND t.status IN {flagged} AND t.status = %(status)s {where}
+ORDER BY t.start_ns DESC, t.span_id DESC
+LIMIT %(limit)s
+
+-- name: subtree_tasks_oldest_first
+SELECT {node_columns}
+FROM tasks t
+WHERE t.path @> ARRAY[%(top)s]::bytea[] AND t.trace_id = %(trace_id)s
+  AND t.status IN {flagged} AND t.status = %(status)s {where}
+ORDER BY t.start_ns, t.span_id
+LIMIT %(limit)s
+
+-- name: subtree.after
+AND (t.start_ns, t.span_id) < (%(after_start)s, %(after_span)s)
+
+-- name: subtree_oldest.after
+AND (t.start_ns, t.span_id) > (%(after_start)s, %(after_span)s)
+
+
+-- ---------------------------------------------------------------------------------------------
 -- Task search, newest first (start_ns DESC, then trace id and span id ascending: index
 -- tasks_start walked in order, the few tasks of one nanosecond sorted).  Three sources, each on
 -- its own index:

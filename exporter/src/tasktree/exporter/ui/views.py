@@ -40,6 +40,7 @@ ui_blueprint = Blueprint(
 RUNS_PAGE = 50
 CHILDREN_PAGE = 100
 SEARCH_PAGE = 50
+LIST_PAGE = 50
 MAX_ANCESTORS = 64
 """Breadcrumbs stop this many levels up (one primary-key read each)."""
 FILTER_NAMES = ("job", "status", "from", "to")
@@ -117,7 +118,82 @@ def run_page(trace_id: str) -> str:
         "open": opened,
         "page_size": CHILDREN_PAGE,
     }
-    return render_template("run.html", run=run, tree=tree, ancestors=ancestors, focus=focus)
+    failure = _failure_nav(trace, request.args.get("failure"))
+    return render_template(
+        "run.html", run=run, tree=tree, ancestors=ancestors, focus=focus, failure=failure
+    )
+
+
+# "first failure" / "next failure": the run's failed tasks oldest first, one at a time, each
+# shown as its subtree (its place in the run in the crumbs), the cursor of the one shown in the
+# page's URL (``failure``).
+
+
+def _failure_nav(trace: bytes, shown: str | None) -> dict[str, Any] | None:
+    """None without ``failure`` (the page offers "first failure" when the run has one); else
+    whether a failure comes after the one shown (one index lookup)."""
+    if shown is None:
+        return None
+    after = params.decode_cursor("failures", shown)
+    page = _read(lambda conn: _failures(conn, trace, after, 1))
+    return {"cursor": shown, "more": bool(page.rows)}
+
+
+def _failures(conn: psycopg.Connection, trace: bytes, after: tuple | None, limit: int):
+    return queries.subtree_tasks(
+        conn, trace, None, task_status.ERROR, limit=limit, after=after, oldest_first=True
+    )
+
+
+@ui_blueprint.get("/runs/<trace_id>/failures")
+def next_failure(trace_id: str):
+    """Redirect to the run's first failure (oldest first), or the one after ``after``."""
+    trace = params.trace_id(trace_id)
+    after = params.decode_cursor("failures", request.args.get("after") or None)
+    page = _read(lambda conn: _failures(conn, trace, after, 1))
+    if not page.rows:
+        raise NotFound(f"no failed task in run {trace.hex()} after the one shown")
+    row = page.rows[0]
+    cursor = params.encode_cursor("failures", (row["start_ns"], row["span_id"]))
+    return redirect(
+        url_for("ui.run_page", trace_id=trace.hex(), node=row["span_id"].hex(), failure=cursor)
+    )
+
+
+@ui_blueprint.get("/runs/<trace_id>/tasks")
+def tasks_page(trace_id: str) -> str:
+    """The run's tasks in one status (running, stalled, error), or those of task ``node``'s
+    subtree, newest first, a page at a time: where a count of the tree leads."""
+    args = _args()
+    trace = params.trace_id(trace_id)
+    node = params.span_id(args["node"]) if "node" in args else None
+    status = params.listed_status(args.get("status"))
+    after = params.decode_cursor("subtree", args.get("cursor"))
+
+    def read(conn: psycopg.Connection):
+        run = queries.get_run(conn, trace)
+        top = queries.get_task(conn, trace, node) if node is not None else None
+        if run is None or (node is not None and top is None):
+            what = f"task {node.hex()} in run" if node is not None else "run"
+            raise NotFound(f"no {what} {trace.hex()}")
+        page = queries.subtree_tasks(conn, trace, node, status, limit=LIST_PAGE, after=after)
+        return run, top, page
+
+    run, top, page = _read(read)
+    kept: dict[str, Any] = {name: args[name] for name in ("node", "status") if name in args}
+    next_cursor = params.encode_cursor("subtree", page.next_after)
+    return render_template(
+        "tasks.html",
+        run=shapes.run(run),
+        top=shapes.node(top) if top is not None else None,
+        status=task_status.name(status),
+        tasks=[shapes.node(r) for r in page.rows],
+        paged=after is not None,
+        first_url=url_for("ui.tasks_page", trace_id=trace.hex(), **kept),
+        next_url=url_for("ui.tasks_page", trace_id=trace.hex(), **kept, cursor=next_cursor)
+        if next_cursor
+        else None,
+    )
 
 
 def _tree_start(conn: psycopg.Connection, trace: bytes, focus: bytes | None):

@@ -29,7 +29,7 @@
       el("td", {}, TT.time(run.start)),
       el("td", {class: "num"}, TT.duration(run.duration)),
       el("td", {class: "num"}, TT.number(run.task_count)),
-      el("td", {}, TT.rollup(run.counts)));
+      el("td", {}, TT.rollup(run.counts, TT.listUrl(run.trace_id))));
   }
 
   async function refresh(table) {

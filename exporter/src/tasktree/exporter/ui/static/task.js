@@ -16,7 +16,7 @@
     set(head, "duration", TT.duration(task.duration));
     const beat = head.querySelector("[data-field=last_heartbeat]");
     beat.dataset.heartbeat = task.last_heartbeat || "";
-    set(head, "counts", TT.rollup(task.counts));
+    set(head, "counts", TT.rollup(task.counts, TT.listUrl(task.trace_id, task.span_id)));
     drawProgress(head, task.attributes || {});
     drawHeartbeatAge(head, task.status);
   }

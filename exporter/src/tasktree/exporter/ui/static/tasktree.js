@@ -47,13 +47,23 @@ const TT = (() => {
   const ROLLUP = ["ok", "error", "running", "stalled"];
   const number = new Intl.NumberFormat("en-US");
 
-  /** The rollup element: "3,998 ok · 2 error · 1 running" (zero counts left out). */
-  function rollup(counts) {
+  const LISTED = new Set(["error", "running", "stalled"]);  // tree.status.FLAGGED
+
+  /** A page listing a run's tasks in one status: the whole run, or the subtree of ``spanId``. */
+  function listUrl(traceId, spanId) {
+    return (name) => `/runs/${traceId}/tasks?${spanId ? `node=${spanId}&` : ""}status=${name}`;
+  }
+
+  /** The rollup element: "3,998 ok · 2 error · 1 running" (zero counts left out).  With
+   *  ``link`` (``listUrl``), the error, running and stalled counts link to those tasks. */
+  function rollup(counts, link) {
     const out = el("span", {class: "rollup"});
     for (const name of ROLLUP) {
       if (!counts || !counts[name]) continue;
       if (out.childNodes.length) out.append(" · ");
-      out.append(el("span", {class: `r-${name}`}, `${number.format(counts[name])} ${name}`));
+      const text = `${number.format(counts[name])} ${name}`;
+      out.append(link && LISTED.has(name) ? el("a", {class: `r-${name}`, href: link(name)}, text)
+        : el("span", {class: `r-${name}`}, text));
     }
     return out;
   }
@@ -230,6 +240,6 @@ const TT = (() => {
 
   document.addEventListener("DOMContentLoaded", init);
 
-  return {el, duration, age, rollup, number: (n) => number.format(n), status, time, parseTime, localText, localizeTimes, copyable,
+  return {el, duration, age, rollup, listUrl, number: (n) => number.format(n), status, time, parseTime, localText, localizeTimes, copyable,
           api, serial, live};
 })();

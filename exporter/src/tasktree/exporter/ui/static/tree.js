@@ -64,7 +64,7 @@
         node.start ? TT.time(node.start) : el("time"),
         el("span", {class: "hb"}),
         el("span", {class: "kids muted"}, kids),
-        TT.rollup(node.counts)),
+        TT.rollup(node.counts, node.missing ? null : TT.listUrl(trace, node.span_id))),
       el("span", {class: "wf", "aria-hidden": "true"}, state.bar));
     drawHeartbeat(state);
   }
@@ -307,7 +307,7 @@
     set("start", TT.time(run.start));
     set("duration", TT.duration(run.duration));
     set("task_count", TT.number(run.task_count));
-    set("counts", TT.rollup(run.counts));
+    set("counts", TT.rollup(run.counts, TT.listUrl(trace)));
     set("root_note", rootNote(run));
   }
 
