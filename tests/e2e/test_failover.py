@@ -11,11 +11,16 @@ counts exactly the tasks the promoted server holds.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 import pytest
+import requests
 from failover_support import Load, Prober, stored_spans, wait_healthy, wrong_rollups
 from replication_support import Replication
+
+from exporter.tests.integration.faults_support import otlp_request
 
 HEALTHY_WITHIN_S = 10.0
 """The service answers again within this long of the promotion (issue 17)."""
@@ -112,3 +117,27 @@ def test_with_require_sync_standby_tasktree_refuses_a_primary_without_one_and_sa
     log = str(failed.value)
     assert "TASKTREE_REQUIRE_SYNC_STANDBY is set" in log
     assert "synchronous_standby_names = 'FIRST 1 (" in log and "synchronous_commit = on" in log
+
+
+@pytest.mark.parametrize("replication", ["synchronous"], indirect=True)
+def test_a_commit_whose_wait_for_the_synchronous_standby_was_cancelled_is_a_503_never_a_200(
+    replication, start_tasktree
+):
+    """PostgreSQL ends a cancelled wait for the standby with a WARNING and a *successful* commit
+    (on the primary only); ingest must not acknowledge that as stored on two machines."""
+    server = start_tasktree(database=replication.primary.url())
+    replication.standby.stop()  # commits now wait for it
+    answers: list[int] = []
+    body = otlp_request(os.urandom(16), [(os.urandom(8), None, "nightly", False)], "sync-job")
+    sender = threading.Thread(target=lambda: answers.append(requests.post(
+        server.otlp_http + "/v1/traces", data=body, timeout=60,
+        headers={"Content-Type": "application/x-protobuf"}).status_code))
+    sender.start()
+    deadline = time.monotonic() + 30
+    while sender.is_alive():  # cancel every wait for the standby (ingest's, the folder's)
+        assert time.monotonic() < deadline, "ingest never waited for the standby"
+        replication.primary.execute(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+        )
+        sender.join(0.2)
+    assert answers == [503]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -85,12 +86,30 @@ def _check_writable(conn: psycopg.Connection) -> None:
         )
 
 
+# Connections whose last commit PostgreSQL confirmed without its synchronous standby: the wait
+# for the standby was cancelled (statement timeout, pg_cancel_backend), so the transaction is
+# committed on the primary alone.  Ingest must not answer 200 for it (``connection``).
+_UNREPLICATED: weakref.WeakSet[psycopg.Connection] = weakref.WeakSet()
+_SYNC_WAIT_CANCELLED = "synchronous replication"  # in "canceling wait for synchronous replication"
+
+
+def _watch_synchronous_commit(conn: psycopg.Connection) -> None:
+    def on_notice(diagnostic: psycopg.errors.Diagnostic) -> None:
+        if diagnostic.severity_nonlocalized == "WARNING" and _SYNC_WAIT_CANCELLED in (
+            diagnostic.message_primary or ""
+        ):
+            _UNREPLICATED.add(conn)
+
+    conn.add_notice_handler(on_notice)
+
+
 def _configure(conn: psycopg.Connection) -> None:
     # Statement timeout keeps one pathological query from holding a connection for ever.
     conn.execute("SET statement_timeout = '60s'")
     # Every query here touches few rows through indexes; JIT compilation (hundreds of ms, set
     # off by large row estimates on temporary tables) only ever costs time.
     conn.execute("SET jit = off")
+    _watch_synchronous_commit(conn)
 
 
 def open_pool(
@@ -147,9 +166,17 @@ def connection(pool: psycopg_pool.ConnectionPool) -> Iterator[psycopg.Connection
             except psycopg.errors.ReadOnlySqlTransaction:
                 conn.close()
                 raise
+            finally:
+                unreplicated = conn in _UNREPLICATED
+                _UNREPLICATED.discard(conn)
     except psycopg.errors.ReadOnlySqlTransaction as exc:
         raise StoreUnavailable(f"the database server is read-only now (failover?): {exc}") from exc
     except psycopg_pool.PoolTimeout as exc:
         raise StoreUnavailable(f"no database connection available: {exc}") from exc
     except psycopg.OperationalError as exc:
         raise StoreUnavailable(f"database unavailable: {exc}".strip()) from exc
+    if unreplicated:
+        raise StoreUnavailable(
+            "PostgreSQL committed without its synchronous standby (the wait for it was"
+            " cancelled): the data may be on one machine only; send it again"
+        )
