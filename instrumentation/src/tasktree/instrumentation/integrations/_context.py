@@ -31,14 +31,23 @@ _decoration_adapters: list[DecorationAdapter] = []
 _ATTRIBUTES_KEY = context.create_key("tasktree-engine-attributes")
 _warned: set[tuple[str, str]] = set()
 _warned_lock = threading.Lock()
+# The last carrier built, with the context and propagator it was built from: a job submits its
+# work in loops under one task, and a Context never changes once made.
+_last_carrier: tuple[Context, object, dict[str, str]] | None = None
 
 
 def carrier() -> dict[str, str]:
     """The current task as a W3C trace-context carrier; empty when no task is current."""
+    global _last_carrier
+    current, propagator = context.get_current(), propagate.get_global_textmap()
+    last = _last_carrier
+    if last is not None and last[0] is current and last[1] is propagator:
+        return dict(last[2])
     result: dict[str, str] = {}
-    if trace.get_current_span().get_span_context().is_valid:
-        propagate.inject(result)
-    return result
+    if trace.get_current_span(current).get_span_context().is_valid:
+        propagate.inject(result, context=current)
+    _last_carrier = (current, propagator, result)
+    return dict(result)
 
 
 def parent_from(carrier: Mapping[str, str] | None, engine: str) -> Context:
