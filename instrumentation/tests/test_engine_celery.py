@@ -212,6 +212,8 @@ def test_a_pool_process_killed_mid_task_leaves_it_stalled_and_the_next_attempt_i
     attributes = server.get(f"/api/runs/{trace_id}/tasks/{second['span_id']}")["attributes"]
     assert attributes["tasktree.attempt"] == 2
     assert {key: attributes.get(key) for key in again} == again
+    # The Celery task id, not Celery's task name: the node is named after the function already.
+    assert attributes["celery.task_id"] and "celery.task_name" not in attributes
     assert running["attributes"]["tasktree.attempt"] == 1
     assert dead["last_heartbeat"] is not None
     print(

@@ -19,8 +19,9 @@ after ``configure()``; it uses Celery's own extension points, no patch:
   message's carrier as its parent (an ambient-parent provider reading the request of
   ``celery.current_task``, per thread), with ``tasktree.attempt`` (``retries + 1``, one more
   when the broker redelivered the message, e.g. after the process running it died under
-  ``acks_late``), ``celery.task_id`` and ``celery.task_name``.  A message without a carrier, or
-  with a malformed one, runs normally as a run of its own (logged once).
+  ``acks_late``) and ``celery.task_id``; not Celery's task name: the node's name (the function's)
+  says it, and every attribute costs each task in the worker and in the sink.  A message without a
+  carrier, or with a malformed one, runs normally as a run of its own (logged once).
 - ``@task`` over ``@app.task``: the Celery task object stays (``delay`` and all) and its ``run``
   becomes the task, so either order gives one node per execution.
 - Prefork pool processes leave through ``os._exit`` (``max_tasks_per_child``, shutdown):
@@ -47,7 +48,6 @@ _logger = logging.getLogger(__name__)
 
 ENGINE = "celery"
 TASK_ID = "celery.task_id"
-TASK_NAME = "celery.task_name"
 REDELIVERED = "celery.redelivered"
 
 _CARRIER_KEYS = (_context.TRACEPARENT, "tracestate")
@@ -143,7 +143,6 @@ def _attributes(request) -> dict[str, object]:
     attributes: dict[str, object] = {
         _context.ATTEMPT: (request.retries or 0) + 1 + redelivered,
         TASK_ID: str(request.id),
-        TASK_NAME: str(request.task),
     }
     if redelivered:
         attributes[REDELIVERED] = True
