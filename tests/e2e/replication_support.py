@@ -74,9 +74,10 @@ class Cluster:
     # -- making clusters -------------------------------------------------------------------
 
     @classmethod
-    def primary(cls, base: Path, *, synchronous: bool) -> Cluster:
-        """A new primary; ``synchronous``: commits wait for the standby ``STANDBY_NAME``."""
-        cluster = cls(base, "primary", {})
+    def primary(cls, base: Path, *, synchronous: bool, fsync: bool = False) -> Cluster:
+        """A new primary; ``synchronous``: commits wait for the standby ``STANDBY_NAME``;
+        ``fsync``: flush to disk as in production (tests need not: SIGKILL loses no page cache)."""
+        cluster = cls(base, "primary", {"fsync": "on" if fsync else "off"})
         cluster.synchronous = synchronous
         cluster._mkdir()
         _run([str(cluster.bin / "initdb"), "-D", str(cluster.data), "-U", "postgres",
@@ -88,7 +89,7 @@ class Cluster:
 
     def standby(self) -> Cluster:
         """A streaming hot standby of this primary (``pg_basebackup -R``), started."""
-        standby = Cluster(self.dir.parent, "standby", {})
+        standby = Cluster(self.dir.parent, "standby", dict(self.options))
         standby._mkdir()
         _run([str(self.bin / "pg_basebackup"), "-D", str(standby.data), "-R", "-X", "stream",
               "-c", "fast", "-d", f"host=127.0.0.1 port={self.port} user=postgres"])
@@ -99,11 +100,17 @@ class Cluster:
                 f"application_name={STANDBY_NAME}'\n"
             )
         standby.start()
-        if self.synchronous:  # only now: until a standby streams, every commit would wait
-            self.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{STANDBY_NAME}'")
-            self.execute("SELECT pg_reload_conf()")
-        self.wait_for_standby(until="sync" if self.synchronous else "async")
+        # Only now: until a standby streams, every commit would wait.
+        self.set_synchronous(self.synchronous)
         return standby
+
+    def set_synchronous(self, synchronous: bool) -> None:
+        """Make commits wait for the standby (or not), and wait until it streams so."""
+        self.synchronous = synchronous
+        names = STANDBY_NAME if synchronous else ""
+        self.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{names}'")
+        self.execute("SELECT pg_reload_conf()")
+        self.wait_for_standby(until="sync" if synchronous else "async")
 
     def _mkdir(self) -> None:
         self.dir.mkdir(parents=True)
@@ -114,7 +121,7 @@ class Cluster:
 
     def start(self) -> None:
         settings = {"listen_addresses": "127.0.0.1", "port": str(self.port),
-                    "unix_socket_directories": str(self.dir), "fsync": "off", **self.options}
+                    "unix_socket_directories": str(self.dir), **self.options}
         options = " ".join(f"-c {key}={value}" for key, value in settings.items())
         _run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60",
               "-l", str(self.dir / "log"), "-o", options, "start"])
@@ -163,12 +170,12 @@ class Cluster:
 class Replication:
     """A primary and its standby in one temporary directory, removed at ``close()``."""
 
-    def __init__(self, *, synchronous: bool):
+    def __init__(self, *, synchronous: bool, fsync: bool = False):
         self.base = Path(tempfile.mkdtemp(prefix="tasktree-replication-"))
         if os.geteuid() == 0:
             shutil.chown(self.base, "postgres")
         self.clusters: list[Cluster] = []
-        self.primary = self._keep(Cluster.primary(self.base, synchronous=synchronous))
+        self.primary = self._keep(Cluster.primary(self.base, synchronous=synchronous, fsync=fsync))
         self.standby = self._keep(self.primary.standby())
 
     def _keep(self, cluster: Cluster) -> Cluster:
