@@ -218,3 +218,22 @@ def test_every_compose_service_has_a_healthcheck_and_its_files_exist():
     )
     used = set(re.findall(r"\$\{(\w+)", (obs.ROOT / "docker-compose.yml").read_text()))
     assert used <= set(env), f"not in .env.example: {used - set(env)}"
+
+
+def test_the_standby_profile_adds_a_hot_standby_that_tasktree_reads_from_and_fails_over_to():
+    """Issue 17: `docker compose --profile standby up` adds a streaming standby; tasktree is
+    given both servers (writes to whichever accepts them, reads from the standby first), which
+    without the profile simply means postgres."""
+    services = yaml.safe_load((obs.ROOT / "docker-compose.yml").read_text())["services"]
+    assert services["postgres-standby"]["profiles"] == ["standby"]
+    assert [name for name, s in services.items() if "profiles" in s] == ["postgres-standby"]
+    env = services["tasktree"]["environment"]
+    assert "@postgres:5432,postgres-standby:5432/tasktree" in env["TASKTREE_DATABASE_URL"]
+    assert "@postgres-standby:5432,postgres:5432/tasktree" in env["TASKTREE_READ_DATABASE_URL"]
+    standby = (obs.ROOT / "postgres" / "standby.sh").read_text()
+    assert "pg_basebackup" in standby and "-R" in standby.split()
+    assert "application_name=tasktree_standby" in standby  # the name README's sync setup uses
+    assert "tasktree_standby" in (obs.ROOT / "README.md").read_text()
+    for script in ("standby.sh", "replication.sh"):
+        done = _run(["sh", "-n", str(obs.ROOT / "postgres" / script)])
+        assert done.returncode == 0, done.stderr
