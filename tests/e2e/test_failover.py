@@ -11,10 +11,12 @@ counts exactly the tasks the promoted server holds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 
+import psycopg
 import pytest
 import requests
 from failover_support import Load, Prober, stored_spans, wait_healthy, wrong_rollups
@@ -141,3 +143,38 @@ def test_a_commit_whose_wait_for_the_synchronous_standby_was_cancelled_is_a_503_
         )
         sender.join(0.2)
     assert answers == [503]
+
+
+@pytest.mark.parametrize("replication", ["synchronous"], indirect=True)
+def test_spans_landed_on_the_old_primary_are_folded_on_the_new_one_with_no_lock_to_clean_up(
+    replication, start_tasktree
+):
+    """Spans committed (acknowledged) but not folded when the primary died are in the promoted
+    server's landing table, and its folder folds them; the advisory locks a folder of the old
+    primary held (every fold lane, retention) lived in that server's memory only."""
+    from tasktree.exporter.receiver.decode import Limits, decode_protobuf
+    from tasktree.exporter.store import locks
+    from tasktree.exporter.store.landing import ResourceIds, land
+    from tasktree.exporter.store.migrate import migrate
+
+    primary = replication.primary
+    migrate(primary.url())
+    trace, root = os.urandom(16), os.urandom(8)
+    spans = [(root, None, "nightly", False)]
+    spans += [(os.urandom(8), root, f"chunk-{i}", False) for i in range(10)]
+    batch = decode_protobuf(otlp_request(trace, spans, "resume-job"), Limits(1024))
+    holder = psycopg.connect(primary.url(), autocommit=True)
+    land(holder, batch.spans, ResourceIds(), time.time_ns())  # committed on both servers
+    for key in [locks.lane(lane) for lane in range(locks.LANES)] + [locks.RETENTION]:
+        holder.execute("SELECT pg_advisory_lock(%s, %s)", key)
+    primary.kill()
+    replication.standby.promote()
+    assert replication.standby.execute("SELECT count(*) FROM span_landing") == [(11,)]
+
+    server = start_tasktree(database=replication.multi_host_url())
+    server.wait_folded()
+    run = server.get(f"/api/runs/{trace.hex()}")
+    assert (run["status"], run["task_count"], run["counts"]["ok"]) == ("ok", 11, 11)
+    assert [(r["span_id"], r["child_count"]) for r in run["roots"]] == [(root.hex(), 10)]
+    with contextlib.suppress(psycopg.Error):
+        holder.close()
