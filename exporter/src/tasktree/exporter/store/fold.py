@@ -259,11 +259,11 @@ WITH named AS (
     RETURNING trace_id, span_id, parent_span_id, status, landing_row
 ), stored AS (
     INSERT INTO tasks (trace_id, span_id, parent_span_id, status, heartbeat_ns, run_day,
-                       {_PAYLOAD})
+                       {_PAYLOAD}, path)
     SELECT f.trace_id, f.span_id, f.parent_span_id, f.status, l.heartbeat_ns, %(day)s,
            l.name, l.kind, l.start_ns, l.end_ns, l.status_message, l.resource_id, l.scope,
            l.attributes, l.events, l.links, coalesce(l.truncated, false), l.received_ns,
-           l.search
+           l.search, {subtree_paths.TOP_LEAF_PATH}
     FROM leaves f JOIN span_landing l ON l.ctid = f.landing_row
 )
 SELECT c.id, c.trace_id, c.span_id, c.parent_span_id, c.status, c.start_ns, c.end_ns,

@@ -11,7 +11,8 @@ so after it has written the tree (``write``, in the fold's transaction, under it
 
 * a task that is now in one of those statuses and was not (a new task, a filled placeholder) or
   whose parent changed gets its path from the chain in memory;
-* a stored leaf of the batch in one of those statuses gets its parent's path and its own id;
+* a stored leaf of the batch in one of those statuses gets its parent's path and its own id
+  (at the top of its run: as its row is written, ``TOP_LEAF_PATH``);
 * a task whose parent changed (mostly: a missing parent's placeholder whose parent arrived) with
   flagged tasks below it (its rollup says so) has their stored paths rewritten from its new
   one, found by the index itself: the cost follows the flagged tasks moved, never the subtree.
@@ -27,7 +28,6 @@ from typing import Any
 import psycopg
 
 from tasktree.exporter.store._copy import fast_binary_dumpers
-from tasktree.exporter.store.pool import scalar
 from tasktree.exporter.tree.fold import Node, RunFold
 from tasktree.exporter.tree.status import COUNT_INDEX, FLAGGED, OK, sql_list
 
@@ -48,6 +48,9 @@ _TYPES = ["bytea", "bytea", "int4", "bytea[]", "bool", "bool"]
 # (store/fold.py: _PLAN_FOR_BATCHES); on for this one.
 _BITMAP_ON = "SET LOCAL enable_bitmapscan = on"
 _BITMAP_OFF = "SET LOCAL enable_bitmapscan = off"
+# Two temporary tables joined: hashed, not compared pair by pair (the fold turns hash joins off).
+_HASH_ON = "SET LOCAL enable_hashjoin = on"
+_HASH_OFF = "SET LOCAL enable_hashjoin = off"
 
 # The flagged rows below each moved task take its new path, then their own tail below it.  A row
 # below several moved tasks follows the lowest (its tail from there did not change); the status
@@ -69,17 +72,22 @@ FROM fold_paths p
 WHERE p.own AND t.span_id = p.span_id AND t.trace_id = p.trace_id AND t.run_day = p.run_day
 """
 
-# Stored leaves (store/fold.py: fold_leaves) in a flagged status: their parent's path (a row of
-# fold_paths with neither flag, written for this) and their own id; top-level ones: the run's.
+# A stored leaf at the top of its run (store/fold.py: the leaves' INSERT, alias f) gets its path
+# as it is written: nothing above it can change in this fold.
+TOP_LEAF_PATH = (
+    f"CASE WHEN f.parent_span_id IS NULL AND f.status IN {_FLAGGED_SQL}"
+    " THEN ARRAY[f.trace_id, f.span_id] END"
+)
+
+# The other stored leaves (store/fold.py: fold_leaves) in a flagged status: their parent's path
+# (a row of fold_paths with neither flag, written for this, from the fold's final tree) and
+# their own id.
 _WRITE_LEAVES = f"""
-UPDATE tasks t SET path = coalesce(p.path, ARRAY[f.trace_id]) || f.span_id
-FROM fold_leaves f
-LEFT JOIN fold_paths p
-     ON NOT p.own AND NOT p.moved AND p.trace_id = f.trace_id AND p.span_id = f.parent_span_id
-WHERE f.status IN {_FLAGGED_SQL} AND (f.parent_span_id IS NULL OR p.path IS NOT NULL)
+UPDATE tasks t SET path = p.path || f.span_id
+FROM fold_paths p JOIN fold_leaves f ON f.trace_id = p.trace_id AND f.parent_span_id = p.span_id
+WHERE NOT p.own AND NOT p.moved AND f.status IN {_FLAGGED_SQL}
   AND t.span_id = f.span_id AND t.trace_id = f.trace_id AND t.run_day = f.run_day
 """  # noqa: S608 (a constant)
-_ANY_FLAGGED_LEAF = f"SELECT EXISTS (SELECT FROM fold_leaves WHERE status IN {_FLAGGED_SQL})"  # noqa: S608
 
 Leaves = dict[tuple[bytes, bytes | None], tuple[tuple[int, int, int, int], int, int]]
 """store/fold.py's stored leaves by (trace id, parent): (counts by status, start, landing id)."""
@@ -90,9 +98,9 @@ def write(conn: Connection, folds: dict[bytes, RunFold], leaves: Leaves | None =
     ``leaves`` (see the module docstring).  Runs inside the fold's transaction."""
     known: dict[bytes, dict[bytes, Path | None]] = {trace_id: {} for trace_id in folds}
     rows = [row for trace_id, fold in folds.items() for row in _rows(trace_id, fold, known)]
-    rows += _leaf_parents(folds, leaves or {}, known)
-    leaf_check = leaves is not None and bool(scalar(conn, _ANY_FLAGGED_LEAF))
-    if not rows and not leaf_check:
+    parents = _leaf_parents(folds, leaves or {}, known)
+    rows += parents
+    if not rows:
         return
     conn.execute(_TEMP_TABLE)
     with fast_binary_dumpers(conn.cursor()).copy(_COPY) as copy:
@@ -105,8 +113,10 @@ def write(conn: Connection, folds: dict[bytes, RunFold], leaves: Leaves | None =
         conn.execute(_BITMAP_OFF)
     if any(row[5] for row in rows):
         conn.execute(_WRITE_OWN)
-    if leaf_check:
+    if parents:
+        conn.execute(_HASH_ON)
         conn.execute(_WRITE_LEAVES)
+        conn.execute(_HASH_OFF)
 
 
 Known = dict[bytes, dict[bytes, "Path | None"]]  # per run: the paths worked out so far
