@@ -22,7 +22,7 @@ import requests
 from failover_support import Load, Prober, stored_spans, wait_healthy, wrong_rollups
 from replication_support import Replication
 
-from exporter.tests.integration.faults_support import otlp_request
+from exporter.tests.integration.faults_support import EventReader, otlp_request
 
 HEALTHY_WITHIN_S = 10.0
 """The service answers again within this long of the promotion (issue 17)."""
@@ -178,3 +178,26 @@ def test_spans_landed_on_the_old_primary_are_folded_on_the_new_one_with_no_lock_
     assert [(r["span_id"], r["child_count"]) for r in run["roots"]] == [(root.hex(), 10)]
     with contextlib.suppress(psycopg.Error):
         holder.close()
+
+
+@pytest.mark.parametrize("replication", ["asynchronous"], indirect=True)
+def test_live_updates_of_several_processes_follow_the_new_primary(replication, start_tasktree):
+    """With ``--workers 2`` and no Redis, live updates go through LISTEN/NOTIFY on the primary:
+    after a failover the listener is on the new primary, and a fold there reaches the pages."""
+    server = start_tasktree(database=replication.multi_host_url(), extra_args=("--workers", "2"))
+    trace = os.urandom(16)
+    stream = EventReader(f"{server.web}/api/live/runs/{trace.hex()}")
+    try:
+        assert stream.next_event(10) == "open"
+        stream.drain()
+        replication.primary.kill()
+        replication.standby.promote()
+        wait_healthy(server, deadline=time.monotonic() + HEALTHY_WITHIN_S)
+        stream.drain()  # the listener's "anything may have changed" once it is back
+        body = otlp_request(trace, [(os.urandom(8), None, "nightly", False)], "live-job")
+        answer = requests.post(server.otlp_http + "/v1/traces", data=body, timeout=30,
+                               headers={"Content-Type": "application/x-protobuf"})
+        assert answer.status_code == 200
+        assert stream.next_event(15) == "changed", "a fold on the new primary reaches the page"
+    finally:
+        stream.close()
