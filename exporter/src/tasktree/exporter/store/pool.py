@@ -51,28 +51,25 @@ def primary_conninfo(url: str) -> str:
     """``url`` for the writing pool: with several hosts and no ``target_session_attrs``, only a
     server that accepts writes is chosen (``read-write``); timeouts that end waits on a dead
     server are added where the URL sets none."""
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    if "," in str(params.get("host") or params.get("hostaddr") or ""):
-        params.setdefault("target_session_attrs", "read-write")
-    return _with_failover_defaults(params)
+    return _with_failover_defaults(url, "read-write")
 
 
 def standby_conninfo(url: str) -> str:
-    """``url`` for the reading pool: with several hosts and no ``target_session_attrs``, a
-    standby when one answers, else the primary (``prefer-standby``)."""
-    params = psycopg.conninfo.conninfo_to_dict(url)
+    """``url`` for the reading pool: the same, but with several hosts a standby when one
+    answers, else the primary (``prefer-standby``)."""
+    return _with_failover_defaults(url, "prefer-standby")
+
+
+def _with_failover_defaults(url: str, target_session_attrs: str) -> str:
+    params: dict[str, Any] = dict(psycopg.conninfo.conninfo_to_dict(url))
     if "," in str(params.get("host") or params.get("hostaddr") or ""):
-        params.setdefault("target_session_attrs", "prefer-standby")
-    return _with_failover_defaults(params)
-
-
-def _with_failover_defaults(params: dict[str, Any]) -> str:
+        params.setdefault("target_session_attrs", target_session_attrs)
     if str(params.get("host", "")).startswith("/"):  # a Unix socket: no TCP settings
         params.setdefault("connect_timeout", _FAILOVER_DEFAULTS["connect_timeout"])
     else:
         for key, value in _FAILOVER_DEFAULTS.items():
             params.setdefault(key, value)
-    return psycopg.conninfo.make_conninfo(**params)
+    return psycopg.conninfo.make_conninfo("", **params)
 
 
 def _check_writable(conn: psycopg.Connection) -> None:
