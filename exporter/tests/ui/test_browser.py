@@ -351,3 +351,37 @@ def test_a_nodes_error_count_leads_to_its_failed_tasks_and_the_run_page_steps_th
             page.locator("#next-failure").click()
     check(page.locator("#failure-nav")).to_contain_text("the last failure")
     assert page_errors == []
+
+
+def test_search_page_filters_by_status_job_and_time_and_keeps_them_in_the_url(
+        tasktree_server, browser_context, page_errors):
+    trace, now, job = os.urandom(16).hex(), time.time_ns(), f"ui-search-{os.urandom(4).hex()}"
+    word = f"haystack{os.urandom(3).hex()}"
+    root, old_fail, new_fail, fine = ids(4)
+    send_spans(tasktree_server.otlp_http, [
+        span(trace, root, name=f"{word} root", start=now - 72 * HOUR_NS, end=now),
+        span(trace, old_fail, root, name=f"{word} old", start=now - 48 * HOUR_NS,
+             end=now - 47 * HOUR_NS, error="old"),
+        span(trace, new_fail, root, name=f"{word} new", start=now - HOUR_NS, end=now - 1,
+             error="new"),
+        span(trace, fine, root, name=f"{word} fine", start=now - HOUR_NS, end=now - 1)], job=job)
+    tasktree_server.wait_folded()
+    page = browser_context.new_page()
+    check = expect()
+    page.goto(f"{tasktree_server.web}/search?q={word}")
+    names = page.locator("#search-tasks tr.task .name")
+    check(names).to_have_count(4)
+    page.select_option("#f-status", "error")
+    page.fill("#f-job", job)
+    page.click("#f-apply")
+    check(names).to_have_text([f"{word} new", f"{word} old"])
+    since = datetime.fromtimestamp((now - 24 * HOUR_NS) / 1e9, ZONE).strftime("%Y-%m-%dT%H:%M:%S")
+    page.fill("#f-from", since)
+    page.click("#f-apply")
+    check(names).to_have_text([f"{word} new"])
+    assert f"q={word}" in page.url and "status=error" in page.url and f"job={job}" in page.url
+    page.reload()  # kept in the URL: the same list and the same form
+    check(names).to_have_text([f"{word} new"])
+    check(page.locator("#f-from")).to_have_value(since)
+    check(page.locator("#f-status")).to_have_value("error")
+    assert page_errors == []

@@ -266,3 +266,39 @@ def test_first_and_next_failure_step_through_the_runs_failures_oldest_first(clie
     assert "the last failure" in page(client, second.location)
     last = second.location.split("failure=")[1]
     assert "no failed task" in page(client, f"/runs/{TRACE}/failures?after={last}", 404)
+
+
+@pytest.mark.parametrize(("query", "found"), [
+    ("q=etl", {ROOT}),
+    ("q=disk&status=error", {CHILD}),
+    ("q=disk&status=ok", set()),
+    ("status=running", {LEAF}),  # filters alone list tasks too
+    ("q=disk&job=nightly&from=2026-11-26T17:33:27Z", {CHILD}),
+    ("q=disk&job=nightly&from=2026-11-26T17:33:28Z", set()),
+    ("q=etl&job=other", set()),
+    ("q=etl&to=2026-11-26T17:00:00Z", set()),
+])
+def test_search_page_applies_the_runs_pages_filters_and_keeps_them(client, db, query, found):
+    sample_run(db)
+    html = page(client, f"/search?{query}")
+    listed = {s for s in (ROOT, CHILD, LEAF, ORPHAN) if f'href="/runs/{TRACE}/tasks/{s}"' in html}
+    assert listed == found
+    form = html[html.index('<form class="filters" id="search-filters"'):]
+    form = form[:form.index("</form>")]
+    for name, value in (pair.split("=") for pair in query.split("&")):
+        if name == "status":
+            assert f'<option value="{value}" selected>' in form
+        else:
+            assert f'name="{name}" value="{value}"' in form
+
+
+def test_search_pages_on_with_its_filters(client, db):
+    tasks = [Task(f"{100 + i:016x}", ROOT, f"step {i}", st.ERROR if i % 2 else st.OK, at(i),
+                  at(i + 1)) for i in range(120)]
+    insert_run(db, TRACE, [Task(ROOT, name="etl", end=at(200)), *tasks])
+    first = page(client, "/search?q=step&status=error")
+    assert first.count('class="task"') == 50
+    more = first[:first.index(">more →</a>")].rsplit('href="', 1)[1].split('"')[0]
+    assert "status=error" in more and "q=step" in more
+    second = page(client, more.replace("&amp;", "&"))
+    assert second.count('class="task"') == 10 and ">step 1<" in second and ">step 2<" not in second

@@ -79,7 +79,7 @@ def runs_page() -> str:
         "runs.html",
         runs=[shapes.run(row) for row in page.rows],
         args=kept,
-        now=int(time.time()),
+        filter_links=_filter_links("ui.runs_page", kept),
         statuses=list(task_status.CODES),
         page_size=RUNS_PAGE,
         paged="cursor" in args,
@@ -87,6 +87,20 @@ def runs_page() -> str:
         next_url=url_for("ui.runs_page", **kept, cursor=next_cursor) if next_cursor else None,
         otlp_endpoint=_otlp_endpoint(),
     )
+
+
+_RECENT = (("1 h", 3600), ("24 h", 86400), ("7 d", 604800))
+
+
+def _filter_links(endpoint: str, kept: dict[str, Any]) -> dict[str, Any]:
+    """The filter form's shortcuts: the last hour, day, week (the job, status and search box
+    kept), and "clear" (the search box kept)."""
+    now = int(time.time())
+    base: dict[str, Any] = {name: kept[name] for name in ("job", "status", "q") if name in kept}
+    return {
+        "last": [(label, url_for(endpoint, **{**base, "from": now - s})) for label, s in _RECENT],
+        "clear": url_for(endpoint, **{name: kept[name] for name in ("q",) if name in kept}),
+    }
 
 
 def _otlp_endpoint() -> str:
@@ -287,37 +301,35 @@ def search_page():
     q = params.text(args.get("q"), "q")
     filters = params.filters(args)  # BadRequest: a 400 page
     after = params.decode_cursor("search", args.get("cursor"))
-    if q is None:
-        return render_template(
-            "search.html",
-            q="",
-            runs=[],
-            tasks=[],
-            args=args,
-            next_url=None,
-            statuses=list(task_status.CODES),
-        )
+    kept: dict[str, Any] = {name: args[name] for name in (*FILTER_NAMES, "q") if name in args}
+    filtered = any(name in args for name in FILTER_NAMES)
+    shown = {
+        "q": q or "",
+        "args": kept,
+        "filtered": filtered,
+        "statuses": list(task_status.CODES),
+        "filter_links": _filter_links("ui.search_page", kept),
+    }
+    if q is None and not filtered:
+        return render_template("search.html", runs=[], tasks=[], next_url=None, **shown)
+    # The filters are conditions of the queries themselves (queries.sql: runs.* and search.*).
     runs, page = _read(
         lambda conn: (
             [] if after else queries.list_runs(conn, q=q, limit=SEARCH_PAGE, **filters).rows,
             queries.search_tasks(conn, q=q, limit=SEARCH_PAGE, after=after, **filters),
         )
     )
-    target = _exact_hit(q, runs, page.rows) if after is None else None
+    target = _exact_hit(q, runs, page.rows) if q is not None and after is None else None
     if target is not None:
         return redirect(target)
-    kept: dict[str, Any] = {name: args[name] for name in (*FILTER_NAMES, "q") if name in args}
     next_cursor = params.encode_cursor("search", page.next_after)
     return render_template(
         "search.html",
-        q=q,
         runs=[shapes.run(r) for r in runs],
-        args=kept,
         tasks=[shapes.found_task(r) for r in page.rows],
-        words=search.query_words(q),
-        filtered=any(name in args for name in FILTER_NAMES),
-        statuses=list(task_status.CODES),
+        words=search.query_words(q or ""),
         next_url=url_for("ui.search_page", **kept, cursor=next_cursor) if next_cursor else None,
+        **shown,
     )
 
 

@@ -1,4 +1,5 @@
-// The runs list: time-range inputs in the browser's zone, and live refresh of the rows shown.
+// The runs list: time-range inputs in the browser's zone (the search page's filters too), and
+// live refresh of the rows shown.
 "use strict";
 
 (() => {
@@ -41,9 +42,8 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
-    const form = document.getElementById("run-filters");
     const table = document.getElementById("runs");
-    if (form) wireTimeRange(form);
+    for (const form of document.querySelectorAll("form.filters")) wireTimeRange(form);
     if (table) TT.live("/api/live/runs", TT.serial(() => refresh(table)));
   });
 })();
