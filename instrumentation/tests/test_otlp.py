@@ -1,0 +1,116 @@
+"""The exporter ``configure()`` builds (``otlp.py``): OpenTelemetry's requests, encoded faster."""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry import propagate, trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as otel_encode
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace.span import TraceState
+
+from tasktree.instrumentation import configuration, otlp
+from tasktree.instrumentation.snapshot import running_snapshot
+
+SIMPLE_ATTRIBUTES = {
+    "text": "héllo",
+    "empty": "",
+    "yes": True,
+    "no": False,
+    "zero": 0,
+    "negative": -7,
+    "large": 2**62,
+    "ratio": 0.25,
+}
+
+
+def record(resource: Resource | None = None, **tracer):
+    """A provider recording into memory, and a tracer of it (``name``, ``version``, ...)."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=resource or Resource.create({"service.name": "test"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    return memory, provider.get_tracer(**{"instrumenting_module_name": "tasktree.test", **tracer})
+
+
+def simple_spans():
+    memory, tracer = record()
+    with tracer.start_as_current_span("root"):
+        tracer.start_span("attributes", attributes=SIMPLE_ATTRIBUTES).end()
+        for kind in SpanKind:
+            tracer.start_span(f"kind {kind.name}", kind=kind).end()
+        ok = tracer.start_span("ok")
+        ok.set_status(Status(StatusCode.OK))
+        ok.end()
+        failed = tracer.start_span("failed ✗")
+        failed.set_status(Status(StatusCode.ERROR, "ValueError: bad row"))
+        failed.end()
+        running = tracer.start_span("running", attributes={"rows": 3})
+        snapshot = running_snapshot(running)
+        running.end()
+    remote = propagate.extract(
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    )
+    span = tracer.start_span("remote parent", context=remote)
+    span.end()
+    return [*memory.get_finished_spans(), snapshot]
+
+
+def test_spans_tasks_make_are_encoded_byte_for_byte_as_opentelemetry_does(monkeypatch):
+    spans = simple_spans()
+    slow_calls = []
+    encode = otlp._encode_slowly
+    monkeypatch.setattr(otlp, "_encode_slowly", lambda s: slow_calls.append(s) or encode(s))
+    monkeypatch.setattr(otlp, "_envelopes", {})
+    assert otlp.encode_spans(spans) == otel_encode(spans).SerializePartialToString()
+    assert len(slow_calls) == 1  # the resource and scope, once; every span on the fast path
+
+
+def test_other_spans_go_through_opentelemetry_s_encoder_in_the_same_request():
+    memory, tracer = record(
+        Resource.create({"service.name": "other"}, schema_url="https://example.com/r"),
+        instrumenting_library_version="1.2",
+        schema_url="https://example.com/s",
+    )
+    with tracer.start_as_current_span("with an event") as span:
+        span.record_exception(ValueError("boom"))
+        linked = tracer.start_span("with a link", links=[Link(span.get_span_context())])
+        linked.end()
+        tracer.start_span("a list", attributes={"ids": [1, 2], "names": ("a", "b")}).end()
+        tracer.start_span("over int64", attributes={"huge": 2**70, "fine": 1}).end()
+        tracer.start_span("", attributes={"empty name": True}).end()
+        state = TraceState([("vendor", "value")])
+        with_state = trace.SpanContext(
+            span.get_span_context().trace_id, 0x1234, is_remote=True, trace_state=state
+        )
+        tracer.start_span("trace state", context=trace.set_span_in_context(
+            trace.NonRecordingSpan(with_state))).end()  # fmt: skip
+    spans = [*memory.get_finished_spans(), *simple_spans()]
+    assert otlp.encode_spans(spans) == otel_encode(spans).SerializePartialToString()
+
+
+def test_configure_exports_through_the_fast_exporter(otlp_sink):
+    factory = configuration._exporter_factory(otlp_sink.endpoint)
+    assert factory is not None
+    exporter = factory()
+    assert isinstance(exporter, otlp.SpanExporter)
+    assert exporter.fast  # the installed OpenTelemetry has the layout this exporter knows
+    spans = simple_spans()
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    received = otlp_sink.wait_for(lambda records: len(records) == len(spans))
+    by_name = {r.name: r for r in received if not r.running}
+    assert by_name["attributes"].attributes == SIMPLE_ATTRIBUTES
+    assert by_name["failed ✗"].status_message == "ValueError: bad row"
+    assert by_name["remote parent"].parent == "b7ad6b7169203331"
+    assert [r.attributes["rows"] for r in received if r.running] == [3]
+    exporter.shutdown()
+
+
+@pytest.mark.parametrize("mode", ["down"])
+def test_a_refused_request_is_a_failure_as_with_opentelemetry_s_exporter(otlp_sink, mode):
+    otlp_sink.mode = mode
+    exporter = otlp.SpanExporter(endpoint=otlp_sink.endpoint + "/v1/traces", timeout=1)
+    assert exporter.export(simple_spans()) is SpanExportResult.FAILURE
+    exporter.shutdown()
