@@ -111,6 +111,15 @@ def test_a_write_that_reaches_a_read_only_server_is_refused_as_unavailable_never
         reading.close()
 
 
+def test_without_require_sync_standby_tasktree_warns_that_a_200_is_on_one_machine_only(
+    start_tasktree,
+):
+    server = start_tasktree()
+    log = server.log_path.read_text()
+    assert "WARNING" in log and "has no synchronous standby" in log
+    assert "so a 200 means the spans are on that one machine only" in log
+
+
 def test_with_require_sync_standby_tasktree_refuses_a_primary_without_one_and_says_what_to_set(
     start_tasktree,
 ):
