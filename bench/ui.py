@@ -12,6 +12,10 @@ statements (the root; 100,000 children; the rest spread under them as grandchild
   contentful paint is shown beside it;
 * the next page of children: from the click on "load more" until the new rows are painted,
   median of ``--repeat`` clicks (pages 2, 3, ...);
+* the failures list (issue 15): the page a root's "N error" count links to, the root's subtree's
+  failed tasks newest first (about 10,000 of the 1,000,000: every 97th task), from navigation
+  start to its load event, first page and next page, median of ``--repeat`` fresh loads (read
+  from the paths index of migration 0012, whose entries the build writes as the fold would);
 
 beside a reference measured in the same run: the load of a page that reads nothing from the
 database (``/search`` without a query), so the figures can be compared across machines as ratios.
@@ -25,6 +29,7 @@ import signal
 import statistics
 import sys
 import time
+import urllib.request
 
 import psycopg
 from scratch import ADMIN, scratch_database, start_server  # bench/scratch.py: the script's folder
@@ -40,14 +45,16 @@ BASE_NS = 1_795_000_000_000_000_000
 
 # Task i: 0 the root; 1..CHILDREN its children; the rest grandchildren, task i under child
 # 1 + i % CHILDREN.  Span ids are 8-byte big-endian i + 1; every 97th task failed; the last 100
-# are still running.  Child counts and rollups are set afterwards from the rows themselves.
+# are still running.  Child counts and rollups are set afterwards from the rows themselves.  The
+# failed and running tasks get their paths (store/subtree_paths.py: trace id, then span ids from
+# the root down), the others none, as the fold leaves them.
 BUILD = ["""
 INSERT INTO resources (id, digest, job, attributes)
 VALUES (1, '\\x02', 'bench-ui', '{"service.name": "bench-ui", "host.name": "bench-host"}')
 """, """
 INSERT INTO tasks (trace_id, span_id, parent_span_id, name, kind, status, start_ns, end_ns,
                    heartbeat_ns, status_message, resource_id, scope, attributes, events, links,
-                   received_ns)
+                   received_ns, path)
 SELECT %(trace)s, int8send(i + 1),
        CASE WHEN i = 0 THEN NULL WHEN i <= %(children)s THEN int8send(1)
             ELSE int8send(2 + i %% %(children)s) END,
@@ -59,7 +66,11 @@ SELECT %(trace)s, int8send(i + 1),
             WHEN i >= %(tasks)s - 100 THEN NULL ELSE %(base)s + i * 1000 + 5000000 END,
        CASE WHEN i >= %(tasks)s - 100 THEN %(base)s + i * 1000 END,
        CASE WHEN i %% 97 = 0 AND i > 0 THEN 'disk full on /var' ELSE '' END,
-       1, 'bench', jsonb_build_object('item', i), '[]', '[]', %(base)s
+       1, 'bench', jsonb_build_object('item', i), '[]', '[]', %(base)s,
+       CASE WHEN NOT (i >= %(tasks)s - 100 OR (i %% 97 = 0 AND i > 0)) THEN NULL
+            WHEN i <= %(children)s THEN ARRAY[%(trace)s, int8send(1), int8send(i + 1)]
+            ELSE ARRAY[%(trace)s, int8send(1), int8send(2 + i %% %(children)s), int8send(i + 1)]
+       END
 FROM generate_series(0, %(tasks)s - 1) AS i
 """]
 ROLLUPS = ["""
@@ -131,7 +142,7 @@ def measure(base: str, repeat: int) -> dict[str, float]:
         for _ in range(repeat + 1):  # the first of each is a warm-up (caches, connections)
             page = context.new_page()
             page.goto(f"{base}/search", wait_until="load")
-            reference.append(page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd"))
+            reference.append(page.evaluate(LOAD_MS))
             page.goto(run_url)
             page.wait_for_function("document.body.dataset.treeReady === '1'")
             ready.append(page.evaluate("performance.getEntriesByName('tasktree-tree-ready')[0].startTime"))
@@ -142,22 +153,65 @@ def measure(base: str, repeat: int) -> dict[str, float]:
         page.goto(run_url)
         page.wait_for_function("document.body.dataset.treeReady === '1'")
         next_page = [page.evaluate(NEXT_PAGE_JS) for _ in range(repeat + 1)]
+        failed_url = f"{run_url}/tasks?node={ROOT_ID}&status=error"
+        failures, failures_next = _failures_list(context, failed_url, repeat)
         browser.close()
+    api_url = f"{base}/api/runs/{TRACE.hex()}/tasks/{ROOT_ID}/subtree?status=error&limit=50"
+    api = [_get_ms(api_url) for _ in range(repeat + 1)]
     return {
         "reference: page without a query (load)": statistics.median(reference[1:]),
         "run page: first contentful paint": statistics.median(fcp[1:]),
         "run page: tree painted (first paint)": statistics.median(ready[1:]),
         "next page of 100 children": statistics.median(next_page[1:]),
+        FAILURES: statistics.median(failures[1:]),
+        "failures list: next page (load)": statistics.median(failures_next[1:]),
+        "failures API: first page of 50 (JSON)": statistics.median(api[1:]),
     }
 
 
-TARGETS = {"run page: tree painted (first paint)": 1000.0, "next page of 100 children": 200.0}
+FAILURES = "failures list: first page (load)"
+LOAD_MS = "performance.getEntriesByType('navigation')[0].loadEventEnd"
+
+
+def _failures_list(context, url: str, repeat: int) -> tuple[list[float], list[float]]:
+    """Load times (ms) of the root's failures list, its first page and the next (fresh loads;
+    the first of each a warm-up)."""
+    first, second = [], []
+    for _ in range(repeat + 1):
+        page = context.new_page()
+        page.goto(url, wait_until="load")
+        first.append(page.evaluate(LOAD_MS))
+        rows = page.locator("#listed-tasks tr.task").count()
+        assert rows == 50, f"the failures list shows {rows} tasks, not a page of 50"
+        next_url = page.locator("#next-page").get_attribute("href")
+        page.goto(context_base(url) + next_url, wait_until="load")
+        second.append(page.evaluate(LOAD_MS))
+        page.close()
+    return first, second
+
+
+def _get_ms(url: str) -> float:
+    """Milliseconds of one GET, from sending the request to the last byte of the answer."""
+    started = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=60) as response:
+        response.read()
+    return 1000 * (time.perf_counter() - started)
+
+
+def context_base(url: str) -> str:
+    """``http://host:port`` of a page's URL."""
+    return "/".join(url.split("/")[:3])
+
+
+TARGETS = {"run page: tree painted (first paint)": 1000.0, "next page of 100 children": 200.0,
+           FAILURES: 200.0}
 
 
 def report(figures: dict[str, float], args: argparse.Namespace) -> None:
     reference = figures["reference: page without a query (load)"]
-    print(f"\none run of {args.tasks:,} tasks, the root has {CHILDREN:,} children; "
-          f"median of {args.repeat} in Chromium")
+    failed = len(range(97, args.tasks - 100, 97))
+    print(f"\none run of {args.tasks:,} tasks, the root has {CHILDREN:,} children, {failed:,} "
+          f"of them failed; median of {args.repeat} in Chromium")
     for what, ms in figures.items():
         target = TARGETS.get(what)
         verdict = "" if target is None else (f"  ok (< {target:.0f} ms)" if ms < target
