@@ -6,8 +6,10 @@ the pages still work; when no standby answers, reads come from the primary."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 
+import psycopg
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -100,3 +102,37 @@ def test_reads_fall_back_to_the_primary_when_no_standby_answers(replication, sta
     assert _status(server, f"/api/runs/{trace}") == 200
     assert _status(server, f"/runs/{trace}") == 200
     assert _replica_metrics(server) == {"tasktree_read_replica_up": 0.0}
+
+
+def test_a_read_the_standby_cancels_for_a_recovery_conflict_is_read_again_from_the_primary(
+    replication,
+):
+    """A hot standby cancels a query that holds what replay needs ("conflict with recovery",
+    here at once: ``max_standby_streaming_delay = 0``): the page is read from the primary."""
+    from tasktree.exporter.store.pool import open_pool
+    from tasktree.exporter.store.replication import ReadRoute
+
+    standby, primary = replication.standby, replication.primary
+    standby.execute("ALTER SYSTEM SET max_standby_streaming_delay = 0")
+    standby.execute("SELECT pg_reload_conf()")
+    primary.execute("CREATE TABLE conflict_probe (id int)")
+    _wait(lambda: standby.execute("SELECT to_regclass('conflict_probe')") != [(None,)],
+          "the standby replays the new table")
+    route = ReadRoute(open_pool(primary.url()), open_pool(standby.url(), writable=False))
+
+    def lock_on_the_primary() -> None:
+        time.sleep(1.0)  # while the standby's read sleeps holding its lock
+        with psycopg.connect(primary.url()) as conn:  # one transaction, committed on exit
+            conn.execute("LOCK TABLE conflict_probe IN ACCESS EXCLUSIVE MODE")
+
+    locker = threading.Thread(target=lock_on_the_primary)
+    locker.start()
+    try:
+        read = route.run(lambda conn: conn.execute(
+            "SELECT pg_is_in_recovery(), count(*) FROM conflict_probe, pg_sleep(3)").fetchone())
+    finally:
+        locker.join(30)
+        route.primary.close()
+        assert route.standby is not None
+        route.standby.close()
+    assert read == (False, 0)

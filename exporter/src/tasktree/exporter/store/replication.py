@@ -107,6 +107,8 @@ def check_synchronous_standby(url: str, *, required: bool, embedded: bool = Fals
 
 class ReadRoute:
     """Runs reads on the standby pool while it answers, else on the primary pool.  Thread-safe.
+    A read the standby cancels ("conflict with recovery": replay needed what it held) fails as
+    ``StoreUnavailable`` too, and is read again from the primary.
 
     ``run(work)`` may call ``work`` twice (a standby that failed mid-read, then the primary):
     reads only.
