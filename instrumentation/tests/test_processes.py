@@ -31,6 +31,10 @@ def test_propagation_matrix_every_task_under_its_exact_parent(otlp_sink):
     finals = finals_named(otlp_sink, "matrix")  # the root ends last
     assert finals["matrix"].trace_id == out["trace_id"]
     assert_matrix(records_from_sink(otlp_sink.snapshot()))
+    # A forked child's records carry its own pid in their resource, not its parent's.
+    forked = finals_named(otlp_sink, "process-fork-leaf")["process-fork-leaf"]
+    assert forked.resource["process.pid"] != finals["matrix"].resource["process.pid"]
+    assert "process.pid" not in forked.attributes
 
 
 @pytest.mark.parametrize(

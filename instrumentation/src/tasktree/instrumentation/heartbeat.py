@@ -88,6 +88,9 @@ class LiveSpanProcessor(SpanProcessor):
             self._factory = exporter
             self._exporter = exporter()
         self._export_finals = export_finals
+        # An exporter that corrects the resource's pid in a fork (tasktree's OTLP exporter) spares
+        # each task there a process.pid attribute.
+        self._exporter_sends_own_pid = bool(getattr(self._exporter, "sends_own_process_pid", False))
         self._interval = _settings.positive_float(
             heartbeat_interval, TASKTREE_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_INTERVAL
         )
@@ -171,9 +174,9 @@ class LiveSpanProcessor(SpanProcessor):
                 return
             if self._pid != os.getpid():
                 self._at_fork_reinit()
-            if self._forked:
+            if self._forked and not self._exporter_sends_own_pid:
                 # The resource describes the process that configured tasktree, not this fork.
-                span.set_attribute("process.pid", os.getpid())
+                span.set_attribute("process.pid", self._pid)
             due = monotonic() + self._delay
             with self._lock:
                 if len(self._live) >= self._max_live:

@@ -7,6 +7,10 @@ the spans tasks make (no events or links; attribute values str, bool, int or flo
 about 7 µs a span.  Any other span goes through OpenTelemetry's encoder, so a request is always
 what OpenTelemetry would send.
 
+In a process forked from the one that configured tasktree (a Celery or multiprocessing pool
+process), the resource sent says the process's own ``process.pid``, not its parent's: so every
+task there needs no ``process.pid`` attribute of its own (see ``LiveSpanProcessor``).
+
 The exporter sends through the OpenTelemetry exporter's own HTTP client (retries, TLS, headers,
 compression and the ``OTEL_EXPORTER_OTLP_*`` variables stay OpenTelemetry's); an OpenTelemetry
 release whose exporter is laid out differently gets its plain ``export`` instead.
@@ -15,12 +19,14 @@ release whose exporter is laid out differently gets its plain ``export`` instead
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as _encode_slowly
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import PROCESS_PID, Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
@@ -53,6 +59,8 @@ _KEYS_KEPT = 4096  # attribute keys with their encoded prefix, remembered
 _keys: dict[str, bytes] = {}
 # (id of a resource, id of a scope) → the two objects (so that the ids stay theirs), encoded.
 _envelopes: dict[tuple[int, int], tuple[object, object, tuple[bytes, bytes]]] = {}
+if hasattr(os, "register_at_fork"):  # a child's resource says its own pid: encode it again
+    os.register_at_fork(after_in_child=_envelopes.clear)
 
 
 # What OTLPSpanExporter.export uses, in the releases whose layout this exporter knows.
@@ -62,6 +70,8 @@ _EXPORTER_PARTS = ("_client", "_metrics", "_shutdown", "_max_request_size")
 class SpanExporter(OTLPSpanExporter):
     """OpenTelemetry's OTLP/HTTP span exporter (same arguments, variables and requests), its
     requests encoded by :func:`encode_spans`."""
+
+    sends_own_process_pid = True  # the resource's process.pid is the exporting process's
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -192,7 +202,7 @@ def _envelope(span: ReadableSpan) -> tuple[bytes, bytes]:
     kept = _envelopes.get((id(resource), id(scope)))
     if kept is not None and kept[0] is resource and kept[1] is scope:
         return kept[2]
-    resource_spans = _encode_slowly([span]).resource_spans[0]
+    resource_spans = _encode_slowly([_with_own_pid(span)]).resource_spans[0]
     encoded = (
         resource_spans.resource.SerializePartialToString(),
         resource_spans.scope_spans[0].scope.SerializePartialToString(),
@@ -201,6 +211,21 @@ def _envelope(span: ReadableSpan) -> tuple[bytes, bytes]:
         _envelopes.clear()
     _envelopes[id(resource), id(scope)] = (resource, scope, encoded)
     return encoded
+
+
+def _with_own_pid(span: ReadableSpan) -> ReadableSpan:
+    """``span``, its resource saying this process's pid if it says another one's: a resource made
+    before a fork describes the parent, and the spans exported here are this process's."""
+    pid = os.getpid()
+    if span.resource.attributes.get(PROCESS_PID, pid) == pid:
+        return span
+    resource = span.resource.merge(Resource({PROCESS_PID: pid}))
+    return ReadableSpan(
+        name=span.name or "-",
+        context=span.context,
+        resource=resource,
+        instrumentation_scope=span.instrumentation_scope,
+    )
 
 
 def _string_field(tag: bytes, text: str) -> bytes:
