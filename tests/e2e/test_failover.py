@@ -20,6 +20,7 @@ import psycopg
 import pytest
 import requests
 from failover_support import Load, Prober, stored_spans, wait_healthy, wrong_rollups
+from prometheus_client.parser import text_string_to_metric_families
 from replication_support import Replication
 
 from exporter.tests.integration.faults_support import EventReader, otlp_request
@@ -56,6 +57,16 @@ def _fail_over(replication: Replication, server) -> Load:
     return load
 
 
+def _synchronous_standbys(server) -> float | None:
+    text = requests.get(server.web + "/metrics", timeout=30).text
+    samples = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    return samples.get("tasktree_database_synchronous_standbys")
+
+
 @pytest.mark.parametrize("replication", ["synchronous"], indirect=True)
 def test_with_a_synchronous_standby_every_acknowledged_span_survives_the_primary_s_death(
     replication, start_tasktree
@@ -64,7 +75,9 @@ def test_with_a_synchronous_standby_every_acknowledged_span_survives_the_primary
         database=replication.multi_host_url(target_session_attrs="read-write"),
         env={"TASKTREE_REQUIRE_SYNC_STANDBY": "1"},  # starts: the primary has one
     )
+    assert _synchronous_standbys(server) == 1.0
     load = _fail_over(replication, server)
+    assert _synchronous_standbys(server) == 0.0  # the promoted server has none: /metrics says so
 
     acked = load.acked()
     lost = acked - stored_spans(replication.standby)

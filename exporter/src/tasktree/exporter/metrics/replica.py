@@ -1,19 +1,29 @@
-"""The read replica's families (issue 17): whether one answers, and how far behind it is.
+"""Replication families (issue 17), built fresh at each scrape.
 
-Shown only when ``--read-database-url`` is set; built fresh at each scrape from ``ReadRoute``
-(which measures at most once a second).
+* ``ReplicaLag`` (with ``--read-database-url``): whether a read replica answers, and how far
+  behind it is (``ReadRoute`` measures at most once a second);
+* ``SynchronousStandbys`` (with ``TASKTREE_REQUIRE_SYNC_STANDBY``): how many synchronous standbys
+  the primary has now.  Start-up refuses none; after a failover the promoted server often has
+  none, and then a 200 is on one machine only until one is attached again.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
+import psycopg
+import psycopg_pool
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from tasktree.exporter.store.replication import ReadRoute
+from tasktree.exporter.errors import StoreUnavailable
+from tasktree.exporter.store.pool import connection
+from tasktree.exporter.store.replication import ReadRoute, sync_state
 
-__all__ = ["ReplicaLag"]
+__all__ = ["ReplicaLag", "SynchronousStandbys"]
+
+logger = logging.getLogger(__name__)
 
 
 class ReplicaLag(Collector):
@@ -38,3 +48,23 @@ class ReplicaLag(Collector):
             )
             behind.add_metric([], lag)
             yield behind
+
+
+class SynchronousStandbys(Collector):
+    def __init__(self, pool: psycopg_pool.ConnectionPool):
+        self._pool = pool
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            with connection(self._pool) as conn:
+                state = sync_state(conn)
+        except (StoreUnavailable, psycopg.Error) as exc:  # tasktree_store_up says it already
+            logger.debug("synchronous standbys not read: %s", exc)
+            return
+        family = GaugeMetricFamily(
+            "tasktree_database_synchronous_standbys",
+            "Synchronous standbys streaming from the primary tasktree writes to, that commits "
+            "wait for (TASKTREE_REQUIRE_SYNC_STANDBY); 0: a 200 means one machine only.",
+        )
+        family.add_metric([], state.synchronous_standbys if state.protected else 0)
+        yield family

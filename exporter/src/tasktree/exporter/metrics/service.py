@@ -16,7 +16,7 @@ from prometheus_client import (
 from prometheus_client.registry import Collector
 
 from tasktree.exporter.metrics.process import IngestMetrics, ProcessStats
-from tasktree.exporter.metrics.replica import ReplicaLag
+from tasktree.exporter.metrics.replica import ReplicaLag, SynchronousStandbys
 from tasktree.exporter.metrics.store_metrics import StoreMetrics
 from tasktree.exporter.receiver._common import Ingest
 from tasktree.exporter.settings import Settings
@@ -58,6 +58,8 @@ class ServiceMetrics:
         )
         if reads is not None and reads.standby is not None:  # issue 17: --read-database-url
             registry.register(ReplicaLag(reads))
+        if settings.require_sync_standby:  # issue 17: protection lost after a failover shows
+            registry.register(SynchronousStandbys(pool))
         registry.register(ProcessStats(pool, folder, self.totals))
         if registry is not REGISTRY:  # the global registry has these already
             ProcessCollector(registry=registry)
