@@ -114,8 +114,8 @@ class Settings:
         False,
         meaning="refuse to start unless the primary has a synchronous standby streaming"
         " (`synchronous_standby_names`, `synchronous_commit`), so that a 200 means the spans are"
-        " on two machines (and show `tasktree_database_synchronous_standbys` in `/metrics`, 0"
-        " after a failover to a server without one); unset, tasktree only warns",
+        " on two machines (and alert, TasktreeNoSynchronousStandby, when a failover left it"
+        " without one); unset, tasktree only warns",
     )
     redis_url: str | None = setting(
         flag="--redis-url",

@@ -2,9 +2,10 @@
 
 * ``ReplicaLag`` (with ``--read-database-url``): whether a read replica answers, and how far
   behind it is (``ReadRoute`` measures at most once a second);
-* ``SynchronousStandbys`` (with ``TASKTREE_REQUIRE_SYNC_STANDBY``): how many synchronous standbys
-  the primary has now.  Start-up refuses none; after a failover the promoted server often has
-  none, and then a 200 is on one machine only until one is attached again.
+* ``SynchronousStandbys``: how many synchronous standbys the primary has now, and whether
+  ``TASKTREE_REQUIRE_SYNC_STANDBY`` requires one.  Start-up refuses none when it does; after a
+  failover the promoted server often has none, and a 200 is then on one machine only until one
+  is attached again (alert TasktreeNoSynchronousStandby).
 """
 
 from __future__ import annotations
@@ -51,10 +52,18 @@ class ReplicaLag(Collector):
 
 
 class SynchronousStandbys(Collector):
-    def __init__(self, pool: psycopg_pool.ConnectionPool):
+    def __init__(self, pool: psycopg_pool.ConnectionPool, required: bool):
         self._pool = pool
+        self._required = required
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        required = GaugeMetricFamily(
+            "tasktree_database_synchronous_standbys_required",
+            "1 when TASKTREE_REQUIRE_SYNC_STANDBY is set: the primary must have a synchronous "
+            "standby for a 200 to mean two machines.",
+        )
+        required.add_metric([], 1.0 if self._required else 0.0)
+        yield required
         try:
             with connection(self._pool) as conn:
                 state = sync_state(conn)
@@ -64,7 +73,7 @@ class SynchronousStandbys(Collector):
         family = GaugeMetricFamily(
             "tasktree_database_synchronous_standbys",
             "Synchronous standbys streaming from the primary tasktree writes to, that commits "
-            "wait for (TASKTREE_REQUIRE_SYNC_STANDBY); 0: a 200 means one machine only.",
+            "wait for; 0: a 200 means the spans are on one machine only.",
         )
         family.add_metric([], state.synchronous_standbys if state.protected else 0)
         yield family

@@ -58,8 +58,8 @@ class ServiceMetrics:
         )
         if reads is not None and reads.standby is not None:  # issue 17: --read-database-url
             registry.register(ReplicaLag(reads))
-        if settings.require_sync_standby:  # issue 17: protection lost after a failover shows
-            registry.register(SynchronousStandbys(pool))
+        # issue 17: a synchronous standby lost (after a failover) shows
+        registry.register(SynchronousStandbys(pool, settings.require_sync_standby))
         registry.register(ProcessStats(pool, folder, self.totals))
         if registry is not REGISTRY:  # the global registry has these already
             ProcessCollector(registry=registry)
