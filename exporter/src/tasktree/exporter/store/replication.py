@@ -80,9 +80,18 @@ def check_synchronous_standby(url: str, *, required: bool, embedded: bool = Fals
     """Refuse to start (``SystemExit``) when ``required`` and the primary at ``url`` has no
     synchronous standby streaming; otherwise say so in the log (a warning, but for the embedded
     PostgreSQL, which never has one)."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        state = sync_state(conn)
-        where = f"{conn.info.host}:{conn.info.port}"
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            state = sync_state(conn)
+            where = f"{conn.info.host}:{conn.info.port}"
+    except psycopg.Error as exc:
+        if required:
+            raise SystemExit(
+                f"tasktree: TASKTREE_REQUIRE_SYNC_STANDBY is set, but the primary's synchronous"
+                f" standbys could not be read: {exc}"
+            ) from exc
+        logger.warning("could not read whether the primary has a synchronous standby: %s", exc)
+        return
     if state.protected:
         logger.info("the primary %s has synchronous standbys: %s", where, state.standby_names)
         return
