@@ -48,9 +48,6 @@ _TYPES = ["bytea", "bytea", "int4", "bytea[]", "bool", "bool"]
 # (store/fold.py: _PLAN_FOR_BATCHES); on for this one.
 _BITMAP_ON = "SET LOCAL enable_bitmapscan = on"
 _BITMAP_OFF = "SET LOCAL enable_bitmapscan = off"
-# Two temporary tables joined: hashed, not compared pair by pair (the fold turns hash joins off).
-_HASH_ON = "SET LOCAL enable_hashjoin = on"
-_HASH_OFF = "SET LOCAL enable_hashjoin = off"
 
 # The flagged rows below each moved task take its new path, then their own tail below it.  A row
 # below several moved tasks follows the lowest (its tail from there did not change); the status
@@ -79,15 +76,15 @@ TOP_LEAF_PATH = (
     " THEN ARRAY[f.trace_id, f.span_id] END"
 )
 
-# The other stored leaves (store/fold.py: fold_leaves) in a flagged status: their parent's path
-# (a row of fold_paths with neither flag, written for this, from the fold's final tree) and
-# their own id.
-_WRITE_LEAVES = f"""
-UPDATE tasks t SET path = p.path || f.span_id
-FROM fold_paths p JOIN fold_leaves f ON f.trace_id = p.trace_id AND f.parent_span_id = p.span_id
-WHERE NOT p.own AND NOT p.moved AND f.status IN {_FLAGGED_SQL}
-  AND t.span_id = f.span_id AND t.trace_id = f.trace_id AND t.run_day = f.run_day
+# The other stored leaves (store/fold.py: fold_leaves) in a flagged status: their paths are
+# their parents' (from the fold's final tree) and their own id, written as ``own`` rows.  (Joined
+# in SQL to a table of parents' paths, the planner, allowed hash joins, read every task row.)
+_FLAGGED_LEAVES = f"""
+SELECT trace_id, span_id, parent_span_id FROM fold_leaves
+WHERE parent_span_id IS NOT NULL AND status IN {_FLAGGED_SQL}
 """  # noqa: S608 (a constant)
+
+Known = dict[bytes, dict[bytes, Path | None]]  # per run: the paths worked out so far
 
 Leaves = dict[tuple[bytes, bytes | None], tuple[tuple[int, int, int, int], int, int]]
 """store/fold.py's stored leaves by (trace id, parent): (counts by status, start, landing id)."""
@@ -96,10 +93,10 @@ Leaves = dict[tuple[bytes, bytes | None], tuple[tuple[int, int, int, int], int, 
 def write(conn: Connection, folds: dict[bytes, RunFold], leaves: Leaves | None = None) -> None:
     """Keep the flagged rows' paths right after the fold has written ``folds`` and stored
     ``leaves`` (see the module docstring).  Runs inside the fold's transaction."""
-    known: dict[bytes, dict[bytes, Path | None]] = {trace_id: {} for trace_id in folds}
+    known: Known = {trace_id: {} for trace_id in folds}
     rows = [row for trace_id, fold in folds.items() for row in _rows(trace_id, fold, known)]
-    parents = _leaf_parents(folds, leaves or {}, known)
-    rows += parents
+    if _any_flagged_leaf(leaves or {}):
+        rows += _leaf_rows(conn, folds, known)
     if not rows:
         return
     conn.execute(_TEMP_TABLE)
@@ -113,13 +110,6 @@ def write(conn: Connection, folds: dict[bytes, RunFold], leaves: Leaves | None =
         conn.execute(_BITMAP_OFF)
     if any(row[5] for row in rows):
         conn.execute(_WRITE_OWN)
-    if parents:
-        conn.execute(_HASH_ON)
-        conn.execute(_WRITE_LEAVES)
-        conn.execute(_HASH_OFF)
-
-
-Known = dict[bytes, dict[bytes, "Path | None"]]  # per run: the paths worked out so far
 
 
 def _rows(trace_id: bytes, fold: RunFold, known: Known) -> list[tuple[Any, ...]]:
@@ -138,19 +128,28 @@ def _rows(trace_id: bytes, fold: RunFold, known: Known) -> list[tuple[Any, ...]]
     return rows
 
 
-def _leaf_parents(
-    folds: dict[bytes, RunFold], leaves: Leaves, known: Known
+def _any_flagged_leaf(leaves: Leaves) -> bool:
+    """Whether a stored leaf under a parent is running, stalled or failed (by the counts)."""
+    return any(
+        parent is not None and counts[COUNT_INDEX[OK]] < sum(counts)
+        for (_, parent), (counts, _, _) in leaves.items()
+    )
+
+
+def _leaf_rows(
+    conn: Connection, folds: dict[bytes, RunFold], known: Known
 ) -> list[tuple[Any, ...]]:
-    """Rows naming the path of each parent of stored leaves in a flagged status."""
+    """``own`` rows of the flagged stored leaves under a parent: the parent's path and their id.
+    A leaf the rules kept at the top (a link refused for depth) is a node: ``_rows`` has it."""
     rows = []
-    for (trace_id, parent_id), (counts, _, _) in leaves.items():
-        fold = folds.get(trace_id)
-        if parent_id is None or fold is None or counts[COUNT_INDEX[OK]] == sum(counts):
-            continue  # every leaf under this parent ended ok
-        parent = fold.nodes.get(parent_id)
-        path = _path(trace_id, fold, parent, known[trace_id]) if parent is not None else None
+    for trace, span, parent_id in conn.execute(_FLAGGED_LEAVES):
+        trace_id, span_id, fold = bytes(trace), bytes(span), folds.get(bytes(trace))
+        parent = fold.nodes.get(bytes(parent_id)) if fold is not None else None
+        if fold is None or parent is None or span_id in fold.nodes:
+            continue  # (no fold or no parent: cannot happen, store/fold.py folds leaves' runs)
+        path = _path(trace_id, fold, parent, known[trace_id])
         if path is not None:
-            rows.append((trace_id, parent_id, fold.run_day, path, False, False))
+            rows.append((trace_id, span_id, fold.run_day, [*path, span_id], False, True))
     return rows
 
 

@@ -64,7 +64,7 @@
         node.start ? TT.time(node.start) : el("time"),
         el("span", {class: "hb"}),
         el("span", {class: "kids muted"}, kids),
-        TT.rollup(node.counts, node.missing ? null : TT.listUrl(trace, node.span_id))),
+        TT.rollup(node.counts, TT.listUrl(trace, node.span_id))),
       el("span", {class: "wf", "aria-hidden": "true"}, state.bar));
     drawHeartbeat(state);
   }
