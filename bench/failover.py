@@ -1,6 +1,6 @@
 """PostgreSQL failover (issue 17): how long ingest is down, and what a synchronous standby costs.
 
-    .venv/bin/python bench/failover.py [--repeat 3] [--requests 200]
+    .venv/bin/python bench/failover.py [--rounds 9] [--requests 60] [--repeat 3]
 
 On two PostgreSQL clusters made here (a primary and a streaming standby, Debian's binaries, fsync
 on, as tests/e2e/replication_support.py makes them), with a real ``tasktree serve`` given both in
@@ -8,8 +8,9 @@ one multi-host URL:
 
 1. **Ingest rate**, acknowledged spans per second (requests of 512 spans from 4 clients, each
    answered 200 once committed), with the standby synchronous, asynchronous, and with no standby
-   at all, in rounds on the same servers; the ratio of each to "no standby" is the figure to
-   read (the machine is shared: seconds move, ratios less).
+   at all, in rounds on the same servers (the order rotating); the median over rounds of each
+   round's ratio to "no standby" is the figure to read (the machine is shared: seconds move,
+   ratios within a round less).
 2. **Failover time**: a client sends a small request every 0.1 s (not waiting for Retry-After);
    the primary is SIGKILLed (every process of it) and the standby promoted at once, as a
    failover manager that has decided would; printed are the seconds from the primary's death to
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -35,6 +37,12 @@ from replication_support import Replication  # noqa: E402
 from scratch import start_server  # noqa: E402
 
 CLIENTS = 4
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is not None:
+        proc.terminate()
+        proc.wait(30)
 
 
 def _post(port: int, body: bytes, timeout: float = 30) -> int:
@@ -73,39 +81,55 @@ def ingest_rate(port: int, requests: int) -> float:
     return len(bodies) * 512 / (time.perf_counter() - started)
 
 
-def rates(repeat: int, requests: int) -> None:
-    pair = Replication(synchronous=True, fsync=True)
-    proc, urls = start_server(pair.multi_host_url())
-    port = int(urls["otlp_http"].rsplit(":", 1)[1].split("/")[0])
-    found: dict[str, list[float]] = {"synchronous": [], "asynchronous": [], "no standby": []}
-    try:
-        for _ in range(repeat):
-            pair.primary.set_synchronous(True)
-            found["synchronous"].append(ingest_rate(port, requests))
-            pair.primary.set_synchronous(False)
-            found["asynchronous"].append(ingest_rate(port, requests))
+_SETUPS = ("synchronous", "asynchronous", "no standby")
+
+
+def _set_up(pair: Replication, setup: str) -> None:
+    """Switch the pair to ``setup`` (the standby stopped for "no standby", else streaming)."""
+    if setup == "no standby":
+        if pair.standby.pid is not None:
+            pair.primary.set_synchronous(False)  # else every commit would wait for it
             pair.standby.stop()
-            found["no standby"].append(ingest_rate(port, requests))
-            pair.standby.start()
+        return
+    if pair.standby.pid is None:
+        pair.standby.start()
+    pair.primary.set_synchronous(setup == "synchronous")
+
+
+def rates(rounds: int, requests: int) -> None:
+    """Each round measures the three setups, in an order that rotates from round to round, and
+    the ratio of each to "no standby" in that round: the load of a shared machine drifts more
+    between rounds than within one."""
+    pair = Replication(synchronous=True, fsync=True)
+    proc = None
+    found: dict[str, list[float]] = {setup: [] for setup in _SETUPS}
+    try:
+        proc, urls = start_server(pair.multi_host_url())
+        port = int(urls["otlp_http"].rsplit(":", 1)[1].split("/")[0])
+        for round_number in range(rounds):
+            shift = round_number % len(_SETUPS)
+            for setup in _SETUPS[shift:] + _SETUPS[:shift]:
+                _set_up(pair, setup)
+                found[setup].append(ingest_rate(port, requests))
     finally:
-        proc.terminate()
-        proc.wait(30)
+        _stop(proc)
         pair.close()
-    none = statistics.median(found["no standby"])
-    print(f"ingest, acknowledged spans/s (median of {repeat}; {requests} requests of 512):")
-    for name, values in found.items():
-        median = statistics.median(values)
-        print(f"  {name:13s} {median:9,.0f}/s  ratio to no standby {median / none:.2f}  "
-              f"(runs: {', '.join(f'{v:,.0f}' for v in values)})")
+    print(f"ingest, acknowledged spans/s ({rounds} rounds of {requests} requests of 512):")
+    for setup, values in found.items():
+        ratios = [v / none for v, none in zip(values, found["no standby"], strict=True)]
+        print(f"  {setup:13s} median {statistics.median(values):9,.0f}/s  ratio to no standby in"
+              f" the same round: median {statistics.median(ratios):.2f}"
+              f" (rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
 
 
 def failover_once() -> tuple[float, float, float]:
     """(death → first 200, promotion → first 200, pg_ctl promote's own time), in seconds."""
     pair = Replication(synchronous=True, fsync=True)
-    proc, urls = start_server(pair.multi_host_url(target_session_attrs="read-write"))
-    port = int(urls["otlp_http"].rsplit(":", 1)[1].split("/")[0])
+    proc = None
     body = encode(flat_run(1))[0]
     try:
+        proc, urls = start_server(pair.multi_host_url(target_session_attrs="read-write"))
+        port = int(urls["otlp_http"].rsplit(":", 1)[1].split("/")[0])
         while _post(port, body) != 200:
             time.sleep(0.1)
         died = time.perf_counter()
@@ -116,8 +140,7 @@ def failover_once() -> tuple[float, float, float]:
             time.sleep(0.1)
         first = time.perf_counter()
     finally:
-        proc.terminate()
-        proc.wait(30)
+        _stop(proc)
         pair.close()
     return first - died, first - promoted, promoted - died
 
@@ -134,10 +157,11 @@ def failovers(repeat: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=200, help="512-span requests per rate")
+    parser.add_argument("--rounds", type=int, default=9, help="rounds of the three ingest rates")
+    parser.add_argument("--requests", type=int, default=60, help="512-span requests per rate")
+    parser.add_argument("--repeat", type=int, default=3, help="failovers")
     args = parser.parse_args()
-    rates(args.repeat, args.requests)
+    rates(args.rounds, args.requests)
     failovers(args.repeat)
 
 
