@@ -7,16 +7,14 @@ One fold is one transaction:
    lane already; a fold of every lane, and the stall sweeper, take theirs in sorted order (no
    deadlocks between processes).  At most ``LANES`` locks, however many runs a batch touches;
 3. store the *leaves* set-based: a new task's one record (most records are), no other record
-   of the batch naming it as parent.  They are found in one statement, their rows written in
-   one more after step 4 (with their paths: ``store/subtree_paths.py``), and the tree rules only
-   get their counts by parent and status (``RunFold.add_stored_leaves``, which makes a
-   placeholder for a parent without a row);
+   of the batch naming it as parent.  Their rows are written here in one statement, and the
+   tree rules only get their counts by parent and status (``RunFold.add_stored_leaves``, which
+   makes a placeholder for a parent without a row);
 4. load the other records' nodes, the leaves' parents and their ancestor chains, fold in memory
    (``tree.fold.RunFold``);
    no stored chain is longer than the depth limit (``TASKTREE_MAX_DEPTH``: the fold refuses links
    that would pass it), so neither the recursive load nor the walks in memory grow with the run;
-5. write new and changed tasks, the run summaries, the paths of tasks that moved or turned
-   running or failed, and delete the claimed records.
+5. write new and changed tasks, the run summaries, and delete the claimed records.
 
 Payload columns (attributes, events, …) go from ``span_landing`` to ``tasks`` inside PostgreSQL;
 only ids, statuses and times travel to Python.  The stall sweeper reuses steps 2, 4 and 5.
@@ -233,10 +231,9 @@ _OF_DAY = "(%(traces)s::bytea[] IS NULL OR c.trace_id = ANY(%(traces)s))"
 
 # The leaves (see the module docstring), for the claimed records of the runs of one day: a span
 # with one record in the batch, no other record naming it as parent, and no row yet.  A leaf has
-# no children, so it can close no loop.  They are staged in fold_leaves, their rows written by
-# _INSERT_LEAVES in the state the rules give a new task without children, and the other records
-# are the statement's result, for the rules.  (A span's records and the records naming it as
-# parent are counted in one window.)
+# no children, so it can close no loop.  Their rows are written at once, in the state the rules
+# give a new task without children, and the other records are the statement's result, for the
+# rules.  (A span's records and the records naming it as parent are counted in one window.)
 _STORE_LEAVES = f"""
 WITH named AS (
     SELECT c.*, true AS is_record FROM fold_claim c WHERE {_OF_DAY}
@@ -259,24 +256,19 @@ WITH named AS (
                 ELSE c.status END,
            c.heartbeat_ns, c.start_ns, c.end_ns, c.name, c.resource_id, c.landing_row, %(day)s
     FROM classified c WHERE c.leaf
+    RETURNING trace_id, span_id, parent_span_id, status, landing_row
+), stored AS (
+    INSERT INTO tasks (trace_id, span_id, parent_span_id, status, heartbeat_ns, run_day,
+                       {_PAYLOAD}, path)
+    SELECT f.trace_id, f.span_id, f.parent_span_id, f.status, l.heartbeat_ns, %(day)s,
+           l.name, l.kind, l.start_ns, l.end_ns, l.status_message, l.resource_id, l.scope,
+           l.attributes, l.events, l.links, coalesce(l.truncated, false), l.received_ns,
+           l.search, {subtree_paths.TOP_LEAF_PATH}
+    FROM leaves f JOIN span_landing l ON l.ctid = f.landing_row
 )
 SELECT c.id, c.trace_id, c.span_id, c.parent_span_id, c.status, c.start_ns, c.end_ns,
        c.heartbeat_ns, c.name, c.resource_id
 FROM classified c WHERE NOT c.leaf
-"""  # noqa: S608 (constant column lists)
-
-
-# The leaves' rows: written once the rules have run, so that a running or failed leaf gets its
-# path from the rules' tree as it is written (store/subtree_paths.py: LEAF_PATH), and before the
-# rules' own writes, which rewrite a leaf they kept at the top (a link refused for depth).
-_INSERT_LEAVES = f"""
-INSERT INTO tasks (trace_id, span_id, parent_span_id, status, heartbeat_ns, run_day, {_PAYLOAD},
-                   path)
-SELECT f.trace_id, f.span_id, f.parent_span_id, f.status, l.heartbeat_ns, f.run_day,
-       l.name, l.kind, l.start_ns, l.end_ns, l.status_message, l.resource_id, l.scope,
-       l.attributes, l.events, l.links, coalesce(l.truncated, false), l.received_ns, l.search,
-       {subtree_paths.LEAF_PATH}
-FROM fold_leaves f JOIN span_landing l ON l.ctid = f.landing_row
 """  # noqa: S608 (constant column lists)
 
 
@@ -554,11 +546,9 @@ def fold_batch(
                     seeds.add((r.parent_span_id, t))
         ruled = {t: days[t] for t in (*by_run, *(t for t, _ in leaves))}
         folds = _fold_runs(conn, by_run, cutoff, ruled, seeds, max_depth, leaves)
-        subtree_paths.stage_leaf_parents(conn, folds, leaves)
-        conn.execute(_INSERT_LEAVES)
         conn.execute(_RUNS_OF_TOP_LEAVES)
         _write(conn, folds)
-        subtree_paths.write(conn, folds)
+        subtree_paths.write(conn, folds, leaves)
         conn.execute(_DELETE_CLAIMED)
         finished = _finished_tasks(
             conn, folds, conn.execute(_LEAVES_FINISHED, _NEGATED_BOUNDS).fetchall()

@@ -11,8 +11,8 @@ so after it has written the tree (``write``, in the fold's transaction, under it
 
 * a task that is now in one of those statuses and was not (a new task, a filled placeholder) or
   whose parent changed gets its path from the chain in memory;
-* a stored leaf of the batch in one of those statuses gets its parent's path and its own id as
-  its row is written (``LEAF_PATH``: the parents' paths are staged first, ``stage_leaf_parents``);
+* a stored leaf of the batch in one of those statuses gets its parent's path and its own id
+  (at the top of its run: as its row is written, ``TOP_LEAF_PATH``);
 * a task whose parent changed (mostly: a missing parent's placeholder whose parent arrived) with
   flagged tasks below it (its rollup says so) has their stored paths rewritten from its new
   one, found by the index itself: the cost follows the flagged tasks moved, never the subtree.
@@ -36,13 +36,10 @@ Path = list[bytes]
 
 _FLAGGED_SQL = sql_list(FLAGGED)
 
-# Rows: a moved task (``moved``), a task whose own path is written (``own``), or a parent of
-# stored leaves (neither), read by LEAF_PATH through the index (the fold plans without hash joins).
 _TEMP_TABLE = """
 CREATE TEMP TABLE IF NOT EXISTS fold_paths (
     trace_id bytea, span_id bytea, run_day integer, path bytea[], moved boolean, own boolean
-) ON COMMIT DELETE ROWS;
-CREATE INDEX IF NOT EXISTS fold_paths_span ON fold_paths (span_id, trace_id)
+) ON COMMIT DELETE ROWS
 """
 _COPY = "COPY fold_paths FROM STDIN (FORMAT BINARY)"
 _TYPES = ["bytea", "bytea", "int4", "bytea[]", "bool", "bool"]
@@ -72,15 +69,20 @@ FROM fold_paths p
 WHERE p.own AND t.span_id = p.span_id AND t.trace_id = p.trace_id AND t.run_day = p.run_day
 """
 
-# A stored leaf's path as store/fold.py writes its row (alias f: fold_leaves): for one running,
-# stalled or failed, its parent's path (staged by stage_leaf_parents) or its run's (a top-level
-# leaf), then its own id; for the others none.
-LEAF_PATH = f"""CASE WHEN f.status IN {_FLAGGED_SQL} THEN
-    CASE WHEN f.parent_span_id IS NULL THEN ARRAY[f.trace_id, f.span_id]
-         ELSE (SELECT p.path || f.span_id FROM fold_paths p
-               WHERE p.span_id = f.parent_span_id AND p.trace_id = f.trace_id
-                 AND NOT p.own AND NOT p.moved) END
-END"""  # noqa: S608 (a constant)
+# A stored leaf at the top of its run (store/fold.py: the leaves' INSERT, alias f) gets its path
+# as it is written: nothing above it can change in this fold.
+TOP_LEAF_PATH = (
+    f"CASE WHEN f.parent_span_id IS NULL AND f.status IN {_FLAGGED_SQL}"
+    " THEN ARRAY[f.trace_id, f.span_id] END"
+)
+
+# The other stored leaves (store/fold.py: fold_leaves) in a flagged status: their paths are
+# their parents' (from the fold's final tree) and their own id, written as ``own`` rows.  (Joined
+# in SQL to a table of parents' paths, the planner, allowed hash joins, read every task row.)
+_FLAGGED_LEAVES = f"""
+SELECT trace_id, span_id, parent_span_id FROM fold_leaves
+WHERE parent_span_id IS NOT NULL AND status IN {_FLAGGED_SQL}
+"""  # noqa: S608 (a constant)
 
 Known = dict[bytes, dict[bytes, Path | None]]  # per run: the paths worked out so far
 
@@ -88,38 +90,26 @@ Leaves = dict[tuple[bytes, bytes | None], tuple[tuple[int, int, int, int], int, 
 """store/fold.py's stored leaves by (trace id, parent): (counts by status, start, landing id)."""
 
 
-def stage_leaf_parents(conn: Connection, folds: dict[bytes, RunFold], leaves: Leaves) -> None:
-    """Before store/fold.py writes the stored leaves' rows: the paths of the parents of the
-    running, stalled or failed ones, from the rules' tree (read by ``LEAF_PATH``)."""
-    conn.execute(_TEMP_TABLE)
-    known: Known = {trace_id: {} for trace_id in folds}
-    _copy(conn, _leaf_parents(folds, leaves, known))
-
-
-def write(conn: Connection, folds: dict[bytes, RunFold]) -> None:
-    """Keep the flagged rows' paths right after the fold has written ``folds`` (see the module
-    docstring).  Runs inside the fold's transaction."""
+def write(conn: Connection, folds: dict[bytes, RunFold], leaves: Leaves | None = None) -> None:
+    """Keep the flagged rows' paths right after the fold has written ``folds`` and stored
+    ``leaves`` (see the module docstring).  Runs inside the fold's transaction."""
     known: Known = {trace_id: {} for trace_id in folds}
     rows = [row for trace_id, fold in folds.items() for row in _rows(trace_id, fold, known)]
+    if _any_flagged_leaf(leaves or {}):
+        rows += _leaf_rows(conn, folds, known)
     if not rows:
         return
     conn.execute(_TEMP_TABLE)
-    _copy(conn, rows)
+    with fast_binary_dumpers(conn.cursor()).copy(_COPY) as copy:
+        copy.set_types(_TYPES)
+        for row in rows:
+            copy.write_row(row)
     if any(row[4] for row in rows):
         conn.execute(_BITMAP_ON)
         conn.execute(_REWRITE_MOVED)
         conn.execute(_BITMAP_OFF)
     if any(row[5] for row in rows):
         conn.execute(_WRITE_OWN)
-
-
-def _copy(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-    if not rows:
-        return
-    with fast_binary_dumpers(conn.cursor()).copy(_COPY) as copy:
-        copy.set_types(_TYPES)
-        for row in rows:
-            copy.write_row(row)
 
 
 def _rows(trace_id: bytes, fold: RunFold, known: Known) -> list[tuple[Any, ...]]:
@@ -138,19 +128,28 @@ def _rows(trace_id: bytes, fold: RunFold, known: Known) -> list[tuple[Any, ...]]
     return rows
 
 
-def _leaf_parents(
-    folds: dict[bytes, RunFold], leaves: Leaves, known: Known
+def _any_flagged_leaf(leaves: Leaves) -> bool:
+    """Whether a stored leaf under a parent is running, stalled or failed (by the counts)."""
+    return any(
+        parent is not None and counts[COUNT_INDEX[OK]] < sum(counts)
+        for (_, parent), (counts, _, _) in leaves.items()
+    )
+
+
+def _leaf_rows(
+    conn: Connection, folds: dict[bytes, RunFold], known: Known
 ) -> list[tuple[Any, ...]]:
-    """Rows naming the path of each parent of stored leaves in a flagged status."""
+    """``own`` rows of the flagged stored leaves under a parent: the parent's path and their id.
+    A leaf the rules kept at the top (a link refused for depth) is a node: ``_rows`` has it."""
     rows = []
-    for (trace_id, parent_id), (counts, _, _) in leaves.items():
-        fold = folds.get(trace_id)
-        if parent_id is None or fold is None or counts[COUNT_INDEX[OK]] == sum(counts):
-            continue  # every leaf under this parent ended ok
-        parent = fold.nodes.get(parent_id)
-        path = _path(trace_id, fold, parent, known[trace_id]) if parent is not None else None
+    for trace, span, parent_id in conn.execute(_FLAGGED_LEAVES):
+        trace_id, span_id, fold = bytes(trace), bytes(span), folds.get(bytes(trace))
+        parent = fold.nodes.get(bytes(parent_id)) if fold is not None else None
+        if fold is None or parent is None or span_id in fold.nodes:
+            continue  # (no fold or no parent: cannot happen, store/fold.py folds leaves' runs)
+        path = _path(trace_id, fold, parent, known[trace_id])
         if path is not None:
-            rows.append((trace_id, parent_id, fold.run_day, path, False, False))
+            rows.append((trace_id, span_id, fold.run_day, [*path, span_id], False, True))
     return rows
 
 
