@@ -10,7 +10,8 @@ calls and waits for every result (``ResultSet.join_native``), after a warm-up of
 both (the worker through this module, its app module) and exporting to a real ``tasktree serve``
 (scratch database), so that every message carries the submitter and every task records a span in
 its pool process.  Rounds alternate without/with (then with/without); the best of each is
-kept.
+kept, and each round's pair also gives a ratio (``round_ratios``, their median
+``median_round_ratio``).
 Target (issue 12): ratio ≤ 1.05.
 
 The machine is shared: beside the wall times, the CPU seconds per task of the job (its timed
@@ -32,6 +33,7 @@ import contextlib
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -49,6 +51,7 @@ def measure(n: int, rounds: int = 3) -> dict:
     from scratch import scratch_database, start_server  # bench/scratch.py: the script's folder
 
     best: dict[str, dict[str, float]] = {"without": {}, "with": {}}
+    seconds: dict[str, list[float]] = {"without": [], "with": []}  # every round's
     with scratch_database("bench_celery") as url:
         server, urls = start_server(url)
         endpoint = urls["otlp_http"].removesuffix("/v1/traces")
@@ -60,7 +63,9 @@ def measure(n: int, rounds: int = 3) -> dict:
                 for round_ in range(rounds):
                     order = list(workers.items())[:: 1 if round_ % 2 == 0 else -1]
                     for variant, (env, worker) in order:
-                        for figure, value in _measured_job(env, worker, sink, n).items():
+                        measured = _measured_job(env, worker, sink, n)
+                        seconds[variant].append(measured["seconds"])
+                        for figure, value in measured.items():
                             best[variant][figure] = min(value, best[variant].get(figure, value))
                         for figure, value in _run_job(env, n, "--in-process").items():
                             best[variant][figure] = min(value, best[variant].get(figure, value))
@@ -74,6 +79,14 @@ def measure(n: int, rounds: int = 3) -> dict:
         "without_s": without["seconds"],
         "with_s": with_["seconds"],
         "ratio": with_["seconds"] / without["seconds"],
+        # Each round's with/without pair ran back to back: the median of their ratios moves less
+        # than the ratio of the bests when the machine's load changes from minute to minute.
+        "median_round_ratio": statistics.median(
+            w / wo for w, wo in zip(seconds["with"], seconds["without"], strict=True)
+        ),
+        "round_ratios": [
+            round(w / wo, 3) for w, wo in zip(seconds["with"], seconds["without"], strict=True)
+        ],
         **{
             f"{figure}_{variant}_us": round(best[variant][figure] * 1e6 / count, 1)
             for figure, count in (("job_cpu", n), ("worker_cpu", n + WARM_UP), ("sink_cpu", n))
