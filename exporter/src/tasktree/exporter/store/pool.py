@@ -60,9 +60,18 @@ def standby_conninfo(url: str) -> str:
     return _with_failover_defaults(url, "prefer-standby")
 
 
+def names_several_hosts(url: str) -> bool:
+    """Whether ``url`` is a libpq multi-host URL (a primary and its standbys)."""
+    return _several_hosts(psycopg.conninfo.conninfo_to_dict(url))
+
+
+def _several_hosts(params: Mapping[str, Any]) -> bool:
+    return "," in str(params.get("host") or params.get("hostaddr") or "")
+
+
 def _with_failover_defaults(url: str, target_session_attrs: str) -> str:
     params: dict[str, Any] = dict(psycopg.conninfo.conninfo_to_dict(url))
-    if "," in str(params.get("host") or params.get("hostaddr") or ""):
+    if _several_hosts(params):
         params.setdefault("target_session_attrs", target_session_attrs)
     if str(params.get("host", "")).startswith("/"):  # a Unix socket: no TCP settings
         params.setdefault("connect_timeout", _FAILOVER_DEFAULTS["connect_timeout"])

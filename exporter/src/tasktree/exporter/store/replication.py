@@ -21,7 +21,7 @@ import psycopg
 import psycopg_pool
 
 from tasktree.exporter.errors import StoreUnavailable
-from tasktree.exporter.store.pool import connection
+from tasktree.exporter.store.pool import connection, names_several_hosts
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,11 @@ def check_synchronous_standby(url: str, *, required: bool, embedded: bool = Fals
     )
     if required:
         raise SystemExit(f"tasktree: TASKTREE_REQUIRE_SYNC_STANDBY is set and {problem}: {fix}")
-    level = logging.INFO if embedded else logging.WARNING
+    # A warning where the setup looks meant to survive losing the primary (several hosts in the
+    # URL, or standbys named on the primary); a plain single server, the common case, only hears
+    # it once at the info level, not as a warning at every start.
+    meant_for_failover = names_several_hosts(url) or state.standby_names.strip() != ""
+    level = logging.WARNING if meant_for_failover and not embedded else logging.INFO
     logger.log(level, "%s; for no loss on failover %s", problem, fix)
 
 
