@@ -6,11 +6,13 @@ and the refusal to listen beyond loopback without credentials.  The browser flow
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 import time
+import zlib
 
 import grpc
 import itsdangerous
@@ -222,6 +224,7 @@ def test_the_session_cookie_is_httponly_samesite_lax_and_holds_no_token(server):
     assert "SameSite=Lax" in cookie and "Secure" not in cookie and "Expires=" in cookie
     payload = cookie.split("=", 1)[1].split(".", 1)[0]
     assert OPERATOR not in itsdangerous.base64_decode(payload).decode()
+    assert "fp" in _session_of(answer)  # signed in: the session names the token by fingerprint
     assert answer.headers["Cache-Control"] == "no-store"
 
 
@@ -301,8 +304,17 @@ def test_login_without_the_forms_csrf_token_is_refused(server):
     answer = requests.post(server.web + "/login", data={"token": OPERATOR}, timeout=10,
                            allow_redirects=False)
     assert answer.status_code == 403 and "expired" in answer.text
-    assert "tasktree_session" not in answer.cookies or "fp" not in answer.cookies.get(
-        "tasktree_session", "")
+    assert "fp" not in _session_of(answer)
+
+
+def _session_of(answer) -> dict:
+    """The Flask session a response set, read without its secret (the payload is only signed)."""
+    cookie = answer.cookies.get("tasktree_session")
+    if not cookie:
+        return {}
+    compressed = cookie.startswith(".")
+    payload = itsdangerous.base64_decode(cookie.lstrip(".").split(".", 1)[0])
+    return json.loads(zlib.decompress(payload) if compressed else payload)
 
 
 def test_login_never_redirects_to_another_site(server):
