@@ -9,7 +9,9 @@ the tree, for (a) one run of 20,000 flat tasks, (b) 100 runs of 1,000 tasks (dep
 many runs at once), (c) with ``--big-run N`` one flat run of N tasks (issue 16: one big run must
 fold as fast as many small ones), and (d) with ``--small-runs N``, N one-span runs in requests
 of 5,000 (a day of many small jobs: issue 18), printing the rate of each tenth of the day too,
-which must stay flat from the first batch of the day to the last.  Beside it, the same number of
+which must stay flat from the first batch of the day to the last, and (e) with ``--trickle N``,
+N spans as requests of 100, ten a second (jobs exporting every second), whose CPU per span is
+set against the same spans sent at once.  Beside it, the same number of
 span-like rows bare-COPYed into an unindexed table in the same run, and the ratio (the machine is
 shared: compare ratios, not seconds).
 Target (issue 16): ≥ 60,000 spans/s end to end, ratio to bare COPY ≥ 0.07, CPU per span
@@ -261,6 +263,47 @@ def scenario(name: str, spans: list[tuple], url: str, port: int, clients: int,
     return e2e
 
 
+TRICKLE_BATCH = 100  # spans per request in the trickle scenario
+TRICKLE_GAP_S = 0.1  # between its requests: ten a second, as ten jobs exporting every second
+
+
+def cpu_per_span(send, spans: list[tuple], url: str, server_pid: int) -> float:
+    """µs of CPU (server and PostgreSQL together) per span of ``send()`` until all are folded."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE tasks, runs, span_landing")
+    before = cpu_seconds(server_pid, url.rsplit("/", 1)[1])
+    send()
+    wait_folded(url, len(spans))
+    after = cpu_seconds(server_pid, url.rsplit("/", 1)[1])
+    return 1e6 * (sum(after) - sum(before)) / len(spans)
+
+
+def trickle(n: int, url: str, port: int, server_pid: int) -> None:
+    """n spans of 10 flat runs as small requests, one after another (what jobs that export every
+    second send: each fold is small, so the fixed costs of a request and a fold dominate), and
+    the same spans sent at once by 4 clients as the reference: CPU per span of each, and their
+    ratio."""
+    spans = [s for _ in range(10) for s in flat_run(n // 10)]
+    random.shuffle(spans)
+    small, large = encode(spans, TRICKLE_BATCH), encode(spans, BATCH)
+
+    def one_by_one() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        for body in small:
+            conn.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
+            answer = conn.getresponse()
+            answer.read()
+            if answer.status != 200:
+                raise SystemExit(f"request failed: {answer.status}")
+            time.sleep(TRICKLE_GAP_S)
+
+    trickled = cpu_per_span(one_by_one, spans, url, server_pid)
+    at_once = cpu_per_span(lambda: send_all(port, large, 4), spans, url, server_pid)
+    print(f"{f'trickle: {TRICKLE_BATCH}-span requests':34s} {len(spans):>7} spans  CPU per span "
+          f"(server + PostgreSQL) {trickled:6.1f} µs; sent at once {at_once:6.1f} µs; "
+          f"ratio {trickled / at_once:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=4)
@@ -273,6 +316,11 @@ def main() -> None:
                         help="also one flat run of N tasks (e.g. 1000000)")
     parser.add_argument("--only-small-runs", action="store_true",
                         help="run the --small-runs scenario alone")
+    parser.add_argument("--trickle", type=int, default=0, metavar="N",
+                        help=f"also N spans as {TRICKLE_BATCH}-span requests, ten a second, and"
+                             " their CPU per span against the same sent at once (e.g. 4000)")
+    parser.add_argument("--only-trickle", action="store_true",
+                        help="run the --trickle scenario alone")
     args = parser.parse_args()
     with scratch_database("tasktree_bench") as url:
         run_scenarios(url, args)
@@ -282,15 +330,15 @@ def run_scenarios(url: str, args: argparse.Namespace) -> None:
     proc, port = start_ingest_server(url, args.workers)
     try:
         print(f"clients={args.clients} workers={args.workers} batch={BATCH} spans/request")
-        scenarios = [] if args.only_small_runs else [
+        scenarios = [] if args.only_small_runs or args.only_trickle else [
             ("1 run x 20,000 flat tasks", lambda: flat_run(20_000), BATCH),
             ("100 runs x 1,000 tasks (fan-out 10)", lambda: many_runs(100), BATCH),
             ("mixed: both of the above at once", lambda: flat_run(20_000) + many_runs(100),
              BATCH)]
-        if args.big_run:
+        if args.big_run and not args.only_trickle:
             scenarios.append((f"1 run x {args.big_run:,} flat tasks",
                               lambda: flat_run(args.big_run), BATCH))
-        if args.small_runs:
+        if args.small_runs and not args.only_trickle:
             scenarios.append((f"{args.small_runs:,} one-span runs",
                               lambda: small_runs(args.small_runs), SMALL_RUNS_BATCH))
         for name, make, batch in scenarios:
@@ -299,6 +347,8 @@ def run_scenarios(url: str, args: argparse.Namespace) -> None:
                      for _ in range(args.repeat)]
             if args.repeat > 1:
                 print(f"{name:34s} median of {args.repeat}: {statistics.median(rates):,.0f}/s")
+        for _ in range(args.repeat if args.trickle else 0):
+            trickle(args.trickle, url, port, proc.pid)
     finally:
         proc.terminate()
         proc.wait()

@@ -75,8 +75,9 @@ class Folder:
         self._listeners.append(listener)
 
     def subscribe_folds(self, listener: Callable[[FoldResult], None]) -> None:
-        """Call ``listener(result)`` on a folder thread after each committed fold of records
-        (one at a time, like ``subscribe``)."""
+        """Call ``listener(result)`` on a folder thread after each committed fold of records,
+        and about once a second with an empty result (so that a listener that gathers results
+        can write them out when folds stop); one at a time, like ``subscribe``."""
         self._fold_listeners.append(listener)
 
     def start(self) -> None:
@@ -198,6 +199,7 @@ class Folder:
         with self._after_fold:
             self.stalled_total += result.records
             self._notify(result.trace_ids)
+            self._call(self._fold_listeners, FoldResult(0))
 
     def _notify(self, trace_ids: tuple[bytes, ...]) -> None:
         if trace_ids:

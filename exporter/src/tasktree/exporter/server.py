@@ -200,6 +200,7 @@ class Service:
         if self._grpc is not None:
             self._grpc.stop(grace=5).wait(5)
         self.folder.stop()
+        self.metrics.totals.flush()  # what the last folds finished
         self.pool.close()
         if self.reads.standby is not None:
             self.reads.standby.close()
