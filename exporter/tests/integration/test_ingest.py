@@ -18,7 +18,7 @@ from tasktree.exporter.ingest import Ingestor
 from tasktree.exporter.receiver.records import DecodedBatch
 from tasktree.exporter.settings import Settings, SettingsError
 from tasktree.exporter.store import locks
-from tasktree.exporter.store.fold import fold_batch, lanes_with_records
+from tasktree.exporter.store.fold import FoldResult, fold_batch, lanes_with_records
 from tasktree.exporter.store.locks import LANES
 from tasktree.exporter.store.pool import open_pool
 from tasktree.exporter.tree import status as st
@@ -164,6 +164,54 @@ def test_fold_threads_of_one_process_fold_every_lane_and_report_each_fold_once(
         for t in runs:
             assert tree(conn, t)[sid(0)] == (None, False, 3, 30, 30, 0, 0, 0)
             assert run(conn, t)[9] == 31
+
+
+def _fold_in_background(pool, spans_in_requests, expected: int, **kw) -> list[FoldResult]:
+    """Land the requests, then let a Folder fold them; the folds it reported."""
+    from tasktree.exporter.background import Folder
+
+    ingest = Ingestor(pool, settings())
+    for request in spans_in_requests:
+        ingest(DecodedBatch(request))
+    reported: list[FoldResult] = []
+    folder = Folder(pool, settings(**kw))
+    folder.subscribe_folds(lambda result: result.records and reported.append(result))
+    folder.start()
+    try:
+        deadline = time.monotonic() + 30
+        while folder.folded_total < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        folder.stop()
+    assert sum(r.records for r in reported) == expected
+    return reported
+
+
+def test_a_few_records_in_every_lane_are_folded_in_one_fold(pool, clean_store_db):
+    """A request of many runs lands in every lane; folding each lane on its own paid a fold's
+    fixed costs once per lane (issue 16)."""
+    runs = [bytes([n, 3]) + bytes(14) for n in range(2 * LANES)]
+    request = [s for t in runs for s in (span(t, sid(0)), span(t, sid(1), sid(0)))]
+    reported = _fold_in_background(pool, [request], len(request), fold_threads=2, pool_size=4)
+    assert [(r.records, set(r.trace_ids)) for r in reported] == [(len(request), set(runs))]
+    with psycopg.connect(clean_store_db, autocommit=True) as conn:
+        for t in runs:
+            assert tree(conn, t)[sid(0)] == (None, False, 3, 1, 1, 0, 0, 0)
+
+
+def test_a_backlog_larger_than_a_fold_is_folded_lane_by_lane(pool, clean_store_db):
+    """Beyond one fold's worth, lanes fold side by side (threads, processes), each its own."""
+    runs = [bytes([n, 4]) + bytes(14) for n in range(LANES)]
+    request = [span(t, sid(k), sid(0) if k else None) for t in runs for k in range(10)]
+    reported = _fold_in_background(
+        pool, [request], len(request), fold_threads=2, pool_size=4, fold_batch=40
+    )
+    # The first folds of each thread take one lane each (later ones may meet a backlog that one
+    # fold takes whole).
+    assert [len({locks.lane_of(t) for t in r.trace_ids}) for r in reported[:2]] == [1, 1]
+    with psycopg.connect(clean_store_db, autocommit=True) as conn:
+        for t in runs:
+            assert tree(conn, t)[sid(0)] == (None, False, 3, 9, 9, 0, 0, 0)
 
 
 def test_fold_threads_must_leave_connections_for_requests():

@@ -27,6 +27,7 @@ from tasktree.exporter.store.fold import (
     lanes_with_records,
     sweep_stalled,
 )
+from tasktree.exporter.store.landing import waiting_at_most
 from tasktree.exporter.store.locks import LANES
 from tasktree.exporter.store.pool import connection, scalar
 
@@ -38,6 +39,7 @@ _GATHER_S = 0.02  # after a wake: the requests in flight land too, for fewer and
 _SWEEP_EVERY_S = 1.0
 _RETENTION_EVERY_S = 600.0
 _MAX_BACKOFF_S = 5.0
+_LANE_BY_LANE_AFTER_TIMEOUT_S = 60.0
 
 # Retention holds a session lock: it drops partitions in many short transactions.
 _TRY_SESSION_LOCK = "SELECT pg_try_advisory_lock(%s, %s)"
@@ -64,6 +66,7 @@ class Folder:
         self._lanes_in_use: set[int] = set()  # lanes a thread of this process is folding
         self._lanes_lock = threading.Lock()
         self._lane_limits = [settings.fold_batch] * LANES  # smaller after a statement timeout
+        self._together_after = 0.0  # monotonic: no fold of every lane before (after a timeout)
         self.timeouts_total = 0  # folds cancelled by the statement timeout (then split)
 
     def subscribe(self, listener: Callable[[tuple[bytes, ...]], None]) -> None:
@@ -126,6 +129,11 @@ class Folder:
         most = 0
         with connection(self._pool) as conn:
             busy = lanes_with_records(conn)
+            together = self._few_in_several_lanes(conn, busy)
+        if together:
+            folded = self._fold_lanes_together(busy)
+            if folded is not None:
+                return folded
         for lane in [(first_lane + i) % LANES for i in range(LANES)]:
             if lane in busy and self._take_lane(lane):
                 try:
@@ -134,6 +142,27 @@ class Folder:
                     with self._lanes_lock:
                         self._lanes_in_use.discard(lane)
         return most
+
+    def _few_in_several_lanes(self, conn: psycopg.Connection, busy: set[int]) -> bool:
+        """Whether one fold should take every lane's records: a request of many runs lands in up
+        to ``LANES`` lanes, and a fold per lane paid a fold's fixed costs (about 3 ms of the
+        server's CPU and 4 ms of PostgreSQL's) that many times over for it (issue 16).  Only for
+        a backlog one fold takes whole, and never for a lane whose folds were cut short."""
+        if len(busy) < 2 or time.monotonic() < self._together_after:
+            return False
+        if any(self._lane_limits[lane] < self._settings.fold_batch for lane in busy):
+            return False
+        return waiting_at_most(conn) <= self._settings.fold_batch
+
+    def _fold_lanes_together(self, busy: set[int]) -> int | None:
+        """One fold of every lane (``None``: another thread of this process holds one of them,
+        so fold lane by lane)."""
+        taken = [lane for lane in sorted(busy) if self._take_lane(lane)]
+        try:
+            return self._fold_lane(None) if len(taken) == len(busy) else None
+        finally:
+            with self._lanes_lock:
+                self._lanes_in_use.difference_update(taken)
 
     def _take_lane(self, lane: int) -> bool:
         """Whether this thread may fold ``lane``: not while another thread of this process does
@@ -144,8 +173,9 @@ class Folder:
             self._lanes_in_use.add(lane)
             return True
 
-    def _fold_lane(self, lane: int) -> int:
-        limit = self._lane_limits[lane]
+    def _fold_lane(self, lane: int | None) -> int:
+        """Fold ``lane``'s records (``None``: every lane's, in one fold)."""
+        limit = self._settings.fold_batch if lane is None else self._lane_limits[lane]
         with connection(self._pool) as conn:
             try:  # inside the block: connection() would report a timeout as an outage
                 result = fold_batch(
@@ -159,7 +189,8 @@ class Folder:
             except psycopg.errors.QueryCanceled as exc:
                 self._split(lane, limit, exc)
                 return limit  # as a full batch would: go again at once, with the smaller one
-        self._lane_limits[lane] = min(self._settings.fold_batch, limit * 2)
+        if lane is not None:
+            self._lane_limits[lane] = min(self._settings.fold_batch, limit * 2)
         with self._after_fold:
             self.folded_total += result.records
             self._notify(result.trace_ids)
@@ -167,12 +198,23 @@ class Folder:
                 self._call(self._fold_listeners, result)
         return result.records
 
-    def _split(self, lane: int, limit: int, exc: Exception) -> None:
+    def _split(self, lane: int | None, limit: int, exc: Exception) -> None:
         """A fold that the statement timeout cancelled is retried in halves (down to one
-        record), so a batch too large to fold in time never blocks its lane for ever."""
-        self._lane_limits[lane] = max(1, limit // 2)
+        record), so a batch too large to fold in time never blocks its lane for ever; after a
+        fold of every lane, lane by lane for a while."""
         with self._after_fold:
             self.timeouts_total += 1
+        if lane is None:
+            self._together_after = time.monotonic() + _LANE_BY_LANE_AFTER_TIMEOUT_S
+            logger.warning(
+                "folding %d records of every lane at once was cancelled (%s); lane by lane"
+                " for the next %.0f s",
+                limit,
+                str(exc).strip(),
+                _LANE_BY_LANE_AFTER_TIMEOUT_S,
+            )
+            return
+        self._lane_limits[lane] = max(1, limit // 2)
         logger.warning(
             "folding %d records of lane %d was cancelled (%s); folding them %d at a time",
             limit,

@@ -17,14 +17,10 @@ import psycopg_pool
 from tasktree.exporter.errors import Overloaded
 from tasktree.exporter.receiver.records import DecodedBatch, SpanRow
 from tasktree.exporter.settings import Settings
-from tasktree.exporter.store.landing import ResourceIds, land
-from tasktree.exporter.store.pool import connection, scalar
+from tasktree.exporter.store.landing import ResourceIds, land, waiting_at_most
+from tasktree.exporter.store.pool import connection
 
 _BACKLOG_TTL_S = 1.0
-
-# Spans landed and not folded yet, at most: the range of their ids (two index probes, where a
-# count would read the whole backlog).
-_BACKLOG = "SELECT max(id) - min(id) + 1 FROM span_landing"
 
 # Runs of a batch that hold their cap of tasks, and the day partition their tasks live in.
 # task_count counts folded tasks only: records landed and not folded yet may add a few (soft cap).
@@ -86,7 +82,7 @@ class Ingestor:
     def _refuse_when_backlogged(self, conn) -> None:
         measured_at, backlog = self._backlog
         if time.monotonic() - measured_at > _BACKLOG_TTL_S:
-            backlog = scalar(conn, _BACKLOG) or 0
+            backlog = waiting_at_most(conn)
             self._backlog = (time.monotonic(), backlog)
         if backlog > self._settings.max_backlog_spans:
             raise Overloaded(

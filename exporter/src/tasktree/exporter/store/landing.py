@@ -54,6 +54,17 @@ _TYPES = [
 _COPY_ROWS = f"COPY span_landing ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 
 
+# Records landed and not folded yet, at most: the range of their ids (two index probes, where a
+# count would read the whole backlog).
+_AT_MOST_WAITING = "SELECT coalesce(max(id) - min(id) + 1, 0) FROM span_landing"
+
+
+def waiting_at_most(conn: psycopg.Connection) -> int:
+    """At least as many as the records landed and not folded yet (cheap at any backlog)."""
+    row = conn.execute(_AT_MOST_WAITING).fetchone()
+    return int(row[0]) if row else 0
+
+
 class _JsonTextBinaryDumper(Dumper):
     """Dumps an already-serialised JSON string as binary jsonb (version byte 1 + the text)."""
 
