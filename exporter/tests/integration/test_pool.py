@@ -60,7 +60,9 @@ def test_a_connection_killed_by_the_server_is_never_handed_out(database_url):
     try:
         victim = _pid(pool)
         with psycopg.connect(database_url, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (victim,))
+            # Waits until the backend is gone (its goodbye is on the socket): one killed while
+            # it is lent fails its statement instead (a 503 for a request, a retry for a fold).
+            admin.execute("SELECT pg_terminate_backend(%s, 5000)", (victim,))
         assert _pid(pool) != victim  # checked on borrow, replaced, no error for the caller
     finally:
         pool.close()

@@ -53,7 +53,7 @@ class ProcessStats:
         if self._totals is not None:
             errors = CounterMetricFamily(
                 "tasktree_metrics_write_errors",
-                "Folds whose finished tasks could not be added to the metrics at once (retried).",
+                "Failed writes of finished tasks to the metrics (the amounts are kept, retried).",
             )
             errors.add_metric([], self._totals.write_errors)
             yield errors

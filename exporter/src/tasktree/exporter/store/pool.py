@@ -87,7 +87,9 @@ def _with_failover_defaults(url: str, target_session_attrs: str) -> str:
 # waiting on its socket, is lent without the liveness round trip: the folder and ingest borrow
 # several a second, and each round trip cost about 0.27 ms of the server's CPU (issue 16: a
 # trickle of small requests paid it half a dozen times per fold).  A server that ends a session
-# (a restart, pg_terminate_backend) says so on the socket first, so those are still caught here.
+# (a restart, pg_terminate_backend) says so on the socket first, so those are still caught here;
+# one it ends at the very moment of lending fails its first statement instead (a 503 for a
+# request, a retry for a fold), as one ended just after a check always could.
 _RECENTLY_RETURNED_S = 1.0
 _RETURNED_AT: weakref.WeakKeyDictionary[psycopg.Connection, float] = weakref.WeakKeyDictionary()
 
@@ -101,8 +103,11 @@ def _quiet_since_returned(conn: psycopg.Connection) -> bool:
     returned = _RETURNED_AT.get(conn)
     if conn.closed or returned is None or time.monotonic() - returned > _RECENTLY_RETURNED_S:
         return False
-    readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    return not readable
+    if not hasattr(select, "poll"):  # poll, not select: a busy server's descriptors pass 1024
+        return False
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return not poller.poll(0)
 
 
 def _check_alive(conn: psycopg.Connection) -> None:
