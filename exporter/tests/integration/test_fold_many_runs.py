@@ -8,6 +8,7 @@ fold the statement timeout cancels is split, never retried as it was for ever.
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 
@@ -133,3 +134,19 @@ def test_a_fold_cancelled_by_the_statement_timeout_is_split_until_it_fits(
     timeouts = [line for line in metrics.splitlines()
                 if line.startswith("tasktree_fold_timeouts_total")]
     assert timeouts and float(timeouts[0].split()[-1]) >= 1
+
+
+def test_a_fold_of_every_lane_cancelled_by_the_timeout_goes_lane_by_lane(
+    start_tasktree, private_db
+):
+    """A backlog of one fold's worth in several lanes is folded at once; if that fold is
+    cancelled, the lanes are folded one by one (and split), and every run still arrives."""
+    server = start_tasktree(
+        database=private_db, env={"TASKTREE_FOLD_TIMEOUT": "0.05", "TASKTREE_FOLD_BATCH": "8000"}
+    )
+    traces = one_span_runs(4_000, lane=1) + one_span_runs(4_000, lane=6)
+    random.shuffle(traces)
+    send_runs(server, traces, job="two-lanes-at-once")
+    assert_all_folded_ok(server, len(traces), timeout=150)
+    log = server.log_path.read_text()
+    assert "of every lane at once was cancelled" in log and "lane by lane" in log
