@@ -65,6 +65,20 @@ def waiting_at_most(conn: psycopg.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+# Folded records leave dead rows and index entries behind, at the low end of the primary key and
+# of each lane's range of span_landing_lane: the very places the claim, the folder's lane probe
+# and the backlog estimate start from.  Until a VACUUM removes them every such look walks over
+# them all, and with autovacuum off (or behind) that cost grew with every record landed since
+# (bench: the lane probe 0.2 → 0.9 ms and the estimate 0.2 → 1.2 ms after 200,000 records).
+# SKIP_LOCKED: another process vacuuming it already is enough.
+_VACUUM = "VACUUM (SKIP_LOCKED) span_landing"
+
+
+def vacuum(conn: psycopg.Connection) -> None:
+    """Remove folded records' remains from ``span_landing`` (outside a transaction)."""
+    conn.execute(_VACUUM)
+
+
 class _JsonTextBinaryDumper(Dumper):
     """Dumps an already-serialised JSON string as binary jsonb (version byte 1 + the text)."""
 
