@@ -30,30 +30,26 @@ from scratch import scratch_database  # bench/scratch.py: the script's folder
 
 from tasktree.exporter.store import partitions
 from tasktree.exporter.store.fold import fold_batch
+from tasktree.exporter.store.landing import _COLUMNS as LANDING_COLUMNS  # what ingest COPYs
+from tasktree.exporter.store.landing import _TYPES as LANDING_TYPES
 from tasktree.exporter.store.migrate import migrate
 
 ATTRIBUTES = json.dumps({"item": "1", "partition": "1", "host.name": "bench-host"})
 BATCH = 512
-LANDING_COLUMNS = (
-    "received_ns, trace_id, span_id, parent_span_id, name, kind, start_ns, end_ns, heartbeat_ns,"
-    " status, status_message, resource_id, scope, attributes, events, links, truncated,"
-    " search_words"
-)
-LANDING_TYPES = ["int8", "bytea", "bytea", "bytea", "text", "int2", "int8", "int8", "int8",
-                 "int2", "text", "int8", "text", "jsonb", "jsonb", "jsonb", "bool", "text"]
 INSERT_TASKS = """
 INSERT INTO tasks (trace_id, span_id, parent_span_id, status, heartbeat_ns, run_day, name, kind,
                    start_ns, end_ns, status_message, resource_id, scope, attributes, events,
                    links, truncated, received_ns, search)
 SELECT trace_id, span_id, parent_span_id, status, heartbeat_ns, %s, name, kind, start_ns, end_ns,
        status_message, resource_id, scope, attributes, events, links, truncated, received_ns,
-       array_to_tsvector(array_remove(string_to_array(search_words, ' '), ''))
+       search
 FROM stage
 """
+# The temporary table has the landing's columns and its generated search document.
 MAKE_TABLES = f"""
 CREATE UNLOGGED TABLE bare AS SELECT {LANDING_COLUMNS} FROM span_landing WITH NO DATA;
-CREATE TEMP TABLE stage ON COMMIT DELETE ROWS AS SELECT {LANDING_COLUMNS} FROM span_landing
-    WITH NO DATA
+CREATE TEMP TABLE stage (LIKE span_landing INCLUDING DEFAULTS INCLUDING GENERATED)
+    ON COMMIT DELETE ROWS
 """  # noqa: S608 (constants)
 # Dropped in this order, each row of the table one index fewer than the one before.
 INDEXES = ["tasks_search", "tasks_start", "tasks_children", "tasks_flagged_path",

@@ -111,7 +111,8 @@ def _quiet_since_returned(conn: psycopg.Connection) -> bool:
 
 
 def _check_alive(conn: psycopg.Connection) -> None:
-    """The reading pool's check on borrow: a round trip, unless the connection is fresh."""
+    """The check on borrow (the reading pool's whole check, the writing pool's first part): a
+    round trip, unless the connection is fresh."""
     if not _quiet_since_returned(conn):
         psycopg_pool.ConnectionPool.check_connection(conn)
 
