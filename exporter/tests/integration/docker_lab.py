@@ -279,8 +279,13 @@ class SlowProxy:
                 upstream.connect(self.upstream)
             except OSError:
                 client.close()
+                upstream.close()
                 continue
             with self._lock:
+                if self._closed.is_set():  # close() ran since accept(): it cannot see these
+                    client.close()
+                    upstream.close()
+                    return
                 self._conns += [client, upstream]
             pending = threading.Event()
             threading.Thread(
