@@ -83,18 +83,21 @@ def create_test_app(settings: Settings, pool) -> Flask:
     return app
 
 
+# The rows these tests write by hand live in the database no server runs against: the session's
+# shared ``tasktree serve`` folds and sweeps the other one, and its stall sweeper turned a sample
+# run's running task (a heartbeat days old) stalled between two requests of a test.
 @pytest.fixture(scope="module")
-def api_pool(database_url):
-    pool = open_pool(database_url, max_size=2)
+def api_pool(store_database_url):
+    pool = open_pool(store_database_url, max_size=2)
     pool.wait()
     yield pool
     pool.close()
 
 
 @pytest.fixture
-def db(clean_db, api_pool):
+def db(clean_store_db, api_pool):
     """An autocommit connection to the emptied test database, for writing rows."""
-    with psycopg.connect(clean_db, autocommit=True) as conn:
+    with psycopg.connect(clean_store_db, autocommit=True) as conn:
         yield conn
 
 
