@@ -3,16 +3,22 @@
 "use strict";
 
 (() => {
-  /** datetime-local inputs show local time; the form sends UTC (RFC 3339) in hidden fields. */
+  /** datetime-local inputs show local time; the form sends UTC (RFC 3339) in hidden fields,
+   * converted as the form is sent: a time typed before this script ran counts too. */
   function wireTimeRange(form) {
-    for (const input of form.querySelectorAll("input[data-utc-for]")) {
-      const hidden = form.querySelector(`input[type=hidden][name="${input.dataset.utcFor}"]`);
+    const pairs = [...form.querySelectorAll("input[data-utc-for]")].map((input) => [
+      input, form.querySelector(`input[type=hidden][name="${input.dataset.utcFor}"]`)]);
+    for (const [input, hidden] of pairs) {
       const ms = hidden.value ? parseValue(hidden.value) : NaN;
-      if (!Number.isNaN(ms)) input.value = TT.localText(ms).replace(" ", "T").slice(0, 19);
-      input.addEventListener("change", () => {
-        hidden.value = input.value ? new Date(input.value).toISOString() : "";
-      });
+      if (!input.value && !Number.isNaN(ms)) {
+        input.value = TT.localText(ms).replace(" ", "T").slice(0, 19);
+      }
     }
+    form.addEventListener("submit", () => {
+      for (const [input, hidden] of pairs) {
+        hidden.value = input.value ? new Date(input.value).toISOString() : "";
+      }
+    });
   }
 
   /** Milliseconds from what "from"/"to" may hold: RFC 3339 or Unix seconds. */
