@@ -278,6 +278,18 @@ def cpu_per_span(send, spans: list[tuple], url: str, server_pid: int) -> float:
     return 1e6 * (sum(after) - sum(before)) / len(spans)
 
 
+def send_one_at_a_time(port: int, bodies: list[bytes], gap_s: float) -> None:
+    """Each request after the answer to the one before, ``gap_s`` seconds apart."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    for body in bodies:
+        conn.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
+        answer = conn.getresponse()
+        answer.read()
+        if answer.status != 200:
+            raise SystemExit(f"request failed: {answer.status}")
+        time.sleep(gap_s)
+
+
 def trickle(n: int, url: str, port: int, server_pid: int) -> None:
     """n spans of 10 flat runs as small requests, one after another (what jobs that export every
     second send: each fold is small, so the fixed costs of a request and a fold dominate), and
@@ -287,17 +299,8 @@ def trickle(n: int, url: str, port: int, server_pid: int) -> None:
     random.shuffle(spans)
     small, large = encode(spans, TRICKLE_BATCH), encode(spans, BATCH)
 
-    def one_by_one() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        for body in small:
-            conn.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
-            answer = conn.getresponse()
-            answer.read()
-            if answer.status != 200:
-                raise SystemExit(f"request failed: {answer.status}")
-            time.sleep(TRICKLE_GAP_S)
-
-    trickled = cpu_per_span(one_by_one, spans, url, server_pid)
+    trickled = cpu_per_span(lambda: send_one_at_a_time(port, small, TRICKLE_GAP_S), spans, url,
+                            server_pid)
     at_once = cpu_per_span(lambda: send_all(port, large, 4), spans, url, server_pid)
     print(f"{f'trickle: {TRICKLE_BATCH}-span requests':34s} {len(spans):>7} spans  CPU per span "
           f"(server + PostgreSQL) {trickled:6.1f} µs; sent at once {at_once:6.1f} µs; "

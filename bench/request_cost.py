@@ -1,0 +1,98 @@
+"""What one small export request costs the sink: the fixed part of ingest's CPU (issues 12, 16).
+
+    .venv/bin/python bench/request_cost.py [--sizes 1 30 300] [--requests 60] [--gap 0.25]
+
+Jobs export every second or so (the SDK's batch processor), so a sink mostly receives small
+requests, each followed by a small fold; a Celery or Dask worker's pool process sends one such
+request a second.  On a scratch database with a real ``tasktree serve``, for each size: requests
+of that many spans of one flat run, one at a time, ``--gap`` seconds apart, until every span is
+folded.  Printed per request: the CPU of the server's process and of its PostgreSQL backends (from
+/proc, Linux only), less what the same server spends idle over the same time (measured first, in
+the same run: the folder's probes and the once-a-second sweep).  Then a straight line through the
+sizes: the **fixed cost of a request** (its intercept) and the cost of each further span (its
+slope), beside the reference: CPU per span of the same spans sent at once as 512-span requests by
+4 clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import psycopg
+from ingest import (
+    cpu_per_span,
+    cpu_seconds,
+    encode,
+    flat_run,
+    send_all,
+    send_one_at_a_time,
+    start_ingest_server,
+    wait_folded,  # bench/ingest.py: the script's folder
+)
+from scratch import scratch_database
+
+
+def idle_cpu_per_second(pid: int, database: str, seconds: float) -> float:
+    """CPU seconds per second of the server and its backends while nothing is sent."""
+    before = sum(cpu_seconds(pid, database))
+    time.sleep(seconds)
+    return (sum(cpu_seconds(pid, database)) - before) / seconds
+
+
+def request_cost(url: str, port: int, pid: int, size: int, requests: int, gap_s: float,
+                 idle_per_s: float) -> tuple[float, float]:
+    """(server, PostgreSQL) CPU ms per request of ``size`` spans, idle cost taken off."""
+    database = url.rsplit("/", 1)[1]
+    spans = flat_run(size * requests)
+    bodies = encode(spans, size)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE tasks, runs, span_landing")
+    before, started = cpu_seconds(pid, database), time.perf_counter()
+    send_one_at_a_time(port, bodies, gap_s)
+    wait_folded(url, len(spans))
+    after, elapsed = cpu_seconds(pid, database), time.perf_counter() - started
+    server, postgres = (b - a for a, b in zip(before, after, strict=True))
+    idle = idle_per_s * elapsed / 2  # split evenly: it is a few ms a second
+    return 1e3 * (server - idle) / requests, 1e3 * (postgres - idle) / requests
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 30, 300])
+    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--gap", type=float, default=0.25, help="seconds between two requests")
+    args = parser.parse_args()
+    with scratch_database("tasktree_request_cost") as url:
+        proc, port = start_ingest_server(url, 1)
+        try:
+            measure(url, port, proc.pid, args)
+        finally:
+            proc.terminate()
+            proc.wait()
+
+
+def measure(url: str, port: int, pid: int, args: argparse.Namespace) -> None:
+    database = url.rsplit("/", 1)[1]
+    send_one_at_a_time(port, encode(flat_run(300), 30), 0.0)  # warm: plans, partitions, pool
+    wait_folded(url, 300)
+    idle = idle_cpu_per_second(pid, database, 10.0)
+    print(f"idle: {1e3 * idle:.1f} ms of CPU a second (server and PostgreSQL), taken off below")
+    costs = []
+    for size in args.sizes:
+        server, postgres = request_cost(url, port, pid, size, args.requests, args.gap, idle)
+        costs.append(server + postgres)
+        print(f"requests of {size:5d} spans: server {server:6.2f} ms, PostgreSQL {postgres:6.2f} ms"
+              f" a request ({1e3 * (server + postgres) / size:8.1f} µs a span)")
+    bulk = flat_run(max(args.sizes) * args.requests)
+    reference = cpu_per_span(lambda: send_all(port, encode(bulk), 4), bulk, url, pid)
+    if len(args.sizes) > 1:
+        slope, intercept = statistics.linear_regression(args.sizes, costs)
+        print(f"fixed cost of a request: {intercept:.2f} ms; each further span {1e3 * slope:.1f} µs"
+              f"; sent at once (reference) {reference:.1f} µs a span: a request costs as much as"
+              f" {1e3 * intercept / reference:,.0f} spans sent at once")
+
+
+if __name__ == "__main__":
+    main()
