@@ -122,6 +122,8 @@ def test_postgresql_restart_under_load_loses_nothing_and_the_same_server_recover
     assert client.missing_retry_after == 0, "every 503 says when to retry"
     assert health.seen[0] == 200 and 503 in health.seen and health.seen[-1] == 200, health.seen
     assert all(job.unacknowledged == 0 for job in jobs), "every request was stored in the end"
+    log = server.log_path.read_text()
+    assert "folding paused" in log and "folding resumed after" in log.split("folding paused")[-1]
 
     server.wait_folded()
     for job in jobs:

@@ -105,6 +105,7 @@ class Folder:
     def _run(self, number: int) -> None:
         """One folder thread; the first also sweeps stalled tasks and applies retention."""
         backoff, last_sweep, last_retention = 0.0, 0.0, 0.0
+        paused_at: float | None = None  # monotonic: the first failure of the current outage
         next_lane = number * LANES // len(self._threads)  # threads start on different lanes
         while not self._stop.is_set():
             try:
@@ -119,10 +120,14 @@ class Folder:
                     self.apply_retention()
                 backoff = 0.0
             except (StoreUnavailable, psycopg.Error) as exc:
+                paused_at = paused_at or time.monotonic()
                 backoff = min(_MAX_BACKOFF_S, backoff * 2 or 0.1)
                 logger.warning("folding paused for %.1fs: %s", backoff, exc)
                 self._stop.wait(backoff)
                 continue
+            if paused_at is not None:  # an operator reading the log sees the outage end
+                logger.warning("folding resumed after %.1fs", time.monotonic() - paused_at)
+                paused_at = None
             if folded < self._settings.fold_batch:
                 woken = self._wake.wait(_BUSY_WAIT_S if folded else _IDLE_WAIT_S)
                 self._wake.clear()
