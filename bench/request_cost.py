@@ -21,7 +21,7 @@ import statistics
 import time
 
 import psycopg
-from ingest import (
+from ingest import (  # bench/ingest.py: the script's folder
     cpu_per_span,
     cpu_seconds,
     encode,
@@ -29,20 +29,21 @@ from ingest import (
     send_all,
     send_one_at_a_time,
     start_ingest_server,
-    wait_folded,  # bench/ingest.py: the script's folder
+    wait_folded,
 )
 from scratch import scratch_database
 
 
-def idle_cpu_per_second(pid: int, database: str, seconds: float) -> float:
-    """CPU seconds per second of the server and its backends while nothing is sent."""
-    before = sum(cpu_seconds(pid, database))
+def idle_cpu_per_second(pid: int, database: str, seconds: float) -> tuple[float, float]:
+    """(server, PostgreSQL) CPU seconds per second while nothing is sent."""
+    before = cpu_seconds(pid, database)
     time.sleep(seconds)
-    return (sum(cpu_seconds(pid, database)) - before) / seconds
+    after = cpu_seconds(pid, database)
+    return (after[0] - before[0]) / seconds, (after[1] - before[1]) / seconds
 
 
 def request_cost(url: str, port: int, pid: int, size: int, requests: int, gap_s: float,
-                 idle_per_s: float) -> tuple[float, float]:
+                 idle_per_s: tuple[float, float]) -> tuple[float, float]:
     """(server, PostgreSQL) CPU ms per request of ``size`` spans, idle cost taken off."""
     database = url.rsplit("/", 1)[1]
     spans = flat_run(size * requests)
@@ -53,9 +54,9 @@ def request_cost(url: str, port: int, pid: int, size: int, requests: int, gap_s:
     send_one_at_a_time(port, bodies, gap_s)
     wait_folded(url, len(spans))
     after, elapsed = cpu_seconds(pid, database), time.perf_counter() - started
-    server, postgres = (b - a for a, b in zip(before, after, strict=True))
-    idle = idle_per_s * elapsed / 2  # split evenly: it is a few ms a second
-    return 1e3 * (server - idle) / requests, 1e3 * (postgres - idle) / requests
+    server, postgres = (b - a - idle * elapsed
+                        for a, b, idle in zip(before, after, idle_per_s, strict=True))
+    return 1e3 * server / requests, 1e3 * postgres / requests
 
 
 def main() -> None:
@@ -78,7 +79,8 @@ def measure(url: str, port: int, pid: int, args: argparse.Namespace) -> None:
     send_one_at_a_time(port, encode(flat_run(300), 30), 0.0)  # warm: plans, partitions, pool
     wait_folded(url, 300)
     idle = idle_cpu_per_second(pid, database, 10.0)
-    print(f"idle: {1e3 * idle:.1f} ms of CPU a second (server and PostgreSQL), taken off below")
+    print(f"idle: server {1e3 * idle[0]:.1f} ms, PostgreSQL {1e3 * idle[1]:.1f} ms of CPU a second"
+          ", taken off below")
     costs = []
     for size in args.sizes:
         server, postgres = request_cost(url, port, pid, size, args.requests, args.gap, idle)
@@ -87,11 +89,12 @@ def measure(url: str, port: int, pid: int, args: argparse.Namespace) -> None:
               f" a request ({1e3 * (server + postgres) / size:8.1f} µs a span)")
     bulk = flat_run(max(args.sizes) * args.requests)
     reference = cpu_per_span(lambda: send_all(port, encode(bulk), 4), bulk, url, pid)
+    print(f"sent at once (the reference): {reference:.1f} µs a span")
     if len(args.sizes) > 1:
         slope, intercept = statistics.linear_regression(args.sizes, costs)
-        print(f"fixed cost of a request: {intercept:.2f} ms; each further span {1e3 * slope:.1f} µs"
-              f"; sent at once (reference) {reference:.1f} µs a span: a request costs as much as"
-              f" {1e3 * intercept / reference:,.0f} spans sent at once")
+        print(f"fixed cost of a request: {intercept:.2f} ms, as much as"
+              f" {1e3 * intercept / reference:,.0f} spans sent at once; each further span"
+              f" {1e3 * slope:.1f} µs")
 
 
 if __name__ == "__main__":
