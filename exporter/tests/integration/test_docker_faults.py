@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import time
+import warnings
+
+import pytest
+import requests
+
+from tasktree.exporter.docker.hosts import HostClients, HostConfig
 
 from . import docker_lab
 from .docker_support import call, deploy_body
@@ -37,3 +44,24 @@ def test_a_host_that_vanishes_mid_deploy_fails_alone_and_the_other_host_finishes
     assert op["hosts"]["alpha"]["status"] == "ok"
     assert op["hosts"]["fading"]["status"] == "error" and op["hosts"]["fading"]["message"]
     assert op["status"] == "partial"
+
+
+def test_calls_to_a_host_whose_socket_is_gone_leave_no_socket_open(lab):
+    """docker-py leaves the socket of a failed connect to the garbage collector; a host that
+    vanishes must not leave tasktree's server with a socket per call (a ResourceWarning each)."""
+    proxy = docker_lab.SlowProxy(lab.engines["beta"].url.removeprefix("unix://"), delay=0)
+    clients = HostClients([HostConfig("gone", proxy.url)], default_timeout=5, action_timeout=5)
+    try:
+        client = clients.client("gone")
+        assert client.version()["ApiVersion"]
+        proxy.close()  # the socket file is gone: every new connection's connect fails
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            for _ in range(3):
+                with pytest.raises(requests.exceptions.ConnectionError):
+                    client.containers()
+            gc.collect()
+        assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
+    finally:
+        clients.close()
+        proxy.close()

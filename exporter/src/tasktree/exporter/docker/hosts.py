@@ -30,6 +30,7 @@ from pathlib import Path
 
 import docker
 import yaml
+from docker.transport.unixconn import UnixHTTPAdapter, UnixHTTPConnection, UnixHTTPConnectionPool
 
 from tasktree.exporter.settings import Settings, SettingsError
 
@@ -175,6 +176,39 @@ def _strip_userinfo(url: str) -> str:
     )
 
 
+class _UnixConnection(UnixHTTPConnection):
+    """docker-py's unix socket connection, closing the socket of a connect that fails.  docker-py
+    leaves it to the garbage collector (a ResourceWarning each time a call finds a host gone) and
+    offers no hook for the connection it makes, so its adapter, pool and connection are
+    subclassed, and the adapter mounted on the client (``requests.Session.mount``)."""
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.unix_socket)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class _UnixPool(UnixHTTPConnectionPool):
+    def _new_conn(self) -> _UnixConnection:
+        return _UnixConnection(self.base_url, self.socket_path, self.timeout)
+
+
+class _UnixAdapter(UnixHTTPAdapter):
+    def get_connection(self, url, proxies=None) -> _UnixPool:
+        with self.pools.lock:
+            pool = self.pools.get(url)
+            if pool is None:
+                pool = self.pools[url] = _UnixPool(
+                    url, self.socket_path, self.timeout, maxsize=self.max_pool_size
+                )
+        return pool
+
+
 class HostUnreachable(ConnectionError):
     """The host's engine cannot be connected to; ``str()`` says why in a few words."""
 
@@ -214,8 +248,8 @@ class HostClients:
             return self._clients.setdefault((name, kind), client)
 
     def _check_socket(self, name: str) -> None:
-        """For a unix socket, connect once and close: an engine that is not there fails here cleanly
-        (docker-py leaves the socket of a failed connect unclosed: a ResourceWarning each time)."""
+        """For a unix socket, connect once and close: an engine that is not there fails here
+        cleanly, as ``HostUnreachable`` with the reason, before any API client is made for it."""
         url = self.hosts[name].url
         if not url.startswith("unix://"):
             return
@@ -264,7 +298,7 @@ class HostClients:
                 client_cert=(host.tls.cert, host.tls.key), ca_cert=host.tls.ca, verify=True
             )
         url = host.url  # docker-py turns tcp:// into https:// when tls is given
-        return docker.APIClient(
+        client = docker.APIClient(
             base_url=url,
             version=api_version,
             timeout=timeout,
@@ -272,6 +306,12 @@ class HostClients:
             use_ssh_client=url.startswith("ssh://"),
             max_pool_size=16,
         )
+        if url.startswith("unix://"):  # the same adapter, its failed connects closed
+            client.mount(
+                "http+docker://",
+                _UnixAdapter(f"http+unix://{url[len('unix://'):]}", timeout, max_pool_size=16),
+            )
+        return client
 
     def close(self) -> None:
         with self._lock:
