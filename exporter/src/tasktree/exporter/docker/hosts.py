@@ -36,6 +36,7 @@ from tasktree.exporter.settings import Settings, SettingsError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _MIN_API = "1.24"
+_POOL_SIZE = 16  # connections each host's API client keeps open
 
 
 @dataclass(frozen=True)
@@ -304,13 +305,13 @@ class HostClients:
             timeout=timeout,
             tls=tls,
             use_ssh_client=url.startswith("ssh://"),
-            max_pool_size=16,
+            max_pool_size=_POOL_SIZE,
         )
         if url.startswith("unix://"):  # the same adapter, its failed connects closed
-            client.mount(
-                "http+docker://",
-                _UnixAdapter(f"http+unix://{url[len('unix://'):]}", timeout, max_pool_size=16),
+            adapter = _UnixAdapter(
+                f"http+unix://{url[len('unix://'):]}", timeout, max_pool_size=_POOL_SIZE
             )
+            client.mount("http+docker://", adapter)
         return client
 
     def close(self) -> None:
