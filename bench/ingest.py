@@ -267,15 +267,24 @@ TRICKLE_BATCH = 100  # spans per request in the trickle scenario
 TRICKLE_GAP_S = 0.1  # between its requests: ten a second, as ten jobs exporting every second
 
 
-def cpu_per_span(send, spans: list[tuple], url: str, server_pid: int) -> float:
-    """µs of CPU (server and PostgreSQL together) per span of ``send()`` until all are folded."""
+def cpu_until_folded(send, spans: list[tuple], url: str, server_pid: int
+                     ) -> tuple[float, float, float]:
+    """On emptied tables: CPU seconds of the server and of PostgreSQL, and wall seconds, from
+    ``send()`` until all ``spans`` are folded."""
+    database = url.rsplit("/", 1)[1]
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE tasks, runs, span_landing")
-    before = cpu_seconds(server_pid, url.rsplit("/", 1)[1])
+    before, started = cpu_seconds(server_pid, database), time.perf_counter()
     send()
     wait_folded(url, len(spans))
-    after = cpu_seconds(server_pid, url.rsplit("/", 1)[1])
-    return 1e6 * (sum(after) - sum(before)) / len(spans)
+    after, elapsed = cpu_seconds(server_pid, database), time.perf_counter() - started
+    return after[0] - before[0], after[1] - before[1], elapsed
+
+
+def cpu_per_span(send, spans: list[tuple], url: str, server_pid: int) -> float:
+    """µs of CPU (server and PostgreSQL together) per span of ``send()`` until all are folded."""
+    server, postgres, _ = cpu_until_folded(send, spans, url, server_pid)
+    return 1e6 * (server + postgres) / len(spans)
 
 
 def send_one_at_a_time(port: int, bodies: list[bytes], gap_s: float) -> None:

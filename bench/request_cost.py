@@ -20,10 +20,10 @@ import argparse
 import statistics
 import time
 
-import psycopg
 from ingest import (  # bench/ingest.py: the script's folder
     cpu_per_span,
     cpu_seconds,
+    cpu_until_folded,
     encode,
     flat_run,
     send_all,
@@ -45,18 +45,12 @@ def idle_cpu_per_second(pid: int, database: str, seconds: float) -> tuple[float,
 def request_cost(url: str, port: int, pid: int, size: int, requests: int, gap_s: float,
                  idle_per_s: tuple[float, float]) -> tuple[float, float]:
     """(server, PostgreSQL) CPU ms per request of ``size`` spans, idle cost taken off."""
-    database = url.rsplit("/", 1)[1]
     spans = flat_run(size * requests)
     bodies = encode(spans, size)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE tasks, runs, span_landing")
-    before, started = cpu_seconds(pid, database), time.perf_counter()
-    send_one_at_a_time(port, bodies, gap_s)
-    wait_folded(url, len(spans))
-    after, elapsed = cpu_seconds(pid, database), time.perf_counter() - started
-    server, postgres = (b - a - idle * elapsed
-                        for a, b, idle in zip(before, after, idle_per_s, strict=True))
-    return 1e3 * server / requests, 1e3 * postgres / requests
+    server, postgres, elapsed = cpu_until_folded(
+        lambda: send_one_at_a_time(port, bodies, gap_s), spans, url, pid)
+    idle_server, idle_postgres = (idle * elapsed for idle in idle_per_s)
+    return 1e3 * (server - idle_server) / requests, 1e3 * (postgres - idle_postgres) / requests
 
 
 def main() -> None:
