@@ -5,6 +5,8 @@ real Redis broker (db 5, a queue of its own per test), the job using only ``@tas
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -220,6 +222,44 @@ def test_a_pool_process_killed_mid_task_leaves_it_stalled_and_the_next_attempt_i
         f"running shown {shown_after:.2f}s after the task started; "
         f"stalled {stalled_after:.2f}s after SIGKILL"
     )
+
+
+# -- a worker stopped as a service manager stops it -------------------------------------------
+
+
+def test_stopping_the_worker_group_while_a_pool_process_flushes_loses_none_of_its_tasks(
+    otlp_sink, tmp_path
+):
+    """systemd and ``docker stop`` signal the worker's whole process group: a pool process on its
+    way out is flushing then (billiard's SIGTERM handler raises ``SystemExit`` there).  The
+    sink's first answer is a 503, so the flush is still retrying when the signal arrives."""
+    otlp_sink.mode = "down"
+    env = child_environment(
+        otlp_sink.endpoint,
+        TASKTREE_CELERY_BROKER=BROKER,
+        TASKTREE_CELERY_QUEUE=f"tasktree-celery-stop-{uuid.uuid4().hex[:8]}",
+        PYTHONPATH=str(ENGINE_SCRIPTS),
+    )
+    with celery_worker(env, tmp_path / "worker.log", "--max-tasks-per-child", "1") as worker:
+        job = subprocess.Popen(
+            [sys.executable, str(ENGINE_SCRIPTS / "celery_job.py"), "one"],
+            env=env, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        with job:
+            deadline = time.monotonic() + RUN_TIMEOUT
+            while otlp_sink.requests == 0:  # the pool process's exit flush, its first try
+                assert time.monotonic() < deadline and job.poll() in (None, 0), "nothing sent"
+                time.sleep(0.01)
+            otlp_sink.mode = "up"
+            os.killpg(worker.pid, signal.SIGTERM)
+            out = json.loads(job.stdout.read().splitlines()[-1])
+            assert job.wait(RUN_TIMEOUT) == 0
+        worker.wait(RUN_TIMEOUT)
+    ran = out["results"]["one"]
+    records = otlp_sink.wait_for(lambda rs: {"delayed", "helper"} <= {r.name for r in rs})
+    delivered = {r.name: r for r in records if r.trace_id == ran["trace_id"]}
+    assert delivered["delayed"].span_id == ran["span_id"]
+    assert delivered["helper"].parent == ran["span_id"]
 
 
 # -- bad input -------------------------------------------------------------------------------

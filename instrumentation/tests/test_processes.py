@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,28 @@ def test_sigkill_leaves_the_task_running_with_heartbeats_that_stop(otlp_sink):
     beats = [r for r in records if r.span_id == ids["span_id"]]
     assert beats and all(r.running for r in beats)  # no final record: the sink will mark it stalled
     assert [r.end_ns for r in beats] == sorted(r.end_ns for r in beats)
+
+
+def test_sigterm_during_the_exit_flush_waits_for_it_instead_of_cutting_it_short(otlp_sink):
+    # A service manager stopping a whole process group (a Celery worker's pool processes, a
+    # multiprocessing pool's terminate()) signals processes that are already flushing on their
+    # way out; the records of the tasks they finished must still arrive.
+    otlp_sink.mode = "down"  # the exit flush's first attempt gets a 503 and retries after ~1 s
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "exit_modes.py"), "normal"],
+        env=child_environment(otlp_sink.endpoint), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    with process:
+        deadline = time.monotonic() + 30
+        while otlp_sink.requests == 0 and process.poll() is None:
+            assert time.monotonic() < deadline, "the job never tried to export"
+            time.sleep(0.01)
+        otlp_sink.mode = "up"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == -signal.SIGTERM, process.stderr.read()
+    records = finals_named(otlp_sink, "exit-normal", "done-before")
+    assert records["done-before"].parent == records["exit-normal"].span_id
 
 
 def closed_port() -> int:

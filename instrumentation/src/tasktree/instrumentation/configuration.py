@@ -20,7 +20,8 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -221,7 +222,16 @@ def flush(timeout_millis: int | None = None) -> bool:
 
 def end_of_process(message: str = ABANDONED_MESSAGE) -> None:
     """Before a process exits without atexit (``os._exit``, a signal): tasks still running become
-    final ``error`` records with ``message``, and everything recorded is flushed (bounded)."""
+    final ``error`` records with ``message``, and everything recorded is flushed (bounded).
+
+    A SIGTERM arriving meanwhile is handled right after the flush, not inside it: the process is
+    on its way out either way, and a handler that raises there (billiard's ``SystemExit`` in
+    Celery pool processes, a job's own) would lose what the process finished last."""
+    with _sigterm_held():
+        _close_and_flush(message)
+
+
+def _close_and_flush(message: str) -> None:
     state = _state
     if state is None:
         flush()
@@ -240,6 +250,29 @@ propagation.set_process_hooks(
 
 
 # -- SIGTERM -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _sigterm_held() -> Iterator[None]:
+    """Within the block, a SIGTERM whose handler is a Python function is recorded, then raised
+    again once the block is over.  The default action and ``SIG_IGN`` stay as they are (someone
+    chose them); off the main thread nothing changes (only it can set handlers)."""
+    received: list[int] = []
+    try:
+        handler = signal.getsignal(signal.SIGTERM)
+        if not callable(handler) or threading.current_thread() is not threading.main_thread():
+            handler = None
+        else:
+            signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
+    except (ValueError, OSError):  # not the main interpreter
+        handler = None
+    try:
+        yield
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+            if received:
+                signal.raise_signal(signal.SIGTERM)
 
 
 def _install_sigterm_handler(enabled: bool) -> None:

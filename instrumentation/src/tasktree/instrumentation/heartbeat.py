@@ -147,6 +147,7 @@ class LiveSpanProcessor(SpanProcessor):
         self._last_report = 0.0
         self._last_error = ""
         self._export_started: float | None = None
+        self._close_deadline = 0.0
 
     def _at_fork_reinit(self) -> None:
         """In a forked child: forget the parent's spans, queue, thread and rebuildable exporter."""
@@ -261,7 +262,9 @@ class LiveSpanProcessor(SpanProcessor):
     def close(self, message: str = ABANDONED_MESSAGE) -> None:
         """Spans still running become final ``error`` records with ``message`` (their process is
         exiting), then everything queued is exported within the flush timeout (1 s if the sink is
-        down).  Blocks the caller for at most that long; idempotent; never raises."""
+        down).  Blocks the caller for at most that long; never raises.  A second call (SIGTERM
+        arriving during the exit flush) waits for the first one's export, within the same
+        bound, so that the process does not die under it."""
         try:
             self._close_bounded(message)
         except Exception:
@@ -269,29 +272,36 @@ class LiveSpanProcessor(SpanProcessor):
 
     def _close_bounded(self, message: str) -> None:
         with self._lock:
-            if self._shutdown:
-                return
-            self._shutdown = True
-            live = [entry.span for entry in self._live.values()]
-            self._live.clear()
-            for span in live:
-                record = abandoned_record(span, message)
-                if record is not None:
-                    self._enqueue_locked(record)
-            wait = (
-                min(self._flush_timeout, _SINK_DOWN_EXIT_WAIT)
-                if self.sink_down
-                else self._flush_timeout
-            )
-            self._stopping = True
-            worker = self._worker
-        self._wake.set()
-        if worker is not None:
-            worker.join(wait)
+            first = not self._shutdown
+            if first:
+                self._begin_close_locked(message)
+            worker, deadline = self._worker, self._close_deadline
+        if first:
+            self._wake.set()
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(max(0.0, deadline - monotonic()))
+        if not first:
+            return
         exporter = self._exporter
         if exporter is not None:
             exporter.shutdown()  # also cuts short a retry still sleeping in a stuck worker
         self._report_drops(force=True)
+
+    def _begin_close_locked(self, message: str) -> None:
+        self._shutdown = True
+        live = [entry.span for entry in self._live.values()]
+        self._live.clear()
+        for span in live:
+            record = abandoned_record(span, message)
+            if record is not None:
+                self._enqueue_locked(record)
+        wait = (
+            min(self._flush_timeout, _SINK_DOWN_EXIT_WAIT)
+            if self.sink_down
+            else self._flush_timeout
+        )
+        self._close_deadline = monotonic() + wait
+        self._stopping = True
 
     # -- the background thread ---------------------------------------------------------------
 

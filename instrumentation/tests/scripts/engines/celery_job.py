@@ -3,6 +3,7 @@
     python celery_job.py tree              every kind of submission under the task "main"
     python celery_job.py slow TASK REPORT SECS  one acks_late task the test kills mid-way
     python celery_job.py bad               tasks submitted with no context / a malformed one
+    python celery_job.py one               one task submitted with no context (a run of its own)
 
 Prints one JSON line: {"trace_id": ... of "main", "results": ...}.
 """
@@ -70,10 +71,16 @@ def bad_input() -> dict:
     return {"results": {"missing": missing.get(TIMEOUT), "malformed": malformed.get(TIMEOUT)}}
 
 
+def one() -> dict:
+    return {"results": {"one": delayed.delay().get(TIMEOUT)}}
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "tree":
         out = main_tree()
+    elif mode == "one":
+        out = one()
     elif mode == "slow":
         out = main_slow(sys.argv[2], sys.argv[3], float(sys.argv[4]))
     else:
