@@ -177,6 +177,11 @@ def _strip_userinfo(url: str) -> str:
     )
 
 
+def _unix_socket_path(url: str) -> str | None:
+    """The socket path of a ``unix://`` host's URL; None for the other schemes."""
+    return url.removeprefix("unix://") if url.startswith("unix://") else None
+
+
 class _UnixConnection(UnixHTTPConnection):
     """docker-py's unix socket connection, closing the socket of a connect that fails.  docker-py
     leaves it to the garbage collector (a ResourceWarning each time a call finds a host gone) and
@@ -232,9 +237,8 @@ class HostClients:
 
     def client(self, name: str, *, action: bool = False) -> docker.APIClient:
         """The host's client (``action=True``: with the long action timeout).  Blocks on the first
-        call
-        for one round trip (``/version``) to agree on the API version; raises ``HostUnreachable`` or
-        ``docker.errors.DockerException``."""
+        call for one round trip (``/version``) to agree on the API version; raises
+        ``HostUnreachable`` or ``docker.errors.DockerException``."""
         self._check_socket(name)
         kind = "action" if action else "list"
         with self._lock:
@@ -249,15 +253,15 @@ class HostClients:
             return self._clients.setdefault((name, kind), client)
 
     def _check_socket(self, name: str) -> None:
-        """For a unix socket, connect once and close: an engine that is not there fails here
-        cleanly, as ``HostUnreachable`` with the reason, before any API client is made for it."""
-        url = self.hosts[name].url
-        if not url.startswith("unix://"):
+        """For a unix socket, connect once and close, on every ``client()`` call: an engine that
+        is not there (or no longer) fails here as ``HostUnreachable`` with the reason."""
+        path = _unix_socket_path(self.hosts[name].url)
+        if path is None:
             return
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.settimeout(self.timeout(name))
-            probe.connect(url[len("unix://") :])
+            probe.connect(path)
         except OSError as exc:
             raise HostUnreachable(f"cannot connect: {exc.strerror or exc}") from None
         finally:
@@ -307,10 +311,9 @@ class HostClients:
             use_ssh_client=url.startswith("ssh://"),
             max_pool_size=_POOL_SIZE,
         )
-        if url.startswith("unix://"):  # the same adapter, its failed connects closed
-            adapter = _UnixAdapter(
-                f"http+unix://{url[len('unix://'):]}", timeout, max_pool_size=_POOL_SIZE
-            )
+        path = _unix_socket_path(url)
+        if path is not None:  # the same adapter, its failed connects closed
+            adapter = _UnixAdapter(f"http+unix://{path}", timeout, max_pool_size=_POOL_SIZE)
             client.mount("http+docker://", adapter)
         return client
 
