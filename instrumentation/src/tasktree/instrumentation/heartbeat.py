@@ -43,7 +43,8 @@ _DROP_LOG_INTERVAL = 30.0
 _SINK_DOWN_EXIT_WAIT = 1.0  # at exit, one short last attempt when the sink is known to be down
 _STUCK_EXPORT = 2.0  # an export still going after this long is retrying: the sink is slow or down
 _INF = float("inf")
-# How long a job thread yields the interpreter to a starved worker (see _worker_starved_locked).
+# How long a hook that wakes the worker, or finds it starved, sleeps so that the worker gets the
+# GIL (see LiveSpanProcessor._claim_wake_locked).
 _HANDOFF = 0.0001
 
 
@@ -64,8 +65,9 @@ class LiveSpanProcessor(SpanProcessor):
     already export ended spans.  Other settings default to the ``TASKTREE_*`` and ``OTEL_BSP_*``
     environment variables.
 
-    ``on_start`` and ``on_end`` run on the job's threads: they never raise and never block,
-    except that ``on_end`` yields the GIL for 0.1 ms when the worker is starved of it.
+    ``on_start`` and ``on_end`` run on the job's threads: they never raise, and they wait for
+    nothing but a 0.1 ms sleep that hands the GIL to the worker when they wake it (once per pass
+    of the worker) or find it starved.
     """
 
     def __init__(
@@ -173,7 +175,7 @@ class LiveSpanProcessor(SpanProcessor):
     # -- hooks on the job's threads ----------------------------------------------------------
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        """Registers a sampled span as live.  Runs on the job's thread; never blocks or raises."""
+        """Registers a sampled span as live.  Runs on the job's thread; never raises."""
         try:
             if self._shutdown or not span.context.trace_flags.sampled:
                 return
@@ -198,8 +200,7 @@ class LiveSpanProcessor(SpanProcessor):
             _logger.exception("tasktree: on_start failed")
 
     def on_end(self, span: ReadableSpan) -> None:
-        """Forgets the live span and queues its final record.  Never blocks (beyond yielding the
-        interpreter to a starved worker for a fraction of a millisecond) or raises."""
+        """Forgets the live span and queues its final record.  Never raises."""
         try:
             if self._pid != os.getpid():
                 self._at_fork_reinit()
