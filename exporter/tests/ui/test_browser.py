@@ -34,6 +34,13 @@ RECORD_HEAD_STATUSES = """() => {
 }"""
 
 
+def local_input_value(ns: int) -> str:
+    """The value a datetime-local input holds for this instant in ZONE: HTML's normalized form,
+    which leaves zero seconds out ("…T02:29", not "…T02:29:00")."""
+    local = datetime.fromtimestamp(ns // 10**9, ZONE)
+    return local.strftime("%Y-%m-%dT%H:%M:%S").removesuffix(":00")
+
+
 def ids(n: int) -> list[str]:
     return [os.urandom(8).hex() for _ in range(n)]
 
@@ -156,7 +163,7 @@ def test_runs_list_filters_by_time_range_and_search_finds_ids_and_words(
     page.goto(f"{tasktree_server.web}/?job={job}")
     check(page.locator("tr.run")).to_have_count(2)
     screenshot(page, "runs-list.png")
-    since = datetime.fromtimestamp((now - 24 * HOUR_NS) / 1e9, ZONE).strftime("%Y-%m-%dT%H:%M:%S")
+    since = local_input_value(now - 24 * HOUR_NS)
     page.fill("#f-from", since)
     page.click("#f-apply")
     check(page.locator("tr.run")).to_have_count(1)
@@ -376,7 +383,11 @@ def test_search_page_filters_by_status_job_and_time_and_keeps_them_in_the_url(
     page.click("#f-apply")
     check(names).to_have_text([f"{word} new", f"{word} old"])
     page.wait_for_load_state()  # the rows show before the page's script has run
-    since = datetime.fromtimestamp((now - 24 * HOUR_NS) / 1e9, ZONE).strftime("%Y-%m-%dT%H:%M:%S")
+    # On a whole minute, so that the form shows it without seconds (the runs page's test takes
+    # whatever second it is).
+    minute_ns = 60 * 10**9
+    since = local_input_value((now - 24 * HOUR_NS) // minute_ns * minute_ns)
+    assert since.count(":") == 1
     page.fill("#f-from", since)
     page.click("#f-apply")
     check(names).to_have_text([f"{word} new"])
@@ -387,7 +398,7 @@ def test_search_page_filters_by_status_job_and_time_and_keeps_them_in_the_url(
     check(page.locator("#f-status")).to_have_value("error")
     # A time put in with no change event (typed before the script ran, or filled in by the
     # browser) counts too: the times are converted as the form is sent.
-    earlier = datetime.fromtimestamp((now - 60 * HOUR_NS) / 1e9, ZONE).strftime("%Y-%m-%dT%H:%M:%S")
+    earlier = local_input_value(now - 60 * HOUR_NS)
     page.locator("#f-from").evaluate("(input, value) => { input.value = value; }", earlier)
     page.click("#f-apply")
     check(names).to_have_text([f"{word} new", f"{word} old"])
