@@ -45,7 +45,7 @@ from pathlib import Path
 BROKER = "redis://127.0.0.1:6379/5"
 WARM_UP = 200
 VARIANT = os.environ.get("TASKTREE_BENCH_CELERY")  # set in the job and worker processes only
-IN_PROCESS = "--in-process" in sys.argv  # the in-process job: its records are discarded
+IN_PROCESS_FLAG = "--in-process"  # the in-process job: its records are discarded
 HERE = Path(__file__).resolve().parent
 
 
@@ -70,7 +70,7 @@ def measure(n: int, rounds: int = 3) -> dict:
                         seconds[variant].append(measured["seconds"])
                         for figure, value in measured.items():
                             best[variant][figure] = min(value, best[variant].get(figure, value))
-                        for figure, value in _run_job(env, n, "--in-process").items():
+                        for figure, value in _run_job(env, n, IN_PROCESS_FLAG).items():
                             best[variant][figure] = min(value, best[variant].get(figure, value))
         finally:
             server.terminate()
@@ -247,21 +247,14 @@ def _noop():
     return None
 
 
-if IN_PROCESS:
-    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-
-    class _Discard(SpanExporter):
-        def export(self, spans):
-            return SpanExportResult.SUCCESS
-
-
 if VARIANT:
     app = _make_app()
     if VARIANT == "with":
+        from instrumentation import Discard  # bench/instrumentation.py: the script's folder
         from tasktree.instrumentation import configure, task
 
         # At module level: the worker imports this module too.
-        configure(exporter=_Discard() if IN_PROCESS else None)
+        configure(exporter=Discard() if IN_PROCESS_FLAG in sys.argv else None)
         noop = app.task(name="bench.noop")(task(name="noop")(_noop))
     else:
         noop = app.task(name="bench.noop")(_noop)
@@ -320,7 +313,7 @@ if __name__ == "__main__":
     parser.add_argument("tasks", type=int, nargs="?", default=2_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--job", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(IN_PROCESS_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.job:
         print(json.dumps((_in_process_job if args.in_process else _job)(args.job)))

@@ -194,8 +194,7 @@ class LiveSpanProcessor(SpanProcessor):
                 if self._worker is None:
                     self._start_worker_locked()
             if wake:
-                self._wake.set()
-                sleep(_HANDOFF)
+                self._wake_worker()
         except Exception:
             _logger.exception("tasktree: on_start failed")
 
@@ -214,8 +213,8 @@ class LiveSpanProcessor(SpanProcessor):
                 wake = self._claim_wake_locked(self._enqueue_locked(span))
                 starved = self._worker_starved_locked()
             if wake:
-                self._wake.set()
-            if wake or starved:
+                self._wake_worker()
+            elif starved:
                 sleep(_HANDOFF)
         except Exception:
             _logger.exception("tasktree: on_end failed")
@@ -234,6 +233,10 @@ class LiveSpanProcessor(SpanProcessor):
             return False
         self._wake_pending = True
         return True
+
+    def _wake_worker(self) -> None:
+        self._wake.set()
+        sleep(_HANDOFF)
 
     def _worker_starved_locked(self) -> bool:
         """A batch queued and the worker neither exporting nor backing off: it was woken and is
