@@ -11,7 +11,10 @@ folded.  Printed per request: the CPU of the server's process and of its Postgre
 the same run: the folder's probes and the once-a-second sweep).  Then a straight line through the
 sizes: the **fixed cost of a request** (its intercept) and the cost of each further span (its
 slope), beside the reference: CPU per span of the same spans sent at once as 512-span requests by
-4 clients.
+4 clients.  Last, the smallest requests once more, measured with nothing else touching the
+database: the transactions committed in it (``pg_stat_database``) per request, and the CPU per
+request with the idle work left in (what a service that receives nothing else spends at that
+rate).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import statistics
 import time
 
+import psycopg
 from ingest import (  # bench/ingest.py: the script's folder
     cpu_per_span,
     cpu_seconds,
@@ -31,7 +35,7 @@ from ingest import (  # bench/ingest.py: the script's folder
     start_ingest_server,
     wait_folded,
 )
-from scratch import scratch_database
+from scratch import ADMIN, scratch_database
 
 
 def idle_cpu_per_second(pid: int, database: str, seconds: float) -> tuple[float, float]:
@@ -40,6 +44,29 @@ def idle_cpu_per_second(pid: int, database: str, seconds: float) -> tuple[float,
     time.sleep(seconds)
     after = cpu_seconds(pid, database)
     return (after[0] - before[0]) / seconds, (after[1] - before[1]) / seconds
+
+
+def transactions(database: str) -> int:
+    """Transactions committed in ``database`` so far.  A backend reports its own at most once a
+    second, after a transaction: so first a wait a little longer than that."""
+    time.sleep(1.2)
+    with psycopg.connect(ADMIN, autocommit=True) as conn:  # not a transaction in ``database``
+        row = conn.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (database,)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def transactions_and_cost(pid: int, database: str, send) -> tuple[float, float, float, float]:
+    """(transactions, server CPU seconds, PostgreSQL CPU seconds, seconds) of ``send()`` and the
+    folds after it, everything the service did meanwhile included."""
+    xacts, cpu, started = transactions(database), cpu_seconds(pid, database), time.monotonic()
+    send()
+    time.sleep(1.0)  # the last request's fold: polling for it would be transactions too
+    xacts = transactions(database) - xacts
+    elapsed = time.monotonic() - started
+    server, postgres = (b - a for a, b in zip(cpu, cpu_seconds(pid, database), strict=True))
+    return xacts, server, postgres, elapsed
 
 
 def request_cost(url: str, port: int, pid: int, size: int, requests: int, gap_s: float,
@@ -81,6 +108,16 @@ def measure(url: str, port: int, pid: int, args: argparse.Namespace) -> None:
         costs.append(server + postgres)
         print(f"requests of {size:5d} spans: server {server:6.2f} ms, PostgreSQL {postgres:6.2f} ms"
               f" a request ({1e3 * (server + postgres) / size:8.1f} µs a span)")
+    idle_xacts, *_, idle_s = transactions_and_cost(pid, database, lambda: time.sleep(10.0))
+    smallest = min(args.sizes)
+    bodies = encode(flat_run(smallest * args.requests), smallest)
+    xacts, server, postgres, elapsed = transactions_and_cost(
+        pid, database, lambda: send_one_at_a_time(port, bodies, args.gap))
+    idle_rate = idle_xacts / idle_s
+    print(f"requests of {smallest} spans again: {xacts / args.requests:.1f} transactions a request"
+          f" ({(xacts - idle_rate * elapsed) / args.requests:.1f} with {idle_rate:.1f} a second"
+          f" idle taken off); with the idle work, server {1e3 * server / args.requests:.2f} ms,"
+          f" PostgreSQL {1e3 * postgres / args.requests:.2f} ms a request")
     bulk = flat_run(max(args.sizes) * args.requests)
     reference = cpu_per_span(lambda: send_all(port, encode(bulk), 4), bulk, url, pid)
     print(f"sent at once (the reference): {reference:.1f} µs a span")

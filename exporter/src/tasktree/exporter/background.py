@@ -38,7 +38,6 @@ _IDLE_WAIT_S = 0.25  # thread 0, between passes that found nothing (a landing wa
 # records wakes one.  Their polling found only what thread 0's finds, at 2 × 4 probes a second
 # (an idle service spent about 8 ms of its CPU and 2 ms of PostgreSQL's a second on them).
 _HELPER_IDLE_WAIT_S = 2.5
-_BUSY_WAIT_S = 0.02  # after a pass that folded something: more is likely on its way
 _GATHER_S = 0.02  # after a wake: the requests in flight land too, for fewer and larger folds
 _SWEEP_EVERY_S = 1.0
 _RETENTION_EVERY_S = 600.0
@@ -168,9 +167,11 @@ class Folder:
             if paused_at is not None:  # an operator reading the log sees the outage end
                 logger.warning("folding resumed after %.1fs", time.monotonic() - paused_at)
                 paused_at = None
+            # A full batch: go again at once.  Otherwise records landed since the pass began
+            # have rung the doorbell (the ring is kept), so there is nothing to poll for sooner.
             if folded < self._settings.fold_batch:
                 idle_wait = _IDLE_WAIT_S if number == 0 else _HELPER_IDLE_WAIT_S
-                if self._doorbell.wait(_BUSY_WAIT_S if folded else idle_wait):
+                if self._doorbell.wait(idle_wait):
                     self._stop.wait(_GATHER_S)
 
     def _fold_once(self, first_lane: int) -> int:
