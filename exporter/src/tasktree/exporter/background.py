@@ -33,10 +33,12 @@ from tasktree.exporter.store.pool import connection, scalar
 
 logger = logging.getLogger(__name__)
 
-_IDLE_WAIT_S = 0.25  # thread 0, between passes that found nothing (a landing wakes a thread)
-# The other threads, idle: a landing in this process or thread 0 finding several lanes with
-# records wakes one.  Their polling found only what thread 0's finds, at 2 × 4 probes a second
-# (an idle service spent about 8 ms of its CPU and 2 ms of PostgreSQL's a second on them).
+# Thread 0's poll, between passes that did not fold a full batch: it finds what other processes
+# landed (a landing in this process rings the doorbell and wakes a thread at once).
+_IDLE_WAIT_S = 0.25
+# The other threads wait for a ring: a landing in this process, or a thread that found several
+# lanes with records.  When they polled too, they found only what thread 0 finds, at 2 × 4 probes
+# a second (an idle service spent about 8 ms of its CPU and 2 ms of PostgreSQL's a second).
 _HELPER_IDLE_WAIT_S = 2.5
 _GATHER_S = 0.02  # after a wake: the requests in flight land too, for fewer and larger folds
 _SWEEP_EVERY_S = 1.0
@@ -167,8 +169,8 @@ class Folder:
             if paused_at is not None:  # an operator reading the log sees the outage end
                 logger.warning("folding resumed after %.1fs", time.monotonic() - paused_at)
                 paused_at = None
-            # A full batch: go again at once.  Otherwise records landed since the pass began
-            # have rung the doorbell (the ring is kept), so there is nothing to poll for sooner.
+            # A full batch: go again at once.  Otherwise what this process landed since the pass
+            # began has rung the doorbell (the ring is kept), and thread 0's poll finds the rest.
             if folded < self._settings.fold_batch:
                 idle_wait = _IDLE_WAIT_S if number == 0 else _HELPER_IDLE_WAIT_S
                 if self._doorbell.wait(idle_wait):
