@@ -38,14 +38,6 @@ from ingest import (  # bench/ingest.py: the script's folder
 from scratch import ADMIN, scratch_database
 
 
-def idle_cpu_per_second(pid: int, database: str, seconds: float) -> tuple[float, float]:
-    """(server, PostgreSQL) CPU seconds per second while nothing is sent."""
-    before = cpu_seconds(pid, database)
-    time.sleep(seconds)
-    after = cpu_seconds(pid, database)
-    return (after[0] - before[0]) / seconds, (after[1] - before[1]) / seconds
-
-
 def transactions(database: str) -> int:
     """Transactions committed in ``database`` so far.  A backend reports its own at most once a
     second, after a transaction: so first a wait a little longer than that."""
@@ -99,24 +91,24 @@ def measure(url: str, port: int, pid: int, args: argparse.Namespace) -> None:
     database = url.rsplit("/", 1)[1]
     send_one_at_a_time(port, encode(flat_run(300), 30), 0.0)  # warm: plans, partitions, pool
     wait_folded(url, 300)
-    idle = idle_cpu_per_second(pid, database, 10.0)
-    print(f"idle: server {1e3 * idle[0]:.1f} ms, PostgreSQL {1e3 * idle[1]:.1f} ms of CPU a second"
-          ", taken off below")
+    idle_xacts, *idle_cpu, idle_s = transactions_and_cost(pid, database, lambda: time.sleep(10.0))
+    idle = (idle_cpu[0] / idle_s, idle_cpu[1] / idle_s)  # CPU seconds a second
+    idle_rate = idle_xacts / idle_s
+    print(f"idle: server {1e3 * idle[0]:.1f} ms, PostgreSQL {1e3 * idle[1]:.1f} ms of CPU and"
+          f" {idle_rate:.1f} transactions a second, taken off below")
     costs = []
     for size in args.sizes:
         server, postgres = request_cost(url, port, pid, size, args.requests, args.gap, idle)
         costs.append(server + postgres)
         print(f"requests of {size:5d} spans: server {server:6.2f} ms, PostgreSQL {postgres:6.2f} ms"
               f" a request ({1e3 * (server + postgres) / size:8.1f} µs a span)")
-    idle_xacts, *_, idle_s = transactions_and_cost(pid, database, lambda: time.sleep(10.0))
     smallest = min(args.sizes)
     bodies = encode(flat_run(smallest * args.requests), smallest)
     xacts, server, postgres, elapsed = transactions_and_cost(
         pid, database, lambda: send_one_at_a_time(port, bodies, args.gap))
-    idle_rate = idle_xacts / idle_s
     print(f"requests of {smallest} spans again: {xacts / args.requests:.1f} transactions a request"
-          f" ({(xacts - idle_rate * elapsed) / args.requests:.1f} with {idle_rate:.1f} a second"
-          f" idle taken off); with the idle work, server {1e3 * server / args.requests:.2f} ms,"
+          f" ({(xacts - idle_rate * elapsed) / args.requests:.1f} with the idle ones taken off);"
+          f" with the idle work, server {1e3 * server / args.requests:.2f} ms,"
           f" PostgreSQL {1e3 * postgres / args.requests:.2f} ms a request")
     bulk = flat_run(max(args.sizes) * args.requests)
     reference = cpu_per_span(lambda: send_all(port, encode(bulk), 4), bulk, url, pid)
