@@ -129,8 +129,19 @@ def send_all(port: int, bodies: list[bytes], clients: int) -> None:
         raise SystemExit(f"requests failed: {errors[:5]}")
 
 
+_OWN_BACKENDS: set[int] = set()  # PostgreSQL backends of this script, not of the server
+
+
+def own_connection(url: str) -> psycopg.Connection:
+    """A connection of this script's own: ``cpu_seconds`` leaves its backend out (a backend
+    that has just emptied a table, still exiting when CPU is read, made figures negative)."""
+    conn = psycopg.connect(url, autocommit=True)
+    _OWN_BACKENDS.add(conn.info.backend_pid)
+    return conn
+
+
 def wait_folded(url: str, expected_tasks: int) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
+    with own_connection(url) as conn:
         while True:
             # min(id) walks the primary key, which skips the folded (deleted) records; a plain
             # EXISTS would read them all in the heap, 50 times a second (no vacuum here), and
@@ -154,7 +165,7 @@ class RunsSampler(threading.Thread):
         self.done_at = 0.0  # seconds from the start to the last span folded (set by the caller)
 
     def run(self) -> None:
-        with psycopg.connect(self.url, autocommit=True) as conn:
+        with own_connection(self.url) as conn:
             while not self.stop.wait(0.25):
                 n = conn.execute("SELECT count(*) FROM runs").fetchone()[0]
                 self.samples.append((time.perf_counter() - self.start_time, n))
@@ -174,7 +185,7 @@ class RunsSampler(threading.Thread):
 def bare_copy_rate(url: str, spans: list[tuple]) -> float:
     """Rows/s of a bare binary COPY of span-like rows into an unindexed table (the reference)."""
     attrs = json.dumps({"item": "1", "partition": "1", "host.name": "bench-host"})
-    with psycopg.connect(url, autocommit=True) as conn:
+    with own_connection(url) as conn:
         conn.execute("CREATE UNLOGGED TABLE IF NOT EXISTS bare (trace_id bytea, span_id bytea,"
                      " parent bytea, name text, start_ns bigint, end_ns bigint, attributes text)")
         conn.execute("TRUNCATE bare")
@@ -212,14 +223,15 @@ def cpu_seconds(server_pid: int, database: str) -> tuple[float, float]:
         used = (int(fields[11]) + int(fields[12])) / tick
         if int(pid) == server_pid or int(fields[1]) == server_pid:  # itself or a --workers child
             server += used
-        elif title.startswith("postgres:") and f" {database} " in title:
+        elif (title.startswith("postgres:") and f" {database} " in title
+              and int(pid) not in _OWN_BACKENDS):
             postgres += used
     return server, postgres
 
 
 def wal_position(url: str) -> int:
     """Bytes of WAL the server has written so far (all databases)."""
-    with psycopg.connect(url, autocommit=True) as conn:
+    with own_connection(url) as conn:
         return int(conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0])
 
 
@@ -230,7 +242,7 @@ def scenario(name: str, spans: list[tuple], url: str, port: int, clients: int,
     random.shuffle(spans)  # children usually arrive before their parents; any order must work
     bodies = encode(spans, batch)
     database = url.rsplit("/", 1)[1]
-    with psycopg.connect(url, autocommit=True) as conn:
+    with own_connection(url) as conn:
         conn.execute("TRUNCATE tasks, runs, span_landing")
     cpu_before = cpu_seconds(server_pid, database)
     wal_before = wal_position(url)
@@ -272,7 +284,7 @@ def cpu_until_folded(send, spans: list[tuple], url: str, server_pid: int
     """On emptied tables: CPU seconds of the server and of PostgreSQL, and wall seconds, from
     ``send()`` until all ``spans`` are folded."""
     database = url.rsplit("/", 1)[1]
-    with psycopg.connect(url, autocommit=True) as conn:
+    with own_connection(url) as conn:
         conn.execute("TRUNCATE tasks, runs, span_landing")
     before, started = cpu_seconds(server_pid, database), time.perf_counter()
     send()

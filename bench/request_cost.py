@@ -1,6 +1,7 @@
 """What one small export request costs the sink: the fixed part of ingest's CPU (issues 12, 16).
 
     .venv/bin/python bench/request_cost.py [--sizes 1 30 300] [--requests 60] [--gap 0.25]
+                                           [--past-days 365 --settle 60]
 
 Jobs export every second or so (the SDK's batch processor), so a sink mostly receives small
 requests, each followed by a small fold; a Celery or Dask worker's pool process sends one such
@@ -14,7 +15,9 @@ slope), beside the reference: CPU per span of the same spans sent at once as 512
 4 clients.  Last, the smallest requests once more, measured with nothing else touching the
 database: the transactions committed in it (``pg_stat_database``) per request, and the CPU per
 request with the idle work left in (what a service that receives nothing else spends at that
-rate).
+rate).  ``--past-days``: the database holds that many earlier days' partitions of ``tasks``
+already, as one kept that long does; ``--settle``: the service idles that long after its warm-up
+(PostgreSQL plans the stall sweep for its values at its first five runs on each connection).
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ from ingest import (  # bench/ingest.py: the script's folder
     wait_folded,
 )
 from scratch import ADMIN, scratch_database
+
+from tasktree.exporter.store.migrate import migrate
+from tasktree.exporter.store.partitions import today
+
+_WARM_UP_REQUESTS = 200
 
 
 def transactions(database: str) -> int:
@@ -77,8 +85,14 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 30, 300])
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--gap", type=float, default=0.25, help="seconds between two requests")
+    parser.add_argument("--past-days", type=int, default=0,
+                        help="day partitions of earlier days the database holds already")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="seconds the service runs idle after the warm-up")
     args = parser.parse_args()
     with scratch_database("tasktree_request_cost") as url:
+        if args.past_days:
+            add_past_days(url, args.past_days)
         proc, port = start_ingest_server(url, 1)
         try:
             measure(url, port, proc.pid, args)
@@ -87,10 +101,23 @@ def main() -> None:
             proc.wait()
 
 
+def add_past_days(url: str, days: int) -> None:
+    """The partitions of ``days`` earlier days, as in a database kept that long (the default
+    retention keeps everything)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrate(url)
+        for day in range(today() - days, today()):
+            conn.execute("SELECT tasktree_ensure_day_partition(%s)", (day,))
+
+
 def measure(url: str, port: int, pid: int, args: argparse.Namespace) -> None:
     database = url.rsplit("/", 1)[1]
-    send_one_at_a_time(port, encode(flat_run(300), 30), 0.0)  # warm: plans, partitions, pool
-    wait_folded(url, 300)
+    # Warm: partitions, the pool, and prepared statements.  psycopg prepares a statement on its
+    # fifth execution on a connection, and the pool lends its connections in turn: a service
+    # that has run for a while has made each of them that many folds.
+    send_one_at_a_time(port, encode(flat_run(_WARM_UP_REQUESTS * 3), 3), 0.02)
+    wait_folded(url, _WARM_UP_REQUESTS * 3)
+    time.sleep(args.settle)
     idle_xacts, *idle_cpu, idle_s = transactions_and_cost(pid, database, lambda: time.sleep(10.0))
     idle = (idle_cpu[0] / idle_s, idle_cpu[1] / idle_s)  # CPU seconds a second
     idle_rate = idle_xacts / idle_s
