@@ -104,8 +104,8 @@ def main() -> None:
 def add_past_days(url: str, days: int) -> None:
     """The partitions of ``days`` earlier days, as in a database kept that long (the default
     retention keeps everything)."""
+    migrate(url)
     with psycopg.connect(url, autocommit=True) as conn:
-        migrate(url)
         for day in range(today() - days, today()):
             conn.execute("SELECT tasktree_ensure_day_partition(%s)", (day,))
 
