@@ -108,13 +108,13 @@ WITH RECURSIVE chain AS (
     SELECT t.trace_id, t.span_id, t.parent_span_id, t.missing, t.status, t.end_ns,
            t.heartbeat_ns, t.child_count, t.n_ok, t.n_error, t.n_running, t.n_stalled, t.run_day,
            t.height, t.refused_parent_span_id, t.refused_reason
-    FROM fold_seeds s JOIN tasks t
+    FROM fold_seeds s JOIN {partitions.TASKS_OF_DAY} t
          ON t.span_id = s.span_id AND t.trace_id = s.trace_id AND t.run_day = s.run_day
     UNION
     SELECT t.trace_id, t.span_id, t.parent_span_id, t.missing, t.status, t.end_ns,
            t.heartbeat_ns, t.child_count, t.n_ok, t.n_error, t.n_running, t.n_stalled, t.run_day,
            t.height, t.refused_parent_span_id, t.refused_reason
-    FROM chain c JOIN tasks t
+    FROM chain c JOIN {partitions.TASKS_OF_DAY} t
          ON t.span_id = coalesce(
              c.parent_span_id,
              CASE WHEN c.refused_reason = {REFUSED_CYCLE:d} THEN c.refused_parent_span_id END)
@@ -332,8 +332,8 @@ _NEGATED_BOUNDS = {
     "negated_bounds": sorted(-b for b in DURATION_BUCKETS),
 }
 
-_UPDATE_WITH_PAYLOAD = """
-UPDATE tasks t SET
+_UPDATE_WITH_PAYLOAD = f"""
+UPDATE {partitions.TASKS_OF_DAY} t SET
     parent_span_id = o.parent_span_id, missing = o.missing, status = o.status,
     heartbeat_ns = o.heartbeat_ns, child_count = o.child_count,
     n_ok = o.n_ok, n_error = o.n_error, n_running = o.n_running, n_stalled = o.n_stalled,
@@ -346,10 +346,10 @@ UPDATE tasks t SET
 FROM fold_out o JOIN span_landing l ON l.id = o.landing_id
 WHERE NOT o.is_new
   AND t.span_id = o.span_id AND t.trace_id = o.trace_id AND t.run_day = o.run_day
-"""
+"""  # noqa: S608 (constant fragments)
 
-_UPDATE_STRUCTURE = """
-UPDATE tasks t SET
+_UPDATE_STRUCTURE = f"""
+UPDATE {partitions.TASKS_OF_DAY} t SET
     parent_span_id = o.parent_span_id, missing = o.missing, status = o.status,
     heartbeat_ns = o.heartbeat_ns, child_count = o.child_count,
     n_ok = o.n_ok, n_error = o.n_error, n_running = o.n_running, n_stalled = o.n_stalled,
@@ -358,7 +358,7 @@ UPDATE tasks t SET
 FROM fold_out o
 WHERE NOT o.is_new AND o.landing_id IS NULL
   AND t.span_id = o.span_id AND t.trace_id = o.trace_id AND t.run_day = o.run_day
-"""
+"""  # noqa: S608 (a constant)
 
 # The claimed records, folded: by their physical address (see _CLAIM).
 _DELETE_CLAIMED = "DELETE FROM span_landing l USING fold_claim c WHERE l.ctid = c.landing_row"
@@ -392,7 +392,7 @@ g AS (
            max(root_count) AS root_count, max(open_roots) AS open_roots,
            max(root_end) AS root_end, max(worst) AS worst, max(root_name) AS root_name,
            max(root_resource) AS root_resource
-    FROM fold_runs GROUP BY trace_id
+    FROM fold_runs WHERE run_day = %(day)s GROUP BY trace_id
 ), f AS (
     SELECT g.*, g.top_leaves_only AND NOT EXISTS (SELECT FROM runs e WHERE e.trace_id = g.trace_id)
                AS tops_in_batch
@@ -426,7 +426,7 @@ LEFT JOIN LATERAL (
                FILTER (WHERE NOT t.missing))[1],
            (array_agg(tr.job ORDER BY t.refused_parent_span_id IS NOT NULL, t.start_ns, t.span_id)
                FILTER (WHERE NOT t.missing))[1]
-    FROM tasks t LEFT JOIN resources tr ON tr.id = t.resource_id
+    FROM {partitions.TASKS_OF_DAY} t LEFT JOIN resources tr ON tr.id = t.resource_id
     WHERE NOT f.tops_in_batch
       AND t.trace_id = f.trace_id AND t.run_day = f.run_day AND t.parent_span_id IS NULL
     GROUP BY t.trace_id
@@ -551,7 +551,7 @@ def fold_batch(
         ruled = {t: days[t] for t in (*by_run, *(t for t, _ in leaves))}
         folds = _fold_runs(conn, by_run, cutoff, ruled, seeds, max_depth, leaves)
         conn.execute(_RUNS_OF_TOP_LEAVES)
-        _write(conn, folds)
+        _write(conn, folds, days.values())
         subtree_paths.write(conn, folds, leaves)
         conn.execute(_DELETE_CLAIMED)
         finished = _finished_tasks(
@@ -586,7 +586,7 @@ def sweep_stalled(
         seeds = {(bytes(s), bytes(t)) for t, s in found}
         folds = _fold_runs(conn, {}, cutoff, days, seeds)
         flipped = sum(folds[t].mark_stalled(s) for t, spans in by_run.items() for s in spans)
-        _write(conn, folds)
+        _write(conn, folds, days.values())
         subtree_paths.write(conn, folds)
     return FoldResult(flipped, tuple(by_run))
 
@@ -724,8 +724,9 @@ def _load_nodes(
         for span_id, trace_id in seeds:
             copy.write_row((span_id, trace_id, days[trace_id]))
     loaded: dict[bytes, dict[bytes, Node]] = defaultdict(dict)
-    for row in conn.execute(_LOAD).fetchall():
-        loaded[bytes(row[0])][bytes(row[1])] = _node(row)
+    for day in sorted(set(days.values())):  # a run's tasks all live in its day's partition
+        for row in conn.execute(partitions.of_day(conn, _LOAD, day)).fetchall():
+            loaded[bytes(row[0])][bytes(row[1])] = _node(row)
     return loaded
 
 
@@ -747,7 +748,10 @@ def _node(row: tuple[Any, ...]) -> Node:
     )
 
 
-def _write(conn: Connection, folds: dict[bytes, RunFold]) -> None:
+def _write(conn: Connection, folds: dict[bytes, RunFold], days: Iterable[int]) -> None:
+    """Write the folds' changed tasks and the run summaries; ``days``: those of every run of the
+    batch (runs of top-level leaves only, which have no fold, included)."""
+    days = sorted(set(days))
     with fast_binary_dumpers(conn.cursor()) as cur:
         with cur.copy(_COPY_OUT) as copy:
             copy.set_types(_OUT_TYPES)
@@ -779,12 +783,16 @@ def _write(conn: Connection, folds: dict[bytes, RunFold]) -> None:
                     (trace_id, *d.counts, d.tasks, d.min_start_ns, d.any_landing_id, fold.run_day)
                 )
         cur.execute(_INSERT_NEW)
-        cur.execute(_UPDATE_WITH_PAYLOAD)
-        cur.execute(_UPDATE_STRUCTURE)
+        for day in days:
+            cur.execute(partitions.of_day(conn, _UPDATE_WITH_PAYLOAD, day))
+            cur.execute(partitions.of_day(conn, _UPDATE_STRUCTURE, day))
         for trace_id, fold in folds.items():
             if fold.dropped:
                 cur.execute(_DELETE_DROPPED, (trace_id, fold.run_day, list(fold.dropped)))
-        cur.execute(_UPSERT_RUNS_AND_JOBS, {"now": time.time_ns()})
+        now = time.time_ns()
+        for day in days:
+            upsert = partitions.of_day(conn, _UPSERT_RUNS_AND_JOBS, day)
+            cur.execute(upsert, {"now": now, "day": day})
 
 
 __all__ = [

@@ -22,7 +22,7 @@ from tasktree.exporter.tree.status import RUNNING
 logger = logging.getLogger(__name__)
 
 _DAY_NS = 86_400 * 10**9
-_ensured: set[tuple[Any, ...]] = set()  # (database, day) already created in this process
+_ensured: set[tuple[Any, ...]] = set()  # (database, day) whose partition exists (this process)
 _ensured_lock = threading.Lock()
 
 # Creates the partition of a day unless it exists, under its advisory lock (migration 0005).
@@ -49,6 +49,38 @@ SELECT EXISTS (SELECT 1 FROM runs WHERE run_day = %s
 """  # noqa: S608 (a constant)
 
 
+TASKS_OF_DAY = "{tasks_of_day}"
+"""Where a statement names one day's partition of ``tasks``; ``of_day`` fills it in.
+
+For statements that join tasks to a batch on ``run_day``: through the parent table a join keeps
+every day partition in the plan, planned or locked and set up at each run, so a small fold cost
+about 15 times as much with a year of days (365 partitions) as with one.  Naming the partition
+keeps the join's conditions as they are (a constant day would let the planner scan the whole
+partition by its primary key, a plan that stayed cached while the day's partition grew)."""
+
+_HAS_PARTITION = "SELECT to_regclass(%s) IS NOT NULL"
+
+
+def _database(conn: psycopg.Connection) -> tuple[Any, ...]:
+    """The key of ``conn``'s database in ``_ensured``."""
+    return (conn.info.host, conn.info.port, conn.info.dbname)
+
+
+def of_day(conn: psycopg.Connection, statement: str, day: int) -> str:
+    """``statement`` with its ``TASKS_OF_DAY`` naming ``day``'s partition, or ``tasks`` itself
+    for a day without one (its rows are in the default partition)."""
+    name, database = f"tasks_d{int(day)}", _database(conn)
+    with _ensured_lock:
+        known = (database, day) in _ensured
+    if not known:
+        if not scalar(conn, _HAS_PARTITION, (name,)):
+            name = "tasks"
+        else:
+            with _ensured_lock:
+                _ensured.add((database, day))
+    return statement.replace(TASKS_OF_DAY, sql.Identifier(name).as_string(conn))
+
+
 def today(now_ns: int | None = None) -> int:
     """The current Unix day (UTC)."""
     return (now_ns if now_ns is not None else time.time_ns()) // _DAY_NS
@@ -60,7 +92,7 @@ def ensure_current(conn: psycopg.Connection) -> None:
     Runs in its own short transaction: creating a partition briefly locks ``tasks``, so it must
     never happen inside a fold that holds other locks.
     """
-    day, database = today(), (conn.info.host, conn.info.port, conn.info.dbname)
+    day, database = today(), _database(conn)
     with _ensured_lock:
         missing = [d for d in (day, day + 1) if (database, d) not in _ensured]
     for d in missing:
@@ -86,6 +118,8 @@ def drop_expired(
             continue
         with conn.transaction():
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(f"tasks_d{day}")))
+        with _ensured_lock:
+            _ensured.discard((_database(conn), day))
         _delete_in_batches(conn, _DELETE_STRAY_TASKS_OF_DAY, day, batch)
         _delete_in_batches(conn, _DELETE_RUNS_OF_DAY, day, batch)
         logger.info(

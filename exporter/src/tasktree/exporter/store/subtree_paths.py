@@ -27,6 +27,7 @@ from typing import Any
 
 import psycopg
 
+from tasktree.exporter.store import partitions
 from tasktree.exporter.store._copy import fast_binary_dumpers
 from tasktree.exporter.tree.fold import Node, RunFold
 from tasktree.exporter.tree.status import COUNT_INDEX, FLAGGED, OK, sql_list
@@ -53,7 +54,8 @@ _BITMAP_OFF = "SET LOCAL enable_bitmapscan = off"
 # below several moved tasks follows the lowest (its tail from there did not change); the status
 # list, spelled as the index predicate, lets the planner use the partial index.
 _REWRITE_MOVED = f"""
-UPDATE tasks t SET path = m.path || t.path[array_position(t.path, m.span_id) + 1:]
+UPDATE {partitions.TASKS_OF_DAY} t
+SET path = m.path || t.path[array_position(t.path, m.span_id) + 1:]
 FROM fold_paths m
 WHERE m.moved AND t.path @> ARRAY[m.span_id] AND t.status IN {_FLAGGED_SQL}
   AND t.trace_id = m.trace_id AND t.run_day = m.run_day
@@ -63,11 +65,11 @@ WHERE m.moved AND t.path @> ARRAY[m.span_id] AND t.status IN {_FLAGGED_SQL}
         AND array_position(t.path, n.span_id) > array_position(t.path, m.span_id))
 """  # noqa: S608 (a constant)
 
-_WRITE_OWN = """
-UPDATE tasks t SET path = p.path
+_WRITE_OWN = f"""
+UPDATE {partitions.TASKS_OF_DAY} t SET path = p.path
 FROM fold_paths p
 WHERE p.own AND t.span_id = p.span_id AND t.trace_id = p.trace_id AND t.run_day = p.run_day
-"""
+"""  # noqa: S608 (a constant)
 
 # A stored leaf at the top of its run (store/fold.py: the leaves' INSERT, alias f) gets its path
 # as it is written: nothing above it can change in this fold.
@@ -104,12 +106,13 @@ def write(conn: Connection, folds: dict[bytes, RunFold], leaves: Leaves | None =
         copy.set_types(_TYPES)
         for row in rows:
             copy.write_row(row)
-    if any(row[4] for row in rows):
-        conn.execute(_BITMAP_ON)
-        conn.execute(_REWRITE_MOVED)
-        conn.execute(_BITMAP_OFF)
-    if any(row[5] for row in rows):
-        conn.execute(_WRITE_OWN)
+    for day in sorted({row[2] for row in rows}):  # a run's tasks all live in its day's partition
+        if any(row[4] for row in rows if row[2] == day):
+            conn.execute(_BITMAP_ON)
+            conn.execute(partitions.of_day(conn, _REWRITE_MOVED, day))
+            conn.execute(_BITMAP_OFF)
+        if any(row[5] for row in rows if row[2] == day):
+            conn.execute(partitions.of_day(conn, _WRITE_OWN, day))
 
 
 def _rows(trace_id: bytes, fold: RunFold, known: Known) -> list[tuple[Any, ...]]:
