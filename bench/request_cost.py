@@ -41,7 +41,7 @@ from ingest import (  # bench/ingest.py: the script's folder
 from scratch import ADMIN, scratch_database
 
 from tasktree.exporter.store.migrate import migrate
-from tasktree.exporter.store.partitions import today
+from tasktree.exporter.store.partitions import ensure_day, today
 
 _WARM_UP_REQUESTS = 200
 
@@ -107,7 +107,7 @@ def add_past_days(url: str, days: int) -> None:
     migrate(url)
     with psycopg.connect(url, autocommit=True) as conn:
         for day in range(today() - days, today()):
-            conn.execute("SELECT tasktree_ensure_day_partition(%s)", (day,))
+            ensure_day(conn, day)
 
 
 def measure(url: str, port: int, pid: int, args: argparse.Namespace) -> None:

@@ -37,7 +37,7 @@ def conn(private_db):
     with psycopg.connect(private_db, autocommit=True) as conn:
         today = partitions.today()
         for day in range(today - PAST_DAYS, today):
-            conn.execute("SELECT tasktree_ensure_day_partition(%s)", (day,))
+            partitions.ensure_day(conn, day)
         yield conn
 
 

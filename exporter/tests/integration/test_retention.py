@@ -74,7 +74,7 @@ def test_nothing_is_dropped_within_the_retention_window(conn, monkeypatch):
 
 def test_rows_of_a_day_caught_by_the_default_partition_expire_with_their_runs(conn, monkeypatch):
     day = TODAY - 50
-    conn.execute("SELECT tasktree_ensure_day_partition(%s)", (day,))
+    partitions.ensure_day(conn, day)
     conn.execute(f"DROP TABLE tasks_d{day}")  # as if that day's partition had never been made
     with monkeypatch.context() as m:
         m.setattr(partitions, "ensure_current", lambda conn: None)

@@ -96,10 +96,15 @@ def ensure_current(conn: psycopg.Connection) -> None:
     with _ensured_lock:
         missing = [d for d in (day, day + 1) if (database, d) not in _ensured]
     for d in missing:
-        with conn.transaction():
-            conn.execute(_ENSURE_DAY, (d,))
+        ensure_day(conn, d)
         with _ensured_lock:
             _ensured.add((database, d))
+
+
+def ensure_day(conn: psycopg.Connection, day: int) -> None:
+    """Create ``day``'s partition unless it exists, in a short transaction of its own."""
+    with conn.transaction():
+        conn.execute(_ENSURE_DAY, (day,))
 
 
 def drop_expired(
