@@ -38,10 +38,7 @@ from ingest import (  # bench/ingest.py: the script's folder
     start_ingest_server,
     wait_folded,
 )
-from scratch import ADMIN, scratch_database
-
-from tasktree.exporter.store.migrate import migrate
-from tasktree.exporter.store.partitions import ensure_day, today
+from scratch import ADMIN, add_past_days, scratch_database
 
 _WARM_UP_REQUESTS = 200
 
@@ -99,15 +96,6 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait()
-
-
-def add_past_days(url: str, days: int) -> None:
-    """The partitions of ``days`` earlier days, as in a database kept that long (the default
-    retention keeps everything)."""
-    migrate(url)
-    with psycopg.connect(url, autocommit=True) as conn:
-        for day in range(today() - days, today()):
-            ensure_day(conn, day)
 
 
 def measure(url: str, port: int, pid: int, args: argparse.Namespace) -> None:

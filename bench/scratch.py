@@ -13,6 +13,9 @@ from collections.abc import Iterator
 import psycopg
 from psycopg import sql
 
+from tasktree.exporter.store.migrate import migrate
+from tasktree.exporter.store.partitions import ensure_day, today
+
 ADMIN = os.environ.get("TASKTREE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -30,6 +33,15 @@ def scratch_database(prefix: str, admin: str = ADMIN) -> Iterator[str]:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+def add_past_days(url: str, days: int) -> None:
+    """Migrate ``url`` and give it the partitions of ``days`` earlier days, as in a database kept
+    that long (the default retention keeps everything)."""
+    migrate(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        for day in range(today() - days, today()):
+            ensure_day(conn, day)
 
 
 def start_server(url: str, *args: str, stderr=subprocess.DEVNULL, cwd: str | None = None

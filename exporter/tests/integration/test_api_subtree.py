@@ -135,7 +135,7 @@ def test_the_list_is_read_from_the_paths_index_not_by_walking_the_subtree(db):
     db.execute("ANALYZE tasks")
     query = queries.statement("subtree_tasks")
     params = {"trace_id": bytes.fromhex(TRACE), "top": bytes.fromhex(ROOT), "status": st.ERROR,
-              "limit": 11}
+              "limit": 11, "run_day": queries.day_of_run(db, bytes.fromhex(TRACE))}
     (plan,) = db.execute(b"EXPLAIN (ANALYZE, FORMAT JSON) " + query.as_bytes(db), params).fetchone()
     text = json.dumps(plan)
     assert '"Index Name": "tasks_' in text and "path" in text, text

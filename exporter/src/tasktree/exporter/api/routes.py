@@ -102,7 +102,7 @@ def get_run(trace_id: str) -> dict[str, Any]:
         row = queries.get_run(conn, trace)
         if row is None:
             return None, None
-        return row, queries.run_roots(conn, trace, limit=limit, after=after)
+        return row, queries.run_roots(conn, trace, day=row["run_day"], limit=limit, after=after)
 
     row, page = _read(read)
     if row is None or page is None:
@@ -132,9 +132,10 @@ def list_children(trace_id: str, span_id: str) -> dict[str, Any]:
     after = params.decode_cursor("children", _arg("cursor"))
 
     def read(conn: psycopg.Connection) -> queries.Page | None:
-        if not queries.task_exists(conn, trace, span):
+        day = queries.day_of_run(conn, trace)
+        if day is None or not queries.task_exists(conn, trace, span, day=day):
             return None
-        return queries.children(conn, trace, span, limit=limit, after=after)
+        return queries.children(conn, trace, span, day=day, limit=limit, after=after)
 
     page = _read(read)
     if page is None:
@@ -166,14 +167,12 @@ def _subtree_page(trace: bytes, span: bytes | None, unknown: str) -> dict[str, A
     after = params.decode_cursor("subtree", _arg("cursor"))
 
     def read(conn: psycopg.Connection) -> queries.Page | None:
-        found = (
-            queries.get_run(conn, trace) is not None
-            if span is None
-            else queries.task_exists(conn, trace, span)
-        )
-        if not found:
+        day = queries.day_of_run(conn, trace)
+        if day is None:
             return None
-        return queries.subtree_tasks(conn, trace, span, status, limit=limit, after=after)
+        if span is not None and not queries.task_exists(conn, trace, span, day=day):
+            return None
+        return queries.subtree_tasks(conn, trace, span, status, day=day, limit=limit, after=after)
 
     page = _read(read)
     if page is None:

@@ -18,6 +18,11 @@ subtree_tasks start desc, span id desc (or both ascending)      (start_ns, span_
 search_tasks start desc, trace id, span id                      (start_ns | None, trace_id, span_id)
 ===========  =================================================  ==============================
 
+The functions that read one run's tasks take its day, ``day`` (``runs.run_day``, in ``get_run``'s
+row; ``day_of_run`` reads it alone): its tasks are in that day's partition, and naming it keeps the
+cost of a read the same however many days the store keeps.  Left out, it is looked up first.  A run
+that is not stored has no tasks: its reads answer None or an empty page.
+
 The search box (``q``): up to 32 hex digits are a trace id, or a prefix of one (in ``search_tasks``
 also a span id prefix, when 16 digits or fewer); anything else, or anything in double quotes, is
 words, each matched as a word prefix, all words required: over the job and run name in
@@ -208,16 +213,34 @@ def get_run(conn: psycopg.Connection, trace_id: bytes) -> Row | None:
     return rows[0] if rows else None
 
 
+def day_of_run(conn: psycopg.Connection, trace_id: bytes) -> int | None:
+    """The run's day (the partition of its tasks), or None when no such run is stored."""
+    rows = _rows(conn, statement("day_of_run"), {"trace_id": trace_id})
+    return rows[0]["run_day"] if rows else None
+
+
+def _of_run(conn: psycopg.Connection, trace_id: bytes, day: int | None) -> Params | None:
+    """The parameters naming a run and its day (looked up unless given); None: no such run."""
+    if day is None:
+        day = day_of_run(conn, trace_id)
+        if day is None:
+            return None
+    return {"trace_id": trace_id, "run_day": day}
+
+
 def run_roots(
     conn: psycopg.Connection,
     trace_id: bytes,
     *,
+    day: int | None = None,
     limit: int = MAX_ROOTS,
     after: Key | None = None,
 ) -> Page:
     """Top-level tasks of a run: real roots by start time (then span id), then missing-parent
     placeholders by span id.  Unknown run: an empty page."""
-    params: Params = {"trace_id": trace_id}
+    params = _of_run(conn, trace_id, day)
+    if params is None:
+        return Page([], None)
     filters = _after("roots", after, params, ("after_start", "after_span"))
     if filters == ["roots.after"]:  # the rest of the started tasks, then every placeholder
         return _page(conn, statement("run_roots_after"), params, limit, _child_key)
@@ -228,15 +251,25 @@ def run_roots(
 # Tasks
 
 
-def get_task(conn: psycopg.Connection, trace_id: bytes, span_id: bytes) -> Row | None:
+def get_task(
+    conn: psycopg.Connection, trace_id: bytes, span_id: bytes, *, day: int | None = None
+) -> Row | None:
     """One task with its details and its resource's ``job`` and attributes (``resource``)."""
-    rows = _rows(conn, statement("get_task"), {"trace_id": trace_id, "span_id": span_id})
+    params = _of_run(conn, trace_id, day)
+    if params is None:
+        return None
+    rows = _rows(conn, statement("get_task"), {**params, "span_id": span_id})
     return rows[0] if rows else None
 
 
-def task_exists(conn: psycopg.Connection, trace_id: bytes, span_id: bytes) -> bool:
+def task_exists(
+    conn: psycopg.Connection, trace_id: bytes, span_id: bytes, *, day: int | None = None
+) -> bool:
     """Whether the tree holds that task (a placeholder counts)."""
-    return bool(_rows(conn, statement("task_exists"), {"trace_id": trace_id, "span_id": span_id}))
+    params = _of_run(conn, trace_id, day)
+    return params is not None and bool(
+        _rows(conn, statement("task_exists"), {**params, "span_id": span_id})
+    )
 
 
 def children(
@@ -244,11 +277,15 @@ def children(
     trace_id: bytes,
     span_id: bytes,
     *,
+    day: int | None = None,
     limit: int = 100,
     after: Key | None = None,
 ) -> Page:
     """Direct children of a task by start time, then span id.  Unknown task: an empty page."""
-    params: Params = {"trace_id": trace_id, "span_id": span_id}
+    params = _of_run(conn, trace_id, day)
+    if params is None:
+        return Page([], None)
+    params["span_id"] = span_id
     filters = _after("children", after, params, ("after_start", "after_span"))
     return _page(conn, statement("children", filters), params, limit, _child_key)
 
@@ -263,6 +300,7 @@ def subtree_tasks(
     span_id: bytes | None,
     status: int,
     *,
+    day: int | None = None,
     limit: int = 100,
     after: Key | None = None,
     oldest_first: bool = False,
@@ -271,8 +309,11 @@ def subtree_tasks(
     itself included (``None``: of the whole run), newest first (or oldest first), by index."""
     if status not in FLAGGED:
         raise ValueError(f"subtrees list only the statuses {FLAGGED}, not {status}")
+    params = _of_run(conn, trace_id, day)
+    if params is None:
+        return Page([], None)
     top = span_id if span_id is not None else trace_id  # a path starts with its trace id
-    params: Params = {"trace_id": trace_id, "top": top, "status": status}
+    params.update(top=top, status=status)
     family = "subtree_oldest" if oldest_first else "subtree"
     filters = _after(family, after, params, ("after_start", "after_span"))
     name = "subtree_tasks_oldest_first" if oldest_first else "subtree_tasks"

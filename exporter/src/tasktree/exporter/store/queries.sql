@@ -19,7 +19,7 @@
 
 -- name: run_columns
 r.trace_id, r.job, r.name, r.status, r.start_ns, r.end_ns,
-r.n_ok, r.n_error, r.n_running, r.n_stalled, r.task_count, r.root_count, r.dropped_spans
+r.n_ok, r.n_error, r.n_running, r.n_stalled, r.task_count, r.root_count, r.dropped_spans, r.run_day
 
 -- name: node_columns
 t.trace_id, t.span_id, t.parent_span_id, t.missing, t.name, t.status, t.start_ns, t.end_ns,
@@ -72,6 +72,16 @@ AND (r.start_ns IS NOT NULL OR r.trace_id < %(after_trace)s)
 
 
 -- ---------------------------------------------------------------------------------------------
+-- The tasks of one run are read in its day's partition: every block below that reads a run's
+-- tasks names %(run_day)s, its runs.run_day (block day_of_run), so the planner prunes the other
+-- days' partitions.  Without it each read planned and probed every day's partition: with a year of
+-- days kept (365 partitions) one run page took 75 ms instead of 3.
+
+-- name: day_of_run
+SELECT r.run_day
+FROM runs r
+WHERE r.trace_id = %(trace_id)s
+
 -- One run: its row (primary key) and a page of its top-level tasks (index tasks_children, parent
 -- NULL): the real root(s), then missing-parent placeholders (no start time, so last).  The ORDER BY
 -- spells out the whole index key: the planner does not treat "IS NULL" as a constant, so with
@@ -86,7 +96,7 @@ WHERE r.trace_id = %(trace_id)s
 -- name: run_roots
 SELECT {node_columns}
 FROM tasks t
-WHERE t.trace_id = %(trace_id)s AND t.parent_span_id IS NULL {where}
+WHERE t.run_day = %(run_day)s AND t.trace_id = %(trace_id)s AND t.parent_span_id IS NULL {where}
 ORDER BY t.trace_id, t.parent_span_id, t.start_ns, t.span_id
 LIMIT %(limit)s
 
@@ -101,14 +111,15 @@ AND t.start_ns IS NULL AND t.span_id > %(after_span)s
 SELECT found.* FROM (
     (SELECT {node_columns}
      FROM tasks t
-     WHERE t.trace_id = %(trace_id)s AND t.parent_span_id IS NULL
+     WHERE t.run_day = %(run_day)s AND t.trace_id = %(trace_id)s AND t.parent_span_id IS NULL
        AND (t.start_ns, t.span_id) > (%(after_start)s, %(after_span)s)
      ORDER BY t.trace_id, t.parent_span_id, t.start_ns, t.span_id
      LIMIT %(limit)s)
     UNION ALL
     (SELECT {node_columns}
      FROM tasks t
-     WHERE t.trace_id = %(trace_id)s AND t.parent_span_id IS NULL AND t.start_ns IS NULL
+     WHERE t.run_day = %(run_day)s AND t.trace_id = %(trace_id)s AND t.parent_span_id IS NULL
+       AND t.start_ns IS NULL
      ORDER BY t.trace_id, t.parent_span_id, t.start_ns, t.span_id
      LIMIT %(limit)s)
 ) AS found
@@ -124,19 +135,20 @@ SELECT {node_columns}, t.kind, t.scope, t.status_message, t.attributes, t.events
        t.truncated, t.heartbeat_ns, rs.job, rs.attributes AS resource
 FROM tasks t
 LEFT JOIN resources rs ON rs.id = t.resource_id
-WHERE t.trace_id = %(trace_id)s AND t.span_id = %(span_id)s
+WHERE t.run_day = %(run_day)s AND t.trace_id = %(trace_id)s AND t.span_id = %(span_id)s
 
 -- name: task_exists
 SELECT true AS found
 FROM tasks t
-WHERE t.trace_id = %(trace_id)s AND t.span_id = %(span_id)s
+WHERE t.run_day = %(run_day)s AND t.trace_id = %(trace_id)s AND t.span_id = %(span_id)s
 
 -- name: children
 -- Index tasks_children in its own order.  Children always have a start time (only placeholders
 -- lack one, and placeholders have no parent), so the row comparison sees no NULLs.
 SELECT {node_columns}
 FROM tasks t
-WHERE t.trace_id = %(trace_id)s AND t.parent_span_id = %(span_id)s {where}
+WHERE t.run_day = %(run_day)s AND t.trace_id = %(trace_id)s AND t.parent_span_id = %(span_id)s
+  {where}
 ORDER BY t.start_ns, t.span_id
 LIMIT %(limit)s
 
@@ -155,7 +167,7 @@ AND (t.start_ns, t.span_id) > (%(after_start)s, %(after_span)s)
 -- name: subtree_tasks
 SELECT {node_columns}
 FROM tasks t
-WHERE t.path @> ARRAY[%(top)s]::bytea[] AND t.trace_id = %(trace_id)s
+WHERE t.path @> ARRAY[%(top)s]::bytea[] AND t.run_day = %(run_day)s AND t.trace_id = %(trace_id)s
   AND t.status IN {flagged} AND t.status = %(status)s {where}
 ORDER BY t.start_ns DESC, t.span_id DESC
 LIMIT %(limit)s
@@ -163,7 +175,7 @@ LIMIT %(limit)s
 -- name: subtree_tasks_oldest_first
 SELECT {node_columns}
 FROM tasks t
-WHERE t.path @> ARRAY[%(top)s]::bytea[] AND t.trace_id = %(trace_id)s
+WHERE t.path @> ARRAY[%(top)s]::bytea[] AND t.run_day = %(run_day)s AND t.trace_id = %(trace_id)s
   AND t.status IN {flagged} AND t.status = %(status)s {where}
 ORDER BY t.start_ns, t.span_id
 LIMIT %(limit)s

@@ -186,11 +186,14 @@ def tasks_page(trace_id: str) -> str:
 
     def read(conn: psycopg.Connection):
         run = queries.get_run(conn, trace)
-        top = queries.get_task(conn, trace, node) if node is not None else None
+        day = run["run_day"] if run is not None else None
+        top = queries.get_task(conn, trace, node, day=day) if node is not None and run else None
         if run is None or (node is not None and top is None):
             what = f"task {node.hex()} in run" if node is not None else "run"
             raise NotFound(f"no {what} {trace.hex()}")
-        page = queries.subtree_tasks(conn, trace, node, status, limit=LIST_PAGE, after=after)
+        page = queries.subtree_tasks(
+            conn, trace, node, status, day=day, limit=LIST_PAGE, after=after
+        )
         return run, top, page
 
     run, top, page = _read(read)
@@ -216,41 +219,46 @@ def _tree_start(conn: psycopg.Connection, trace: bytes, focus: bytes | None):
     row = queries.get_run(conn, trace)
     if row is None:
         raise NotFound(f"no run with trace id {trace.hex()} (yet: spans show once folded)")
-    cursor = None
+    cursor, day = None, row["run_day"]
     if focus is None:
-        page = queries.run_roots(conn, trace, limit=CHILDREN_PAGE)
+        page = queries.run_roots(conn, trace, day=day, limit=CHILDREN_PAGE)
         tops, ancestors = [shapes.node(r) for r in page.rows], []
         cursor = params.encode_cursor("roots", page.next_after)
     else:
-        task = queries.get_task(conn, trace, focus)
+        task = queries.get_task(conn, trace, focus, day=day)
         if task is None:
             raise NotFound(f"no task {focus.hex()} in run {trace.hex()}")
-        tops, ancestors = [shapes.node(task)], _ancestors(conn, trace, task)
+        tops, ancestors = [shapes.node(task)], _ancestors(conn, trace, day, task)
     real = [node for node in tops if not node["missing"]]
     shown_open = real[:1] if len(real) == 1 or focus else []
     opened = {
-        node["span_id"]: _children_page(conn, trace, node)
+        node["span_id"]: _children_page(conn, trace, day, node)
         for node in shown_open
         if node["child_count"]
     }
     return shapes.run(row), (tops, cursor), ancestors, opened
 
 
-def _children_page(conn: psycopg.Connection, trace: bytes, node: dict) -> dict[str, Any]:
+def _children_page(
+    conn: psycopg.Connection, trace: bytes, day: int, node: dict
+) -> dict[str, Any]:
     """The first page of a node's children, as ``GET .../children`` answers it."""
-    page = queries.children(conn, trace, bytes.fromhex(node["span_id"]), limit=CHILDREN_PAGE)
+    span = bytes.fromhex(node["span_id"])
+    page = queries.children(conn, trace, span, day=day, limit=CHILDREN_PAGE)
     return {
         "children": [shapes.node(r) for r in page.rows],
         "next_cursor": params.encode_cursor("children", page.next_after),
     }
 
 
-def _ancestors(conn: psycopg.Connection, trace: bytes, task: dict) -> list[dict[str, Any]]:
+def _ancestors(
+    conn: psycopg.Connection, trace: bytes, day: int, task: dict
+) -> list[dict[str, Any]]:
     """The task's ancestors from the top down, as {span_id, name, missing} (for breadcrumbs)."""
     found: list[dict[str, Any]] = []
     parent = task["parent_span_id"]
     while parent is not None and len(found) < MAX_ANCESTORS:
-        row = queries.get_task(conn, trace, parent)
+        row = queries.get_task(conn, trace, parent, day=day)
         if row is None:  # not folded yet: the chain ends at a span we cannot show
             break
         found.append({"span_id": parent.hex(), "name": row["name"], "missing": row["missing"]})
@@ -268,10 +276,11 @@ def task_page(trace_id: str, span_id: str) -> str:
     trace, span = params.trace_id(trace_id), params.span_id(span_id)
 
     def read(conn: psycopg.Connection):
-        row = queries.get_task(conn, trace, span)
-        if row is None:
+        run = queries.get_run(conn, trace)
+        row = queries.get_task(conn, trace, span, day=run["run_day"]) if run else None
+        if run is None or row is None:
             raise NotFound(f"no task {span.hex()} in run {trace.hex()}")
-        return row, queries.get_run(conn, trace), _ancestors(conn, trace, row)
+        return row, run, _ancestors(conn, trace, run["run_day"], row)
 
     row, run_row, ancestors = _read(read)
     task = shapes.task_detail(row)
@@ -279,7 +288,7 @@ def task_page(trace_id: str, span_id: str) -> str:
     return render_template(
         "task.html",
         task=task,
-        run=shapes.run(run_row) if run_row else None,
+        run=shapes.run(run_row),
         ancestors=ancestors,
         resource=resource,
         env=env,
