@@ -1,6 +1,6 @@
 """Scrape time of /metrics, and how it grows with the number of stored tasks.
 
-    .venv/bin/python bench/metrics.py [--tasks 10000 1000000] [--scrapes 30]
+    .venv/bin/python bench/metrics.py [--tasks 10000 1000000] [--scrapes 30] [--past-days 365]
 
 For each task count, a scratch database (migrated by tasktree) holds 100 jobs with 10 task names
 each (1,000 task names: finished counts and duration histograms in ``metric_totals``, the per-job
@@ -9,7 +9,8 @@ tasks), and the rest finished tasks up to the task count.  A collector stands in
 containers (the families ``docker/metrics.py`` builds; the engines' own answer time is
 ``bench/docker.py``'s subject).  Each scrape renders the full text page with the PostgreSQL cache
 off (every scrape queries), as a cold scrape does.  The search index is dropped in the scratch
-database to load 1M rows faster: /metrics never uses it.
+database to load 1M rows faster: /metrics never uses it.  ``--past-days``: each database holds
+that many earlier days' partitions of ``tasks`` too (empty), as one kept that long does.
 
 Prints the median and p95 scrape time for each size, and the ratio large/small.
 Target: under 50 ms, flat in the number of tasks.
@@ -26,11 +27,10 @@ import time
 import psycopg
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from scratch import ADMIN, scratch_database  # bench/scratch.py: the script's folder
+from scratch import ADMIN, add_past_days, scratch_database  # bench/scratch.py: the script's folder
 
 from tasktree.exporter.metrics import DURATION_BUCKETS, ServiceMetrics
 from tasktree.exporter.settings import Settings
-from tasktree.exporter.store.migrate import migrate
 from tasktree.exporter.store.pool import open_pool
 
 JOBS, NAMES_PER_JOB, CONTAINERS = 100, 10, 50
@@ -147,12 +147,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, nargs="+", default=[10_000, 1_000_000])
     parser.add_argument("--scrapes", type=int, default=40)
+    parser.add_argument("--past-days", type=int, default=0,
+                        help="day partitions of earlier days each database holds too")
     args = parser.parse_args()
     opened = {}
     with contextlib.ExitStack() as scratch:
         for tasks in args.tasks:
             url = scratch.enter_context(scratch_database("tasktree_bench_metrics"))
-            migrate(url)
+            add_past_days(url, args.past_days)  # migrates
             started = time.perf_counter()
             populate(url, tasks)
             print(
