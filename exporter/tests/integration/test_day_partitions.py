@@ -17,7 +17,9 @@ import time
 import psycopg
 import pytest
 
+from tasktree.exporter import ingest
 from tasktree.exporter.app import create_app
+from tasktree.exporter.receiver.records import DecodedBatch
 from tasktree.exporter.settings import Settings
 from tasktree.exporter.store import partitions, queries
 from tasktree.exporter.store.fold import fold_batch, sweep_stalled
@@ -152,3 +154,23 @@ def test_the_api_and_the_pages_show_a_run_of_an_earlier_day(conn, private_db):
             assert client.get(url).status_code == 404, url
     finally:
         pool.close()
+
+
+def test_at_its_cap_a_run_of_an_earlier_day_keeps_its_tasks_records(conn, private_db):
+    """Ingest's check of a full run's spans reads the run's day partition, and only that one."""
+    t, day = tid(1), partitions.today() - 3
+    a_run_of_an_earlier_day(conn, t, day)  # 3 tasks
+    pool = open_pool(private_db, max_size=2)
+    try:
+        batch = DecodedBatch([span(t, sid(3), sid(2), name="leaf-task", start=30, end=40),
+                              span(t, sid(4), sid(2), name="a new task", start=50)])
+        ingest.Ingestor(pool, Settings(max_spans_per_run=3))(batch)
+    finally:
+        pool.close()
+    assert batch.rejected == 1 and [s.span_id for s in batch.spans] == [sid(3)]
+    deliver(conn)  # folds what was landed
+    assert tree(conn, t)[sid(3)][2] == st.OK and sid(4) not in tree(conn, t)
+    with conn.transaction():
+        kept = ingest._kept_spans(conn, batch.spans, {t: day})
+        locked = {name for (name,) in conn.execute(_LOCKED_DAY_PARTITIONS)}
+    assert kept == {(t, sid(3))} and locked == {f"tasks_d{day}"}

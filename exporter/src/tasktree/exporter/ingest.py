@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 
 import psycopg_pool
@@ -17,6 +18,7 @@ import psycopg_pool
 from tasktree.exporter.errors import Overloaded
 from tasktree.exporter.receiver.records import DecodedBatch, SpanRow
 from tasktree.exporter.settings import Settings
+from tasktree.exporter.store import partitions
 from tasktree.exporter.store.landing import ResourceIds, land, waiting_at_most
 from tasktree.exporter.store.pool import connection
 
@@ -34,17 +36,18 @@ WHERE trace_id = ANY(ARRAY(SELECT substring(%(ids)s::bytea FROM i * 16 + 1 FOR 1
   AND task_count >= %(cap)s
 """
 
-# Which spans of full runs are tasks the run keeps: a row in ``tasks`` (its primary key, in the
-# run's day partition) or a record landed and not folded yet (index ``span_landing_span``).  One
-# index probe per span, so the cost follows the batch, never the size of the run or the backlog.
-# A missing-parent placeholder is a row too: the record that fills it in is accepted.
-_KEPT_SPANS = """
+# Which spans of full runs of one day are tasks the run keeps: a row in ``tasks`` (its primary
+# key, in the day's partition, named: see partitions.TASKS_OF_DAY) or a record landed and not
+# folded yet (index ``span_landing_span``).  One index probe per span, so the cost follows the
+# batch, never the size of the run, the backlog or the days kept.  A missing-parent placeholder is
+# a row too: the record that fills it in is accepted.
+_KEPT_SPANS = f"""
 SELECT k.trace_id, k.span_id
-FROM unnest(%s::bytea[], %s::bytea[], %s::integer[]) AS k(trace_id, span_id, run_day)
-WHERE EXISTS (SELECT FROM tasks t
-              WHERE t.span_id = k.span_id AND t.trace_id = k.trace_id AND t.run_day = k.run_day)
+FROM unnest(%(traces)s::bytea[], %(spans)s::bytea[]) AS k(trace_id, span_id)
+WHERE EXISTS (SELECT FROM {partitions.TASKS_OF_DAY} t
+              WHERE t.span_id = k.span_id AND t.trace_id = k.trace_id AND t.run_day = %(day)s)
    OR EXISTS (SELECT FROM span_landing l WHERE l.trace_id = k.trace_id AND l.span_id = k.span_id)
-"""
+"""  # noqa: S608 (the partition's name: see partitions.of_day)
 
 # The refused spans of new tasks, counted on their runs (``runs.dropped_spans``).
 _COUNT_DROPPED = """
@@ -121,12 +124,15 @@ class Ingestor:
 
 def _kept_spans(conn, spans: list[SpanRow], run_days: dict[bytes, int]) -> set[tuple[bytes, bytes]]:
     """(trace id, span id) of ``spans`` whose task their run keeps already."""
-    rows = conn.execute(
-        _KEPT_SPANS,
-        (
-            [s.trace_id for s in spans],
-            [s.span_id for s in spans],
-            [run_days[s.trace_id] for s in spans],
-        ),
-    )
-    return {(bytes(t), bytes(s)) for t, s in rows}
+    by_day: dict[int, list[SpanRow]] = defaultdict(list)
+    for s in spans:
+        by_day[run_days[s.trace_id]].append(s)
+    kept: set[tuple[bytes, bytes]] = set()
+    for day, of_day in by_day.items():
+        rows = conn.execute(
+            partitions.of_day(conn, _KEPT_SPANS, day),
+            {"traces": [s.trace_id for s in of_day], "spans": [s.span_id for s in of_day],
+             "day": day},
+        )
+        kept.update((bytes(t), bytes(s)) for t, s in rows)
+    return kept
