@@ -214,16 +214,17 @@ FROM fold_out o LEFT JOIN span_landing l ON l.id = o.landing_id
 WHERE o.is_new
 """  # noqa: S608
 
-# Whether a task row exists, probed by its primary key for each row.  The planner cannot be
-# trusted here: the day partition's statistics may be far behind its size (it fills during the
-# day), and it would scan it whole, or walk the run's children index.  So the probe is a subquery
-# with LIMIT, which must run once per row, and offers the indexes only the span id (IS TRUE hides
-# the trace id), which leads the primary key alone.
-_NO_ROW = """
-NOT EXISTS (SELECT FROM (SELECT 1 FROM tasks t
-                         WHERE t.span_id = {span} AND (t.trace_id = c.trace_id) IS TRUE
+# Whether the task of claimed record ``c`` has a row, probed by its primary key for each record.
+# The planner cannot be trusted here: the day partition's statistics may be far behind its size
+# (it fills during the day), and it would scan it whole, or walk the run's children index.  So
+# the probe is a subquery with LIMIT, which must run once per row, and offers the indexes only the
+# span id (IS TRUE hides the trace id), which leads the primary key alone.  It names the day's
+# partition (partitions.TASKS_OF_DAY): through ``tasks`` each fold locked every day's partition.
+_NO_ROW = f"""
+NOT EXISTS (SELECT FROM (SELECT 1 FROM {partitions.TASKS_OF_DAY} t
+                         WHERE t.span_id = c.span_id AND (t.trace_id = c.trace_id) IS TRUE
                            AND t.run_day = %(day)s LIMIT 1) AS r)
-"""
+"""  # noqa: S608 (the partition's name: see partitions.of_day)
 
 # The claimed records of the runs of one day: all of them when the batch's runs share one day
 # (``traces`` NULL: no list of every trace id to send), else those of the runs in ``traces``.
@@ -247,7 +248,7 @@ WITH named AS (
            AND n.parent_span_id IS DISTINCT FROM n.span_id AS single
     FROM named n
 ), classified AS (
-    SELECT c.*, c.single AND {_NO_ROW.format(span="c.span_id")} AS leaf
+    SELECT c.*, c.single AND {_NO_ROW} AS leaf
     FROM candidates c WHERE c.is_record
 ), leaves AS (
     INSERT INTO fold_leaves
@@ -607,7 +608,7 @@ def _store_leaves(
         for day in by_day:
             traces = [t for t, d in days.items() if d == day] if len(by_day) > 1 else None
             params = {"traces": traces, "day": day, "cutoff": cutoff_ns}
-            ruled += cur.execute(_STORE_LEAVES, params).fetchall()
+            ruled += cur.execute(partitions.of_day(conn, _STORE_LEAVES, day), params).fetchall()
     leaves = {
         (bytes(trace_id), bytes(parent) if parent else None): ((ok, err, run, stall), start, lid)
         for trace_id, parent, ok, err, run, stall, start, lid in conn.execute(
