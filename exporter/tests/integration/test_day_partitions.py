@@ -82,22 +82,26 @@ def test_a_batch_of_runs_of_three_days_folds_each_in_its_day(conn):
 
 def test_a_fold_locks_no_partition_of_another_day(conn):
     t, now = tid(1), time.time_ns()
-    # Children first (their parent a placeholder), one failed and one running, as is common.
+    # Children first (their parent a placeholder), one failed and one running, as is common;
+    # and a running task under a parent that no other record names.
     deliver(conn, [span(t, sid(3), sid(2), status=st.ERROR, start=30),
-                   span(t, sid(4), sid(2), status=st.RUNNING, start=40, heartbeat=now)])
+                   span(t, sid(4), sid(2), status=st.RUNNING, start=40, heartbeat=now),
+                   span(t, sid(5), sid(9), status=st.RUNNING, start=50, heartbeat=now)])
     # Then their parent and the root: the placeholder filled and moved with its flagged tasks,
-    # the chains loaded, the run's summary read back from its stored top-level tasks.
-    land(conn, [span(t, sid(2), sid(1), start=20), span(t, sid(1), None, name="root", start=10)],
-         ResourceIds(), time.time_ns())
+    # the chains loaded, the run's summary read back from its stored top-level tasks; and the
+    # running task's final record naming the root as its parent, so its placeholder goes.
+    land(conn, [span(t, sid(2), sid(1), start=20), span(t, sid(1), None, name="root", start=10),
+                span(t, sid(5), sid(1), start=50)], ResourceIds(), time.time_ns())
     # As the service's statements run, once prepared: a plan for any day, pruned only as it runs
     # (and then every partition in it is locked first).
     conn.execute("SET plan_cache_mode = force_generic_plan")
     with conn.transaction():
-        assert fold_batch(conn, limit=10_000, stall_after_s=3600.0).records == 2
+        assert fold_batch(conn, limit=10_000, stall_after_s=3600.0).records == 3
         locked = {name for (name,) in conn.execute(_LOCKED_DAY_PARTITIONS)}
     today = partitions.today()
     assert locked <= {f"tasks_d{today}", f"tasks_d{today + 1}"}, sorted(locked)
     assert tree(conn, t)[sid(2)][:3] == (sid(1), False, st.OK)
+    assert tree(conn, t)[sid(5)][:3] == (sid(1), False, st.OK) and sid(9) not in tree(conn, t)
     assert run(conn, t)[2] == st.OK
 
 

@@ -364,10 +364,11 @@ WHERE NOT o.is_new AND o.landing_id IS NULL
 # The claimed records, folded: by their physical address (see _CLAIM).
 _DELETE_CLAIMED = "DELETE FROM span_landing l USING fold_claim c WHERE l.ctid = c.landing_row"
 
-# Stored placeholders whose last child moved to another parent (tree.fold: ``RunFold.dropped``).
-_DELETE_DROPPED = """
-DELETE FROM tasks WHERE trace_id = %s AND run_day = %s AND span_id = ANY(%s) AND missing
-"""
+# Stored placeholders whose last child moved to another parent (tree.fold: ``RunFold.dropped``),
+# in the run's day partition.
+_DELETE_DROPPED = f"""
+DELETE FROM {partitions.TASKS_OF_DAY} WHERE trace_id = %s AND span_id = ANY(%s) AND missing
+"""  # noqa: S608 (the partition's name: see partitions.of_day)
 
 # A run's summary, written once per fold: its counts moved by the batch's delta, and what its
 # top-level tasks say now, after the fold's task writes.
@@ -789,7 +790,8 @@ def _write(conn: Connection, folds: dict[bytes, RunFold], days: Iterable[int]) -
             cur.execute(partitions.of_day(conn, _UPDATE_STRUCTURE, day))
         for trace_id, fold in folds.items():
             if fold.dropped:
-                cur.execute(_DELETE_DROPPED, (trace_id, fold.run_day, list(fold.dropped)))
+                delete = partitions.of_day(conn, _DELETE_DROPPED, fold.run_day)
+                cur.execute(delete, (trace_id, list(fold.dropped)))
         now = time.time_ns()
         for day in days:
             upsert = partitions.of_day(conn, _UPSERT_RUNS_AND_JOBS, day)
