@@ -132,9 +132,14 @@ def test_reads_of_a_run_lock_no_partition_of_another_day(conn):
     assert locked == {f"tasks_d{day}"}
 
 
-def test_the_api_and_the_pages_show_a_run_of_an_earlier_day(conn, private_db):
+@pytest.mark.parametrize("days_ago", [3, PAST_DAYS + 10], ids=["own partition", "default one"])
+def test_the_api_and_the_pages_show_a_run_of_an_earlier_day(conn, private_db, days_ago):
+    """A day with a partition of its own, and one without (its rows in the default partition, as
+    for a day older than the partitions, or before its partition was made)."""
     t = tid(1)
-    a_run_of_an_earlier_day(conn, t, partitions.today() - 3)
+    a_run_of_an_earlier_day(conn, t, partitions.today() - days_ago)
+    in_default = conn.execute("SELECT count(*) FROM tasks_default WHERE trace_id = %s", (t,))
+    assert in_default.fetchone()[0] == (3 if days_ago > PAST_DAYS else 0)
     pool = open_pool(private_db, max_size=2)
     try:
         client = create_app(Settings(), pool).test_client()
