@@ -185,14 +185,14 @@ def tasks_page(trace_id: str) -> str:
     after = params.decode_cursor("subtree", args.get("cursor"))
 
     def read(conn: psycopg.Connection):
-        run = queries.get_run(conn, trace)
-        day = run["run_day"] if run is not None else None
-        top = queries.get_task(conn, trace, node, day=day) if node is not None and run else None
+        run, top = queries.get_run(conn, trace), None
+        if run is not None and node is not None:
+            top = queries.get_task(conn, trace, node, day=run["run_day"])
         if run is None or (node is not None and top is None):
             what = f"task {node.hex()} in run" if node is not None else "run"
             raise NotFound(f"no {what} {trace.hex()}")
         page = queries.subtree_tasks(
-            conn, trace, node, status, day=day, limit=LIST_PAGE, after=after
+            conn, trace, node, status, day=run["run_day"], limit=LIST_PAGE, after=after
         )
         return run, top, page
 
