@@ -19,6 +19,7 @@ import pytest
 
 from tasktree.exporter import ingest
 from tasktree.exporter.app import create_app
+from tasktree.exporter.metrics import store_metrics
 from tasktree.exporter.receiver.records import DecodedBatch
 from tasktree.exporter.settings import Settings
 from tasktree.exporter.store import partitions, queries
@@ -186,3 +187,30 @@ def test_at_its_cap_a_run_of_an_earlier_day_keeps_its_tasks_records(conn, privat
         kept = ingest._kept_spans(conn, batch.spans, {t: day})
         locked = {name for (name,) in conn.execute(_LOCKED_DAY_PARTITIONS)}
     assert kept == {(t, sid(3))} and locked == {f"tasks_d{day}"}
+
+
+_LOCKED_TASKS_RELATIONS = """
+SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+WHERE l.pid = pg_backend_pid() AND c.relname LIKE 'tasks%'
+"""
+
+
+def test_the_lock_demand_is_what_a_statement_over_every_day_locks(conn):
+    demand, per_slot, slots = partitions.lock_demand(conn)
+    with conn.transaction():
+        conn.execute(store_metrics.LIVE).fetchall()  # reads every day's partition
+        locked = conn.execute(_LOCKED_TASKS_RELATIONS).fetchone()[0]
+    assert locked == demand > 8 * PAST_DAYS  # each day's partition and its 7 indexes
+    assert per_slot >= 64 and slots >= 100  # this server's settings: not crowded at 40 days
+    assert not partitions.warn_when_crowded(demand, per_slot, slots)
+
+
+def test_a_store_whose_days_take_half_the_lock_table_is_warned_about(caplog):
+    assert not partitions.warn_when_crowded(3200, 64, 100)
+    assert not caplog.records
+    assert partitions.warn_when_crowded(3300, 64, 100)
+    (record,) = caplog.records
+    assert record.levelname == "WARNING"
+    message = record.getMessage()
+    assert "locks 3300 tables and indexes" in message and "6400" in message
+    assert "TASKTREE_RETENTION_DAYS" in message and "max_locks_per_transaction to 132" in message

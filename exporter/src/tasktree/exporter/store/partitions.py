@@ -60,6 +60,19 @@ partition by its primary key, a plan that stayed cached while the day's partitio
 
 _HAS_PARTITION = "SELECT to_regclass(%s) IS NOT NULL"
 
+# The locks a statement over every day of ``tasks`` takes (the task search, the stall sweep,
+# /metrics' live tasks): the parent, and each partition with all its indexes (the planner opens
+# them all); then what PostgreSQL's shared lock table is sized by: max_locks_per_transaction for
+# each connection slot, all sessions together.
+_LOCK_DEMAND = """
+SELECT 1 + (SELECT count(*) FROM pg_inherits WHERE inhparent = 'tasks'::regclass)
+         + (SELECT count(*) FROM pg_index x JOIN pg_inherits i ON i.inhrelid = x.indrelid
+            WHERE i.inhparent = 'tasks'::regclass),
+       current_setting('max_locks_per_transaction')::int,
+       current_setting('max_connections')::int
+       + current_setting('max_prepared_transactions')::int
+"""
+
 
 def _database(conn: psycopg.Connection) -> tuple[Any, ...]:
     """The key of ``conn``'s database in ``_ensured``."""
@@ -99,6 +112,40 @@ def ensure_current(conn: psycopg.Connection) -> None:
         ensure_day(conn, d)
         with _ensured_lock:
             _ensured.add((database, d))
+    if missing:  # at start, and once a day: the store keeps one more day each day
+        warn_when_crowded(*lock_demand(conn))
+
+
+def lock_demand(conn: psycopg.Connection) -> tuple[int, int, int]:
+    """(locks a statement over every day of ``tasks`` takes, ``max_locks_per_transaction``,
+    connection slots): PostgreSQL's shared lock table is sized for the product of the last two."""
+    row = conn.execute(_LOCK_DEMAND).fetchone()
+    assert row is not None
+    demand, per_slot, slots = row
+    return int(demand), int(per_slot), int(slots)
+
+
+def warn_when_crowded(demand: int, per_slot: int, slots: int) -> bool:
+    """Log a warning, and return True, when one statement over every day takes more than half
+    the lock table: a few of them at once (a search, the stall sweep, a /metrics scrape) then
+    fail with "out of shared memory" (measured: 730 days kept, 4 at once)."""
+    capacity = per_slot * slots
+    if 2 * demand <= capacity:
+        return False
+    enough = -(-4 * demand // slots)  # a quarter of the table for one statement, rounded up
+    logger.warning(
+        "a statement over every day of tasks (the task search, the stall sweep, /metrics) locks "
+        "%d tables and indexes, more than half of the %d locks PostgreSQL's lock table is sized "
+        "for (max_locks_per_transaction %d x %d connection slots); a few at once will fail with "
+        "'out of shared memory'. Keep fewer days (TASKTREE_RETENTION_DAYS), or set "
+        "max_locks_per_transaction to %d or more in postgresql.conf (then restart PostgreSQL)",
+        demand,
+        capacity,
+        per_slot,
+        slots,
+        enough,
+    )
+    return True
 
 
 def ensure_day(conn: psycopg.Connection, day: int) -> None:
