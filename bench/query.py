@@ -149,7 +149,7 @@ def measure(url: str, repeat: int) -> dict[str, float]:
     big = BIG_NODE
     with psycopg.connect(url, autocommit=True) as conn:
         after = middle_key(conn)
-        (day,) = conn.execute("SELECT run_day FROM runs WHERE trace_id = %s", (TRACE,)).fetchone()
+        day = queries.day_of_run(conn, TRACE)
         page = queries.children(conn, TRACE, big, limit=100, after=after)
         assert len(page.rows) == 100 and page.next_after is not None, "middle page is not full"
         return {
