@@ -6,8 +6,9 @@ run that goes on for days keeps receiving records into the partition of the day 
 batch can hold runs of several days at once; each must find its stored tasks and summary there,
 and a fold must not reach the other days' partitions: reaching them all (planned, locked and set
 up at every fold) made a small fold about 15 times dearer with a year of days.  The same holds for
-the reads behind the API and the pages (a run page took 75 ms instead of 3).  The locks a fold or
-a read holds show which partitions it reached.
+the reads behind the API and the pages (a run page took 75 ms instead of 3), and for the stall
+sweep, which reads only the days whose runs have running tasks.  The locks a fold, a read or a
+sweep holds show which partitions it reached.
 """
 
 from __future__ import annotations
@@ -131,6 +132,22 @@ def test_reads_of_a_run_lock_no_partition_of_another_day(conn):
         assert [r["span_id"] for r in running.rows] == [sid(3)]
         locked = {name for (name,) in conn.execute(_LOCKED_DAY_PARTITIONS)}
     assert locked == {f"tasks_d{day}"}
+
+
+def test_the_stall_sweep_reads_only_the_days_with_running_tasks(conn):
+    t, day = tid(1), partitions.today() - 3
+    a_run_of_an_earlier_day(conn, t, day)  # its leaf runs; today's run is over
+    assert partitions.running_days(conn) == [day]
+    with conn.transaction():
+        assert sweep_stalled(conn, stall_after_s=0.0).records == 1
+        locked = {name for (name,) in conn.execute(_LOCKED_DAY_PARTITIONS)}
+    assert locked == {f"tasks_d{day}"}
+    assert queries.get_task(conn, t, sid(3))["status"] == st.STALLED
+    assert run(conn, t)[7:9] == (0, 1)  # the run counts it stalled, no longer running
+    assert partitions.running_days(conn) == []
+    with conn.transaction():  # nothing runs now: the sweep reads no day at all
+        assert sweep_stalled(conn, stall_after_s=0.0).records == 0
+        assert not conn.execute(_LOCKED_DAY_PARTITIONS).fetchall()
 
 
 @pytest.mark.parametrize("days_ago", [3, PAST_DAYS + 10], ids=["own partition", "default one"])

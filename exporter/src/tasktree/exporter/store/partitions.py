@@ -60,10 +60,23 @@ partition by its primary key, a plan that stayed cached while the day's partitio
 
 _HAS_PARTITION = "SELECT to_regclass(%s) IS NOT NULL"
 
-# The locks a statement over every day of ``tasks`` takes (the task search, the stall sweep,
-# /metrics' live tasks): the parent, and each partition with all its indexes (the planner opens
-# them all); then what PostgreSQL's shared lock table is sized by: max_locks_per_transaction for
-# each connection slot, all sessions together.
+# The distinct days of the runs with running tasks, as a loose scan of the partial index
+# runs_running_day (migration 0013): one descent a day, however many of its runs are running.
+_DAYS_WITH_RUNNING = """
+WITH RECURSIVE d (day) AS (
+    (SELECT run_day FROM runs WHERE n_running > 0 ORDER BY run_day LIMIT 1)
+    UNION ALL
+    SELECT (SELECT run_day FROM runs WHERE n_running > 0 AND run_day > d.day
+            ORDER BY run_day LIMIT 1)
+    FROM d WHERE d.day IS NOT NULL
+)
+SELECT day FROM d WHERE day IS NOT NULL
+"""
+
+# The locks a statement over every day of ``tasks`` takes (the task search, /metrics' live
+# tasks and placeholders): the parent, and each partition with all its indexes (the planner
+# opens them all); then what PostgreSQL's shared lock table is sized by:
+# max_locks_per_transaction for each connection slot, all sessions together.
 _LOCK_DEMAND = """
 SELECT 1 + (SELECT count(*) FROM pg_inherits WHERE inhparent = 'tasks'::regclass)
          + (SELECT count(*) FROM pg_index x JOIN pg_inherits i ON i.inhrelid = x.indrelid
@@ -127,14 +140,14 @@ def lock_demand(conn: psycopg.Connection) -> tuple[int, int, int]:
 
 def warn_when_crowded(demand: int, per_slot: int, slots: int) -> bool:
     """Log a warning, and return True, when one statement over every day takes more than half
-    the lock table: a few of them at once (a search, the stall sweep, a /metrics scrape) then
-    fail with "out of shared memory" (measured: 730 days kept, 4 at once)."""
+    the lock table: a few of them at once (searches, a /metrics scrape) then fail with "out of
+    shared memory" (measured: 730 days kept, 4 at once)."""
     capacity = per_slot * slots
     if 2 * demand <= capacity:
         return False
     enough = -(-4 * demand // slots)  # a quarter of the table for one statement, rounded up
     logger.warning(
-        "a statement over every day of tasks (the task search, the stall sweep, /metrics) locks "
+        "a statement over every day of tasks (the task search, /metrics) locks "
         "%d tables and indexes, more than half of the %d locks PostgreSQL's lock table is sized "
         "for (max_locks_per_transaction %d x %d connection slots); a few at once will fail with "
         "'out of shared memory'. Keep fewer days (TASKTREE_RETENTION_DAYS), or set "
@@ -146,6 +159,16 @@ def warn_when_crowded(demand: int, per_slot: int, slots: int) -> bool:
         enough,
     )
     return True
+
+
+def running_days(conn: psycopg.Connection) -> list[int]:
+    """The days whose runs have running tasks, in order: the only partitions the stall sweep
+    reads (``run_day = ANY(days)``, planned for its values), whatever the number of days kept.
+
+    A run's counts are written in the transaction that writes its tasks, so a task committed
+    running is in a day listed by any later call.
+    """
+    return [day for (day,) in conn.execute(_DAYS_WITH_RUNNING)]
 
 
 def ensure_day(conn: psycopg.Connection, day: int) -> None:
