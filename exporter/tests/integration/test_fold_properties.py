@@ -93,7 +93,7 @@ def test_permuted_duplicated_split_delivery_gives_the_in_order_tree(conn, record
     assert tree(conn, in_order) == expected_tree(records)
     assert tree(conn, shuffled) == tree(conn, in_order)
     assert run(conn, shuffled) == run(conn, in_order)
-    # The run counts its live tasks: the stall sweep and /metrics find their days by it.
+    # The run counts its live tasks: the stall sweep finds the days to read by them.
     statuses = [row[2] for row in tree(conn, in_order).values()]
     assert run(conn, shuffled)[7:9] == (statuses.count(st.RUNNING), statuses.count(st.STALLED))
     # Subtree lists by status read paths: right after any order of folds.
