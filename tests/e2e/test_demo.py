@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -49,14 +50,22 @@ def test_demo_stores_an_instrumented_run_of_thousands_of_tasks_and_prints_the_ur
     assert report_parent == ("report",)  # the child program hangs under its launcher
 
 
-def _demo_on_embedded_database(data_dir, **env) -> subprocess.CompletedProcess:
-    """``tasktree demo --exit`` with no database URL: the embedded PostgreSQL under ``data_dir``."""
+_DEMO = [sys.executable, "-m", "tasktree.exporter", "demo",
+         "--port", "0", "--otlp-http-port", "0", "--otlp-grpc-port", "0"]  # fmt: skip
+
+
+def _embedded_environment(data_dir, **env) -> dict[str, str]:
+    """No database URL: the embedded PostgreSQL under ``data_dir``."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("TASKTREE_")}
     environment.update(TASKTREE_DATA_DIR=str(data_dir), **env)
+    return environment
+
+
+def _demo_on_embedded_database(data_dir, **env) -> subprocess.CompletedProcess:
+    """``tasktree demo --exit`` on the embedded PostgreSQL under ``data_dir``."""
     return subprocess.run(
-        [sys.executable, "-m", "tasktree.exporter", "demo", "--exit",
-         "--port", "0", "--otlp-http-port", "0", "--otlp-grpc-port", "0"],
-        env=environment, capture_output=True, text=True, timeout=600,
+        [*_DEMO, "--exit"], env=_embedded_environment(data_dir, **env),
+        capture_output=True, text=True, timeout=600,
     )  # fmt: skip
 
 
@@ -109,3 +118,27 @@ def test_a_kept_embedded_database_says_how_to_stop_it_and_that_command_stops_it(
     finally:
         if psutil.pid_exists(pid):
             psutil.Process(pid).kill()
+
+
+def test_a_demo_stopped_with_sigterm_stops_its_embedded_database(tmp_path):
+    """``kill``, ``docker stop`` and systemd stop a program with SIGTERM, not Ctrl-C."""
+    data_dir, log = tmp_path / "data", tmp_path / "stderr.log"
+    with log.open("w") as stderr, subprocess.Popen(
+        _DEMO, env=_embedded_environment(data_dir), stdout=subprocess.PIPE, stderr=stderr,
+        text=True,
+    ) as demo:
+        try:
+            assert demo.stdout is not None
+            for line in demo.stdout:
+                if line.startswith("press Ctrl-C to stop"):
+                    break
+            else:
+                raise AssertionError(f"the demo ended early:\n{log.read_text()[-3000:]}")
+            demo.send_signal(signal.SIGTERM)
+            assert demo.wait(60) == 0, log.read_text()[-3000:]
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+    pid = _embedded_pid(log.read_text())
+    assert _ends_soon(pid), f"the embedded PostgreSQL {pid} outlived the demo"
+    assert _processes_using(data_dir) == []

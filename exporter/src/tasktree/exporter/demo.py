@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,10 @@ from tasktree.exporter.settings import Settings
 def run_demo(settings: Settings, *, exit_when_done: bool = False) -> int:
     from tasktree.exporter.server import Service
 
+    # kill, docker stop and systemd stop a program with SIGTERM: stop as on Ctrl-C, so that the
+    # service stops and the embedded PostgreSQL with it (Python's default for SIGTERM exits at
+    # once, and the embedded server stayed up).
+    signal.signal(signal.SIGTERM, _interrupt)
     settings = dataclasses.replace(
         settings,
         port=_free_or_zero(settings.host, settings.port),
@@ -22,6 +27,20 @@ def run_demo(settings: Settings, *, exit_when_done: bool = False) -> int:
         otlp_grpc_port=_free_or_zero(settings.host, settings.otlp_grpc_port),
     )
     service = Service(settings).start()
+    try:
+        return _run_sample_job(service, exit_when_done)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        service.stop()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_sample_job(service, exit_when_done: bool) -> int:
+    """Run the sample job against ``service``; then return its exit code, or wait for Ctrl-C."""
     urls = service.urls()
     print(f"tasktree is running: {urls['ui']}  (API {urls['api']})", flush=True)
     print("running the sample job (a few thousand tasks)...", flush=True)
@@ -34,15 +53,10 @@ def run_demo(settings: Settings, *, exit_when_done: bool = False) -> int:
     _wait_until_folded(service)
     print(f"sample job finished (exit {job.returncode}); open {urls['ui']}", flush=True)
     if exit_when_done:
-        service.stop()
         return job.returncode
     print("press Ctrl-C to stop", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        service.stop()
-    return 0
+    while True:
+        time.sleep(3600)
 
 
 def _free_or_zero(host: str, port: int) -> int:
