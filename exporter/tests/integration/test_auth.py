@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -406,11 +407,11 @@ def test_a_sign_in_survives_a_restart_and_ends_when_its_token_is_removed(
 # -- where tasktree listens ------------------------------------------------------------------
 
 
-def serve_exit(env: dict, *args: str) -> subprocess.CompletedProcess:
+def serve_exit(env: dict, *args: str, database: str = "postgresql://nobody@127.0.0.1:1/none"
+               ) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("TASKTREE_")}
     return subprocess.run(
-        [sys.executable, "-m", "tasktree.exporter", "serve", "--database-url",
-         "postgresql://nobody@127.0.0.1:1/none", *args],
+        [sys.executable, "-m", "tasktree.exporter", "serve", "--database-url", database, *args],
         env={**clean, **env}, capture_output=True, text=True, timeout=60,
     )
 
@@ -429,6 +430,26 @@ def test_serve_refuses_a_non_loopback_address_without_credentials(env, missing):
     for variable in missing:
         assert variable in done.stderr
     assert "or bind 127.0.0.1" in done.stderr
+
+
+@pytest.mark.parametrize("flag, variable", [
+    ("--port", "TASKTREE_PORT"),
+    ("--otlp-http-port", "TASKTREE_OTLP_HTTP_PORT"),
+    ("--otlp-grpc-port", "TASKTREE_OTLP_GRPC_PORT"),
+])
+def test_serve_says_which_port_is_taken_and_how_to_choose_another(private_db, flag, variable):
+    ports = {"--port": "0", "--otlp-http-port": "0", "--otlp-grpc-port": "0"}
+    with socket.socket() as taken:  # another program listens there
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports[flag] = str(taken.getsockname()[1])
+        done = serve_exit({}, *[a for pair in ports.items() for a in pair], database=private_db)
+
+    assert done.returncode == 1 and "TASKTREE_READY" not in done.stdout
+    assert "tasktree: cannot listen for " in done.stderr
+    assert f"on 127.0.0.1:{ports[flag]} (" in done.stderr
+    assert f"choose another with {flag} ({variable})" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_serve_refuses_a_malformed_token_list_at_start_up():

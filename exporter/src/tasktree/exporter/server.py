@@ -23,7 +23,7 @@ from tasktree.exporter.metrics import ServiceMetrics
 from tasktree.exporter.receiver._common import UnauthenticatedExports
 from tasktree.exporter.receiver.otlp_grpc import start_otlp_grpc_server
 from tasktree.exporter.receiver.otlp_http import create_otlp_http_app
-from tasktree.exporter.settings import Settings
+from tasktree.exporter.settings import OPTIONS, Settings
 from tasktree.exporter.store.migrate import migrate
 from tasktree.exporter.store.pool import open_pool, primary_conninfo, standby_conninfo
 from tasktree.exporter.store.replication import ReadRoute, check_synchronous_standby
@@ -60,6 +60,25 @@ def migrate_when_reachable(url: str, wait_s: float = _DB_WAIT_S) -> None:
                     f"tasktree: cannot reach PostgreSQL at {_redact(url)}: {exc}"
                 ) from exc
             time.sleep(1.0)
+
+
+# What each listener serves, by the setting of its port.
+_LISTENERS = {
+    "port": "the web UI and API",
+    "otlp_http_port": "OTLP/HTTP",
+    "otlp_grpc_port": "OTLP/gRPC",
+}
+
+
+def _cannot_listen(setting: str, host: str, port: int, reason: str) -> SystemExit:
+    """What to do when a listener's port is taken (the commonest failure at a first start: 8080
+    is everyone's): the setting that moves it, by flag and variable."""
+    option = next(o for o in OPTIONS if o.name == setting)
+    return SystemExit(
+        f"tasktree: cannot listen for {_LISTENERS[setting]} on {host}:{port} ({reason}); another"
+        f" program, or another tasktree serve, may hold that port: stop it, or choose another"
+        f" with {option.flag} ({option.env})"
+    )
 
 
 def _redact(url: str) -> str:
@@ -141,7 +160,7 @@ class Service:
             reads=self.reads,
         )
         # Each open live stream holds a thread: room for them beside the ordinary requests.
-        self.web_port = self._start_http(web, s.port, "web", threads=8 + self.live.max_streams)
+        self.web_port = self._start_http(web, "port", "web", threads=8 + self.live.max_streams)
         http_ingest, grpc_ingest = (
             self.metrics.instrument_ingest(self.ingest, p) for p in ("http", "grpc")
         )
@@ -153,17 +172,22 @@ class Service:
         unauthenticated = UnauthenticatedExports(self.metrics.ingest.count_unauthenticated)
         self.otlp_http_port = otlp_http_port = self._start_http(
             create_otlp_http_app(http_ingest, s, tokens, unauthenticated),
-            s.otlp_http_port,
+            "otlp_http_port",
             "otlp-http",
         )
-        self._grpc, self.otlp_grpc_port = start_otlp_grpc_server(
-            grpc_ingest,
-            s,
-            s.host,
-            s.otlp_grpc_port,
-            tokens=tokens,
-            unauthenticated=unauthenticated,
-        )
+        try:
+            self._grpc, self.otlp_grpc_port = start_otlp_grpc_server(
+                grpc_ingest,
+                s,
+                s.host,
+                s.otlp_grpc_port,
+                tokens=tokens,
+                unauthenticated=unauthenticated,
+            )
+        except OSError as exc:  # gRPC says no more than that it failed to bind
+            raise _cannot_listen(
+                "otlp_grpc_port", s.host, s.otlp_grpc_port, "gRPC could not bind it"
+            ) from exc
         self.docker.connect_tracing(self._own_url(otlp_http_port) + "/v1/traces", own_token)
         return self
 
@@ -173,19 +197,24 @@ class Service:
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
-    def _start_http(self, app, port: int, name: str, threads: int = 8) -> int:
-        server = waitress.server.create_server(
-            app,
-            host=self.settings.host,
-            port=port,
-            threads=threads,
-            ident="tasktree",
-            channel_timeout=300,
-            connection_limit=1000,
-            clear_untrusted_proxy_headers=True,
-            # Far-oversized bodies are cut by waitress itself; the apps answer the rest in kind.
-            max_request_body_size=2 * self.settings.max_body_bytes,
-        )
+    def _start_http(self, app, setting: str, name: str, threads: int = 8) -> int:
+        """Serve ``app`` on the port of ``setting`` (a ``Settings`` field); return the port."""
+        host, port = self.settings.host, getattr(self.settings, setting)
+        try:
+            server = waitress.server.create_server(
+                app,
+                host=host,
+                port=port,
+                threads=threads,
+                ident="tasktree",
+                channel_timeout=300,
+                connection_limit=1000,
+                clear_untrusted_proxy_headers=True,
+                # Far-oversized bodies are cut by waitress itself; the apps answer the rest in kind.
+                max_request_body_size=2 * self.settings.max_body_bytes,
+            )
+        except OSError as exc:
+            raise _cannot_listen(setting, host, port, exc.strerror or str(exc)) from exc
         thread = threading.Thread(target=server.run, name=f"tasktree-{name}", daemon=True)
         thread.start()
         self._http_servers.append(server)
