@@ -519,6 +519,24 @@ def _wait_for_run(server, trace_id: str, timeout: float = 30.0) -> dict:
     raise AssertionError(f"the deploy's run {trace_id} did not reach the tree")
 
 
+def test_cli_without_a_server_says_where_it_looked_and_how_to_point_it_elsewhere(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{free.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKTREE_")}
+    done = subprocess.run([sys.executable, "-m", "tasktree.exporter", "docker", "ls"],
+                          env={**env, "TASKTREE_URL": url}, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 3 and not done.stdout
+    assert f"cannot reach tasktree at {url}" in done.stderr
+    assert "--url or TASKTREE_URL" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_cli_pulls_deploys_lists_and_tails_logs_through_the_server_with_progress(
     lab, start_tasktree, tmp_path
 ):

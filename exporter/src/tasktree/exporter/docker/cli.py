@@ -136,7 +136,10 @@ def _request(args, method: str, path: str, body=None, *, stream: bool = False):
             message = exc.reason
         raise CliError(f"{method} {path}: {exc.code} {message}") from None
     except urllib.error.URLError as exc:
-        raise CliError(f"cannot reach tasktree at {args.url}: {exc.reason}") from None
+        raise CliError(
+            f"cannot reach tasktree at {args.url}: {exc.reason} (is `tasktree serve` running"
+            " there? point --url or TASKTREE_URL at its web address)"
+        ) from None
     if stream:
         return response
     with response:
