@@ -134,3 +134,19 @@ def _wait_until_folded_by_someone_else(database_url: str, timeout: float = 30.0)
         while conn.execute("SELECT EXISTS (SELECT 1 FROM span_landing)").fetchone()[0]:
             assert time.monotonic() < deadline, "no worker process folded the landed span"
             time.sleep(0.05)
+
+
+def test_a_fold_worker_stops_when_its_server_is_killed(start_tasktree, private_db):
+    """SIGKILL (or the OOM killer) gives the server no chance to stop its workers: each watches
+    the server that started it, or it would go on folding beside the next server's."""
+    import psutil
+
+    server = start_tasktree(extra_args=("--workers", "3"), database=private_db)
+    workers = psutil.Process(server.proc.pid).children()
+    assert len(workers) == 2 and all("--role" in w.cmdline() for w in workers)
+    server.proc.kill()
+    server.proc.wait()
+    _, alive = psutil.wait_procs(workers, timeout=15)
+    for orphan in alive:
+        orphan.kill()
+    assert not alive, f"fold workers {[w.pid for w in alive]} outlived their server"

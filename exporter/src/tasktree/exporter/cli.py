@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import textwrap
 import threading
 
 from tasktree.exporter.settings import OPTIONS, Option, Settings, SettingsError, plain_text
+
+logger = logging.getLogger(__name__)
 
 _ARGUMENT_TYPES = {"int": int, "float": float}
 """The argparse type of a flag by its field's annotation (the first word); others are text."""
@@ -57,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
                 help=_flag_help(option),
             )
     serve.add_argument("--role", choices=["all", "folder"], default="all", help=argparse.SUPPRESS)
+    serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # a fold worker's server
     serve.set_defaults(run=_serve)
     demo.add_argument("--exit", action="store_true", help="exit once the sample job is stored")
     demo.set_defaults(run=_demo)
@@ -104,7 +108,7 @@ def _serve(settings: Settings, args) -> int:
     helpers = _start_fold_workers(settings.workers - 1) if args.role == "all" else []
     if args.role == "all":
         print("TASKTREE_READY " + json.dumps(service.urls()), flush=True)
-    _wait_for_signal()
+    _wait_for_signal(parent=args.parent_pid)
     service.stop()
     for proc in helpers:
         proc.terminate()
@@ -113,15 +117,28 @@ def _serve(settings: Settings, args) -> int:
 
 def _start_fold_workers(count: int) -> list[subprocess.Popen]:
     """Extra processes that only fold (the main process serves and folds too)."""
-    argv = [sys.executable, "-m", "tasktree.exporter", "serve", *sys.argv[2:], "--role", "folder"]
+    argv = [sys.executable, "-m", "tasktree.exporter", "serve", *sys.argv[2:], "--role", "folder",
+            "--parent-pid", str(os.getpid())]  # fmt: skip
     return [subprocess.Popen(argv) for _ in range(count)]
 
 
-def _wait_for_signal() -> None:
+def _wait_for_signal(parent: int | None = None) -> None:
+    """Until SIGTERM or SIGINT; with ``parent``, also until that process is gone.
+
+    A fold worker watches the server that started it: a server killed with SIGKILL (or by the
+    OOM killer) cannot stop its workers, and an orphaned worker went on folding and holding
+    connections beside the next server's.
+    """
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    done.wait()
+    while not done.wait(1.0):
+        if parent is not None and os.getppid() != parent:
+            logger.warning(
+                "the tasktree serve process %s that started this fold worker is gone; stopping",
+                parent,
+            )
+            return
 
 
 def _demo(settings: Settings, args) -> int:
