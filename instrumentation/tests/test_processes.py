@@ -169,8 +169,11 @@ def test_opentelemetry_instrument_picks_up_live_tasks_and_propagation_without_co
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     trace_id = json.loads(proc.stdout.splitlines()[-1])["trace_id"]
-    records = finals_named(otlp_sink, "plain-job", "plain-slow", "plain-leaf")
+    records = finals_named(otlp_sink, "plain-job", "plain-slow", "plain-leaf", "plain-thread")
     assert records["plain-job"].trace_id == trace_id
     assert records["plain-leaf"].parent == records["plain-job"].span_id  # a spawned process
+    assert records["plain-thread"].parent == records["plain-job"].span_id
+    # The threading instrumentor is instrumented once, by the loader: no warning in the job's log.
+    assert "already instrumented" not in proc.stderr, proc.stderr
     assert records["plain-job"].resource["service.name"] == "plain"
     assert any(r.running and r.name == "plain-slow" for r in otlp_sink.snapshot())

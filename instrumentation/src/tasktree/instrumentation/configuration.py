@@ -23,9 +23,13 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Any, cast
 
 from opentelemetry import trace
+from opentelemetry.instrumentation.environment_variables import (
+    OTEL_PYTHON_DISABLED_INSTRUMENTATIONS,
+)
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,  # (the package ships no type information for it)
 )
@@ -307,7 +311,21 @@ class TasktreeConfigurator:
     """``opentelemetry_configurator`` entry point: ``configure()`` from the environment."""
 
     def configure(self, **kwargs: Any) -> None:
+        _under_the_loader()
         configure()
+
+
+def _under_the_loader() -> None:
+    """Called by ``opentelemetry-instrument``'s entry points only: when its loader will load the
+    threading instrumentor (installed with tasktree, not disabled), leave threading to it."""
+    disabled = {
+        name.strip()
+        for name in os.environ.get(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS, "").split(",")
+    }
+    if disabled & {"threading", "*"}:
+        return
+    if any(e.name == "threading" for e in entry_points(group="opentelemetry_instrumentor")):
+        propagation.leave_threading_to_loader()
 
 
 class TasktreeInstrumentor(BaseInstrumentor):
@@ -318,6 +336,8 @@ class TasktreeInstrumentor(BaseInstrumentor):
         return []
 
     def _instrument(self, **kwargs: Any) -> None:
+        if kwargs.get("skip_dep_check"):  # the loader's call (it checked dependencies itself)
+            _under_the_loader()
         configure()
 
     def _uninstrument(self, **kwargs: Any) -> None:

@@ -42,6 +42,7 @@ from wrapt import wrap_function_wrapper
 _logger = logging.getLogger(__name__)
 
 _installed = False
+_threading_by_loader = False  # opentelemetry-instrument's loader instruments threading itself
 _install_lock = threading.Lock()
 _process_parent: Context | None = None  # from TRACEPARENT when this process started
 
@@ -306,6 +307,14 @@ _POOL_METHODS = (
 )
 
 
+def leave_threading_to_loader() -> None:
+    """``install`` leaves the threading instrumentor to ``opentelemetry-instrument``, which loads
+    it among the installed instrumentors and warns ("Attempting to instrument while already
+    instrumented") when it was instrumented before."""
+    global _threading_by_loader
+    _threading_by_loader = True
+
+
 def install() -> None:
     """Installs every patch above once per process (idempotent) and reads ``TRACEPARENT``."""
     global _installed
@@ -316,7 +325,7 @@ def install() -> None:
         from opentelemetry.instrumentation.threading import ThreadingInstrumentor
 
         instrumentor = ThreadingInstrumentor()
-        if not instrumentor.is_instrumented_by_opentelemetry:
+        if not (_threading_by_loader or instrumentor.is_instrumented_by_opentelemetry):
             instrumentor.instrument()
         wrap_function_wrapper(threading.Thread, "_bootstrap_inner", _wrap_thread_bootstrap_inner)
         wrap_function_wrapper(mp_process.BaseProcess, "start", _wrap_process_start)
