@@ -140,6 +140,24 @@ def test_a_sink_down_for_the_whole_run_lets_the_job_finish_with_bounded_memory()
     assert "not delivered so far" in err
 
 
+def test_a_short_job_whose_sink_is_down_says_at_exit_what_was_not_delivered():
+    """Every record of a short job is in its exit flush: the export cut short at exit must be
+    counted before the report, or the job ends saying nothing of the records it lost."""
+    code = (
+        "from tasktree.instrumentation import configure, task\n"
+        "configure()\n"
+        "with task('short'):\n"
+        "    for i in range(10):\n"
+        "        with task('step'):\n"
+        "            pass\n"
+    )
+    env = child_environment(f"http://127.0.0.1:{closed_port()}")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "tasktree: not delivered so far: 11 final span records" in proc.stderr, proc.stderr
+
+
 def test_a_process_started_with_traceparent_hangs_its_tasks_under_it(otlp_sink):
     trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     env = child_environment(otlp_sink.endpoint, TRACEPARENT=f"00-{trace_id}-{span_id}-01")

@@ -41,6 +41,7 @@ _DEFAULT_SCHEDULE_DELAY = 1.0  # final records reach the sink within about a sec
 _MAX_BACKOFF = 30.0
 _DROP_LOG_INTERVAL = 30.0
 _SINK_DOWN_EXIT_WAIT = 1.0  # at exit, one short last attempt when the sink is known to be down
+_CUT_EXPORT_WAIT = 0.5  # at exit, for the export that shutdown cut short to count its records
 _STUCK_EXPORT = 2.0  # an export still going after this long is retrying: the sink is slow or down
 _INF = float("inf")
 # How long a hook that wakes the worker, or finds it starved, sleeps so that the worker gets the
@@ -323,6 +324,12 @@ class LiveSpanProcessor(SpanProcessor):
         exporter = self._exporter
         if exporter is not None:
             exporter.shutdown()  # also cuts short a retry still sleeping in a stuck worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(_CUT_EXPORT_WAIT)  # the export just cut counts what it did not deliver
+        with self._lock:
+            # Records the worker never got to, or still holds (stuck): not delivered either.
+            self._dropped_finals += len(self._queue) + self._in_flight
+            self._queue.clear()
         self._report_drops(force=True)
 
     def _begin_close_locked(self, message: str) -> None:
