@@ -184,10 +184,8 @@ class Service:
                 tokens=tokens,
                 unauthenticated=unauthenticated,
             )
-        except OSError as exc:  # gRPC says no more than that it failed to bind
-            raise _cannot_listen(
-                "otlp_grpc_port", s.host, s.otlp_grpc_port, "gRPC could not bind it"
-            ) from exc
+        except OSError as exc:
+            raise _cannot_listen("otlp_grpc_port", s.host, s.otlp_grpc_port, str(exc)) from exc
         self.docker.connect_tracing(self._own_url(otlp_http_port) + "/v1/traces", own_token)
         return self
 

@@ -90,9 +90,9 @@ def start_otlp_grpc_server(
     try:
         bound = server.add_insecure_port(address)
     except RuntimeError as exc:  # grpc raises when the address cannot be bound
-        raise OSError(f"cannot listen for OTLP/gRPC on {address}: {exc}") from None
+        raise OSError(str(exc)) from None  # the caller names the address and the setting
     if not bound:
-        raise OSError(f"cannot listen for OTLP/gRPC on {address}")
+        raise OSError(f"gRPC could not bind {address}")
     server.start()
     return server, bound
 
