@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -178,10 +179,47 @@ def _exporter_factory(endpoint: str | None) -> Callable[[], SpanExporter] | None
     from tasktree.instrumentation.otlp import SpanExporter  # OTel's OTLP/HTTP, encoding faster
 
     if endpoint:
-        url = endpoint.rstrip("/") + "/v1/traces"
+        url = endpoint.rstrip("/") + _TRACES_PATH
     else:
-        url = None if env_endpoint else DEFAULT_HTTP_ENDPOINT + "/v1/traces"
+        url = None if env_endpoint else DEFAULT_HTTP_ENDPOINT + _TRACES_PATH
+    _warn_if_unusable(endpoint)
     return lambda: SpanExporter(endpoint=url)
+
+
+_TRACES_PATH = "/v1/traces"
+
+
+def _warn_if_unusable(endpoint: str | None) -> None:
+    """Says at once, naming the setting, when the OTLP/HTTP URL cannot work: otherwise the first
+    sign of a mistyped endpoint is a failed export at the job's end."""
+    if endpoint:
+        source, given = "configure(endpoint=...)", endpoint
+        url = endpoint.rstrip("/") + _TRACES_PATH
+    elif given := os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", ""):
+        source, url = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", given  # the full URL, used as given
+    elif given := os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""):
+        source, url = "OTEL_EXPORTER_OTLP_ENDPOINT", given.removesuffix("/") + _TRACES_PATH
+    else:
+        return
+    problem = _url_problem(url)
+    if problem is None and url.endswith(_TRACES_PATH * 2):
+        problem = (
+            f"the base URL, to which {_TRACES_PATH} is added (spans would go to {url}); drop"
+            f" {_TRACES_PATH}, or give the full URL in OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+        )
+    if problem is not None:
+        _logger.warning("tasktree: %s=%r is %s; no task can be delivered", source, given, problem)
+
+
+def _url_problem(url: str) -> str | None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+    except ValueError:
+        return "not a valid URL (is the port a number from 1 to 65535?)"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"not an http:// or https:// URL (for example {DEFAULT_HTTP_ENDPOINT})"
+    return None
 
 
 # -- processes ---------------------------------------------------------------------------------
