@@ -1,6 +1,7 @@
 """Authentication through a real ``tasktree serve`` (issue 7): ingest tokens sent by the real
 OpenTelemetry exporters, the web UI's session cookie with CSRF protection, bearer API clients,
-and the refusal to listen beyond loopback without credentials.  The browser flow is in
+the refusal to listen beyond loopback without credentials, and what start-up says about a taken
+port or a database URL that cannot work.  The browser flow is in
 ``tests/ui/test_login.py``.
 """
 
@@ -480,3 +481,39 @@ def test_the_secret_key_variable_wins_over_the_file(tmp_path):
     assert not (tmp_path / "secret_key").exists()
     shown = repr(Settings(secret_key=key, auth_token="t" * 10, ingest_tokens="j:" + "i" * 10))
     assert key not in shown and "t" * 10 not in shown and "i" * 10 not in shown
+
+
+# -- the database it is given -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url, says", [
+    ("notaurl", 'missing "=" after "notaurl"'),
+    ("http://db.example/tasktree", 'missing "=" after "http://db.example/tasktree"'),
+    ("postgresql://127.0.0.1/tasktree?colour=blue", 'invalid URI query parameter: "colour"'),
+])
+def test_serve_refuses_a_database_url_libpq_cannot_read_in_one_line(url, says):
+    done = serve_exit({}, database=url)
+
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "TASKTREE_DATABASE_URL is neither a PostgreSQL URL" in done.stderr
+    assert says in done.stderr
+
+
+def test_serve_says_at_once_that_the_database_is_unreachable_without_its_password():
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TASKTREE_")}
+    url = "postgresql://tt:pa55word-9x@127.0.0.1:1/runs"
+    started = time.monotonic()
+    with subprocess.Popen(
+        [sys.executable, "-m", "tasktree.exporter", "serve", "--database-url", url],
+        env=clean, stderr=subprocess.PIPE, text=True,
+    ) as serve:  # fmt: skip
+        try:
+            assert serve.stderr is not None
+            said = next(line for line in serve.stderr if "not reachable" in line)
+            waited = time.monotonic() - started
+        finally:
+            serve.kill()
+    assert waited < 20  # the give-up, 30 s later, is not the first word
+    assert "PostgreSQL at 127.0.0.1:1 (database runs, user tt) is not reachable yet" in said
+    assert "trying again for up to 30 s" in said and "Connection refused" in said
+    assert "pa55word" not in said

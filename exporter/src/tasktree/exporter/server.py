@@ -50,6 +50,7 @@ def resolve_database_url(settings: Settings) -> str:
 def migrate_when_reachable(url: str, wait_s: float = _DB_WAIT_S) -> None:
     """Apply migrations, waiting up to ``wait_s`` for the database to come up."""
     deadline = time.monotonic() + wait_s
+    said = False
     while True:
         try:
             migrate(url)
@@ -57,8 +58,14 @@ def migrate_when_reachable(url: str, wait_s: float = _DB_WAIT_S) -> None:
         except psycopg.OperationalError as exc:
             if time.monotonic() > deadline:
                 raise SystemExit(
-                    f"tasktree: cannot reach PostgreSQL at {_redact(url)}: {exc}"
+                    f"tasktree: cannot reach PostgreSQL at {_where(url)}: {exc}"
                 ) from exc
+            if not said:  # a person at the terminal should not wait half a minute in silence
+                logger.warning(
+                    "PostgreSQL at %s is not reachable yet, trying again for up to %.0f s: %s",
+                    _where(url), wait_s, exc,
+                )  # fmt: skip
+                said = True
             time.sleep(1.0)
 
 
@@ -81,8 +88,19 @@ def _cannot_listen(setting: str, host: str, port: int, reason: str) -> SystemExi
     )
 
 
-def _redact(url: str) -> str:
-    return psycopg.conninfo.make_conninfo(url, password="***") if "password" in url else url
+def _where(url: str) -> str:
+    """Where ``url`` points, for a message: hosts, ports, database and user (no password, none
+    of the connection options tasktree adds)."""
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    hosts = str(params.get("host") or params.get("hostaddr") or "the local socket").split(",")
+    ports = str(params.get("port") or "5432").split(",")
+    ports += ports[-1:] * (len(hosts) - len(ports))  # libpq: one port for every host
+    places = ",".join(f"{host}:{port}" for host, port in zip(hosts, ports, strict=False))
+    named = ", ".join(f"{what} {params[key]}" for key, what in _NAMED if params.get(key))
+    return f"{places} ({named})" if named else places
+
+
+_NAMED = (("dbname", "database"), ("user", "user"))
 
 
 class Service:

@@ -343,6 +343,8 @@ class Settings:
                     "put a random secret there (python3 -c 'import secrets; "
                     "print(secrets.token_urlsafe(32))') and start again"
                 )
+        for name in ("database_url", "read_database_url"):
+            _check_database_url(name, getattr(self, name))
         if not is_loopback(self.host):
             self._check_credentials_for_network()
 
@@ -363,6 +365,22 @@ class Settings:
                 + "; ".join(missing)
                 + "; or bind 127.0.0.1"
             )
+
+
+def _check_database_url(name: str, url: str | None) -> None:
+    """A URL libpq cannot parse fails here, in one line, instead of as a traceback at connect."""
+    if url is None:
+        return
+    import psycopg
+
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:  # worded by libpq
+        raise SettingsError(
+            f"{env_name(name)} is neither a PostgreSQL URL"
+            " (postgresql://user@host:5432/tasktree) nor a connection string"
+            f" (host=... dbname=...): {exc}"
+        ) from None
 
 
 def env_name(field_name: str) -> str:
