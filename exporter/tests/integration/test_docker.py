@@ -537,6 +537,28 @@ def test_cli_without_a_server_says_where_it_looked_and_how_to_point_it_elsewhere
     assert "--url or TASKTREE_URL" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_cli_on_a_server_without_docker_hosts_says_how_to_name_them(start_tasktree):
+    import os
+    import subprocess
+    import sys
+
+    server = start_tasktree(env={"TASKTREE_OPERATOR_TOKENS": f"olga:{OPERATOR}"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKTREE_")}
+    env.update(TASKTREE_URL=server.web, TASKTREE_TOKEN=OPERATOR)
+
+    def cli(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tasktree.exporter", "docker", *argv],
+                              env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    listed, pulled = cli("ls"), cli("pull", "nginx")
+    assert listed.returncode == 0 and not listed.stdout  # nothing listed: no empty tables either
+    assert pulled.returncode == 3 and not pulled.stdout
+    for done in (listed, pulled):
+        assert "no docker host is configured" in done.stderr
+        assert "TASKTREE_DOCKER_HOSTS " in done.stderr  # and the file's variable:
+        assert "TASKTREE_DOCKER_HOSTS_FILE" in done.stderr
+
+
 def test_cli_pulls_deploys_lists_and_tails_logs_through_the_server_with_progress(
     lab, start_tasktree, tmp_path
 ):

@@ -7,7 +7,7 @@ from flask import Flask
 
 from tasktree.exporter.auth import OPERATOR, VIEWER, TokenTable, require
 from tasktree.exporter.docker.hosts import load_hosts
-from tasktree.exporter.docker.specs import deploy_spec, pull_spec
+from tasktree.exporter.docker.specs import deploy_spec, pull_spec, resolve_hosts
 from tasktree.exporter.errors import BadRequest, Forbidden, Unauthorized
 from tasktree.exporter.services import Services, install_services
 from tasktree.exporter.settings import Settings, SettingsError
@@ -177,3 +177,10 @@ def test_bad_deploy_requests_are_refused_naming_the_field(body, words):
 
 def test_pull_to_all_hosts():
     assert pull_spec({"image": "reg/app", "hosts": ["*"]}, HOSTS).hosts == ["a", "b", "c"]
+
+
+def test_an_action_on_a_server_without_docker_hosts_says_how_to_configure_them():
+    for body in ({"hosts": ["*"]}, {"selector": {"role": "build"}}):
+        with pytest.raises(BadRequest, match="no docker host is configured") as caught:
+            resolve_hosts(body, {})
+        assert "TASKTREE_DOCKER_HOSTS_FILE" in caught.value.message

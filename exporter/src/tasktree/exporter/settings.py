@@ -27,6 +27,13 @@ EXAMPLE_TOKEN = "replace-me-with-a-random-token"
 """The placeholder of TASKTREE_AUTH_TOKEN in the repository's ``.env.example``: refused in every
 token setting, so a copied example never becomes a working credential (a test keeps both equal)."""
 
+NO_DOCKER_HOSTS = (
+    "no docker host is configured: name the engines tasktree may reach in TASKTREE_DOCKER_HOSTS"
+    ' ("local=unix:///var/run/docker.sock build=ssh://deploy@build-1") or in a YAML file named by'
+    ' TASKTREE_DOCKER_HOSTS_FILE, and restart tasktree serve (README, "Docker hosts")'
+)
+"""What the API and CLI say when a docker request meets a server with no docker host."""
+
 _TOKEN_FIELDS = ("auth_token", "ingest_tokens", "viewer_tokens", "operator_tokens", "secret_key")
 
 

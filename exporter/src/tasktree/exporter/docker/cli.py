@@ -18,6 +18,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from tasktree.exporter.settings import NO_DOCKER_HOSTS
+
 _BAR = 24
 
 
@@ -168,6 +170,9 @@ def _ls(args) -> int:
     data = _request(args, "GET", path + ("?" + urllib.parse.urlencode(query) if query else ""))
     if args.json:
         print(json.dumps(data, indent=2))
+        return 0
+    if not data["hosts"]:  # two empty tables would not say why, nor what to do
+        print(f"tasktree docker: {NO_DOCKER_HOSTS}", file=sys.stderr)
         return 0
     _table(
         ["HOST", "STATE", "ENGINE", "CONTAINERS", "ANSWERED", "ERROR"],

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from docker.utils import parse_repository_tag
 
 from tasktree.exporter.errors import BadRequest
+from tasktree.exporter.settings import NO_DOCKER_HOSTS
 
 _CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -108,6 +109,8 @@ def resolve_hosts(body: dict, configured: dict) -> list[str]:
         not isinstance(names, list) or not all(isinstance(n, str) for n in names)
     ):
         raise BadRequest("'hosts' must be a list of host names")
+    if not configured:
+        raise BadRequest(NO_DOCKER_HOSTS)
     chosen = list(configured) if names in (None, ["*"]) else names
     unknown = [n for n in chosen if n not in configured]
     if unknown:
