@@ -148,6 +148,7 @@ def _job_stderr(**environment: str) -> str:
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:99999", "is the port a number"),
         ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "grpc://127.0.0.1:4317", "not an http://"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9/v1/traces/", "drop /v1/traces"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9", "add /v1/traces"),
     ],
 )
 def test_an_endpoint_that_cannot_work_is_named_when_the_job_starts(variable, value, says):

@@ -207,6 +207,12 @@ def _warn_if_unusable(endpoint: str | None) -> None:
             f"the base URL, to which {_TRACES_PATH} is added (spans would go to {url}); drop"
             f" {_TRACES_PATH}, or give the full URL in OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
         )
+    elif problem is None and urllib.parse.urlsplit(url).path in ("", "/"):
+        problem = (
+            f"the full URL, used as given, and has no path (tasktree serve takes spans at"
+            f" {_TRACES_PATH}); add {_TRACES_PATH}, or give the base URL in"
+            " OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
     if problem is not None:
         _logger.warning("tasktree: %s=%r is %s; no task can be delivered", source, given, problem)
 
