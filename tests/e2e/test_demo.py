@@ -1,4 +1,5 @@
-"""The README's first command: ``tasktree demo`` serves and stores an instrumented sample job."""
+"""The README's first command: ``tasktree demo`` serves and stores an instrumented sample job; the
+embedded PostgreSQL it runs on stops with the last tasktree using it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import psutil
@@ -84,6 +86,13 @@ def _processes_using(data_dir) -> list[str]:
         if str(data_dir) in " ".join(process.info["cmdline"] or ()):
             found.append(f"{process.info['pid']}: {' '.join(process.info['cmdline'])}")
     return found
+
+
+def _wait_until(condition, log, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.1)
 
 
 def _ends_soon(pid: int, timeout: float = 10.0) -> bool:
@@ -168,6 +177,37 @@ def test_an_embedded_database_left_by_a_killed_demo_is_stopped_by_the_next_one(t
         assert out.returncode == 0, out.stderr[-3000:]
         assert f"left running by tasktree (pid {demo.pid})" in out.stderr, out.stderr[-3000:]
         assert _ends_soon(pid), f"the embedded PostgreSQL {pid} outlived the second demo"
+        assert _processes_using(data_dir) == []
+    finally:
+        if psutil.pid_exists(pid):
+            psutil.Process(pid).kill()
+
+
+def test_a_fold_worker_outliving_a_killed_server_stops_the_embedded_database(tmp_path):
+    """``--workers 2``: the server is killed with SIGKILL, its fold worker notices and leaves,
+    and the last of them to leave stops the database they shared."""
+    data_dir, log = tmp_path / "data", tmp_path / "stderr.log"
+    serve = [sys.executable, "-m", "tasktree.exporter", "serve", "--workers", "2",
+             "--port", "0", "--otlp-http-port", "0", "--otlp-grpc-port", "0"]  # fmt: skip
+    with log.open("w") as stderr, subprocess.Popen(
+        serve, env=_embedded_environment(data_dir), stdout=subprocess.PIPE, stderr=stderr,
+        text=True,
+    ) as server:
+        try:
+            assert server.stdout is not None
+            ready = server.stdout.readline()
+            assert ready.startswith("TASKTREE_READY"), log.read_text()[-3000:]
+            [worker] = psutil.Process(server.pid).children()
+            _wait_until(lambda: log.read_text().count("stops when tasktree exits") == 2, log)
+            server.kill()  # both on the database's list of users
+            server.wait(60)
+        finally:
+            if server.poll() is None:
+                server.kill()
+    pid = _embedded_pid(log.read_text())
+    try:
+        assert _ends_soon(worker.pid, 30.0), "the fold worker outlived its server"
+        assert _ends_soon(pid), f"the embedded PostgreSQL {pid} outlived every tasktree"
         assert _processes_using(data_dir) == []
     finally:
         if psutil.pid_exists(pid):

