@@ -132,30 +132,33 @@ def test_a_kept_embedded_database_says_how_to_stop_it_and_that_command_stops_it(
 
 
 @contextlib.contextmanager
-def _serving_demo(data_dir, log) -> Iterator[subprocess.Popen]:
-    """``tasktree demo`` on the embedded PostgreSQL under ``data_dir`` (stderr to ``log``), once
-    it says it is serving; killed afterwards if still running."""
+def _serving(argv, data_dir, log, ready: str) -> Iterator[subprocess.Popen]:
+    """``argv`` (a tasktree command) on the embedded PostgreSQL under ``data_dir`` (stderr to
+    ``log``), once it prints a line starting with ``ready``; killed afterwards if still running."""
     with log.open("w") as stderr, subprocess.Popen(
-        _DEMO, env=_embedded_environment(data_dir), stdout=subprocess.PIPE, stderr=stderr,
+        argv, env=_embedded_environment(data_dir), stdout=subprocess.PIPE, stderr=stderr,
         text=True,
-    ) as demo:
+    ) as process:
         try:
-            assert demo.stdout is not None
-            for line in demo.stdout:
-                if line.startswith("press Ctrl-C to stop"):
+            assert process.stdout is not None
+            for line in process.stdout:
+                if line.startswith(ready):
                     break
             else:
-                raise AssertionError(f"the demo ended early:\n{log.read_text()[-3000:]}")
-            yield demo
+                raise AssertionError(f"{argv[3]} ended early:\n{log.read_text()[-3000:]}")
+            yield process
         finally:
-            if demo.poll() is None:
-                demo.kill()
+            if process.poll() is None:
+                process.kill()
+
+
+_DEMO_READY = "press Ctrl-C to stop"
 
 
 def test_a_demo_stopped_with_sigterm_stops_its_embedded_database(tmp_path):
     """``kill``, ``docker stop`` and systemd stop a program with SIGTERM, not Ctrl-C."""
     data_dir, log = tmp_path / "data", tmp_path / "stderr.log"
-    with _serving_demo(data_dir, log) as demo:
+    with _serving(_DEMO, data_dir, log, _DEMO_READY) as demo:
         demo.send_signal(signal.SIGTERM)
         assert demo.wait(60) == 0, log.read_text()[-3000:]
     pid = _embedded_pid(log.read_text())
@@ -167,7 +170,7 @@ def test_an_embedded_database_left_by_a_killed_demo_is_stopped_by_the_next_one(t
     """SIGKILL (or the OOM killer) gives tasktree no chance to stop the server it started; the
     next tasktree on the same data reuses it and, when it exits, stops it."""
     data_dir, log = tmp_path / "data", tmp_path / "stderr.log"
-    with _serving_demo(data_dir, log) as demo:
+    with _serving(_DEMO, data_dir, log, _DEMO_READY) as demo:
         demo.kill()
         demo.wait(60)
     pid = _embedded_pid(log.read_text())
@@ -189,21 +192,11 @@ def test_a_fold_worker_outliving_a_killed_server_stops_the_embedded_database(tmp
     data_dir, log = tmp_path / "data", tmp_path / "stderr.log"
     serve = [sys.executable, "-m", "tasktree.exporter", "serve", "--workers", "2",
              "--port", "0", "--otlp-http-port", "0", "--otlp-grpc-port", "0"]  # fmt: skip
-    with log.open("w") as stderr, subprocess.Popen(
-        serve, env=_embedded_environment(data_dir), stdout=subprocess.PIPE, stderr=stderr,
-        text=True,
-    ) as server:
-        try:
-            assert server.stdout is not None
-            ready = server.stdout.readline()
-            assert ready.startswith("TASKTREE_READY"), log.read_text()[-3000:]
-            [worker] = psutil.Process(server.pid).children()
-            _wait_until(lambda: log.read_text().count("stops when tasktree exits") == 2, log)
-            server.kill()  # both on the database's list of users
-            server.wait(60)
-        finally:
-            if server.poll() is None:
-                server.kill()
+    with _serving(serve, data_dir, log, "TASKTREE_READY") as server:
+        [worker] = psutil.Process(server.pid).children()
+        _wait_until(lambda: log.read_text().count("stops when tasktree exits") == 2, log)
+        server.kill()  # both on the database's list of users
+        server.wait(60)
     pid = _embedded_pid(log.read_text())
     try:
         assert _ends_soon(worker.pid, 30.0), "the fold worker outlived its server"
