@@ -63,11 +63,39 @@ def test_nothing_is_captured_by_default(monkeypatch):
     assert captured_environment(environ=ENVIRON) == {}
 
 
-@pytest.mark.parametrize(
-    "name", ["GITHUB_TOKEN", "db_password", "MY_SECRET", "SSH_AUTH_SOCK", "SESSION_ID", "API_KEY"]
-)
+@pytest.mark.parametrize("name", [
+    "GITHUB_TOKEN", "db_password", "MY_SECRET", "SSH_AUTH_SOCK", "SESSION_ID", "API_KEY",
+    "OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS",  # where ingest tokens go
+    "DB_PASS", "MYSQL_PWD", "SMTP_PWD", "GITHUB_PAT", "SLACK_WEBHOOK_URL", "AZURE_STORAGE_SIG",
+])  # fmt: skip
 def test_secret_names(name):
     assert is_secret_name(name)
+
+
+@pytest.mark.parametrize("name", ["PATH", "PWD", "OLDPWD", "HOME", "SIGNAL_NAME", "PATTERN"])
+def test_names_that_are_no_secrets(name):
+    assert not is_secret_name(name)
+
+
+def test_extra_redactions_match_whatever_the_case():
+    environ = {"MY_CONN": "host=db password=x", "OTHER": "y", "KEPT": "z"}
+    captured = captured_environment("*", "my_conn, other ", environ=environ)
+    prefix = "process.environment_variable."
+    assert captured == {prefix + "MY_CONN": REDACTED, prefix + "OTHER": REDACTED,
+                        prefix + "KEPT": "z"}  # fmt: skip
+
+
+@pytest.mark.parametrize("url, masked", [
+    ("postgresql://u:p@ss-hunter2@h/db", f"postgresql://u:{REDACTED}@h/db"),
+    ("https://h/db?password=hunter2&sslmode=require",
+     f"https://h/db?password={REDACTED}&sslmode=require"),
+    ("https://acct.blob/c?sv=1&sig=hunter2%2F&se=2", f"https://acct.blob/c?sv=1&sig={REDACTED}&se=2"),
+    ("https://api/x?access_token=hunter2", f"https://api/x?access_token={REDACTED}"),
+    ("http://example.com/a@b?page=2", "http://example.com/a@b?page=2"),  # no userinfo
+    ("user@host:/srv/data", "user@host:/srv/data"),
+])  # fmt: skip
+def test_url_passwords_and_secret_query_parameters_are_masked(url, masked):
+    assert mask_url_passwords(url) == masked
 
 
 def test_url_passwords_and_secret_options_are_masked_in_command_lines():
@@ -80,6 +108,26 @@ def test_url_passwords_and_secret_options_are_masked_in_command_lines():
     assert redacted_args(args) == [
         "job", hidden, "--api-key", REDACTED, "--no-auth", "file.csv", "--verbose",
     ]  # fmt: skip
+
+
+def test_secrets_in_other_shapes_of_arguments_are_masked():
+    args = ["tool", "--pass=hunter2a", "--auth", "hunter2b", "--access-key", "hunter2c",
+            "PGPASSWORD=hunter2d", "--db-password", "hunter2e", "-no-auth", "kept.txt", "A=kept"]
+    assert redacted_args(args) == [
+        "tool", f"--pass={REDACTED}", "--auth", REDACTED, "--access-key", REDACTED,
+        f"PGPASSWORD={REDACTED}", "--db-password", REDACTED, "-no-auth", "kept.txt", "A=kept",
+    ]  # fmt: skip
+
+
+def test_secrets_inside_a_script_argument_are_masked():
+    script = ("psql --password hunter2a -h db --no-auth kept && TOKEN=hunter2b run"
+              " && curl -H 'Authorization: Bearer hunter2c' https://u:hunter2d@h/?token=hunter2e")
+    [shell, flag, masked] = redacted_args(["sh", "-c", script])
+    assert (shell, flag) == ("sh", "-c") and "hunter2" not in masked
+    assert masked == (
+        f"psql --password {REDACTED} -h db --no-auth kept && TOKEN={REDACTED} run"
+        f" && curl -H 'Authorization: Bearer {REDACTED}' https://u:{REDACTED}@h/?token={REDACTED}"
+    )
 
 
 def test_container_id_from_cgroup_v1_then_mountinfo(tmp_path):

@@ -101,3 +101,18 @@ def test_the_runner_heartbeats_while_the_program_runs(otlp_sink):
 )
 def test_job_name_comes_from_the_script_of_an_interpreter(command, name):
     assert job_name(command) == name
+
+
+def test_secrets_in_the_command_never_reach_the_sink(otlp_sink):
+    script = "true --password=hunter2a; echo 'Authorization: Bearer hunter2b' >/dev/null"
+    proc = subprocess.run(
+        [RUNNER, "--", "sh", "-c", script, "postgresql://etl:p@ss-hunter2c@db/x"],
+        env=child_environment(otlp_sink.endpoint, TASKTREE_CAPTURE_ENV="*",
+                              OTEL_EXPORTER_OTLP_HEADERS="x-team=hunter2d"),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    records = otlp_sink.wait_for(lambda rs: any(not r.running for r in rs))
+    [record] = [r for r in records if not r.running]
+    assert "hunter2" not in repr((record.name, record.attributes, record.resource))
+    assert "--password=[redacted]" in record.attributes["tasktree.command"]

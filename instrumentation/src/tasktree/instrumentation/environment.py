@@ -33,35 +33,71 @@ from tasktree.instrumentation.environment_variables import (
 REDACTED = "[redacted]"
 ENV_ATTRIBUTE_PREFIX = "process.environment_variable."
 
-# A name containing any of these words (case-insensitive) has its value redacted.
+# A name containing any of these words (case-insensitive) has its value redacted: PASS covers
+# PASSWORD, PASSWD and PASSPHRASE; HEADERS is OTEL_EXPORTER_OTLP_HEADERS, where an ingest token
+# goes; a webhook URL is its own secret.
 SECRET_WORDS = (
-    "TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "KEY", "CREDENTIAL", "AUTH",
-    "COOKIE", "SESSION", "PRIVATE", "SIGNATURE", "DSN", "CERT",
+    "TOKEN", "SECRET", "PASS", "PWD", "KEY", "CREDENTIAL", "AUTH", "COOKIE", "SESSION",
+    "PRIVATE", "SIGNATURE", "DSN", "CERT", "HEADERS", "WEBHOOK", "BEARER", "JWT",
 )  # fmt: skip
-_SECRET_NAME = re.compile("|".join(SECRET_WORDS), re.IGNORECASE)
-# scheme://user:password@host → scheme://user:[redacted]@host
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)[^@\s]+(?=@)")
-# --password=xyz or --api-key xyz (then the next argument is the value); a narrower word list than
-# for names, because a flag like --no-auth takes no value and would hide the next argument.
+# Secret only as a whole word of the name (GITHUB_PAT, not PATH).
+SECRET_NAME_PARTS = ("PAT", "SIG")
+# Holding a directory, not a password.
+_NOT_SECRET = frozenset({"PWD", "OLDPWD"})
+_SECRET_WORD = "|".join(SECRET_WORDS)
+_SECRET_NAME = re.compile(
+    rf"{_SECRET_WORD}|(?:^|_)(?:{'|'.join(SECRET_NAME_PARTS)})(?:_|$)", re.IGNORECASE
+)
+# scheme://user:password@host (the password may hold '@': the host follows the last one)
+_URL_AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<authority>[^/?#\s]*)")
+# ?password=xyz&token=xyz (URL query parameters)
+_SECRET_QUERY = re.compile(
+    rf"(?P<key>[?&;][^=&#\s]*(?:{_SECRET_WORD}|SIG)[^=&#\s]*=)[^&#\s]*", re.IGNORECASE
+)
+# --password=xyz or --api-key xyz (then the next argument is the value), never --no-auth.
 _SECRET_OPTION = re.compile(
-    r"^(?P<opt>--?(?!no-)[A-Za-z0-9_\-]*(?:PASSWORD|PASSWD|PASSPHRASE|TOKEN|SECRET|API[_-]?KEY|CREDENTIAL)"
-    r"[A-Za-z0-9_\-]*)(?P<eq>=)?",
+    rf"^(?P<opt>(?:--|-(?!-))(?!no-)[A-Za-z0-9_\-]*(?:{_SECRET_WORD})[A-Za-z0-9_\-]*)(?P<eq>=)?",
     re.IGNORECASE,
 )
+# PASSWORD=xyz as an argument (env, make, docker -e)
+_SECRET_ASSIGNMENT = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)=")
+# Inside a script (sh -c '...'): an option or assignment with its value, to the next space.
+_SECRET_IN_SCRIPT = re.compile(
+    rf"(?P<head>(?<![\w-])(?:--|-(?!-))(?!no-)[\w-]*(?:{_SECRET_WORD})[\w-]*(?:=|\s+)"
+    rf"|\b\w*(?:{_SECRET_WORD})\w*=)(?P<value>[^\s;&|]+)",
+    re.IGNORECASE,
+)
+# An HTTP credential in a script (curl -H "Authorization: Bearer xyz").
+_AUTHORIZATION = re.compile(r"\b(?P<head>(?:Bearer|Basic|Token)\s+)[\w.~+/=-]+", re.IGNORECASE)
 _CONTAINER_ID = re.compile(r"([0-9a-f]{64})")
 _MOUNTINFO_CONTAINER_ID = re.compile(r"/(?:docker|containers|sandboxes)/([0-9a-f]{64})/")
 
 
 def is_secret_name(name: str, extra_patterns: Sequence[str] = ()) -> bool:
-    """True when the variable ``name`` looks like it holds a secret (or matches an extra glob)."""
+    """True when the variable ``name`` looks like it holds a secret (or matches an extra glob,
+    case-insensitively: a redaction that misses for a letter's case fails open)."""
+    if name.upper() in _NOT_SECRET:
+        return False
     return bool(_SECRET_NAME.search(name)) or any(
-        fnmatch.fnmatchcase(name, p) for p in extra_patterns
+        fnmatch.fnmatch(name.upper(), p.upper()) for p in extra_patterns
     )
 
 
 def mask_url_passwords(value: str) -> str:
-    """``postgresql://user:secret@db/x`` → ``postgresql://user:[redacted]@db/x``."""
-    return _URL_PASSWORD.sub(lambda m: m.group("head") + REDACTED, value)
+    """``postgresql://user:secret@db/x`` → ``postgresql://user:[redacted]@db/x``, and the values
+    of secret-looking query parameters (``?password=``, ``&token=``, ``&sig=``) likewise."""
+    return _SECRET_QUERY.sub(
+        lambda m: m.group("key") + REDACTED, _URL_AUTHORITY.sub(_mask_userinfo, value)
+    )
+
+
+def _mask_userinfo(match: re.Match) -> str:
+    authority = match.group("authority")
+    userinfo, at, host = authority.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    if not at or not colon:
+        return match.group(0)
+    return f"{match.group('scheme')}{user}:{REDACTED}@{host}"
 
 
 def captured_environment(
@@ -89,18 +125,29 @@ def captured_environment(
 
 
 def redacted_args(args: list[str]) -> list[str]:
-    """Command arguments with the values of secret-looking options and URL passwords masked."""
+    """Command arguments with secrets masked: the values of secret-looking options
+    (``--password=x``, ``--api-key x``) and assignments (``DB_PASSWORD=x``), URL passwords and
+    secret query parameters, and the same inside scripts (``sh -c '...'``)."""
     result, hide_next = [], False
     for arg in args:
         if hide_next:
             result.append(REDACTED)
             hide_next = False
             continue
-        match = _SECRET_OPTION.match(arg)
-        if match and match.group("eq"):
-            result.append(match.group("opt") + "=" + REDACTED)
+        option = _SECRET_OPTION.match(arg)
+        assignment = _SECRET_ASSIGNMENT.match(arg)
+        if option and option.group("eq"):
+            result.append(option.group("opt") + "=" + REDACTED)
+        elif option:
+            hide_next = True
+            result.append(arg)
+        elif assignment and is_secret_name(assignment.group("name")):
+            result.append(assignment.group(0) + REDACTED)
+        elif any(space in arg for space in " \t\n"):  # a script: sh -c, python -c, ssh host '...'
+            masked = _SECRET_IN_SCRIPT.sub(lambda m: m.group("head") + REDACTED, arg)
+            masked = _AUTHORIZATION.sub(lambda m: m.group("head") + REDACTED, masked)
+            result.append(mask_url_passwords(masked))
         else:
-            hide_next = bool(match)
             result.append(mask_url_passwords(arg))
     return result
 

@@ -45,17 +45,19 @@ TASKTREE_CAPTURE_ENV = "TASKTREE_CAPTURE_ENV"
 
 Comma-separated, case-sensitive glob patterns of environment variable names to record on the
 resource as ``process.environment_variable.<NAME>``, e.g. ``SLURM_*,BATCH_DATE,PATH``.  Values of
-secret-looking names (containing TOKEN, SECRET, PASSWORD, PASSWD, PASSPHRASE, KEY, CREDENTIAL,
-AUTH, COOKIE, SESSION, PRIVATE, SIGNATURE, DSN, CERT) are replaced by ``[redacted]``, and passwords
-inside URLs (``scheme://user:password@host``) are masked.  Default: empty (nothing captured).
+secret-looking names (containing, in any case, TOKEN, SECRET, PASS, PWD, KEY, CREDENTIAL, AUTH,
+COOKIE, SESSION, PRIVATE, SIGNATURE, DSN, CERT, HEADERS, WEBHOOK, BEARER or JWT, or the word PAT
+or SIG; not ``PWD`` and ``OLDPWD`` themselves) are replaced by ``[redacted]``, and in other values
+passwords inside URLs (``scheme://user:password@host``) and secret-looking query parameters
+(``?password=``, ``&token=``, ``&sig=``) are masked.  Default: empty (nothing captured).
 """
 
 TASKTREE_REDACT_ENV = "TASKTREE_REDACT_ENV"
 """
 .. envvar:: TASKTREE_REDACT_ENV
 
-Comma-separated glob patterns of further environment variable names whose captured values are
-redacted, in addition to the built-in secret words.  Default: empty.
+Comma-separated glob patterns (matched in any case) of further environment variable names whose
+captured values are redacted, in addition to the built-in secret words.  Default: empty.
 """
 
 TASKTREE_HANDLE_SIGTERM = "TASKTREE_HANDLE_SIGTERM"
