@@ -104,6 +104,25 @@ def test_exception_is_recorded_with_stack_trace_and_propagates_unchanged(recorde
     assert event.attributes["exception.type"] == "ValueError"
 
 
+def test_an_exception_whose_message_cannot_be_read_still_fails_its_task(recorder):
+    class Unprintable(Exception):
+        def __str__(self):
+            raise RuntimeError("no message here")
+
+    @task(name="fails-badly")
+    def fails_badly():
+        raise Unprintable()
+
+    with pytest.raises(Unprintable):
+        fails_badly()
+    span = recorder.get("fails-badly")
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description.startswith("Unprintable: (its message could not be read")
+    (event,) = span.events
+    assert event.attributes["exception.type"] == "Unprintable"
+    assert "raise Unprintable()" in event.attributes["exception.stacktrace"]
+
+
 @pytest.mark.parametrize(
     "code, status", [(0, StatusCode.UNSET), (None, StatusCode.UNSET), (3, StatusCode.ERROR)]
 )

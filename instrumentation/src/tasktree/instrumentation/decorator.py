@@ -21,6 +21,7 @@ import functools
 import inspect
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
@@ -71,17 +72,27 @@ def _record_failure(span: Span, exc: BaseException) -> None:
     """Marks ``span`` as failed by ``exc`` (with its stack trace); SystemExit(0) is no failure."""
     if _is_clean_exit(exc):
         return
+    name = type(exc).__name__
     try:
-        span.record_exception(exc, escaped=True)
         message = str(exc)
-        span.set_status(
-            Status(
-                StatusCode.ERROR,
-                f"{type(exc).__name__}: {message}" if message else type(exc).__name__,
-            )
-        )
+    except Exception:  # noqa: BLE001 - the user's __str__ failed; the task failed all the same
+        message = _UNREADABLE_MESSAGE
+    span.set_status(Status(StatusCode.ERROR, f"{name}: {message}" if message else name))
+    try:
+        if message is not _UNREADABLE_MESSAGE:
+            span.record_exception(exc, escaped=True)
+            return
+        span.add_event("exception", {  # what record_exception writes, without its str(exc)
+            "exception.type": name,
+            "exception.message": message,
+            "exception.stacktrace": "".join(traceback.format_exception(exc)),  # copes with it
+            "exception.escaped": "True",
+        })  # fmt: skip
     except Exception:
-        _logger.exception("tasktree: cannot record %r", exc)
+        _logger.exception("tasktree: cannot record the stack trace of %s", name)
+
+
+_UNREADABLE_MESSAGE = "(its message could not be read: its __str__ raised)"
 
 
 class task:  # noqa: N801 - used like a function: @task, @task(...), with task("name")
