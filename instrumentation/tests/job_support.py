@@ -38,3 +38,25 @@ def run_script(
     )  # fmt: skip
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     return proc.returncode, (json.loads(lines[-1]) if lines else {}), proc.stderr
+
+
+_ONE_TASK_JOB = (
+    "from tasktree.instrumentation import configure, task\n"
+    "configure()\n"
+    "with task('one'):\n"
+    "    pass\n"
+)
+
+
+def one_task_job(**environment: str) -> str:
+    """Runs a job of one task, named ``one``, with ``environment`` (and no endpoint but one given
+    there); asserts it exits 0 and returns its stderr."""
+    env = child_environment("")
+    del env["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    env.update(environment)
+    job = subprocess.run(
+        [sys.executable, "-c", _ONE_TASK_JOB], env=env, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert job.returncode == 0, job.stderr
+    return job.stderr

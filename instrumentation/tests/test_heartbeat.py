@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from job_support import one_task_job
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -227,3 +228,12 @@ def test_a_busy_thread_with_system_calls_in_its_tasks_loses_no_record_to_an_inst
         assert exporter.exported == 20_000
     finally:
         pipe.provider.shutdown()
+
+
+@pytest.mark.parametrize("value", ["inf", "1e300", "nan", "-1", "ten", "86401"])
+def test_a_bad_flush_timeout_warns_and_the_job_still_delivers_its_tasks(otlp_sink, value):
+    stderr = one_task_job(OTEL_EXPORTER_OTLP_ENDPOINT=otlp_sink.endpoint,
+                          TASKTREE_FLUSH_TIMEOUT=value)  # fmt: skip
+    assert f"ignoring TASKTREE_FLUSH_TIMEOUT={value!r}" in stderr
+    assert "Traceback" not in stderr
+    otlp_sink.wait_for(lambda rs: any(r.name == "one" and not r.running for r in rs))

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
-from job_support import child_environment
+from job_support import one_task_job
 from opentelemetry import propagate, trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as otel_encode
 from opentelemetry.sdk.resources import Resource
@@ -120,26 +117,6 @@ def test_a_refused_request_is_a_failure_as_with_opentelemetry_s_exporter(otlp_si
     exporter.shutdown()
 
 
-_ONE_TASK_JOB = (
-    "from tasktree.instrumentation import configure, task\n"
-    "configure()\n"
-    "with task('one'):\n"
-    "    pass\n"
-)
-
-
-def _job_stderr(**environment: str) -> str:
-    env = child_environment("", **environment)
-    del env["OTEL_EXPORTER_OTLP_ENDPOINT"]
-    env.update(environment)
-    job = subprocess.run(
-        [sys.executable, "-c", _ONE_TASK_JOB], env=env, capture_output=True, text=True,
-        timeout=60,
-    )  # fmt: skip
-    assert job.returncode == 0, job.stderr
-    return job.stderr
-
-
 @pytest.mark.parametrize(
     ("variable", "value", "says"),
     [
@@ -152,7 +129,7 @@ def _job_stderr(**environment: str) -> str:
     ],
 )
 def test_an_endpoint_that_cannot_work_is_named_when_the_job_starts(variable, value, says):
-    lines = _job_stderr(**{variable: value}).splitlines()
+    lines = one_task_job(**{variable: value}).splitlines()
     named = [line for line in lines if line.startswith(f"tasktree: {variable}={value!r}")]
     assert len(named) == 1 and says in named[0], lines
     assert "no task can be delivered" in named[0]
@@ -164,7 +141,7 @@ def test_a_working_endpoint_gets_no_warning_and_its_tasks_arrive(otlp_sink):
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_sink.endpoint + "/"),
         ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", otlp_sink.endpoint + "/v1/traces"),
     ]:
-        stderr = _job_stderr(**{variable: value})
+        stderr = one_task_job(**{variable: value})
         assert "tasktree:" not in stderr, stderr
     records = otlp_sink.wait_for(lambda rs: sum(r.name == "one" for r in rs) == 2)
     assert sum(r.name == "one" and not r.running for r in records) == 2

@@ -11,24 +11,30 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+_MOST_SECONDS = 86_400.0  # a day: more than that is a typo, and 1e300 overflows a timeout
+
+
 def positive_float(
     value: float | None, env_name: str, default: float, *, allow_zero=False
 ) -> float:
-    """``value`` if given, else the environment variable, else ``default``; a bad value warns."""
-    if value is not None:
-        return float(value)
-    raw = os.environ.get(env_name, "").strip()
-    if not raw:
-        return default
+    """Seconds: ``value`` if given, else the environment variable, else ``default``; a bad value
+    (not a number, negative, infinite or over a day) warns and gives the default."""
+    raw: object = value
+    if value is None:
+        raw = os.environ.get(env_name, "").strip()
+        if not raw:
+            return default
     try:
-        parsed = float(raw)
-    except ValueError:
+        parsed = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
         parsed = -1.0
-    if parsed > 0 or (allow_zero and parsed == 0):
+    if (0 < parsed <= _MOST_SECONDS) or (allow_zero and parsed == 0):
         return parsed
+    where = env_name if value is None else f"the argument for {env_name}"
     _logger.warning(
-        "tasktree: ignoring %s=%r (not a positive number); using %s", env_name, raw, default
-    )
+        "tasktree: ignoring %s=%r (not a number of seconds from %s to %.0f); using %s",
+        where, raw, 0 if allow_zero else "above 0", _MOST_SECONDS, default,
+    )  # fmt: skip
     return default
 
 
