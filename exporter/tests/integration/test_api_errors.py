@@ -121,12 +121,12 @@ def test_later_from_than_to_is_an_empty_page_not_an_error(client, db):
 
 @pytest.fixture
 def locked_client(db, api_pool):
-    return create_test_app(Settings(auth_token="s3cret"), api_pool).test_client()
+    return create_test_app(Settings(auth_token="s3cret-token"), api_pool).test_client()
 
 
 @pytest.mark.parametrize("headers", [
-    {}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"},
-    {"Authorization": "Basic s3cret"},
+    {}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"},
+    {"Authorization": "Basic s3cret-token"},
 ])
 def test_with_a_token_configured_requests_without_it_are_401(locked_client, headers):
     response = locked_client.get("/api/runs", headers=headers)
@@ -136,7 +136,7 @@ def test_with_a_token_configured_requests_without_it_are_401(locked_client, head
 
 
 def test_with_a_token_configured_the_right_bearer_token_passes(locked_client):
-    response = locked_client.get("/api/runs", headers={"Authorization": "Bearer s3cret"})
+    response = locked_client.get("/api/runs", headers={"Authorization": "Bearer s3cret-token"})
     assert response.status_code == 200
 
 

@@ -461,6 +461,15 @@ def test_serve_refuses_a_malformed_token_list_at_start_up():
     assert "short" not in done.stderr.replace("nightly:short", "")  # the value is not echoed
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "127.0.0.1"])
+def test_serve_refuses_a_service_wide_token_shorter_than_every_other_token(host):
+    done = serve_exit({"TASKTREE_AUTH_TOKEN": "short"}, "--host", host)
+
+    assert done.returncode != 0 and "TASKTREE_READY" not in done.stdout
+    assert "TASKTREE_AUTH_TOKEN must be 8 or more characters" in done.stderr
+    assert "short" not in done.stderr.replace("TASKTREE_AUTH_TOKEN", "")  # not echoed
+
+
 def test_the_secret_key_file_is_shared_by_processes_that_race_to_create_it(tmp_path):
     code = ("import sys; from tasktree.exporter.auth import load_secret_key;"
             "from tasktree.exporter.settings import Settings;"

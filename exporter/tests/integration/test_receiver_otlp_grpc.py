@@ -159,10 +159,11 @@ def test_the_otel_sdk_exporter_retries_after_resource_exhausted_and_then_succeed
 
 
 def test_the_otel_sdk_exporter_gives_up_without_the_token(start, ingest):
-    port = start(ingest, auth_token="s3cret")  # without the token: UNAUTHENTICATED, not retryable
+    # without the token: UNAUTHENTICATED, not retryable
+    port = start(ingest, auth_token="s3cret-token")
     assert export_with_sdk(port, sdk_spans()) == SpanExportResult.FAILURE
     assert (
-        export_with_sdk(port, sdk_spans(), headers={"authorization": "Bearer s3cret"})
+        export_with_sdk(port, sdk_spans(), headers={"authorization": "Bearer s3cret-token"})
         == SpanExportResult.SUCCESS
     )
     assert len(ingest.spans) == 3
@@ -255,12 +256,12 @@ def test_a_request_over_the_size_limit_is_resource_exhausted(start, ingest, chan
     [
         ((), grpc.StatusCode.UNAUTHENTICATED),
         ((("authorization", "Bearer nope"),), grpc.StatusCode.UNAUTHENTICATED),
-        ((("authorization", "Bearer s3cret"),), None),
+        ((("authorization", "Bearer s3cret-token"),), None),
     ],
     ids=["missing", "wrong", "right"],
 )
 def test_a_configured_token_is_required(start, ingest, channels, metadata, code):
-    port = start(ingest, auth_token="s3cret")
+    port = start(ingest, auth_token="s3cret-token")
     stub = TraceServiceStub(channels(port))
     if code is None:
         stub.Export(request_of(span(1)), metadata=metadata, timeout=10)

@@ -111,8 +111,8 @@ class TokenTable:
         ):
             for name, token in parse_tokens(raw, var):
                 self._entries.append((token.encode(), Principal(name, role)))
-        if settings.auth_token:
-            self._entries.append((settings.auth_token.encode(), Principal("auth-token", VIEWER)))
+        if auth_token := service_wide_token(settings):
+            self._entries.append((auth_token.encode(), Principal("auth-token", VIEWER)))
         self.has_operators = any(p.role == OPERATOR for _, p in self._entries)
         self.anonymous_reads = (
             not settings.viewer_tokens and not settings.auth_token and is_loopback(settings.host)
@@ -148,6 +148,17 @@ class TokenTable:
         return hmac.new(self._key, secret, hashlib.sha256).hexdigest()[:32]
 
 
+MIN_TOKEN_LENGTH = 8
+
+
+def service_wide_token(settings: Settings) -> str | None:
+    """``TASKTREE_AUTH_TOKEN``, held to the same length as every other token."""
+    token = settings.auth_token
+    if token is not None and len(token.strip()) < MIN_TOKEN_LENGTH:
+        raise SettingsError(f"TASKTREE_AUTH_TOKEN must be {MIN_TOKEN_LENGTH} or more characters")
+    return token
+
+
 def parse_tokens(raw: str | None, var: str) -> list[tuple[str, str]]:
     """``name:token,...`` (or bare tokens) → ``[(name, token)]``.
 
@@ -160,9 +171,10 @@ def parse_tokens(raw: str | None, var: str) -> list[tuple[str, str]]:
         name, sep, token = item.partition(":")
         if not sep:
             name, token = "token-" + hashlib.sha256(item.encode()).hexdigest()[:6], item
-        if not name.strip() or len(token.strip()) < 8:
+        if not name.strip() or len(token.strip()) < MIN_TOKEN_LENGTH:
             raise SettingsError(
-                f"{var}: each entry is name:token with a token of 8 or more characters"
+                f"{var}: each entry is name:token with a token of {MIN_TOKEN_LENGTH} or more"
+                " characters"
             )
         entries.append((name.strip(), token.strip()))
     return entries
@@ -178,8 +190,8 @@ class IngestTokens:
 
     def __init__(self, settings: Settings, internal: Iterable[str] = ()):
         tokens = [t for _, t in parse_tokens(settings.ingest_tokens, "TASKTREE_INGEST_TOKENS")]
-        if settings.auth_token:
-            tokens.append(settings.auth_token)
+        if auth_token := service_wide_token(settings):
+            tokens.append(auth_token)
         self.required = bool(tokens)
         self._secrets = [t.encode() for t in (*tokens, *internal)] if tokens else []
 
