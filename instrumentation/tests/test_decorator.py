@@ -351,3 +351,18 @@ def test_set_progress_and_attributes_on_the_current_task(recorder):
     assert attributes["tasktree.progress.done"] == 5 and attributes["tasktree.progress.total"] == 20
     assert attributes["rows.read"] == 5 and attributes["batch"] == "b1"
     set_progress(1)  # outside any task: nothing happens, nothing raises
+
+
+def test_set_progress_takes_numeric_strings_and_decimals_and_never_fails_the_job(recorder, caplog):
+    from decimal import Decimal
+
+    with task("numeric"):
+        set_progress("5", Decimal("10"))
+    attributes = recorder.get("numeric").attributes
+    assert attributes["tasktree.progress"] == 0.5 and attributes["tasktree.progress.done"] == 5.0
+    with task("not-numbers"):
+        set_progress("five", 10)  # logged, ignored: the job goes on
+        set_progress(float("nan"), 10)
+        set_progress(3, 4)
+    assert recorder.get("not-numbers").attributes["tasktree.progress"] == 0.75
+    assert "set_progress('five', 10) ignored" in caplog.text

@@ -20,7 +20,9 @@ import contextlib
 import functools
 import inspect
 import logging
+import math
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
@@ -346,10 +348,35 @@ def set_progress(done: float, total: float | None = None) -> None:
     """Reports progress on the current task: ``done`` units out of ``total`` (if known).
 
     Recorded as ``tasktree.progress.done``, ``tasktree.progress.total`` and the ratio
-    ``tasktree.progress`` (0..1); the next running snapshot carries them to the sink.
+    ``tasktree.progress`` (0..1); the next running snapshot carries them to the sink.  Numbers
+    (or numeric strings, Decimals) only; anything else is logged once and ignored: never raises.
     """
-    attributes: dict[str, float] = {PROGRESS_DONE: done}
-    if total:
-        attributes[PROGRESS_TOTAL] = total
-        attributes[PROGRESS_RATIO] = min(1.0, max(0.0, done / total))
+    try:
+        done_number = _number(done)
+        total_number = None if total is None else _number(total)
+    except (TypeError, ValueError, OverflowError):
+        if not _progress_warned.is_set():
+            _progress_warned.set()
+            _logger.warning(
+                "tasktree: set_progress(%r, %r) ignored: done and total must be numbers",
+                done, total,
+            )  # fmt: skip
+        return
+    attributes: dict[str, float] = {PROGRESS_DONE: done_number}
+    if total_number:
+        attributes[PROGRESS_TOTAL] = total_number
+        attributes[PROGRESS_RATIO] = min(1.0, max(0.0, done_number / total_number))
     set_attributes(attributes)
+
+
+_progress_warned = threading.Event()
+
+
+def _number(value: Any) -> float:
+    """An int stays an int (it is shown as one); anything else becomes a finite float."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(value)
+    return number
