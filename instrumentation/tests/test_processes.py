@@ -57,6 +57,16 @@ def test_every_way_of_exiting_flushes_what_was_recorded(
     assert records["done-before"].status == "unset"
 
 
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_a_child_that_alone_calls_configure_delivers_its_tasks(otlp_sink, method):
+    code, report, err = run_script("configured_in_child.py", method,
+                                   env=child_environment(otlp_sink.endpoint))  # fmt: skip
+    assert code == 0 and report == {"exitcode": 0}, err
+    records = finals_named(otlp_sink, "child-outer", "child-inner")
+    assert records["child-inner"].parent == records["child-outer"].span_id
+    assert "Traceback" not in err
+
+
 def test_a_task_still_running_in_a_daemon_thread_at_exit_is_recorded_as_abandoned(otlp_sink):
     code, _, err = run_script(
         "exit_modes.py", "daemon-thread", env=child_environment(otlp_sink.endpoint)

@@ -116,6 +116,7 @@ def configure(
         if owns:
             trace.set_tracer_provider(provider)
         _state = _State(provider, processor, owns, setup)
+        propagation.flush_when_this_child_ends()
     propagation.install()
     integrations.activate()
     _install_sigterm_handler(_settings.flag(handle_sigterm, TASKTREE_HANDLE_SIGTERM, True))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import inspect
 import logging
 import multiprocessing
+import multiprocessing.util
 import os
 import subprocess
 import threading
@@ -238,6 +239,19 @@ def _wrap_process_start(wrapped, instance, args, kwargs):
     except Exception:
         _logger.exception("tasktree: cannot capture the context for %r", instance)
     return wrapped(*args, **kwargs)
+
+
+def flush_when_this_child_ends() -> None:
+    """In a ``multiprocessing`` child whose parent never set tasktree up (``configure()`` first
+    called in the child's target): end and flush its tasks when the target returns.  A fork or
+    forkserver child leaves through ``os._exit`` with no atexit, and the ``_bootstrap`` wrapper
+    that does this for children of a set-up parent is not around this one; multiprocessing's own
+    finalizers (``util.Finalize``, run by ``_bootstrap`` before it exits) are."""
+    process = multiprocessing.current_process()
+    if not _in_child_process() or getattr(process, "_tasktree_context", None) is not None:
+        return
+    if _hooks is not None:
+        multiprocessing.util.Finalize(None, _hooks.end_of_process, exitpriority=100)
 
 
 def _wrap_process_bootstrap(wrapped, instance, args, kwargs):
