@@ -257,21 +257,37 @@ def test_fold_threads_must_leave_connections_for_requests():
 
 
 def test_at_the_cap_records_of_kept_tasks_are_accepted_and_new_tasks_refused(pool, clean_store_db):
-    """Records landed before the run reached its cap, not folded yet, are tasks kept too."""
+    """Records landed and not folded yet are tasks the run keeps, and take room under its cap."""
     ingest = Ingestor(pool, settings(max_spans_per_run=2))
     t = tid(5)
     now = time.time_ns()
-    ingest(DecodedBatch([span(t, sid(k), status=st.RUNNING, heartbeat=now) for k in (1, 2, 3)]))
+    ingest(DecodedBatch([span(t, sid(k), status=st.RUNNING, heartbeat=now) for k in (1, 2)]))
     with psycopg.connect(clean_store_db, autocommit=True) as conn:
-        fold_batch(conn, limit=2, stall_after_s=30)  # the run holds 2 tasks; sid(3) waits
-        assert run_counts(conn, t) == (st.RUNNING, 2, 0)
-    batch = DecodedBatch([span(t, sid(k)) for k in (1, 2, 3, 4)])  # finals, and a new task
+        fold_batch(conn, limit=1, stall_after_s=30)  # the run holds 1 task; sid(2) waits
+        assert run_counts(conn, t) == (st.RUNNING, 1, 0)
+    batch = DecodedBatch([span(t, sid(k)) for k in (1, 2, 3)])  # finals, and a new task
     ingest(batch)
-    assert batch.rejected == 1 and [s.span_id for s in batch.spans] == [sid(1), sid(2), sid(3)]
+    assert batch.rejected == 1 and [s.span_id for s in batch.spans] == [sid(1), sid(2)]
     with psycopg.connect(clean_store_db, autocommit=True) as conn:
         while fold_batch(conn, limit=100, stall_after_s=30).records:
             pass
-        assert run_counts(conn, t) == (st.OK, 3, 1)  # a soft cap: the landed task is kept
+        assert run_counts(conn, t) == (st.OK, 2, 1)
+
+
+def test_one_request_cannot_take_a_run_past_its_cap(pool, clean_store_db):
+    ingest = Ingestor(pool, settings(max_spans_per_run=3))
+    t, other = tid(6), tid(7)
+    spans = [span(t, sid(1))] + [span(t, sid(k), sid(1)) for k in (2, 3, 4, 5)]
+    batch = DecodedBatch([*spans, span(t, sid(2), sid(1)), span(other, sid(1))])  # sid(2) twice
+    ingest(batch)
+    assert batch.rejected == 2 and "TASKTREE_MAX_SPANS_PER_RUN" in batch.messages[0]
+    assert [(s.trace_id, s.span_id) for s in batch.spans] == [
+        (t, sid(1)), (t, sid(2)), (t, sid(3)), (t, sid(2)), (other, sid(1))]  # fmt: skip
+    with psycopg.connect(clean_store_db, autocommit=True) as conn:
+        while fold_batch(conn, limit=100, stall_after_s=30).records:
+            pass
+        assert run_counts(conn, t) == (st.OK, 3, 2)  # counted on the run, folded after
+        assert run_counts(conn, other)[1:] == (1, 0)
 
 
 def run_counts(conn, trace: bytes) -> tuple[int, int, int]:
@@ -319,3 +335,21 @@ def test_through_the_server_a_run_at_its_cap_keeps_its_tasks_heartbeats_and_ends
     run = server.get(f"/api/runs/{trace.hex()}")
     assert (run["status"], run["roots"][0]["status"]) == ("ok", "ok")
     assert (run["task_count"], run["dropped_spans"], run["counts"]["ok"]) == (10, 1, 10)
+
+
+def test_through_the_server_one_big_request_keeps_only_what_fits_under_the_cap(
+    start_tasktree, private_db
+):
+    server = start_tasktree(database=private_db, env={"TASKTREE_MAX_SPANS_PER_RUN": "10"})
+    trace = os.urandom(16)
+    spans = [(sid(0), None, "root", False)] + [(sid(k), sid(0), f"t{k}", False)
+                                               for k in range(1, 1000)]  # fmt: skip
+    answer = requests.post(server.otlp_http + "/v1/traces", data=otlp_request(trace, spans, "big"),
+                           headers={"Content-Type": "application/x-protobuf"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    refused = ExportTraceServiceResponse.FromString(answer.content).partial_success
+    assert refused.rejected_spans == 990 and "TASKTREE_MAX_SPANS_PER_RUN" in refused.error_message
+    server.wait_folded()
+    run = server.get(f"/api/runs/{trace.hex()}")
+    assert (run["task_count"], run["dropped_spans"]) == (10, 990)
+    assert run["status"] == "ok" and run["roots"][0]["child_count"] == 9

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 
 import psycopg_pool
@@ -24,16 +24,32 @@ from tasktree.exporter.store.pool import connection
 
 _BACKLOG_TTL_S = 1.0
 
-# Runs of a batch that hold their cap of tasks, and the day partition their tasks live in.
-# task_count counts folded tasks only: records landed and not folded yet may add a few (soft cap).
-# The batch's trace ids travel as one bytea of 16-byte ids (the decoder admits no other length):
-# psycopg dumps a list param one element at a time in Python, 4 µs a span for a request of
-# thousands of one-span runs.
-_FULL_RUNS = """
-SELECT trace_id, run_day FROM runs
+# Runs of a batch that may pass their cap of tasks with it: those holding more folded tasks than
+# the cap less the batch's largest number of records of one run (refined per run in Python), with
+# the day partition their tasks live in.  The batch's trace ids travel as one bytea of 16-byte ids
+# (the decoder admits no other length): psycopg dumps a list param one element at a time in
+# Python, 4 µs a span for a request of thousands of one-span runs.
+_RUNS_NEAR_CAP = """
+SELECT trace_id, run_day, task_count FROM runs
 WHERE trace_id = ANY(ARRAY(SELECT substring(%(ids)s::bytea FROM i * 16 + 1 FOR 16)
                            FROM generate_series(0, length(%(ids)s::bytea) / 16 - 1) AS i))
-  AND task_count >= %(cap)s
+  AND task_count > %(cap)s - %(most)s
+"""
+
+# How many new tasks of a run wait in the landing, not folded yet: counted up to ``room`` (all
+# a run near its cap may still take), so the cost follows the batch, not the backlog.
+_LANDED_NEW_TASKS = f"""
+SELECT count(*) FROM (
+    SELECT DISTINCT l.span_id FROM span_landing l
+    WHERE l.trace_id = %(trace)s
+      AND NOT EXISTS (SELECT FROM {partitions.TASKS_OF_DAY} t
+                      WHERE t.span_id = l.span_id AND t.trace_id = l.trace_id
+                        AND t.run_day = %(day)s)
+    LIMIT %(room)s) AS new
+"""  # noqa: S608 (the partition's name: see partitions.of_day)
+_LANDED_TASKS_OF_NEW_RUN = """
+SELECT count(*) FROM (SELECT DISTINCT span_id FROM span_landing WHERE trace_id = %(trace)s
+                      LIMIT %(room)s) AS new
 """
 
 # Which spans of full runs of one day are tasks the run keeps: a row in ``tasks`` (its primary
@@ -49,11 +65,18 @@ WHERE EXISTS (SELECT FROM {partitions.TASKS_OF_DAY} t
    OR EXISTS (SELECT FROM span_landing l WHERE l.trace_id = k.trace_id AND l.span_id = k.span_id)
 """  # noqa: S608 (the partition's name: see partitions.of_day)
 
-# The refused spans of new tasks, counted on their runs (``runs.dropped_spans``).
+_LANDED_SPANS = """
+SELECT k.trace_id, k.span_id
+FROM unnest(%(traces)s::bytea[], %(spans)s::bytea[]) AS k(trace_id, span_id)
+WHERE EXISTS (SELECT FROM span_landing l WHERE l.trace_id = k.trace_id AND l.span_id = k.span_id)
+"""
+
+# The refused spans of new tasks, counted on their runs (``runs.dropped_spans``); a run not
+# folded yet gets its row now (the fold fills in the rest, keeping its day).
 _COUNT_DROPPED = """
-UPDATE runs SET dropped_spans = dropped_spans + c.n
-FROM (SELECT t, count(*) AS n FROM unnest(%s::bytea[]) t GROUP BY t) c
-WHERE trace_id = c.t
+INSERT INTO runs AS r (trace_id, dropped_spans)
+SELECT t, count(*) FROM unnest(%s::bytea[]) t GROUP BY t
+ON CONFLICT (trace_id) DO UPDATE SET dropped_spans = r.dropped_spans + EXCLUDED.dropped_spans
 """
 
 
@@ -96,23 +119,36 @@ class Ingestor:
             )
 
     def _drop_over_run_cap(self, conn, batch: DecodedBatch) -> None:
-        """Refuse the new tasks of runs that already hold ``max_spans_per_run`` tasks, and count
-        them.  Records of the tasks such a run keeps (final records, snapshots, heartbeats) are
-        accepted: refusing them left those tasks running, then stalled, for ever."""
+        """Refuse the new tasks a run has no room for under ``max_spans_per_run``, and count
+        them.  Its room is the cap less its folded tasks and its new tasks landed and not folded
+        yet; a batch's new tasks take it in their order.  Records of the tasks a run keeps
+        (final records, snapshots, heartbeats) are accepted: refusing them left those tasks
+        running, then stalled, for ever."""
         cap = self._settings.max_spans_per_run
-        traces = b"".join({s.trace_id for s in batch.spans})
-        full = {bytes(t): day for t, day in conn.execute(_FULL_RUNS, {"ids": traces, "cap": cap})}
-        if not full:
+        near = _runs_near_cap(conn, batch, cap)
+        if not near:
             return
-        kept = _kept_spans(conn, [s for s in batch.spans if s.trace_id in full], full)
+        kept = _kept_spans(conn, [s for s in batch.spans if s.trace_id in near],
+                           {t: day for t, (day, _) in near.items()})  # fmt: skip
+        room = {t: cap - folded - _landed_new_tasks(conn, t, day, cap - folded)
+                for t, (day, folded) in near.items()}  # fmt: skip
+        taken: set[tuple[bytes, bytes]] = set()
 
-        def new_task(s: SpanRow) -> bool:
-            return s.trace_id in full and (s.trace_id, s.span_id) not in kept
+        def refused(s: SpanRow) -> bool:
+            key = (s.trace_id, s.span_id)
+            if s.trace_id not in near or key in kept or key in taken:
+                return False
+            if room[s.trace_id] <= 0:
+                return True
+            room[s.trace_id] -= 1
+            taken.add(key)
+            return False
 
-        dropped = [s.trace_id for s in batch.spans if new_task(s)]
+        keep = [not refused(s) for s in batch.spans]  # in order: the first new tasks fit
+        dropped = [s.trace_id for s, k in zip(batch.spans, keep, strict=True) if not k]
         if not dropped:
             return
-        batch.spans = [s for s in batch.spans if not new_task(s)]
+        batch.spans = [s for s, k in zip(batch.spans, keep, strict=True) if k]
         batch.reject(
             len(dropped),
             f"run holds its limit of {cap} tasks (TASKTREE_MAX_SPANS_PER_RUN); "
@@ -122,17 +158,44 @@ class Ingestor:
             conn.execute(_COUNT_DROPPED, (dropped,))
 
 
-def _kept_spans(conn, spans: list[SpanRow], run_days: dict[bytes, int]) -> set[tuple[bytes, bytes]]:
-    """(trace id, span id) of ``spans`` whose task their run keeps already."""
-    by_day: dict[int, list[SpanRow]] = defaultdict(list)
+def _runs_near_cap(conn, batch: DecodedBatch, cap: int) -> dict[bytes, tuple[int | None, int]]:
+    """The batch's runs whose folded tasks and records in the batch add up to more than ``cap``:
+    trace id → (day of their tasks, None for a run not folded yet; folded tasks)."""
+    per_run = Counter(s.trace_id for s in batch.spans)
+    rows = conn.execute(
+        _RUNS_NEAR_CAP, {"ids": b"".join(per_run), "cap": cap, "most": max(per_run.values())}
+    )
+    known = {bytes(t): (day, folded) for t, day, folded in rows}
+    near = {t: known[t] for t in known if known[t][1] + per_run[t] > cap}
+    near.update((t, (None, 0)) for t, n in per_run.items() if n > cap and t not in known)
+    return near
+
+
+def _landed_new_tasks(conn, trace: bytes, day: int | None, room: int) -> int:
+    """How many new tasks of run ``trace`` wait in the landing, counted up to ``room``."""
+    if room <= 0:
+        return 0
+    params = {"trace": trace, "day": day, "room": room}
+    if day is None:
+        return conn.execute(_LANDED_TASKS_OF_NEW_RUN, params).fetchone()[0]
+    return conn.execute(partitions.of_day(conn, _LANDED_NEW_TASKS, day), params).fetchone()[0]
+
+
+def _kept_spans(
+    conn, spans: list[SpanRow], run_days: dict[bytes, int | None]
+) -> set[tuple[bytes, bytes]]:
+    """(trace id, span id) of ``spans`` whose task their run keeps already: a task row, or a
+    record landed (a run not folded yet, day None, has only the latter)."""
+    by_day: dict[int | None, list[SpanRow]] = defaultdict(list)
     for s in spans:
         by_day[run_days[s.trace_id]].append(s)
     kept: set[tuple[bytes, bytes]] = set()
     for day, of_day in by_day.items():
+        statement = _LANDED_SPANS if day is None else partitions.of_day(conn, _KEPT_SPANS, day)
         rows = conn.execute(
-            partitions.of_day(conn, _KEPT_SPANS, day),
+            statement,
             {"traces": [s.trace_id for s in of_day], "spans": [s.span_id for s in of_day],
              "day": day},
-        )
+        )  # fmt: skip
         kept.update((bytes(t), bytes(s)) for t, s in rows)
     return kept
