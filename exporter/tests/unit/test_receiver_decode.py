@@ -418,6 +418,11 @@ def test_non_hex_json_id_rejects_that_span_only():
         ("startTimeUnixNano", "-5", "startTimeUnixNano -5 is before 1970 (negative)"),
         ("endTimeUnixNano", -1, "endTimeUnixNano -1 is before 1970 (negative)"),
         ("startTimeUnixNano", str(253_402_300_799 * 10**9), "is beyond year 2262"),  # year 9999
+        ("endTimeUnixNano", "1" + "0" * 30, "endTimeUnixNano 100000000000000000000000000000…"
+         " is beyond year 2262"),  # too long for int() to be asked: not read, and cut short
+        ("startTimeUnixNano", "9" * 5000, "is beyond year 2262"),
+        ("endTimeUnixNano", "-" + "9" * 40, "is before 1970 (negative)"),
+        ("startTimeUnixNano", 1e30, "is beyond year 2262"),
     ],
 )
 def test_json_times_no_protobuf_could_carry_reject_that_span_only(field, value, reason):
@@ -480,10 +485,6 @@ def _json_with_span(**span_fields) -> bytes:
         ),
         (
             _json_with_span(startTimeUnixNano=True),
-            "spans[0].startTimeUnixNano: expected an integer",
-        ),
-        (
-            _json_with_span(startTimeUnixNano="9" * 5000),
             "spans[0].startTimeUnixNano: expected an integer",
         ),
         (

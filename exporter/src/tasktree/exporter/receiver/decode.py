@@ -642,6 +642,10 @@ def _time(x: Any, at: str) -> int:
     (before 1970, or past 2554 like year 9999): a valid number, so the span is refused alone."""
     if x is None:
         return 0
+    if type(x) is str and len(x) > 21 and x.isascii() and x.lstrip("-").isdigit():
+        # A valid number too long for _integer to read: out of range, this span alone.
+        when = "before 1970 (negative)" if x.startswith("-") else "beyond year 2262 (not supported)"
+        raise _SpanRejected(f"{at[1:]} {x:.30}… is {when}")
     value = _integer(x, at)
     if value < 0:
         raise _SpanRejected(f"{at[1:]} {value} is before 1970 (negative)")
