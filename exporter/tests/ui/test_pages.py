@@ -14,7 +14,7 @@ from tasktree.exporter.api import api_blueprint
 from tasktree.exporter.services import Services, install_services
 from tasktree.exporter.settings import Settings
 from tasktree.exporter.tree import status as st
-from tasktree.exporter.ui import install_ui
+from tasktree.exporter.ui import CONTENT_SECURITY_POLICY, install_ui
 
 from ..integration.api_support import SECOND, T0, Task, at, insert_run, placeholder
 
@@ -302,3 +302,14 @@ def test_search_pages_on_with_its_filters(client, db):
     assert "status=error" in more and "q=step" in more
     second = page(client, more.replace("&amp;", "&"))
     assert second.count('class="task"') == 10 and ">step 1<" in second and ">step 2<" not in second
+
+
+def test_unknown_pages_and_methods_carry_the_security_headers_too(tasktree_server):
+    """Flask's own 404 and 405 pages: no blueprint's after_request runs for them."""
+    import requests
+
+    for method, path in (("GET", "/no/such/page"), ("POST", "/healthz")):
+        answer = requests.request(method, tasktree_server.web + path, timeout=10)
+        assert answer.status_code in (404, 405)
+        assert answer.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+        assert answer.headers["X-Frame-Options"] == "DENY"

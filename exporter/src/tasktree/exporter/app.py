@@ -8,6 +8,7 @@ import psycopg_pool
 from flask import Flask, Response, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
 
 from tasktree.exporter.errors import TasktreeError, json_error, json_http_error
 from tasktree.exporter.metrics import mount as mount_metrics
@@ -80,12 +81,18 @@ def _healthz() -> Response:
     return jsonify({"status": "ok"})
 
 
-def _api_http_error(exc: HTTPException) -> HTTPException | Response:
+def _api_http_error(exc: HTTPException) -> BaseResponse:
     """An unknown ``/api/`` path or a wrong method there answers JSON like every API error (the
-    blueprints' own handlers never see routing errors); everywhere else Flask's page stays."""
-    if not request.path.startswith("/api/"):
-        return exc
-    return json_http_error(exc)
+    blueprints' own handlers never see routing errors); everywhere else Flask's page stays, sent
+    with the pages' security headers (no blueprint's after_request runs for an unknown path)."""
+    if request.path.startswith("/api/"):
+        return json_http_error(exc)
+    from tasktree.exporter.ui import SECURITY_HEADERS
+
+    response = exc.get_response()
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 error_response = json_error  # the app-wide handler of TasktreeError
