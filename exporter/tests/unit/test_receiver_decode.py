@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import gzip
 import hashlib
 import json
 import math
@@ -451,8 +452,12 @@ def test_many_rejections_are_counted_and_their_messages_capped():
             make_request(make_span()).SerializeToString()[:-3],
             "not a valid OTLP ExportTraceServiceRequest protobuf",
         ),
+        (
+            gzip.compress(make_request(make_span()).SerializeToString()),
+            "gzip-compressed: send it with the header Content-Encoding: gzip",
+        ),
     ],
-    ids=["garbage", "cut-short"],
+    ids=["garbage", "cut-short", "gzip-without-its-header"],
 )
 def test_undecodable_protobuf_is_a_bad_request(body, fragment):
     with pytest.raises(BadRequest, match=fragment):
@@ -469,6 +474,7 @@ def _json_with_span(**span_fields) -> bytes:
     "body, fragment",
     [
         (b"{not json", "body is not valid JSON"),
+        (gzip.compress(b'{"resourceSpans": []}'), "send it with the header Content-Encoding: gzip"),
         (b"\xff\xfe", "body is not valid JSON"),
         (b'{"a": "\\ud800"}', "body is not valid JSON"),
         (b"[1, 2]", "must be a JSON object (an OTLP ExportTraceServiceRequest), got array"),

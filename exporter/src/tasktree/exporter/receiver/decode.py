@@ -105,9 +105,19 @@ def decode_protobuf(body: bytes, limits: Limits) -> DecodedBatch:
         request = ExportTraceServiceRequest.FromString(body)
     except DecodeError as exc:
         raise BadRequest(
-            f"body is not a valid OTLP ExportTraceServiceRequest protobuf: {exc}"
+            f"body is not a valid OTLP ExportTraceServiceRequest protobuf: {exc}{_gzip_hint(body)}"
         ) from None
     return decode_request(request, limits)
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _gzip_hint(body: bytes) -> str:
+    """What a body that is gzip data sent without ``Content-Encoding: gzip`` needs said."""
+    if body.startswith(_GZIP_MAGIC):
+        return " (the body is gzip-compressed: send it with the header Content-Encoding: gzip)"
+    return ""
 
 
 def decode_request(request: ExportTraceServiceRequest, limits: Limits) -> DecodedBatch:
@@ -120,7 +130,7 @@ def decode_json(body: bytes, limits: Limits) -> DecodedBatch:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:  # also invalid UTF-8, lone surrogates, too deep
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
+        raise BadRequest(f"body is not valid JSON: {exc}{_gzip_hint(body)}") from None
     if type(document) is not dict:
         raise BadRequest(
             "body must be a JSON object (an OTLP ExportTraceServiceRequest), "
