@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
 import sys
 import threading
 
@@ -366,3 +368,41 @@ def test_set_progress_takes_numeric_strings_and_decimals_and_never_fails_the_job
         set_progress(3, 4)
     assert recorder.get("not-numbers").attributes["tasktree.progress"] == 0.75
     assert "set_progress('five', 10) ignored" in caplog.text
+
+
+def test_partials_and_callable_objects_are_named_the_same_at_every_run(recorder):
+    def load(path):
+        return path
+
+    class Loader:
+        def __call__(self, path):
+            return path
+
+    assert task(functools.partial(load, "a.csv"))() == "a.csv"
+    assert task(Loader())("b.csv") == "b.csv"
+    names = {span.name for span in recorder.spans}
+    assert {f"{load.__qualname__}", Loader.__qualname__} <= names
+    assert not any(" at 0x" in name for name in names)
+
+
+def test_an_async_callable_object_is_a_task_around_its_whole_run(recorder):
+    class Fetch:
+        async def __call__(self, n):
+            with task("inside-fetch"):
+                await asyncio.sleep(0.01)
+            return n
+
+    assert asyncio.run(task(name="fetch")(Fetch())(3)) == 3
+    assert recorder.parent_of("inside-fetch") == "fetch"
+    fetch = recorder.get("fetch")
+    assert fetch.end_time - fetch.start_time >= 10_000_000  # the await, not creating it
+
+
+@pytest.mark.parametrize("target, says", [
+    (property(lambda self: 1), "cannot wrap a property: put @task under @property"),
+    (functools.cached_property(lambda self: 1), "put @task under @cached_property"),
+    (type("Job", (), {}), "cannot wrap a class (Job)"),
+])  # fmt: skip
+def test_task_over_what_is_no_function_says_so_where_it_is_applied(target, says):
+    with pytest.raises(TypeError, match=re.escape(says)):
+        task(target)

@@ -66,6 +66,38 @@ def _start(name: str, attributes: Mapping | None, parent: Context | None) -> Spa
     )
 
 
+def _refuse_what_is_no_function(target: Any) -> None:
+    """``@task`` over a property or a class would turn it into a function, silently; say so
+    where the decorator is applied instead (a mistake in the code, not in a run)."""
+    if isinstance(target, (property, functools.cached_property, functools.singledispatchmethod)):
+        kind = type(target).__name__
+        raise TypeError(f"@task cannot wrap a {kind}: put @task under @{kind}, on its function")
+    if isinstance(target, type):
+        raise TypeError(f"@task cannot wrap a class ({target.__qualname__}): decorate its methods")
+    if not callable(target):
+        raise TypeError(f"@task wraps functions, not {type(target).__name__} objects")
+
+
+def _name_of(function: Any) -> str:
+    """A task name that is the same at every run: the qualified name of the function, of the
+    function inside a ``functools.partial``, or of a callable object's class (never a repr with
+    a memory address)."""
+    while isinstance(function, functools.partial):
+        function = function.func
+    name = getattr(function, "__qualname__", None)
+    return name if isinstance(name, str) else type(function).__qualname__
+
+
+def _is_coroutine_function(function: Any) -> bool:
+    """A coroutine function, a partial of one, or a callable object whose ``__call__`` is one."""
+    while isinstance(function, functools.partial):
+        function = function.func
+    if inspect.iscoroutinefunction(function):
+        return True
+    call = getattr(type(function), "__call__", None)  # noqa: B004 - the class's, not callable()
+    return not inspect.isfunction(function) and inspect.iscoroutinefunction(call)
+
+
 def _is_clean_exit(exc: BaseException) -> bool:
     return isinstance(exc, GeneratorExit) or (isinstance(exc, SystemExit) and exc.code in (None, 0))
 
@@ -147,13 +179,14 @@ class task:  # noqa: N801 - used like a function: @task, @task(...), with task("
         adapted = _engines.decorate_engine_object(function, self)
         if adapted is not None:  # e.g. @task over @app.task: the engine's object, body wrapped
             return adapted
-        name = self.name or getattr(function, "__qualname__", None) or repr(function)
+        _refuse_what_is_no_function(function)  # after the engines': it would evaluate a proxy
+        name = self.name or _name_of(function)
         attributes = self.attributes
         if inspect.isasyncgenfunction(function):
             return _wrap_async_generator(function, name, attributes)
         if inspect.isgeneratorfunction(function):
             return _wrap_generator(function, name, attributes)
-        if inspect.iscoroutinefunction(function):
+        if _is_coroutine_function(function):
             return _wrap_coroutine(function, name, attributes)
         return _wrap_function(function, name, attributes)
 
