@@ -97,6 +97,13 @@ def test_the_runner_heartbeats_while_the_program_runs(otlp_sink):
         (["/usr/bin/python3.11", "-u", "-m", "pkg.job"], "pkg.job"),
         (["bash", "-c", "echo"], "bash"),
         (["/opt/bin/make", "all"], "make"),
+        (["python", "-W", "ignore", "-X", "dev", "etl.py"], "etl"),  # options with a value
+        (["bash", "-e", "-o", "pipefail", "deploy.sh"], "deploy"),  # -e is errexit, not code
+        (["node", "-r", "dotenv/config", "app.js"], "app"),
+        (["node", "-e", "console.log(1)"], "node"),
+        (["/usr/bin/env", "-u", "HOME", "BATCH=1", "python3", "-m", "pkg.job"], "pkg.job"),
+        (["env", "make", "all"], "make"),
+        (["pypy3", "--", "job.py"], "job"),
     ],
 )
 def test_job_name_comes_from_the_script_of_an_interpreter(command, name):

@@ -34,23 +34,65 @@ from tasktree.instrumentation.propagation import child_env
 STDERR_TAIL_BYTES = 8192
 STDERR_TAIL_ATTRIBUTE = "tasktree.stderr_tail"
 _FORWARDED = ("SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
-_INTERPRETER = re.compile(r"(python|pypy)[0-9.]*|bash|sh|zsh|dash|node|ruby|perl|Rscript")
+_INTERPRETER = re.compile(
+    r"(?P<kind>python|pypy)[0-9.]*|(?P<other>bash|sh|zsh|dash|node|ruby|perl|Rscript)"
+)
+# Per interpreter: options whose value is the next argument (python -W ignore etl.py), and the
+# options after which the program is inline code (the job is then named after the interpreter).
+_TAKES_VALUE = {
+    "python": {"-W", "-X", "-Q", "--check-hash-based-pycs"},
+    "bash": {"-o", "-O", "--rcfile", "--init-file"},
+    "sh": {"-o"}, "zsh": {"-o"}, "dash": {"-o"},
+    "node": {"-r", "--require", "--import", "--loader", "--experimental-loader", "--env-file",
+             "-C", "--conditions", "--title"},
+    "ruby": {"-r", "-I", "-E", "-C"},
+    "perl": {"-I", "-M", "-m"},
+    "Rscript": set(),
+}  # fmt: skip
+_INLINE_CODE = {
+    "python": {"-c"}, "bash": {"-c"}, "sh": {"-c"}, "zsh": {"-c"}, "dash": {"-c"},
+    "node": {"-e", "--eval", "-p", "--print"}, "ruby": {"-e"}, "perl": {"-e", "-E"},
+    "Rscript": {"-e"},
+}  # fmt: skip
+# What env takes before the program: options with a value, and NAME=value assignments.
+_ENV_TAKES_VALUE = {"-u", "--unset", "-C", "--chdir", "-S", "--split-string"}
 
 
 def job_name(command: list[str]) -> str:
     """A short name for ``command``: the script for an interpreter (``python etl.py`` → ``etl``,
-    ``python -m pkg.job`` → ``pkg.job``), else the program's base name."""
+    ``python -m pkg.job`` → ``pkg.job``, ``env A=1 python -W ignore etl.py`` → ``etl``), else
+    the program's base name."""
+    command = _after_env(command) or command[:1]
     program = os.path.basename(command[0])
-    if _INTERPRETER.fullmatch(program):
-        args = iter(command[1:])
-        for arg in args:
-            if arg == "-m":
-                return next(args, program)
-            if arg in ("-c", "-e"):
-                break
-            if not arg.startswith("-"):
-                return Path(arg).stem or program
+    interpreter = _INTERPRETER.fullmatch(program)
+    if interpreter is None:
+        return program
+    kind = "python" if interpreter.group("kind") else interpreter.group("other")
+    args = iter(command[1:])
+    for arg in args:
+        if kind == "python" and arg == "-m":
+            return next(args, program)
+        if arg in _INLINE_CODE[kind]:
+            return program
+        if arg in _TAKES_VALUE[kind]:
+            next(args, None)
+        elif arg == "--" or not arg.startswith("-"):
+            script = arg if arg != "--" else next(args, "")
+            return Path(script).stem or program
     return program
+
+
+def _after_env(command: list[str]) -> list[str]:
+    """``command`` without a leading ``env [OPTIONS] [NAME=value ...]``."""
+    if not command or os.path.basename(command[0]) != "env":
+        return command
+    rest = iter(command[1:])
+    for arg in rest:
+        if arg in _ENV_TAKES_VALUE:
+            next(rest, None)
+        elif not (arg.startswith("-") or "=" in arg):
+            return [arg, *rest]
+    return []
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
