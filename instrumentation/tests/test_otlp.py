@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
-from job_support import one_task_job
+from job_support import child_environment, one_task_job
 from opentelemetry import propagate, trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as otel_encode
 from opentelemetry.sdk.resources import Resource
@@ -145,3 +148,19 @@ def test_a_working_endpoint_gets_no_warning_and_its_tasks_arrive(otlp_sink):
         assert "tasktree:" not in stderr, stderr
     records = otlp_sink.wait_for(lambda rs: sum(r.name == "one" for r in rs) == 2)
     assert sum(r.name == "one" and not r.running for r in records) == 2
+
+
+def test_a_second_configure_that_asks_for_something_else_says_it_is_ignored(otlp_sink):
+    script = (
+        "from tasktree.instrumentation import configure\n"
+        "configure(service_name='first')\n"
+        "configure(service_name='second', endpoint='http://127.0.0.1:9')\n"
+        "configure()\n"
+        "configure(service_name='first')\n"
+    )
+    job = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=child_environment(otlp_sink.endpoint), timeout=60)  # fmt: skip
+    assert job.returncode == 0, job.stderr
+    [said] = [line for line in job.stderr.splitlines() if "configure() was called before" in line]
+    assert "(service_name='first')" in said
+    assert "service_name='second', endpoint='http://127.0.0.1:9' are ignored" in said

@@ -88,6 +88,9 @@ def configure(
         return None
     with _lock:
         if _state is not None:
+            _warn_if_ignored(_state.setup, service_name=service_name, endpoint=endpoint,
+                             heartbeat_interval=heartbeat_interval, snapshot_delay=snapshot_delay,
+                             capture_env=capture_env, handle_sigterm=handle_sigterm)  # fmt: skip
             return _state.provider
         setup = {
             key: value
@@ -121,6 +124,20 @@ def configure(
     integrations.activate()
     _install_sigterm_handler(_settings.flag(handle_sigterm, TASKTREE_HANDLE_SIGTERM, True))
     return provider
+
+
+def _warn_if_ignored(setup: dict, **given: Any) -> None:
+    """A second ``configure()`` changes nothing (idempotent): say so when it asked for something
+    else, or a mistyped endpoint or name would go unnoticed."""
+    ignored = {k: v for k, v in given.items() if v is not None and setup.get(k) != v}
+    if ignored:
+        _logger.warning(
+            "tasktree: configure() was called before in this process (%s); this call's %s %s"
+            " ignored",
+            ", ".join(f"{k}={v!r}" for k, v in setup.items() if k in ignored) or "defaults",
+            ", ".join(f"{k}={v!r}" for k, v in ignored.items()),
+            "is" if len(ignored) == 1 else "are",
+        )
 
 
 def _live_processor(exporter, endpoint, export_finals, heartbeat_interval, snapshot_delay):
