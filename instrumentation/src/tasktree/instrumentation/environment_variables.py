@@ -36,7 +36,8 @@ TASKTREE_FLUSH_TIMEOUT = "TASKTREE_FLUSH_TIMEOUT"
 
 Longest time, in seconds, a process waits for its records to be sent when it exits, and a worker
 process (``multiprocessing``, ``ProcessPoolExecutor``) when one of its tasks ends, before the result
-goes back.  Default: ``5``.  While the sink is known to be unreachable nobody waits at all.
+goes back.  Default: ``5``.  While the sink is known to be unreachable a worker process's task
+does not wait, and an exiting process waits at most 1 s.
 """
 
 TASKTREE_CAPTURE_ENV = "TASKTREE_CAPTURE_ENV"
@@ -65,6 +66,7 @@ TASKTREE_HANDLE_SIGTERM = "TASKTREE_HANDLE_SIGTERM"
 .. envvar:: TASKTREE_HANDLE_SIGTERM
 
 ``true`` (default) or ``false``.  When true and SIGTERM still has its default action, a SIGTERM
-raises ``SystemExit(143)`` in the main thread, so running tasks end as ``error`` ("terminated by
-SIGTERM") and everything recorded is flushed before the process exits with status 143.
+records the process's running tasks as ``error`` ("terminated by SIGTERM") and flushes everything
+recorded (within ``TASKTREE_FLUSH_TIMEOUT``); then the process dies of the signal as it would have
+(no exception is raised in the program: its ``finally`` blocks do not run, as without tasktree).
 """
