@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import json
 import math
+import time
 
 import pytest
 from google.protobuf import json_format
@@ -17,7 +18,12 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from tasktree.exporter.errors import BadRequest
-from tasktree.exporter.receiver.decode import Limits, decode_json, decode_protobuf
+from tasktree.exporter.receiver.decode import (
+    FUTURE_HEARTBEAT_NS,
+    Limits,
+    decode_json,
+    decode_protobuf,
+)
 from tasktree.exporter.receiver.records import DecodedBatch
 from tasktree.exporter.tree.status import ERROR, OK, RUNNING
 
@@ -330,6 +336,21 @@ def test_running_snapshot_has_no_end_and_heartbeats_at_its_end_time():
     for batch in decode_both(make_request(snapshot)):
         (row,) = batch.spans
         assert (row.status, row.end_ns, row.heartbeat_ns) == (RUNNING, None, T0 + 500)
+
+
+def test_a_heartbeat_from_a_clock_far_ahead_counts_as_at_most_a_minute_ahead():
+    """A job whose clock is an hour ahead: once killed, its task must still turn stalled."""
+    hour = 3600 * 10**9
+    for ahead, kept in ((hour, False), (10 * 10**9, True)):
+        stamped = time.time_ns() + ahead
+        snapshot = make_span(attributes={"tasktree.state": "running"}, end_time_unix_nano=stamped)
+        for batch in decode_both(make_request(snapshot)):
+            (row,) = batch.spans
+            if kept:  # a few seconds of skew: the heartbeat is the job's own, order kept
+                assert row.heartbeat_ns == stamped
+            else:
+                assert row.heartbeat_ns <= time.time_ns() + FUTURE_HEARTBEAT_NS
+                assert row.heartbeat_ns >= time.time_ns() + FUTURE_HEARTBEAT_NS - 10 * 10**9
 
 
 def test_running_snapshot_without_end_time_heartbeats_at_its_start():

@@ -30,6 +30,7 @@ import binascii
 import hashlib
 import json
 import math
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -139,6 +140,11 @@ def decode_json(body: bytes, limits: Limits) -> DecodedBatch:
     return _JsonDecoder(limits).request(document)
 
 
+FUTURE_HEARTBEAT_NS = 60 * 10**9
+"""How far past the time it is received a running snapshot's heartbeat counts: beyond that a job's
+clock is ahead, and a task it stamped an hour ahead stayed `running` that hour after a kill."""
+
+
 class _SpanRejected(Exception):
     """One span is unacceptable; the message is the reason given back to the client."""
 
@@ -160,6 +166,7 @@ class _Builder:
         self.quick = limits.max_value_bytes // 4
         self.batch = DecodedBatch()
         self.truncated = False
+        self.latest_heartbeat = time.time_ns() + FUTURE_HEARTBEAT_NS
 
     def text(self, s: str) -> str:
         """``s`` made storable and within the limit (the hot path: two C-level checks)."""
@@ -217,8 +224,8 @@ class _Builder:
         if reason is not None:
             self.batch.reject(1, f"{_span_label(trace_id, span_id)}: {reason}")
             return
-        if running:
-            status, end_ns, heartbeat_ns = RUNNING, None, end or start
+        if running:  # a job whose clock runs ahead must still turn stalled once killed
+            status, end_ns, heartbeat_ns = RUNNING, None, min(end or start, self.latest_heartbeat)
         else:
             status, end_ns, heartbeat_ns = ERROR if code == _STATUS_CODE_ERROR else OK, end, None
         attributes_json = orjson.dumps(attributes).decode() if attributes else "{}"
