@@ -164,3 +164,22 @@ def test_a_second_configure_that_asks_for_something_else_says_it_is_ignored(otlp
     [said] = [line for line in job.stderr.splitlines() if "configure() was called before" in line]
     assert "(service_name='first')" in said
     assert "service_name='second', endpoint='http://127.0.0.1:9' are ignored" in said
+
+
+def test_configure_inside_a_task_started_before_it_says_that_task_is_lost(otlp_sink):
+    script = (
+        "from tasktree.instrumentation import configure, task\n"
+        "@task\n"
+        "def main():\n"
+        "    configure()\n"
+        "    with task('inside'):\n"
+        "        pass\n"
+        "main()\n"
+    )
+    job = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=child_environment(otlp_sink.endpoint), timeout=60)  # fmt: skip
+    assert job.returncode == 0, job.stderr
+    assert "configure() was called inside a task started before it" in job.stderr
+    assert "call configure() before the first task starts" in job.stderr
+    clean = one_task_job(OTEL_EXPORTER_OTLP_ENDPOINT=otlp_sink.endpoint)  # configure(), then tasks
+    assert "configure() was called inside" not in clean

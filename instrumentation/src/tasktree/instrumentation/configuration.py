@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, cast
 
-from opentelemetry import trace
+from opentelemetry import context, trace
 from opentelemetry.instrumentation.environment_variables import (
     OTEL_PYTHON_DISABLED_INSTRUMENTATIONS,
 )
@@ -36,6 +36,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.trace.propagation import _SPAN_KEY as _CURRENT_SPAN_KEY  # no public name
 
 from tasktree.instrumentation import _settings, integrations, propagation
 from tasktree.instrumentation.environment import build_resource
@@ -86,6 +87,7 @@ def configure(
     global _state
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
+    _warn_if_inside_an_unrecorded_task()
     with _lock:
         if _state is not None:
             _warn_if_ignored(_state.setup, service_name=service_name, endpoint=endpoint,
@@ -124,6 +126,19 @@ def configure(
     integrations.activate()
     _install_sigterm_handler(_settings.flag(handle_sigterm, TASKTREE_HANDLE_SIGTERM, True))
     return provider
+
+
+def _warn_if_inside_an_unrecorded_task() -> None:
+    """``configure()`` inside a task started before it (``@task def main(): configure()``): that
+    task was never recorded, and every task started in it becomes a run of its own.  Such a task
+    is current in the context as an invalid span (OpenTelemetry's no-op tracer)."""
+    current = context.get_current().get(_CURRENT_SPAN_KEY)
+    if current is not None and not current.get_span_context().is_valid:
+        _logger.warning(
+            "tasktree: configure() was called inside a task started before it (a @task function"
+            " that calls configure(), say): that task is not recorded and the tasks started in"
+            " it become runs of their own; call configure() before the first task starts"
+        )
 
 
 def _warn_if_ignored(setup: dict, **given: Any) -> None:
