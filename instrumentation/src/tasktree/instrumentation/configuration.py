@@ -133,7 +133,7 @@ def _warn_if_inside_an_unrecorded_task() -> None:
     task was never recorded, and every task started in it becomes a run of its own.  Such a task
     is current in the context as an invalid span (OpenTelemetry's no-op tracer)."""
     current = context.get_current().get(_CURRENT_SPAN_KEY)
-    if current is not None and not current.get_span_context().is_valid:
+    if isinstance(current, trace.Span) and not current.get_span_context().is_valid:
         _logger.warning(
             "tasktree: configure() was called inside a task started before it (a @task function"
             " that calls configure(), say): that task is not recorded and the tasks started in"
