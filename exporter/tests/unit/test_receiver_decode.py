@@ -254,11 +254,11 @@ def test_resource_is_canonical_json_with_its_digest_and_job_and_shared_by_its_sp
     assert other.resource.job == "other"
 
 
-def test_resource_without_a_string_service_name_has_no_job():
-    batch = decode_protobuf(
-        make_request(make_span(), resource={"service.name": 7}).SerializeToString(), LIMITS
-    )
-    assert batch.spans[0].resource.job is None
+@pytest.mark.parametrize("resource", [{"service.name": 7}, {"service.name": " "}, {"k": "v"}])
+def test_resource_without_a_service_name_is_the_job_unknown_service(resource):
+    """What OpenTelemetry's SDKs call it; an empty job_name label would be no label at all."""
+    for batch in decode_both(make_request(make_span(), resource=resource)):
+        assert batch.spans[0].resource.job == "unknown_service"
 
 
 def test_hex_ids_in_json_are_case_insensitive():

@@ -140,6 +140,11 @@ def decode_json(body: bytes, limits: Limits) -> DecodedBatch:
     return _JsonDecoder(limits).request(document)
 
 
+UNKNOWN_SERVICE = "unknown_service"
+"""The job of spans whose resource names none (no, an empty or a non-text ``service.name``): what
+OpenTelemetry's SDKs call such a service, and a ``job_name`` label Prometheus keeps (an empty
+label value is no label at all)."""
+
 FUTURE_HEARTBEAT_NS = 60 * 10**9
 """How far past the time it is received a running snapshot's heartbeat counts: beyond that a job's
 clock is ahead, and a task it stamped an hour ahead stayed `running` that hour after a kill."""
@@ -194,7 +199,7 @@ class _Builder:
         job = attributes.get("service.name")
         resource = Resource(
             digest=hashlib.sha256(canonical.encode("utf-8")).digest(),
-            job=job if type(job) is str else None,
+            job=job if type(job) is str and job.strip() else UNKNOWN_SERVICE,
             attributes_json=canonical,
         )
         return resource, self.truncated
