@@ -184,3 +184,20 @@ def test_an_action_on_a_server_without_docker_hosts_says_how_to_configure_them()
         with pytest.raises(BadRequest, match="no docker host is configured") as caught:
             resolve_hosts(body, {})
         assert "TASKTREE_DOCKER_HOSTS_FILE" in caught.value.message
+
+
+@pytest.mark.parametrize("port, binding", [
+    ("8080:80", {"80/tcp": [8080]}),  # the README's example: host port 8080, on every interface
+    ("127.0.0.1:8080:80", {"80/tcp": [("127.0.0.1", 8080)]}),
+    ("[::1]:9000:9000/udp", {"9000/udp": [("::1", 9000)]}),
+    ("80", {"80/tcp": [None]}),
+])  # fmt: skip
+def test_published_ports_bind_the_host_port_asked_for(port, binding):
+    spec = deploy_spec({"image": "x", "name": "n", "hosts": ["a"], "ports": [port]}, HOSTS)
+    assert spec.port_bindings() == binding
+
+
+@pytest.mark.parametrize("port", ["99999:80", "8080:0", "1.2.3:8080:80", "host:80"])
+def test_a_port_out_of_range_or_a_malformed_address_is_refused(port):
+    with pytest.raises(BadRequest, match="ports"):
+        deploy_spec({"image": "x", "name": "n", "hosts": ["a"], "ports": [port]}, HOSTS)

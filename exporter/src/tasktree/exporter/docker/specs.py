@@ -18,9 +18,12 @@ from tasktree.exporter.settings import NO_DOCKER_HOSTS
 
 _CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+# [ip:][host_port:]port[/proto]; the ip is a whole IPv4 address or a bracketed IPv6 one, so that
+# in 8080:80 the 8080 is the host port (a looser ip took it: the port was published on a random
+# host port on every interface).
 _PORT = re.compile(
-    r"^(?:(?P<ip>[0-9.]+|\[[0-9a-fA-F:]+\]):)?(?:(?P<host>\d{1,5}):)?(?P<container>\d{1,5})"
-    r"(?:/(?P<proto>tcp|udp|sctp))?$"
+    r"^(?:(?P<ip>\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]):)?(?:(?P<host>\d{1,5}):)?"
+    r"(?P<container>\d{1,5})(?:/(?P<proto>tcp|udp|sctp))?$"
 )
 _RESTART = re.compile(r"^(no|always|unless-stopped|on-failure(?::\d{1,4})?)$")
 PULL_POLICIES = ("missing", "always", "never")
@@ -162,7 +165,7 @@ def deploy_spec(body: dict, configured: dict) -> DeploySpec:
         hosts=resolve_hosts(body, configured),
         command=_command(body),
         env=_env(body.get("env")),
-        ports=_strings(body, "ports", _PORT, "[ip:][host_port:]port[/tcp|udp]"),
+        ports=_ports(body),
         volumes=_volumes(body),
         restart_policy=restart,
         labels=_labels(body.get("labels")),
@@ -225,6 +228,17 @@ def _labels(raw) -> dict[str, str]:
     if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
         raise BadRequest("'labels' must be an object of name: value")
     return {k: str(v) for k, v in raw.items()}
+
+
+def _ports(body: dict) -> list[str]:
+    ports = _strings(body, "ports", _PORT, "[ip:][host_port:]port[/tcp|udp]")
+    for text in ports:
+        m = _PORT.match(text)
+        assert m is not None  # _strings checked the form
+        numbers = [int(n) for n in (m["host"], m["container"]) if n is not None]
+        if not all(1 <= n <= 65535 for n in numbers):
+            raise BadRequest(f"'ports': {text!r} has a port outside 1-65535")
+    return ports
 
 
 def _strings(body: dict, key: str, pattern: re.Pattern, shape: str) -> list[str]:
