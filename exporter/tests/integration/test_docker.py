@@ -198,6 +198,30 @@ def test_batch_deploy_to_both_hosts_then_redeploy_replaces_the_container(lab, ma
         assert traceparent.split("-")[1:3] == [second["trace_id"], second["hosts"][host]["span_id"]]
 
 
+@pytest.mark.parametrize("bad", [
+    {"command": ["/no/such/program"]},  # accepted at create, refused at start
+    {"volumes": ["/etc/hostname:/bin"]},  # a file over a directory: refused at start
+])  # fmt: skip
+def test_a_redeploy_whose_container_cannot_start_keeps_the_running_one(lab, make_app, bad):
+    client, _ = make_app()
+    first = call(client, "POST", "/api/docker/deploy?wait=60",
+                 body=deploy_body(lab, "1", hosts=["alpha"]))["operation"]  # fmt: skip
+    assert first["status"] == "ok", first["hosts"]
+    [before] = containers_named(lab, "alpha", "web")
+
+    op = call(client, "POST", "/api/docker/deploy?wait=60",
+              body=deploy_body(lab, "1", hosts=["alpha"], **bad))["operation"]  # fmt: skip
+
+    assert op["status"] == "error"
+    message = op["hosts"]["alpha"]["message"]
+    assert "the new container did not start" in message
+    assert f"{before['Id'][:12]} kept and started again" in message
+    with lab.client("alpha") as engine:
+        names = [n for c in engine.containers(all=True) for n in c["Names"]]
+        state = engine.inspect_container(before["Id"])["State"]["Status"]
+    assert names == ["/web"] and state == "running"  # the old one, running; no new one left
+
+
 def test_dry_run_deploy_reports_the_plan_and_changes_nothing(lab, make_app):
     client, _ = make_app()
     call(client, "POST", "/api/docker/deploy?wait=60", body=deploy_body(lab, "1"))

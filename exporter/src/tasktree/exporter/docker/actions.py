@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import docker
 import docker.errors
 
+from tasktree.exporter.docker.listing import describe_error
 from tasktree.exporter.docker.specs import DeploySpec, split_image
 
 Report = Callable[..., None]  # report(message=..., progress=...) → the operation's host entry
@@ -118,9 +119,12 @@ def deploy(
 ) -> dict:
     """Create ``spec.name`` from ``spec.image`` on this host, replacing a container of that name.
 
-    The new container is created under a temporary name first, so a refused create leaves the old
-    one running; then the old one is stopped and removed, the new one renamed and started.
-    ``env`` is the full environment (the spec's plus TRACEPARENT).  A dry run only inspects.
+    The new container is created and started under a temporary name, the old one stopped just
+    before (they may publish the same ports); only once the new one has started is the old one
+    removed and the new one renamed.  So a create or a start the engine refuses (a bad command,
+    network or mount) leaves the old container as it was, running again if it ran, and no new
+    one behind.  ``env`` is the full environment (the spec's plus TRACEPARENT).  A dry run only
+    inspects.
     """
     existing = find_container(client, spec.name)
     present = image_present(client, spec.image)
@@ -140,16 +144,17 @@ def deploy(
     report(message="creating container", progress=None)
     new_id = _create(client, spec, env, labels, f"{spec.name}-{temp_suffix}")
     try:
-        if existing:
-            report(message=f"stopping and removing {_short(existing)}")
+        if existing is not None:
+            report(message=f"stopping {_short(existing)}")
             client.stop(existing["Id"], timeout=spec.stop_timeout)
-            client.remove_container(existing["Id"], force=True)
-        client.rename(new_id, spec.name)
-    except Exception:
-        client.remove_container(new_id, force=True)  # leave the host as it was (less what failed)
-        raise
-    report(message="starting")
-    client.start(new_id)
+        report(message="starting")
+        client.start(new_id)
+    except Exception as exc:
+        raise ActionFailed(_undo_start(client, new_id, existing, exc)) from exc
+    if existing:
+        report(message=f"removing {_short(existing)}")
+        client.remove_container(existing["Id"], force=True)
+    client.rename(new_id, spec.name)
     state = client.inspect_container(new_id)["State"]
     return {
         **plan,
@@ -157,6 +162,19 @@ def deploy(
         "container_id": new_id,
         "state": state.get("Status"),
     }
+
+
+def _undo_start(client: docker.APIClient, new_id: str, old: dict | None, exc: Exception) -> str:
+    """The new container did not start: remove it, start the old one again if it ran; what to
+    tell the user."""
+    client.remove_container(new_id, force=True)
+    message = f"the new container did not start: {describe_error(exc)}"
+    if old is None:
+        return message
+    if old.get("State") == "running":
+        client.start(old["Id"])
+        return f"{message}; {_short(old)} kept and started again"
+    return f"{message}; {_short(old)} kept"
 
 
 def _create(client: docker.APIClient, spec: DeploySpec, env: dict, labels: dict, name: str) -> str:
