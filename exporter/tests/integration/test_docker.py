@@ -288,6 +288,26 @@ def test_stop_start_restart_logs_and_remove_one_container(lab, make_app):
     assert call(client, "POST", base + "/start", expect=404)["error"]["code"] == "not_found"
 
 
+def test_a_start_refused_for_a_missing_network_says_so_not_that_the_container_is_gone(
+    lab, make_app
+):
+    client, _ = make_app()
+    with lab.client("alpha") as engine:
+        network = engine.create_network("tasktree-gone-net")["Id"]
+        engine.create_container(_local_image(lab, engine), command=["true"], name="orphaned",
+                                host_config=engine.create_host_config(
+                                    network_mode="tasktree-gone-net"))  # fmt: skip
+        engine.remove_network(network)
+    try:
+        refused = call(client, "POST", "/api/docker/hosts/alpha/containers/orphaned/start",
+                       expect=409)["error"]  # fmt: skip
+        assert refused["code"] == "conflict" and "network" in refused["message"]
+        assert "no container" not in refused["message"]
+    finally:
+        with lab.client("alpha") as engine:
+            engine.remove_container("orphaned", force=True)
+
+
 def test_operation_progress_streams_as_server_sent_events_until_done(lab, make_app):
     client, _ = make_app()
     accepted = call(

@@ -293,6 +293,11 @@ class DockerService:
             raise NotFound(f"no docker host named {host!r}")
 
 
+# The engine's words when the container itself is missing (its 404s also name a missing network,
+# image or mount source a container needs to start).
+_NO_SUCH_CONTAINER = "No such container"
+
+
 def _translate(exc: Exception, host: str, container: str) -> Exception:
     import docker.errors
 
@@ -300,8 +305,10 @@ def _translate(exc: Exception, host: str, container: str) -> Exception:
 
     if isinstance(exc, TasktreeError):
         return exc
-    if isinstance(exc, docker.errors.NotFound):
+    if isinstance(exc, docker.errors.NotFound) and _NO_SUCH_CONTAINER in str(exc.explanation):
         return NotFound(f"no container {container!r} on {host}")
+    if isinstance(exc, docker.errors.NotFound):  # something it needs: a network, a mount source
+        return Conflict(f"{host}: {describe_error(exc)}")
     if isinstance(exc, docker.errors.APIError) and exc.status_code == 409:
         return Conflict(f"{host}: {describe_error(exc)}")
     if isinstance(exc, docker.errors.APIError) and exc.status_code == 400:
