@@ -91,6 +91,22 @@ def test_job_alerts_keep_firing_through_a_store_outage():
         assert rule.get("keep_firing_for") == "15m", name  # longer than the inhibitors' `for`
 
 
+def test_the_default_job_expectations_leave_out_tasktrees_own_docker_job_by_its_name():
+    from tasktree.exporter.docker.tracing import JOB
+
+    defaults = [r for r in _alerts() if "* 0 + 93600" in r["expr"]]
+    assert {r["alert"] for r in defaults} == {"TasktreeJobNotStarted", "TasktreeJobNotSucceeding"}
+    for rule in defaults:
+        assert f'{{job_name!="{JOB}"}}) * 0 + 93600' in rule["expr"], rule["alert"]
+
+
+def test_no_job_is_declared_expected_in_the_shipped_expectations():
+    """A job declared there that never runs pages someone: the file ships its example commented
+    out (live only in tests/, for the rules' tests)."""
+    shipped = yaml.safe_load((PROMETHEUS / "rules" / "job-expectations.yml").read_text())
+    assert [g["rules"] for g in shipped["groups"]] == [[]]
+
+
 # -- Grafana ------------------------------------------------------------------------------------
 
 
