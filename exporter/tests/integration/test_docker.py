@@ -581,6 +581,26 @@ def test_cli_without_a_server_says_where_it_looked_and_how_to_point_it_elsewhere
     assert "--url or TASKTREE_URL" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["deploy", "img", "--name", "web", "--env-file", "/no/such/file"],
+     "--env-file /no/such/file: No such file or directory"),
+    (["deploy", "img", "--name", "web", "-e", "TASKTREE_TEST_UNSET_VARIABLE"],
+     "-e TASKTREE_TEST_UNSET_VARIABLE: not set in this environment"),
+    (["pull", "img", "--selector", "role"], "--selector wants name=value, got 'role'"),
+])  # fmt: skip
+def test_cli_usage_mistakes_exit_2_saying_what_is_wrong_before_asking_the_server(argv, says):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKTREE_")}
+    done = subprocess.run([sys.executable, "-m", "tasktree.exporter", "docker", *argv],
+                          env={**env, "TASKTREE_URL": "http://127.0.0.1:9"}, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert says in done.stderr
+
+
 def test_cli_on_a_server_without_docker_hosts_says_how_to_name_them(start_tasktree):
     import os
     import subprocess

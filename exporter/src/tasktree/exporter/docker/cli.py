@@ -17,6 +17,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 from tasktree.exporter.settings import NO_DOCKER_HOSTS
 
@@ -121,6 +122,10 @@ class CliError(Exception):
     """The server refused or could not be reached; the message says which."""
 
 
+class UsageError(Exception):
+    """What was asked cannot be sent as it is (exit 2, like argparse's own usage errors)."""
+
+
 def _request(args, method: str, path: str, body=None, *, stream: bool = False):
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -152,9 +157,15 @@ def run_docker(settings, args) -> int:
     """Entry point from ``tasktree docker ...`` (``settings`` is unused: this is a client)."""
     try:
         return args.docker_run(args)
+    except UsageError as exc:
+        print(f"tasktree docker: {exc}", file=sys.stderr)
+        return 2
     except CliError as exc:
         print(f"tasktree docker: {exc}", file=sys.stderr)
         return 3
+    except BrokenPipeError:  # `tasktree docker ls | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        return 0
     except KeyboardInterrupt:
         return 130
 
@@ -232,7 +243,7 @@ def _targets(args) -> dict:
 def _pair(text: str, flag: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
-        raise CliError(f"{flag} wants name=value, got {text!r}")
+        raise UsageError(f"{flag} wants name=value, got {text!r}")
     return name, value
 
 
@@ -264,17 +275,22 @@ def _deploy(args) -> int:
 def _environment(args) -> dict[str, str]:
     env: dict[str, str] = {}
     if args.env_file:
-        with open(args.env_file, encoding="utf-8") as handle:
-            for line in handle:
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    name, value = _pair(line, "--env-file")
-                    env[name] = value
+        try:
+            lines = Path(args.env_file).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise UsageError(f"--env-file {args.env_file}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"--env-file {args.env_file}: not UTF-8 text") from None
+        for line in lines:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                name, value = _pair(line, "--env-file")
+                env[name] = value
     for item in args.env:
         name, sep, value = item.partition("=")
         if not sep:  # NAME alone: this shell's value, so secrets stay off the command line
             if name not in os.environ:
-                raise CliError(f"-e {name}: not set in this environment")
+                raise UsageError(f"-e {name}: not set in this environment")
             value = os.environ[name]
         env[name] = value
     return env
