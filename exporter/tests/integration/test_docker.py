@@ -147,6 +147,21 @@ def test_dead_and_slow_hosts_show_down_within_their_timeout_while_the_other_is_l
     assert elapsed < (host_timeout + slow_delay) / 2, "the listing waited for the slow host"
 
 
+def test_an_action_on_a_host_slower_than_the_listing_timeout_waits_as_long_as_actions_may(
+    lab, make_app
+):
+    """The first call to a host agrees on its API version; for an action it must wait as an
+    action does (TASKTREE_DOCKER_ACTION_TIMEOUT), not as a listing (the host's 1 s here)."""
+    slow = docker_lab.SlowProxy(lab.engines["beta"].socket, delay=1.5)
+    try:
+        client, _ = make_app({"slow": slow.url}, timeout=1.0, docker_action_timeout=30.0)
+        op = call(client, "POST", "/api/docker/pull?wait=120",
+                  body={"image": lab.image(), "hosts": ["slow"]})["operation"]  # fmt: skip
+    finally:
+        slow.close()
+    assert op["status"] == "ok", op["hosts"]
+
+
 # -- acting -----------------------------------------------------------------------------------
 
 

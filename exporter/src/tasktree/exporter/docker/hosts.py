@@ -245,10 +245,9 @@ class HostClients:
             client = self._clients.get((name, kind))
         if client is not None:
             return client
-        api_version = self._negotiate(name)
-        client = self._make(
-            name, api_version, self._action_timeout if action else self.timeout(name)
-        )
+        timeout = self._action_timeout if action else self.timeout(name)
+        api_version = self._negotiate(name, timeout)
+        client = self._make(name, api_version, timeout)
         with self._lock:
             return self._clients.setdefault((name, kind), client)
 
@@ -282,12 +281,14 @@ class HostClients:
     def version_is_stale(self, name: str) -> None:
         self._info_at.pop(name, None)
 
-    def _negotiate(self, name: str) -> str:
+    def _negotiate(self, name: str, timeout: float) -> str:
+        """The host's API version, asked once with the timeout of what asks first: an action on
+        a slow host (an SSH handshake) waits as long as the action may, not as a listing."""
         with self._lock:
             known = self._info.get(name)
         if known:
             return known["ApiVersion"]
-        probe = self._make(name, _MIN_API, self.timeout(name))
+        probe = self._make(name, _MIN_API, timeout)
         try:
             info = probe.version(api_version=False)
         finally:
