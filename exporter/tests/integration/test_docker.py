@@ -596,6 +596,41 @@ def test_cli_without_a_server_says_where_it_looked_and_how_to_point_it_elsewhere
     assert "--url or TASKTREE_URL" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_stopping_tasktree_mid_operation_records_it_cut_short_and_exits_promptly(
+    lab, start_tasktree, tmp_path
+):
+    """SIGTERM while a deploy waits on a slow engine: tasktree waits at most the action timeout
+    (5 s here), then records the operation as cut short (audit row, run) and exits; it used to
+    wait on the engine, serving scrapes with its database closed, and leave the row running."""
+    import signal
+
+    slow = docker_lab.SlowProxy(lab.engines["beta"].socket, delay=2.0)
+    hosts_file = tmp_path / "hosts.yaml"
+    hosts_file.write_text(lab.hosts_yaml({"slow": slow.url}))
+    try:
+        server = start_tasktree(env={
+            "TASKTREE_DOCKER_HOSTS_FILE": str(hosts_file),
+            "TASKTREE_OPERATOR_TOKENS": f"olga:{OPERATOR}",
+            "TASKTREE_DOCKER_ACTION_TIMEOUT": "5",
+        })  # fmt: skip
+        raw = _http(server, "POST", "/api/docker/deploy", OPERATOR,
+                    deploy_body(lab, hosts=["slow"]), 202)  # fmt: skip
+        operation = json.loads(raw)["operation"]["id"]
+        time.sleep(1.0)  # the deploy is waiting on the slow engine
+        stopping = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(60)
+        took = time.monotonic() - stopping
+    finally:
+        slow.close()
+    assert took < 20, f"tasktree took {took:.1f}s to stop"
+    with psycopg.connect(server.database_url) as conn:
+        status, result = conn.execute(
+            "SELECT status, result FROM docker_audit WHERE operation_id = %s", (operation,)
+        ).fetchone()
+    assert status == "error" and "tasktree stopped before this operation ended" in result["error"]
+
+
 @pytest.mark.parametrize("argv, says", [
     (["deploy", "img", "--name", "web", "--env-file", "/no/such/file"],
      "--env-file /no/such/file: No such file or directory"),

@@ -8,11 +8,11 @@ with 503 before anything is done), then work on background threads and return th
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg_pool
 from opentelemetry import trace
@@ -31,6 +31,8 @@ from tasktree.exporter.settings import Settings
 logger = logging.getLogger(__name__)
 
 _MAX_HOST_THREADS = 32
+_DRAIN_S = 30.0  # at most this long (and the action timeout) for running operations at stop
+_CUT_SHORT = "tasktree stopped before this operation ended; check the hosts"
 
 
 class DockerService:
@@ -49,12 +51,20 @@ class DockerService:
         from tasktree.exporter.docker.metrics import DockerMetrics
 
         self.metrics = DockerMetrics(self)
+        # Operations running now: id → (coordinator thread, operation, root span).
+        self._running: dict[str, tuple[threading.Thread, Operation, Any]] = {}
+        self._running_lock = threading.Lock()
+        self._closing = False
 
     def connect_tracing(self, endpoint: str, token: str | None = None) -> None:
         """Send the runs of pulls and deploys to ``endpoint`` (this server's OTLP/HTTP receiver)."""
         self.tracing.connect(endpoint, token)
 
     def close(self) -> None:
+        """Stop: new operations are refused, running ones get a little time to end (at most the
+        action timeout, and 30 s), and those still running are recorded as cut short (audit
+        row, run) rather than left running for ever."""
+        self._drain()
         self.tracing.shutdown()
         self.metrics.close()
         self.inventory.close()
@@ -123,6 +133,8 @@ class DockerService:
         *,
         dry_run: bool = False,
     ) -> Operation:
+        if self._closing:
+            raise HostUnavailable("tasktree is stopping; try again once it is back")
         op = Operation(kind, hosts, public, who.name, dry_run=dry_run)
         root = self.tracing.tracer.start_span(
             f"docker {kind}{' (dry run)' if dry_run else ''}: {target}",
@@ -161,19 +173,34 @@ class DockerService:
             who.name,
             op.id,
         )
-        threading.Thread(
+        coordinator = threading.Thread(
             target=self._run, args=(op, root, on_host), name=f"docker-op-{op.id}", daemon=True
-        ).start()
+        )
+        with self._running_lock:
+            self._running[op.id] = (coordinator, op, root)
+        coordinator.start()
         return op
 
     def _run(self, op: Operation, root, on_host: Callable) -> None:
-        """The operation's coordinator thread: every host at once, then the verdict everywhere."""
+        """The operation's coordinator thread: every host at once, then the verdict everywhere.
+        Hosts run on daemon threads (a pool's threads would hold the process past its stop until
+        an engine answered; ``close`` records what was cut short)."""
         try:
-            with cf.ThreadPoolExecutor(
-                min(len(op.hosts), _MAX_HOST_THREADS), thread_name_prefix=f"docker-op-{op.id}"
-            ) as pool:
-                for host in op.hosts:
-                    pool.submit(self._run_host, op, root, host, on_host)
+            seats = threading.BoundedSemaphore(_MAX_HOST_THREADS)
+
+            def one_host(host: str) -> None:
+                with seats:
+                    self._run_host(op, root, host, on_host)
+
+            threads = [
+                threading.Thread(target=one_host, args=(h,), name=f"docker-op-{op.id}-{h}",
+                                 daemon=True)
+                for h in op.hosts
+            ]  # fmt: skip
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
             status = op.finish()
             failed = [h for h, s in op.hosts.items() if s["status"] == ERROR]
             if failed:
@@ -189,8 +216,29 @@ class DockerService:
         except Exception:
             logger.exception("docker operation %s failed", op.id)
         finally:
+            with self._running_lock:
+                recorded_by_close = self._running.pop(op.id, None) is None
+            if not recorded_by_close:  # else close() cut it short and ended it
+                root.end()
+                self.tracing.flush()
+
+    def _drain(self) -> None:
+        with self._running_lock:
+            self._closing = True
+            running = list(self._running.values())
+        deadline = time.monotonic() + min(_DRAIN_S, self.settings.docker_action_timeout)
+        for thread, _, _ in running:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._running_lock:
+            cut = list(self._running.values())
+            self._running.clear()
+        for _, op, root in cut:
+            logger.warning("docker operation %s cut short: tasktree is stopping", op.id)
+            tracing.fail(root, None, _CUT_SHORT)
             root.end()
-            self.tracing.flush()
+            if self.audit is not None and op.audit_id is not None:
+                self.audit.finish(op.audit_id, ERROR, {**_audit_result(op), "error": _CUT_SHORT})
+        self.tracing.flush()
 
     def _run_host(self, op: Operation, root, host: str, on_host: Callable) -> None:
         span = self.tracing.tracer.start_span(
