@@ -167,6 +167,8 @@ def test_deploy_requests_are_validated_and_their_environment_values_never_shown(
         ),
         ({"image": "x", "name": "n", "hosts": ["a"], "volumes": ["relative"]}, "volumes"),
         ({"image": "x", "name": "n", "selector": {"role": "none"}}, "no docker host matches"),
+        ({"image": "x", "name": "n", "hosts": ["a"], "labels": {"team": None}}, "'labels'"),
+        ({"image": "x", "name": "n", "hosts": ["a"], "labels": {"cfg": {"a": 1}}}, "'labels'"),
     ],
 )
 def test_bad_deploy_requests_are_refused_naming_the_field(body, words):

@@ -225,8 +225,10 @@ def _env(raw) -> dict[str, str]:
 def _labels(raw) -> dict[str, str]:
     if raw is None:
         return {}
-    if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
-        raise BadRequest("'labels' must be an object of name: value")
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, str | int | float | bool) for k, v in raw.items()
+    ):  # null, a list or an object would be stored as Python's repr of it ("None", "{'a': 1}")
+        raise BadRequest("'labels' must be an object of name: value (text or a number)")
     return {k: str(v) for k, v in raw.items()}
 
 
