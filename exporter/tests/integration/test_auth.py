@@ -287,6 +287,10 @@ def test_without_a_credential_pages_redirect_to_login_and_the_api_answers_401(se
     assert requests.get(server.web + "/api/runs", timeout=10).status_code == 401
     assert requests.get(server.web + "/metrics", timeout=10).status_code == 401
     assert requests.get(server.web + "/api/openapi.json", timeout=10).status_code == 200
+    action = requests.post(server.web + "/api/docker/pull", json={"image": "x", "hosts": ["*"]},
+                           timeout=10)  # fmt: skip
+    assert action.status_code == 401
+    assert action.json()["error"]["message"].startswith("this needs an operator sign-in (/login)")
 
 
 def test_a_wrong_token_at_login_is_401_and_never_echoed(server):

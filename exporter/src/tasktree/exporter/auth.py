@@ -404,8 +404,10 @@ def _missing_message(role: str) -> str:
             "docker actions are disabled: no operator token is configured "
             "(TASKTREE_OPERATOR_TOKENS)"
         )
+    article = "an" if role[:1] in "aeiou" else "a"
     return (
-        f"this needs a {role} sign-in (/login) or the header Authorization: Bearer <{role} token>"
+        f"this needs {article} {role} sign-in (/login) or the header"
+        f" Authorization: Bearer <{role} token>"
     )
 
 
