@@ -24,6 +24,14 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = ROOT / "prometheus" / "rules"
+# The job expectations a site writes for its own jobs: the shipped file only has an example,
+# commented out; its live copy declares the workload's demo-etl.
+EXAMPLE_RULES_DIR = ROOT / "prometheus" / "tests" / "rules"
+
+
+def rule_files() -> list[Path]:
+    """The shipped rules and the example job expectations, as a site runs them."""
+    return sorted(RULES_DIR.glob("*.yml")) + sorted(EXAMPLE_RULES_DIR.glob("*.yml"))
 DASHBOARDS_DIR = ROOT / "grafana" / "dashboards"
 SCHEMA_CHECK_DIR = Path(__file__).resolve().parent / "schema-check"
 APT_PACKAGES = ("prometheus", "prometheus-alertmanager")
@@ -73,7 +81,7 @@ def install_prometheus_tools() -> None:
 def rules_with_short_for(target: Path, for_: str = "2s") -> Path:
     """Copy the rule files to ``target`` with every alert's ``for`` shortened (for live tests)."""
     target.mkdir(parents=True, exist_ok=True)
-    for path in sorted(RULES_DIR.glob("*.yml")):
+    for path in rule_files():
         text = re.sub(r"^(\s+for:\s*)\S+\s*$", rf"\g<1>{for_}", path.read_text(), flags=re.M)
         (target / path.name).write_text(text)
     return target
@@ -210,9 +218,9 @@ def dashboard_queries(kind: str) -> list[tuple[str, str]]:
 
 
 def rule_expressions() -> list[tuple[str, str, dict]]:
-    """(id, expr, rule) of every rule in prometheus/rules."""
+    """(id, expr, rule) of every rule in prometheus/rules and the example expectations."""
     found = []
-    for path in sorted(RULES_DIR.glob("*.yml")):
+    for path in rule_files():
         for group in yaml.safe_load(path.read_text())["groups"]:
             for rule in group["rules"]:
                 name = rule.get("alert") or rule.get("record")
