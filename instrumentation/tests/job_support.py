@@ -51,12 +51,17 @@ _ONE_TASK_JOB = (
 def one_task_job(**environment: str) -> str:
     """Runs a job of one task, named ``one``, with ``environment`` (and no endpoint but one given
     there); asserts it exits 0 and returns its stderr."""
+    return job_stderr(_ONE_TASK_JOB, **environment)
+
+
+def job_stderr(code: str, **environment: str) -> str:
+    """Runs the Python job ``code`` with ``environment`` (and no endpoint but one given there);
+    asserts it exits 0 and returns its stderr."""
     env = child_environment("")
     del env["OTEL_EXPORTER_OTLP_ENDPOINT"]
     env.update(environment)
     job = subprocess.run(
-        [sys.executable, "-c", _ONE_TASK_JOB], env=env, capture_output=True, text=True,
-        timeout=60,
-    )  # fmt: skip
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
     assert job.returncode == 0, job.stderr
     return job.stderr

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
-from job_support import child_environment, one_task_job
+from job_support import job_stderr, one_task_job
 from opentelemetry import propagate, trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as otel_encode
 from opentelemetry.sdk.resources import Resource
@@ -158,10 +155,8 @@ def test_a_second_configure_that_asks_for_something_else_says_it_is_ignored(otlp
         "configure()\n"
         "configure(service_name='first')\n"
     )
-    job = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env=child_environment(otlp_sink.endpoint), timeout=60)  # fmt: skip
-    assert job.returncode == 0, job.stderr
-    [said] = [line for line in job.stderr.splitlines() if "configure() was called before" in line]
+    stderr = job_stderr(script, OTEL_EXPORTER_OTLP_ENDPOINT=otlp_sink.endpoint)
+    [said] = [line for line in stderr.splitlines() if "configure() was called before" in line]
     assert "(service_name='first')" in said
     assert "service_name='second', endpoint='http://127.0.0.1:9' are ignored" in said
 
@@ -176,10 +171,8 @@ def test_configure_inside_a_task_started_before_it_says_that_task_is_lost(otlp_s
         "        pass\n"
         "main()\n"
     )
-    job = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env=child_environment(otlp_sink.endpoint), timeout=60)  # fmt: skip
-    assert job.returncode == 0, job.stderr
-    assert "configure() was called inside a task started before it" in job.stderr
-    assert "call configure() before the first task starts" in job.stderr
+    stderr = job_stderr(script, OTEL_EXPORTER_OTLP_ENDPOINT=otlp_sink.endpoint)
+    assert "configure() was called inside a task started before it" in stderr
+    assert "call configure() before the first task starts" in stderr
     clean = one_task_job(OTEL_EXPORTER_OTLP_ENDPOINT=otlp_sink.endpoint)  # configure(), then tasks
     assert "configure() was called inside" not in clean

@@ -87,12 +87,9 @@ def _api_http_error(exc: HTTPException) -> BaseResponse:
     with the pages' security headers (no blueprint's after_request runs for an unknown path)."""
     if request.path.startswith("/api/"):
         return json_http_error(exc)
-    from tasktree.exporter.ui import SECURITY_HEADERS
+    from tasktree.exporter.ui import with_security_headers
 
-    response = exc.get_response()
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
-    return response
+    return with_security_headers(exc.get_response())
 
 
 error_response = json_error  # the app-wide handler of TasktreeError

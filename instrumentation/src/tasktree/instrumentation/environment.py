@@ -54,16 +54,15 @@ _URL_AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<authori
 _SECRET_QUERY = re.compile(
     rf"(?P<key>[?&;][^=&#\s]*(?:{_SECRET_WORD}|SIG)[^=&#\s]*=)[^&#\s]*", re.IGNORECASE
 )
-# --password=xyz or --api-key xyz (then the next argument is the value), never --no-auth.
-_SECRET_OPTION = re.compile(
-    rf"^(?P<opt>(?:--|-(?!-))(?!no-)[A-Za-z0-9_\-]*(?:{_SECRET_WORD})[A-Za-z0-9_\-]*)(?P<eq>=)?",
-    re.IGNORECASE,
-)
+# A secret-looking option's name: --password, -api-key; never --no-auth (a flag, no value).
+_SECRET_OPTION_NAME = rf"(?:--|-(?!-))(?!no-)[\w-]*(?:{_SECRET_WORD})[\w-]*"
+# --password=xyz or --api-key xyz (then the next argument is the value).
+_SECRET_OPTION = re.compile(rf"^(?P<opt>{_SECRET_OPTION_NAME})(?P<eq>=)?", re.IGNORECASE)
 # PASSWORD=xyz as an argument (env, make, docker -e)
 _SECRET_ASSIGNMENT = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)=")
 # Inside a script (sh -c '...'): an option or assignment with its value, to the next space.
 _SECRET_IN_SCRIPT = re.compile(
-    rf"(?P<head>(?<![\w-])(?:--|-(?!-))(?!no-)[\w-]*(?:{_SECRET_WORD})[\w-]*(?:=|\s+)"
+    rf"(?P<head>(?<![\w-]){_SECRET_OPTION_NAME}(?:=|\s+)"
     rf"|\b\w*(?:{_SECRET_WORD})\w*=)(?P<value>[^\s;&|]+)",
     re.IGNORECASE,
 )

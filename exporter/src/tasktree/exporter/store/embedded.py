@@ -9,9 +9,7 @@ running for an instant restart, and says how to stop it.
 from __future__ import annotations
 
 import atexit
-import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -55,42 +53,23 @@ def _forget_ended_users(package: Any, pgdata: Path, *, say: bool = True) -> None
     The package stops the server when the last process on that list exits, and takes a process
     off only in its own ``atexit``: a tasktree killed with SIGKILL (or by the OOM killer) stays
     on it, and no later tasktree would ever stop the server again.  The package has no call for
-    this, so its list and lock are used directly (a JSON list of PIDs in ``.handle_pids.json``).
+    this, so its list (``.handle_pids.json``), lock and process checks are used directly.
     """
-    handles = pgdata / ".handle_pids.json"
+    utils = package.utils
+    handles = utils.DiskList(pgdata / ".handle_pids.json")
     with package.postgres_server.PostgresServer._lock:
-        if not handles.exists():
-            return
-        pids = json.loads(handles.read_text())
-        ended = [pid for pid in pids if not _exists(pid)]
+        pids = handles.get()
+        ended = [pid for pid in pids if not utils.process_is_running(pid)]
         if not ended:
             return
-        handles.write_text(json.dumps([pid for pid in pids if pid not in ended]))
-    if say and _server_pid(pgdata) is not None:
+        handles.put([pid for pid in pids if pid not in ended])
+    postmaster = utils.PostmasterInfo.read_from_pgdata(pgdata)
+    if say and postmaster is not None and postmaster.is_running():
         logger.warning(
             "the embedded PostgreSQL was left running by tasktree (pid %s), which was killed"
             " before it could stop it; it now stops when the last tasktree using it exits",
             ", ".join(map(str, ended)),
         )
-
-
-def _server_pid(pgdata: Path) -> int | None:
-    """The running postmaster's PID (first line of its ``postmaster.pid``), or None."""
-    try:
-        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
-    except (OSError, ValueError):
-        return None
-    return pid if _exists(pid) else None
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process (the server may run as another user)
-        return True
-    return True
 
 
 def stop_command(pid: int | None) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from importlib import resources
+from typing import TypeVar
 
 from flask import Flask, Response, current_app, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse  # what redirect() returns
@@ -23,7 +24,7 @@ from tasktree.exporter.services import EXTENSION
 from tasktree.exporter.ui import format as fmt
 from tasktree.exporter.ui.views import ui_blueprint
 
-__all__ = ["install_ui", "ui_blueprint"]
+__all__ = ["install_ui", "ui_blueprint", "with_security_headers"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,11 +103,17 @@ def require_page() -> BaseResponse | None:
     raise Unauthorized("this page needs a viewer sign-in (/login)")
 
 
-@ui_blueprint.after_request
-def _security_headers(response: Response) -> Response:
+_AnyResponse = TypeVar("_AnyResponse", bound=BaseResponse)
+
+
+def with_security_headers(response: _AnyResponse) -> _AnyResponse:
+    """``response`` with the pages' security headers (those it sets itself kept)."""
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     return response
+
+
+ui_blueprint.after_request(with_security_headers)
 
 
 @ui_blueprint.errorhandler(TasktreeError)
@@ -118,4 +125,4 @@ def _error_page(exc: TasktreeError):
         response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     if exc.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="tasktree"'
-    return _security_headers(response)
+    return with_security_headers(response)

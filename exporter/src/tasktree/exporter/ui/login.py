@@ -17,12 +17,10 @@ login_blueprint = Blueprint("login", __name__, template_folder="templates")
 
 @login_blueprint.after_request
 def _headers(response: Response) -> Response:
-    from tasktree.exporter.ui import SECURITY_HEADERS
+    from tasktree.exporter.ui import with_security_headers
 
     response.headers["Cache-Control"] = "no-store"
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
-    return response
+    return with_security_headers(response)
 
 
 @login_blueprint.get("/login")
