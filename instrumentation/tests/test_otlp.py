@@ -80,7 +80,6 @@ def test_other_spans_go_through_opentelemetry_s_encoder_in_the_same_request():
         linked = tracer.start_span("with a link", links=[Link(span.get_span_context())])
         linked.end()
         tracer.start_span("a list", attributes={"ids": [1, 2], "names": ("a", "b")}).end()
-        tracer.start_span("over int64", attributes={"huge": 2**70, "fine": 1}).end()
         tracer.start_span("", attributes={"empty name": True}).end()
         state = TraceState([("vendor", "value")])
         with_state = trace.SpanContext(
@@ -90,6 +89,23 @@ def test_other_spans_go_through_opentelemetry_s_encoder_in_the_same_request():
             trace.NonRecordingSpan(with_state))).end()  # fmt: skip
     spans = [*memory.get_finished_spans(), *simple_spans()]
     assert otlp.encode_spans(spans) == otel_encode(spans).SerializePartialToString()
+
+
+def test_an_integer_beyond_64_bits_is_sent_as_its_text_not_dropped(otlp_sink, caplog):
+    memory, tracer = record()
+    huge = {"huge": 2**70, "negative": -(2**64), "ids": [1, 2**64], "fine": 1}
+    tracer.start_span("over int64", attributes=huge).end()
+    exporter = otlp.SpanExporter(endpoint=otlp_sink.endpoint + "/v1/traces", timeout=5)
+    assert exporter.export(memory.get_finished_spans()) is SpanExportResult.SUCCESS
+    [received] = otlp_sink.wait_for(lambda records: len(records) == 1)
+    assert received.attributes == {
+        "huge": str(2**70),
+        "negative": str(-(2**64)),
+        "ids": [1, str(2**64)],
+        "fine": 1,
+    }
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback in the job's log
+    exporter.shutdown()
 
 
 def test_configure_exports_through_the_fast_exporter(otlp_sink):
