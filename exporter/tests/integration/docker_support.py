@@ -9,7 +9,10 @@ the tests are skipped, and under ``CI=true`` they fail instead.
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 
 import pytest
@@ -199,3 +202,24 @@ def serve_docker(start_tasktree, lab, tmp_path):
             "TASKTREE_VIEWER_TOKENS": f"victor:{VIEWER}",
         }
     )
+
+
+def call_server(server, method: str, path: str, token: str | None, body=None, expect: int = 200):
+    """A request to a real ``tasktree serve`` (``serve_docker``); the body of its answer."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        server.web + path,
+        data=data,
+        method=method,
+        headers={
+            "Content-Type": "application/json",
+            **({"Authorization": f"Bearer {token}"} if token else {}),
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=90) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    assert status == expect, f"{method} {path}: {status} {raw[:600]!r}"
+    return raw

@@ -21,6 +21,7 @@ from .docker_support import (
     SECRET,
     VIEWER,
     call,
+    call_server,
     containers_named,
     deploy_body,
     serve_docker,
@@ -481,36 +482,16 @@ def test_the_docker_page_renders_without_data_and_with_its_script(lab, make_app)
 # -- through a real `tasktree serve` ----------------------------------------------------------
 
 
-def _http(server, method: str, path: str, token: str | None, body=None, expect: int = 200):
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        server.web + path,
-        data=data,
-        method=method,
-        headers={
-            "Content-Type": "application/json",
-            **({"Authorization": f"Bearer {token}"} if token else {}),
-        },
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=90) as resp:
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    assert status == expect, f"{method} {path}: {status} {raw[:600]!r}"
-    return raw
-
-
 def test_deploy_through_tasktree_serve_is_a_run_with_a_task_per_host_and_keeps_secrets(
     lab, start_tasktree, tmp_path
 ):
     server = serve_docker(start_tasktree, lab, tmp_path)
     seen: list[bytes] = []
 
-    refused = _http(
+    refused = call_server(
         server, "POST", "/api/docker/deploy", VIEWER, deploy_body(lab, env={"K": SECRET}), 403
     )
-    raw = _http(
+    raw = call_server(
         server,
         "POST",
         "/api/docker/deploy",
@@ -535,14 +516,15 @@ def test_deploy_through_tasktree_serve_is_a_run_with_a_task_per_host_and_keeps_s
     assert run["job"] == "tasktree.docker" and run["status"] == "ok"
     [root] = run["roots"]
     assert root["name"].startswith("docker deploy: web") and root["child_count"] == 2
+    tasks = f"/api/runs/{op['trace_id']}/tasks"
     children = json.loads(
-        _http(server, "GET", f"/api/runs/{op['trace_id']}/tasks/{root['span_id']}/children", VIEWER)
+        call_server(server, "GET", f"{tasks}/{root['span_id']}/children", VIEWER)
     )["children"]
     assert sorted(c["name"] for c in children) == ["deploy on alpha", "deploy on beta"]
     assert {c["span_id"] for c in children} == {op_h["span_id"] for op_h in done["hosts"].values()}
     for task in [root, *children]:
         seen.append(
-            _http(server, "GET", f"/api/runs/{op['trace_id']}/tasks/{task['span_id']}", VIEWER)
+            call_server(server, "GET", f"{tasks}/{task['span_id']}", VIEWER)
         )
     for path in (
         "/api/docker/containers?refresh=1",
@@ -551,7 +533,7 @@ def test_deploy_through_tasktree_serve_is_a_run_with_a_task_per_host_and_keeps_s
         "/api/docker/audit",
         f"/api/runs/{op['trace_id']}",
     ):
-        seen.append(_http(server, "GET", path, VIEWER))
+        seen.append(call_server(server, "GET", path, VIEWER))
     server.stop()
     seen.append(server.log_path.read_bytes())
 
@@ -571,7 +553,7 @@ def _wait_for_run(server, trace_id: str, timeout: float = 30.0) -> dict:
                 ).fetchone()[0]
             if landed >= 3:
                 server.wait_folded()
-                return json.loads(_http(server, "GET", f"/api/runs/{trace_id}", VIEWER))
+                return json.loads(call_server(server, "GET", f"/api/runs/{trace_id}", VIEWER))
         except psycopg.Error:
             pass
         time.sleep(0.2)
@@ -613,7 +595,7 @@ def test_stopping_tasktree_mid_operation_records_it_cut_short_and_exits_promptly
             "TASKTREE_OPERATOR_TOKENS": f"olga:{OPERATOR}",
             "TASKTREE_DOCKER_ACTION_TIMEOUT": "5",
         })  # fmt: skip
-        raw = _http(server, "POST", "/api/docker/deploy", OPERATOR,
+        raw = call_server(server, "POST", "/api/docker/deploy", OPERATOR,
                     deploy_body(lab, hosts=["slow"]), 202)  # fmt: skip
         operation = json.loads(raw)["operation"]["id"]
         time.sleep(1.0)  # the deploy is waiting on the slow engine

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from ..ui.browser import ARTIFACTS
-from .docker_support import OPERATOR, SECRET, serve_docker
+from .docker_support import OPERATOR, SECRET, VIEWER, call_server, deploy_body, serve_docker
 
 
 def test_docker_page_signed_in_deploys_with_confirmation_live_progress_and_a_confirmed_stop(
@@ -77,3 +77,47 @@ def test_docker_page_signed_in_deploys_with_confirmation_live_progress_and_a_con
 def _artifact(name: str):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS / name
+
+
+def test_docker_page_for_a_viewer_lists_containers_without_a_button_it_may_not_press(
+    lab,
+    start_tasktree,
+    tmp_path,
+    browser,
+):
+    from playwright.sync_api import expect
+
+    server = serve_docker(start_tasktree, lab, tmp_path)
+    deploy = deploy_body(lab, name="idle", hosts=["alpha"])
+    call_server(server, "POST", "/api/docker/deploy?wait=60", OPERATOR, body=deploy)
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    page_errors: list[str] = []
+    page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    page.goto(server.web + "/login?next=/docker")
+    page.fill("#login-token", VIEWER)
+    page.click("#login-form button[type=submit]")
+    expect(page).to_have_url(server.web + "/docker")
+    expect(page.locator("#signed-in-as")).to_have_text("victor (viewer)")
+    expect(page.locator("#containers tbody tr", has_text="idle")).to_have_count(1, timeout=30_000)
+    expect(page.locator("#hosts tbody tr")).to_have_count(2)
+    expect(page.locator("#read-only")).to_contain_text(
+        "victor is a viewer; this needs an operator token"
+    )
+    assert page.locator("button", has_text=re.compile("^(stop|restart|remove|logs)$")).count() == 0
+    assert page.locator("#pull-form, #deploy-form").count() == 0
+    expect(page.locator("#audit tbody tr").first).to_contain_text("deploy")  # reading stays
+    assert page_errors == []
+    context.close()
+
+    # An operator, on the same page, has the buttons and no read-only line.
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(server.web + "/login?next=/docker")
+    page.fill("#login-token", OPERATOR)
+    page.click("#login-form button[type=submit]")
+    row = page.locator("#containers tbody tr", has_text="idle")
+    expect(row.get_by_role("button", name="stop")).to_have_count(1, timeout=30_000)
+    assert page.locator("#read-only").count() == 0 and page.locator("#deploy-form").count() == 1
+    context.close()

@@ -61,6 +61,7 @@ __all__ = [
     "current_principal",
     "install",
     "load_secret_key",
+    "refusal",
     "require",
     "sign_in",
     "sign_out",
@@ -385,17 +386,29 @@ def require(role: str) -> Callable[[F], F]:
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
             principal = authenticate()
-            if principal is None or (principal is ANONYMOUS and role != VIEWER):
-                raise Unauthorized(_missing_message(role))
-            if not principal.may(role):
-                raise Forbidden(
-                    f"{principal.name} is a {principal.role}; this needs an {role} token"
-                )
+            message = _refusal(principal, role)
+            if message is not None:
+                signed_in = principal is not None and principal is not ANONYMOUS
+                raise (Forbidden if signed_in else Unauthorized)(message)
             return view(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def refusal(role: str) -> str | None:
+    """Why this request's caller (``authenticate()`` already called) may not act as ``role``, as
+    ``require`` would say it; None when it may.  For pages that leave out what it cannot do."""
+    return _refusal(g.get("principal"), role)
+
+
+def _refusal(principal: Principal | None, role: str) -> str | None:
+    if principal is None or (principal is ANONYMOUS and role != VIEWER):
+        return _missing_message(role)
+    if not principal.may(role):
+        return f"{principal.name} is a {principal.role}; this needs an {role} token"
+    return None
 
 
 def _missing_message(role: str) -> str:

@@ -22,7 +22,7 @@ from flask import (
     stream_with_context,
 )
 
-from tasktree.exporter.auth import OPERATOR, VIEWER, current_principal, require
+from tasktree.exporter.auth import OPERATOR, VIEWER, current_principal, refusal, require
 from tasktree.exporter.docker.operations import Operation
 from tasktree.exporter.docker.specs import deploy_spec, pull_spec
 from tasktree.exporter.errors import (
@@ -74,10 +74,12 @@ def page():
     if redirect_to_login is not None:
         return redirect_to_login
     service = current_services().docker
-    hosts_configured = service is not None and bool(service.hosts)
-    response = Response(
-        render_template("docker.html", hosts_configured=hosts_configured), mimetype="text/html"
+    page = render_template(
+        "docker.html",
+        hosts_configured=service is not None and bool(service.hosts),
+        read_only=refusal(OPERATOR),  # a viewer sees no button it may not press
     )
+    response = Response(page, mimetype="text/html")
     response.headers.update(SECURITY_HEADERS)
     return response
 

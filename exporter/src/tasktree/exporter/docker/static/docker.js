@@ -5,6 +5,8 @@
 
 const $ = (selector) => document.querySelector(selector);
 const csrfToken = (document.querySelector("meta[name=csrf-token]") || {}).content || "";
+// "no" for a viewer: the page then has no forms, and the containers no action buttons.
+const mayOperate = (document.querySelector("meta[name=may-operate]") || {}).content === "yes";
 let lastContainers = [];
 let hostNames = [];
 
@@ -89,12 +91,16 @@ function renderContainers() {
     el("td", { class: "state-" + c.state }, c.state),
     el("td", {}, c.status),
     el("td", {}, c.created),
-    el("td", { class: "actions" },
-      c.state === "running" ? "" : el("button", { type: "button", onclick: () => act(c, "start") }, "start"),
-      c.state === "running" ? el("button", { type: "button", onclick: () => act(c, "stop") }, "stop") : "",
-      el("button", { type: "button", onclick: () => act(c, "restart") }, "restart"),
-      el("button", { type: "button", onclick: () => act(c, "remove") }, "remove"),
-      el("button", { type: "button", onclick: () => showLogs(c) }, "logs")))));
+    el("td", { class: "actions" }, ...(mayOperate ? actionButtons(c) : [])))));
+}
+
+function actionButtons(c) {
+  return [
+    c.state === "running" ? "" : el("button", { type: "button", onclick: () => act(c, "start") }, "start"),
+    c.state === "running" ? el("button", { type: "button", onclick: () => act(c, "stop") }, "stop") : "",
+    el("button", { type: "button", onclick: () => act(c, "restart") }, "restart"),
+    el("button", { type: "button", onclick: () => act(c, "remove") }, "remove"),
+    el("button", { type: "button", onclick: () => showLogs(c) }, "logs")];
 }
 
 const DESTRUCTIVE = { stop: "Stop", restart: "Restart", remove: "Remove (and force-stop)" };
@@ -233,8 +239,10 @@ async function loadAudit() {
 
 $("#refresh").addEventListener("click", () => load(true));
 $("#filter").addEventListener("input", renderContainers);
-$("#logs-close").addEventListener("click", () => { $("#logs-panel").hidden = true; });
-$("#pull-form").addEventListener("submit", submitPull);
-$("#deploy-form").addEventListener("submit", submitDeploy);
+if (mayOperate) {
+  $("#logs-close").addEventListener("click", () => { $("#logs-panel").hidden = true; });
+  $("#pull-form").addEventListener("submit", submitPull);
+  $("#deploy-form").addEventListener("submit", submitDeploy);
+}
 load(false);
 setInterval(() => { if (!document.hidden) load(false); }, 10000);
