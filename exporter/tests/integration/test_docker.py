@@ -262,6 +262,39 @@ def test_dry_run_deploy_reports_the_plan_and_changes_nothing(lab, make_app):
             assert not any(lab.image("2") in (i.get("RepoTags") or []) for i in engine.images())
 
 
+def test_a_dry_run_fails_on_a_host_where_the_deploy_would_fail_and_still_changes_nothing(
+    lab, make_app
+):
+    client, _ = make_app()
+    with lab.client("alpha") as engine:
+        network = engine.create_network("tasktree-dry-net")["Id"]
+    try:
+        on_alpha_only = call(
+            client, "POST", "/api/docker/deploy?wait=60",
+            body=deploy_body(lab, "1", network_mode="tasktree-dry-net", dry_run=True),
+        )["operation"]  # fmt: skip
+        not_in_registry = call(
+            client, "POST", "/api/docker/deploy?wait=60",
+            body=deploy_body(lab, "1", image=lab.image("no-such-tag"), dry_run=True),
+        )["operation"]  # fmt: skip
+    finally:
+        with lab.client("alpha") as engine:
+            engine.remove_network(network)
+
+    assert on_alpha_only["status"] == "partial"
+    assert on_alpha_only["hosts"]["alpha"]["status"] == "ok"
+    beta = on_alpha_only["hosts"]["beta"]
+    assert beta["status"] == "error"
+    assert beta["message"] == "network 'tasktree-dry-net' does not exist on this host"
+    assert not_in_registry["status"] == "error"
+    for host in ("alpha", "beta"):
+        said = not_in_registry["hosts"][host]["message"]
+        assert said.startswith(f"{lab.image('no-such-tag')} cannot be pulled: "), said
+        assert containers_named(lab, host, "web") == []
+        with lab.client(host) as engine:
+            assert not any(lab.image("1") in (i.get("RepoTags") or []) for i in engine.images())
+
+
 def test_deploy_to_a_dead_host_fails_there_and_succeeds_elsewhere(lab, make_app):
     client, _ = make_app({"dead": "unix:///tmp/tasktree-no-such-docker.sock"})
 

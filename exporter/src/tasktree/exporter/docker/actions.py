@@ -21,6 +21,7 @@ Report = Callable[..., None]  # report(message=..., progress=...) → the operat
 
 _DONE_STATES = ("Download complete", "Pull complete", "Already exists", "Verifying Checksum")
 _REPORT_EVERY_S = 0.25
+_ENGINE_NETWORKS = ("none", "host", "bridge", "default")  # network modes that are no network name
 
 
 class ActionFailed(Exception):
@@ -137,6 +138,7 @@ def deploy(
         "replaces_state": existing.get("State") if existing else None,
     }
     if spec.dry_run:
+        _check_what_a_deploy_needs(client, spec, pull_needed=plan["pull"])
         report(message=_plan_text(plan, spec))
         return {**plan, "dry_run": True}
     if plan["pull"]:
@@ -162,6 +164,22 @@ def deploy(
         "container_id": new_id,
         "state": state.get("Status"),
     }
+
+
+def _check_what_a_deploy_needs(client: docker.APIClient, spec: DeploySpec, pull_needed: bool):
+    """A dry run fails where the deploy would: a named network this host lacks, an image it would
+    have to pull that its registry does not have (asked for the manifest only, nothing pulled)."""
+    network = spec.network_mode
+    if network and network not in _ENGINE_NETWORKS and not network.startswith("container:"):
+        try:
+            client.inspect_network(network)
+        except docker.errors.NotFound:
+            raise ActionFailed(f"network {network!r} does not exist on this host") from None
+    if pull_needed:
+        try:
+            client.inspect_distribution(spec.image)
+        except docker.errors.APIError as exc:
+            raise ActionFailed(f"{spec.image} cannot be pulled: {describe_error(exc)}") from exc
 
 
 def _undo_start(client: docker.APIClient, new_id: str, old: dict | None, exc: Exception) -> str:
