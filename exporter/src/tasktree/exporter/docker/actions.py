@@ -131,17 +131,18 @@ def deploy(
     present = image_present(client, spec.image)
     if spec.pull == "never" and not present:
         raise ActionFailed(f"{spec.image} is not on this host and pull is 'never'")
+    pull_needed = spec.pull == "always" or not present
     plan = {
         "action": "replace" if existing else "create",
-        "pull": spec.pull == "always" or not present,
+        "pull": pull_needed,
         "replaces": _short(existing),
         "replaces_state": existing.get("State") if existing else None,
     }
     if spec.dry_run:
-        _check_what_a_deploy_needs(client, spec, pull_needed=plan["pull"])
+        _check_what_a_deploy_needs(client, spec, pull_needed)
         report(message=_plan_text(plan, spec))
         return {**plan, "dry_run": True}
-    if plan["pull"]:
+    if pull_needed:
         pull(client, spec.image, report)
     report(message="creating container", progress=None)
     new_id = _create(client, spec, env, labels, f"{spec.name}-{temp_suffix}")
