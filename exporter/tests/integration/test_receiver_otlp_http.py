@@ -370,9 +370,9 @@ def test_a_gzip_bomb_is_refused_without_inflating_it(client, ingest):
         (Overloaded("backlog of 2000000 spans is full", retry_after=2.5), 429, 8, "3"),
         (Overloaded("backlog is full"), 429, 8, "1"),
         (StoreUnavailable("PostgreSQL is down"), 503, 14, "5"),
-        (StoreUnavailable("no connection", retry_after=0), 503, 14, "0"),
+        (StoreUnavailable("no connection", retry_after=0), 503, 14, "1"),  # whole seconds, ≥ 1
     ],
-    ids=["overloaded", "overloaded-default-delay", "store-down", "retry-now"],
+    ids=["overloaded", "overloaded-default-delay", "store-down", "no-delay-still-a-second"],
 )
 def test_overload_and_outage_ask_to_retry_after(
     client, ingest, content_type, error, status, code, retry_after

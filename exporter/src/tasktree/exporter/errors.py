@@ -106,6 +106,18 @@ class StoreUnavailable(TasktreeError):
 # -- the one JSON mapping (used by every blueprint's error handlers) ------------------------------
 
 
+def error_headers(exc: TasktreeError, retry_after: float | None) -> dict[str, str]:
+    """The headers of any answer to ``exc``: ``Retry-After`` when the client may retry after
+    ``retry_after`` seconds, and the Bearer challenge with a 401."""
+    headers = {}
+    if retry_after is not None:
+        # Whole seconds (RFC 9110): rounded up, never shortening the wait, and at least 1.
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="tasktree"'
+    return headers
+
+
 def json_error(exc: TasktreeError):
     """``{"error": {"code", "message"}}`` with the error's status, Retry-After and, for 401,
     the challenge."""
@@ -113,10 +125,7 @@ def json_error(exc: TasktreeError):
 
     response = jsonify(error={"code": exc.code, "message": exc.message})
     response.status_code = exc.status
-    if exc.retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    if exc.status == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="tasktree"'
+    response.headers.update(error_headers(exc, exc.retry_after))
     return response
 
 

@@ -349,7 +349,3 @@ def install() -> None:
         wrap_function_wrapper(ProcessPoolExecutor, "submit", _wrap_first_argument)
         wrap_function_wrapper(subprocess.Popen, "__init__", _wrap_popen_init)
         _adopt_process_parent()
-
-
-def is_installed() -> bool:
-    return _installed

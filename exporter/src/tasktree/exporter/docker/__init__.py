@@ -2,8 +2,8 @@
 
 service = DockerService(settings, pool)          # hosts from TASKTREE_DOCKER_HOSTS(_FILE)
 create_app(settings, pool, docker=service)       # app.py registers docker_blueprint
-service.connect_tracing("http://127.0.0.1:4318/v1/traces")
-registry.register(service.metrics)               # tasktree_docker_* / tasktree_container_*
+service.connect_tracing(own_otlp_http_url, own_token)   # server.py: its runs, job tasktree.docker
+metrics.add_collector(service.metrics)           # metrics/view.py: tasktree_docker_*, _container_*
 """
 
 from tasktree.exporter.docker.hosts import load_hosts

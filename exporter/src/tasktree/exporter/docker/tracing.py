@@ -2,7 +2,8 @@
 
 The standard way: the OpenTelemetry SDK in this process, with its own ``TracerProvider`` (the
 global one is left alone) and an OTLP/HTTP exporter pointed at this server's own OTLP/HTTP port
-(with ``TASKTREE_AUTH_TOKEN`` as bearer token when set).  So the run goes through the same receiver,
+(with a bearer token of its own that the server makes at start and its receivers accept: no
+configured ingest token is this process's to use).  So the run goes through the same receiver,
 limits and store as any job's.  ``flush()`` at the end of each operation makes it show at once.
 Before ``connect()`` (or without a server) spans get ids, for ``TRACEPARENT``, but go nowhere.
 """

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import OrderedDict
@@ -61,11 +60,6 @@ def retry_after(exc: TasktreeError) -> float | None:
     if isinstance(exc, Overloaded):
         return DEFAULT_OVERLOAD_RETRY_AFTER
     return None
-
-
-def retry_after_header(seconds: float) -> str:
-    """HTTP ``Retry-After`` takes whole seconds (RFC 9110): round up, never shorten the wait."""
-    return str(math.ceil(seconds))
 
 
 def ingest_tokens(settings: Settings, tokens: IngestTokens | None = None) -> IngestTokens:

@@ -29,6 +29,7 @@ from tasktree.exporter.errors import (
     TasktreeError,
     Unauthorized,
     UnsupportedMediaType,
+    error_headers,
 )
 from tasktree.exporter.receiver._common import (
     Ingest,
@@ -37,7 +38,6 @@ from tasktree.exporter.receiver._common import (
     export_response_json,
     ingest_tokens,
     retry_after,
-    retry_after_header,
     rpc_code,
     store,
 )
@@ -197,12 +197,8 @@ def _inflate(data: bytes, wbits: int, limit: int, encoding: str) -> bytes:
 def error_response(exc: TasktreeError, as_json: bool) -> Response:
     """``exc`` as an OTLP error answer: a ``google.rpc.Status`` body, JSON or protobuf."""
     code = rpc_code(exc.status)
-    headers = {}
     delay = retry_after(exc) if exc.status in (429, 503) else None
-    if delay is not None:
-        headers["Retry-After"] = retry_after_header(delay)
-    if exc.status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="tasktree"'
+    headers = error_headers(exc, delay)
     if as_json:
         body = orjson.dumps({"code": code, "message": exc.message})
         return Response(body, exc.status, headers=headers, content_type=JSON)

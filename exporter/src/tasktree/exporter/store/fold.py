@@ -65,9 +65,9 @@ DURATION_BUCKETS = (
     0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
     28800.0, 86400.0,
 )
-"""Upper bounds (seconds) of the task and run duration histograms (``metrics.py``), up to a day
-(then +Inf).  Stored per bucket in ``metric_totals``: changing them needs a migration that empties
-that table."""
+"""Upper bounds (seconds) of the task and run duration histograms (the ``metrics`` package), up
+to a day (then +Inf).  Stored per bucket in ``metric_totals``: changing them needs a migration
+that empties that table."""
 # fmt: on
 
 # Claimed ids are staged in a temporary table so that every later statement joins on it

@@ -19,7 +19,7 @@ from typing import TypeVar
 from flask import Flask, Response, current_app, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse  # what redirect() returns
 
-from tasktree.exporter.errors import TasktreeError, Unauthorized
+from tasktree.exporter.errors import TasktreeError, Unauthorized, error_headers
 from tasktree.exporter.services import EXTENSION
 from tasktree.exporter.ui import format as fmt
 from tasktree.exporter.ui.views import ui_blueprint
@@ -121,8 +121,5 @@ def _error_page(exc: TasktreeError):
     """Any tasktree error as an HTML page with its status (and Retry-After when it has one)."""
     body = render_template("error.html", status=exc.status, code=exc.code, message=exc.message)
     response = Response(body, status=exc.status, mimetype="text/html")
-    if exc.retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    if exc.status == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="tasktree"'
+    response.headers.update(error_headers(exc, exc.retry_after))
     return with_security_headers(response)
