@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg.conninfo import make_conninfo
 
 from .faults_support import otlp_request
 
@@ -530,3 +531,22 @@ def test_serve_says_at_once_that_the_database_is_unreachable_without_its_passwor
     assert "PostgreSQL at 127.0.0.1:1 (database runs, user tt) is not reachable yet" in said
     assert "trying again for up to 30 s" in said and "Connection refused" in said
     assert "pa55word" not in said
+
+
+@pytest.mark.parametrize("user, database, says, what_to_do", [
+    ("postgres", "tasktree_no_such_db_7c1", 'database "tasktree_no_such_db_7c1" does not exist',
+     "create it (createdb, or CREATE DATABASE)"),
+    ("tasktree_no_such_role_7c1", "postgres", 'role "tasktree_no_such_role_7c1" does not exist',
+     "create the role, or use another user"),
+], ids=["no-database", "no-role"])
+def test_serve_stops_at_once_when_postgresql_refuses_for_good(database_url, user, database, says,
+                                                               what_to_do):
+    url = make_conninfo(database_url, dbname=database, user=user)
+    started = time.monotonic()
+    done = serve_exit({}, database=url)
+
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert time.monotonic() - started < 20  # not the 30 s wait for a server that may come up
+    [said] = [line for line in done.stderr.splitlines() if line.startswith("tasktree: ")]
+    assert "refused: FATAL:" in said and says in said and said.endswith(what_to_do)
+    assert "not reachable yet" not in done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import threading
 import time
@@ -56,6 +57,12 @@ def migrate_when_reachable(url: str, wait_s: float = _DB_WAIT_S) -> None:
             migrate(url)
             return
         except psycopg.OperationalError as exc:
+            refused_for_good = _what_to_do(str(exc))
+            if refused_for_good is not None:
+                raise SystemExit(
+                    f"tasktree: PostgreSQL at {_where(url)} refused: {_first_line(exc)}; "
+                    f"{refused_for_good}"
+                ) from exc
             if time.monotonic() > deadline:
                 raise SystemExit(
                     f"tasktree: cannot reach PostgreSQL at {_where(url)}: {exc}"
@@ -67,6 +74,30 @@ def migrate_when_reachable(url: str, wait_s: float = _DB_WAIT_S) -> None:
                 )  # fmt: skip
                 said = True
             time.sleep(1.0)
+
+
+# Refusals no wait will change (the server's words, as libpq passes them on), and what to do.
+_REFUSED_FOR_GOOD = (
+    (re.compile(r'database "[^"]*" does not exist'), "create it (createdb, or CREATE DATABASE)"),
+    (re.compile(r'role "[^"]*" does not exist'), "create the role, or use another user"),
+    (re.compile(r"password authentication failed|no password supplied"), "check the password"),
+    (re.compile(r"no pg_hba\.conf entry"), "allow this client in the server's pg_hba.conf"),
+)
+
+
+def _what_to_do(error: str) -> str | None:
+    """What the user must change when PostgreSQL refused for good; None for what may pass (a
+    server starting up, not listening yet, a network that is down)."""
+    for said, what_to_do in _REFUSED_FOR_GOOD:
+        if said.search(error):
+            return what_to_do
+    return None
+
+
+def _first_line(exc: Exception) -> str:
+    """The server's own reason, without libpq's "connection to server at … failed:" prefix."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.rsplit("failed: ", 1)[-1].strip()
 
 
 # What each listener serves, by the setting of its port.
