@@ -48,7 +48,10 @@ def test_beyond_loopback_a_missing_credential_is_named(values, says):
 @pytest.mark.parametrize("env, message", [
     ({"TASKTREE_SECRET_KEY": "short"}, "TASKTREE_SECRET_KEY must be at least 32 characters"),
     ({"TASKTREE_SESSION_LIFETIME": "5"}, "TASKTREE_SESSION_LIFETIME must be at least 60"),
-    ({"TASKTREE_COOKIE_SECURE": "maybe"}, "TASKTREE_COOKIE_SECURE='maybe' is not a valid bool"),
+    ({"TASKTREE_COOKIE_SECURE": "maybe"},
+     "TASKTREE_COOKIE_SECURE='maybe' is not a valid bool (one of 1, true, yes, on, 0, false, no"),
+    ({"TASKTREE_SESSION_LIFETIME": "a day"},
+     "TASKTREE_SESSION_LIFETIME='a day' is not a valid int (a whole number"),
 ])
 def test_session_settings_are_checked(env, message):
     with pytest.raises(SettingsError, match=re.escape(message)):

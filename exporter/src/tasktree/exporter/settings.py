@@ -107,7 +107,9 @@ class Settings:
         shown="embedded",
         meaning="PostgreSQL 14+ URL; several hosts (`postgresql://a:5432,b:5432/tasktree`) for"
         " failover: tasktree writes to whichever accepts writes; unset: an embedded PostgreSQL"
-        " under `TASKTREE_DATA_DIR` (reused next start)",
+        " under `TASKTREE_DATA_DIR` (reused next start). At start a server that does not answer"
+        " is waited for up to 30 s; a database or role that does not exist, or a refused password,"
+        " stops tasktree at once with what to fix",
     )
     # -- failover and read replicas (issue 17; README "Failover and read replicas") --
     read_database_url: str | None = setting(
@@ -408,16 +410,25 @@ def _parse(name: str, raw: str, type_name: str):
             return Path(raw).expanduser()
         return raw
     except ValueError:
+        kind = kind.split(" ")[0]
         raise SettingsError(
-            f"{env_name(name)}={raw!r} is not a valid {kind.split(' ')[0]}"
+            f"{env_name(name)}={raw!r} is not a valid {kind}{_SPELLINGS.get(kind, '')}"
         ) from None
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_SPELLINGS = {
+    "bool": f" (one of {', '.join(_TRUE + _FALSE)})",
+    "int": " (a whole number, such as 30)",
+    "float": " (a number, such as 2.5)",
+}
 
 
 def _parse_bool(raw: str) -> bool:
     value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
+    if value in _TRUE:
         return True
-    if value in ("0", "false", "no", "off"):
+    if value in _FALSE:
         return False
     raise ValueError(raw)
 
