@@ -197,3 +197,31 @@ def test_the_metrics_guards_are_settings_with_bounded_defaults():
     ):
         with pytest.raises(SettingsError, match=re.escape(says)):
             Settings.from_env(env)
+
+
+def test_with_postgresql_down_a_scrape_waits_for_one_connection_only_and_says_store_up_0():
+    """Prometheus gives a scrape 10 s: with the database down, /metrics must answer within it
+    (``tasktree_store_up 0`` fires TasktreeStoreUnreachable), however long the pool would wait."""
+    from prometheus_client import CollectorRegistry
+
+    from tasktree.exporter.metrics.service import ServiceMetrics
+    from tasktree.exporter.metrics.store_metrics import STORE_WAIT_S
+    from tasktree.exporter.settings import Settings
+    from tasktree.exporter.store.pool import open_pool
+
+    pool_timeout = 3 * STORE_WAIT_S  # a site's TASKTREE_POOL_TIMEOUT, longer than a scrape
+    down = open_pool("postgresql://postgres@127.0.0.1:1/none", max_size=1, timeout=pool_timeout)
+    try:
+        settings = Settings.from_env({"TASKTREE_REQUIRE_SYNC_STANDBY": "true"})
+        metrics = ServiceMetrics(down, settings, registry=CollectorRegistry())
+        started = time.monotonic()
+        text = metrics.exposition().decode()
+        took = time.monotonic() - started
+        borrows = down.get_stats().get("requests_num", 0)
+    finally:
+        down.close()
+    assert "tasktree_store_up 0" in text
+    assert "tasktree_database_synchronous_standbys_required 1" in text
+    assert "tasktree_database_synchronous_standbys " not in text  # not read: no second wait
+    assert borrows == 1
+    assert took < pool_timeout  # the scrape's own bound, not the pool's

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import psycopg_pool
@@ -52,9 +52,16 @@ class ReplicaLag(Collector):
 
 
 class SynchronousStandbys(Collector):
-    def __init__(self, pool: psycopg_pool.ConnectionPool, required: bool):
+    """Whether commits wait for a synchronous standby; read only when ``store_up()`` says this
+    scrape's read of PostgreSQL worked (a second wait for a dead database would make the scrape
+    outlast Prometheus's timeout)."""
+
+    def __init__(
+        self, pool: psycopg_pool.ConnectionPool, required: bool, store_up: Callable[[], bool]
+    ):
         self._pool = pool
         self._required = required
+        self._store_up = store_up
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         required = GaugeMetricFamily(
@@ -64,6 +71,8 @@ class SynchronousStandbys(Collector):
         )
         required.add_metric([], 1.0 if self._required else 0.0)
         yield required
+        if not self._store_up():
+            return
         try:
             with connection(self._pool) as conn:
                 state = sync_state(conn)

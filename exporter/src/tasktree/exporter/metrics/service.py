@@ -59,7 +59,9 @@ class ServiceMetrics:
         if reads is not None and reads.standby is not None:  # issue 17: --read-database-url
             registry.register(ReplicaLag(reads))
         # issue 17: a synchronous standby lost (after a failover) shows
-        registry.register(SynchronousStandbys(pool, settings.require_sync_standby))
+        registry.register(
+            SynchronousStandbys(pool, settings.require_sync_standby, lambda: self.store.up)
+        )
         registry.register(ProcessStats(pool, folder, self.totals))
         if registry is not REGISTRY:  # the global registry has these already
             ProcessCollector(registry=registry)
@@ -68,8 +70,10 @@ class ServiceMetrics:
         self._extra: list[Collector] = []
 
     def exposition(self) -> bytes:
-        """The /metrics page (text format 0.0.4): this process's registry, then the store's."""
-        return generate_latest(self.registry) + self.store.text()
+        """The /metrics page (text format 0.0.4): this process's registry, then the store's (read
+        first: the registry's collectors that read PostgreSQL skip it when the store is down)."""
+        store = self.store.text()
+        return generate_latest(self.registry) + store
 
     def instrument_ingest(self, ingest: Ingest, protocol: str) -> Ingest:
         return self.ingest.instrument(ingest, protocol)

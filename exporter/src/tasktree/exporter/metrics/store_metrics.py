@@ -26,9 +26,13 @@ from tasktree.exporter.tree import status as st
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STORE_TTL_S", "StoreMetrics", "bounded_jobs", "read_store"]
+__all__ = ["STORE_TTL_S", "STORE_WAIT_S", "StoreMetrics", "bounded_jobs", "read_store"]
 
 STORE_TTL_S = 1.0
+STORE_WAIT_S = 4.0
+"""At most this long waiting for a connection (less when the pool's own timeout is less): with
+PostgreSQL down a scrape must still end well within Prometheus's 10 s, so that it records
+``tasktree_store_up 0`` (the alert TasktreeStoreUnreachable), not a failed scrape."""
 """Seconds the PostgreSQL-backed values are reused between scrapes."""
 
 TOTALS = """
@@ -94,8 +98,11 @@ class StoreMetrics:
         self._ttl = ttl
         self._max_jobs = max_jobs
         self._job_ttl_s = job_ttl_s
+        self._wait = min(STORE_WAIT_S, pool.timeout)
         self._lock = threading.Lock()
         self._cached: tuple[float, bytes] | None = None  # (time.monotonic(), text)
+        self.up = True
+        """Whether the last read of PostgreSQL worked (the other collectors skip theirs if not)."""
 
     def text(self) -> bytes:
         with self._lock:  # concurrent scrapes wait for one read instead of each querying
@@ -108,12 +115,14 @@ class StoreMetrics:
     def _read_and_render(self) -> bytes:
         try:
             started = time.perf_counter()
-            rows = self._reads.run(read_store)
+            rows = self._reads.run(read_store, timeout=self._wait)
             rows = bounded_jobs(rows, self._max_jobs, self._job_ttl_s)
             read_s = time.perf_counter() - started
         except Exception:
             logger.warning("metrics: could not read PostgreSQL", exc_info=True)
+            self.up = False
             return render_store_down()
+        self.up = True
         return render_store_text(rows, read_s)
 
 

@@ -198,12 +198,15 @@ def scalar(
 
 
 @contextlib.contextmanager
-def connection(pool: psycopg_pool.ConnectionPool) -> Iterator[psycopg.Connection]:
-    """Borrow a connection; translate "database unreachable" into ``StoreUnavailable``, and so
-    is a write refused by a server that became read-only (its connection is closed, so that the
-    pool replaces it with one to the new primary)."""
+def connection(
+    pool: psycopg_pool.ConnectionPool, timeout: float | None = None
+) -> Iterator[psycopg.Connection]:
+    """Borrow a connection, waiting at most ``timeout`` (the pool's own when None); translate
+    "database unreachable" into ``StoreUnavailable``, and so is a write refused by a server that
+    became read-only (its connection is closed, so that the pool replaces it with one to the new
+    primary)."""
     try:
-        with pool.connection() as conn:
+        with pool.connection(timeout=timeout) as conn:
             try:
                 yield conn
             except psycopg.errors.ReadOnlySqlTransaction:

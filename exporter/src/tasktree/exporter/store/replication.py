@@ -136,9 +136,9 @@ class ReadRoute:
         self._lag: tuple[float, float | None] | None = None  # (measured at, seconds)
         self._lock = threading.Lock()
 
-    def run(self, work: Callable[[psycopg.Connection], T]) -> T:
+    def run(self, work: Callable[[psycopg.Connection], T], timeout: float | None = None) -> T:
         """``work(conn)`` on a standby, or on the primary when none answers (StoreUnavailable
-        when neither does)."""
+        when neither does); ``timeout`` bounds the wait for the primary's connection."""
         if self.standby is not None and time.monotonic() >= self._skip_standby_until:
             try:
                 with connection(self.standby) as conn:
@@ -146,7 +146,7 @@ class ReadRoute:
             except StoreUnavailable as exc:
                 self._skip_standby_until = time.monotonic() + _STANDBY_RETRY_S
                 logger.warning("reads: no standby answers (%s); reading from the primary", exc)
-        with connection(self.primary) as conn:
+        with connection(self.primary, timeout) as conn:
             return work(conn)
 
     def lag(self) -> float | None:
