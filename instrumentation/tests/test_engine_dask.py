@@ -29,6 +29,7 @@ from engine_support import (
     stop_worker,
     wait_for_task,
 )
+from job_support import job_stderr
 from propagation_matrix import records_from_api
 
 from conftest import child_environment
@@ -38,13 +39,6 @@ pytestmark = pytest.mark.slow
 JOB = ENGINE_SCRIPTS / "dask_job.py"
 DASK = str(Path(sys.executable).parent / "dask")
 PRELOAD = "tasktree.instrumentation.integrations.dask"
-
-
-
-
-
-
-
 
 TREE = Counter(
     {
@@ -81,6 +75,24 @@ def test_every_task_runs_under_the_task_current_where_it_was_submitted(tasktree_
     nodes = assert_tree(tasktree_server, out["trace_id"])
     shown = open_tree_in_browser(tasktree_server, out["trace_id"], "dask")
     assert Counter(shown) == Counter(node.name for node in nodes)  # the page shows the whole tree
+
+
+@pytest.mark.parametrize(
+    "preload",
+    [
+        {"DASK_DISTRIBUTED__WORKER__PRELOAD": "json"},  # one module, as a string
+        {
+            "DASK_DISTRIBUTED__WORKER__PRELOAD": '["json"]',
+            "DASK_DISTRIBUTED__WORKER__PRELOAD_ARGV": "[[]]",
+        },
+    ],
+    ids=["a-string", "argv-per-preload"],
+)
+def test_the_job_s_own_worker_preloads_stay_and_the_tree_is_whole(tasktree_server, preload):
+    env = child_environment(tasktree_server.otlp_http, **preload)
+    out, _ = finish_job(start_job(JOB, "tree", env))
+    tasktree_server.wait_folded()
+    assert_tree(tasktree_server, out["trace_id"])
 
 
 def test_a_scheduler_and_workers_started_by_hand_with_the_preload_option(tasktree_server, tmp_path):
@@ -190,3 +202,25 @@ def test_tasks_without_a_carrier_or_with_a_malformed_one_are_runs_of_their_own(t
     assert 1 <= malformed <= 4, err  # once per worker process and kind of problem, at most
     assert "tasktree: the parent provider" not in err, err  # the provider never raised
     assert "tasktree dask: cannot" not in err, err
+
+
+def test_a_cluster_started_before_configure_is_named_and_one_started_after_is_not():
+    script = (
+        "from dask.distributed import Client, LocalCluster\n"
+        "from tasktree.instrumentation import configure\n"
+        "if __name__ == '__main__':\n"
+        "    early = {early}\n"
+        "    if early:\n"
+        "        cluster = LocalCluster(n_workers=1, processes=True, dashboard_address=None)\n"
+        "    configure()\n"
+        "    if not early:\n"
+        "        cluster = LocalCluster(n_workers=1, processes=True, dashboard_address=None)\n"
+        "    with Client(cluster) as client:\n"
+        "        assert client.submit(sum, [1, 2]).result() == 3\n"
+        "    cluster.close()\n"
+    )
+    warning = "a Dask cluster was started before configure()"
+    before = job_stderr(script.format(early=True), OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9")
+    after = job_stderr(script.format(early=False), OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9")
+    assert before.count(warning) == 1 and "call configure() before LocalCluster()" in before
+    assert warning not in after

@@ -79,6 +79,7 @@ def install() -> None:
     _context.register_ambient_parent(_parent_of_running_task)
     _annotate_submissions()
     _preload_in_workers()
+    _warn_of_clusters_started_before()
 
 
 # -- submission --------------------------------------------------------------------------------
@@ -132,14 +133,40 @@ def _preload_in_workers() -> None:
 
     updates: dict[str, object] = {}
     for option in _PRELOADS:
-        preloads = list(dask.config.get(option, default=None) or [])
-        if PRELOAD not in preloads:
-            updates[option] = [*preloads, PRELOAD]
+        preloads = dask.config.get(option, default=None) or []
+        preloads = [preloads] if isinstance(preloads, str) else list(preloads)  # Dask takes both
+        if PRELOAD in preloads:
+            continue
+        updates[option] = [*preloads, PRELOAD]
+        argv = list(dask.config.get(option + "-argv", default=None) or [])
+        if argv and not isinstance(argv[0], str):  # one argument list per preload: add ours
+            updates[option + "-argv"] = [*argv, []]
     setup = configuration.child_setup()
     if setup is not None:
         updates[_SETUP_CONFIG] = json.dumps(setup)
     if updates:
         dask.config.set(updates)
+
+
+def _warn_of_clusters_started_before() -> None:
+    """A LocalCluster of worker processes started before ``configure()`` has workers without
+    tasktree: their tasks are lost, so say it once, as Ray's integration does."""
+    try:
+        from distributed import Nanny
+        from distributed.deploy.spec import SpecCluster  # _instances: every cluster not closed
+
+        started = any(
+            spec.get("cls") is Nanny
+            for cluster in list(SpecCluster._instances)
+            for spec in cluster.worker_spec.values()
+        )
+    except Exception:  # a layout of distributed this check does not know: no warning
+        return
+    if started:
+        _logger.warning(
+            "tasktree dask: a Dask cluster was started before configure(): its worker processes "
+            "do not record tasks; call configure() before LocalCluster() or Client()"
+        )
 
 
 def dask_setup(server) -> None:
