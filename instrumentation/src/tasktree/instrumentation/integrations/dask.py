@@ -160,7 +160,7 @@ def _warn_of_clusters_started_before() -> None:
             for cluster in list(SpecCluster._instances)
             for spec in cluster.worker_spec.values()
         )
-    except Exception:  # a layout of distributed this check does not know: no warning
+    except Exception:  # noqa: BLE001 - a layout of distributed this does not know: no warning
         return
     if started:
         _logger.warning(
