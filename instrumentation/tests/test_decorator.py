@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import re
 import sys
 import threading
@@ -406,3 +407,20 @@ def test_an_async_callable_object_is_a_task_around_its_whole_run(recorder):
 def test_task_over_what_is_no_function_says_so_where_it_is_applied(target, says):
     with pytest.raises(TypeError, match=re.escape(says)):
         task(target)
+
+
+def test_a_task_states_its_function_s_signature_even_to_getfullargspec():
+    """``inspect.getfullargspec`` ignores ``__wrapped__``; engines read arguments with it."""
+
+    def plain(a, b=1, *rest, c, **more): ...
+
+    async def coroutine(a, b=1): ...
+
+    def generator(a, b=1):
+        yield a
+
+    async def async_generator(a, b=1):
+        yield a
+
+    for function in (plain, coroutine, generator, async_generator):
+        assert inspect.getfullargspec(task(function)) == inspect.getfullargspec(function)

@@ -103,6 +103,29 @@ def attributes_of(server, trace_id: str, nodes, name: str) -> list[dict]:
 
 # -- the tree --------------------------------------------------------------------------------
 
+
+def test_task_leaves_the_arguments_celery_reads_as_they_are():
+    """Celery reads a task's arguments with ``inspect.getfullargspec`` (which ignores
+    ``__wrapped__``): to check ``delay``'s arguments and to tell a one-argument errback."""
+    script = (
+        "import inspect\n"
+        "from celery.utils.functional import arity_greater\n"
+        "from celery_app import on_error, on_error_old\n"
+        "assert not arity_greater(on_error_old.__header__, 1)\n"
+        "assert arity_greater(on_error.__header__, 1)\n"
+        "assert inspect.getfullargspec(on_error_old.run).args == ['task_id']\n"
+        "try:\n"
+        "    on_error_old.delay(1, 2, 3)\n"
+        "except TypeError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    env = child_environment("", PYTHONPATH=str(ENGINE_SCRIPTS))
+    del env["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "refused: on_error_old() takes 1 positional argument but 3 were given" in done.stdout
+
 TREE = Counter(
     {
         ("main_tree", None, "ok"): 1,
@@ -117,6 +140,9 @@ TREE = Counter(
         ("flaky", "main_tree", "error"): 2,  # attempts 1 and 2 raised Retry
         ("flaky", "main_tree", "ok"): 1,  # attempt 3
         ("boom", "main_tree", "error"): 1,
+        ("on_error_old", "main_tree", "ok"): 1,  # boom's errbacks: sent as a task ...
+        ("on_error", "main_tree", "ok"): 1,  # ... and called in the worker, within boom
+        ("called", "main_tree", "ok"): 2,  # called directly and with apply() by plain_calls
         ("submits", "main_tree", "ok"): 1,
         ("submitted", "submits", "ok"): 1,
     }

@@ -183,12 +183,14 @@ class task:  # noqa: N801 - used like a function: @task, @task(...), with task("
         name = self.name or _name_of(function)
         attributes = self.attributes
         if inspect.isasyncgenfunction(function):
-            return _wrap_async_generator(function, name, attributes)
-        if inspect.isgeneratorfunction(function):
-            return _wrap_generator(function, name, attributes)
-        if _is_coroutine_function(function):
-            return _wrap_coroutine(function, name, attributes)
-        return _wrap_function(function, name, attributes)
+            wrapper = _wrap_async_generator(function, name, attributes)
+        elif inspect.isgeneratorfunction(function):
+            wrapper = _wrap_generator(function, name, attributes)
+        elif _is_coroutine_function(function):
+            wrapper = _wrap_coroutine(function, name, attributes)
+        else:
+            wrapper = _wrap_function(function, name, attributes)
+        return _with_signature_of(function, wrapper)
 
     # -- context manager ---------------------------------------------------------------------
 
@@ -247,6 +249,17 @@ def _task_scope(name: str, attributes: Mapping | None) -> Iterator[Span]:
     finally:
         context.detach(token)
         span.end()
+
+
+def _with_signature_of(function: Callable, wrapper: Callable) -> Callable:
+    """``wrapper`` stating ``function``'s signature itself: ``inspect.getfullargspec`` ignores
+    ``__wrapped__``, and engines read a task's arguments with it (Celery checks the arguments of
+    ``delay`` and tells old-style errbacks from new ones by their count)."""
+    try:
+        wrapper.__signature__ = inspect.signature(function)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):  # no signature to state (some builtins)
+        pass
+    return wrapper
 
 
 def _wrap_function(function: Callable, name: str, attributes: Mapping | None) -> Callable:

@@ -105,6 +105,34 @@ def boom():
 
 @app.task
 @task
+def on_error_old(task_id):
+    """An old-style errback (one argument): Celery sends it as a task of its own, because it
+    counts one argument, which ``@task`` must leave visible."""
+    return ids()
+
+
+@app.task
+@task
+def on_error(request, exc, traceback):
+    """A new-style errback: Celery calls it in the worker, within the failed task."""
+    return ids()
+
+
+@app.task
+@task
+def called(how):
+    return ids()
+
+
+@app.task
+def plain_calls():
+    """A Celery task that is no ``@task``: what it calls directly or with ``apply()`` is under
+    its submitter, as a ``@task`` function it called would be."""
+    return {"direct": called("direct"), "apply": called.apply(("apply",)).result}
+
+
+@app.task
+@task
 def submits():
     return {**ids(), "child": submitted.delay().id}
 

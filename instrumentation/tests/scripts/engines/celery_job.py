@@ -25,6 +25,9 @@ from celery_app import (
     flaky,
     ids,
     in_group,
+    on_error,
+    on_error_old,
+    plain_calls,
     slow,
     slow_retried,
     submits,
@@ -45,8 +48,9 @@ def main_tree() -> dict:
         "chord": chord([chord_part.s(i) for i in range(2)])(chord_sum.s()),
         "flaky": flaky.delay(2),
         "submits": submits.delay(),
+        "plain_calls": plain_calls.delay(),
     }
-    failed = boom.delay()
+    failed = boom.apply_async(link_error=[on_error_old.s(), on_error.s()])
     got = {name: result.get(timeout=TIMEOUT) for name, result in results.items()}
     # Submitted by a task in the worker: waited for too, so the worker is not stopped before.
     got["submitted"] = submits.AsyncResult(got["submits"]["child"]).get(timeout=TIMEOUT)

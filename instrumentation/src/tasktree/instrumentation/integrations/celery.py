@@ -39,7 +39,7 @@ import sys
 from collections.abc import Callable, Mapping
 
 from celery import signals
-from celery._state import get_current_task
+from celery._state import _task_stack, get_current_task
 from opentelemetry.context import Context
 
 from tasktree.instrumentation.integrations import _context
@@ -99,15 +99,16 @@ def _carrier_for(headers: Mapping) -> dict[str, str]:
 
 
 def _running_request():
-    """The request of the Celery task this thread is running for a worker (not a direct call of
-    the task function, not ``apply()``); None otherwise."""
-    celery_task = get_current_task()
-    if celery_task is None:
-        return None
-    request = celery_task.request
-    if request is None or request.called_directly or request.is_eager:
-        return None
-    return request
+    """The request of the Celery task this thread is running for a worker, below any task it
+    called directly or with ``apply()`` (a new-style errback too: Celery calls it inside the
+    failed task); None when the thread runs none."""
+    # Celery's stack of the tasks running on this thread, as its get_current_worker_task walks it
+    # (which takes a task run by apply() for the worker's).
+    for celery_task in reversed(_task_stack.stack):
+        request = celery_task.request
+        if request is not None and not request.called_directly and not request.is_eager:
+            return request
+    return None
 
 
 def _request_carrier(request) -> dict[str, str]:
@@ -123,7 +124,10 @@ def _ambient_parent() -> Context | None:
     request = _running_request()
     if request is None or _otel_celery_active():
         return None
-    return _context.with_attributes(_parent_of(_request_carrier(request)), _attributes(request))
+    parent = _parent_of(_request_carrier(request))
+    if get_current_task().request is not request:  # a task it called: the attempt is not its
+        return parent
+    return _context.with_attributes(parent, _attributes(request))
 
 
 def _parent_of(carrier: dict[str, str]) -> Context:
