@@ -88,7 +88,9 @@ def attempts_of(server, trace_id, nodes, name):
 EXPECTED_TREE = Counter(
     {
         ("rq-submit", None, "ok"): 1,
-        ("double", "rq-submit", "ok"): 3,
+        ("double", "rq-submit", "ok"): 6,  # 3, 1 with a callback, 2 enqueued by plain_enqueuer
+        ("on_ok", "rq-submit", "ok"): 1,  # the callbacks: beside their jobs
+        ("on_failed", "rq-submit", "ok"): 1,
         ("fan_out", "rq-submit", "ok"): 1,
         ("square", "fan_out", "ok"): 1,
         ("double", "fan_out", "ok"): 2,  # enqueued by a job, in the worker
@@ -128,7 +130,7 @@ def test_jobs_are_children_of_the_task_that_enqueued_them(
         out = submit(tasktree_server, "tree", queue)
         took = time.monotonic() - started
         how = f"{worker_class}{' under opentelemetry-instrument' if instrumented else ''}"
-        print(f"9 jobs (and 2 retries) through an rq worker ({how}): {took:.2f}s")
+        print(f"12 jobs (and 2 retries) through an rq worker ({how}): {took:.2f}s")
         nodes = tree_when_complete(tasktree_server, out["trace_id"], EXPECTED_TREE.total())
     assert shape(nodes) == EXPECTED_TREE
     assert attempts_of(tasktree_server, out["trace_id"], nodes, "flaky") == [

@@ -34,6 +34,23 @@ def fan_out(n):
     return [queue.enqueue(double, i).id for i in range(n)]
 
 
+def plain_enqueuer(n):
+    """A job that is no ``@task``: the jobs it enqueues are under its own enqueuer."""
+    job = get_current_job()
+    queue = Queue(job.origin, connection=job.connection)
+    return [queue.enqueue(double, i).id for i in range(n)]
+
+
+@task
+def on_ok(job, connection, result):
+    """A success callback: RQ runs it after the job, in the work horse."""
+
+
+@task
+def on_failed(job, connection, kind, value, traceback):
+    """A failure callback."""
+
+
 @task
 def fail():
     raise ValueError("this job fails on purpose")

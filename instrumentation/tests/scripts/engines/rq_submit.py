@@ -45,7 +45,9 @@ def _trace_id():
 def tree(queue):
     jobs = [queue.enqueue(rq_jobs.double, i) for i in range(3)]
     jobs.append(queue.enqueue(rq_jobs.fan_out, 2))
-    jobs.append(queue.enqueue(rq_jobs.fail))
+    jobs.append(queue.enqueue(rq_jobs.plain_enqueuer, 2))
+    jobs.append(queue.enqueue(rq_jobs.double, 5, on_success=rq_jobs.on_ok))
+    jobs.append(queue.enqueue(rq_jobs.fail, on_failure=rq_jobs.on_failed))
     jobs.append(queue.enqueue(rq_jobs.flaky, f"{queue.name}:flaky", retry=Retry(max=2)))
     wait_for(jobs)
     return {"trace_id": _trace_id()}

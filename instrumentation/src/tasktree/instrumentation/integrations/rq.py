@@ -6,14 +6,17 @@ Installed by ``configure()`` when the job imports ``rq``:
   ``enqueue_many``, ``@job(...).delay``: all go through ``Queue.create_job``), the current task is
   written into the job's ``meta`` under ``"tasktree"`` as a W3C carrier, unless the caller put one
   there already (a job enqueued outside any task gets none), and ``Retry(max=...)`` under
-  ``"tasktree.retries"`` (RQ itself only keeps the retries left);
+  ``"tasktree.retries"`` (RQ itself only keeps the retries left).  In a job that is no ``@task``,
+  the carrier is the job's own (its enqueuer's), as a ``@task`` it called would have;
 - in the worker, the first task started with no current task takes that carrier as its parent
   (the job is found with ``rq.get_current_job()``), with ``tasktree.attempt`` (1, then 2, ... for
   each retry), ``rq.job.id`` and ``rq.queue``: a retry runs the job again, so it is a new task
-  under the same parent;
+  under the same parent.  The job's ``on_success``/``on_failure`` callbacks, which RQ runs after
+  the job, sit under the same parent, beside it;
 - the work horse RQ forks (or spawns) per job leaves through ``os._exit``: what the job recorded
   is flushed (bounded by ``TASKTREE_FLUSH_TIMEOUT``) when the job's execution ends, before RQ
-  stores its result.  ``SimpleWorker`` runs jobs in the worker process, which exports as usual.
+  stores its result, and what a callback recorded right after it.
+  ``SimpleWorker`` runs jobs in the worker process, which exports as usual.
 
 The worker sets itself up through the jobs' module: ``configure()`` at the top level of the
 module that defines the jobs runs in the work horse that imports a job from it, so a plain
@@ -50,6 +53,8 @@ QUEUE = "rq.queue"
 
 _installed = False
 _lock = threading.Lock()
+_in_callback = threading.local()  # .job: the job whose callback this thread runs
+_CALLBACK_RUNNERS = ("execute_success_callback", "execute_failure_callback")
 
 
 def install() -> None:
@@ -63,6 +68,10 @@ def install() -> None:
     # patched (a custom job or worker class would need every Queue(...) and `rq worker` changed).
     wrap_function_wrapper("rq.queue", "Queue.create_job", _create_job_with_carrier)
     wrap_function_wrapper("rq.worker", "BaseWorker.handle_execution_ended", _flush_in_work_horse)
+    # No hook around a job's callbacks either: the functions the worker runs them with (looked
+    # up in its module at each call: a worker that imported tasktree mid-job still finds them).
+    for name in _CALLBACK_RUNNERS:
+        wrap_function_wrapper("rq.worker.base", name, _run_callback)
     _context.register_ambient_parent(_current_job_parent)
 
 
@@ -73,7 +82,7 @@ def _create_job_with_carrier(wrapped, instance, args, kwargs):
     job = wrapped(*args, **kwargs)
     try:
         added = {}
-        carrier = _context.carrier()
+        carrier = _context.carrier() or _carrier_of_performed_job()
         if carrier and META_KEY not in job.meta:
             added[META_KEY] = carrier
         if job.retries_left is not None and RETRIES_KEY not in job.meta:
@@ -89,18 +98,43 @@ def _create_job_with_carrier(wrapped, instance, args, kwargs):
 # -- where the job runs ------------------------------------------------------------------------
 
 
+def _run_callback(wrapped, instance, args, kwargs):
+    """A job's ``on_success``/``on_failure`` callback, which RQ runs after the job (its current
+    job has ended): the job is known to this thread meanwhile, and what the callback recorded
+    is flushed at once (a work horse leaves through ``os._exit`` soon after)."""
+    _in_callback.job = args[0] if args else kwargs.get("job")
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        _in_callback.job = None
+        configuration.flush()
+
+
 def _current_job_parent() -> Context | None:
-    """The parent of a task started by the RQ job running on this thread (the task that enqueued
-    it, or an empty context: a run of its own); None outside a job."""
+    """The parent of a task started by the RQ job running on this thread, or by its callbacks
+    (the task that enqueued it, or an empty context: a run of its own); None outside a job."""
     from rq import get_current_job
 
     job = get_current_job()
     if job is None:
-        return None
+        called_back = getattr(_in_callback, "job", None)
+        if called_back is None:
+            return None
+        return _context.parent_from(_carrier_of(called_back), ENGINE)  # beside the job
     return _context.with_attributes(
         _context.parent_from(_carrier_of(job), ENGINE),
         {_context.ATTEMPT: _attempt(job), JOB_ID: job.id, QUEUE: job.origin},
     )
+
+
+def _carrier_of_performed_job() -> dict[str, str]:
+    """In a job (or its callback) that is no ``@task``: the carrier it was enqueued with."""
+    from rq import get_current_job
+
+    job = get_current_job() or getattr(_in_callback, "job", None)
+    meta = getattr(job, "meta", None)
+    found = meta.get(META_KEY) if isinstance(meta, Mapping) else None
+    return dict(found) if isinstance(found, Mapping) and found.get(_context.TRACEPARENT) else {}
 
 
 def _attempt(job) -> int:
