@@ -18,7 +18,9 @@ from psycopg.conninfo import make_conninfo
 
 ADMIN_URL = os.environ.get("TASKTREE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
-TABLES = ("span_landing", "tasks", "runs", "resources", "jobs", "metric_totals")
+TABLES = (
+    "span_landing", "tasks", "runs", "resources", "jobs", "metric_totals", "refused_over_cap"
+)
 
 
 def with_database(url: str, name: str) -> str:

@@ -344,12 +344,26 @@ def test_through_the_server_one_big_request_keeps_only_what_fits_under_the_cap(
     trace = os.urandom(16)
     spans = [(sid(0), None, "root", False)] + [(sid(k), sid(0), f"t{k}", False)
                                                for k in range(1, 1000)]  # fmt: skip
-    answer = requests.post(server.otlp_http + "/v1/traces", data=otlp_request(trace, spans, "big"),
-                           headers={"Content-Type": "application/x-protobuf"}, timeout=30)
-    assert answer.status_code == 200, answer.text
-    refused = ExportTraceServiceResponse.FromString(answer.content).partial_success
-    assert refused.rejected_spans == 990 and "TASKTREE_MAX_SPANS_PER_RUN" in refused.error_message
+    def send(spans) -> int:
+        answer = requests.post(
+            server.otlp_http + "/v1/traces",
+            data=otlp_request(trace, spans, "big"),
+            headers={"Content-Type": "application/x-protobuf"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        refused = ExportTraceServiceResponse.FromString(answer.content).partial_success
+        assert "TASKTREE_MAX_SPANS_PER_RUN" in refused.error_message
+        return refused.rejected_spans
+
+    assert send(spans) == 990
     server.wait_folded()
     run = server.get(f"/api/runs/{trace.hex()}")
     assert (run["task_count"], run["dropped_spans"]) == (10, 990)
     assert run["status"] == "ok" and run["roots"][0]["child_count"] == 9
+    # The client resends the request, and a refused task sends its running snapshot and its final
+    # record: each refused again, but the run's count is of tasks refused, not of records.
+    assert send(spans) == 990
+    assert send([(sid(500), sid(0), "t500", True), (sid(500), sid(0), "t500", False)]) == 2
+    server.wait_folded()
+    assert server.get(f"/api/runs/{trace.hex()}")["dropped_spans"] == 990

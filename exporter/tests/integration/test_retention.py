@@ -55,6 +55,8 @@ def test_expired_days_are_dropped_whole_while_a_run_still_going_keeps_its_day(co
                span(going, sid(1), status=st.RUNNING, heartbeat=now), span(going, sid(2), sid(1)))
     deliver_on(conn, TODAY, monkeypatch, span(recent, sid(1)))
     age_runs(conn, days=40, traces=[finished, also_finished, going])
+    for trace in (finished, going):  # a task each refused over the run cap, counted on the run
+        conn.execute("INSERT INTO refused_over_cap VALUES (%s, %s)", (trace, sid(9)))
 
     dropped = partitions.drop_expired(conn, retention_days=30)
 
@@ -63,6 +65,8 @@ def test_expired_days_are_dropped_whole_while_a_run_still_going_keeps_its_day(co
     runs = {bytes(t) for (t,) in conn.execute("SELECT trace_id FROM runs")}
     assert runs == {going, recent}
     assert conn.execute("SELECT to_regclass(%s)", (f"tasks_d{TODAY - 40}",)).fetchone()[0] is None
+    refused = {bytes(t) for (t,) in conn.execute("SELECT trace_id FROM refused_over_cap")}
+    assert refused == {going}  # gone with its run
 
 
 def test_nothing_is_dropped_within_the_retention_window(conn, monkeypatch):

@@ -73,9 +73,16 @@ WHERE EXISTS (SELECT FROM span_landing l WHERE l.trace_id = k.trace_id AND l.spa
 
 # The refused spans of new tasks, counted on their runs (``runs.dropped_spans``); a run not
 # folded yet gets its row now (the fold fills in the rest, keeping its day).
+# Each refused task counted once: a resend, or a later record of a task refused before, adds 0.
 _COUNT_DROPPED = """
+WITH refused AS (
+    INSERT INTO refused_over_cap (trace_id, span_id)
+    SELECT * FROM unnest(%s::bytea[], %s::bytea[])
+    ON CONFLICT DO NOTHING
+    RETURNING trace_id
+)
 INSERT INTO runs AS r (trace_id, dropped_spans)
-SELECT t, count(*) FROM unnest(%s::bytea[]) t GROUP BY t
+SELECT trace_id, count(*) FROM refused GROUP BY trace_id
 ON CONFLICT (trace_id) DO UPDATE SET dropped_spans = r.dropped_spans + EXCLUDED.dropped_spans
 """
 
@@ -145,7 +152,7 @@ class Ingestor:
             return False
 
         keep = [not refused(s) for s in batch.spans]  # in order: the first new tasks fit
-        dropped = [s.trace_id for s, k in zip(batch.spans, keep, strict=True) if not k]
+        dropped = [s for s, k in zip(batch.spans, keep, strict=True) if not k]
         if not dropped:
             return
         batch.spans = [s for s, k in zip(batch.spans, keep, strict=True) if k]
@@ -155,7 +162,9 @@ class Ingestor:
             "spans of new tasks are refused (those of its tasks are still accepted)",
         )
         with conn.transaction():
-            conn.execute(_COUNT_DROPPED, (dropped,))
+            conn.execute(
+                _COUNT_DROPPED, ([s.trace_id for s in dropped], [s.span_id for s in dropped])
+            )
 
 
 def _runs_near_cap(conn, batch: DecodedBatch, cap: int) -> dict[bytes, tuple[int | None, int]]:

@@ -37,6 +37,12 @@ _DELETE_STRAY_TASKS_OF_DAY = """
 DELETE FROM tasks_default
 WHERE ctid IN (SELECT ctid FROM tasks_default WHERE run_day = %s LIMIT %s)
 """
+_DELETE_REFUSED_OF_DAY = """
+DELETE FROM refused_over_cap WHERE ctid IN (
+    SELECT s.ctid FROM refused_over_cap s JOIN runs r USING (trace_id)
+    WHERE r.run_day = %s LIMIT %s
+)
+"""
 _DELETE_RUNS_OF_DAY = """
 DELETE FROM runs WHERE trace_id IN (SELECT trace_id FROM runs WHERE run_day = %s LIMIT %s)
 """
@@ -196,6 +202,7 @@ def drop_expired(
         with _ensured_lock:
             _ensured.discard((_database(conn), day))
         _delete_in_batches(conn, _DELETE_STRAY_TASKS_OF_DAY, day, batch)
+        _delete_in_batches(conn, _DELETE_REFUSED_OF_DAY, day, batch)  # before their runs: a join
         _delete_in_batches(conn, _DELETE_RUNS_OF_DAY, day, batch)
         logger.info(
             "retention: dropped the tasks of day %s (%s)",
