@@ -155,7 +155,8 @@ class Settings:
     stall_after: float = setting(
         30.0,
         flag="--stall-after",
-        meaning="seconds without a heartbeat before a running task is `stalled`",
+        meaning="seconds without a heartbeat before a running task is `stalled`; at least three"
+        " of the jobs' `TASKTREE_HEARTBEAT_INTERVAL` (10 s by default)",
     )
     data_dir: Path = setting(
         default_factory=_default_data_dir,

@@ -18,7 +18,8 @@ TASKTREE_HEARTBEAT_INTERVAL = "TASKTREE_HEARTBEAT_INTERVAL"
 
 Seconds between two running snapshots (heartbeats) of a task that is still running.
 Default: ``10``.  The sink marks a task ``stalled`` when its last heartbeat is older than its
-``stall_after`` (by default three intervals).
+``--stall-after`` (30 s, three default intervals): keep this at most a third of it, or running
+tasks show ``stalled`` between their heartbeats.
 """
 
 TASKTREE_SNAPSHOT_DELAY = "TASKTREE_SNAPSHOT_DELAY"
