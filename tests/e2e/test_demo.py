@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,9 +15,32 @@ from collections.abc import Iterator
 
 import psutil
 import psycopg
+import pytest
 
 
-def test_demo_stores_an_instrumented_run_of_thousands_of_tasks_and_prints_the_url(clean_db):
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "host, url",
+    [
+        ("127.0.0.1", "http://127.0.0.1:"),
+        pytest.param(
+            "::1",
+            "http://[::1]:",
+            marks=pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here"),
+        ),
+    ],
+)
+def test_demo_stores_an_instrumented_run_of_thousands_of_tasks_and_prints_the_url(
+    clean_db, host, url
+):
     out = subprocess.run(
         [
             sys.executable,
@@ -24,6 +48,8 @@ def test_demo_stores_an_instrumented_run_of_thousands_of_tasks_and_prints_the_ur
             "tasktree.exporter",
             "demo",
             "--exit",
+            "--host",
+            host,
             "--database-url",
             clean_db,
             "--port",
@@ -38,7 +64,8 @@ def test_demo_stores_an_instrumented_run_of_thousands_of_tasks_and_prints_the_ur
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "tasktree is running: http://127.0.0.1:" in out.stdout
+    assert f"tasktree is running: {url}" in out.stdout
+    assert "is not a valid URL" not in out.stderr
     with psycopg.connect(clean_db) as conn:
         [(job, status, tasks, errors, roots)] = conn.execute(
             "SELECT job, status, task_count, n_error, root_count FROM runs"

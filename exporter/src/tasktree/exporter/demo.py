@@ -49,8 +49,13 @@ def _run_sample_job(service, exit_when_done: bool) -> int:
         OTEL_EXPORTER_OTLP_ENDPOINT=urls["otlp_http"].removesuffix("/v1/traces"),
         TASKTREE_HEARTBEAT_INTERVAL="1",
     )
+    started_ns = time.time_ns()
     job = subprocess.run([sys.executable, "-m", "tasktree.exporter.demo_job"], env=env)
     _wait_until_folded(service)
+    if not _runs_since(service, started_ns):
+        print("tasktree: the sample job's tasks did not arrive; see its messages above",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return job.returncode or 1
     print(f"sample job finished (exit {job.returncode}); open {urls['ui']}", flush=True)
     if exit_when_done:
         return job.returncode
@@ -61,12 +66,20 @@ def _run_sample_job(service, exit_when_done: bool) -> int:
 
 def _free_or_zero(host: str, port: int) -> int:
     """Keep the configured port when it is free, else let the OS pick one (the demo prints it)."""
-    with socket.socket() as sock:
-        try:
-            sock.bind((host, port))
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as sock:
+            sock.bind(address)
             return port
-        except OSError:
-            return 0
+    except OSError:
+        return 0
+
+
+def _runs_since(service, started_ns: int) -> bool:
+    """Whether any run was received since ``started_ns`` (the data may hold earlier demos')."""
+    with service.pool.connection() as conn:
+        query = "SELECT EXISTS (SELECT 1 FROM runs WHERE last_received_ns >= %s)"
+        return bool(conn.execute(query, (started_ns,)).fetchone()[0])
 
 
 def _wait_until_folded(service, timeout: float = 60.0) -> None:

@@ -119,6 +119,11 @@ def _cannot_listen(setting: str, host: str, port: int, reason: str) -> SystemExi
     )
 
 
+def _in_url(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 def _where(url: str) -> str:
     """Where ``url`` points, for a message: hosts, ports, database and user (no password, none
     of the connection options tasktree adds)."""
@@ -242,7 +247,7 @@ class Service:
         """This process as a client reaches it (a wildcard bind is reached on loopback)."""
         host = self.settings.host
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        return f"http://{_in_url(host)}:{port}"
 
     def _start_http(self, app, setting: str, name: str, threads: int = 8) -> int:
         """Serve ``app`` on the port of ``setting`` (a ``Settings`` field); return the port."""
@@ -282,7 +287,7 @@ class Service:
             self.reads.standby.close()
 
     def urls(self) -> dict[str, str]:
-        host = self.settings.host
+        host = _in_url(self.settings.host)
         return {
             "ui": f"http://{host}:{self.web_port}/",
             "api": f"http://{host}:{self.web_port}/api/runs",
