@@ -48,6 +48,10 @@ def test_listing_shows_containers_and_images_of_both_hosts_at_once(lab, make_app
         ("alpha", "seen-on-alpha", "created"),
         ("beta", "seen-on-beta", "created"),
     }
+    # An unknown host is a bad parameter wherever it is named: as for a pull's or deploy's hosts.
+    for path in ("/api/docker/containers?host=nope", "/api/docker/images?host=alpha&host=nope"):
+        refused = call(client, "GET", path, token=VIEWER, expect=400)["error"]
+        assert refused == {"code": "bad_request", "message": "unknown docker host(s): nope"}
     images = call(client, "GET", "/api/docker/images", token=VIEWER)["images"]
     assert {(i["host"], lab.image() in i["tags"]) for i in images} == {
         ("alpha", True),

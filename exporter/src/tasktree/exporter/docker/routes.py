@@ -24,7 +24,7 @@ from flask import (
 
 from tasktree.exporter.auth import OPERATOR, VIEWER, current_principal, refusal, require
 from tasktree.exporter.docker.operations import Operation
-from tasktree.exporter.docker.specs import deploy_spec, pull_spec
+from tasktree.exporter.docker.specs import check_host_names, deploy_spec, pull_spec
 from tasktree.exporter.errors import (
     BadRequest,
     NotFound,
@@ -89,9 +89,7 @@ def page():
 
 def _hosts_arg(service) -> list[str] | None:
     names = request.args.getlist("host")
-    unknown = [n for n in names if n not in service.hosts]
-    if unknown:
-        raise NotFound(f"unknown docker host(s): {', '.join(unknown[:10])}")
+    check_host_names(names, service.hosts)
     return names or None
 
 

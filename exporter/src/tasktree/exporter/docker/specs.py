@@ -9,6 +9,7 @@ the variable names only.
 from __future__ import annotations
 
 import re
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 
 from docker.utils import parse_repository_tag
@@ -27,6 +28,13 @@ _PORT = re.compile(
 )
 _RESTART = re.compile(r"^(no|always|unless-stopped|on-failure(?::\d{1,4})?)$")
 PULL_POLICIES = ("missing", "always", "never")
+
+
+def check_host_names(names: Iterable[str], configured: Container[str]) -> None:
+    """A 400 naming the hosts (the first ten) that are no configured docker host."""
+    unknown = [n for n in names if n not in configured]
+    if unknown:
+        raise BadRequest(f"unknown docker host(s): {', '.join(unknown[:10])}")
 
 
 @dataclass(frozen=True)
@@ -115,9 +123,7 @@ def resolve_hosts(body: dict, configured: dict) -> list[str]:
     if not configured:
         raise BadRequest(NO_DOCKER_HOSTS)
     chosen = list(configured) if names in (None, ["*"]) else names
-    unknown = [n for n in chosen if n not in configured]
-    if unknown:
-        raise BadRequest(f"unknown docker host(s): {', '.join(unknown[:10])}")
+    check_host_names(chosen, configured)
     if selector is not None:
         if not isinstance(selector, dict):
             raise BadRequest("'selector' must be an object of labels")
