@@ -30,10 +30,10 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from scratch import scratch_database  # bench/scratch.py: the script's folder
 
 from tasktree.exporter.receiver.decode import Limits, decode_protobuf
-from tasktree.exporter.receiver.records import LIVE_ATTRIBUTE
 from tasktree.exporter.store.fold import fold_batch, lanes_with_records
 from tasktree.exporter.store.landing import ResourceIds, land
 from tasktree.exporter.store.migrate import migrate
+from tasktree.instrumentation.snapshot import LIVE_ATTRIBUTE
 
 BATCH = 512
 ERROR = Status(code=Status.STATUS_CODE_ERROR, message="boom")

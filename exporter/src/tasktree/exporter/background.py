@@ -51,8 +51,6 @@ reads what the folds left since the one before: about 0.5 µs of PostgreSQL CPU 
 (50 ms after 100,000)."""
 
 # Retention holds a session lock: it drops partitions in many short transactions.
-_TRY_SESSION_LOCK = "SELECT pg_try_advisory_lock(%s, %s)"
-_UNLOCK = "SELECT pg_advisory_unlock(%s, %s)"
 
 
 class _Doorbell:
@@ -283,12 +281,12 @@ class Folder:
         if self._settings.retention_days is None:
             return []
         with connection(self._pool) as conn:
-            if not scalar(conn, _TRY_SESSION_LOCK, locks.RETENTION):
+            if not scalar(conn, locks.TRY_SESSION, locks.RETENTION):
                 return []  # another process is at it
             try:
                 return partitions.drop_expired(conn, self._settings.retention_days)
             finally:
-                conn.execute(_UNLOCK, locks.RETENTION)
+                conn.execute(locks.RELEASE_SESSION, locks.RETENTION)
 
     def _sweep_once(self) -> None:
         with connection(self._pool) as conn:

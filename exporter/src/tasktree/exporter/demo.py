@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+from tasktree.exporter.receiver.otlp_http import TRACES_PATH
 from tasktree.exporter.settings import Settings
 
 
@@ -46,7 +47,7 @@ def _run_sample_job(service, exit_when_done: bool) -> int:
     print("running the sample job (a few thousand tasks)...", flush=True)
     env = dict(
         os.environ,
-        OTEL_EXPORTER_OTLP_ENDPOINT=urls["otlp_http"].removesuffix("/v1/traces"),
+        OTEL_EXPORTER_OTLP_ENDPOINT=urls["otlp_http"].removesuffix(TRACES_PATH),
         TASKTREE_HEARTBEAT_INTERVAL="1",
     )
     started_ns = time.time_ns()

@@ -23,7 +23,7 @@ from tasktree.exporter.live import open_bus
 from tasktree.exporter.metrics import ServiceMetrics
 from tasktree.exporter.receiver._common import UnauthenticatedExports
 from tasktree.exporter.receiver.otlp_grpc import start_otlp_grpc_server
-from tasktree.exporter.receiver.otlp_http import create_otlp_http_app
+from tasktree.exporter.receiver.otlp_http import TRACES_PATH, create_otlp_http_app
 from tasktree.exporter.settings import OPTIONS, Settings
 from tasktree.exporter.store.migrate import migrate
 from tasktree.exporter.store.pool import open_pool, primary_conninfo, standby_conninfo
@@ -240,7 +240,7 @@ class Service:
             )
         except OSError as exc:
             raise _cannot_listen("otlp_grpc_port", s.host, s.otlp_grpc_port, str(exc)) from exc
-        self.docker.connect_tracing(self._own_url(otlp_http_port) + "/v1/traces", own_token)
+        self.docker.connect_tracing(self._own_url(otlp_http_port) + TRACES_PATH, own_token)
         return self
 
     def _own_url(self, port: int) -> str:
@@ -291,6 +291,6 @@ class Service:
         return {
             "ui": f"http://{host}:{self.web_port}/",
             "api": f"http://{host}:{self.web_port}/api/runs",
-            "otlp_http": f"http://{host}:{self.otlp_http_port}/v1/traces",
+            "otlp_http": f"http://{host}:{self.otlp_http_port}{TRACES_PATH}",
             "otlp_grpc": f"{host}:{self.otlp_grpc_port}",
         }

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tasktree.exporter.store.locks import LANES
+from tasktree.exporter.tree.fold import DEFAULT_MAX_DEPTH
+
 
 class SettingsError(ValueError):
     """A configuration value is malformed; the message names the variable or flag."""
@@ -149,8 +152,8 @@ class Settings:
     fold_threads: int = setting(
         2,
         meaning="threads of each process folding spans into the tree, each on its own connection"
-        " (below `TASKTREE_POOL_SIZE`); runs are spread over 8 fold lanes by trace id, so two"
-        " folders fold different runs side by side on two cores",
+        f" (below `TASKTREE_POOL_SIZE`); runs are spread over {LANES} fold lanes by trace id, so"
+        " two folders fold different runs side by side on two cores",
     )
     stall_after: float = setting(
         30.0,
@@ -224,7 +227,7 @@ class Settings:
         " (`tasktree_fold_timeouts_total`) and retried in batches half as large",
     )
     max_depth: int = setting(
-        1000,
+        DEFAULT_MAX_DEPTH,
         meaning="levels a run's tree may have: a task that would hang deeper is kept at the top of"
         " its run, its declared parent shown as refused (so is a parent link that would make a"
         " loop)",

@@ -14,8 +14,7 @@ from time import time_ns
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Status, StatusCode
 
-# The same constants as tasktree.exporter.receiver.records.LIVE_ATTRIBUTE / LIVE_VALUE: the two
-# distributions are installed separately, so the marker is duplicated here on purpose.
+# The marker of a running snapshot: the sink (tasktree.exporter.receiver.records) reads these.
 LIVE_ATTRIBUTE = "tasktree.state"
 LIVE_VALUE = "running"
 

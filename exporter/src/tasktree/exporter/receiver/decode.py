@@ -40,15 +40,10 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tasktree.exporter.errors import BadRequest
-from tasktree.exporter.receiver.records import (
-    LIVE_ATTRIBUTE,
-    LIVE_VALUE,
-    DecodedBatch,
-    Resource,
-    SpanRow,
-)
+from tasktree.exporter.receiver.records import DecodedBatch, Resource, SpanRow
 from tasktree.exporter.search import document_words
 from tasktree.exporter.tree.status import ERROR, OK, RUNNING
+from tasktree.instrumentation.snapshot import LIVE_ATTRIBUTE, LIVE_VALUE  # the jobs' marker
 
 if TYPE_CHECKING:
     from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue

@@ -3,8 +3,9 @@
 Pure data, no I/O.  ``status`` uses the store's codes (see ``tasktree.exporter.tree.status``).
 
 A *running snapshot* is a span record carrying the attribute ``tasktree.state = "running"``
-(``LIVE_ATTRIBUTE``/``LIVE_VALUE``): the instrumentation exports one when a task starts and then
-at each heartbeat, with the snapshot time as the span's end time.  Being a plain span attribute,
+(``LIVE_ATTRIBUTE``/``LIVE_VALUE`` of ``tasktree.instrumentation.snapshot``): the instrumentation
+exports one when a task starts and then at each heartbeat, with the snapshot time as the span's
+end time.  Being a plain span attribute,
 the marker survives any OpenTelemetry Collector in between.  For such a record ``end_ns`` is
 ``None`` and ``heartbeat_ns`` holds the snapshot time.
 """
@@ -12,9 +13,6 @@ the marker survives any OpenTelemetry Collector in between.  For such a record `
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-LIVE_ATTRIBUTE = "tasktree.state"
-LIVE_VALUE = "running"
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,9 +75,7 @@ that empties that table."""
 # addresses (ctid): the fold holds their row locks, so the rows stay where they are, and reading
 # or deleting them by address skips a primary-key lookup per record.
 
-_TRY_LOCK = "SELECT pg_try_advisory_xact_lock(%s, %s)"
 _TIMEOUT = "SELECT set_config('statement_timeout', %s, true)"
-_LOCK = "SELECT pg_advisory_xact_lock(%s, %s)"
 
 _CLAIM = """
 WITH c AS (
@@ -524,7 +522,7 @@ def fold_batch(
     """
     partitions.ensure_current(conn)
     with conn.transaction():
-        if lane is not None and not scalar(conn, _TRY_LOCK, locks.lane(lane)):
+        if lane is not None and not scalar(conn, locks.TRY_XACT, locks.lane(lane)):
             return FoldResult(0)  # another folder is on this lane
         conn.execute(_TEMP_TABLES)
         conn.execute(_PLAN_FOR_BATCHES)
@@ -706,7 +704,7 @@ def _lock_lanes(conn: Connection, trace_ids: Iterable[bytes]) -> None:
     """Take the locks of the runs' lanes, in sorted order so concurrent folders cannot deadlock
     (one statement each: the order of a set-returning statement's calls is not promised)."""
     for number in sorted({locks.lane_of(t) for t in trace_ids}):
-        conn.execute(_LOCK, locks.lane(number))
+        conn.execute(locks.TAKE_XACT, locks.lane(number))
 
 
 def _run_days(

@@ -26,6 +26,14 @@ LANES = 8
 is in SQL (``store/fold.py``) and in the index ``span_landing_lane`` (migration 0007)."""
 
 
+# The statements that take and release them (parameters: a key above).
+TAKE_XACT = "SELECT pg_advisory_xact_lock(%s, %s)"
+TRY_XACT = "SELECT pg_try_advisory_xact_lock(%s, %s)"
+TAKE_SESSION = "SELECT pg_advisory_lock(%s, %s)"
+TRY_SESSION = "SELECT pg_try_advisory_lock(%s, %s)"
+RELEASE_SESSION = "SELECT pg_advisory_unlock(%s, %s)"
+
+
 def lane_of(trace_id: bytes) -> int:
     """The fold lane of a run."""
     return trace_id[0] % LANES
@@ -42,8 +50,13 @@ __all__ = [
     "METRICS",
     "MIGRATIONS",
     "PARTITIONS",
+    "RELEASE_SESSION",
     "RETENTION",
+    "TAKE_SESSION",
+    "TAKE_XACT",
     "TASKTREE",
+    "TRY_SESSION",
+    "TRY_XACT",
     "lane",
     "lane_of",
 ]

@@ -45,7 +45,6 @@ MAX_PENDING = 10_000
 """Distinct (job, task, status) amounts kept in memory while PostgreSQL refuses writes; beyond,
 new task names wait as ``OTHER``."""
 
-TAKE_WRITE_LOCK = "SELECT pg_advisory_xact_lock(%s, %s)"
 """One write at a time across processes: each decides which names the cap admits."""
 
 FORGET_UNSEEN_JOBS = """
@@ -157,7 +156,7 @@ class FoldTotals:
 
     def _flush(self) -> None:
         with connection(self._pool) as conn, conn.transaction():
-            conn.execute(TAKE_WRITE_LOCK, locks.METRICS)
+            conn.execute(locks.TAKE_XACT, locks.METRICS)
             if self._job_ttl_s:  # jobs unseen for the TTL give their place up
                 conn.execute(FORGET_UNSEEN_JOBS, (time.time_ns() - self._job_ttl_s * 10**9,))
             admitted, known = self._admitted(conn)

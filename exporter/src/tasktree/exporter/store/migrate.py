@@ -16,8 +16,6 @@ from tasktree.exporter.store import locks
 logger = logging.getLogger(__name__)
 
 # A session lock: each migration commits on its own, and the lock spans them all.
-_LOCK = "SELECT pg_advisory_lock(%s, %s)"
-_UNLOCK = "SELECT pg_advisory_unlock(%s, %s)"
 _CREATE_MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())
@@ -41,7 +39,7 @@ def migrate(conninfo: str, target: int | None = None) -> list[int]:
     """Apply every pending migration (up to ``target``); return the versions this call applied."""
     applied_now = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(_LOCK, locks.MIGRATIONS)
+        conn.execute(locks.TAKE_SESSION, locks.MIGRATIONS)
         try:
             conn.execute(_CREATE_MIGRATIONS_TABLE)
             done = {row[0] for row in conn.execute(_APPLIED_VERSIONS)}
@@ -54,5 +52,5 @@ def migrate(conninfo: str, target: int | None = None) -> list[int]:
                 logger.info("applied migration %s", name)
                 applied_now.append(version)
         finally:
-            conn.execute(_UNLOCK, locks.MIGRATIONS)
+            conn.execute(locks.RELEASE_SESSION, locks.MIGRATIONS)
     return applied_now
