@@ -162,6 +162,30 @@ def test_dashboards_have_a_stable_uid_datasource_variables_and_links_to_tasktree
         assert "${tasktree_url}/runs/" in everything
 
 
+def test_the_dashboards_status_codes_are_tasktrees():
+    """The SQL panels name statuses by their codes (tree.status, the one home): each code they
+    label, and each count they name, must be that status's."""
+    from tasktree.exporter.tree import status as st
+
+    sql = [
+        target["rawSql"]
+        for dashboard in obs.dashboards().values()
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        if "rawSql" in target
+    ]
+    labelled = [
+        (int(code), label)
+        for text in sql
+        for code, label in re.findall(r"WHEN (\d+) THEN '(\w+)'", text)
+        + re.findall(r"FILTER \(WHERE \w+\.status = (\d+)\) AS (\w+)", text)
+    ]
+    assert len(labelled) >= 8  # the checks found the panels' statuses
+    assert [(code, st.name(code)) for code, _ in labelled] == labelled
+    codes = {int(c) for text in sql for c in re.findall(r"status (?:= |IN \()(\d+)", text)}
+    assert codes <= {int(code) for code in st.Status}
+
+
 def test_grafana_provisioning_defines_both_datasources_and_loads_the_dashboards():
     provisioning = obs.ROOT / "grafana" / "provisioning"
     datasources = yaml.safe_load((provisioning / "datasources" / "tasktree.yml").read_text())[
