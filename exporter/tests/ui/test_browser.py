@@ -282,6 +282,12 @@ def test_a_running_task_page_ticks_its_elapsed_time_and_shows_its_progress_bar(
     check(elapsed).to_have_text(re.compile(r"^1m 3\d+s so far$"))  # started 90 s ago
     first = elapsed.text_content()
     check(elapsed).not_to_have_text(first, timeout=5000)  # it ticks
+    # A later heartbeat with more done: the page's script redraws the bar, no reload.
+    later = {**progress, "tasktree.progress": 0.7, "tasktree.progress.done": 7}
+    send_spans(tasktree_server.otlp_http, [
+        span(trace, task, name="crunch", start=now - 90 * 10**9, end=time.time_ns(),
+             running=True, attributes=later)])
+    check(page.locator("[data-field=progress]")).to_have_text("70 % (7 of 10)", timeout=15000)
     assert page_errors == []
 
 

@@ -28,6 +28,10 @@ from tasktree.exporter.settings import Settings
 from tasktree.exporter.store import queries
 from tasktree.exporter.tree import status as task_status
 from tasktree.exporter.ui import format as fmt
+from tasktree.instrumentation.decorator import PROGRESS_DONE, PROGRESS_RATIO, PROGRESS_TOTAL
+
+# The attributes set_progress() writes, as the task page (and its script) reads them.
+PROGRESS_KEYS = {"ratio": PROGRESS_RATIO, "done": PROGRESS_DONE, "total": PROGRESS_TOTAL}
 
 ui_blueprint = Blueprint(
     "ui",
@@ -293,6 +297,7 @@ def task_page(trace_id: str, span_id: str) -> str:
         resource=resource,
         env=env,
         attributes=dict(sorted(task["attributes"].items())),
+        progress_keys=PROGRESS_KEYS,
     )
 
 

@@ -21,14 +21,14 @@
     drawHeartbeatAge(head, task.status);
   }
 
-  // Written by set_progress() in tasktree-instrumentation.
-  const PROGRESS = "tasktree.progress", DONE = "tasktree.progress.done", TOTAL = "tasktree.progress.total";
-
   function drawProgress(head, attributes) {
-    const ratio = attributes[PROGRESS];
+    // The attributes set_progress() writes: their names are on the page (views.PROGRESS_KEYS).
+    const keys = head.querySelector('[data-field="progress"]').dataset;
+    const ratio = attributes[keys.ratioKey];
     if (typeof ratio !== "number") return;  // never reported: the page's "not reported" stays
     const bar = TT.el("progress", {max: "1", value: String(ratio)});
-    const of = typeof attributes[TOTAL] === "number" ? ` (${attributes[DONE]} of ${attributes[TOTAL]})` : "";
+    const total = attributes[keys.totalKey], done = attributes[keys.doneKey];
+    const of = typeof total === "number" ? ` (${done} of ${total})` : "";
     set(head, "progress", bar, ` ${Math.round(ratio * 100)} %${of}`);
   }
 
