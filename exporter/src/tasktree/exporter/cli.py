@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 import threading
@@ -61,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
             )
     serve.add_argument("--role", choices=["all", "folder"], default="all", help=argparse.SUPPRESS)
     serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # a fold worker's server
+    serve.add_argument("--report-fd", type=int, help=argparse.SUPPRESS)  # its pipe to the server
     serve.set_defaults(run=_serve)
     demo.add_argument("--exit", action="store_true", help="exit once the sample job is stored")
     demo.set_defaults(run=_demo)
@@ -102,24 +102,32 @@ def _environment_only_help() -> str:
 
 
 def _serve(settings: Settings, args) -> int:
+    from tasktree.exporter.fold_workers import FoldCountsReporter, FoldWorkers
     from tasktree.exporter.server import Service
 
     service = Service(settings, serve=args.role == "all").start()
-    helpers = _start_fold_workers(settings.workers - 1) if args.role == "all" else []
+    helpers = None
     if args.role == "all":
+        helpers = FoldWorkers(_fold_worker_argv(), settings.workers - 1)
+        service.metrics.add_folder(helpers)  # a fold worker's folding shows on our /metrics
         print("TASKTREE_READY " + json.dumps(service.urls()), flush=True)
+    reporter = None
+    if args.report_fd is not None:
+        reporter = FoldCountsReporter(service.folder, args.report_fd).start()
     _wait_for_signal(parent=args.parent_pid)
     service.stop()
-    for proc in helpers:
-        proc.terminate()
+    if reporter is not None:
+        reporter.stop()
+    if helpers is not None:
+        helpers.stop()
     return 0
 
 
-def _start_fold_workers(count: int) -> list[subprocess.Popen]:
-    """Extra processes that only fold (the main process serves and folds too)."""
-    argv = [sys.executable, "-m", "tasktree.exporter", "serve", *sys.argv[2:], "--role", "folder",
+def _fold_worker_argv() -> list[str]:
+    """The command of the extra processes that only fold (the main process serves and folds
+    too)."""
+    return [sys.executable, "-m", "tasktree.exporter", "serve", *sys.argv[2:], "--role", "folder",
             "--parent-pid", str(os.getpid())]  # fmt: skip
-    return [subprocess.Popen(argv) for _ in range(count)]
 
 
 def _wait_for_signal(parent: int | None = None) -> None:

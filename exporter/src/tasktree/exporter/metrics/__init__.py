@@ -8,7 +8,8 @@ Two kinds of series, so that several ``tasktree serve`` processes on one databas
   timestamps, the ingest backlog and lag (``store_metrics.py``, written as text by
   ``exposition.py``).
 * **Per process** (each shows what it alone did; aggregate with ``sum by``): ingest requests,
-  accepted and rejected spans and request latency, spans folded, the connection pool, ``process_*``
+  accepted and rejected spans and request latency, spans folded (a server's with its fold
+  workers', which serve no /metrics: ``fold_workers.py``), the connection pool, ``process_*``
   (``process.py``).
 
 ``service.py`` puts both together for one process; ``view.py`` serves them.

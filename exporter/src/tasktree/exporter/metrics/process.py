@@ -1,15 +1,15 @@
 """The per-process part of /metrics: each process shows what it alone did (``sum by`` them).
 
 Ingest requests, accepted and rejected spans and request latency (``IngestMetrics``); spans
-folded, stall transitions, fold timeouts, metrics write errors and the connection pool
-(``ProcessStats``).
+folded, stall transitions and fold timeouts (the serving process's folder threads and the fold
+workers it started: ``--workers``), metrics write errors and the connection pool (``ProcessStats``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import psycopg_pool
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
@@ -20,10 +20,7 @@ from tasktree.exporter.receiver._common import Ingest
 from tasktree.exporter.receiver.records import DecodedBatch
 from tasktree.exporter.store.metric_totals import FoldTotals
 
-if TYPE_CHECKING:
-    from tasktree.exporter.background import Folder
-
-__all__ = ["INGEST_BUCKETS", "IngestMetrics", "ProcessStats"]
+__all__ = ["INGEST_BUCKETS", "FoldCounters", "IngestMetrics", "ProcessStats"]
 
 INGEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Upper bounds (seconds) of the ingest request duration histogram."""
@@ -31,25 +28,46 @@ INGEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 REJECT_REASONS = ("refused", "overloaded", "unavailable", "error", "unauthenticated")
 
 
+class FoldCounters(Protocol):
+    """What folded: a ``Folder``'s running totals, or the sums of a server's fold workers'."""
+
+    @property
+    def folded_total(self) -> int: ...
+
+    @property
+    def stalled_total(self) -> int: ...
+
+    @property
+    def timeouts_total(self) -> int: ...
+
+
 class ProcessStats:
-    """This process's folder and connection pool (per-process values: ``sum by`` across them)."""
+    """This process's folding and connection pool (per-process values: ``sum by`` across them).
+
+    The fold counters add up the folders given: the process's own and, in a server started with
+    ``--workers``, its fold workers' (``add_folder``), which serve no /metrics of their own.
+    """
 
     def __init__(
         self,
         pool: psycopg_pool.ConnectionPool,
-        folder: Folder | None = None,
+        folder: FoldCounters | None = None,
         totals: FoldTotals | None = None,
     ):
         self._pool = pool
-        self._folder = folder
+        self._folders = [] if folder is None else [folder]
         self._totals = totals
+
+    def add_folder(self, folder: FoldCounters) -> None:
+        """Count ``folder``'s folding as this process's too."""
+        self._folders = [*self._folders, folder]  # a scrape may be reading the list
 
     def describe(self) -> list[Metric]:
         return list(self.collect())
 
     def collect(self) -> Iterable[Metric]:
-        if self._folder is not None:
-            yield from _folder_families(self._folder)
+        if self._folders:
+            yield from _folder_families(self._folders)
         if self._totals is not None:
             errors = CounterMetricFamily(
                 "tasktree_metrics_write_errors",
@@ -66,22 +84,24 @@ def _counter(name: str, help_text: str, value: float) -> CounterMetricFamily:
     return family
 
 
-def _folder_families(folder: Folder) -> list[Metric]:
+def _folder_families(folders: list[FoldCounters]) -> list[Metric]:
     return [
         _counter(
             "tasktree_folded_spans",
-            "Span records this process folded into the tree.",
-            folder.folded_total,
+            "Span records this process and its fold workers (--workers) folded into the tree.",
+            sum(f.folded_total for f in folders),
         ),
         _counter(
             "tasktree_stall_transitions",
-            "Running tasks this process turned stalled for lack of heartbeats.",
-            folder.stalled_total,
+            "Running tasks this process and its fold workers turned stalled for lack of"
+            " heartbeats.",
+            sum(f.stalled_total for f in folders),
         ),
         _counter(
             "tasktree_fold_timeouts",
-            "Folds cancelled by the statement timeout; each is retried in batches half as large.",
-            folder.timeouts_total,
+            "Folds cancelled by the statement timeout (this process's and its fold workers');"
+            " each is retried in batches half as large.",
+            sum(f.timeouts_total for f in folders),
         ),
     ]
 

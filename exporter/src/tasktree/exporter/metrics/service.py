@@ -15,7 +15,7 @@ from prometheus_client import (
 )
 from prometheus_client.registry import Collector
 
-from tasktree.exporter.metrics.process import IngestMetrics, ProcessStats
+from tasktree.exporter.metrics.process import FoldCounters, IngestMetrics, ProcessStats
 from tasktree.exporter.metrics.replica import ReplicaLag, SynchronousStandbys
 from tasktree.exporter.metrics.store_metrics import StoreMetrics
 from tasktree.exporter.receiver._common import Ingest
@@ -62,7 +62,8 @@ class ServiceMetrics:
         registry.register(
             SynchronousStandbys(pool, settings.require_sync_standby, lambda: self.store.up)
         )
-        registry.register(ProcessStats(pool, folder, self.totals))
+        self._process = ProcessStats(pool, folder, self.totals)
+        registry.register(self._process)
         if registry is not REGISTRY:  # the global registry has these already
             ProcessCollector(registry=registry)
             PlatformCollector(registry=registry)
@@ -74,6 +75,11 @@ class ServiceMetrics:
         first: the registry's collectors that read PostgreSQL skip it when the store is down)."""
         store = self.store.text()
         return generate_latest(self.registry) + store
+
+    def add_folder(self, folder: FoldCounters) -> None:
+        """Count another folder's folding as this process's: the fold workers it started
+        (``--workers``), which serve no /metrics of their own."""
+        self._process.add_folder(folder)
 
     def instrument_ingest(self, ingest: Ingest, protocol: str) -> Ingest:
         return self.ingest.instrument(ingest, protocol)

@@ -1,0 +1,150 @@
+"""With ``--workers N`` the fold counters on the server's /metrics count what its fold workers
+folded too: a worker serves no /metrics of its own, so its folds were counted nowhere (10,000
+spans accepted, ``tasktree_folded_spans_total`` up by 9,000).
+
+The serving process folds too, and it is woken at once by what it receives, so these tests make
+sure a worker folds: they freeze the serving process (SIGSTOP) and land spans behind its back,
+as ``test_live_workers.py`` does."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+import urllib.request
+
+import psutil
+import psycopg
+from prometheus_client.parser import text_string_to_metric_families
+
+from tasktree.exporter.store.landing import ResourceIds, land
+
+from ..spans import sid, span
+
+
+def test_with_two_workers_metrics_counts_the_spans_the_fold_worker_folded(
+    start_tasktree, private_db
+):
+    server = start_tasktree(extra_args=("--workers", "2"), database=private_db)
+    _send_spans(server, 60)
+    server.wait_folded()
+    with _frozen(server.proc.pid):  # only the worker can fold these
+        _land_spans(private_db, 40)
+        _wait_until_landing_is_empty(private_db)
+    _wait_for_metric(server, "tasktree_folded_spans_total", 100)
+    seen = _metrics(server)
+    assert seen["tasktree_ingest_spans_accepted_total"] == 60
+    assert seen["tasktree_folded_spans_total"] == 100  # nothing counted twice
+    assert seen["tasktree_stall_transitions_total"] == 0
+    assert seen["tasktree_fold_timeouts_total"] == 0
+
+
+def test_the_fold_counters_keep_a_fold_worker_s_counts_after_it_died(start_tasktree, private_db):
+    server = start_tasktree(extra_args=("--workers", "2"), database=private_db)
+    with _frozen(server.proc.pid):
+        _land_spans(private_db, 30)
+        _wait_until_landing_is_empty(private_db)
+    _wait_for_metric(server, "tasktree_folded_spans_total", 30)
+    (worker,) = psutil.Process(server.proc.pid).children()
+    worker.kill()  # SIGKILL, as the OOM killer would
+    worker.wait(10)  # the server reaps it
+    _send_spans(server, 20)
+    server.wait_folded()
+    _wait_for_metric(server, "tasktree_folded_spans_total", 50)  # never down: 30 stay counted
+    assert f"fold worker {worker.pid} exited (-9)" in server.log_path.read_text()
+
+
+def test_two_servers_with_workers_on_one_database_each_count_their_own_folds_once(
+    start_tasktree, private_db
+):
+    a = start_tasktree(extra_args=("--workers", "2"), database=private_db)
+    b = start_tasktree(extra_args=("--workers", "2"), database=private_db)
+    _send_spans(a, 30)
+    _send_spans(b, 20)
+    a.wait_folded()
+    with _frozen(a.proc.pid), _frozen(b.proc.pid):  # only the two workers can fold these
+        _land_spans(private_db, 50)
+        _wait_until_landing_is_empty(private_db)
+    deadline = time.monotonic() + 15
+    while (total := _summed(a, b)) != 100 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert total == 100, f"sum of tasktree_folded_spans_total across both servers: {total}"
+    time.sleep(1.5)  # a worker reports about once a second: nothing more may come
+    assert _summed(a, b) == 100
+
+
+def _summed(*servers) -> float:
+    return sum(_metrics(s)["tasktree_folded_spans_total"] for s in servers)
+
+
+def _metrics(server) -> dict[str, float]:
+    """The unlabelled samples of /metrics, and the fold counters' (summed over labels)."""
+    with urllib.request.urlopen(server.web + "/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    seen: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            seen[sample.name] = seen.get(sample.name, 0) + sample.value
+    return seen
+
+
+def _wait_for_metric(server, name: str, value: float, timeout: float = 15.0) -> None:
+    """Until /metrics shows ``value``; a fold worker reports about once a second.  Also
+    that it stays there (no late report counted twice)."""
+    deadline = time.monotonic() + timeout
+    while (seen := _metrics(server)[name]) != value:
+        assert seen < value, f"{name} went past {value}: {seen}"
+        assert time.monotonic() < deadline, f"{name} is {seen}, not {value}"
+        time.sleep(0.2)
+    time.sleep(1.5)
+    assert _metrics(server)[name] == value
+
+
+def _send_spans(server, count: int, per_request: int = 10) -> None:
+    """``count`` finished one-span runs over OTLP/HTTP JSON, ``per_request`` a request."""
+    for first in range(0, count, per_request):
+        spans = [
+            {
+                "traceId": os.urandom(16).hex(),
+                "spanId": os.urandom(8).hex(),
+                "name": f"t{i}",
+                "startTimeUnixNano": "1000",
+                "endTimeUnixNano": "2000",
+            }
+            for i in range(first, min(count, first + per_request))
+        ]
+        body = {"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}
+        request = urllib.request.Request(
+            server.otlp_http + "/v1/traces",
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(request, timeout=30).close()
+
+
+def _land_spans(database_url: str, count: int) -> None:
+    """``count`` finished one-span runs stored as ingest would, without any server's ingest
+    (which would wake its folder)."""
+    spans = [span(os.urandom(16), sid(1), name="landed") for _ in range(count)]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        land(conn, spans, ResourceIds(), time.time_ns())
+
+
+def _wait_until_landing_is_empty(database_url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while conn.execute("SELECT EXISTS (SELECT 1 FROM span_landing)").fetchone()[0]:
+            assert time.monotonic() < deadline, "no fold worker folded the landed spans"
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def _frozen(pid: int):
+    """SIGSTOP the process for the block (its fold workers, processes of their own, go on)."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
