@@ -367,3 +367,40 @@ def test_through_the_server_one_big_request_keeps_only_what_fits_under_the_cap(
     assert send([(sid(500), sid(0), "t500", True), (sid(500), sid(0), "t500", False)]) == 2
     server.wait_folded()
     assert server.get(f"/api/runs/{trace.hex()}")["dropped_spans"] == 990
+
+
+def test_job_and_task_names_of_thousands_of_characters_are_cut_and_stop_nothing(
+    start_tasktree, private_db
+):
+    """A name is a key of btree indexes (runs, resources, metric_totals), which PostgreSQL caps at
+    2,704 bytes an entry: a longer one made its request a 503, and once folded, stopped every
+    fold (or every write of the job series) for every job, for good."""
+    server = start_tasktree(database=private_db)
+    chance = random.Random(16)
+    long_job = "".join(chance.choices("abcdefghijklmnopqrstuvwxyz0123456789", k=2800))
+    long_task = "".join(chance.choices("abcdefghijklmnopqrstuvwxyz0123456789", k=3000))
+    poisoned, after = os.urandom(16), os.urandom(16)
+    for trace, spans, job in (
+        (poisoned, [(sid(1), None, long_task, False)], long_job),
+        (after, [(sid(1), None, "ordinary", False)], "after-long-names"),
+    ):
+        answer = requests.post(
+            server.otlp_http + "/v1/traces",
+            data=otlp_request(trace, spans, job),
+            headers={"Content-Type": "application/x-protobuf"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        assert not ExportTraceServiceResponse.FromString(answer.content).HasField("partial_success")
+    server.wait_folded()
+
+    run = server.get(f"/api/runs/{poisoned.hex()}")
+    assert run["job"] == long_job[:1000] + "…[truncated by tasktree: kept 1000 of 2800 bytes]"
+    assert run["name"] == long_task  # a task's own name is kept whole (the value limit applies)
+    assert server.get(f"/api/runs/{after.hex()}")["status"] == "ok"
+    finished = 'tasktree_runs_finished_total{job_name="after-long-names",status="ok"} 1'
+    deadline = time.monotonic() + 20  # the job series are written at most once a second
+    while finished not in (metrics := requests.get(server.web + "/metrics", timeout=30).text):
+        assert time.monotonic() < deadline, metrics[-3000:]
+        time.sleep(0.5)
+    assert "tasktree_metrics_write_errors_total 0.0" in metrics

@@ -40,7 +40,13 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tasktree.exporter.errors import BadRequest
-from tasktree.exporter.receiver.records import DecodedBatch, Resource, SpanRow
+from tasktree.exporter.receiver.records import (
+    MAX_NAME_BYTES,
+    DecodedBatch,
+    Resource,
+    SpanRow,
+    cut,
+)
 from tasktree.exporter.search import document_words
 from tasktree.exporter.tree.status import ERROR, OK, RUNNING
 from tasktree.instrumentation.snapshot import LIVE_ATTRIBUTE, LIVE_VALUE  # the jobs' marker
@@ -177,14 +183,10 @@ class _Builder:
         return s
 
     def _limit(self, s: str) -> str:
-        raw = s.encode("utf-8")
-        if len(raw) <= self.limit:
-            return s
-        self.truncated = True
-        kept = raw[: self.limit].decode("utf-8", "ignore")  # never split a character
-        return (
-            f"{kept}…[truncated by tasktree: kept {len(kept.encode('utf-8'))} of {len(raw)} bytes]"
-        )
+        kept = cut(s, self.limit)
+        if kept is not s:
+            self.truncated = True
+        return kept
 
     def resource(self, attributes: JsonObject, dropped: int) -> tuple[Resource, bool]:
         """The ``Resource`` for decoded attributes, and whether any of its values was cut."""
@@ -194,7 +196,7 @@ class _Builder:
         job = attributes.get("service.name")
         resource = Resource(
             digest=hashlib.sha256(canonical.encode("utf-8")).digest(),
-            job=job if type(job) is str and job.strip() else UNKNOWN_SERVICE,
+            job=cut(job, MAX_NAME_BYTES) if type(job) is str and job.strip() else UNKNOWN_SERVICE,
             attributes_json=canonical,
         )
         return resource, self.truncated

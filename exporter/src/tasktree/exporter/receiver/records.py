@@ -14,6 +14,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+MAX_NAME_BYTES = 1000
+"""Bytes of a job name (and of a task name in the job series) that are kept.  They are keys of
+btree indexes (runs, resources, metric_totals), whose entries PostgreSQL refuses beyond 2,704
+bytes: a longer name failed every fold or write it was in.  A job name and a task name, each cut
+here and marked, fit in one entry together."""
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` within ``limit`` bytes of UTF-8, never splitting a character, and marked where
+    it was cut (the marker comes on top of the limit)."""
+    raw = text.encode("utf-8")
+    if len(raw) <= limit:
+        return text
+    kept = raw[:limit].decode("utf-8", "ignore")
+    return f"{kept}…[truncated by tasktree: kept {len(kept.encode('utf-8'))} of {len(raw)} bytes]"
+
 
 @dataclass(frozen=True, slots=True)
 class Resource:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import psycopg
 import psycopg_pool
 
+from tasktree.exporter.receiver.records import MAX_NAME_BYTES, cut
 from tasktree.exporter.store import locks
 from tasktree.exporter.store.fold import DURATION_BUCKETS, FinishedTask, FoldResult
 from tasktree.exporter.store.pool import connection
@@ -140,7 +141,7 @@ class FoldTotals:
 
     def _add_pending(self, task: FinishedTask) -> None:
         job = task.job or ""
-        self._add((job, False, task.name, task.status), task)
+        self._add((job, False, cut(task.name, MAX_NAME_BYTES), task.status), task)
         if task.root:
             self._add((job, True, "", task.status), task)
 
