@@ -404,3 +404,32 @@ def test_job_and_task_names_of_thousands_of_characters_are_cut_and_stop_nothing(
         assert time.monotonic() < deadline, metrics[-3000:]
         time.sleep(0.5)
     assert "tasktree_metrics_write_errors_total 0.0" in metrics
+
+
+def test_killed_tasks_still_turn_stalled_while_a_batch_cannot_be_folded(
+    start_tasktree, private_db
+):
+    """The stall sweep goes on when folds fail: a batch PostgreSQL refuses (here a constraint
+    the database was given refuses one job's runs) must not keep every killed task running."""
+    server = start_tasktree(database=private_db, extra_args=("--stall-after", "2"))
+
+    def send(trace: bytes, job: str, running: bool) -> None:
+        answer = requests.post(
+            server.otlp_http + "/v1/traces",
+            data=otlp_request(trace, [(sid(1), None, "work", running)], job),
+            headers={"Content-Type": "application/x-protobuf"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+
+    killed = os.urandom(16)
+    send(killed, "killed-job", running=True)  # its last heartbeat: now
+    server.wait_folded()
+    assert server.get(f"/api/runs/{killed.hex()}")["status"] == "running"
+    with psycopg.connect(private_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE runs ADD CONSTRAINT no_poison CHECK (job <> 'poison') NOT VALID")
+    send(os.urandom(16), "poison", running=False)  # accepted, then every fold of it fails
+    deadline = time.monotonic() + 30
+    while server.get(f"/api/runs/{killed.hex()}")["status"] != "stalled":
+        assert time.monotonic() < deadline, "the killed task never turned stalled"
+        time.sleep(0.5)

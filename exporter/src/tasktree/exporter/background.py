@@ -147,21 +147,19 @@ class Folder:
         paused_at: float | None = None  # monotonic: the first failure of the current outage
         next_lane = number * LANES // len(self._threads)  # threads start on different lanes
         while not self._stop.is_set():
+            failed: Exception | None = None
             try:
                 next_lane = (next_lane + 1) % LANES
                 folded = self._fold_once(next_lane)
-                if number == 0 and time.monotonic() - last_sweep >= _SWEEP_EVERY_S:
-                    self._sweep_once()
-                    self._vacuum_landing_when_due()
-                    last_sweep = time.monotonic()
-                if number == 0 and time.monotonic() - last_retention >= _RETENTION_EVERY_S:
-                    last_retention = time.monotonic()
-                    self.apply_retention()
                 backoff = 0.0
             except (StoreUnavailable, psycopg.Error) as exc:
+                failed = exc
+            if number == 0:  # also when folds fail: killed tasks must still turn stalled
+                last_sweep, last_retention = self._housekeep(last_sweep, last_retention)
+            if failed is not None:
                 paused_at = paused_at or time.monotonic()
                 backoff = min(_MAX_BACKOFF_S, backoff * 2 or 0.1)
-                logger.warning("folding paused for %.1fs: %s", backoff, exc)
+                logger.warning("folding paused for %.1fs: %s", backoff, failed)
                 self._stop.wait(backoff)
                 continue
             if paused_at is not None:  # an operator reading the log sees the outage end
@@ -173,6 +171,21 @@ class Folder:
                 idle_wait = _IDLE_WAIT_S if number == 0 else _HELPER_IDLE_WAIT_S
                 if self._doorbell.wait(idle_wait):
                     self._stop.wait(_GATHER_S)
+
+    def _housekeep(self, last_sweep: float, last_retention: float) -> tuple[float, float]:
+        """Thread 0's work beside folding, when due: the stall sweep and the landing's vacuum,
+        and retention; returns when each last ran."""
+        try:
+            if time.monotonic() - last_sweep >= _SWEEP_EVERY_S:
+                self._sweep_once()
+                self._vacuum_landing_when_due()
+                last_sweep = time.monotonic()
+            if time.monotonic() - last_retention >= _RETENTION_EVERY_S:
+                last_retention = time.monotonic()
+                self.apply_retention()
+        except (StoreUnavailable, psycopg.Error) as exc:
+            logger.warning("stall sweep or retention failed: %s", exc)
+        return last_sweep, last_retention
 
     def _fold_once(self, first_lane: int) -> int:
         """One pass over the lanes, from ``first_lane`` on; returns the most records folded from
