@@ -433,3 +433,19 @@ def test_killed_tasks_still_turn_stalled_while_a_batch_cannot_be_folded(
     while server.get(f"/api/runs/{killed.hex()}")["status"] != "stalled":
         assert time.monotonic() < deadline, "the killed task never turned stalled"
         time.sleep(0.5)
+
+
+def test_a_request_past_a_limit_of_postgresql_is_a_500_not_a_503_to_retry_for_ever(
+    start_tasktree, private_db
+):
+    """Here a site's own index on resources refuses a big resource: 503 asked the exporter to
+    send the same request again, for ever; the request, not the database, is what fails."""
+    server = start_tasktree(database=private_db)
+    with psycopg.connect(private_db, autocommit=True) as conn:
+        conn.execute("CREATE INDEX site_resources_by_attributes ON resources ((attributes::text))")
+    body = otlp_request(os.urandom(16), [(sid(1), None, "work", False)], "x" * 3000 + "".join(
+        random.Random(5).choices("abcdefghijklmnopqrstuvwxyz", k=4000)))  # fmt: skip
+    answer = requests.post(server.otlp_http + "/v1/traces", data=body, timeout=30,
+                           headers={"Content-Type": "application/x-protobuf"})  # fmt: skip
+    assert answer.status_code == 500, (answer.status_code, answer.text)
+    assert "Retry-After" not in answer.headers

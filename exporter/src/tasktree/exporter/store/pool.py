@@ -219,6 +219,8 @@ def connection(
         raise StoreUnavailable(f"the database server is read-only now (failover?): {exc}") from exc
     except psycopg_pool.PoolTimeout as exc:
         raise StoreUnavailable(f"no database connection available: {exc}") from exc
+    except psycopg.errors.ProgramLimitExceeded:
+        raise  # what was sent exceeds a limit of PostgreSQL's: sending it again cannot help
     except psycopg.OperationalError as exc:
         raise StoreUnavailable(f"database unavailable: {exc}".strip()) from exc
     if unreplicated:
