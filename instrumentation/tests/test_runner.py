@@ -123,3 +123,20 @@ def test_secrets_in_the_command_never_reach_the_sink(otlp_sink):
     [record] = [r for r in records if not r.running]
     assert "hunter2" not in repr((record.name, record.attributes, record.resource))
     assert "--password=[redacted]" in record.attributes["tasktree.command"]
+
+
+def test_under_opentelemetry_instrument_the_runner_s_own_options_still_apply(otlp_sink):
+    """A program a job starts under opentelemetry-instrument inherits its loader: tasktree-run
+    is then configured before its main, and its --name and --heartbeat were ignored."""
+    instrument = str(Path(sys.executable).with_name("opentelemetry-instrument"))
+    proc = subprocess.run(
+        [instrument, RUNNER, "--name", "nightly-step", "--heartbeat", "0.3", "--",
+         sys.executable, "-c", "import time; time.sleep(1.5)"],
+        env=child_environment(otlp_sink.endpoint), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "are ignored" not in proc.stderr
+    record = final(otlp_sink, "nightly-step")
+    assert record.resource["service.name"] == "nightly-step"  # the job is named after --name
+    beats = [r for r in otlp_sink.snapshot() if r.running and r.span_id == record.span_id]
+    assert len(beats) >= 2  # every 0.3 s, not every 10 s

@@ -19,12 +19,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, cast
 
 from opentelemetry import context, trace
@@ -389,7 +391,8 @@ class TasktreeConfigurator:
 
     def configure(self, **kwargs: Any) -> None:
         _under_the_loader()
-        configure()
+        if not _is_tasktree_run():
+            configure()
 
 
 def _under_the_loader() -> None:
@@ -405,6 +408,17 @@ def _under_the_loader() -> None:
         propagation.leave_threading_to_loader()
 
 
+def _is_tasktree_run() -> bool:
+    """Whether this process is ``tasktree-run``, which configures tasktree itself with its own
+    options (``--name``, ``--heartbeat``): configured first from the environment, it ignored them.
+    A program started from a job under ``opentelemetry-instrument`` inherits the loader too."""
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if program is None:
+        return False
+    runner = Path(__file__).with_name("runner.py")
+    return program.name == "tasktree-run" or program.resolve() == runner.resolve()
+
+
 class TasktreeInstrumentor(BaseInstrumentor):
     """``opentelemetry_instrumentor`` entry point: live tasks and propagation for a job run under
     ``opentelemetry-instrument``, whichever configurator set up the SDK."""
@@ -415,7 +429,8 @@ class TasktreeInstrumentor(BaseInstrumentor):
     def _instrument(self, **kwargs: Any) -> None:
         if kwargs.get("skip_dep_check"):  # the loader's call (it checked dependencies itself)
             _under_the_loader()
-        configure()
+        if not _is_tasktree_run():
+            configure()
 
     def _uninstrument(self, **kwargs: Any) -> None:
         pass  # the patches stay for the life of the process
