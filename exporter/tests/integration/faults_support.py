@@ -17,6 +17,7 @@ import http.client
 import os
 import queue
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -282,3 +283,35 @@ class EventReader:
         self._thread.join(5)
         self._response.close()
         self._conn.close()
+
+
+# -- a server's fold workers, seen alone ------------------------------------------------------
+
+
+@contextlib.contextmanager
+def frozen(pid: int):
+    """SIGSTOP the process for the block: a ``tasktree serve --workers N`` whose fold workers
+    (processes of their own) go on, so that only they fold what lands meanwhile."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def land_behind_ingest(database_url: str, spans: Sequence) -> None:
+    """Store ``spans`` as ingest would, without any server's ingest (which would wake its own
+    folder)."""
+    from tasktree.exporter.store.landing import ResourceIds, land
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        land(conn, list(spans), ResourceIds(), time.time_ns())
+
+
+def wait_until_landing_is_empty(database_url: str, timeout: float = 30.0) -> None:
+    """Until every landed record is folded (by a fold worker, when the server is frozen)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while conn.execute("SELECT EXISTS (SELECT 1 FROM span_landing)").fetchone()[0]:
+            assert time.monotonic() < deadline, "no fold worker folded the landed spans"
+            time.sleep(0.05)

@@ -8,20 +8,16 @@ as ``test_live_workers.py`` does."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import time
 import urllib.request
 
 import psutil
-import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
-from tasktree.exporter.store.landing import ResourceIds, land
-
 from ..spans import sid, span
+from .faults_support import frozen, land_behind_ingest, wait_until_landing_is_empty
 
 
 def test_with_two_workers_metrics_counts_the_spans_the_fold_worker_folded(
@@ -30,9 +26,9 @@ def test_with_two_workers_metrics_counts_the_spans_the_fold_worker_folded(
     server = start_tasktree(extra_args=("--workers", "2"), database=private_db)
     _send_spans(server, 60)
     server.wait_folded()
-    with _frozen(server.proc.pid):  # only the worker can fold these
+    with frozen(server.proc.pid):  # only the worker can fold these
         _land_spans(private_db, 40)
-        _wait_until_landing_is_empty(private_db)
+        wait_until_landing_is_empty(private_db)
     _wait_for_metric(server, "tasktree_folded_spans_total", 100)
     seen = _metrics(server)
     assert seen["tasktree_ingest_spans_accepted_total"] == 60
@@ -43,9 +39,9 @@ def test_with_two_workers_metrics_counts_the_spans_the_fold_worker_folded(
 
 def test_the_fold_counters_keep_a_fold_worker_s_counts_after_it_died(start_tasktree, private_db):
     server = start_tasktree(extra_args=("--workers", "2"), database=private_db)
-    with _frozen(server.proc.pid):
+    with frozen(server.proc.pid):
         _land_spans(private_db, 30)
-        _wait_until_landing_is_empty(private_db)
+        wait_until_landing_is_empty(private_db)
     _wait_for_metric(server, "tasktree_folded_spans_total", 30)
     (worker,) = psutil.Process(server.proc.pid).children()
     worker.kill()  # SIGKILL, as the OOM killer would
@@ -64,9 +60,9 @@ def test_two_servers_with_workers_on_one_database_each_count_their_own_folds_onc
     _send_spans(a, 30)
     _send_spans(b, 20)
     a.wait_folded()
-    with _frozen(a.proc.pid), _frozen(b.proc.pid):  # only the two workers can fold these
+    with frozen(a.proc.pid), frozen(b.proc.pid):  # only the two workers can fold these
         _land_spans(private_db, 50)
-        _wait_until_landing_is_empty(private_db)
+        wait_until_landing_is_empty(private_db)
     deadline = time.monotonic() + 15
     while (total := _summed(a, b)) != 100 and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -125,26 +121,7 @@ def _send_spans(server, count: int, per_request: int = 10) -> None:
 
 
 def _land_spans(database_url: str, count: int) -> None:
-    """``count`` finished one-span runs stored as ingest would, without any server's ingest
-    (which would wake its folder)."""
-    spans = [span(os.urandom(16), sid(1), name="landed") for _ in range(count)]
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        land(conn, spans, ResourceIds(), time.time_ns())
-
-
-def _wait_until_landing_is_empty(database_url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        while conn.execute("SELECT EXISTS (SELECT 1 FROM span_landing)").fetchone()[0]:
-            assert time.monotonic() < deadline, "no fold worker folded the landed spans"
-            time.sleep(0.05)
-
-
-@contextlib.contextmanager
-def _frozen(pid: int):
-    """SIGSTOP the process for the block (its fold workers, processes of their own, go on)."""
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
+    """``count`` finished one-span runs, landed behind the servers' ingest."""
+    land_behind_ingest(
+        database_url, [span(os.urandom(16), sid(1), name="landed") for _ in range(count)]
+    )

@@ -4,10 +4,8 @@ strict test freezes it while only the worker can fold."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import threading
 import time
 import urllib.request
@@ -15,9 +13,13 @@ import urllib.request
 import psycopg
 
 from tasktree.exporter.live import PostgresBus, encode_message
-from tasktree.exporter.store.landing import ResourceIds, land
 
-from ..integration.faults_support import EventReader
+from ..integration.faults_support import (
+    EventReader,
+    frozen,
+    land_behind_ingest,
+    wait_until_landing_is_empty,
+)
 from ..spans import sid, span
 
 
@@ -87,9 +89,10 @@ def test_a_span_folded_by_the_worker_process_reaches_the_stream_of_the_serving_p
         assert stream.next_event(10) == "open"
         _wait_until_the_stream_hears_notifications(stream, private_db, trace)
         server.wait_folded()  # the serving process is idle: frozen, it holds no fold's locks
-        with _frozen(server.proc.pid):
-            _land_without_ingest(private_db, trace)  # the frozen process's ingest never sees it
-            _wait_until_folded_by_someone_else(private_db)
+        with frozen(server.proc.pid):
+            # the frozen process's ingest never sees it
+            land_behind_ingest(private_db, [span(trace, sid(1), name="folded-by-the-worker")])
+            wait_until_landing_is_empty(private_db)
             frozen_at = time.monotonic()
         event = stream.next_event(15)
         print(f"changed event {time.monotonic() - frozen_at:.2f}s after the serving process thawed")
@@ -109,31 +112,6 @@ def _wait_until_the_stream_hears_notifications(stream, database_url: str, trace:
         )
     assert stream.next_event(15) == "changed"
     stream.drain(quiet=1.0)
-
-
-@contextlib.contextmanager
-def _frozen(pid: int):
-    """SIGSTOP the process for the block (its worker, a process of its own, keeps running)."""
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
-
-
-def _land_without_ingest(database_url: str, trace: bytes) -> None:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        land(
-            conn, [span(trace, sid(1), name="folded-by-the-worker")], ResourceIds(), time.time_ns()
-        )
-
-
-def _wait_until_folded_by_someone_else(database_url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        while conn.execute("SELECT EXISTS (SELECT 1 FROM span_landing)").fetchone()[0]:
-            assert time.monotonic() < deadline, "no worker process folded the landed span"
-            time.sleep(0.05)
 
 
 def test_a_fold_worker_stops_when_its_server_is_killed(start_tasktree, private_db):
