@@ -50,8 +50,6 @@ VACUUM_LANDING_AFTER = 100_000
 reads what the folds left since the one before: about 0.5 µs of PostgreSQL CPU a record
 (50 ms after 100,000)."""
 
-# Retention holds a session lock: it drops partitions in many short transactions.
-
 
 class _Doorbell:
     """Wakes one waiting folder thread per ring.
@@ -294,6 +292,7 @@ class Folder:
         if self._settings.retention_days is None:
             return []
         with connection(self._pool) as conn:
+            # A session lock: retention drops partitions in many short transactions.
             if not scalar(conn, locks.TRY_SESSION, locks.RETENTION):
                 return []  # another process is at it
             try:

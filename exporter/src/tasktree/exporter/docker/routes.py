@@ -68,20 +68,18 @@ def page():
     """The Containers page: a shell without data; its script reads the API with the session
     cookie and sends the session's CSRF token (``<meta name="csrf-token">``) with every action.
     Without a credential the browser is sent to ``/login``."""
-    from tasktree.exporter.ui import SECURITY_HEADERS, require_page
+    from tasktree.exporter.ui import require_page, with_security_headers
 
     redirect_to_login = require_page()
     if redirect_to_login is not None:
         return redirect_to_login
     service = current_services().docker
-    page = render_template(
+    html = render_template(
         "docker.html",
         hosts_configured=service is not None and bool(service.hosts),
         read_only=refusal(OPERATOR),  # a viewer sees no button it may not press
     )
-    response = Response(page, mimetype="text/html")
-    response.headers.update(SECURITY_HEADERS)
-    return response
+    return with_security_headers(Response(html, mimetype="text/html"))
 
 
 # -- seeing -----------------------------------------------------------------------------------

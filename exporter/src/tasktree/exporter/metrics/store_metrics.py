@@ -29,11 +29,11 @@ logger = logging.getLogger(__name__)
 __all__ = ["STORE_TTL_S", "STORE_WAIT_S", "StoreMetrics", "bounded_jobs", "read_store"]
 
 STORE_TTL_S = 1.0
+"""Seconds the PostgreSQL-backed values are reused between scrapes."""
 STORE_WAIT_S = 4.0
 """At most this long waiting for a connection (less when the pool's own timeout is less): with
 PostgreSQL down a scrape must still end well within Prometheus's 10 s, so that it records
 ``tasktree_store_up 0`` (the alert TasktreeStoreUnreachable), not a failed scrape."""
-"""Seconds the PostgreSQL-backed values are reused between scrapes."""
 
 TOTALS = """
 SELECT job, run, name, status, finished, duration_sum, buckets FROM metric_totals

@@ -5,9 +5,8 @@ Pure data, no I/O.  ``status`` uses the store's codes (see ``tasktree.exporter.t
 A *running snapshot* is a span record carrying the attribute ``tasktree.state = "running"``
 (``LIVE_ATTRIBUTE``/``LIVE_VALUE`` of ``tasktree.instrumentation.snapshot``): the instrumentation
 exports one when a task starts and then at each heartbeat, with the snapshot time as the span's
-end time.  Being a plain span attribute,
-the marker survives any OpenTelemetry Collector in between.  For such a record ``end_ns`` is
-``None`` and ``heartbeat_ns`` holds the snapshot time.
+end time.  Being a plain span attribute, the marker survives any OpenTelemetry Collector in
+between.  For such a record ``end_ns`` is ``None`` and ``heartbeat_ns`` holds the snapshot time.
 """
 
 from __future__ import annotations

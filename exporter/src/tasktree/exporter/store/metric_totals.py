@@ -46,8 +46,6 @@ MAX_PENDING = 10_000
 """Distinct (job, task, status) amounts kept in memory while PostgreSQL refuses writes; beyond,
 new task names wait as ``OTHER``."""
 
-"""One write at a time across processes: each decides which names the cap admits."""
-
 FORGET_UNSEEN_JOBS = """
 DELETE FROM metric_totals m USING jobs j WHERE m.job = j.job AND j.last_seen_ns < %s
 """
@@ -157,6 +155,7 @@ class FoldTotals:
 
     def _flush(self) -> None:
         with connection(self._pool) as conn, conn.transaction():
+            # One write at a time across processes: each decides which names the cap admits.
             conn.execute(locks.TAKE_XACT, locks.METRICS)
             if self._job_ttl_s:  # jobs unseen for the TTL give their place up
                 conn.execute(FORGET_UNSEEN_JOBS, (time.time_ns() - self._job_ttl_s * 10**9,))

@@ -15,7 +15,6 @@ from tasktree.exporter.store import locks
 
 logger = logging.getLogger(__name__)
 
-# A session lock: each migration commits on its own, and the lock spans them all.
 _CREATE_MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())
@@ -39,6 +38,7 @@ def migrate(conninfo: str, target: int | None = None) -> list[int]:
     """Apply every pending migration (up to ``target``); return the versions this call applied."""
     applied_now = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
+        # A session lock: each migration commits on its own, and the lock spans them all.
         conn.execute(locks.TAKE_SESSION, locks.MIGRATIONS)
         try:
             conn.execute(_CREATE_MIGRATIONS_TABLE)
