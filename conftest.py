@@ -19,7 +19,8 @@ from psycopg.conninfo import make_conninfo
 ADMIN_URL = os.environ.get("TASKTREE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 TABLES = (
-    "span_landing", "tasks", "runs", "resources", "jobs", "metric_totals", "refused_over_cap"
+    "span_landing", "tasks", "runs", "resources", "jobs", "metric_totals", "refused_over_cap",
+    "span_quarantine",
 )
 
 

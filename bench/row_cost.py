@@ -30,9 +30,11 @@ from scratch import scratch_database  # bench/scratch.py: the script's folder
 
 from tasktree.exporter.store import partitions
 from tasktree.exporter.store.fold import fold_batch
-from tasktree.exporter.store.landing import _COLUMNS as LANDING_COLUMNS  # what ingest COPYs
 from tasktree.exporter.store.landing import _TYPES as LANDING_TYPES
+from tasktree.exporter.store.landing import LANDED_COLUMNS  # what ingest COPYs
 from tasktree.exporter.store.migrate import migrate
+
+LANDING_COLUMNS = ", ".join(LANDED_COLUMNS)
 
 ATTRIBUTES = json.dumps({"item": "1", "partition": "1", "host.name": "bench-host"})
 BATCH = 512

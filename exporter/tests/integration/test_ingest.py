@@ -28,14 +28,6 @@ from .faults_support import otlp_request
 from .fold_support import run, tree
 
 
-@pytest.fixture
-def pool(clean_store_db):
-    pool = open_pool(clean_store_db, max_size=4, timeout=2)
-    pool.wait(5)
-    yield pool
-    pool.close()
-
-
 def settings(**kw) -> Settings:
     return dataclasses.replace(Settings(), **kw)
 

@@ -30,6 +30,7 @@ from tasktree.exporter.store.fold import (
 from tasktree.exporter.store.landing import vacuum, waiting_at_most
 from tasktree.exporter.store.locks import LANES
 from tasktree.exporter.store.pool import connection, scalar
+from tasktree.exporter.store.quarantine import describe, is_record_fault
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ _GATHER_S = 0.02  # after a wake: the requests in flight land too, for fewer and
 _SWEEP_EVERY_S = 1.0
 _RETENTION_EVERY_S = 600.0
 _MAX_BACKOFF_S = 5.0
-_LANE_BY_LANE_AFTER_TIMEOUT_S = 60.0
+_LANE_BY_LANE_AFTER_FAULT_S = 60.0
 VACUUM_LANDING_AFTER = 100_000
 """Records folded by one process between two VACUUMs of ``span_landing`` it makes.  A VACUUM
 reads what the folds left since the one before: about 0.5 µs of PostgreSQL CPU a record
@@ -183,6 +184,8 @@ class Folder:
                 self.apply_retention()
         except (StoreUnavailable, psycopg.Error) as exc:
             logger.warning("stall sweep or retention failed: %s", exc)
+        except Exception:  # a fault of tasktree's: logged, and the folder thread goes on
+            logger.exception("stall sweep or retention failed")
         return last_sweep, last_retention
 
     def _fold_once(self, first_lane: int) -> int:
@@ -249,12 +252,27 @@ class Folder:
                     stall_after_s=self._settings.stall_after,
                     max_depth=self._settings.max_depth,
                     lane=lane,
+                    set_aside=limit == 1 and lane is not None,
                 )
             except psycopg.errors.QueryCanceled as exc:
-                self._split(lane, limit, exc)
+                with self._after_fold:
+                    self.timeouts_total += 1
+                self._split(lane, limit, f"was cancelled ({str(exc).strip()})")
                 return limit  # as a full batch would: go again at once, with the smaller one
+            except Exception as exc:
+                if not is_record_fault(exc):
+                    raise
+                self._split(lane, limit, f"failed ({describe(exc)})")
+                return limit
         if lane is not None:
             self._lane_limits[lane] = min(self._settings.fold_batch, limit * 2)
+        if result.set_aside:
+            logger.error(
+                "lane %s: a record that fails to fold alone was set aside (`tasktree quarantine`"
+                " lists it; fix the cause, then `tasktree quarantine --requeue`): %s",
+                lane,
+                result.fault,
+            )
         with self._after_fold:
             self.folded_total += result.records
             self._notify(result.trace_ids)
@@ -262,28 +280,27 @@ class Folder:
                 self._call(self._fold_listeners, result)
         return result.records
 
-    def _split(self, lane: int | None, limit: int, exc: Exception) -> None:
-        """A fold that the statement timeout cancelled is retried in halves (down to one
-        record), so a batch too large to fold in time never blocks its lane for ever; after a
-        fold of every lane, lane by lane for a while."""
-        with self._after_fold:
-            self.timeouts_total += 1
+    def _split(self, lane: int | None, limit: int, what_happened: str) -> None:
+        """A fold that the statement timeout cancelled, or that failed for a reason its records
+        may cause, is retried in halves (down to one record, which is set aside if it fails
+        alone: ``store/quarantine.py``), so that neither a batch too large to fold in time nor
+        one bad record blocks its lane for ever; after a fold of every lane, lane by lane for a
+        while."""
         if lane is None:
-            self._together_after = time.monotonic() + _LANE_BY_LANE_AFTER_TIMEOUT_S
+            self._together_after = time.monotonic() + _LANE_BY_LANE_AFTER_FAULT_S
             logger.warning(
-                "folding %d records of every lane at once was cancelled (%s); lane by lane"
-                " for the next %.0f s",
+                "folding %d records of every lane at once %s; lane by lane for the next %.0f s",
                 limit,
-                str(exc).strip(),
-                _LANE_BY_LANE_AFTER_TIMEOUT_S,
+                what_happened,
+                _LANE_BY_LANE_AFTER_FAULT_S,
             )
             return
         self._lane_limits[lane] = max(1, limit // 2)
         logger.warning(
-            "folding %d records of lane %d was cancelled (%s); folding them %d at a time",
+            "folding %d records of lane %d %s; folding them %d at a time",
             limit,
             lane,
-            str(exc).strip(),
+            what_happened,
             self._lane_limits[lane],
         )
 

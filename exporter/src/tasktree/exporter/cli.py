@@ -1,4 +1,5 @@
-"""The ``tasktree`` command: ``serve`` and ``demo``.  Every flag also has a TASKTREE_* variable."""
+"""The ``tasktree`` command: ``serve``, ``demo`` and ``quarantine``.  Every flag also has a
+TASKTREE_* variable."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 import sys
 import textwrap
 import threading
+import time
 
 from tasktree.exporter.settings import OPTIONS, Option, Settings, SettingsError, plain_text
 
@@ -64,10 +66,55 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
     demo.add_argument("--exit", action="store_true", help="exit once the sample job is stored")
     demo.set_defaults(run=_demo)
+    _add_quarantine_command(commands)
     from tasktree.exporter.docker.cli import add_docker_commands  # issue 6: tasktree docker ...
 
     add_docker_commands(commands)
     return parser
+
+
+def _add_quarantine_command(commands) -> None:
+    quarantine = commands.add_parser(
+        "quarantine",
+        help="spans set aside because folding them failed: list them, requeue or discard them",
+    )
+    database = next(o for o in OPTIONS if o.name == "database_url")
+    quarantine.add_argument(database.flag, dest=database.name, help=_flag_help(database))
+    what = quarantine.add_mutually_exclusive_group()
+    what.add_argument(
+        "--requeue", action="store_true", help="fold them again (once the cause is fixed)"
+    )
+    what.add_argument("--discard", action="store_true", help="delete them")
+    quarantine.set_defaults(run=_quarantine)
+
+
+def _quarantine(settings: Settings, args) -> int:
+    import psycopg
+
+    from tasktree.exporter.server import migrate_when_reachable, resolve_database_url
+    from tasktree.exporter.store import quarantine
+
+    url = resolve_database_url(settings)
+    migrate_when_reachable(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        if args.requeue:
+            print(f"{quarantine.requeue(conn)} span(s) landed again, to be folded now")
+            return 0
+        if args.discard:
+            print(f"{quarantine.discard(conn)} span(s) deleted")
+            return 0
+        groups = quarantine.by_error(conn)
+    if not groups:
+        print("No spans are set aside.")
+        return 0
+    for g in groups:
+        first, last = (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ns / 1e9))
+                       for ns in (g.first_ns, g.last_ns))  # fmt: skip
+        print(f"{g.records} span(s) of {g.runs} run(s), set aside {first} to {last} UTC"
+              f" (e.g. run {g.example_trace_id}):\n    {g.error}")  # fmt: skip
+    print("Fix the cause, then `tasktree quarantine --requeue` folds them again"
+          " (`--discard` deletes them).")  # fmt: skip
+    return 0
 
 
 def _flagged() -> list[Option]:

@@ -71,6 +71,9 @@ class StoreRows:
     """Spans received and not yet folded (None: none)."""
     now_s: float
     """Unix time of the read."""
+    quarantined: int = 0
+    """Spans set aside because they failed to fold (``store/quarantine.py``), counted up to
+    ``quarantine.COUNTED_AT_MOST``."""
 
 
 class TextExposition:
@@ -243,6 +246,12 @@ def _write_ingest(out: TextExposition, rows: StoreRows, read_s: float) -> None:
         "Age of the oldest received span not yet folded "
         "into the tree (0 when the tree is up to date).",
         lag,
+    )
+    out.single(
+        "tasktree_quarantined_spans",
+        "gauge",
+        "Spans set aside because folding them failed (`tasktree quarantine` lists them and why).",
+        rows.quarantined,
     )
     out.single(
         "tasktree_metrics_store_read_seconds",

@@ -20,6 +20,7 @@ import psycopg
 import psycopg_pool
 
 from tasktree.exporter.metrics.exposition import StoreRows, render_store_down, render_store_text
+from tasktree.exporter.store import quarantine
 from tasktree.exporter.store.metric_totals import OTHER
 from tasktree.exporter.store.replication import ReadRoute
 from tasktree.exporter.tree import status as st
@@ -76,7 +77,10 @@ def read_store(conn: psycopg.Connection) -> StoreRows:
     )
     landing = conn.execute(LANDING).fetchone()
     oldest_received_ns, backlog = landing if landing is not None else (None, None)
-    return StoreRows(totals, jobs, live, missing, oldest_received_ns, backlog, time.time())
+    quarantined = quarantine.count_at_most(conn)
+    return StoreRows(
+        totals, jobs, live, missing, oldest_received_ns, backlog, time.time(), quarantined
+    )
 
 
 class StoreMetrics:

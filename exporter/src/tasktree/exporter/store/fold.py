@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import psycopg
 
-from tasktree.exporter.store import locks, partitions, subtree_paths
+from tasktree.exporter.store import locks, partitions, quarantine, subtree_paths
 from tasktree.exporter.store._copy import fast_binary_dumpers
 from tasktree.exporter.store.locks import LANES
 from tasktree.exporter.store.pool import scalar
@@ -502,6 +502,8 @@ class FoldResult:
     records: int  # landed records folded
     trace_ids: tuple[bytes, ...] = ()  # the runs whose tree changed
     finished: tuple[FinishedTask, ...] = ()  # tasks that reached a final status in this fold
+    set_aside: int = 0  # records moved to span_quarantine instead (fold_batch's set_aside)
+    fault: str = ""  # why they were
 
 
 def fold_batch(
@@ -512,6 +514,7 @@ def fold_batch(
     max_depth: int = DEFAULT_MAX_DEPTH,
     lane: int | None = None,
     timeout_s: float | None = None,
+    set_aside: bool = False,
 ) -> FoldResult:
     """Fold up to ``limit`` landed records in one transaction; return how many were folded.
 
@@ -519,6 +522,9 @@ def fold_batch(
     ``lane``: claim only that lane's records (0 … LANES-1), if no other folder holds the lane;
     ``None`` claims from every lane.  ``timeout_s``: the fold's statement timeout (default: the
     connection's); a cancelled fold raises ``psycopg.errors.QueryCanceled``, changing nothing.
+    ``set_aside``: when the fold fails for a reason the records may cause
+    (``quarantine.is_record_fault``), move them to ``span_quarantine`` instead of raising (the
+    folder asks for it when one record alone fails).
     """
     partitions.ensure_current(conn)
     with conn.transaction():
@@ -539,25 +545,40 @@ def fold_batch(
         trace_ids = list(claimed)
         if lane is None:
             _lock_lanes(conn, trace_ids)
-        days = _run_days(conn, trace_ids, claimed=True)
-        cutoff = time.time_ns() - int(stall_after_s * 1e9)
-        leaves, by_run = _store_leaves(conn, days, cutoff)
-        seeds = {(parent, t) for t, parent in leaves if parent is not None}
-        for t, records in by_run.items():
-            for r in records:
-                seeds.add((r.span_id, t))
-                if r.parent_span_id:
-                    seeds.add((r.parent_span_id, t))
-        ruled = {t: days[t] for t in (*by_run, *(t for t, _ in leaves))}
-        folds = _fold_runs(conn, by_run, cutoff, ruled, seeds, max_depth, leaves)
-        conn.execute(_RUNS_OF_TOP_LEAVES)
-        _write(conn, folds, days.values())
-        subtree_paths.write(conn, folds, leaves)
-        conn.execute(_DELETE_CLAIMED)
-        finished = _finished_tasks(
-            conn, folds, conn.execute(_LEAVES_FINISHED, _NEGATED_BOUNDS).fetchall()
-        )
+        if not set_aside:
+            finished = _fold_claimed(conn, trace_ids, stall_after_s, max_depth)
+            return FoldResult(sum(claimed.values()), tuple(trace_ids), finished)
+        try:
+            with conn.transaction():  # a savepoint: the claim stays, its fold is undone
+                finished = _fold_claimed(conn, trace_ids, stall_after_s, max_depth)
+        except Exception as exc:
+            if not quarantine.is_record_fault(exc):
+                raise
+            moved = quarantine.set_aside_claimed(conn, exc)
+            return FoldResult(0, set_aside=moved, fault=quarantine.describe(exc))
     return FoldResult(sum(claimed.values()), tuple(trace_ids), finished)
+
+
+def _fold_claimed(
+    conn: Connection, trace_ids: list[bytes], stall_after_s: float, max_depth: int
+) -> tuple[FinishedTask, ...]:
+    """Fold the records of ``fold_claim`` (their lanes locked); returns the tasks finished."""
+    days = _run_days(conn, trace_ids, claimed=True)
+    cutoff = time.time_ns() - int(stall_after_s * 1e9)
+    leaves, by_run = _store_leaves(conn, days, cutoff)
+    seeds = {(parent, t) for t, parent in leaves if parent is not None}
+    for t, records in by_run.items():
+        for r in records:
+            seeds.add((r.span_id, t))
+            if r.parent_span_id:
+                seeds.add((r.parent_span_id, t))
+    ruled = {t: days[t] for t in (*by_run, *(t for t, _ in leaves))}
+    folds = _fold_runs(conn, by_run, cutoff, ruled, seeds, max_depth, leaves)
+    conn.execute(_RUNS_OF_TOP_LEAVES)
+    _write(conn, folds, days.values())
+    subtree_paths.write(conn, folds, leaves)
+    conn.execute(_DELETE_CLAIMED)
+    return _finished_tasks(conn, folds, conn.execute(_LEAVES_FINISHED, _NEGATED_BOUNDS).fetchall())
 
 
 def lanes_with_records(conn: psycopg.Connection) -> set[int]:

@@ -26,11 +26,13 @@ ON CONFLICT (digest) DO NOTHING
 """
 _RESOURCE_IDS = "SELECT digest, id FROM resources WHERE digest = ANY(%s)"
 
-_COLUMNS = (
-    "received_ns, trace_id, span_id, parent_span_id, name, kind, start_ns, end_ns, "
-    "heartbeat_ns, status, status_message, resource_id, scope, attributes, events, links, "
-    "truncated, search_words"
-)
+LANDED_COLUMNS = (
+    "received_ns", "trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns",
+    "heartbeat_ns", "status", "status_message", "resource_id", "scope", "attributes", "events",
+    "links", "truncated", "search_words",
+)  # fmt: skip
+"""The columns ingest writes into ``span_landing`` (the others are its id and generated ones)."""
+_COLUMNS = ", ".join(LANDED_COLUMNS)
 _TYPES = [
     "int8",
     "bytea",
