@@ -102,6 +102,13 @@ def _load_state(conn: psycopg.Connection) -> None:
             (int((NOW_S - 1) * S), trace, b"\x22" * 8, st.OK),
         ],
     )
+    conn.cursor().executemany(  # three records set aside because their folds failed
+        "INSERT INTO span_quarantine (landing_id, quarantined_ns, error, received_ns, trace_id,"
+        " span_id, name, kind, start_ns, status, status_message, resource_id, scope, attributes,"
+        " events, links, truncated)"
+        " VALUES (%s, 1, 'refused', 1, %s, %s, 'x', 1, 0, 3, '', 1, '', '{}', '[]', '[]', false)",
+        [(n, trace, bytes([0x30 + n]) * 8) for n in range(3)],
+    )
 
 
 @pytest.fixture
@@ -315,6 +322,9 @@ tasktree_ingest_backlog_spans 2
 # HELP tasktree_ingest_lag_seconds Age of the oldest received span not yet folded into the tree (0 when the tree is up to date).
 # TYPE tasktree_ingest_lag_seconds gauge
 tasktree_ingest_lag_seconds 2.5
+# HELP tasktree_quarantined_spans Spans set aside because folding them failed (`tasktree quarantine` lists them and why).
+# TYPE tasktree_quarantined_spans gauge
+tasktree_quarantined_spans 3
 # HELP tasktree_metrics_store_read_seconds How long the last read of the PostgreSQL-backed metrics took.
 # TYPE tasktree_metrics_store_read_seconds gauge
 tasktree_metrics_store_read_seconds 0.125
