@@ -550,3 +550,59 @@ def test_serve_stops_at_once_when_postgresql_refuses_for_good(database_url, user
     [said] = [line for line in done.stderr.splitlines() if line.startswith("tasktree: ")]
     assert "refused: FATAL:" in said and says in said and said.endswith(what_to_do)
     assert "not reachable yet" not in done.stderr
+
+
+# -- DNS rebinding: a door open without credentials answers this machine's names only ---------
+
+
+def _with_host(method: str, url: str, host: str, **kw) -> requests.Response:
+    return requests.request(method, url, headers={"Host": host, **kw.pop("headers", {})},
+                            timeout=30, **kw)  # fmt: skip
+
+
+def test_an_open_server_answers_requests_that_name_this_machine(start_tasktree, private_db):
+    server = start_tasktree(database=private_db, env={"TASKTREE_ALLOWED_HOSTS": "proxy.example"})
+    body = otlp_request(os.urandom(16), [(os.urandom(8), None, "job", False)], "named")
+    headers = {"Content-Type": "application/x-protobuf"}
+    for host in ("127.0.0.1", "localhost:8080", "LOCALHOST.", "[::1]:9", "tasktree.localhost",
+                 "127.9.9.9:80", "proxy.example:443"):  # fmt: skip
+        assert _with_host("GET", server.web + "/api/runs", host).status_code == 200, host
+        answer = _with_host("POST", server.otlp_http + "/v1/traces", host, data=body,
+                            headers=headers)  # fmt: skip
+        assert answer.status_code == 200, (host, answer.text)
+
+
+def test_an_open_server_refuses_a_web_page_that_rebound_its_name_to_loopback(
+    start_tasktree, private_db
+):
+    """With no viewer and no ingest token (the out-of-the-box set-up), a page of
+    attacker.example whose name now resolves to 127.0.0.1 would read the API and send spans as
+    same-origin; its requests still name its own host."""
+    server = start_tasktree(database=private_db)
+    trace = os.urandom(16)
+    body = otlp_request(trace, [(os.urandom(8), None, "job", False)], "rebound")
+    headers = {"Content-Type": "application/x-protobuf"}
+    for host in ("attacker.example", "attacker.example:4318", "localhost.attacker.example",
+                 "10.1.2.3", "[2001:db8::1]:80"):  # fmt: skip
+        for path in ("/api/runs", "/", "/metrics", f"/api/runs/{trace.hex()}"):
+            answer = _with_host("GET", server.web + path, host)
+            assert answer.status_code == 403, (host, path, answer.status_code)
+            assert "TASKTREE_ALLOWED_HOSTS" in answer.text  # JSON, or a page for / saying it
+        answer = _with_host("POST", server.otlp_http + "/v1/traces", host, data=body,
+                            headers=headers)  # fmt: skip
+        assert answer.status_code == 403, (host, answer.status_code)
+    requests.post(server.otlp_http + "/v1/traces", data=body, headers=headers, timeout=30)
+    server.wait_folded()  # the same spans, sent by a program on this machine
+    assert [r["trace_id"] for r in server.get("/api/runs")["runs"]] == [trace.hex()]
+
+
+def test_doors_that_need_a_credential_do_not_look_at_the_host(server):
+    assert _with_host("GET", server.web + "/api/runs", "proxy.example").status_code == 401
+    answer = _with_host("GET", server.web + "/api/runs", "proxy.example",
+                        headers={"Authorization": f"Bearer {VIEWER}"})  # fmt: skip
+    assert answer.status_code == 200
+    body = otlp_request(os.urandom(16), [(os.urandom(8), None, "job", False)], "proxied")
+    answer = _with_host("POST", server.otlp_http + "/v1/traces", "proxy.example", data=body,
+                        headers={"Content-Type": "application/x-protobuf",
+                                 "Authorization": f"Bearer {INGEST}"})  # fmt: skip
+    assert answer.status_code == 200, answer.text

@@ -58,9 +58,11 @@ def create_app(
         reads=reads,
     )
     install_services(app, services)
+    from tasktree.exporter.auth import guard_anonymous_reads
     from tasktree.exporter.auth import install as install_auth  # issue 7: session cookie, CSRF
 
     install_auth(app)
+    guard_anonymous_reads(app)
     app.register_blueprint(api_blueprint)
     from tasktree.exporter.docker import docker_blueprint  # issue 6: /api/docker/... and /docker
 

@@ -52,6 +52,7 @@ __all__ = [
     "CSRF_FIELD",
     "CSRF_HEADER",
     "OPERATOR",
+    "HostGuard",
     "VIEWER",
     "IngestTokens",
     "Principal",
@@ -59,6 +60,7 @@ __all__ = [
     "authenticate",
     "csrf_token",
     "current_principal",
+    "guard_anonymous_reads",
     "install",
     "load_secret_key",
     "refusal",
@@ -213,6 +215,59 @@ class IngestTokens:
             matched |= hmac.compare_digest(given_bytes, secret)
         if scheme.lower() != "bearer" or not matched:
             raise Unauthorized("the bearer token matches no ingest token")
+
+
+# -- the Host a request names -------------------------------------------------------------------
+
+
+class HostGuard:
+    """Refuses a request whose ``Host`` is not this machine's while a door is open without
+    credentials (``Forbidden``).  A web page can rebind its own host name to 127.0.0.1 (DNS
+    rebinding) and then read a loopback server as same-origin: its requests still name that
+    host, never ``localhost`` or a loopback address.  ``TASKTREE_ALLOWED_HOSTS`` adds names
+    (a same-machine proxy's).  A door that needs a credential needs no guard: the page has none.
+    """
+
+    def __init__(self, settings: Settings):
+        names = (settings.allowed_hosts or "").split(",")
+        self._allowed = {_bare_name(n) for n in names if n.strip()}
+
+    def check(self, host: str | None) -> None:
+        if not host:  # HTTP/1.0 without Host: no browser sends that
+            return
+        name = _bare_name(host)
+        if name in self._allowed or name == "localhost" or name.endswith(".localhost"):
+            return
+        if is_loopback(name):
+            return
+        raise Forbidden(
+            f"Host {host[:100]!r} is not this machine: tasktree answers requests without a"
+            " credential only when they name localhost or a loopback address (so that no web"
+            " page can reach it by DNS rebinding); add the name to TASKTREE_ALLOWED_HOSTS if you"
+            " reach tasktree through it"
+        )
+
+
+def _bare_name(host: str) -> str:
+    """``host`` of a Host header (``name``, ``name:port``, ``[v6]:port``), lower case, without
+    the port and a final dot."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.rstrip(".")
+
+
+def guard_anonymous_reads(app: Flask) -> None:
+    """Check the ``Host`` of every request to ``app`` while reading is open to anyone on the
+    machine (``TokenTable.anonymous_reads``)."""
+    guard = HostGuard(services_of(app).settings)
+
+    @app.before_request
+    def _check_host() -> None:
+        if _table().anonymous_reads:
+            guard.check(request.headers.get("Host"))
 
 
 # -- the session ------------------------------------------------------------------------------

@@ -198,6 +198,13 @@ class Settings:
         meaning="mark the session cookie `Secure`: set it when users reach tasktree through an"
         " HTTPS proxy",
     )
+    allowed_hosts: str | None = setting(
+        meaning="`name,...`: the host names, besides `localhost` and loopback addresses, that"
+        " requests may name (their `Host`) while a door is open without credentials (reading on"
+        " a loopback-bound server without viewer tokens; ingest without ingest tokens); a"
+        " request naming another gets 403, so that no web page reaches tasktree through DNS"
+        " rebinding. Add the name a same-machine proxy passes on",
+    )
     # -- the database pool --
     pool_size: int = setting(
         10, meaning="database connections per process (bounded; checked on borrow)"

@@ -96,12 +96,17 @@ class _Receiver:
         self.max_body = settings.max_body_bytes
         self.tokens = ingest_tokens(settings, tokens)
         self.unauthenticated = unauthenticated or UnauthenticatedExports()
+        from tasktree.exporter.auth import HostGuard
+
+        self.hosts = HostGuard(settings)  # while ingest is open: no web page's spans
 
     def export(self) -> Response:
         """The view: every refusal is a ``TasktreeError`` turned into one response here."""
         mimetype = request.mimetype
         as_json = _answers_json(mimetype)
         try:
+            if not self.tokens.required:
+                self.hosts.check(request.headers.get("Host"))
             self.tokens.check(request.headers.get("Authorization"))
             decode = _DECODERS.get(mimetype)
             if decode is None:
