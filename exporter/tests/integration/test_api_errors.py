@@ -63,7 +63,8 @@ BAD_FILTERS = [
     ("from=2026-02-30T00:00:00Z", "from " + TIME), ("to=", "to " + TIME),
     ("from=1e9", "from " + TIME), ("to=2026-11-26T25:00:00Z", "to " + TIME),
     ("q=" + "x" * 257, "q must be at most 256 characters, without NUL"),
-    ("job=a%00b", "job must be at most 256 characters, without NUL"),
+    ("job=a%00b", "job must be at most 1100 characters, without NUL"),
+    ("job=" + "x" * 1101, "job must be at most 1100 characters, without NUL"),
 ]
 
 

@@ -7,12 +7,14 @@ import os
 import random
 import threading
 import time
+from urllib.parse import urlencode
 
 import psycopg
 import pytest
 import requests
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
+from tasktree.exporter.api.params import MAX_JOB
 from tasktree.exporter.errors import Overloaded, StoreUnavailable
 from tasktree.exporter.ingest import Ingestor
 from tasktree.exporter.receiver.records import DecodedBatch
@@ -389,6 +391,13 @@ def test_job_and_task_names_of_thousands_of_characters_are_cut_and_stop_nothing(
     run = server.get(f"/api/runs/{poisoned.hex()}")
     assert run["job"] == long_job[:1000] + "…[truncated by tasktree: kept 1000 of 2800 bytes]"
     assert run["name"] == long_task  # a task's own name is kept whole (the value limit applies)
+    by_job = {"job": run["job"]}  # the job's runs and tasks can be listed by its stored name
+    assert [r["trace_id"] for r in server.get("/api/runs?" + urlencode(by_job))["runs"]] == [
+        poisoned.hex()
+    ]
+    assert len(server.get("/api/search?" + urlencode(by_job))["tasks"]) == 1
+    openapi = server.get("/api/openapi.json")["components"]["parameters"]["job"]["schema"]
+    assert openapi["maxLength"] == MAX_JOB >= len(run["job"])
     assert server.get(f"/api/runs/{after.hex()}")["status"] == "ok"
     finished = 'tasktree_runs_finished_total{job_name="after-long-names",status="ok"} 1'
     deadline = time.monotonic() + 20  # the job series are written at most once a second

@@ -16,13 +16,17 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from tasktree.exporter.errors import BadRequest
+from tasktree.exporter.receiver.records import MAX_NAME_BYTES
 from tasktree.exporter.store.queries import SPAN_ID_BYTES, TRACE_ID_BYTES
 from tasktree.exporter.tree import status as task_status
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_TEXT = 256
-"""Longest ``q`` or ``job`` accepted, in characters."""
+"""Longest ``q`` accepted, in characters."""
+MAX_JOB = MAX_NAME_BYTES + 100
+"""Longest ``job`` accepted, in characters: any job name as stored (cut at ``MAX_NAME_BYTES``
+bytes, then marked), so that every job can be listed."""
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -89,19 +93,19 @@ def listed_status(value: str | None) -> int:
     return task_status.CODES[value]
 
 
-def text(value: str | None, name: str) -> str | None:
-    """Free text (``q``, ``job``): blank is absent; at most ``MAX_TEXT`` characters, no NUL."""
+def text(value: str | None, name: str, longest: int = MAX_TEXT) -> str | None:
+    """Free text (``q``, ``job``): blank is absent; at most ``longest`` characters, no NUL."""
     if value is None or value.strip() == "":
         return None
-    if len(value) > MAX_TEXT or "\x00" in value:
-        raise BadRequest(f"{name} must be at most {MAX_TEXT} characters, without NUL")
+    if len(value) > longest or "\x00" in value:
+        raise BadRequest(f"{name} must be at most {longest} characters, without NUL")
     return value
 
 
 def filters(args: Mapping[str, str]) -> dict[str, Any]:
     """The job, status and start-time range of a query string, validated (``queries`` names)."""
     return {
-        "job": text(args.get("job"), "job"),
+        "job": text(args.get("job"), "job", MAX_JOB),
         "status": status(args.get("status")),
         "from_ns": timestamp(args.get("from"), "from"),
         "to_ns": timestamp(args.get("to"), "to"),
