@@ -263,7 +263,21 @@ def test_an_action_by_cookie_without_the_right_csrf_token_is_403_saying_why(serv
     stopped = client.post(server.web + "/api/docker/hosts/gone/containers/app/stop", timeout=10,
                           headers=headers)
     assert stopped.status_code == 403 and stopped.json()["error"]["code"] == "csrf_token_missing"
+    # Reading logs is an action by GET: a link from another site (the cookie is sent on a
+    # top-level GET) must not start one, nor hold a server thread with follow=1.
+    logs = client.get(server.web + "/api/docker/hosts/gone/containers/app/logs?follow=1",
+                      headers=headers, timeout=10)  # fmt: skip
+    assert logs.status_code == 403 and logs.json()["error"]["code"] == "csrf_token_missing"
     assert client.get(server.web + "/api/docker/audit", timeout=10).json()["entries"] == []
+
+
+def test_a_log_read_that_fails_is_in_the_audit_log_like_a_failed_stop(server):
+    client = sign_in(server, OPERATOR)
+    logs = client.get(server.web + "/api/docker/hosts/gone/containers/app/logs", timeout=30,
+                      headers={"X-CSRF-Token": csrf_of(server, client)})  # fmt: skip
+    assert logs.status_code >= 500, logs.text  # the host is down
+    [entry] = client.get(server.web + "/api/docker/audit", timeout=10).json()["entries"]
+    assert (entry["actor"], entry["action"], entry["status"]) == ("olga", "logs", "error")
 
 
 def test_bearer_api_clients_need_no_session_and_no_csrf_token(server):

@@ -403,13 +403,17 @@ def _table() -> TokenTable:
     return table
 
 
-def authenticate() -> Principal | None:
+def authenticate(*, acts: bool | None = None) -> Principal | None:
     """The request's principal: bearer token, else session cookie, else anonymous where allowed,
     else None.  Sets ``g.principal`` and ``g.auth_via`` (``bearer``/``session``/``anonymous``).
 
     Raises ``Unauthorized`` for a bearer credential that matches no token, and ``CsrfRejected``
-    for a cookie-authenticated request that changes something without the CSRF token.
+    for a cookie-authenticated request that acts without the CSRF token.  ``acts``: whether the
+    request is an action (default: any method but GET/HEAD/OPTIONS; reading a container's logs
+    is an action by GET).
     """
+    if acts is None:
+        acts = request.method not in SAFE_METHODS
     table = _table()
     scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
     if credential or scheme:
@@ -419,7 +423,7 @@ def authenticate() -> Principal | None:
         return _found(principal, "bearer")
     principal = _session_principal(table)
     if principal is not None:
-        if request.method not in SAFE_METHODS and not csrf_matches():
+        if acts and not csrf_matches():
             raise CsrfRejected(
                 "this action needs the page's CSRF token (header X-CSRF-Token or form field "
                 "csrf_token): reload the page and try again"
@@ -434,13 +438,14 @@ def _found(principal: Principal, via: str) -> Principal:
     return principal
 
 
-def require(role: str) -> Callable[[F], F]:
-    """Decorator for views: 401/403 unless the caller has ``role``; sets ``g.principal``."""
+def require(role: str, *, acts: bool | None = None) -> Callable[[F], F]:
+    """Decorator for views: 401/403 unless the caller has ``role``; sets ``g.principal``.
+    ``acts``: as for ``authenticate``."""
 
     def decorate(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
-            principal = authenticate()
+            principal = authenticate(acts=acts)
             message = _refusal(principal, role)
             if message is not None:
                 signed_in = principal is not None and principal is not ANONYMOUS

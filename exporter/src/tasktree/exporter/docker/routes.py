@@ -263,7 +263,7 @@ def container_action(host: str, container: str, action: str):
 
 
 @docker_blueprint.get("/api/docker/hosts/<host>/containers/<container>/logs")
-@require(OPERATOR)
+@require(OPERATOR, acts=True)  # an action: a link from another site must not start one
 def logs(host: str, container: str) -> Response:
     """The container's output as text; ``follow=1`` keeps streaming new lines."""
     follow = request.args.get("follow", "") in ("1", "true")

@@ -300,6 +300,7 @@ class DockerService:
         since: int | None,
     ) -> Iterator[bytes]:
         self._known(host)
+        asked = {"tail": tail, "follow": follow}
         try:
             stream = actions.logs(
                 self.clients.client(host, action=True),
@@ -310,8 +311,10 @@ class DockerService:
                 since=since,
             )
         except Exception as exc:
+            outcome = {"error": describe_error(exc)}
+            self._audit_once(who, "logs", host, container, asked, ERROR, outcome)
             raise _translate(exc, host, container) from exc
-        self._audit_once(who, "logs", host, container, {"tail": tail, "follow": follow}, OK, {})
+        self._audit_once(who, "logs", host, container, asked, OK, {})
         return stream
 
     def _audit_once(

@@ -28,7 +28,7 @@ function notice(text) { $("#notice").textContent = text || ""; }
 
 async function api(method, path, body) {
   const headers = {};
-  if (method !== "GET" && method !== "HEAD") headers["X-CSRF-Token"] = csrfToken;
+  headers["X-CSRF-Token"] = csrfToken;  // reading logs is an action by GET: it needs it too
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(path, {
     method, headers, credentials: "same-origin", body: body === undefined ? undefined : JSON.stringify(body),
