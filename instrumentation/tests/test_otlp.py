@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from job_support import job_stderr, one_task_job
 from opentelemetry import propagate, trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as otel_encode
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
@@ -192,3 +194,66 @@ def test_configure_inside_a_task_started_before_it_says_that_task_is_lost(otlp_s
     assert "call configure() before the first task starts" in stderr
     clean = one_task_job(OTEL_EXPORTER_OTLP_ENDPOINT=otlp_sink.endpoint)  # configure(), then tasks
     assert "configure() was called inside" not in clean
+
+
+NOT_UTF8 = os.fsdecode(b"report-\xff.csv")  # a file name that is not UTF-8, as os.listdir gives it
+ESCAPED = "report-\\udcff.csv"  # as it arrives: Python's escape of the byte
+
+
+def test_text_utf8_cannot_encode_arrives_escaped_and_no_record_is_lost(otlp_sink, caplog):
+    memory, tracer = record(Resource.create({"process.command_line": f"job {NOT_UTF8}"}))
+    with tracer.start_as_current_span("root"):
+        attributes = {"path": NOT_UTF8, "paths": [NOT_UTF8, "x"], NOT_UTF8: 1}
+        tracer.start_span(f"load {NOT_UTF8}", attributes=attributes).end()
+        with pytest.raises(ValueError), tracer.start_as_current_span("read"):  # an event: slow path
+            raise ValueError(f"bad row in {NOT_UTF8}")
+        tracer.start_span("after").end()
+    exporter = otlp.SpanExporter(endpoint=otlp_sink.endpoint + "/v1/traces", timeout=5)
+    assert exporter.export(memory.get_finished_spans()) is SpanExportResult.SUCCESS
+    received = {r.name: r for r in otlp_sink.wait_for(lambda records: len(records) == 4)}
+    assert set(received) == {"root", f"load {ESCAPED}", "read", "after"}
+    loaded = received[f"load {ESCAPED}"]
+    assert loaded.attributes == {"path": ESCAPED, "paths": [ESCAPED, "x"], ESCAPED: 1}
+    assert loaded.resource["process.command_line"] == f"job {ESCAPED}"
+    assert received["read"].status_message == f"ValueError: bad row in {ESCAPED}"
+    [(event, event_attributes)] = received["read"].events
+    assert event == "exception" and event_attributes["exception.message"] == f"bad row in {ESCAPED}"
+    assert not [r for r in caplog.records if r.exc_info]  # nothing dropped on the way
+    exporter.shutdown()
+
+
+def test_a_record_that_cannot_be_encoded_is_left_out_alone_and_named(otlp_sink, caplog):
+    memory, tracer = record()
+    tracer.start_span("before").end()
+    tracer.start_span("after").end()
+    good = memory.get_finished_spans()
+    broken = ReadableSpan(  # a kind OTLP has no number for: no encoder can take it
+        name="broken", context=good[0].context, kind=None, resource=good[0].resource  # type: ignore[arg-type]
+    )
+    exporter = otlp.SpanExporter(endpoint=otlp_sink.endpoint + "/v1/traces", timeout=5)
+    assert exporter.export([good[0], broken, good[1]]) is SpanExportResult.SUCCESS
+    received = otlp_sink.wait_for(lambda records: len(records) == 2)
+    assert sorted(r.name for r in received) == ["after", "before"]
+    [said] = [r.getMessage() for r in caplog.records if "cannot encode" in r.getMessage()]
+    assert "task 'broken'" in said and "it is not sent" in said
+    exporter.shutdown()
+
+
+def test_a_job_whose_task_names_a_file_that_is_not_utf8_delivers_every_task(otlp_sink):
+    script = (
+        "import os, time\n"
+        "from tasktree.instrumentation import configure, task\n"
+        "configure()\n"
+        "with task('root'):\n"
+        "    with task('watch ' + os.fsdecode(b'dir-\\xff')):\n"
+        "        time.sleep(0.6)\n"  # running snapshots of it, sent with the others' records
+        "    for i in range(3):\n"
+        "        with task(f'after-{i}'):\n"
+        "            pass\n"
+    )
+    stderr = job_stderr(script, OTEL_EXPORTER_OTLP_ENDPOINT=otlp_sink.endpoint)
+    assert "tasktree:" not in stderr, stderr
+    finals = otlp_sink.wait_for(lambda records: sum(not r.running for r in records) == 5)
+    names = {r.name for r in finals}
+    assert names >= {"root", "watch dir-\\udcff", "after-0", "after-1", "after-2"}
+    assert any(r.running and r.name == "watch dir-\\udcff" for r in finals)

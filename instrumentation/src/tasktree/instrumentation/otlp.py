@@ -5,8 +5,11 @@ them: about 20 µs a span, on the export thread of every process that records ta
 interpreter lock the job's threads need.  :func:`encode_spans` writes the same bytes directly for
 the spans tasks make (no events or links; attribute values str, bool, int or float, or lists of
 them; any status): about 7 µs a span.  Any other span goes through OpenTelemetry's encoder, so a
-request is what OpenTelemetry would send, with one difference: an integer beyond 64 bits, which
-OpenTelemetry's encoder drops (logging a traceback), is sent as its decimal text.
+request is what OpenTelemetry would send, with two differences: an integer beyond 64 bits, which
+OpenTelemetry's encoder drops (logging a traceback), is sent as its decimal text; and text that
+UTF-8 cannot encode, which makes OpenTelemetry's encoder fail for the whole request, is sent with
+each such character escaped (see :func:`_utf8`).  A span that cannot be encoded at all is left out
+of the request (logged, naming it), never the request with it.
 
 In a process forked from the one that configured tasktree (a Celery or multiprocessing pool
 process), the resource sent says the process's own ``process.pid``, not its parent's: so every
@@ -19,19 +22,21 @@ release whose exporter is laid out differently gets its plain ``export`` instead
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as _encode_slowly
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import PROCESS_PID, Resource
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.util.types import Attributes
 
 _logger = logging.getLogger(__name__)
 
@@ -111,11 +116,14 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     # Grouped by identity: hashing a Resource serializes all its attributes, every time.
     grouped: dict[int, dict[int, tuple[ReadableSpan, list[bytes]]]] = {}
     for span in spans:
+        encoded_span = _span_or_none(span)
+        if encoded_span is None:
+            continue
         by_scope = grouped.setdefault(id(span.resource), {})
         first_and_encoded = by_scope.get(id(span.instrumentation_scope))
         if first_and_encoded is None:
             first_and_encoded = by_scope[id(span.instrumentation_scope)] = (span, [])
-        first_and_encoded[1].append(_span(span))
+        first_and_encoded[1].append(encoded_span)
     parts = []
     for by_scope in grouped.values():
         body: list[bytes] = []
@@ -134,10 +142,26 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     return b"".join(parts)
 
 
+def _span_or_none(span: ReadableSpan) -> bytes | None:
+    """The encoded span; None (logged) if even OpenTelemetry's encoder cannot encode it: the
+    other spans of the request must not be lost with it."""
+    try:
+        return _span(span)
+    except Exception:
+        _logger.exception(
+            "tasktree: cannot encode the record of task %r (span %016x); it is not sent",
+            getattr(span, "name", None),
+            span.context.span_id if span.context is not None else 0,
+        )
+        return None
+
+
 def _span(span: ReadableSpan) -> bytes:
     try:
         return _simple_span(span)
     except Exception:  # noqa: BLE001 - _NotSimple, or what OpenTelemetry's encoder handles its way
+        if not _all_utf8(_span_texts(span), _attribute_texts(span.resource.attributes)):
+            span = _escaped(span)
         request = _encode_slowly([span])
         return request.resource_spans[0].scope_spans[0].spans[0].SerializePartialToString()
 
@@ -149,7 +173,7 @@ def _simple_span(span: ReadableSpan) -> bytes:
         raise _NotSimple
     if span.dropped_attributes or span.dropped_events or span.dropped_links:
         raise _NotSimple
-    context, parent, name = span.context, span.parent, span.name.encode()
+    context, parent, name = span.context, span.parent, _utf8(span.name)
     parts = [_TRACE_ID, context.trace_id.to_bytes(16, "big"), _SPAN_ID]
     parts.append(context.span_id.to_bytes(8, "big"))
     if context.trace_state:
@@ -210,9 +234,9 @@ def _envelope(span: ReadableSpan) -> tuple[bytes, bytes]:
         return kept[2]
     # A bare span of the same resource and scope: the span's own attributes are not needed.
     bare = ReadableSpan(
-        name=span.name or "-",
+        name="-",  # (its own is not needed either, and may not be UTF-8)
         context=span.context,
-        resource=_with_own_pid(resource),
+        resource=_escaped_resource(_with_own_pid(resource)),
         instrumentation_scope=scope,
     )
     resource_spans = _encode_slowly([bare]).resource_spans[0]
@@ -236,7 +260,94 @@ def _with_own_pid(resource: Resource) -> Resource:
 
 
 def _string_field(tag: bytes, text: str) -> bytes:
-    return _field(tag, text.encode())
+    return _field(tag, _utf8(text))
+
+
+def _utf8(text: str) -> bytes:
+    """``text`` in UTF-8, a character UTF-8 cannot encode as its Python escape (``\\udcff``).
+
+    Such a character is a lone surrogate: what ``os.fsdecode`` and ``os.listdir`` make of a file
+    name that is not UTF-8 (byte 0xff becomes U+DCFF).  Protobuf refuses it.  The escape rather
+    than U+FFFD: it keeps which byte it was, and reads as Python shows the name (``repr``)."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace")
+
+
+# -- text UTF-8 cannot encode, for OpenTelemetry's encoder, which refuses it ----------------------
+
+
+def _span_texts(span: ReadableSpan) -> Iterator[str]:
+    yield span.name or ""
+    yield span.status.description or ""
+    yield from _attribute_texts(span.attributes)
+    for event in span.events:
+        yield event.name
+        yield from _attribute_texts(event.attributes)
+    for link in span.links:
+        yield from _attribute_texts(link.attributes)
+
+
+def _attribute_texts(attributes: Attributes) -> Iterator[str]:
+    for key, value in (attributes or {}).items():
+        yield key
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            yield from (item for item in value if isinstance(item, str))
+
+
+def _all_utf8(*texts: Iterable[str]) -> bool:
+    try:
+        "".join(itertools.chain(*texts)).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(span: ReadableSpan) -> ReadableSpan:
+    """A copy of ``span`` whose every text is valid UTF-8 (escaped as :func:`_utf8` does)."""
+    status = span.status
+    return ReadableSpan(
+        name=_escaped_text(span.name or ""),
+        context=span.context,
+        parent=span.parent,
+        resource=_escaped_resource(span.resource),
+        attributes=_escaped_attributes(span.attributes),
+        events=[
+            Event(_escaped_text(e.name), _escaped_attributes(e.attributes), e.timestamp)
+            for e in span.events
+        ],
+        links=[Link(link.context, _escaped_attributes(link.attributes)) for link in span.links],
+        kind=span.kind,
+        status=Status(status.status_code, status.description and _escaped_text(status.description)),
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+def _escaped_resource(resource: Resource) -> Resource:
+    if _all_utf8(_attribute_texts(resource.attributes)):
+        return resource
+    return Resource(_escaped_attributes(resource.attributes), resource.schema_url)
+
+
+def _escaped_attributes(attributes: Attributes) -> dict[str, Any]:
+    return {_escaped_text(key): _escaped_value(value) for key, value in (attributes or {}).items()}
+
+
+def _escaped_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return _escaped_text(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_escaped_value(item) for item in value)
+    return value
+
+
+def _escaped_text(text: str) -> str:
+    return _utf8(text).decode()
 
 
 def _field(tag: bytes, payload: bytes) -> bytes:
