@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,15 @@ def test_a_program_killed_by_a_signal_is_an_error_named_after_the_signal(otlp_si
     )
     assert proc.returncode == 128 + 9
     assert final(otlp_sink, "job").status_message == "killed by SIGKILL"
+
+
+def test_a_background_process_the_program_leaves_behind_is_not_waited_for(otlp_sink):
+    started = time.monotonic()
+    proc = run(otlp_sink, "sh", "-c", "sleep 6 >/dev/null & echo started; echo bye >&2")
+    assert time.monotonic() - started < 4  # not the 6 s of the background sleep
+    assert proc.returncode == 0 and proc.stdout == "started\n" and proc.stderr == "bye\n"
+    record = final(otlp_sink, "job")
+    assert record.status == "unset" and (record.end_ns - record.start_ns) / 1e9 < 2
 
 
 def test_a_missing_command_is_exit_127_and_an_error(otlp_sink):

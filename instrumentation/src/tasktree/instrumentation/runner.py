@@ -4,10 +4,12 @@ The task is a root, or a child of the task in ``TRACEPARENT`` when that is set; 
 its own ``TRACEPARENT`` (the runner's task) so that a tasktree-instrumented child hangs below it.
 While the program runs the task heartbeats.  stdin and stdout are the program's own; stderr is
 passed through as it comes and its last 8 KiB kept (a tee), attached to the task as
-``tasktree.stderr_tail`` when the program fails.  The status comes from the exit code (0 is
-``ok``) or the signal that killed it; the runner exits with the program's exit code, or 128+N for
-signal N.  SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are forwarded to the program; SIGINT is
-not (a terminal sends it to the program already), so the runner just waits for the program.
+``tasktree.stderr_tail`` when the program fails.  The task ends when the program exits: a
+background process it leaves behind (``cmd &``) is not waited for, and its stderr is passed on
+only until the runner exits.  The status comes from the exit code (0 is ``ok``) or the signal
+that killed it; the runner exits with the program's exit code, or 128+N for signal N.  SIGTERM,
+SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are forwarded to the program; SIGINT is not (a terminal
+sends it to the program already), so the runner just waits for the program.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ from tasktree.instrumentation.propagation import child_env
 
 STDERR_TAIL_BYTES = 8192
 STDERR_TAIL_ATTRIBUTE = "tasktree.stderr_tail"
+# After the program exits, how long its stderr may still take to reach us.  A background process it
+# left behind (``cmd &``, a daemon's start script) keeps the pipe open, so the end of the pipe
+# cannot be what the runner, and the task, wait for.
+_STDERR_DRAIN_WAIT = 0.3
 _FORWARDED = ("SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 _INTERPRETER = re.compile(
     r"(?P<kind>python|pypy)[0-9.]*|(?P<other>bash|sh|zsh|dash|node|ruby|perl|Rscript)"
@@ -137,7 +143,8 @@ def _tee(source: int, tail: collections.deque) -> None:
 
 
 def _tail_text(tail: collections.deque) -> str:
-    return b"".join(tail)[-STDERR_TAIL_BYTES:].decode("utf-8", errors="replace")
+    # The tee may still be appending (a background process writing): tuple() copies in one go.
+    return b"".join(tuple(tail))[-STDERR_TAIL_BYTES:].decode("utf-8", errors="replace")
 
 
 def _forward_signals(process: subprocess.Popen) -> None:
@@ -172,7 +179,7 @@ def _run(command: list[str], span) -> tuple[int, str, str]:
     stderr.close()
     tee.start()
     returncode = process.wait()
-    tee.join()
+    tee.join(_STDERR_DRAIN_WAIT)
     if returncode < 0:
         number = -returncode
         try:
