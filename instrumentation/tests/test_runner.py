@@ -67,10 +67,28 @@ def test_a_background_process_the_program_leaves_behind_is_not_waited_for(otlp_s
     assert record.status == "unset" and (record.end_ns - record.start_ns) / 1e9 < 2
 
 
-def test_a_missing_command_is_exit_127_and_an_error(otlp_sink):
-    proc = run(otlp_sink, "/nonexistent/program")
-    assert proc.returncode == 127
-    assert final(otlp_sink, "job").status_message == "command not found: /nonexistent/program"
+@pytest.mark.parametrize(
+    ("program", "code", "message"),
+    [
+        ("/nonexistent/program", 127, "command not found: /nonexistent/program"),
+        ("{script}/x", 127, "command not found: {script}/x"),  # a path through a file
+        ("{script}", 126, "cannot execute {script}: Exec format error (a script needs a #! line)"),
+        ("{folder}", 126, "cannot execute {folder}: Permission denied"),
+    ],
+)
+def test_a_program_that_cannot_start_is_an_error_with_a_shell_s_exit_code(
+    otlp_sink, tmp_path, program, code, message
+):
+    script = tmp_path / "no-shebang.sh"
+    script.write_text("echo hello\n")
+    script.chmod(0o755)
+    paths = {"script": str(script), "folder": str(tmp_path)}
+    proc = run(otlp_sink, program.format(**paths))
+    assert proc.returncode == code
+    assert proc.stderr == f"tasktree-run: {message.format(**paths)}\n"  # no traceback
+    record = final(otlp_sink, "job")
+    assert record.status == "error" and record.status_message == message.format(**paths)
+    assert record.attributes["process.exit.code"] == code
 
 
 def test_runner_is_a_child_of_traceparent_and_passes_its_own_task_on(otlp_sink):

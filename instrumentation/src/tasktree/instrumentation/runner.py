@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import errno
 import os
 import re
 import shlex
@@ -158,18 +159,25 @@ def _forward_signals(process: subprocess.Popen) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _cannot_start(program: str, error: OSError) -> tuple[int, str]:
+    """The exit code a shell gives when ``program`` cannot be started (POSIX: 127 not found, 126
+    found but not executable), and the reason, for the task's status and the user."""
+    if error.errno in (errno.ENOENT, errno.ENOTDIR) or not program:
+        return 127, f"command not found: {program}"
+    reason = error.strerror or str(error)
+    if error.errno == errno.ENOEXEC:  # a shell would run it with sh; exec does not
+        reason += " (a script needs a #! line)"
+    return 126, f"cannot execute {program}: {reason}"
+
+
 def _run(command: list[str], span) -> tuple[int, str, str]:
     """Runs the program; returns (runner exit code, status message or '', stderr tail)."""
     try:
         process = subprocess.Popen(command, env=child_env(), stderr=subprocess.PIPE)
-    except FileNotFoundError:
-        message = f"command not found: {command[0]}"
+    except OSError as error:
+        code, message = _cannot_start(command[0], error)
         print(f"tasktree-run: {message}", file=sys.stderr)
-        return 127, message, ""
-    except PermissionError:
-        message = f"permission denied: {command[0]}"
-        print(f"tasktree-run: {message}", file=sys.stderr)
-        return 126, message, ""
+        return code, message, ""
     span.set_attribute("tasktree.pid", process.pid)
     _forward_signals(process)
     tail: collections.deque = collections.deque()
