@@ -10,6 +10,7 @@ import sys
 import threading
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 
 from tasktree.instrumentation import set_attributes, set_progress, task
@@ -189,6 +190,33 @@ def test_one_task_object_entered_from_several_threads_keeps_each_entry_apart(rec
     assert len(shared_ids) == 4
     leaves = [s for s in recorder.spans if s.name.startswith("leaf-")]
     assert {leaf.parent.span_id for leaf in leaves} == shared_ids
+
+
+def test_one_task_object_entered_from_threads_switching_all_the_time_ends_every_entry(recorder):
+    step, errors, leaked = task("step"), [], []
+
+    def work():
+        try:
+            for _ in range(1500):
+                with step as span:
+                    assert trace.get_current_span() is span
+                if trace.get_current_span().get_span_context().is_valid:
+                    leaked.append(trace.get_current_span())
+        except BaseException as exc:  # noqa: BLE001 - what reached the job's code
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads interleave inside __enter__ and __exit__
+    try:
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == [] and leaked == []
+    assert len([s for s in recorder.spans if s.name == "step"]) == 8 * 1500
 
 
 def test_async_function_gather_and_task_group(recorder):

@@ -166,7 +166,10 @@ class task:  # noqa: N801 - used like a function: @task, @task(...), with task("
     ):
         self.name = name_or_function if name_or_function is not None else name
         self.attributes = dict(attributes) if attributes else None
-        self._entries: list[list] = []
+        # The entries open now, by id, in the order entered.  Entered from several threads at
+        # once: each change is one dict operation, atomic under the GIL (no lock, which a
+        # signal handler entering a task on the interrupted thread could deadlock on).
+        self._entries: dict[int, list] = {}
 
     def __repr__(self) -> str:
         return f"task({self.name!r})"
@@ -206,27 +209,35 @@ class task:  # noqa: N801 - used like a function: @task, @task(...), with task("
             context.set_value(_ENTRY_KEY, entry, trace.set_span_in_context(span, parent))
         )
         entry[2] = token
-        self._entries.append(entry)
+        self._entries[id(entry)] = entry
         return span
 
     def __exit__(self, exc_type, exc, traceback) -> Literal[False]:
-        entry = context.get_value(_ENTRY_KEY)
-        if not (
-            isinstance(entry, list) and entry[0] is self and any(e is entry for e in self._entries)
-        ):
-            # Someone attached a context inside the block without detaching it: fall back to the
-            # innermost entry of this object.
-            if not self._entries:
-                _logger.warning("tasktree: %r exited without being entered", self)
-                return False
-            entry = self._entries[-1]
-        del self._entries[next(i for i, e in enumerate(self._entries) if e is entry)]
+        entry = self._take_entry(context.get_value(_ENTRY_KEY))
+        if entry is None:
+            _logger.warning("tasktree: %r exited without being entered", self)
+            return False
         _, span, token = entry
         context.detach(token)
         if exc is not None:
             _record_failure(span, exc)
         span.end()
         return False
+
+    def _take_entry(self, current: object) -> list | None:
+        """Removes and returns the entry the current context names (this thread's, this asyncio
+        task's); else, when someone attached a context inside the block without detaching it,
+        this object's innermost entry; None if there is none."""
+        if isinstance(current, list) and current[0] is self:
+            entry = self._entries.pop(id(current), None)
+            if entry is not None:
+                return entry
+        while self._entries:
+            try:  # another thread may take or add an entry between the two steps: try again
+                return self._entries.pop(next(reversed(self._entries)))
+            except (KeyError, StopIteration, RuntimeError):
+                continue
+        return None
 
     async def __aenter__(self) -> Span:
         return self._enter(sys._getframe(1))
