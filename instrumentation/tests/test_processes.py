@@ -102,6 +102,23 @@ def test_sigterm_flushes_running_tasks_as_terminated_and_the_process_still_dies_
     assert records["long"].parent == records["long-root"].span_id
 
 
+@pytest.mark.parametrize("lock", ["processor", "attributes"])
+def test_sigterm_inside_a_lock_the_flush_needs_still_flushes_at_once_and_dies(otlp_sink, lock):
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "sigterm_inside_lock.py"), lock],
+        env=child_environment(otlp_sink.endpoint), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    with process:
+        signalled_at = json.loads(process.stdout.readline())["signalled_at"]
+        assert process.wait(30) == -signal.SIGTERM, process.stderr.read()
+        assert time.time() - signalled_at < 3  # not the flush timeout + 1 s (6 s), waiting
+    records = finals_named(otlp_sink, "inner", "root")
+    assert records["inner"].status_message == "terminated by SIGTERM"
+    assert records["inner"].attributes["rows"] == 3
+    assert records["root"].status_message == "terminated by SIGTERM"
+
+
 def test_sigkill_leaves_the_task_running_with_heartbeats_that_stop(otlp_sink):
     process, ids = start_long_task(otlp_sink)
     with process:

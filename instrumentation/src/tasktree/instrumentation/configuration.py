@@ -368,19 +368,44 @@ def _install_sigterm_handler(enabled: bool) -> None:
         pass
 
 
+_sigterm_helper: threading.Thread | None = None
+
+
 def _on_sigterm(signum: int, frame) -> None:
     """Records running tasks as terminated, flushes (bounded), then dies of the signal as before.
 
-    The work runs on a helper thread: the interrupted main thread may hold a lock it needs.
+    The work runs on a helper thread, never waiting for a lock the interrupted main thread holds:
+    when that thread was interrupted inside the task processor's lock (in a hook, around every
+    task), the handler returns at once so that it goes on and releases it, and the helper,
+    done, sends the signal again; the handler then finds it done and dies.
     """
-    name = signal.Signals(signum).name
-    helper = threading.Thread(
-        target=end_of_process, args=(f"terminated by {name}",), name="tasktree-sigterm", daemon=True
-    )
-    helper.start()
-    helper.join(_flush_timeout_millis() / 1000 + 1.0)
+    global _sigterm_helper
+    inside_the_lock = _interrupted_inside_the_processor()
+    if _sigterm_helper is None:
+        _sigterm_helper = threading.Thread(
+            target=_end_of_process_on_signal,
+            args=(signum, inside_the_lock),
+            name="tasktree-sigterm",
+            daemon=True,
+        )
+        _sigterm_helper.start()
+    if inside_the_lock:
+        return
+    _sigterm_helper.join(_flush_timeout_millis() / 1000 + 1.0)
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
+
+
+def _interrupted_inside_the_processor() -> bool:
+    processor = _state.processor if _state is not None else None
+    return processor is not None and processor.held_by_this_thread()
+
+
+def _end_of_process_on_signal(signum: int, signal_again: bool) -> None:
+    """The helper thread of ``_on_sigterm``."""
+    end_of_process(f"terminated by {signal.Signals(signum).name}")
+    if signal_again:  # the handler returned without waiting: back to it, to die
+        os.kill(os.getpid(), signum)
 
 
 # -- opentelemetry-instrument entry points -----------------------------------------------------

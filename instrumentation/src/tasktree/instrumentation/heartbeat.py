@@ -130,7 +130,8 @@ class LiveSpanProcessor(SpanProcessor):
 
     def _reset_state(self) -> None:
         self._pid = os.getpid()
-        self._lock = threading.Lock()
+        # Reentrant for held_by_this_thread (a signal handler may interrupt a hook inside it).
+        self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._wake = threading.Event()
         self._worker: threading.Thread | None = None
@@ -172,6 +173,11 @@ class LiveSpanProcessor(SpanProcessor):
             return True
         started = self._export_started
         return started is not None and now - started > _STUCK_EXPORT
+
+    def held_by_this_thread(self) -> bool:
+        """Whether this thread is inside the processor's lock: a signal handler running there
+        interrupted a hook, and must not wait for work that needs the lock (closing, flushing)."""
+        return self._lock._is_owned()  # type: ignore[attr-defined]  # (RLock's, as Condition uses)
 
     # -- hooks on the job's threads ----------------------------------------------------------
 

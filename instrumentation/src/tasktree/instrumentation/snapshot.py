@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from time import time_ns
 
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Status, StatusCode
 
@@ -41,11 +42,17 @@ def _copy(span: ReadableSpan, attributes: dict, status: Status, end_ns: int) -> 
 
 
 def _attributes_now(span: ReadableSpan) -> dict | None:
-    # Another thread may be setting attributes right now: the SDK's mapping copies its keys under
-    # its lock, a key evicted by the attribute limit in between is the only possible failure.
+    # Another thread may be setting attributes right now.  The SDK's mapping copies its keys under
+    # its lock, which the thread a SIGTERM handler interrupted may hold while the handler waits
+    # for this very copy: so its dict is copied without the lock (one C call, atomic under the
+    # GIL).  A key evicted by the attribute limit meanwhile is the only possible failure.
+    attributes = span.attributes
+    own = getattr(span, "_attributes", None)  # the SDK's mapping; span.attributes is a view of it
+    if isinstance(own, BoundedAttributes) and isinstance(own._dict, dict):
+        attributes = own._dict
     for _ in range(3):
         try:
-            return dict(span.attributes or {})
+            return dict(attributes or {})
         except (KeyError, RuntimeError):
             continue
     return None
