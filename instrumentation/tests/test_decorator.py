@@ -171,6 +171,16 @@ def test_context_manager_records_the_exception_and_does_not_swallow_it(recorder)
     assert recorder.get("fails").status.status_code is StatusCode.ERROR
 
 
+def test_a_task_ends_even_when_its_exception_s_message_raises_a_base_exception(recorder):
+    class Unprintable(Exception):
+        def __str__(self):
+            raise KeyboardInterrupt  # a BaseException: what _record_failure does not catch
+
+    with pytest.raises(KeyboardInterrupt), task("unprintable"):
+        raise Unprintable
+    assert recorder.get("unprintable").end_time is not None
+
+
 def test_one_task_object_entered_from_several_threads_keeps_each_entry_apart(recorder):
     shared = task("shared")
     barrier = threading.Barrier(4)

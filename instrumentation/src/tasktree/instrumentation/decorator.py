@@ -219,9 +219,11 @@ class task:  # noqa: N801 - used like a function: @task, @task(...), with task("
             return False
         _, span, token = entry
         context.detach(token)
-        if exc is not None:
-            _record_failure(span, exc)
-        span.end()
+        try:
+            if exc is not None:
+                _record_failure(span, exc)
+        finally:  # even when reading the exception raises a BaseException (a __str__ that does)
+            span.end()
         return False
 
     def _take_entry(self, current: object) -> list | None:
