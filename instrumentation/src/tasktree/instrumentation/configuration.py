@@ -389,8 +389,8 @@ def _on_sigterm(signum: int, frame) -> None:
             daemon=True,
         )
         _sigterm_helper.start()
-    if inside_the_lock:
-        return
+    if inside_the_lock and _sigterm_helper.is_alive():
+        return  # the helper, done, signals again (the lock is not needed to die: only to flush)
     _sigterm_helper.join(_flush_timeout_millis() / 1000 + 1.0)
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
