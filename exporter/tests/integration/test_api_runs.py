@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tasktree.exporter.search import document_words
 from tasktree.exporter.tree import status as st
 
 from .api_support import (
@@ -311,6 +312,29 @@ def test_runs_search_box_in_quotes_is_words_even_when_hex(client, db):
     insert_run(db, "0" * 31 + "1", [Task(ROOT, None, "main")], job="cafe-sync")
     assert [r["job"] for r in get_json(client, "/api/runs?q=cafe")["runs"]] == ["backup"]
     assert [r["job"] for r in get_json(client, '/api/runs?q="cafe"')["runs"]] == ["cafe-sync"]
+
+
+@pytest.mark.parametrize(("q", "found"), [
+    ("nightly", ["etl.nightly"]),  # the parser kept "etl.nightly" whole, as a host name
+    ("generate", ["etl.nightly"]),  # and "report/generate", as a file name
+    ("etl.night", ["etl.nightly"]),  # a query's words are split the same way
+    ("load", ["ops"]),
+    ("db 3", ["ops"]),
+    ("part", ["ops"]),
+    ("x", ["x:y"]),
+])
+def test_runs_search_box_splits_words_at_punctuation_as_task_search_does(client, db, q, found):
+    insert_run(db, "1" * 32, [Task(ROOT, None, "report/generate")], job="etl.nightly")
+    insert_run(db, "2" * 32, [Task(ROOT, None, "load_all@db-3+part")], job="ops")
+    insert_run(db, "3" * 32, [Task(ROOT, None, "main")], job="x:y")
+    assert [r["job"] for r in get_json(client, f"/api/runs?q={q}")["runs"]] == found
+
+
+def test_runs_search_words_are_split_by_the_characters_task_search_splits_at(db):
+    """The runs' words are split in SQL (migration 0016), the tasks' in search.py: one rule."""
+    every_ascii = "".join(chr(c) for c in range(1, 128))
+    in_sql = db.execute("SELECT punctuation_to_spaces(%s)", (every_ascii,)).fetchone()[0]
+    assert in_sql.lower().split() == document_words(every_ascii).split()
 
 
 def test_blank_search_box_and_job_filter_nothing(client, db):

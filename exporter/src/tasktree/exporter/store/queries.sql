@@ -59,7 +59,7 @@ AND r.trace_id BETWEEN %(trace_lo)s AND %(trace_hi)s
 -- name: runs.words
 -- Words of the job or run name, each as a prefix (GIN index runs_search when few runs match,
 -- else a filter on the newest-first walk, which stops once the page is full).
-AND run_search_document(r.job, r.name) @@ search_query(%(words)s)
+AND run_search_document(r.job, r.name) @@ search_query(punctuation_to_spaces(%(words)s))
 
 -- name: runs.after
 -- A row comparison is an index condition on (start_ns DESC, trace_id DESC); runs without a
