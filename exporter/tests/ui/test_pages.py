@@ -223,6 +223,16 @@ def test_a_search_that_finds_nothing_says_which_words_it_looked_for(client, db):
     assert "no words" in page(client, "/search?q=%2B%2B%2B")  # only punctuation
 
 
+def test_a_search_of_hex_digits_says_it_looked_for_ids_and_links_the_word_search(client, db):
+    """"4711" or "2026" is taken as an id prefix: the page said it had looked for the word."""
+    sample_run(db)
+    html = page(client, "/search?q=4711&job=etl")
+    searched = html[html.index('id="searched"') :]
+    assert "id starts with <q>4711</q>" in searched and "within the filters" in searched
+    assert "word that starts with" not in searched
+    assert 'href="/search?job=etl&amp;q=%224711%22"' in searched  # the same search, as a word
+
+
 def test_counts_link_to_the_lists_of_those_tasks_in_the_run_or_the_subtree(client, db):
     sample_run(db)
     run = page(client, f"/runs/{TRACE}")

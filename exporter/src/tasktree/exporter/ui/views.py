@@ -342,6 +342,7 @@ def search_page():
         runs=[shapes.run(r) for r in runs],
         tasks=[shapes.found_task(r) for r in page.rows],
         words=search.query_words(q or ""),
+        as_ids=queries.search_box(q).hex is not None,  # hex digits only: ids, not words
         next_url=url_for("ui.search_page", **kept, cursor=next_cursor) if next_cursor else None,
         **shown,
     )
