@@ -172,6 +172,53 @@ def test_after_a_failed_export_flushes_return_at_once_and_exports_back_off():
         pipe.provider.shutdown()
 
 
+class SlowlyFailingExporter(SpanExporter):
+    """A sink that is down, reached the way OpenTelemetry's exporter does: it retries for a
+    while before it gives up; ``back`` makes it a sink that answers again."""
+
+    def __init__(self, fails_after: float):
+        self.fails_after = fails_after
+        self.back = False
+        self.exported: list = []
+
+    def export(self, spans):
+        if self.back:
+            self.exported += spans
+            return SpanExportResult.SUCCESS
+        time.sleep(self.fails_after)
+        return SpanExportResult.FAILURE
+
+    def shutdown(self):
+        pass
+
+
+def test_once_an_export_failed_a_flush_waits_for_no_attempt_until_one_succeeds():
+    """A pool worker flushes at the end of every task: when its backoff was over by the next
+    task, each flush waited out a whole attempt at the sink that was down (5 s a task)."""
+    exporter = SlowlyFailingExporter(fails_after=2.0)
+    pipe = Pipeline(exporter, flush_timeout=5.0)
+    try:
+        with pipe.tracer.start_as_current_span("lost"):
+            pass
+        pipe.processor.force_flush()  # waits out the first attempt, which fails
+        wait_until(lambda: pipe.processor._failures >= 1 and not pipe.processor.sink_down)
+        with pipe.tracer.start_as_current_span("next-task"):
+            pass
+        started = time.monotonic()
+        assert pipe.processor.force_flush() is False
+        assert time.monotonic() - started < 1.0  # not the 2 s of an attempt
+        exporter.back = True  # the attempt going on meanwhile fails; the next one delivers
+        with pipe.tracer.start_as_current_span("after"):
+            pass
+        wait_until(lambda: {s.name for s in exporter.exported} >= {"next-task", "after"}, 30)
+        with pipe.tracer.start_as_current_span("flushed"):
+            pass
+        assert pipe.processor.force_flush() is True  # the sink is up again: waited for
+        assert "flushed" in {s.name for s in exporter.exported}
+    finally:
+        pipe.provider.shutdown()
+
+
 def test_an_exporter_that_raises_is_counted_not_propagated():
     class Raising(SpanExporter):
         def export(self, spans):

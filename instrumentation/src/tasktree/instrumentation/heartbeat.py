@@ -281,7 +281,10 @@ class LiveSpanProcessor(SpanProcessor):
     def force_flush(self, timeout_millis: int | None = None) -> bool:
         """Waits until every final record queued so far is exported, at most the timeout.
 
-        Blocks the caller (bounded); returns at once with False while the sink is known down.
+        Blocks the caller (bounded); returns at once with False while the sink is known down,
+        and, once its backoff is over, until an export succeeds again: the export thread tries
+        then, but the job's thread (a pool worker flushes after every task) does not wait out an
+        attempt at a sink that was down (the exporter retries for seconds before it gives up).
         """
         timeout = self._flush_timeout if timeout_millis is None else timeout_millis / 1000
         try:
@@ -295,6 +298,8 @@ class LiveSpanProcessor(SpanProcessor):
                 if self._worker is None:
                     self._start_worker_locked()
                 self._wake.set()
+                if self._failures:
+                    return False
                 return self._cond.wait_for(lambda: self._flush_done >= target, timeout)
         except Exception:
             _logger.exception("tasktree: flush failed")
