@@ -190,6 +190,38 @@ def test_runs_list_filters_by_time_range_and_search_finds_ids_and_words(
     assert page_errors == []
 
 
+def test_older_runs_link_follows_the_live_refreshed_list(tasktree_server, browser_context,
+                                                          page_errors):
+    job, now = f"ui-older-{os.urandom(4).hex()}", time.time_ns()
+    traces = [os.urandom(16).hex() for _ in range(60)]
+
+    def runs(first: int, last: int) -> list[dict]:
+        return [span(traces[n], ids(1)[0], name=f"run-{n:02d}", start=now + n * 10**9,
+                     end=now + n * 10**9 + 1) for n in range(first, last)]
+
+    send_spans(tasktree_server.otlp_http, runs(0, 50), job=job)
+    tasktree_server.wait_folded()
+    page = browser_context.new_page()
+    check = expect()
+    page.goto(f"{tasktree_server.web}/?job={job}")
+    check(page.locator("#live-state")).to_have_text("live")
+    check(page.locator("#next-page")).to_be_hidden()  # all 50 fit on the page
+    send_spans(tasktree_server.otlp_http, runs(50, 55), job=job)
+    check(page.locator("tr.run .name").first).to_have_text("run-54", timeout=5000)
+    check(page.locator("tr.run .name").last).to_have_text("run-05")
+    page.click("#next-page")  # shown by the refresh, and going on from run-05
+    check(page.locator("tr.run .name")).to_have_text([f"run-{n:02d}" for n in range(4, -1, -1)])
+    # A link there from the start: after five more runs it goes on from run-10, not from run-05.
+    page.goto(f"{tasktree_server.web}/?job={job}")
+    check(page.locator("#live-state")).to_have_text("live")
+    send_spans(tasktree_server.otlp_http, runs(55, 60), job=job)
+    check(page.locator("tr.run .name").last).to_have_text("run-10", timeout=5000)
+    page.click("#next-page")
+    check(page.locator("tr.run .name")).to_have_count(10)
+    check(page.locator("tr.run .name").first).to_have_text("run-09")
+    assert page_errors == []
+
+
 def test_running_task_turns_ok_live_without_reload_or_flicker(tasktree_server, browser_context,
                                                                page_errors):
     trace, now = os.urandom(16).hex(), time.time_ns()

@@ -45,6 +45,18 @@
     document.getElementById("runs-empty").hidden = body.runs.length > 0;
     const firstSteps = document.getElementById("first-steps");
     if (firstSteps && body.runs.length > 0) firstSteps.hidden = true;
+    followCursor(body.next_cursor);
+  }
+
+  /** "older runs →" goes on from the rows shown now: the cursor of the page as loaded would skip
+   *  the runs that new ones pushed off this page, and a page that was full only later had none. */
+  function followCursor(cursor) {
+    const link = document.getElementById("next-page");
+    link.hidden = !cursor;
+    if (!cursor) return;
+    const url = new URL(link.dataset.base, location.href);
+    url.searchParams.set("cursor", cursor);
+    link.href = url.pathname + url.search;
   }
 
   document.addEventListener("DOMContentLoaded", () => {
