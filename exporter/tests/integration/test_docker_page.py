@@ -59,6 +59,8 @@ def test_docker_page_signed_in_deploys_with_confirmation_live_progress_and_a_con
     on_alpha = page.locator("#containers tbody tr", has_text="alpha")
     on_alpha.get_by_role("button", name="stop").click()
     expect(on_alpha).to_contain_text("exited", timeout=20_000)
+    # The listing refreshed after the stop leaves its result on the page.
+    expect(page.locator("#notice")).to_have_text("stop web on alpha: done")
 
     assert [m for m in dialogs if m.startswith("Deploy ")] and "alpha" in dialogs[0]
     assert re.match(r"Stop container web on alpha\?", dialogs[-1])

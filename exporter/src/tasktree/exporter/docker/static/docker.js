@@ -24,7 +24,14 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-function notice(text) { $("#notice").textContent = text || ""; }
+// Whether #notice holds the listing's failure: the next listing that works clears that one, never
+// what an action said (its result would otherwise vanish with the refresh that follows it).
+let noticeIsListing = false;
+
+function notice(text, ofListing = false) {
+  $("#notice").textContent = text || "";
+  noticeIsListing = ofListing;
+}
 
 async function api(method, path, body) {
   const headers = {};
@@ -47,14 +54,14 @@ async function api(method, path, body) {
 async function load(refresh) {
   try {
     const data = await (await api("GET", "/api/docker/containers" + (refresh ? "?refresh=1" : ""))).json();
-    notice("");
+    if (noticeIsListing) notice("");
     renderHosts(data.hosts);
     lastContainers = data.containers;
     renderContainers();
     $("#listed-at").textContent = "listed " + new Date().toLocaleTimeString();
     loadAudit();
   } catch (error) {
-    notice("Listing failed: " + error.message);
+    notice("Listing failed: " + error.message, true);
   }
 }
 
