@@ -206,7 +206,7 @@ def test_a_viewer_signed_in_reads_pages_and_api_but_docker_actions_are_403(serve
     client = sign_in(server, VIEWER)
 
     runs_page = client.get(server.web + "/", timeout=10)
-    assert runs_page.status_code == 200 and "victor (viewer)" in runs_page.text
+    assert runs_page.status_code == 200 and "<bdi>victor</bdi> (viewer)" in runs_page.text
     assert client.get(server.web + "/api/runs", timeout=10).status_code == 200
     assert client.get(server.web + "/metrics", timeout=10).status_code == 200
     assert client.get(server.web + "/api/docker/hosts", timeout=10).status_code == 200

@@ -264,6 +264,46 @@ def test_running_task_turns_ok_live_without_reload_or_flicker(tasktree_server, b
     assert page_errors == []
 
 
+MIRRORED = """(selector) => [...document.querySelectorAll(selector)].filter((node) => {
+    // The letters of the node, in text order, must stand left to right on the (single) line.
+    const range = document.createRange(), lefts = [];
+    const walker = document.createTreeWalker(node, NodeFilter.SHOW_TEXT);
+    for (let text = walker.nextNode(); text; text = walker.nextNode()) {
+        for (let i = 0; i < text.length; i++) {
+            if (!/[a-z]/i.test(text.data[i])) continue;
+            range.setStart(text, i);
+            range.setEnd(text, i + 1);
+            lefts.push(range.getBoundingClientRect().left);
+        }
+    }
+    return lefts.some((left, i) => i > 0 && left <= lefts[i - 1]);
+}).map((node) => node.textContent)"""
+"""The text of the nodes matching a selector that do not read left to right."""
+RLO = "\u202e"  # RIGHT-TO-LEFT OVERRIDE: what follows it, to the end of its paragraph, is mirrored
+
+
+def test_a_right_to_left_override_in_a_name_leaves_the_text_after_it_in_order(
+        tasktree_server, browser_context, page_errors):
+    trace, now = os.urandom(16).hex(), time.time_ns()
+    top, middle, leaf = ids(3)
+    send_spans(tasktree_server.otlp_http, [
+        span(trace, top, name=f"top{RLO}", start=now, end=now + 10),
+        span(trace, middle, top, name="payments-approved", start=now + 1, end=now + 9,
+             events=[exception_event(now + 2, f"OSError{RLO}", STACK)]),
+        span(trace, leaf, middle, name="leaf", start=now + 2, end=now + 8)])
+    tasktree_server.wait_folded()
+    page = browser_context.new_page()
+    page.goto(f"{tasktree_server.web}/runs/{trace}/tasks/{leaf}")
+    expect()(page.locator("nav.crumbs a")).to_have_count(3)
+    assert page.evaluate(MIRRORED, "nav.crumbs") == []
+    page.goto(f"{tasktree_server.web}/runs/{trace}?node={leaf}")
+    expect()(page.locator("nav.crumbs a")).to_have_count(3)
+    assert page.evaluate(MIRRORED, "nav.crumbs") == []
+    page.goto(f"{tasktree_server.web}/runs/{trace}/tasks/{middle}")
+    assert page.evaluate(MIRRORED, ".events p.message") == []  # "OSError‮: disk full"
+    assert page_errors == []
+
+
 def test_xss_payloads_in_span_fields_stay_inert_text(tasktree_server, browser_context, page_errors):
     trace, now = os.urandom(16).hex(), time.time_ns()
     root, child = ids(2)

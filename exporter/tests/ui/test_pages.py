@@ -109,7 +109,7 @@ def test_task_page_shows_everything_with_long_values_folded_whole(client, db):
     for text in ("disk full", "worker-1", "BATCH_DATE", "2026-11-26", "b2" * 16, ">7<",
                  "ValueError: bad row", 'line 39, in step_39'):
         assert text in html, text
-    assert "<details class=\"long\"><summary>" + "x" * 120 + "…" in html and "x" * 1000 in html
+    assert "<details class=\"long\"><summary><bdi>" + "x" * 120 + "…" in html and "x" * 1000 in html
     assert f'href="/runs/{TRACE}/tasks/{ROOT}"' in html  # breadcrumb and parent link
 
 

@@ -28,10 +28,18 @@ function el(tag, attrs = {}, ...children) {
 // what an action said (its result would otherwise vanish with the refresh that follows it).
 let noticeIsListing = false;
 
-function notice(text, ofListing = false) {
-  $("#notice").textContent = text || "";
+/** ``content``: text, or a list of text and nodes (names in iso()). */
+function notice(content, ofListing = false) {
+  $("#notice").replaceChildren(...[].concat(content || []));
   noticeIsListing = ofListing;
 }
+
+// Names, hosts, labels and messages come from engines and tokens: one holding a bidi control
+// (U+202E reverses what follows) must not reorder the rest of the line it is shown in.
+function iso(text) { return el("bdi", {}, text); }
+
+/** "a, b, c" with each value isolated. */
+function isoList(values) { return values.flatMap((value, i) => [i ? ", " : "", iso(value)]); }
 
 async function api(method, path, body) {
   const headers = {};
@@ -74,9 +82,9 @@ function renderHosts(hosts) {
     el("td", {}, h.up ? h.running + " running / " + h.containers : "—"),
     el("td", {}, h.up ? h.images : "—"),
     el("td", {}, h.latency != null ? Math.round(h.latency * 1000) + " ms" : ""),
-    el("td", {}, Object.entries(h.labels || {}).map(([k, v]) => k + "=" + v).join(", ")),
+    el("td", {}, ...isoList(Object.entries(h.labels || {}).map(([k, v]) => k + "=" + v))),
     el("td", { class: h.error ? "error" : "muted" },
-      h.error || (h.last_error ? h.last_error + " (" + h.last_error_at + ")" : "")))));
+      ...(h.error ? [h.error] : h.last_error ? [iso(h.last_error), " (" + h.last_error_at + ")"] : [])))));
   const names = hosts.map((h) => h.name);
   if (names.join() !== hostNames.join()) {
     hostNames = names;
@@ -117,18 +125,19 @@ async function act(container, action) {
       !confirm(DESTRUCTIVE[action] + " container " + container.name + " on " + container.host + "?")) return;
   const path = "/api/docker/hosts/" + encodeURIComponent(container.host) + "/containers/" +
     encodeURIComponent(container.name) + "/" + action;
+  const what = [action + " ", iso(container.name), " on ", iso(container.host)];
   try {
     await api("POST", path, action === "remove" ? { force: true } : {});
-    notice(action + " " + container.name + " on " + container.host + ": done");
+    notice([...what, ": done"]);
   } catch (error) {
-    notice(action + " " + container.name + " on " + container.host + " failed: " + error.message);
+    notice([...what, " failed: ", error.message]);
   }
   load(true);
 }
 
 async function showLogs(container) {
   $("#logs-panel").hidden = false;
-  $("#logs-title").textContent = container.name + " on " + container.host + " (last 200 lines)";
+  $("#logs-title").replaceChildren(iso(container.name), " on ", iso(container.host), " (last 200 lines)");
   $("#logs").textContent = "loading…";
   try {
     const path = "/api/docker/hosts/" + encodeURIComponent(container.host) + "/containers/" +
@@ -223,9 +232,9 @@ function renderOperation(op) {
         percent == null ? "" : " " + percent + "%"),
       el("td", {}, state.message));
   });
-  const title = op.kind + (op.dry_run ? " (dry run)" : "") + " by " + op.actor + ": " + op.status;
   const run = op.trace_id ? el("a", { href: "/runs/" + op.trace_id }, "its run in the tree") : "";
-  $("#operation").replaceChildren(el("p", {}, title, " · ", run),
+  $("#operation").replaceChildren(
+    el("p", {}, op.kind + (op.dry_run ? " (dry run)" : "") + " by ", iso(op.actor), ": " + op.status, " · ", run),
     el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "host"), el("th", {}, "state"),
       el("th", {}, "progress"), el("th", {}, "message"))), el("tbody", {}, ...rows)));
 }
@@ -236,9 +245,9 @@ async function loadAudit() {
   try {
     const data = await (await api("GET", "/api/docker/audit?limit=30")).json();
     $("#audit tbody").replaceChildren(...data.entries.map((e) => el("tr", {},
-      el("td", {}, e.at), el("td", {}, e.actor + " (" + e.role + ")"),
+      el("td", {}, e.at), el("td", {}, iso(e.actor), " (" + e.role + ")"),
       el("td", {}, e.action + (e.dry_run ? " (dry run)" : "")), el("td", {}, e.target),
-      el("td", {}, (e.hosts || []).join(", ")), el("td", {}, e.status))));
+      el("td", {}, ...isoList(e.hosts || [])), el("td", {}, e.status))));
   } catch (error) { /* a viewer without the audit log still sees the rest */ }
 }
 
