@@ -264,6 +264,48 @@ def test_running_task_turns_ok_live_without_reload_or_flicker(tasktree_server, b
     assert page_errors == []
 
 
+SET_HIDDEN = """(hidden) => {
+    const state = hidden ? "hidden" : "visible";
+    for (const [name, value] of [["hidden", hidden], ["visibilityState", state]]) {
+        Object.defineProperty(document, name, {value, configurable: true});
+    }
+    document.dispatchEvent(new Event("visibilitychange"));
+}"""
+"""Make the page report itself hidden (a background tab) or shown, as a browser does: headless
+Chromium keeps every page visible, and no DevTools call changes that."""
+
+
+def test_background_tabs_free_their_connections_and_catch_up_when_shown_again(
+        tasktree_server, browser_context, page_errors):
+    job = f"ui-tabs-{os.urandom(4).hex()}"
+    send_spans(tasktree_server.otlp_http, [span(os.urandom(16).hex(), ids(1)[0], name="first")],
+               job=job)
+    tasktree_server.wait_folded()
+    check = expect()
+    tabs = []
+    for _ in range(6):  # as many as the browser's connections to one host (HTTP/1.1)
+        tab = browser_context.new_page()
+        tab.goto(f"{tasktree_server.web}/?job={job}")
+        check(tab.locator("#live-state")).to_have_text("live")
+        tabs.append(tab)
+    for tab in tabs:
+        tab.evaluate(SET_HIDDEN, True)
+    seventh = browser_context.new_page()
+    # With the six streams held, no connection would be left for this page: it would never load.
+    seventh.goto(f"{tasktree_server.web}/?job={job}", timeout=5000)
+    check(seventh.locator("#live-state")).to_have_text("live")
+    send_spans(tasktree_server.otlp_http, [span(os.urandom(16).hex(), ids(1)[0], name="second")],
+               job=job)
+    check(seventh.locator("tr.run .name")).to_have_text(["second", "first"], timeout=5000)
+    tasktree_server.wait_folded()
+    time.sleep(0.5)
+    assert tabs[0].locator("tr.run").count() == 1  # hidden: not following
+    tabs[0].evaluate(SET_HIDDEN, False)
+    check(tabs[0].locator("tr.run .name")).to_have_text(["second", "first"], timeout=5000)
+    check(tabs[0].locator("#live-state")).to_have_text("live")
+    assert page_errors == []
+
+
 MIRRORED = """(selector) => [...document.querySelectorAll(selector)].filter((node) => {
     // The letters of the node, in text order, must stand left to right on the (single) line.
     const range = document.createRange(), lefts = [];

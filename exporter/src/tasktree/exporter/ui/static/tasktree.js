@@ -198,30 +198,47 @@ const TT = (() => {
    * Follow a live stream: onChange() after each "changed" event and after every reconnection
    * (events may have been missed).  When the stream is refused (too many open, no auth), poll
    * every 10 s and try the stream again after 30 s.
+   *
+   * A hidden page (a background tab) holds no stream: over HTTP/1.1 the browser allows 6
+   * connections to a host, and six tabs each holding one would leave none for a seventh tab or
+   * for the open tabs' own requests.  Shown again, the page reconnects and re-reads once.
    */
   function live(url, onChange) {
-    let source = null, opened = false, pollTimer = null;
+    let source = null, opened = false, pollTimer = null, retryTimer = null;
     function connect() {
-      source = new EventSource(url);
-      source.addEventListener("open", () => {
+      if (source || document.hidden) return;
+      const stream = source = new EventSource(url);
+      stream.addEventListener("open", () => {
         setLiveState("live", "on");
         if (opened) onChange();
         opened = true;
-        if (pollTimer) { clearInterval(pollTimer); pollTimer = null; }
+        stopPolling();
       });
-      source.addEventListener("changed", () => onChange());
-      source.addEventListener("error", () => {
-        if (source.readyState === EventSource.CLOSED) {
+      stream.addEventListener("changed", () => onChange());
+      stream.addEventListener("error", () => {
+        if (stream.readyState === EventSource.CLOSED) {
           setLiveState("polling", "off");
+          source = null;
           if (!pollTimer) pollTimer = setInterval(onChange, 10000);
-          setTimeout(connect, 30000);
+          retryTimer = setTimeout(() => { retryTimer = null; connect(); }, 30000);
         } else {
           setLiveState("reconnecting", "off");
         }
       });
     }
+    function stopPolling() {
+      if (pollTimer) { clearInterval(pollTimer); pollTimer = null; }
+      if (retryTimer) { clearTimeout(retryTimer); retryTimer = null; }
+    }
+    function disconnect() {
+      if (source) { source.close(); source = null; }
+      stopPolling();
+      opened = true;  // what changed meanwhile is read when the stream opens again
+    }
+    document.addEventListener("visibilitychange", () => (document.hidden ? disconnect() : connect()));
+    window.addEventListener("pagehide", disconnect);
+    window.addEventListener("pageshow", (event) => event.persisted && connect());  // back/forward cache
     connect();
-    window.addEventListener("pagehide", () => source && source.close());
   }
 
   function init() {
