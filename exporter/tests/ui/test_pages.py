@@ -314,12 +314,21 @@ def test_search_pages_on_with_its_filters(client, db):
     assert second.count('class="task"') == 10 and ">step 1<" in second and ">step 2<" not in second
 
 
-def test_unknown_pages_and_methods_carry_the_security_headers_too(tasktree_server):
-    """Flask's own 404 and 405 pages: no blueprint's after_request runs for them."""
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/"), ("GET", "/login"), ("GET", "/static/ui/tasktree.js"),
+    ("GET", "/docker/static/docker.js"), ("GET", "/docker/static/docker.css"),
+    ("GET", "/api/runs"), ("GET", "/api/runs/nope"), ("GET", "/api/docker/hosts"),
+    ("GET", "/api/no/such/route"), ("GET", "/api/live/runs"), ("GET", "/metrics"),
+    ("GET", "/healthz"),
+    # Flask's own 404 and 405 pages: no blueprint's after_request runs for them
+    ("GET", "/no/such/page"), ("POST", "/healthz"),
+])
+def test_every_answer_of_the_web_port_carries_the_security_headers(tasktree_server, method, path):
+    """No answer may be sniffed into another type (a JSON body or /metrics rendered as HTML)."""
     import requests
 
-    for method, path in (("GET", "/no/such/page"), ("POST", "/healthz")):
-        answer = requests.request(method, tasktree_server.web + path, timeout=10)
-        assert answer.status_code in (404, 405)
-        assert answer.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
-        assert answer.headers["X-Frame-Options"] == "DENY"
+    with requests.request(method, tasktree_server.web + path, timeout=10, stream=True) as answer:
+        headers = answer.headers  # a live stream's body never ends: only its headers are read
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert headers["X-Frame-Options"] == "DENY"

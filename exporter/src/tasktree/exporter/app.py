@@ -85,13 +85,10 @@ def _healthz() -> Response:
 
 def _api_http_error(exc: HTTPException) -> BaseResponse:
     """An unknown ``/api/`` path or a wrong method there answers JSON like every API error (the
-    blueprints' own handlers never see routing errors); everywhere else Flask's page stays, sent
-    with the pages' security headers (no blueprint's after_request runs for an unknown path)."""
+    blueprints' own handlers never see routing errors); everywhere else Flask's page stays."""
     if request.path.startswith("/api/"):
         return json_http_error(exc)
-    from tasktree.exporter.ui import with_security_headers
-
-    return with_security_headers(exc.get_response())
+    return exc.get_response()
 
 
 error_response = json_error  # the app-wide handler of TasktreeError

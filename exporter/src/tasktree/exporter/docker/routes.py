@@ -68,7 +68,7 @@ def page():
     """The Containers page: a shell without data; its script reads the API with the session
     cookie and sends the session's CSRF token (``<meta name="csrf-token">``) with every action.
     Without a credential the browser is sent to ``/login``."""
-    from tasktree.exporter.ui import require_page, with_security_headers
+    from tasktree.exporter.ui import require_page
 
     redirect_to_login = require_page()
     if redirect_to_login is not None:
@@ -79,7 +79,7 @@ def page():
         hosts_configured=service is not None and bool(service.hosts),
         read_only=refusal(OPERATOR),  # a viewer sees no button it may not press
     )
-    return with_security_headers(Response(html, mimetype="text/html"))
+    return Response(html, mimetype="text/html")
 
 
 # -- seeing -----------------------------------------------------------------------------------
@@ -290,7 +290,6 @@ def logs(host: str, container: str) -> Response:
         headers={
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
-            "X-Content-Type-Options": "nosniff",
         },
     )
 

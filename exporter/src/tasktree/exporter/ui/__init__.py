@@ -41,11 +41,15 @@ SECURITY_HEADERS = {
 
 
 def install_ui(app: Flask) -> None:
-    """Register the pages and the live event streams on ``app`` (the bus: ``Services.live``)."""
+    """Register the pages and the live event streams on ``app`` (the bus: ``Services.live``),
+    and the pages' security headers on every answer of ``app``."""
     from tasktree.exporter import auth
     from tasktree.exporter.ui.live import bus_of, live_blueprint
     from tasktree.exporter.ui.login import login_blueprint
 
+    # Every answer, not only the pages': a browser must not sniff a JSON body, /metrics or a
+    # docker page's script into something else, and Flask's own 404 and 405 pages are pages too.
+    app.after_request(with_security_headers)
     auth.install(app)  # the session cookie the pages sign in with
     app.register_blueprint(ui_blueprint)
     app.register_blueprint(login_blueprint)
@@ -113,13 +117,10 @@ def with_security_headers(response: _AnyResponse) -> _AnyResponse:
     return response
 
 
-ui_blueprint.after_request(with_security_headers)
-
-
 @ui_blueprint.errorhandler(TasktreeError)
 def _error_page(exc: TasktreeError):
     """Any tasktree error as an HTML page with its status (and Retry-After when it has one)."""
     body = render_template("error.html", status=exc.status, code=exc.code, message=exc.message)
     response = Response(body, status=exc.status, mimetype="text/html")
     response.headers.update(error_headers(exc, exc.retry_after))
-    return with_security_headers(response)
+    return response

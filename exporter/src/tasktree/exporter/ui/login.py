@@ -17,10 +17,8 @@ login_blueprint = Blueprint("login", __name__, template_folder="templates")
 
 @login_blueprint.after_request
 def _headers(response: Response) -> Response:
-    from tasktree.exporter.ui import with_security_headers
-
     response.headers["Cache-Control"] = "no-store"
-    return with_security_headers(response)
+    return response
 
 
 @login_blueprint.get("/login")
