@@ -138,6 +138,26 @@ def test_subtree_page_starts_at_the_node_with_breadcrumbs(client, db):
     assert f'href="/runs/{TRACE}?node={ROOT}">etl</a>' in html
 
 
+def crumbs(client, url: str) -> str:
+    """The breadcrumbs of a page, white space collapsed."""
+    nav = page(client, url).split('<nav class="crumbs"', 1)[1].split("</nav>", 1)[0]
+    return " ".join(nav.split())
+
+
+def test_breadcrumbs_cut_at_the_nearest_ancestors_say_that_more_are_above(client, db):
+    from tasktree.exporter.ui.views import MAX_ANCESTORS
+
+    chain = [f"{n + 1:016x}" for n in range(MAX_ANCESTORS + 3)]
+    insert_run(db, TRACE, [Task(span, chain[n - 1] if n else None, name=f"d-{n}")
+                           for n, span in enumerate(chain)])
+    deepest, shallow = chain[-1], chain[MAX_ANCESTORS]  # the last has more above; this one not
+    for url in (f"/runs/{TRACE}/tasks/{deepest}", f"/runs/{TRACE}?node={deepest}"):
+        assert "… (more levels)</span> › <a" in crumbs(client, url), url
+        assert ">d-2</a>" in crumbs(client, url) and ">d-1</a>" not in crumbs(client, url)
+    for url in (f"/runs/{TRACE}/tasks/{shallow}", f"/runs/{TRACE}?node={shallow}"):
+        assert "more levels" not in crumbs(client, url) and ">d-0</a>" in crumbs(client, url)
+
+
 def test_search_by_whole_run_id_opens_the_run_and_by_whole_task_id_the_task(client, db):
     sample_run(db)
     assert client.get(f"/search?q={TRACE}").headers["Location"] == f"/runs/{TRACE}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import fields
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlencode
 
 import psycopg
@@ -46,7 +46,7 @@ CHILDREN_PAGE = 100
 SEARCH_PAGE = 50
 LIST_PAGE = 50
 MAX_ANCESTORS = 64
-"""Breadcrumbs stop this many levels up (one primary-key read each)."""
+"""Breadcrumbs stop this many levels up (one primary-key read each), and say that they do."""
 FILTER_NAMES = ("job", "status", "from", "to")
 T = TypeVar("T")
 
@@ -126,7 +126,7 @@ def run_page(trace_id: str) -> str:
     """The run's tree from its top-level tasks, or from task ``node`` when given (a subtree)."""
     trace = params.trace_id(trace_id)
     focus = params.span_id(request.args["node"]) if request.args.get("node") else None
-    run, (tops, cursor), ancestors, opened = _read(lambda conn: _tree_start(conn, trace, focus))
+    run, (tops, cursor), crumbs, opened = _read(lambda conn: _tree_start(conn, trace, focus))
     tree = {
         "trace_id": trace.hex(),
         "run": run,
@@ -138,7 +138,7 @@ def run_page(trace_id: str) -> str:
     }
     failure = _failure_nav(trace, request.args.get("failure"))
     return render_template(
-        "run.html", run=run, tree=tree, ancestors=ancestors, focus=focus, failure=failure
+        "run.html", run=run, tree=tree, crumbs=crumbs, focus=focus, failure=failure
     )
 
 
@@ -218,7 +218,7 @@ def tasks_page(trace_id: str) -> str:
 
 
 def _tree_start(conn: psycopg.Connection, trace: bytes, focus: bytes | None):
-    """(run, (top nodes, their next cursor), ancestors of the focus, first child pages of the
+    """(run, (top nodes, their next cursor), breadcrumbs of the focus, first child pages of the
     nodes shown open)."""
     row = queries.get_run(conn, trace)
     if row is None:
@@ -226,13 +226,13 @@ def _tree_start(conn: psycopg.Connection, trace: bytes, focus: bytes | None):
     cursor, day = None, row["run_day"]
     if focus is None:
         page = queries.run_roots(conn, trace, day=day, limit=CHILDREN_PAGE)
-        tops, ancestors = [shapes.node(r) for r in page.rows], []
+        tops, crumbs = [shapes.node(r) for r in page.rows], Crumbs([], cut=False)
         cursor = params.encode_cursor("roots", page.next_after)
     else:
         task = queries.get_task(conn, trace, focus, day=day)
         if task is None:
             raise NotFound(f"no task {focus.hex()} in run {trace.hex()}")
-        tops, ancestors = [shapes.node(task)], _ancestors(conn, trace, day, task)
+        tops, crumbs = [shapes.node(task)], _ancestors(conn, trace, day, task)
     real = [node for node in tops if not node["missing"]]
     shown_open = real[:1] if len(real) == 1 or focus else []
     opened = {
@@ -240,7 +240,7 @@ def _tree_start(conn: psycopg.Connection, trace: bytes, focus: bytes | None):
         for node in shown_open
         if node["child_count"]
     }
-    return shapes.run(row), (tops, cursor), ancestors, opened
+    return shapes.run(row), (tops, cursor), crumbs, opened
 
 
 def _children_page(
@@ -255,10 +255,16 @@ def _children_page(
     }
 
 
-def _ancestors(
-    conn: psycopg.Connection, trace: bytes, day: int, task: dict
-) -> list[dict[str, Any]]:
-    """The task's ancestors from the top down, as {span_id, name, missing} (for breadcrumbs)."""
+class Crumbs(NamedTuple):
+    """A task's breadcrumbs: its nearest ancestors from the top down, as {span_id, name,
+    missing}, and whether there are more above them (MAX_ANCESTORS)."""
+
+    shown: list[dict[str, Any]]
+    cut: bool
+
+
+def _ancestors(conn: psycopg.Connection, trace: bytes, day: int, task: dict) -> Crumbs:
+    """The task's breadcrumbs (one primary-key read per ancestor)."""
     found: list[dict[str, Any]] = []
     parent = task["parent_span_id"]
     while parent is not None and len(found) < MAX_ANCESTORS:
@@ -267,7 +273,7 @@ def _ancestors(
             break
         found.append({"span_id": parent.hex(), "name": row["name"], "missing": row["missing"]})
         parent = row["parent_span_id"]
-    return found[::-1]
+    return Crumbs(found[::-1], cut=parent is not None and len(found) == MAX_ANCESTORS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,14 +292,14 @@ def task_page(trace_id: str, span_id: str) -> str:
             raise NotFound(f"no task {span.hex()} in run {trace.hex()}")
         return row, run, _ancestors(conn, trace, run["run_day"], row)
 
-    row, run_row, ancestors = _read(read)
+    row, run_row, crumbs = _read(read)
     task = shapes.task_detail(row)
     resource, env = fmt.split_resource(task["resource"])
     return render_template(
         "task.html",
         task=task,
         run=shapes.run(run_row),
-        ancestors=ancestors,
+        crumbs=crumbs,
         resource=resource,
         env=env,
         attributes=dict(sorted(task["attributes"].items())),
