@@ -38,3 +38,12 @@ def test_a_query_matches_each_word_as_a_prefix():
     assert query_words("Disk full disk") == ["disk", "full"]
     assert query("Disk-full") == "'disk':* & 'full':*"
     assert query("...") is None
+
+
+def test_a_word_holding_a_non_ascii_space_is_found_by_its_whole_text():
+    """Stored words are split at ASCII punctuation and spaces only: "disk\u00a0quota" is one
+    word, and a search for that text must look for that one word."""
+    stored = document_words("disk\u00a0quota exceeded").split(" ")
+    assert stored == ["disk\u00a0quota", "exceeded"]
+    assert query_words("Disk\u00a0Quota") == ["disk\u00a0quota"]
+    assert query("disk\u2003quota") == "'disk\u2003quota':*"

@@ -31,8 +31,10 @@ def document_words(text: str) -> str:
 
 
 def query_words(text: str) -> list[str]:
-    """The words a search for ``text`` looks for, each as the beginning of a stored word."""
-    return list(dict.fromkeys(document_words(text).split()))
+    """The words a search for ``text`` looks for, each as the beginning of a stored word.
+    Split at ASCII spaces only, as stored words are (``str.split()`` would split a word at a
+    non-breaking space, which stays inside a stored word)."""
+    return list(dict.fromkeys(word for word in document_words(text).split(" ") if word))
 
 
 def query(text: str) -> str | None:
