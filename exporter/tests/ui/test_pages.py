@@ -42,7 +42,8 @@ def sample_run(db, trace: str = TRACE, job: str = "nightly") -> None:
              events=[{"name": "exception", "time_ns": at(1.5), "attributes": {
                  "exception.type": "ValueError", "exception.message": "bad row",
                  "exception.stacktrace": STACK}}],
-             links=[{"trace_id": "b2" * 16, "span_id": "c3" * 8, "attributes": {}}],
+             links=[{"trace_id": "b2" * 16, "span_id": "c3" * 8, "attributes": {}},
+                    {"trace_id": "", "span_id": "c3", "attributes": {}}],  # not a valid link
              resource={"service.name": job, "host.name": "worker-1",
                        "process.environment_variable.BATCH_DATE": "2026-11-26"}),
         Task(LEAF, CHILD, name="leaf", status=st.RUNNING, start=at(1.2), end=None,
@@ -352,3 +353,13 @@ def test_every_answer_of_the_web_port_carries_the_security_headers(tasktree_serv
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
     assert headers["X-Frame-Options"] == "DENY"
+
+
+def test_a_link_with_ids_that_are_not_whole_is_shown_without_a_page(client, db):
+    """An SDK may send a link with an empty or short id: it linked to /runs//tasks/c3."""
+    sample_run(db)
+    html = page(client, f"/runs/{TRACE}/tasks/{CHILD}")
+    links = html[html.index('class="links"') :]
+    assert f'href="/runs/{"b2" * 16}/tasks/{"c3" * 8}"' in links
+    assert "/runs//tasks/" not in html and 'tasks/c3"' not in html
+    assert "not a valid link (trace id <code>empty</code>, span id <code>c3</code>)" in links

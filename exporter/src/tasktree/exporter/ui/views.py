@@ -304,7 +304,17 @@ def task_page(trace_id: str, span_id: str) -> str:
         env=env,
         attributes=dict(sorted(task["attributes"].items())),
         progress_keys=PROGRESS_KEYS,
+        link_pages=[_link_page(link) for link in task["links"]],
     )
+
+
+def _link_page(link: dict[str, Any]) -> str | None:
+    """The page of a linked task; None for a link whose ids are not whole (an SDK may send an
+    empty or short one), which has no page."""
+    trace, span = link.get("trace_id") or "", link.get("span_id") or ""
+    if len(trace) != 2 * queries.TRACE_ID_BYTES or len(span) != 2 * queries.SPAN_ID_BYTES:
+        return None
+    return url_for("ui.task_page", trace_id=trace, span_id=span)
 
 
 # ---------------------------------------------------------------------------------------------
