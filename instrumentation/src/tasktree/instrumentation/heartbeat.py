@@ -3,9 +3,11 @@
 One background thread per process does all the network work.  It sends a running snapshot of
 every span still running ``snapshot_delay`` seconds after it started, then one every
 ``heartbeat_interval`` seconds, and (unless ``export_finals=False``) exports the final records of
-ended spans in batches.  When the sink is slow or down nothing on the job's threads waits: the
-queue of final records is bounded (the oldest are dropped), a failed export backs off
-exponentially, and the number of records not delivered is logged.
+ended spans in batches.  The queue of final records is bounded.  A job's thread that ends a task
+while it is full waits for the sender to take it, as long as the sink answers (at most the flush
+timeout): a sink that is up must not lose records to a tight loop faster than it.  When the sink
+is down (or stuck retrying) nothing on the job's threads waits: the oldest records are dropped, a
+failed export backs off exponentially, and the number of records not delivered is logged.
 """
 
 from __future__ import annotations
@@ -217,6 +219,7 @@ class LiveSpanProcessor(SpanProcessor):
                 if self._shutdown:
                     self._dropped_finals += 1
                     return
+                self._wait_for_room_locked()
                 wake = self._claim_wake_locked(self._enqueue_locked(span))
                 starved = self._worker_starved_locked()
             if wake:
@@ -253,6 +256,21 @@ class LiveSpanProcessor(SpanProcessor):
             and not self._in_flight
             and self._export_started is None
             and not self._backing_off
+        )
+
+    def _wait_for_room_locked(self) -> None:
+        """While the queue is full and the sink answers, wait (the lock released) for the sender
+        to take it, at most the flush timeout; never on the sender's own thread (an exporter
+        that makes spans) or once the sink is down: then the oldest record is dropped."""
+        if len(self._queue) < self._max_queue or self._failures or self.sink_down:
+            return
+        if self._worker is None or self._worker is threading.current_thread():
+            return
+        self._wake_pending = True
+        self._wake.set()
+        self._cond.wait_for(
+            lambda: len(self._queue) < self._max_queue or self._shutdown or self.sink_down,
+            self._flush_timeout,
         )
 
     def _enqueue_locked(self, span: ReadableSpan) -> bool:
@@ -416,6 +434,7 @@ class LiveSpanProcessor(SpanProcessor):
                 self._queue.clear()
                 self._queue_since = None
                 self._in_flight = len(finals)
+                self._cond.notify_all()  # room for the job's threads waiting on a full queue
             self._backing_off = backing_off
             if backing_off:
                 # Hooks must not wake a worker that is waiting out a backoff.
