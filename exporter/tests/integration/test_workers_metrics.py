@@ -14,6 +14,7 @@ import time
 import urllib.request
 
 import psutil
+import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..spans import sid, span
@@ -69,6 +70,25 @@ def test_two_servers_with_workers_on_one_database_each_count_their_own_folds_onc
     assert total == 100, f"sum of tasktree_folded_spans_total across both servers: {total}"
     time.sleep(1.5)  # a worker reports about once a second: nothing more may come
     assert _summed(a, b) == 100
+
+
+def test_a_fold_worker_s_failed_writes_of_the_job_series_show_on_its_server(
+    start_tasktree, private_db
+):
+    """A fold worker that could not add finished tasks to the job series (metric_totals) said
+    so only in its log: its server's tasktree_metrics_write_errors_total stayed 0."""
+    server = start_tasktree(extra_args=("--workers", "2"), database=private_db)
+    refuse = "ALTER TABLE metric_totals ADD CONSTRAINT no_test_job CHECK (job <> 'test-job')"
+    with psycopg.connect(private_db, autocommit=True) as conn:  # a site's constraint refuses them
+        conn.execute(refuse)
+    assert _metrics(server)["tasktree_metrics_write_errors_total"] == 0
+    with frozen(server.proc.pid):  # only the worker folds these, and fails to count them
+        _land_spans(private_db, 10)
+        wait_until_landing_is_empty(private_db)
+    deadline = time.monotonic() + 15
+    while _metrics(server)["tasktree_metrics_write_errors_total"] < 1:
+        assert time.monotonic() < deadline, "the worker's failed write never showed"
+        time.sleep(0.2)
 
 
 def _summed(*servers) -> float:

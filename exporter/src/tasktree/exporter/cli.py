@@ -156,11 +156,12 @@ def _serve(settings: Settings, args) -> int:
     helpers = None
     if args.role == "all":
         helpers = FoldWorkers(_fold_worker_argv(), settings.workers - 1)
-        service.metrics.add_folder(helpers)  # a fold worker's folding shows on our /metrics
+        service.metrics.add_fold_workers(helpers)  # their folding shows on our /metrics
         print("TASKTREE_READY " + json.dumps(service.urls()), flush=True)
     reporter = None
     if args.report_fd is not None:
-        reporter = FoldCountsReporter(service.folder, args.report_fd).start()
+        reporter = FoldCountsReporter(service.folder, service.metrics.totals, args.report_fd)
+        reporter.start()
     _wait_for_signal(parent=args.parent_pid)
     service.stop()
     if reporter is not None:

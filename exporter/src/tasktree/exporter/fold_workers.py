@@ -1,8 +1,9 @@
 """``--workers N``: the processes that only fold, and their fold counters on the server's /metrics.
 
 The serving process starts ``N - 1`` fold workers (``tasktree serve --role folder``).  Their spans
-folded, stall transitions and fold timeouts belong on the server's /metrics, beside its own
-folder threads' (a worker serves no /metrics): each worker writes its folder's running totals, as
+folded, stall transitions, fold timeouts and failed writes of the job series belong on the
+server's /metrics, beside its own (a worker serves no /metrics): each worker writes its running
+totals, as
 one JSON line, to a pipe of its own about once a second when they changed (and once more when it
 stops), and the server keeps the last line each worker it started sent.
 
@@ -14,6 +15,7 @@ started, so the sum across several servers on one database counts every fold onc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tasktree.exporter.background import Folder
+    from tasktree.exporter.store.metric_totals import FoldTotals
 
 __all__ = ["REPORT_EVERY_S", "FoldCounts", "FoldCountsReporter", "FoldWorkers"]
 
@@ -40,10 +43,13 @@ class FoldCounts:
     folded: int = 0
     stalled: int = 0
     timeouts: int = 0
+    write_errors: int = 0  # failed writes of the job series (metric_totals)
 
     @classmethod
-    def of(cls, folder: Folder) -> FoldCounts:
-        return cls(folder.folded_total, folder.stalled_total, folder.timeouts_total)
+    def of(cls, folder: Folder, totals: FoldTotals) -> FoldCounts:
+        return cls(
+            folder.folded_total, folder.stalled_total, folder.timeouts_total, totals.write_errors
+        )
 
     def to_line(self) -> str:
         return json.dumps(asdict(self)) + "\n"
@@ -52,14 +58,15 @@ class FoldCounts:
     def from_line(cls, line: str) -> FoldCounts:
         """Raises ``ValueError`` (or ``TypeError``) for a line that is not a report."""
         fields = json.loads(line)
-        return cls(int(fields["folded"]), int(fields["stalled"]), int(fields["timeouts"]))
+        return cls(*(int(fields[f.name]) for f in dataclasses.fields(cls)))
 
 
 class FoldWorkers:
     """The fold workers of one serving process, and the sums of what they folded.
 
-    ``folded_total``, ``stalled_total`` and ``timeouts_total`` read like a ``Folder``'s, so
-    /metrics adds them to the serving process's own (``ServiceMetrics.add_folder``).
+    ``folded_total``, ``stalled_total`` and ``timeouts_total`` read like a ``Folder``'s, and
+    ``write_errors`` like a ``FoldTotals``'s, so /metrics adds them to the serving process's own
+    (``ServiceMetrics.add_fold_workers``).
     """
 
     def __init__(self, argv: list[str], count: int):
@@ -117,7 +124,7 @@ class FoldWorkers:
         with self._lock:
             last = list(self._last)
         return FoldCounts(
-            sum(c.folded for c in last), sum(c.stalled for c in last), sum(c.timeouts for c in last)
+            *(sum(getattr(c, f.name) for c in last) for f in dataclasses.fields(FoldCounts))
         )
 
     @property
@@ -132,6 +139,10 @@ class FoldWorkers:
     def timeouts_total(self) -> int:
         return self._sum().timeouts
 
+    @property
+    def write_errors(self) -> int:
+        return self._sum().write_errors
+
     def stop(self) -> None:
         self._stopping = True
         for proc in self.procs:
@@ -145,8 +156,9 @@ class FoldCountsReporter:
     blocks this thread at worst, never a fold.
     """
 
-    def __init__(self, folder: Folder, fd: int):
+    def __init__(self, folder: Folder, totals: FoldTotals, fd: int):
         self._folder = folder
+        self._totals = totals
         self._out = open(fd, "w", encoding="utf-8")  # noqa: SIM115 (closed by the thread)
         self._sent = FoldCounts()
         self._stop = threading.Event()
@@ -175,7 +187,7 @@ class FoldCountsReporter:
                 pass  # a broken pipe's buffered line: nobody is left to read it
 
     def _send(self) -> None:
-        counts = FoldCounts.of(self._folder)
+        counts = FoldCounts.of(self._folder, self._totals)
         if counts != self._sent:
             self._out.write(counts.to_line())
             self._out.flush()

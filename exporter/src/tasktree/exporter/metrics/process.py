@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg_pool
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
@@ -19,6 +19,9 @@ from tasktree.exporter.errors import Overloaded, StoreUnavailable
 from tasktree.exporter.receiver._common import Ingest
 from tasktree.exporter.receiver.records import DecodedBatch
 from tasktree.exporter.store.metric_totals import FoldTotals
+
+if TYPE_CHECKING:
+    from tasktree.exporter.fold_workers import FoldWorkers
 
 __all__ = ["INGEST_BUCKETS", "FoldCounters", "IngestMetrics", "ProcessStats"]
 
@@ -45,7 +48,7 @@ class ProcessStats:
     """This process's folding and connection pool (per-process values: ``sum by`` across them).
 
     The fold counters add up the folders given: the process's own and, in a server started with
-    ``--workers``, its fold workers' (``add_folder``), which serve no /metrics of their own.
+    ``--workers``, its fold workers' (``add_fold_workers``), which serve no /metrics of their own.
     """
 
     def __init__(
@@ -56,11 +59,12 @@ class ProcessStats:
     ):
         self._pool = pool
         self._folders = [] if folder is None else [folder]
-        self._totals = totals
+        self._writers: list[FoldTotals | FoldWorkers] = [] if totals is None else [totals]
 
-    def add_folder(self, folder: FoldCounters) -> None:
-        """Count ``folder``'s folding as this process's too."""
-        self._folders = [*self._folders, folder]  # a scrape may be reading the list
+    def add_fold_workers(self, workers: FoldWorkers) -> None:
+        """Count the fold workers' folding and failed job-series writes as this process's too."""
+        self._folders = [*self._folders, workers]  # a scrape may be reading the lists
+        self._writers = [*self._writers, workers]
 
     def describe(self) -> list[Metric]:
         return list(self.collect())
@@ -68,12 +72,13 @@ class ProcessStats:
     def collect(self) -> Iterable[Metric]:
         if self._folders:
             yield from _folder_families(self._folders)
-        if self._totals is not None:
+        if self._writers:
             errors = CounterMetricFamily(
                 "tasktree_metrics_write_errors",
-                "Failed writes of finished tasks to the metrics (the amounts are kept, retried).",
+                "Failed writes of finished tasks to the metrics (the amounts are kept, retried),"
+                " by this process and its fold workers (--workers).",
             )
-            errors.add_metric([], self._totals.write_errors)
+            errors.add_metric([], sum(w.write_errors for w in self._writers))
             yield errors
         yield from _pool_families(self._pool.get_stats())
 

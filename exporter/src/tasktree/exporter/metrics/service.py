@@ -15,7 +15,7 @@ from prometheus_client import (
 )
 from prometheus_client.registry import Collector
 
-from tasktree.exporter.metrics.process import FoldCounters, IngestMetrics, ProcessStats
+from tasktree.exporter.metrics.process import IngestMetrics, ProcessStats
 from tasktree.exporter.metrics.replica import ReplicaLag, SynchronousStandbys
 from tasktree.exporter.metrics.store_metrics import StoreMetrics
 from tasktree.exporter.receiver._common import Ingest
@@ -25,6 +25,7 @@ from tasktree.exporter.store.replication import ReadRoute
 
 if TYPE_CHECKING:
     from tasktree.exporter.background import Folder
+    from tasktree.exporter.fold_workers import FoldWorkers
 
 __all__ = ["ServiceMetrics"]
 
@@ -76,10 +77,10 @@ class ServiceMetrics:
         store = self.store.text()
         return generate_latest(self.registry) + store
 
-    def add_folder(self, folder: FoldCounters) -> None:
-        """Count another folder's folding as this process's: the fold workers it started
-        (``--workers``), which serve no /metrics of their own."""
-        self._process.add_folder(folder)
+    def add_fold_workers(self, workers: FoldWorkers) -> None:
+        """Count the folding (and failed job-series writes) of the fold workers this process
+        started (``--workers``) as its own: they serve no /metrics."""
+        self._process.add_fold_workers(workers)
 
     def instrument_ingest(self, ingest: Ingest, protocol: str) -> Ingest:
         return self.ingest.instrument(ingest, protocol)
