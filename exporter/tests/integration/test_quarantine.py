@@ -93,6 +93,30 @@ def test_a_record_postgresql_refuses_is_set_aside_and_the_rest_of_its_lane_folds
         assert quarantine.by_error(conn) == []
 
 
+def test_many_bad_records_are_set_aside_one_after_another_and_listed_as_one_cause(
+    pool, clean_store_db, monkeypatch
+):
+    """Each record set aside used to end the pass as if the lane were empty: 200 bad records
+    kept the good runs behind them in their lane waiting 100 s.  Here a pass that stopped would
+    wait an hour for a doorbell that never rings."""
+    from tasktree.exporter import background
+
+    monkeypatch.setattr(background, "_IDLE_WAIT_S", 3600.0)
+    bad = [bytes([3, 7, n]) + bytes(13) for n in range(12)]  # one lane, landed first
+    good = bytes([3, 8]) + bytes(14)
+    ingest = Ingestor(pool, dataclasses.replace(Settings()))
+    with psycopg.connect(clean_store_db, autocommit=True) as conn:
+        conn.execute(_REFUSE_POISON)
+        for t in bad:
+            ingest(DecodedBatch([span(t, sid(0), None, name="poison")]))
+        ingest(DecodedBatch([span(good, sid(0), None), span(good, sid(1), sid(0))]))
+        _fold_all(pool, 2, fold_threads=1, fold_batch=4)
+        assert tree(conn, good)[sid(0)][3] == 1
+        [group] = quarantine.by_error(conn)  # one cause: one group, the row not quoted
+        assert (group.records, group.runs) == (12, 12)
+        assert "no_poison" in group.error and "Failing row" not in group.error
+
+
 def test_a_record_tasktrees_own_rules_fail_on_is_set_aside_and_the_folder_goes_on(
     pool, clean_store_db, monkeypatch
 ):

@@ -258,14 +258,12 @@ class Folder:
                 with self._after_fold:
                     self.timeouts_total += 1
                 self._split(lane, limit, f"was cancelled ({str(exc).strip()})")
-                return limit  # as a full batch would: go again at once, with the smaller one
+                return self._settings.fold_batch  # as a full batch: again at once, smaller
             except Exception as exc:
                 if not is_record_fault(exc):
                     raise
                 self._split(lane, limit, f"failed ({describe(exc)})")
-                return limit
-        if lane is not None:
-            self._lane_limits[lane] = min(self._settings.fold_batch, limit * 2)
+                return self._settings.fold_batch
         if result.set_aside:
             logger.error(
                 "lane %s: a record that fails to fold alone was set aside (`tasktree quarantine`"
@@ -273,12 +271,17 @@ class Folder:
                 lane,
                 result.fault,
             )
+            return self._settings.fold_batch  # the next at once, alone: more bad ones may follow
+        if lane is not None:
+            self._lane_limits[lane] = min(self._settings.fold_batch, limit * 2)
         with self._after_fold:
             self.folded_total += result.records
             self._notify(result.trace_ids)
             if result.records:
                 self._call(self._fold_listeners, result)
-        return result.records
+        # A batch as large as this lane's limit (smaller after a split) is a full one: go again
+        # at once, or the lane would wait out an idle poll per batch.
+        return self._settings.fold_batch if result.records >= limit else result.records
 
     def _split(self, lane: int | None, limit: int, what_happened: str) -> None:
         """A fold that the statement timeout cancelled, or that failed for a reason its records

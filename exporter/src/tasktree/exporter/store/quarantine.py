@@ -81,10 +81,13 @@ def is_record_fault(exc: BaseException) -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    """The message kept with a record set aside: what an operator needs to find the cause."""
-    text = str(exc).strip() or type(exc).__name__
-    if not isinstance(exc, psycopg.Error):
-        text = f"{type(exc).__name__}: {text} (a fault of tasktree's: please report it)"
+    """The message kept with a record set aside: what an operator needs to find the cause, the
+    same for every record of one cause (so ``tasktree quarantine`` groups them): PostgreSQL's
+    primary message, without its DETAIL (which quotes the row)."""
+    if isinstance(exc, psycopg.Error):
+        text = exc.diag.message_primary or (str(exc).splitlines() or [type(exc).__name__])[0]
+    else:
+        text = f"{type(exc).__name__}: {exc} (a fault of tasktree's: please report it)"
     return text[:2000]
 
 
