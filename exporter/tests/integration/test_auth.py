@@ -21,6 +21,7 @@ import itsdangerous
 import pytest
 import requests
 from flask import Flask
+from google.rpc.status_pb2 import Status
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
@@ -605,9 +606,28 @@ def test_an_open_server_refuses_a_web_page_that_rebound_its_name_to_loopback(
         answer = _with_host("POST", server.otlp_http + "/v1/traces", host, data=body,
                             headers=headers)  # fmt: skip
         assert answer.status_code == 403, (host, answer.status_code)
+        assert Status.FromString(answer.content).code == 7  # PERMISSION_DENIED, not INTERNAL
+    # Refused exports are counted and named in the log, as those without a token are.
+    refused = 'tasktree_ingest_spans_rejected_total{protocol="http",reason="unauthenticated"} 5.0'
+    assert refused in requests.get(server.web + "/metrics", timeout=30).text
+    assert "refused an OTLP/HTTP export from 127.0.0.1: Host 'attacker.example'" in (
+        server.log_path.read_text()
+    )
+    # /healthz says nothing but "ok": a proxy's health check may name its own host.
+    assert _with_host("GET", server.web + "/healthz", "attacker.example").status_code == 200
     requests.post(server.otlp_http + "/v1/traces", data=body, headers=headers, timeout=30)
     server.wait_folded()  # the same spans, sent by a program on this machine
     assert [r["trace_id"] for r in server.get("/api/runs")["runs"]] == [trace.hex()]
+
+
+@pytest.mark.parametrize("names", ["http://myproxy.local", "myproxy.local/tasktree", "a b"])
+def test_serve_refuses_allowed_hosts_that_are_not_host_names(private_db, names):
+    done = subprocess.run(
+        [sys.executable, "-m", "tasktree.exporter", "serve", "--database-url", private_db],
+        env={**os.environ, "TASKTREE_ALLOWED_HOSTS": f"localhost,{names}"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and "is not a host name" in done.stderr, done.stderr
 
 
 def test_doors_that_need_a_credential_do_not_look_at_the_host(server):

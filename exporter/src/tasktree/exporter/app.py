@@ -58,7 +58,7 @@ def create_app(
         reads=reads,
     )
     install_services(app, services)
-    from tasktree.exporter.auth import guard_anonymous_reads
+    from tasktree.exporter.auth import HEALTH_PATH, guard_anonymous_reads
     from tasktree.exporter.auth import install as install_auth  # issue 7: session cookie, CSRF
 
     install_auth(app)
@@ -70,7 +70,7 @@ def create_app(
     from tasktree.exporter.ui import install_ui  # issue 4: pages and /api/live/... streams
 
     install_ui(app)
-    app.add_url_rule("/healthz", view_func=_healthz)
+    app.add_url_rule(HEALTH_PATH, view_func=_healthz)
     mount_metrics(app)  # issue 5: /metrics (with the docker hosts' families)
     app.register_error_handler(TasktreeError, error_response)
     app.register_error_handler(HTTPException, _api_http_error)

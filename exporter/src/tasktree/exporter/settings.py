@@ -365,6 +365,7 @@ class Settings:
                 )
         for name in ("database_url", "read_database_url"):
             _check_database_url(name, getattr(self, name))
+        _check_host_names(self.allowed_hosts)
         if not is_loopback(self.host):
             self._check_credentials_for_network()
 
@@ -442,6 +443,16 @@ def _parse_bool(raw: str) -> bool:
     if value in _FALSE:
         return False
     raise ValueError(raw)
+
+
+def _check_host_names(names: str | None) -> None:
+    """``TASKTREE_ALLOWED_HOSTS`` holds names as a ``Host`` header gives them, not URLs."""
+    for name in (names or "").split(","):
+        if re.search(r"[/@\s]|://", name.strip()):
+            raise SettingsError(
+                f"TASKTREE_ALLOWED_HOSTS: {name.strip()!r} is not a host name: give names as"
+                " browsers send them, e.g. myproxy.local or myproxy.local:8443, comma-separated"
+            )
 
 
 def is_loopback(host: str) -> bool:

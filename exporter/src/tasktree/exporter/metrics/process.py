@@ -153,8 +153,9 @@ class IngestMetrics:
             "Spans not stored, by reason: "
             "refused (alone, in partial_success: invalid or over a limit), "
             "overloaded (429), unavailable (503), error (500); "
-            "unauthenticated (401, missing or wrong ingest token) counts requests, not spans: "
-            "the body of a request without a valid token is never decoded.",
+            "unauthenticated (401, missing or wrong ingest token; 403, an open server named by"
+            " another host) counts requests, not spans: the body of such a request is never"
+            " decoded.",
             ["protocol", "reason"],
             registry=registry,
         )

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from tasktree.exporter.errors import Overloaded, TasktreeError, Unauthorized
+from tasktree.exporter.errors import Overloaded, TasktreeError
 from tasktree.exporter.receiver.records import DecodedBatch
 
 if TYPE_CHECKING:
@@ -35,10 +35,12 @@ UNAVAILABLE = 14
 UNAUTHENTICATED = 16
 UNIMPLEMENTED = 12
 NOT_FOUND = 5
+PERMISSION_DENIED = 7
 
 _RPC_CODES = {
     400: INVALID_ARGUMENT,
     401: UNAUTHENTICATED,
+    403: PERMISSION_DENIED,
     404: NOT_FOUND,
     405: UNIMPLEMENTED,
     413: RESOURCE_EXHAUSTED,
@@ -75,7 +77,9 @@ _PROTOCOL_NAMES = {"http": "OTLP/HTTP", "grpc": "OTLP/gRPC"}
 
 class UnauthenticatedExports:
     """What the receivers do with an export refused for a missing or wrong ingest token (401,
-    ``UNAUTHENTICATED``): count it with ``count(protocol)`` (the metrics' hook) and warn in the log.
+    ``UNAUTHENTICATED``), or, while ingest is open, for naming a host that is not this machine
+    (403, ``auth.HostGuard``): count it with ``count(protocol)`` (the metrics' hook) and warn in
+    the log.
 
     A job sending without its token retries with every batch, so the warning comes at most once
     per ``interval_s`` per client address, with the number of refusals left unlogged since.  At
@@ -97,7 +101,7 @@ class UnauthenticatedExports:
         self._warned: OrderedDict[str, list[float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def refused(self, protocol: str, address: str, exc: Unauthorized) -> None:
+    def refused(self, protocol: str, address: str, exc: TasktreeError) -> None:
         self._count(protocol)
         unlogged = self._unlogged_if_due(address)
         if unlogged is None:

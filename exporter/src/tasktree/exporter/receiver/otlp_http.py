@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException
 
 from tasktree.exporter.errors import (
     BadRequest,
+    Forbidden,
     PayloadTooLarge,
     RoutingError,
     TasktreeError,
@@ -117,7 +118,7 @@ class _Receiver:
             body = self.read_body()
             batch = decode(body, self.limits) if body else DecodedBatch()
             store(self.ingest, batch)
-        except Unauthorized as exc:  # refused before the body is read
+        except (Unauthorized, Forbidden) as exc:  # refused before the body is read
             self.unauthenticated.refused("http", request.remote_addr or "unknown", exc)
             return error_response(exc, as_json)
         except TasktreeError as exc:
