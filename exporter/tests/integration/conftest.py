@@ -3,7 +3,12 @@ emptied store database, a private PostgreSQL to stop (``faults_support``), the d
 on it (``docker_support``), and the UI tests' browser (for the Containers page and the abused
 tree's page)."""
 
+import uuid
+
+import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from tasktree.exporter.store.pool import open_pool
 
@@ -19,3 +24,15 @@ def pool(clean_store_db):
     pool.wait(5)
     yield pool
     pool.close()
+
+
+@pytest.fixture
+def empty_database(database_url):
+    """A database no tasktree has migrated (dropped after the test)."""
+    admin = make_conninfo(database_url, dbname="postgres")
+    name = f"tasktree_test_mig_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield make_conninfo(admin, dbname=name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

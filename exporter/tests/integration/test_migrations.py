@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import threading
-import uuid
 
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from tasktree.exporter.store import partitions
-from tasktree.exporter.store.migrate import available, migrate
+from tasktree.exporter.store.migrate import NewerSchema, available, migrate
 
 from ..spans import sid, tid
-
-
-@pytest.fixture
-def empty_database(database_url):
-    admin = make_conninfo(database_url, dbname="postgres")
-    name = f"tasktree_test_mig_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield make_conninfo(admin, dbname=name)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def test_two_processes_migrating_at_once_apply_each_version_exactly_once(empty_database):
@@ -77,3 +63,17 @@ def test_the_day_a_row_is_filed_under_by_default_is_floored_not_rounded(clean_st
             assert "now()" in default, default
             day = conn.execute(f"SELECT {default.replace('now()', noon)}").fetchone()[0]
             assert day == partitions.today(1_796_558_401 * 10**9) == 20793, (table, default)
+
+
+def test_a_schema_newer_than_this_tasktree_is_refused_with_what_to_do(empty_database):
+    """An older tasktree on a database a newer one migrated started without a word, and its
+    search no longer matched the index the newer one had built."""
+    migrate(empty_database)
+    newest = max(version for version, _, _ in available())
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES (%s, 'from-the-future')",
+            (newest + 1,),
+        )
+    with pytest.raises(NewerSchema, match=f"version {newest + 1}, newer than this tasktree's"):
+        migrate(empty_database)

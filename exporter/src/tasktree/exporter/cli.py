@@ -89,32 +89,46 @@ def _add_quarantine_command(commands) -> None:
 
 
 def _quarantine(settings: Settings, args) -> int:
+    """List, requeue or discard what is set aside; never migrates (a listing must not change a
+    schema under older servers, nor need the rights to)."""
     import psycopg
 
-    from tasktree.exporter.server import migrate_when_reachable, resolve_database_url
+    from tasktree.exporter.server import resolve_database_url, where
     from tasktree.exporter.store import quarantine
 
     url = resolve_database_url(settings)
-    migrate_when_reachable(url)
-    with psycopg.connect(url, autocommit=True) as conn:
-        if args.requeue:
-            print(f"{quarantine.requeue(conn)} span(s) landed again, to be folded now")
-            return 0
-        if args.discard:
-            print(f"{quarantine.discard(conn)} span(s) deleted")
-            return 0
-        groups = quarantine.by_error(conn)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            if args.requeue:
+                print(f"{quarantine.requeue(conn)} span(s) landed again in {where(url)}")
+                return 0
+            if args.discard:
+                print(f"{quarantine.discard(conn)} span(s) deleted from {where(url)}")
+                return 0
+            groups = quarantine.by_error(conn)
+    except psycopg.errors.UndefinedTable:
+        no_table = "has no span_quarantine table: no tasktree, or an older one, has served it"
+        print(f"tasktree: {where(url)} {no_table}; start `tasktree serve` on it once",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    except psycopg.Error as exc:
+        print(f"tasktree: PostgreSQL at {where(url)}: {str(exc).strip()}", file=sys.stderr)
+        return 1
+    _print_groups(groups, where(url))
+    return 0
+
+
+def _print_groups(groups, place: str) -> None:
     if not groups:
-        print("No spans are set aside.")
-        return 0
+        print(f"No spans are set aside in {place}.")
+        return
     for g in groups:
         first, last = (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ns / 1e9))
                        for ns in (g.first_ns, g.last_ns))  # fmt: skip
         print(f"{g.records} span(s) of {g.runs} run(s), set aside {first} to {last} UTC"
               f" (e.g. run {g.example_trace_id}):\n    {g.error}")  # fmt: skip
-    print("Fix the cause, then `tasktree quarantine --requeue` folds them again"
+    print(f"(in {place}) Fix the cause, then `tasktree quarantine --requeue` folds them again"
           " (`--discard` deletes them).")  # fmt: skip
-    return 0
 
 
 def _flagged() -> list[Option]:

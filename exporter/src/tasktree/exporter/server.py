@@ -25,7 +25,7 @@ from tasktree.exporter.receiver._common import UnauthenticatedExports
 from tasktree.exporter.receiver.otlp_grpc import start_otlp_grpc_server
 from tasktree.exporter.receiver.otlp_http import TRACES_PATH, create_otlp_http_app
 from tasktree.exporter.settings import OPTIONS, Settings
-from tasktree.exporter.store.migrate import migrate
+from tasktree.exporter.store.migrate import NewerSchema, migrate
 from tasktree.exporter.store.pool import open_pool, primary_conninfo, standby_conninfo
 from tasktree.exporter.store.replication import ReadRoute, check_synchronous_standby
 
@@ -56,21 +56,23 @@ def migrate_when_reachable(url: str, wait_s: float = _DB_WAIT_S) -> None:
         try:
             migrate(url)
             return
+        except NewerSchema as exc:
+            raise SystemExit(f"tasktree: PostgreSQL at {where(url)}: {exc}") from exc
         except psycopg.OperationalError as exc:
             refused_for_good = _what_to_do(str(exc))
             if refused_for_good is not None:
                 raise SystemExit(
-                    f"tasktree: PostgreSQL at {_where(url)} refused: {_first_line(exc)}; "
+                    f"tasktree: PostgreSQL at {where(url)} refused: {_first_line(exc)}; "
                     f"{refused_for_good}"
                 ) from exc
             if time.monotonic() > deadline:
                 raise SystemExit(
-                    f"tasktree: cannot reach PostgreSQL at {_where(url)}: {exc}"
+                    f"tasktree: cannot reach PostgreSQL at {where(url)}: {exc}"
                 ) from exc
             if not said:  # a person at the terminal should not wait half a minute in silence
                 logger.warning(
                     "PostgreSQL at %s is not reachable yet, trying again for up to %.0f s: %s",
-                    _where(url), wait_s, exc,
+                    where(url), wait_s, exc,
                 )  # fmt: skip
                 said = True
             time.sleep(1.0)
@@ -124,7 +126,7 @@ def _in_url(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _where(url: str) -> str:
+def where(url: str) -> str:
     """Where ``url`` points, for a message: hosts, ports, database and user (no password, none
     of the connection options tasktree adds)."""
     params = psycopg.conninfo.conninfo_to_dict(url)

@@ -34,8 +34,17 @@ def available() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+class NewerSchema(RuntimeError):
+    """The database was migrated by a newer tasktree than this one."""
+
+
 def migrate(conninfo: str, target: int | None = None) -> list[int]:
-    """Apply every pending migration (up to ``target``); return the versions this call applied."""
+    """Apply every pending migration (up to ``target``); return the versions this call applied.
+
+    Raises ``NewerSchema`` when the database holds a version this tasktree does not know: a
+    newer tasktree upgraded it, and an older one would read and write it wrongly (its search
+    index, for one, would no longer match its queries).
+    """
     applied_now = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
         # A session lock: each migration commits on its own, and the lock spans them all.
@@ -43,9 +52,12 @@ def migrate(conninfo: str, target: int | None = None) -> list[int]:
         try:
             conn.execute(_CREATE_MIGRATIONS_TABLE)
             done = {row[0] for row in conn.execute(_APPLIED_VERSIONS)}
-            for version, name, sql in available():
+            known = available()
+            _refuse_newer(done, max(version for version, _, _ in known))
+            for version, name, sql in known:
                 if version in done or (target is not None and version > target):
                     continue
+                logger.info("applying migration %s", name)  # a large store's can take a while
                 with conn.transaction():
                     conn.execute(sql)
                     conn.execute(_RECORD_VERSION, (version, name))
@@ -54,3 +66,12 @@ def migrate(conninfo: str, target: int | None = None) -> list[int]:
         finally:
             conn.execute(locks.RELEASE_SESSION, locks.MIGRATIONS)
     return applied_now
+
+
+def _refuse_newer(done: set[int], newest_known: int) -> None:
+    if done and max(done) > newest_known:
+        raise NewerSchema(
+            f"the database holds tasktree schema version {max(done)}, newer than this"
+            f" tasktree's {newest_known}: a newer tasktree upgraded it; run that version (or a"
+            " later one) on it, since a schema is never downgraded"
+        )
