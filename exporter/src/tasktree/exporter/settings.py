@@ -275,7 +275,8 @@ class Settings:
     retention_days: int | None = setting(
         shown="unset (keep all)",
         meaning="days a run is kept: tasks live in one partition per day (the day their run was"
-        " first received) and expired days are dropped whole; a day with a run still going"
+        " first folded into the tree, normally the day it was received) and expired days are"
+        " dropped whole; a day with a run still going"
         " (running, or anything received within the window) is kept; past about 400 days"
         " kept, PostgreSQL's default `max_locks_per_transaction` is too small for the"
         " statements over every day (tasktree logs a warning then)",
