@@ -30,19 +30,21 @@ _RECORD_FAULTS = (
     psycopg.errors.RaiseException,
 )
 
+_COLUMNS = ", ".join(LANDED_COLUMNS)
+
 _SET_ASIDE_CLAIMED = f"""
 WITH moved AS (
     DELETE FROM span_landing l USING fold_claim c WHERE l.ctid = c.landing_row
     RETURNING l.id, {", ".join(f"l.{c}" for c in LANDED_COLUMNS)}
 )
-INSERT INTO span_quarantine (landing_id, quarantined_ns, error, {", ".join(LANDED_COLUMNS)})
-SELECT id, %s, %s, {", ".join(LANDED_COLUMNS)} FROM moved
+INSERT INTO span_quarantine (landing_id, quarantined_ns, error, {_COLUMNS})
+SELECT id, %s, %s, {_COLUMNS} FROM moved
 """  # noqa: S608 (constants: the landing's columns)
 
 _REQUEUE = f"""
 WITH moved AS (DELETE FROM span_quarantine RETURNING *)
-INSERT INTO span_landing ({", ".join(LANDED_COLUMNS)})
-SELECT {", ".join(LANDED_COLUMNS)} FROM moved ORDER BY landing_id
+INSERT INTO span_landing ({_COLUMNS})
+SELECT {_COLUMNS} FROM moved ORDER BY landing_id
 """  # noqa: S608 (constants: the landing's columns)
 
 _DISCARD = "DELETE FROM span_quarantine"
