@@ -89,3 +89,40 @@ def test_sigterm_flushes_the_running_tasks_as_errors(tasktree_server):
     )
     assert task["status"] == "error"
     assert task["status_message"] == "terminated by SIGTERM"
+
+
+def test_a_job_exporting_over_grpc_delivers_a_task_whose_name_is_not_utf8(tasktree_server):
+    # os.fsdecode of a file name that is not UTF-8 holds a lone surrogate: OpenTelemetry's gRPC
+    # exporter refused the whole batch for it, and with it every other task of the run.
+    code = (
+        "import json, os\n"
+        "from opentelemetry import trace\n"
+        "from tasktree.instrumentation import configure, task\n"
+        "configure()\n"
+        "with task('grpc-root'):\n"
+        "    ids = trace.get_current_span().get_span_context()\n"
+        "    with task('load ' + os.fsdecode(b'report-\\xff.csv')):\n"
+        "        pass\n"
+        "    for i in range(3):\n"
+        "        with task(f'after-{i}'):\n"
+        "            pass\n"
+        "print(json.dumps({'trace_id': format(ids.trace_id, '032x')}))\n"
+    )
+    env = child_environment(
+        tasktree_server.otlp_grpc,
+        OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+        OTEL_EXPORTER_OTLP_INSECURE="true",
+    )
+    job = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert job.returncode == 0, job.stderr
+    assert "Traceback" not in job.stderr and "Failed to export" not in job.stderr, job.stderr
+    trace_id = json.loads(job.stdout.splitlines()[-1])["trace_id"]
+    tasktree_server.wait_folded()
+    nodes = records_from_api(tasktree_server, trace_id)
+    assert sorted(node.name for node in nodes) == [
+        "after-0", "after-1", "after-2", "grpc-root", "load report-\\udcff.csv"
+    ]  # fmt: skip
+    run = tasktree_server.get(f"/api/runs/{trace_id}")
+    assert run["status"] == "ok" and run["counts"]["ok"] == 5

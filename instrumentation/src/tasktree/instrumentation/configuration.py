@@ -198,17 +198,17 @@ def _exporter_factory(endpoint: str | None) -> Callable[[], SpanExporter] | None
     )
     env_endpoint = _env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
     if choice == "otlp_proto_grpc" or (choice == "otlp" and protocol == "grpc"):
+        from tasktree.instrumentation import otlp
+
         try:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-                OTLPSpanExporter as Grpc,
-            )
+            grpc_exporter = otlp.grpc_exporter_class()
         except ImportError:
             _logger.warning(
                 "tasktree: OTLP/gRPC needs opentelemetry-exporter-otlp-proto-grpc; using HTTP"
             )
         else:
             url = endpoint or (None if env_endpoint else DEFAULT_GRPC_ENDPOINT)
-            return lambda: Grpc(endpoint=url)
+            return lambda: grpc_exporter(endpoint=url)
     elif protocol != "http/protobuf":
         _logger.warning("tasktree: unsupported OTLP protocol %r; using http/protobuf", protocol)
     from tasktree.instrumentation.otlp import SpanExporter  # OTel's OTLP/HTTP, encoding faster

@@ -15,6 +15,9 @@ In a process forked from the one that configured tasktree (a Celery or multiproc
 process), the resource sent says the process's own ``process.pid``, not its parent's: so every
 task there needs no ``process.pid`` attribute of its own (see ``LiveSpanProcessor``).
 
+Under OTLP/gRPC ``configure()`` builds :func:`grpc_exporter_class`'s exporter: OpenTelemetry's
+encoder and client, given the same escaped text.
+
 The exporter sends through the OpenTelemetry exporter's own HTTP client (retries, TLS, headers,
 compression and the ``OTEL_EXPORTER_OTLP_*`` variables stay OpenTelemetry's); an OpenTelemetry
 release whose exporter is laid out differently gets its plain ``export`` instead.
@@ -22,17 +25,19 @@ release whose exporter is laid out differently gets its plain ``export`` instead
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as _encode_slowly
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import PROCESS_PID, Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter as SdkSpanExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
@@ -105,6 +110,32 @@ class SpanExporter(OTLPSpanExporter):
         return SpanExportResult.SUCCESS
 
 
+@functools.cache
+def grpc_exporter_class() -> Callable[..., SdkSpanExporter]:
+    """OpenTelemetry's OTLP/gRPC span exporter (same arguments and variables), its spans' text
+    made UTF-8 first (:func:`utf8_spans`).  ImportError without
+    ``opentelemetry-exporter-otlp-proto-grpc``."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
+
+    class GrpcSpanExporter(Grpc):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return super().export(utf8_spans(spans))
+
+    return GrpcSpanExporter
+
+
+def utf8_spans(spans: Sequence[ReadableSpan]) -> list[ReadableSpan]:
+    """``spans``, each one holding text UTF-8 cannot encode replaced by a copy with that text
+    escaped as :func:`_utf8` does: OpenTelemetry's encoder fails a whole request on one such
+    character."""
+    return [
+        span
+        if _all_utf8(_span_texts(span), _attribute_texts(span.resource.attributes))
+        else _escaped(span)
+        for span in spans
+    ]
+
+
 class _NotSimple(Exception):
     """The span needs OpenTelemetry's encoder."""
 
@@ -160,9 +191,7 @@ def _span(span: ReadableSpan) -> bytes:
     try:
         return _simple_span(span)
     except Exception:  # noqa: BLE001 - _NotSimple, or what OpenTelemetry's encoder handles its way
-        if not _all_utf8(_span_texts(span), _attribute_texts(span.resource.attributes)):
-            span = _escaped(span)
-        request = _encode_slowly([span])
+        request = _encode_slowly(utf8_spans([span]))
         return request.resource_spans[0].scope_spans[0].spans[0].SerializePartialToString()
 
 
