@@ -640,3 +640,24 @@ def test_doors_that_need_a_credential_do_not_look_at_the_host(server):
                         headers={"Content-Type": "application/x-protobuf",
                                  "Authorization": f"Bearer {INGEST}"})  # fmt: skip
     assert answer.status_code == 200, answer.text
+
+
+def test_ten_wrong_tokens_from_one_address_lock_it_out_of_every_token_door(server):
+    viewer = sign_in(server, VIEWER)  # signed in before: not affected
+    for n in range(10):
+        wrong = requests.get(server.web + "/api/runs", timeout=10,
+                             headers={"Authorization": f"Bearer guess-{n:04d}"})  # fmt: skip
+        assert wrong.status_code == 401
+    right = requests.get(server.web + "/api/runs", timeout=10,
+                         headers={"Authorization": f"Bearer {OPERATOR}"})  # fmt: skip
+    assert right.status_code == 429
+    assert right.json()["error"]["code"] == "too_many_wrong_tokens"
+    assert 1 <= int(right.headers["Retry-After"]) <= 60
+    client = requests.Session()
+    form = client.get(server.web + "/login", timeout=10)
+    answer = client.post(server.web + "/login", allow_redirects=False, timeout=10, data={
+        "csrf_token": CSRF_FIELD.search(form.text).group(1), "token": OPERATOR})
+    assert answer.status_code == 429 and "Too many wrong tokens" in answer.text
+    assert "fp" not in _session_of(answer) and "Retry-After" in answer.headers
+    assert viewer.get(server.web + "/api/runs", timeout=10).status_code == 200
+    assert "10 tokens that match nothing from 127.0.0.1" in server.log_path.read_text()

@@ -147,3 +147,44 @@ def test_the_same_token_configured_twice_signs_in_with_the_higher_role():
     table = auth.TokenTable(
         settings(viewer_tokens=f"v:{OPERATOR}", operator_tokens=f"o:{OPERATOR}"))
     assert table.by_fingerprint(table.fingerprint(OPERATOR)) == auth.Principal("o", auth.OPERATOR)
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_wrong_tokens_lock_an_address_out_until_its_first_mistake_is_a_window_old(caplog):
+    clock = _Clock()
+    wrong = auth.WrongTokens(limit=3, window=60.0, clock=clock)
+    for _ in range(3):
+        wrong.check("10.0.0.7")
+        wrong.wrong("10.0.0.7")
+        clock.now += 10
+    with pytest.raises(TasktreeError) as refused:
+        wrong.check("10.0.0.7")
+    assert refused.value.status == 429 and refused.value.code == "too_many_wrong_tokens"
+    assert refused.value.retry_after == pytest.approx(30.0)  # the first mistake was at 1000
+    assert "10.0.0.7" in refused.value.message and "30 s" in refused.value.message
+    wrong.check("10.0.0.8")  # another address is not affected
+    assert "3 tokens that match nothing from 10.0.0.7" in caplog.text
+    clock.now = 1060.5  # the first mistake is a window old: one more try
+    wrong.check("10.0.0.7")
+    wrong.wrong("10.0.0.7")
+    with pytest.raises(TasktreeError):
+        wrong.check("10.0.0.7")
+
+
+def test_wrong_tokens_forget_quiet_addresses_rather_than_grow_without_bound(monkeypatch):
+    monkeypatch.setattr(auth.WrongTokens, "_ADDRESSES_KEPT", 100)
+    clock = _Clock()
+    wrong = auth.WrongTokens(limit=2, window=60.0, clock=clock)
+    wrong.wrong("10.0.0.1")
+    wrong.wrong("10.0.0.1")
+    clock.now += 61
+    for n in range(200):
+        wrong.wrong(f"10.1.{n // 256}.{n % 256}")
+    assert len(wrong._mistakes) <= 100

@@ -24,7 +24,9 @@ The rules: an operator's action (``require(OPERATOR)``): no credential → 401; 
 credential → 403; no operator tokens configured → every action is refused (401, the message says
 what to set).  A bearer credential that matches nothing is always 401, even where anonymous
 reading would be allowed; a cookie that is forged, expired or whose token was removed counts as
-no cookie.  Tokens are compared in constant time and never logged or echoed.
+no cookie.  Tokens are compared in constant time and never logged or echoed.  A client address
+that gives ten tokens matching nothing within a minute is refused (429, ``Retry-After``) until
+the first of them is a minute old (``WrongTokens``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ import hmac
 import logging
 import os
 import secrets
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -43,7 +48,7 @@ from typing import TypeVar
 
 from flask import Flask, current_app, g, request, session
 
-from tasktree.exporter.errors import CsrfRejected, Forbidden, Unauthorized
+from tasktree.exporter.errors import CsrfRejected, Forbidden, TooManyWrongTokens, Unauthorized
 from tasktree.exporter.services import current_services, services_of
 from tasktree.exporter.settings import Settings, SettingsError, is_loopback
 
@@ -124,6 +129,7 @@ class TokenTable:
             not settings.viewer_tokens and not settings.auth_token and is_loopback(settings.host)
         )
         self._key = key.encode() if isinstance(key, str) else (key or secrets.token_bytes(32))
+        self.wrong_tokens = WrongTokens()
         self._by_fingerprint: dict[str, Principal] = {}
         for secret, principal in self._entries:
             fp = self._fingerprint(secret)
@@ -155,6 +161,66 @@ class TokenTable:
 
 
 MIN_TOKEN_LENGTH = 8
+
+
+class WrongTokens:
+    """Tokens that matched nothing, per client address: after ``limit`` of them within ``window``
+    seconds, that address may not present a token (bearer or ``/login``) until the oldest of them
+    is ``window`` old, so that a short token cannot be guessed by trying them all.
+
+    Per process: each server of several counts its own.  Behind a proxy every client shares the
+    proxy's address; a session already signed in is not affected (it presents no token)."""
+
+    _ADDRESSES_KEPT = 10_000  # beyond it the addresses with no recent mistake are forgotten
+
+    def __init__(self, limit: int = 10, window: float = 60.0, clock=time.monotonic):
+        self.limit, self.window, self._clock = limit, window, clock
+        self._mistakes: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, address: str) -> None:
+        """Raises ``TooManyWrongTokens`` while ``address`` may not try a token."""
+        with self._lock:
+            mistakes = self._recent(address)
+            if mistakes is None or len(mistakes) < self.limit:
+                return
+            wait = mistakes[0] + self.window - self._clock()
+        raise TooManyWrongTokens(
+            f"too many tokens that match nothing from {address}; try again in"
+            f" {max(1, round(wait))} s",
+            retry_after=wait,
+        )
+
+    def wrong(self, address: str) -> None:
+        """Counts a token from ``address`` that matched nothing."""
+        with self._lock:
+            mistakes = self._recent(address)
+            if mistakes is None:
+                if len(self._mistakes) >= self._ADDRESSES_KEPT:
+                    self._forget_old()
+                mistakes = self._mistakes[address] = deque(maxlen=self.limit)
+            mistakes.append(self._clock())
+            full = len(mistakes) == self.limit
+        if full:
+            logger.warning(
+                "%d tokens that match nothing from %s within %.0f s: its tokens are refused for"
+                " %.0f s",
+                self.limit, address, self.window, self.window,
+            )  # fmt: skip
+
+    def _recent(self, address: str) -> deque[float] | None:
+        mistakes = self._mistakes.get(address)
+        if mistakes is not None:
+            while mistakes and mistakes[0] <= self._clock() - self.window:
+                mistakes.popleft()
+        return mistakes
+
+    def _forget_old(self) -> None:
+        for address in list(self._mistakes):
+            if not self._recent(address):
+                del self._mistakes[address]
+        if len(self._mistakes) >= self._ADDRESSES_KEPT:  # a flood of addresses: start afresh
+            self._mistakes.clear()
 
 
 def service_wide_token(settings: Settings) -> str | None:
@@ -353,10 +419,10 @@ def sign_in(token: str) -> Principal | None:
     """Start a fresh session for ``token`` (a viewer or operator token); None if it matches none.
 
     The old session is dropped first (a pre-sign-in cookie never carries over), and the new one
-    gets its own CSRF token.
+    gets its own CSRF token.  Raises ``TooManyWrongTokens`` for an address that gave too many.
     """
     table = _table()
-    principal = table.lookup(token)
+    principal = _lookup(table, token)
     if principal is None:
         return None
     session.clear()
@@ -384,6 +450,17 @@ def csrf_matches() -> bool:
     expected = session.get("csrf")
     given = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD) or ""
     return bool(expected) and hmac.compare_digest(given.encode(), str(expected).encode())
+
+
+def _lookup(table: TokenTable, token: str) -> Principal | None:
+    """``table.lookup(token)``, for a client address that has not given too many wrong tokens
+    (``TooManyWrongTokens`` otherwise); a wrong one is counted against its address."""
+    address = request.remote_addr or "unknown"
+    table.wrong_tokens.check(address)
+    principal = table.lookup(token)
+    if principal is None and table.has_tokens:  # with none there is nothing to guess
+        table.wrong_tokens.wrong(address)
+    return principal
 
 
 def _session_principal(table: TokenTable) -> Principal | None:
@@ -421,7 +498,7 @@ def authenticate(*, acts: bool | None = None) -> Principal | None:
     table = _table()
     scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
     if credential or scheme:
-        principal = table.lookup(credential.strip()) if scheme.lower() == "bearer" else None
+        principal = _lookup(table, credential.strip()) if scheme.lower() == "bearer" else None
         if principal is None:
             raise Unauthorized("the bearer token matches no configured viewer or operator token")
         return _found(principal, "bearer")

@@ -70,6 +70,14 @@ class Overloaded(TasktreeError):
     code = "overloaded"
 
 
+class TooManyWrongTokens(TasktreeError):
+    """This client address gave too many tokens that match nothing; it may try again after
+    ``retry_after`` seconds."""
+
+    status = 429
+    code = "too_many_wrong_tokens"
+
+
 class HostUnavailable(TasktreeError):
     """The docker host could not be reached or failed (HTTP 502: the fault is upstream)."""
 

@@ -2,7 +2,8 @@
 
 Signing in starts a fresh session cookie (``auth.sign_in``); both forms carry the session's CSRF
 token in a hidden field, so another site can neither sign a visitor in as someone else nor sign
-them out.  A wrong token answers 401 and is never echoed back or logged.
+them out.  A wrong token answers 401 and is never echoed back or logged; too many from one
+address answer 429 for a while (``auth.WrongTokens``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, redirect, render_template, request, url_for
 
 from tasktree.exporter import auth
-from tasktree.exporter.errors import Forbidden, Unauthorized
+from tasktree.exporter.errors import Forbidden, TooManyWrongTokens, Unauthorized, error_headers
 
 login_blueprint = Blueprint("login", __name__, template_folder="templates")
 
@@ -33,7 +34,12 @@ def login():
     _whoever()
     if not auth.csrf_matches():
         return _form(403, "The sign-in form had expired. Please try again.")
-    principal = auth.sign_in(request.form.get("token", "").strip())
+    try:
+        principal = auth.sign_in(request.form.get("token", "").strip())
+    except TooManyWrongTokens as exc:
+        response = _form(429, f"Too many wrong tokens: {exc.message}.")
+        response.headers.update(error_headers(exc, exc.retry_after))
+        return response
     if principal is None:
         return _form(401, "That token matches no viewer or operator token.")
     return redirect(_safe_next(request.form.get("next")), code=303)
@@ -53,7 +59,7 @@ def _whoever() -> None:
     a forged cookie or a missing CSRF token just means nobody is shown as signed in here."""
     try:
         auth.authenticate()
-    except (Unauthorized, Forbidden):
+    except (Unauthorized, Forbidden, TooManyWrongTokens):
         pass
 
 
