@@ -497,7 +497,7 @@ def _json_with_span(**span_fields) -> bytes:
         (b"{not json", "body is not valid JSON"),
         (gzip.compress(b'{"resourceSpans": []}'), "send it with the header Content-Encoding: gzip"),
         (b"\xff\xfe", "body is not valid JSON"),
-        (b'{"a": "\\ud800"}', "body is not valid JSON"),
+        (b'{"a": "\\ud800",}', "body is not valid JSON"),  # a lone surrogate and a fault
         (b"[1, 2]", "must be a JSON object (an OTLP ExportTraceServiceRequest), got array"),
         (b'"text"', "got string"),
         (b'{"resourceSpans": {}}', "resourceSpans: expected an array, got object"),
@@ -523,10 +523,6 @@ def _json_with_span(**span_fields) -> bytes:
             "'k': intValue: expected an integer",
         ),
         (
-            _json_with_span(attributes=[{"key": "k", "value": {"intValue": str(2**63)}}]),
-            "outside the signed 64-bit",
-        ),
-        (
             _json_with_span(attributes=[{"key": "k", "value": {"stringValue": 1}}]),
             "stringValue must be a string",
         ),
@@ -545,6 +541,43 @@ def test_malformed_json_is_a_bad_request_saying_where(body, fragment):
 
 
 # ------------------------------------------------------------------------ storable values
+
+
+def test_a_json_whole_number_beyond_64_bits_is_kept_as_a_double_not_the_request_refused():
+    # The Node SDK's JSON exporter writes any whole number as intValue (2**64, Number.MAX_VALUE);
+    # its protobuf exporter sends the same values as doubles.
+    body = _json_with_span(
+        attributes=[
+            {"key": "big", "value": {"intValue": 2**64}},
+            {"key": "max", "value": {"intValue": 1.7976931348623157e308}},
+            {"key": "text", "value": {"intValue": str(2**63)}},
+            {"key": "long", "value": {"intValue": "-" + "9" * 30}},
+            {"key": "edge", "value": {"intValue": str(2**63 - 1)}},
+        ]
+    )
+    row = decode_json(body, LIMITS).spans[0]
+    assert strict_json(row.attributes_json) == {
+        "big": float(2**64),
+        "max": 1.7976931348623157e308,
+        "text": float(2**63),
+        "long": -1e30,
+        "edge": 2**63 - 1,  # in range: still the exact integer
+    }
+
+
+def test_a_json_lone_surrogate_escape_becomes_a_replacement_character_not_a_refused_request():
+    # What the Node SDK sends for '1234😀…' cut to 5 characters by its length limit; json.dumps
+    # writes each lone surrogate as its escape, as the SDK does.
+    body = _json_with_span(
+        name="cut \ud83d", attributes=[{"key": "k\udc00", "value": {"stringValue": "1234\ud83d"}}]
+    )
+    assert b"\\ud83d" in body
+    row = decode_json(body, LIMITS).spans[0]
+    assert row.name == "cut \ufffd"
+    assert strict_json(row.attributes_json) == {"k\ufffd": "1234\ufffd"}
+    paired = _json_with_span(name="\U0001f600 ok")  # escaped as a whole pair: kept as it is
+    assert b"\\ud83d\\ude00" in paired
+    assert decode_json(paired, LIMITS).spans[0].name == "\U0001f600 ok"
 
 
 def test_nul_characters_become_replacement_characters_everywhere():

@@ -8,9 +8,9 @@ Contracts:
   alone: ``batch.reject(1, reason)`` with a reason naming the span and the field (OTLP
   ``partial_success``); every other span of the request is kept.
 * Every string is made storable in PostgreSQL ``text``/``jsonb``: NUL becomes U+FFFD and
-  non-finite doubles become the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``.  (Invalid
-  UTF-8, and in JSON unpaired surrogate escapes, make the body malformed: upb and orjson refuse
-  them, so no such string ever reaches a row.)
+  non-finite doubles become the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``; in JSON an
+  unpaired surrogate escape becomes U+FFFD too.  (Invalid UTF-8 makes the body malformed: upb and
+  orjson refuse it, so no such string ever reaches a row.)
 * A string longer than ``Limits.max_value_bytes`` UTF-8 bytes is cut there and suffixed with a
   visible marker; the row gets ``truncated=True``.  Nothing is dropped silently.
 
@@ -30,6 +30,7 @@ import binascii
 import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -132,13 +133,44 @@ def decode_json(body: bytes, limits: Limits) -> DecodedBatch:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:  # also invalid UTF-8, lone surrogates, too deep
-        raise BadRequest(f"body is not valid JSON: {exc}{_gzip_hint(body)}") from None
+        document = _with_lone_surrogates(body)
+        if document is None:
+            raise BadRequest(f"body is not valid JSON: {exc}{_gzip_hint(body)}") from None
     if type(document) is not dict:
         raise BadRequest(
             "body must be a JSON object (an OTLP ExportTraceServiceRequest), "
             f"got {_json_type(document)}"
         )
     return _JsonDecoder(limits).request(document)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _with_lone_surrogates(body: bytes) -> Any:
+    """The document of a JSON body orjson refused for an escaped lone surrogate (``"\\ud83d"``),
+    each such character made U+FFFD (what the same exporter's protobuf encoding sends).  JSON
+    allows the escape, and exporters write it: the Node SDK cuts a string to its length limit
+    between the two halves of an emoji.  None for a body that is not JSON for another reason."""
+    if not _SURROGATE_ESCAPE.search(body):
+        return None
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    pending = [document] if type(document) in (dict, list) else []
+    while pending:  # not recursive: the document may be as deep as json allows
+        node = pending.pop()
+        items = node.items() if type(node) is dict else enumerate(node)
+        for key, value in list(items):
+            if type(value) is str:
+                node[key] = _SURROGATE.sub("\ufffd", value)
+            elif type(value) in (dict, list):
+                pending.append(value)
+            if type(key) is str and _SURROGATE.search(key):
+                node[_SURROGATE.sub("\ufffd", key)] = node.pop(key)
+    return document
 
 
 UNKNOWN_SERVICE = "unknown_service"
@@ -566,7 +598,7 @@ class _JsonDecoder(_Builder):
                 raise _Malformed(f"{at} {key!r}: stringValue must be a string, got {_json_type(x)}")
             return self.text(x)
         if (x := v.get("intValue")) is not None:
-            return _int64(x, f"{at} {key!r}: intValue")
+            return _int_value(x, f"{at} {key!r}: intValue")
         if (x := v.get("boolValue")) is not None:
             if type(x) is not bool:
                 raise _Malformed(
@@ -673,10 +705,16 @@ def _time(x: Any, at: str) -> int:
     return value
 
 
-def _int64(x: Any, at: str) -> int:
+def _int_value(x: Any, at: str) -> int | float | str:
+    """An attribute's ``intValue``.  A whole number beyond 64 bits is no OTLP integer, but JSON
+    exporters write one for any whole number they hold (the Node SDK for 2**64 or
+    Number.MAX_VALUE, which its protobuf exporter sends as a double): it is kept as that double,
+    not its request refused."""
+    if type(x) is str and len(x) > 21 and x.isascii() and x.lstrip("-").isdigit():
+        return _double(float(x))  # too long for _integer to read
     value = _integer(x, at)
     if not _INT64_MIN <= value <= _INT64_MAX:
-        raise _Malformed(f"{at}: {value} is outside the signed 64-bit range")
+        return _double(float(value))
     return value
 
 
