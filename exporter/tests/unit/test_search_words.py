@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
-from tasktree.exporter.search import MAX_WORD, document_words, query, query_words
+from tasktree.exporter.search import (
+    MAX_TEXT,
+    MAX_WORD,
+    document_words,
+    query,
+    query_words,
+    task_words,
+)
 
 
 def test_words_are_lowercased_runs_between_ascii_punctuation_and_spaces():
@@ -47,3 +55,26 @@ def test_a_word_holding_a_non_ascii_space_is_found_by_its_whole_text():
     assert stored == ["disk\u00a0quota", "exceeded"]
     assert query_words("Disk\u00a0Quota") == ["disk\u00a0quota"]
     assert query("disk\u2003quota") == "'disk\u2003quota':*"
+
+
+def test_one_large_value_does_not_hide_the_other_attributes_from_a_search():
+    attributes = {
+        "output": "line of captured output " * 15_000,  # 360,000 characters
+        "float": 0.5,
+        "ключ": "значение",
+        "size": "medium",
+        "ints": [31337, 42],
+        "nested": {"region": "eu-north"},
+    }
+    text = orjson.dumps(attributes).decode()
+    words = set(task_words("load", "disk_full", attributes, text).split())
+    expected = "load disk full output captured float 0 5 ключ значение medium ints 31337 42 nested"
+    for word in (*expected.split(), "region", "eu", "north"):
+        assert word in words, word
+
+
+def test_a_task_under_the_limit_keeps_every_word_as_before():
+    attributes = {"path": "/data/in.csv", "rows": 12}
+    text = orjson.dumps(attributes).decode()
+    assert task_words("load", "ok", attributes, text) == document_words(f"load ok {text}")
+    assert len(task_words("x" * MAX_TEXT, "", {"k": "v"}, '{"k":"v"}')) <= MAX_TEXT

@@ -12,6 +12,10 @@ about 10 µs a span, more than writing the rest of the task; this costs under 1 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
 
 _ASCII_SEPARATORS = bytes(c for c in range(128) if not chr(c).isalnum())
 _TO_SPACES = bytes.maketrans(_ASCII_SEPARATORS, b" " * len(_ASCII_SEPARATORS))
@@ -28,6 +32,24 @@ def document_words(text: str) -> str:
     if len(raw) > MAX_WORD and _LONG_WORD.search(raw):
         raw = b" ".join(word[:MAX_WORD] for word in raw.split())
     return raw.decode("utf-8", "ignore")  # a cut may have split a character
+
+
+def task_words(name: str, message: str, attributes: Mapping[str, Any], attributes_json: str) -> str:
+    """The stored words of a task: of its name, status message and attributes (keys and values).
+
+    Past ``MAX_TEXT`` characters in all, each part gets its share instead of the first parts
+    taking all of it: the name and message a quarter each at most, every key, then an equal
+    share of what is left for each value, so that one large value (a captured output) does not
+    hide the task's other attributes from a search."""
+    if len(name) + len(message) + len(attributes_json) < MAX_TEXT:
+        return document_words(f"{name} {message} {attributes_json}")
+    parts = [name[: MAX_TEXT // 4], message[: MAX_TEXT // 4], *attributes]
+    left = MAX_TEXT - sum(map(len, parts))
+    share = max(MAX_WORD, left // max(1, len(attributes)))
+    for value in attributes.values():
+        text = value if isinstance(value, str) else orjson.dumps(value).decode()
+        parts.append(text[:share])
+    return document_words(" ".join(parts))
 
 
 def query_words(text: str) -> list[str]:

@@ -48,7 +48,7 @@ from tasktree.exporter.receiver.records import (
     SpanRow,
     cut,
 )
-from tasktree.exporter.search import document_words
+from tasktree.exporter.search import task_words
 from tasktree.exporter.tree.status import ERROR, OK, RUNNING
 from tasktree.instrumentation.snapshot import LIVE_ATTRIBUTE, LIVE_VALUE  # the jobs' marker
 
@@ -282,7 +282,7 @@ class _Builder:
                 orjson.dumps(events).decode() if events else "[]",
                 orjson.dumps(links).decode() if links else "[]",
                 self.truncated,
-                document_words(f"{name} {message} {attributes_json}"),
+                task_words(name, message, attributes, attributes_json),
             )
         )
 
