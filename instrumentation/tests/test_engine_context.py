@@ -42,3 +42,119 @@ def test_submitting_in_a_loop_under_one_task_builds_the_carrier_once(recorder, m
         carriers = [_context.carrier() for _ in range(100)]
     assert len(injected) == 1
     assert all(carrier == carriers[0] for carrier in carriers) and carriers[0]
+
+
+# -- work started where engine work runs, with no task of this process current ------------------
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+
+from opentelemetry import context, trace  # noqa: E402
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags  # noqa: E402
+
+_running = threading.local()  # .parent: the submitter of the "engine work" this thread runs
+
+
+def _fake_engine_parent():
+    return getattr(_running, "parent", None)
+
+
+@pytest.fixture
+def engine_work(recorder):
+    """Runs a function as an engine would run a task that is no ``@task``: its submitter known
+    to this thread (an ambient-parent provider), nothing current."""
+    _context.register_ambient_parent(_fake_engine_parent)
+
+    def run(submitter: trace.Span, fn):
+        _running.parent = trace.set_span_in_context(submitter, context.Context())
+        try:
+            return fn()
+        finally:
+            _running.parent = None
+
+    yield run
+    _context._providers.remove(_fake_engine_parent)
+
+
+@task
+def leaf(n):
+    return n
+
+
+class _Worker(threading.Thread):
+    def run(self):  # a subclass overriding run(): the threading instrumentor's hook is skipped
+        leaf(3)
+
+
+def _fan_out_to_threads():
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(leaf, range(2)))
+    worker = _Worker()
+    worker.start()
+    worker.join()
+    timer = threading.Timer(0, leaf, args=(4,))
+    timer.start()
+    timer.join()
+    nested = threading.Thread(target=lambda: threading.Thread(target=leaf, args=(5,)).start())
+    nested.start()
+    nested.join()
+
+
+def _wait_for(recorder, count):
+    for _ in range(200):
+        if len(recorder.names()) >= count:
+            return
+        threading.Event().wait(0.01)
+
+
+def test_threads_started_by_engine_work_that_is_no_task_put_their_tasks_under_its_submitter(
+    engine_work, recorder
+):
+    with task("main") as main:
+        pass
+    engine_work(main, _fan_out_to_threads)
+    _wait_for(recorder, 6)
+    assert sorted(recorder.children_of("main")) == ["leaf"] * 5
+    leaves = [s for s in recorder.spans if s.name == "leaf"]
+    assert {s.context.trace_id for s in leaves} == {main.get_span_context().trace_id}
+
+
+def test_a_child_program_and_a_pool_call_of_engine_work_carry_its_submitter(engine_work):
+    with task("main") as main:
+        pass
+    code = "import os; print(os.environ.get('TRACEPARENT', ''))"
+    printed = engine_work(
+        main, lambda: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    ).stdout.strip()
+    assert printed.split("-")[2] == format(main.get_span_context().span_id, "016x")
+    carried = engine_work(main, _context.carrier)
+    assert _span_id_in(carried) == main.get_span_context().span_id
+
+
+def _as_process_parent(trace_id: int, span_id: int) -> context.Context:
+    span = NonRecordingSpan(SpanContext(trace_id, span_id, True, TraceFlags(1)))
+    return trace.set_span_in_context(span, context.Context())
+
+
+def test_a_traceparent_the_process_started_with_yields_to_the_engine_works_submitter(
+    engine_work, recorder
+):
+    # A worker started from a task (subprocess, tasktree-run, CI) has TRACEPARENT current for
+    # its whole life: the work it runs belongs to other runs.
+    inherited = _as_process_parent(0xABC, 0xDEF)
+    _context.set_process_parent(inherited)
+    token = context.attach(inherited)
+    try:
+        with task("main") as main:
+            pass
+        engine_work(main, lambda: (leaf(1), _fan_out_to_threads()))
+        _wait_for(recorder, 7)
+        assert sorted(recorder.children_of("main")) == ["leaf"] * 6
+        leaf(9)  # outside engine work: under the inherited parent, as before
+        [outside] = [s for s in recorder.spans if s.name == "leaf" and s.parent.span_id == 0xDEF]
+        assert outside.context.trace_id == 0xABC
+    finally:
+        context.detach(token)
+        _context.set_process_parent(None)

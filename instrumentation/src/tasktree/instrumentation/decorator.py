@@ -44,13 +44,17 @@ PROGRESS_RATIO = "tasktree.progress"
 
 
 def _parent() -> Context | None:
-    """The parent context for a new task: the current task; with none, the submitter of the engine
-    work running on this thread (Celery, Dask, Ray, RQ), else this process's TRACEPARENT.  None
-    means the current context."""
-    if trace.get_current_span().get_span_context().is_valid:
+    """The parent context for a new task: the current task; with none (or only this process's
+    TRACEPARENT), the submitter of the engine work running on this thread (Celery, Dask, Ray,
+    RQ), else this process's TRACEPARENT.  None means the current context."""
+    if _engines.task_current():
         return None
     ambient = _engines.ambient_parent()
-    return ambient if ambient is not None else propagation._process_parent
+    if ambient is not None:
+        return ambient
+    if trace.get_current_span().get_span_context().is_valid:  # this process's TRACEPARENT
+        return None
+    return propagation._process_parent
 
 
 def _start(name: str, attributes: Mapping | None, parent: Context | None) -> Span:

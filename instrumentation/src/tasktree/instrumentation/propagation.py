@@ -16,6 +16,9 @@
   gets a copy of the environment with ``TRACEPARENT`` (``TRACESTATE``, ``BAGGAGE``) of the current
   task; ``os.environ`` is never modified.
 - A process started with ``TRACEPARENT`` takes it as the parent of its tasks.
+- Where no task is current but engine work runs (a Celery task, Dask task or RQ job that is no
+  ``@task`` itself), each of the above carries that work's submitter instead
+  (``integrations._context.parent_to_hand_on``); threads get it handed on beside the context.
 
 asyncio tasks, ``gather`` and ``TaskGroup`` need nothing: they copy the context already.
 """
@@ -30,7 +33,7 @@ import os
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, MutableMapping
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import pool as mp_pool
 from multiprocessing import process as mp_process
@@ -39,6 +42,8 @@ from opentelemetry import context, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter, Setter
 from wrapt import wrap_function_wrapper
+
+from tasktree.instrumentation.integrations import _context as _engines
 
 _logger = logging.getLogger(__name__)
 
@@ -85,11 +90,12 @@ def child_env(env: Mapping | None = None) -> dict:
     a current task the copy is returned unchanged (an inherited ``TRACEPARENT`` stays).
     """
     result = dict(os.environ if env is None else env)
-    if not _has_span():
+    parent = _engines.parent_to_hand_on()
+    if not _has_span(parent):
         return result
     fields = {_env_key(field) for field in propagate.get_global_textmap().fields}
     injected: dict[str, str] = {}
-    propagate.inject(injected, setter=_SETTER)
+    propagate.inject(injected, context=parent, setter=_SETTER)
     if result and isinstance(next(iter(result)), bytes):  # os.environb-style mapping
         for field in fields:
             result.pop(field.encode(), None)
@@ -113,6 +119,7 @@ def _adopt_process_parent() -> None:
     """Reads ``TRACEPARENT`` once; makes it current on this thread unless a task already is."""
     global _process_parent
     _process_parent = read_process_parent()
+    _engines.set_process_parent(_process_parent)
     if _process_parent is not None and not _has_span():
         context.attach(_process_parent)  # for the whole life of the thread: never detached
 
@@ -122,8 +129,9 @@ def _adopt_process_parent() -> None:
 
 def _capture() -> dict[str, str]:
     carrier: dict[str, str] = {}
-    if _has_span():
-        propagate.inject(carrier)
+    parent = _engines.parent_to_hand_on()
+    if _has_span(parent):
+        propagate.inject(carrier, context=parent)
     return carrier
 
 
@@ -278,17 +286,36 @@ def _wrap_first_argument(wrapped, instance, args, kwargs):
     return wrapped(*args, **kwargs)
 
 
+def _wrap_thread_start(wrapped, instance, args, kwargs):
+    try:
+        instance._tasktree_handed = _engines.parent_to_hand()
+    except Exception:
+        _logger.exception("tasktree: cannot hand the engine parent to %r", instance)
+    return wrapped(*args, **kwargs)
+
+
 def _wrap_thread_bootstrap_inner(wrapped, instance, args, kwargs):
     # ThreadingInstrumentor stores the starter's context on the thread and attaches it in
     # Thread.run, which a subclass overriding run() never calls: attach it one level earlier.
+    handed = getattr(instance, "_tasktree_handed", None)
     ctx = getattr(instance, "_otel_context", None)
     if ctx is None:
-        return wrapped(*args, **kwargs)
+        return _engines.run_handed(handed, wrapped, *args, **kwargs)
     token = context.attach(ctx)
     try:
-        return wrapped(*args, **kwargs)
+        return _engines.run_handed(handed, wrapped, *args, **kwargs)
     finally:
         context.detach(token)
+
+
+def _wrap_thread_pool_submit(wrapped, instance, args, kwargs):
+    # Beside ThreadingInstrumentor's context, whichever of the two wraps the other.
+    try:
+        if args:
+            args = (_engines.handed_on(args[0]), *args[1:])
+    except Exception:
+        _logger.exception("tasktree: cannot hand the engine parent to %r", args[:1])
+    return wrapped(*args, **kwargs)
 
 
 _POPEN_ENV_INDEX = list(inspect.signature(subprocess.Popen.__init__).parameters).index("env") - 1
@@ -296,7 +323,7 @@ _POPEN_ENV_INDEX = list(inspect.signature(subprocess.Popen.__init__).parameters)
 
 def _wrap_popen_init(wrapped, instance, args, kwargs):
     try:
-        if _has_span():
+        if _has_span(_engines.parent_to_hand_on()):
             if len(args) > _POPEN_ENV_INDEX:
                 args = (
                     *args[:_POPEN_ENV_INDEX],
@@ -342,6 +369,9 @@ def install() -> None:
         if not (_threading_by_loader or instrumentor.is_instrumented_by_opentelemetry):
             instrumentor.instrument()
         wrap_function_wrapper(threading.Thread, "_bootstrap_inner", _wrap_thread_bootstrap_inner)
+        for thread_class in (threading.Thread, threading.Timer):
+            wrap_function_wrapper(thread_class, "start", _wrap_thread_start)
+        wrap_function_wrapper(ThreadPoolExecutor, "submit", _wrap_thread_pool_submit)
         wrap_function_wrapper(mp_process.BaseProcess, "start", _wrap_process_start)
         wrap_function_wrapper(mp_process.BaseProcess, "_bootstrap", _wrap_process_bootstrap)
         for name in _POOL_METHODS:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from celery import Celery
 from opentelemetry import trace
@@ -126,9 +127,11 @@ def called(how):
 
 @app.task
 def plain_calls():
-    """A Celery task that is no ``@task``: what it calls directly or with ``apply()`` is under
-    its submitter, as a ``@task`` function it called would be."""
-    return {"direct": called("direct"), "apply": called.apply(("apply",)).result}
+    """A Celery task that is no ``@task``: what it calls directly, with ``apply()`` or in a
+    thread it starts is under its submitter, as a ``@task`` function it called would be."""
+    with ThreadPoolExecutor(1) as pool:
+        in_thread = pool.submit(called, "thread").result()
+    return {"direct": called("direct"), "apply": called.apply(("apply",)).result, "in": in_thread}
 
 
 @app.task

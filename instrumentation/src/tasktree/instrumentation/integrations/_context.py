@@ -4,16 +4,26 @@ where the work runs, and the engine attributes given to the first task there.
 The carrier is the W3C trace context (``traceparent``, ``tracestate``) of the task current at
 submission, as a plain ``dict[str, str]``, so that it travels in any message header, annotation
 or job field.
+
+Where no task of this process is current, engine work running on a thread stands in for one:
+its submitter is the parent of what it starts, a ``@task`` it calls as much as a thread, a pool
+call or a child program it starts, or further engine work it submits (:func:`parent_to_hand_on`).
+A ``TRACEPARENT`` the process was started with counts as no task there: a worker started from a
+task (by ``subprocess``, ``tasktree-run``, a CI job) runs work for other runs.  A thread started
+there (``Thread``, ``ThreadPoolExecutor``) gets that parent handed to it (:func:`handed_on`), in
+a thread-local rather than the OpenTelemetry context, which the threading instrumentor sets.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.trace import SpanContext
 
 _logger = logging.getLogger(__name__)
 
@@ -34,12 +44,65 @@ _warned_lock = threading.Lock()
 # The last carrier built, with the context and propagator it was built from: a job submits its
 # work in loops under one task, and a Context never changes once made.
 _last_carrier: tuple[Context, object, dict[str, str]] | None = None
+_process_span: SpanContext | None = None  # the TRACEPARENT this process started with
+_handed = threading.local()  # .parent: the engine work's submitter handed to this thread
+
+
+def set_process_parent(parent: Context | None) -> None:
+    """Tells which parent came from this process's ``TRACEPARENT`` (``propagation``)."""
+    global _process_span
+    _process_span = None if parent is None else trace.get_current_span(parent).get_span_context()
+
+
+def task_current(ctx: Context | None = None) -> bool:
+    """Whether a task of this process (any span but the ``TRACEPARENT`` it started with) is
+    current in ``ctx`` (default: the current context)."""
+    span_context = trace.get_current_span(ctx).get_span_context()
+    return span_context.is_valid and span_context != _process_span
+
+
+def parent_to_hand_on() -> Context:
+    """The context that work started here belongs under: the current one while a task of this
+    process is current; else the submitter of the engine work running on this thread, if any;
+    else the current one (which may hold the process's ``TRACEPARENT``)."""
+    current = context.get_current()
+    if task_current(current):
+        return current
+    ambient = ambient_parent()
+    return current if ambient is None else ambient
+
+
+def parent_to_hand() -> Context | None:
+    """The engine parent to hand to a thread started here: the submitter of the engine work
+    running on this thread, when no task of this process is current; else None."""
+    return None if task_current() else ambient_parent()
+
+
+def run_handed(parent: Context | None, fn: Callable, /, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on this thread, with ``parent`` handed to it (see
+    :func:`parent_to_hand`)."""
+    if parent is None:
+        return fn(*args, **kwargs)
+    previous = getattr(_handed, "parent", None)
+    _handed.parent = parent
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _handed.parent = previous
+
+
+def handed_on(fn: Callable) -> Callable:
+    """``fn``, to be run on another thread with this thread's :func:`parent_to_hand`; ``fn``
+    itself when there is none."""
+    parent = parent_to_hand()
+    return fn if parent is None else functools.partial(run_handed, parent, fn)
 
 
 def carrier() -> dict[str, str]:
-    """The current task as a W3C trace-context carrier; empty when no task is current."""
+    """The parent of work submitted here (:func:`parent_to_hand_on`) as a W3C trace-context
+    carrier; empty when there is none."""
     global _last_carrier
-    current, propagator = context.get_current(), propagate.get_global_textmap()
+    current, propagator = parent_to_hand_on(), propagate.get_global_textmap()
     last = _last_carrier
     if last is not None and last[0] is current and last[1] is propagator:
         return dict(last[2])
@@ -122,7 +185,8 @@ def register_ambient_parent(provider: AmbientParent) -> None:
 
 
 def ambient_parent() -> Context | None:
-    """The parent given by the first provider that knows the work running on this thread."""
+    """The parent given by the first provider that knows the work running on this thread, else
+    the one handed to this thread by the thread that started it (:func:`handed_on`)."""
     for provider in _providers:
         try:
             found = provider()
@@ -131,4 +195,4 @@ def ambient_parent() -> Context | None:
             continue
         if found is not None:
             return found
-    return None
+    return getattr(_handed, "parent", None)
