@@ -242,6 +242,21 @@ def test_a_redeploy_whose_container_cannot_start_keeps_the_running_one(lab, make
     assert names == ["/web"] and state == "running"  # the old one, running; no new one left
 
 
+def test_a_one_character_name_docker_would_refuse_is_refused_up_front_dry_run_too(lab, make_app):
+    """Docker wants 2 characters at least; it said so only at the final rename, the new container
+    running by then under its temporary name (and a dry run said ok)."""
+    client, _ = make_app()
+    for dry_run in (True, False):
+        body = deploy_body(lab, "1", name="q", dry_run=dry_run)
+        refused = call(client, "POST", "/api/docker/deploy?wait=60", body=body, expect=400)
+        assert refused["error"]["code"] == "bad_request"
+        assert "'name'" in refused["error"]["message"]
+        assert "2-128 characters" in refused["error"]["message"]
+    for host in ("alpha", "beta"):
+        with lab.client(host) as engine:
+            assert engine.containers(all=True) == []
+
+
 def test_dry_run_deploy_reports_the_plan_and_changes_nothing(lab, make_app):
     client, _ = make_app()
     call(client, "POST", "/api/docker/deploy?wait=60", body=deploy_body(lab, "1"))

@@ -150,25 +150,27 @@ def test_deploy_requests_are_validated_and_their_environment_values_never_shown(
     "body, words",
     [
         ({"image": "x", "name": "bad name", "hosts": ["a"]}, "'name'"),
-        ({"image": "x y", "name": "n", "hosts": ["a"]}, "'image'"),
-        ({"image": "x", "name": "n", "hosts": ["zzz"]}, "unknown docker host"),
-        ({"image": "x", "name": "n"}, "give 'hosts'"),
+        # Docker refuses a one-character name (at the rename, once the new container runs).
+        ({"image": "x", "name": "q", "hosts": ["a"], "dry_run": True}, "2-128 characters"),
+        ({"image": "x y", "name": "app", "hosts": ["a"]}, "'image'"),
+        ({"image": "x", "name": "app", "hosts": ["zzz"]}, "unknown docker host"),
+        ({"image": "x", "name": "app"}, "give 'hosts'"),
         (
-            {"image": "x", "name": "n", "hosts": ["a"], "env": {"TRACEPARENT": "1"}},
+            {"image": "x", "name": "app", "hosts": ["a"], "env": {"TRACEPARENT": "1"}},
             "set by tasktree",
         ),
         (
-            {"image": "x", "name": "n", "hosts": ["a"], "env": {"bad name": "sekrit-value"}},
+            {"image": "x", "name": "app", "hosts": ["a"], "env": {"bad name": "sekrit-value"}},
             "variable name",
         ),
         (
-            {"image": "x", "name": "n", "hosts": ["a"], "restart_policy": "sometimes"},
+            {"image": "x", "name": "app", "hosts": ["a"], "restart_policy": "sometimes"},
             "restart_policy",
         ),
-        ({"image": "x", "name": "n", "hosts": ["a"], "volumes": ["relative"]}, "volumes"),
-        ({"image": "x", "name": "n", "selector": {"role": "none"}}, "no docker host matches"),
-        ({"image": "x", "name": "n", "hosts": ["a"], "labels": {"team": None}}, "'labels'"),
-        ({"image": "x", "name": "n", "hosts": ["a"], "labels": {"cfg": {"a": 1}}}, "'labels'"),
+        ({"image": "x", "name": "app", "hosts": ["a"], "volumes": ["relative"]}, "volumes"),
+        ({"image": "x", "name": "app", "selector": {"role": "none"}}, "no docker host matches"),
+        ({"image": "x", "name": "app", "hosts": ["a"], "labels": {"team": None}}, "'labels'"),
+        ({"image": "x", "name": "app", "hosts": ["a"], "labels": {"cfg": {"a": 1}}}, "'labels'"),
     ],
 )
 def test_bad_deploy_requests_are_refused_naming_the_field(body, words):
@@ -195,11 +197,11 @@ def test_an_action_on_a_server_without_docker_hosts_says_how_to_configure_them()
     ("80", {"80/tcp": [None]}),
 ])  # fmt: skip
 def test_published_ports_bind_the_host_port_asked_for(port, binding):
-    spec = deploy_spec({"image": "x", "name": "n", "hosts": ["a"], "ports": [port]}, HOSTS)
+    spec = deploy_spec({"image": "x", "name": "app", "hosts": ["a"], "ports": [port]}, HOSTS)
     assert spec.port_bindings() == binding
 
 
 @pytest.mark.parametrize("port", ["99999:80", "8080:0", "1.2.3:8080:80", "host:80"])
 def test_a_port_out_of_range_or_a_malformed_address_is_refused(port):
     with pytest.raises(BadRequest, match="ports"):
-        deploy_spec({"image": "x", "name": "n", "hosts": ["a"], "ports": [port]}, HOSTS)
+        deploy_spec({"image": "x", "name": "app", "hosts": ["a"], "ports": [port]}, HOSTS)

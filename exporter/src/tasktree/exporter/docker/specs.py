@@ -17,7 +17,8 @@ from docker.utils import parse_repository_tag
 from tasktree.exporter.errors import BadRequest
 from tasktree.exporter.settings import NO_DOCKER_HOSTS
 
-_CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+# Docker's own rule ([a-zA-Z0-9][a-zA-Z0-9_.-]+: at least 2 characters), at most 128 here.
+_CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{1,127}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 # [ip:][host_port:]port[/proto]; the ip is a whole IPv4 address or a bracketed IPv6 one, so that
 # in 8080:80 the 8080 is the host port (a looser ip took it: the port was published on a random
@@ -148,7 +149,10 @@ def deploy_spec(body: dict, configured: dict) -> DeploySpec:
         raise BadRequest("the body must be a JSON object")
     name = body.get("name")
     if not isinstance(name, str) or not _CONTAINER_NAME.match(name):
-        raise BadRequest("'name' must be a container name: letters, digits, '_', '.', '-'")
+        raise BadRequest(
+            "'name' must be a container name of 2-128 characters: a letter or digit, then "
+            "letters, digits, '_', '.', '-'"
+        )
     restart = body.get("restart_policy") or "no"
     if not isinstance(restart, str) or not _RESTART.match(restart):
         raise BadRequest("'restart_policy' must be no, always, unless-stopped or on-failure[:N]")
