@@ -257,6 +257,134 @@ def test_a_one_character_name_docker_would_refuse_is_refused_up_front_dry_run_to
             assert engine.containers(all=True) == []
 
 
+def _all_done(client, ids: list[str], timeout: float = 90.0) -> list[dict]:
+    """The operations ``ids`` once each has ended (polled)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ops = [call(client, "GET", f"/api/docker/operations/{i}")["operation"] for i in ids]
+        if all(op["finished"] for op in ops):
+            return ops
+        assert time.monotonic() < deadline, [(op["id"], op["hosts"]) for op in ops]
+        time.sleep(0.1)
+
+
+def _names(lab, host: str) -> list[str]:
+    with lab.client(host) as engine:
+        return sorted(n for c in engine.containers(all=True) for n in c["Names"])
+
+
+@pytest.mark.parametrize("replacing", [False, True])
+def test_deploys_of_one_name_to_one_host_at_once_take_turns_and_leave_one_container(
+    lab, make_app, replacing
+):
+    """Deploys of a name at once: the one that lost the final rename used to fail (409 name in
+    use, or 404 for the old container another one had removed) and leave its new container
+    running under the temporary name."""
+    client, _ = make_app()
+    call(client, "POST", "/api/docker/pull?wait=60",
+         body={"image": lab.image(), "hosts": ["alpha"]})  # fmt: skip
+    first = None
+    if replacing:
+        first = call(client, "POST", "/api/docker/deploy?wait=60",
+                     body=deploy_body(lab, "1", hosts=["alpha"]))["operation"]  # fmt: skip
+        assert first["status"] == "ok", first["hosts"]
+
+    body = deploy_body(lab, "1", hosts=["alpha"])
+    ids = [
+        call(client, "POST", "/api/docker/deploy", body=body, expect=202)["operation"]["id"]
+        for _ in range(3)
+    ]
+    ops = [op["hosts"]["alpha"] for op in _all_done(client, ids)]
+
+    assert [op["status"] for op in ops] == ["ok"] * 3, [op["message"] for op in ops]
+    [web] = containers_named(lab, "alpha", "web")
+    assert _names(lab, "alpha") == ["/web"] and web["State"] == "running"  # no leftovers
+    # One after the other: each replaced what the one before it left, the last one is what runs.
+    news = {op["result"]["container_id"][:12] for op in ops}
+    replaced = {op["result"]["replaces"] for op in ops}
+    earlier = {first["hosts"]["alpha"]["result"]["container_id"][:12]} if first else {None}
+    assert web["Id"][:12] in news and replaced == (news - {web["Id"][:12]}) | earlier
+
+
+def test_a_deploy_of_the_same_name_from_elsewhere_at_once_fails_one_of_them_leaving_no_trace(
+    lab, make_app
+):
+    """Two tasktree processes (here: two host entries for one engine, one of them through a proxy
+    that holds answers back) deploy ``web`` at once: they do not take turns, so one of them
+    finds the name taken when it names its new container.  That one fails saying so and removes
+    its container; before, it stayed running under its temporary name."""
+    proxy = docker_lab.SlowProxy(lab.engines["alpha"].socket, delay=1.5)
+    try:
+        client, _ = make_app({"alpha-too": proxy.url}, docker_action_timeout=30.0)
+        call(client, "POST", "/api/docker/pull?wait=60",
+             body={"image": lab.image(), "hosts": ["alpha"]})  # fmt: skip
+        slow = call(client, "POST", "/api/docker/deploy", expect=202,
+                    body=deploy_body(lab, "1", hosts=["alpha-too"]))["operation"]  # fmt: skip
+        _wait_for_name(lab, "alpha", lambda n: n.startswith("/web-tasktree-"))
+        # The slow one's container exists; its answer is held back: this one overtakes it.
+        fast = call(client, "POST", "/api/docker/deploy?wait=60",
+                    body=deploy_body(lab, "1", hosts=["alpha"]))["operation"]  # fmt: skip
+        [slow] = _all_done(client, [slow["id"]])
+    finally:
+        proxy.close()
+
+    results = [fast["hosts"]["alpha"], slow["hosts"]["alpha-too"]]
+    assert sorted(r["status"] for r in results) == ["error", "ok"], results
+    won = next(r for r in results if r["status"] == "ok")
+    lost = next(r for r in results if r["status"] == "error")
+    [web] = containers_named(lab, "alpha", "web")
+    assert _names(lab, "alpha") == ["/web"] and web["State"] == "running"
+    assert web["Id"] == won["result"]["container_id"]
+    assert lost["message"].startswith(
+        "could not name the new container web (taken meanwhile, by hand or by another tasktree): "
+        "409: "
+    ), lost["message"]
+
+
+def test_a_replace_whose_new_container_is_pruned_midway_keeps_the_old_one_running(lab, make_app):
+    """A ``docker container prune`` on the host removes the new container (created, not yet
+    started) while the deploy waits for an answer: the deploy fails, and the old container gets
+    its name back and runs again.  Before, undoing stopped at the missing new container and left
+    the old one stopped."""
+    proxy = docker_lab.SlowProxy(lab.engines["alpha"].socket, delay=1.5)
+    try:
+        client, _ = make_app({"alpha-slow": proxy.url}, docker_action_timeout=30.0)
+        first = call(client, "POST", "/api/docker/deploy?wait=60",
+                     body=deploy_body(lab, "1", hosts=["alpha"]))["operation"]  # fmt: skip
+        assert first["status"] == "ok", first["hosts"]
+        [before] = containers_named(lab, "alpha", "web")
+        op = call(client, "POST", "/api/docker/deploy", expect=202,
+                  body=deploy_body(lab, "1", hosts=["alpha-slow"]))["operation"]  # fmt: skip
+        new = _wait_for_name(lab, "alpha", lambda n: n.startswith("/web-tasktree-"))
+        with lab.client("alpha") as engine:
+            pruned = engine.prune_containers()["ContainersDeleted"]
+        assert pruned == [new["Id"]]  # only the new one: the old one still runs
+        [op] = _all_done(client, [op["id"]])
+    finally:
+        proxy.close()
+
+    assert _names(lab, "alpha") == ["/web"]
+    with lab.client("alpha") as engine:
+        assert engine.inspect_container("web")["Id"] == before["Id"]
+        assert engine.inspect_container("web")["State"]["Status"] == "running"
+    state = op["hosts"]["alpha-slow"]
+    assert state["status"] == "error"
+    assert "404: No such container" in state["message"], state["message"]
+    assert state["message"].endswith(f"; {before['Id'][:12]} kept and started again")
+
+
+def _wait_for_name(lab, host: str, matches, timeout: float = 30.0) -> dict:
+    """The first container on ``host`` with a name that ``matches``, once there is one."""
+    deadline = time.monotonic() + timeout
+    with lab.client(host) as engine:
+        while time.monotonic() < deadline:
+            for c in engine.containers(all=True):
+                if any(matches(n) for n in c["Names"]):
+                    return c
+            time.sleep(0.02)
+    raise AssertionError(f"no container on {host} with such a name: {_names(lab, host)}")
+
+
 def test_dry_run_deploy_reports_the_plan_and_changes_nothing(lab, make_app):
     client, _ = make_app()
     call(client, "POST", "/api/docker/deploy?wait=60", body=deploy_body(lab, "1"))

@@ -8,8 +8,10 @@ message, or the docker client's own errors (turned into messages by ``listing.de
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import docker
 import docker.errors
@@ -26,6 +28,36 @@ _ENGINE_NETWORKS = ("none", "host", "bridge", "default")  # network modes that a
 
 class ActionFailed(Exception):
     """A host refused or failed an action; ``str()`` is a short message for users (no secrets)."""
+
+
+class DeployLocks:
+    """Deploys of one container name on one host take turns within this process: one lock per
+    (host, name), dropped again once nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._locks: dict[tuple[str, str], tuple[threading.Lock, list[int]]] = {}
+
+    @contextmanager
+    def turn(self, host: str, name: str, waiting: Callable[[], None]) -> Iterator[None]:
+        """Hold the lock of ``name`` on ``host``; ``waiting()`` first when another deploy has it."""
+        key = (host, name)
+        with self._mutex:
+            lock, users = self._locks.setdefault(key, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            if not lock.acquire(blocking=False):
+                waiting()
+                lock.acquire()
+            try:
+                yield
+            finally:
+                lock.release()
+        finally:
+            with self._mutex:
+                users[0] -= 1
+                if not users[0]:
+                    del self._locks[key]
 
 
 class PullProgress:
@@ -120,12 +152,25 @@ def deploy(
 ) -> dict:
     """Create ``spec.name`` from ``spec.image`` on this host, replacing a container of that name.
 
-    The new container is created and started under a temporary name, the old one stopped just
-    before (they may publish the same ports); only once the new one has started is the old one
-    removed and the new one renamed.  So a create or a start the engine refuses (a bad command,
-    network or mount) leaves the old container as it was, running again if it ran, and no new
-    one behind.  ``env`` is the full environment (the spec's plus TRACEPARENT).  A dry run only
-    inspects.
+    The steps, in this order:
+
+    1. create the new container under a temporary name (``<name>-<temp_suffix>``);
+    2. stop the old one (they may publish the same ports) and rename it aside
+       (``<name>-<temp_suffix>-replaced``);
+    3. give the new one the name, then start it;
+    4. remove the old one.
+
+    Until step 4 the old container exists, so a failure at any step before it is undone: the new
+    container is removed, the old one gets its name back and is started again if it ran.  Nothing
+    runs under a temporary name: the new one is named before it starts (its log driver's tag,
+    for one, is fixed at start), and it can be named only once the old one has let go of the
+    name.  Renaming the new one last, after removing the old one, would leave nothing to go back
+    to when that rename fails (a name taken meanwhile), and the new one running under its
+    temporary name.  Two deploys of one name on one host in this process take turns
+    (``DeployLocks``, held by the caller); one from elsewhere (another tasktree, by hand) that
+    slips in between makes a rename or the stop fail, and the deploy that meets it is undone.
+
+    ``env`` is the full environment (the spec's plus TRACEPARENT).  A dry run only inspects.
     """
     existing = find_container(client, spec.name)
     present = image_present(client, spec.image)
@@ -145,26 +190,117 @@ def deploy(
     if pull_needed:
         pull(client, spec.image, report)
     report(message="creating container", progress=None)
-    new_id = _create(client, spec, env, labels, f"{spec.name}-{temp_suffix}")
+    swap = _Swap(client, spec.name, existing, f"{spec.name}-{temp_suffix}")
+    swap.create(spec, env, labels)
+    old = _short(existing)
     try:
         if existing is not None:
-            report(message=f"stopping {_short(existing)}")
-            client.stop(existing["Id"], timeout=spec.stop_timeout)
+            report(message=f"stopping {old}")
+            swap.run(f"could not stop {old}", client.stop, existing["Id"], spec.stop_timeout)
+            swap.run(f"could not rename {old} aside", client.rename, existing["Id"], swap.aside)
+            swap.old_aside = True
+        naming = f"could not name the new container {spec.name}"
+        swap.run(naming, client.rename, swap.new_id, spec.name, naming=True)
         report(message="starting")
-        client.start(new_id)
-    except Exception as exc:
-        raise ActionFailed(_undo_start(client, new_id, existing, exc)) from exc
-    if existing:
-        report(message=f"removing {_short(existing)}")
-        client.remove_container(existing["Id"], force=True)
-    client.rename(new_id, spec.name)
-    state = client.inspect_container(new_id)["State"]
+        swap.run("the new container did not start", client.start, swap.new_id)
+    except _StepFailed as failed:
+        raise ActionFailed(swap.undo(failed)) from failed.__cause__
+    if existing is not None:
+        report(message=f"removing {old}")
+        swap.remove_old()
+    state = client.inspect_container(swap.new_id)["State"]
     return {
         **plan,
         "action": "replaced" if existing else "created",
-        "container_id": new_id,
+        "container_id": swap.new_id,
         "state": state.get("Status"),
     }
+
+
+class _StepFailed(Exception):
+    """A step of a deploy failed (``str()``: which, and why); the cause is the engine's error."""
+
+
+class _Swap:
+    """One deploy's new and old container on a host, and how to undo the swap so far."""
+
+    def __init__(self, client: docker.APIClient, name: str, old: dict | None, temp_name: str):
+        self.client = client
+        self.name = name
+        self.old = old
+        self.temp_name = temp_name
+        self.aside = f"{temp_name}-replaced"
+        self.new_id = ""
+        self.old_aside = False
+
+    def create(self, spec: DeploySpec, env: dict, labels: dict) -> None:
+        try:
+            self.new_id = _create(self.client, spec, env, labels, self.temp_name)
+        except docker.errors.APIError:
+            raise  # the engine answered: nothing was created
+        except Exception:
+            # No answer (a timeout, a dropped connection): it may have been created all the same.
+            _quietly(self.client.remove_container, self.temp_name, force=True)
+            raise
+
+    def run(self, step: str, call: Callable, *args, naming: bool = False) -> None:
+        """One step; a failure is raised as ``_StepFailed`` saying which step and why."""
+        try:
+            call(*args)
+        except Exception as exc:
+            if naming and isinstance(exc, docker.errors.APIError) and exc.status_code == 409:
+                step += " (taken meanwhile, by hand or by another tasktree)"
+            raise _StepFailed(f"{step}: {describe_error(exc)}") from exc
+
+    def undo(self, failed: _StepFailed) -> str:
+        """Remove the new container, give the old one its name back and start it again if it
+        ran; what to tell the user: the failed step, then what became of the old one."""
+        message = str(failed)
+        error = _quietly(self.client.remove_container, self.new_id, force=True)
+        if error is not None and not isinstance(error, docker.errors.NotFound):
+            message += (
+                f"; the new container {self.new_id[:12]} could not be removed "
+                f"({describe_error(error)}): remove it by hand"
+            )
+        if self.old is None:
+            return message
+        old = f"{message}; {_short(self.old)}"
+        if self.old_aside:
+            error = _quietly(self.client.rename, self.old["Id"], self.name)
+            if isinstance(error, docker.errors.NotFound):
+                return f"{old} was removed meanwhile"
+            if error is not None:
+                return (
+                    f"{old} could not get its name back ({describe_error(error)}): "
+                    f"it is stopped and named {self.aside}"
+                )
+        if self.old.get("State") != "running":
+            return f"{old} kept"
+        error = _quietly(self.client.start, self.old["Id"])
+        if isinstance(error, docker.errors.NotFound):
+            return f"{old} was removed meanwhile"
+        if error is not None:
+            return f"{old} kept but could not start again: {describe_error(error)}"
+        return f"{old} kept and started again"
+
+    def remove_old(self) -> None:
+        """The new one runs under the name: the old one (stopped, aside) goes."""
+        assert self.old is not None
+        error = _quietly(self.client.remove_container, self.old["Id"], force=True)
+        if error is not None and not isinstance(error, docker.errors.NotFound):
+            raise ActionFailed(
+                f"{self.name} replaced and running, but the old container {_short(self.old)} "
+                f"(stopped, named {self.aside}) could not be removed: {describe_error(error)}"
+            )
+
+
+def _quietly(call: Callable, *args, **kwargs) -> Exception | None:
+    """``call``; None, or the exception it raised (undoing goes on after a failed step)."""
+    try:
+        call(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        return exc
+    return None
 
 
 def _check_what_a_deploy_needs(client: docker.APIClient, spec: DeploySpec, pull_needed: bool):
@@ -181,19 +317,6 @@ def _check_what_a_deploy_needs(client: docker.APIClient, spec: DeploySpec, pull_
             client.inspect_distribution(spec.image)
         except docker.errors.APIError as exc:
             raise ActionFailed(f"{spec.image} cannot be pulled: {describe_error(exc)}") from exc
-
-
-def _undo_start(client: docker.APIClient, new_id: str, old: dict | None, exc: Exception) -> str:
-    """The new container did not start: remove it, start the old one again if it ran; what to
-    tell the user."""
-    client.remove_container(new_id, force=True)
-    message = f"the new container did not start: {describe_error(exc)}"
-    if old is None:
-        return message
-    if old.get("State") == "running":
-        client.start(old["Id"])
-        return f"{message}; {_short(old)} kept and started again"
-    return f"{message}; {_short(old)} kept"
 
 
 def _create(client: docker.APIClient, spec: DeploySpec, env: dict, labels: dict, name: str) -> str:

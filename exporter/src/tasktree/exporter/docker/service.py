@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from typing import Any
 
 import psycopg_pool
@@ -55,6 +56,7 @@ class DockerService:
         self._running: dict[str, tuple[threading.Thread, Operation, Any]] = {}
         self._running_lock = threading.Lock()
         self._closing = False
+        self._deploy_locks = actions.DeployLocks()
 
     def connect_tracing(self, endpoint: str, token: str | None = None) -> None:
         """Send the runs of pulls and deploys to ``endpoint`` (this server's OTLP/HTTP receiver)."""
@@ -102,14 +104,23 @@ class DockerService:
                 "tasktree.trace_id": op.trace_id or "",
                 "tasktree.deployed_by": who.name,
             }
-            return actions.deploy(
-                self.clients.client(host, action=True),
-                spec,
-                report=report,
-                env=env,
-                labels=labels,
-                temp_suffix=f"tasktree-{op.id[:8]}",
+            # Deploys of one name on one host take turns: a second one waits for the first to
+            # end, then replaces what it left (a dry run changes nothing and does not wait).
+            waiting = f"waiting for another deploy of {spec.name} on {host} to end"
+            turn = (
+                nullcontext()
+                if spec.dry_run
+                else self._deploy_locks.turn(host, spec.name, lambda: report(message=waiting))
             )
+            with turn:
+                return actions.deploy(
+                    self.clients.client(host, action=True),
+                    spec,
+                    report=report,
+                    env=env,
+                    labels=labels,
+                    temp_suffix=f"tasktree-{op.id[:8]}",
+                )
 
         kind = "deploy"
         return self._launch(
