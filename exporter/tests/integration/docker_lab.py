@@ -10,6 +10,8 @@ No pytest here (the fixtures are in ``docker_support.py``), so the bench can imp
   input of ``docker import`` (there is no Docker Hub here).
 * ``SlowProxy``: a unix-socket proxy in front of a docker socket that holds every answer back for
   ``delay`` seconds: a slow host, for timeouts and the bench.
+* ``BreakingProxy``: one that cuts some answers short and closes the connection: a host that
+  drops the connection mid-answer.
 """
 
 from __future__ import annotations
@@ -301,15 +303,8 @@ class SlowProxy:
         try:
             while True:
                 data = src.recv(65536)
-                if not data:
+                if not data or not self._relay(data, dst, pending, answers):
                     break
-                if answers and pending.is_set():
-                    pending.clear()
-                    if self._closed.wait(self.delay):
-                        break
-                elif not answers:
-                    pending.set()
-                dst.sendall(data)
         except OSError:
             pass
         finally:
@@ -318,6 +313,19 @@ class SlowProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def _relay(
+        self, data: bytes, dst: socket.socket, pending: threading.Event, answers: bool
+    ) -> bool:
+        """Pass ``data`` (of a request, or of an answer) on to ``dst``; False: close instead."""
+        if answers and pending.is_set():
+            pending.clear()
+            if self._closed.wait(self.delay):
+                return False
+        elif not answers:
+            pending.set()
+        dst.sendall(data)
+        return True
 
     def close(self) -> None:
         self._closed.set()
@@ -329,3 +337,25 @@ class SlowProxy:
             shutil.rmtree(self.dir, ignore_errors=True)
         else:
             self.path.unlink(missing_ok=True)
+
+
+class BreakingProxy(SlowProxy):
+    """A proxy (no delay) that passes the headers and the first ``keep`` bytes of the answer to
+    each request whose request line holds ``path``, then closes the connection."""
+
+    def __init__(self, upstream: str | Path, path: str, keep: int = 1):
+        self.path_part = path.encode()
+        self.keep = keep
+        self._cutting: dict[threading.Event, bool] = {}  # per connection: cut this answer
+        super().__init__(upstream, delay=0)
+
+    def _relay(
+        self, data: bytes, dst: socket.socket, pending: threading.Event, answers: bool
+    ) -> bool:
+        if not answers:  # a request: one at a time on a connection
+            self._cutting[pending] = self.path_part in data.split(b"\r\n", 1)[0]
+        elif self._cutting.get(pending) and (end := data.find(b"\r\n\r\n")) >= 0:
+            dst.sendall(data[: end + 4 + self.keep])
+            return False
+        dst.sendall(data)
+        return True

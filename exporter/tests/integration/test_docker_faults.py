@@ -1,4 +1,5 @@
-"""A docker host vanishing in the middle of a deploy: its task ends in error, the others finish."""
+"""A docker host vanishing in the middle of a deploy: its task ends in error, the others finish;
+one dropping the connection mid-answer is shown down, saying so."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import requests
 from tasktree.exporter.docker.hosts import HostClients, HostConfig
 
 from . import docker_lab
-from .docker_support import call, deploy_body
+from .docker_support import VIEWER, call, deploy_body
 
 
 def test_a_host_that_vanishes_mid_deploy_fails_alone_and_the_other_host_finishes(lab, make_app):
@@ -44,6 +45,21 @@ def test_a_host_that_vanishes_mid_deploy_fails_alone_and_the_other_host_finishes
     assert op["hosts"]["alpha"]["status"] == "ok"
     assert op["hosts"]["fading"]["status"] == "error" and op["hosts"]["fading"]["message"]
     assert op["status"] == "partial"
+
+
+def test_a_host_that_drops_the_connection_mid_listing_is_down_saying_so_in_words(lab, make_app):
+    """It showed the client library's exception instead: ``ChunkedEncodingError: ('Connection
+    broken: IncompleteRead(1 bytes read, 2 more expected)', ...)``."""
+    proxy = docker_lab.BreakingProxy(lab.engines["beta"].socket, "/containers/json", keep=1)
+    try:
+        client, _ = make_app({"breaking": proxy.url})
+        body = call(client, "GET", "/api/docker/containers?refresh=1", token=VIEWER)
+    finally:
+        proxy.close()
+
+    status = {h["name"]: (h["up"], h["error"]) for h in body["hosts"]}
+    assert status["alpha"] == (True, None) and status["beta"] == (True, None)
+    assert status["breaking"] == (False, "connection lost mid-answer")
 
 
 def test_calls_to_a_host_whose_socket_is_gone_leave_no_socket_open(lab):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
+import http.client
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 
 from tasktree.exporter.docker.hosts import HostClients, HostUnreachable
 
@@ -38,6 +40,15 @@ def rfc3339(seconds: float | None) -> str | None:
     )
 
 
+# requests raises ChunkedEncodingError for an answer cut short, whether chunked or not
+# ("IncompleteRead(121 bytes read, 879 more expected)"); streams read raw meet urllib3's own.
+_CUT_MID_ANSWER = (
+    requests.exceptions.ChunkedEncodingError,
+    urllib3.exceptions.ProtocolError,
+    http.client.IncompleteRead,
+)
+
+
 def describe_error(exc: BaseException) -> str:
     """A short, secret-free reason for a host or action failure."""
     if isinstance(exc, HostUnreachable):
@@ -46,6 +57,8 @@ def describe_error(exc: BaseException) -> str:
         return f"{exc.status_code}: {exc.explanation or exc}"
     if isinstance(exc, requests.exceptions.Timeout | TimeoutError):
         return "no answer in time"
+    if isinstance(exc, _CUT_MID_ANSWER):  # connected, then the answer broke off
+        return "connection lost mid-answer"
     if isinstance(exc, requests.exceptions.ConnectionError | docker.errors.DockerException):
         text = str(exc)
         for hint in ("No such file or directory", "Connection refused", "Connection reset"):
