@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -149,6 +151,34 @@ def test_a_store_that_cannot_be_read_shows_store_up_0_and_nothing_else():
         "# TYPE tasktree_store_up gauge\n"
         "tasktree_store_up 0\n"
     )
+
+
+def test_a_table_held_by_a_lock_makes_every_scrape_say_store_up_0_within_the_wait(known_state):
+    # A site's migration or a stuck session holding a table: a scrape that waited on it (and
+    # the scrapes queued behind) outlasted Prometheus's timeout, and the alert was "tasktree is
+    # down" instead of "tasktree cannot read its store".
+    pool = open_pool(known_state, max_size=4, timeout=5)
+    metrics = StoreMetrics(pool, ttl=0, wait=0.5)
+    answers: list[tuple[bytes, float]] = []
+
+    def scrape() -> None:
+        started = time.monotonic()
+        answers.append((metrics.text(), time.monotonic() - started))
+
+    try:
+        with psycopg.connect(known_state) as holder:
+            holder.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+            scrapes = [threading.Thread(target=scrape, daemon=True) for _ in range(3)]
+            for thread in scrapes:
+                thread.start()
+            for thread in scrapes:
+                thread.join(timeout=10)
+            assert len(answers) == 3, "a scrape waited on the lock"
+        for text, took in answers:
+            assert b"tasktree_store_up 0" in text and took < 2.5, (took, text[:80])
+        assert b"tasktree_store_up 1" in metrics.text()  # the lock gone, read again at once
+    finally:
+        pool.close()
 
 
 EXPECTED = r"""# HELP tasktree_store_up Whether tasktree could read PostgreSQL for this scrape (1) or not (0).

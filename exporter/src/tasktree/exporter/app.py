@@ -12,6 +12,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from tasktree.exporter.errors import TasktreeError, json_error, json_http_error
 from tasktree.exporter.metrics import mount as mount_metrics
+from tasktree.exporter.metrics.store_metrics import STORE_WAIT_S
 from tasktree.exporter.services import Services, current_services, install_services
 from tasktree.exporter.settings import Settings
 from tasktree.exporter.store.pool import connection
@@ -78,7 +79,8 @@ def create_app(
 
 
 def _healthz() -> Response:
-    with connection(current_services().pool) as conn:
+    # Within a load balancer's or Prometheus's timeout, even with every connection held up.
+    with connection(current_services().pool, STORE_WAIT_S) as conn:
         conn.execute("SELECT 1")
     return jsonify({"status": "ok"})
 

@@ -19,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tasktree.exporter.errors import StoreUnavailable
+from tasktree.exporter.metrics.store_metrics import STORE_WAIT_S
 from tasktree.exporter.store.pool import connection
 from tasktree.exporter.store.replication import ReadRoute, sync_state
 
@@ -74,7 +75,7 @@ class SynchronousStandbys(Collector):
         if not self._store_up():
             return
         try:
-            with connection(self._pool) as conn:
+            with connection(self._pool, STORE_WAIT_S) as conn:
                 state = sync_state(conn)
         except (StoreUnavailable, psycopg.Error) as exc:  # tasktree_store_up says it already
             logger.debug("synchronous standbys not read: %s", exc)

@@ -32,9 +32,11 @@ __all__ = ["STORE_TTL_S", "STORE_WAIT_S", "StoreMetrics", "bounded_jobs", "read_
 STORE_TTL_S = 1.0
 """Seconds the PostgreSQL-backed values are reused between scrapes."""
 STORE_WAIT_S = 4.0
-"""At most this long waiting for a connection (less when the pool's own timeout is less): with
-PostgreSQL down a scrape must still end well within Prometheus's 10 s, so that it records
-``tasktree_store_up 0`` (the alert TasktreeStoreUnreachable), not a failed scrape."""
+"""At most this long waiting for a connection (less when the pool's own timeout is less), and
+at most this long again for the read's statements together: with PostgreSQL down, or holding
+them up (a lock on a table, a server too busy), a scrape must still end well within
+Prometheus's 10 s, so that it records ``tasktree_store_up 0`` (the alert
+TasktreeStoreUnreachable), not a failed scrape."""
 
 TOTALS = """
 SELECT job, run, name, status, finished, duration_sum, buckets FROM metric_totals
@@ -70,17 +72,30 @@ _Label = Callable[[str], "str | None"]
 """A job's label in /metrics (``OTHER`` beyond the cap), or None when it is not shown."""
 
 
-def read_store(conn: psycopg.Connection) -> StoreRows:
-    """Everything the store's families show, as PostgreSQL has it now."""
-    totals, jobs, live, missing = (
-        conn.execute(query).fetchall() for query in (TOTALS, JOBS, LIVE, MISSING)
-    )
-    landing = conn.execute(LANDING).fetchone()
-    oldest_received_ns, backlog = landing if landing is not None else (None, None)
-    quarantined = quarantine.count_at_most(conn)
+def read_store(conn: psycopg.Connection, budget_s: float | None = None) -> StoreRows:
+    """Everything the store's families show, as PostgreSQL has it now; with ``budget_s``, its
+    statements together are cancelled after that long (``QueryCanceled``)."""
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+
+    def limited(conn: psycopg.Connection) -> psycopg.Connection:
+        if deadline is not None:
+            left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+            conn.execute(_STATEMENT_TIMEOUT, [f"{left_ms}ms"])
+        return conn
+
+    with conn.transaction():  # the timeouts set are this transaction's only
+        totals, jobs, live, missing = (
+            limited(conn).execute(query).fetchall() for query in (TOTALS, JOBS, LIVE, MISSING)
+        )
+        landing = limited(conn).execute(LANDING).fetchone()
+        oldest_received_ns, backlog = landing if landing is not None else (None, None)
+        quarantined = quarantine.count_at_most(limited(conn))
     return StoreRows(
         totals, jobs, live, missing, oldest_received_ns, backlog, time.time(), quarantined
     )
+
+
+_STATEMENT_TIMEOUT = "SELECT set_config('statement_timeout', %s, true)"
 
 
 class StoreMetrics:
@@ -97,29 +112,38 @@ class StoreMetrics:
         max_jobs: int = 100,
         job_ttl_s: int = 0,
         reads: ReadRoute | None = None,
+        wait: float = STORE_WAIT_S,
     ):
         self._reads = reads or ReadRoute(pool, None)  # a read replica's, when configured
         self._ttl = ttl
         self._max_jobs = max_jobs
         self._job_ttl_s = job_ttl_s
-        self._wait = min(STORE_WAIT_S, pool.timeout)
+        self._wait = min(wait, pool.timeout)
         self._lock = threading.Lock()
         self._cached: tuple[float, bytes] | None = None  # (time.monotonic(), text)
         self.up = True
         """Whether the last read of PostgreSQL worked (the other collectors skip theirs if not)."""
 
     def text(self) -> bytes:
-        with self._lock:  # concurrent scrapes wait for one read instead of each querying
+        # Concurrent scrapes wait for one read instead of each querying; never longer than that
+        # read may take (its connection and its statements, each bounded by the wait).
+        if not self._lock.acquire(timeout=2 * self._wait):
+            logger.warning("metrics: another scrape's read of PostgreSQL has not ended")
+            self.up = False
+            return render_store_down()
+        try:
             if self._cached is not None and time.monotonic() - self._cached[0] < self._ttl:
                 return self._cached[1]
             text = self._read_and_render()
             self._cached = (time.monotonic(), text)
             return text
+        finally:
+            self._lock.release()
 
     def _read_and_render(self) -> bytes:
         try:
             started = time.perf_counter()
-            rows = self._reads.run(read_store, timeout=self._wait)
+            rows = self._reads.run(lambda conn: read_store(conn, self._wait), timeout=self._wait)
             rows = bounded_jobs(rows, self._max_jobs, self._job_ttl_s)
             read_s = time.perf_counter() - started
         except Exception:
