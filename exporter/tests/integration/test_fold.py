@@ -168,6 +168,25 @@ def test_fold_reports_each_task_once_when_it_finishes_and_keeps_job_timestamps(c
     assert job == (10, 10 + 10**9, None, True)
 
 
+def test_a_run_stamped_by_a_clock_ahead_does_not_hide_the_jobs_later_failure(conn):
+    # One host's clock a day ahead: its ok run must not keep the job "succeeded" for a day,
+    # which would hide every failure after it (TasktreeRunFailed compares the two).
+    day = 86_400 * 10**9
+    ahead = time.time_ns() + day
+    land(conn, [span(tid(7), sid(1), None, start=ahead, end=ahead + 10**9)], ResourceIds(), NOW)
+    fold_batch(conn, limit=100, stall_after_s=3600)
+    before_failure = time.time_ns()
+    failed = time.time_ns()
+    land(conn, [span(tid(8), sid(1), None, status=st.ERROR, start=failed, end=failed + 1)],
+         ResourceIds(), NOW)  # fmt: skip
+    fold_batch(conn, limit=100, stall_after_s=3600)
+    start, success, failure = conn.execute(
+        "SELECT last_start_ns, last_success_ns, last_failure_ns FROM jobs WHERE job = 'test-job'"
+    ).fetchone()
+    assert success <= before_failure  # taken as when it was folded
+    assert failure > success and start == failed  # the latest start is the failed run's
+
+
 def test_a_leaf_past_the_depth_limit_is_kept_at_the_top_with_its_link_refused(conn):
     """A new task's one record under a stored parent is written set-based (store/fold.py); the
     depth limit still holds for it, as for a record folded one by one."""

@@ -448,14 +448,23 @@ ON CONFLICT (trace_id) DO UPDATE SET
     last_received_ns = greatest(r.last_received_ns, EXCLUDED.last_received_ns)
 """  # noqa: S608 (constant fragments)
 
+def _not_ahead(time_ns: str) -> str:
+    """SQL: ``time_ns``, or the fold's now if it is later; NULL stays NULL (``least`` alone
+    would make it now)."""
+    return f"CASE WHEN {time_ns} > %(now)s THEN %(now)s ELSE {time_ns} END"
+
+
 # Per job: when a run last started, succeeded, failed, and when anything was last heard from it,
 # so that "never ran" and "stopped succeeding" are plain PromQL over timestamps.  From the runs
-# rows the same statement just wrote.
+# rows the same statement just wrote.  A time from a clock running ahead of this server's counts
+# as now: kept as it is, one run stamped a day ahead would hide every later failure, start and
+# hang of its job for that day.
 _UPSERT_RUNS_AND_JOBS = f"""
 WITH {_BATCH_RUNS}, r AS ({_UPSERT_RUNS} RETURNING job, start_ns, end_ns, status)
 INSERT INTO jobs AS j (job, last_start_ns, last_success_ns, last_failure_ns, last_seen_ns)
-SELECT r.job, max(r.start_ns), max(r.end_ns) FILTER (WHERE r.status = {OK:d}),
-       max(r.end_ns) FILTER (WHERE r.status = {ERROR:d}), %(now)s
+SELECT r.job, {_not_ahead("max(r.start_ns)")},
+       {_not_ahead(f"max(r.end_ns) FILTER (WHERE r.status = {OK:d})")},
+       {_not_ahead(f"max(r.end_ns) FILTER (WHERE r.status = {ERROR:d})")}, %(now)s
 FROM r WHERE r.job IS NOT NULL
 GROUP BY r.job
 ON CONFLICT (job) DO UPDATE SET
