@@ -190,6 +190,27 @@ def _wait_for_marker(marker, job, timeout: float = 120) -> dict:
     raise AssertionError("the long task never started")
 
 
+def test_a_task_the_scheduler_queued_is_still_its_first_attempt(tasktree_server):
+    # 8 tasks for 2 threads: Dask queues most of them (waiting -> waiting -> queued), which is
+    # no new run of theirs.
+    out, _ = finish_job(start_job(JOB, "queued", child_environment(tasktree_server.otlp_http)))
+    tasktree_server.wait_folded()
+    trace_id = out["trace_id"]
+    nodes = records_from_api(tasktree_server, trace_id)
+    assert shape(nodes) == Counter(
+        {("dask-queued", None, "ok"): 1, ("queue-phase", "dask-queued", "ok"): 1,
+         ("queued", "queue-phase", "ok"): 8}
+    )  # fmt: skip
+    tried = Counter(
+        tasktree_server.get(f"/api/runs/{trace_id}/tasks/{node.span_id}")["attributes"].get(
+            "tasktree.attempt"
+        )
+        for node in nodes
+        if node.name == "queued"
+    )
+    assert tried == Counter({1: 8})
+
+
 def test_tasks_without_a_carrier_or_with_a_malformed_one_are_runs_of_their_own(tasktree_server):
     out, err = finish_job(start_job(JOB, "bad", child_environment(tasktree_server.otlp_http)))
     tasktree_server.wait_folded()

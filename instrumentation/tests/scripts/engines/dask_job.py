@@ -6,6 +6,7 @@
     dask_job.py long   one long task (its ids and worker pid written to $DASK_LONG_MARKER), rerun
                        quickly when its worker is killed
     dask_job.py bad    tasks submitted with no current task and with a malformed carrier
+    dask_job.py queued more tasks than the workers' threads: the scheduler queues most of them
 
 With $DASK_SCHEDULER_FILE, the job uses that scheduler (workers started by hand) instead; with
 DASK_PROCESSES=0, a LocalCluster of threads.
@@ -116,6 +117,12 @@ def long_task(seconds):
     return "first"
 
 
+@task(name="queued")
+def queued(i):
+    time.sleep(0.2)  # long enough for the scheduler to queue the tasks submitted after
+    return i
+
+
 def run_of_its_own():
     @task(name="own-run")
     def own_run():
@@ -177,6 +184,13 @@ def long_job() -> dict:
         return {**ids(), "result": result}
 
 
+@task(name="dask-queued")
+def queued_job() -> dict:
+    with dask_client() as client, task("queue-phase"):
+        assert client.gather(client.map(queued, range(8))) == list(range(8))
+        return ids()
+
+
 def bad_input() -> dict:
     with dask_client() as client:
         no_carrier = client.submit(run_of_its_own, pure=False).result()
@@ -189,5 +203,10 @@ def bad_input() -> dict:
 
 if __name__ == "__main__":
     configure(service_name="dask-job")
-    modes = {"tree": tree, "long": long_job, "bad": bad_input}
+    modes = {
+        "tree": tree,
+        "long": long_job,
+        "bad": bad_input,
+        "queued": queued_job,
+    }
     print(json.dumps(modes[sys.argv[1]]()), flush=True)

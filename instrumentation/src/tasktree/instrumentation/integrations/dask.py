@@ -18,9 +18,10 @@ Installed when the job imports ``distributed`` (``dask.distributed`` imports it 
   submitter as its parent.
 - Attempts: the scheduler preloads this module too (``distributed.scheduler.preload``; by hand:
   ``dask scheduler --preload ...``): a scheduler plugin counts each time a carrying task becomes
-  ``waiting`` (its first run, a rerun after ``retries=`` or a lost worker) into the annotation, and
-  the task's first span carries it as ``tasktree.attempt``.  A rerun is a new task under the same
-  parent, beside the attempt before it.
+  ``waiting`` for a run (its first run, a rerun after ``retries=`` or a lost worker; not when the
+  scheduler merely queues it) into the annotation, and the task's first span carries it as
+  ``tasktree.attempt``.  A rerun is a new task under the same parent, beside the attempt before
+  it.
 
 A task with no carrier, or a malformed one, runs normally as a run of its own (logged once per
 worker).  Tasks defined as coroutines run on the worker's event loop, where the running key is not
@@ -224,20 +225,31 @@ def _forget_inherited_task() -> None:
 
 class _Attempts(SchedulerPlugin):
     """Counts the attempts of each carrying task in its annotations: a task becomes ``waiting``
-    once before each run (first run, ``retries=``, rerun after its worker was lost)."""
+    once before each run (first run, ``retries=``, rerun after its worker was lost).  It also
+    becomes ``waiting`` without a new run: ``waiting`` -> ``waiting`` as the scheduler queues it
+    for want of a free thread, and back from ``queued`` or ``no-worker`` when a dependency is
+    lost; so after the first, only a task given to a worker (``processing``) since counts."""
 
     name = "tasktree-attempts"
     idempotent = True
 
     def __init__(self, scheduler):
         self._scheduler = scheduler
+        self._given_out: set = set()  # carrying tasks given to a worker since last counted
 
     def transition(self, key, start, finish, *args, **kwargs) -> None:
-        if finish != "waiting":
+        if finish == "forgotten":
+            self._given_out.discard(key)
+        if finish not in ("waiting", "processing"):
             return
         state = self._scheduler.tasks.get(key)
         annotations = state.annotations if state is not None else None
-        if annotations and ANNOTATION in annotations:
+        if not annotations or ANNOTATION not in annotations:
+            return
+        if finish == "processing":
+            self._given_out.add(key)
+        elif ATTEMPT_ANNOTATION not in annotations or key in self._given_out:
+            self._given_out.discard(key)
             # This task's own dict (built per task by the scheduler), read when it is sent to
             # a worker, after this transition.
             annotations[ATTEMPT_ANNOTATION] = annotations.get(ATTEMPT_ANNOTATION, 0) + 1
