@@ -17,6 +17,12 @@ from propagation_matrix import Node, records_from_api
 ENGINE_SCRIPTS = Path(__file__).parent / "scripts" / "engines"
 
 
+def scripts_on_path() -> str:
+    """``PYTHONPATH`` for a worker or job importing the engine scripts: them first, then the
+    tests' own ``PYTHONPATH`` (the code under test, when it is not the installed one)."""
+    return os.pathsep.join(filter(None, [str(ENGINE_SCRIPTS), os.environ.get("PYTHONPATH")]))
+
+
 def wait_for_task(server, trace_id, span_id, predicate, timeout=30.0):
     """Polls the task through the API until ``predicate(task)``; returns it."""
     deadline = time.monotonic() + timeout

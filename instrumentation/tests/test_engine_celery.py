@@ -19,6 +19,7 @@ from celery.app.task import Task as CeleryTask
 from engine_support import (
     ENGINE_SCRIPTS,
     open_tree_in_browser,
+    scripts_on_path,
     shape,
     start_worker,
     stop_worker,
@@ -39,7 +40,7 @@ def celery_environment(server, queue: str, **extra: str) -> dict[str, str]:
         server.otlp_http,
         TASKTREE_CELERY_BROKER=BROKER,
         TASKTREE_CELERY_QUEUE=queue,
-        PYTHONPATH=str(ENGINE_SCRIPTS),
+        PYTHONPATH=scripts_on_path(),
         **extra,
     )
 
@@ -119,7 +120,7 @@ def test_task_leaves_the_arguments_celery_reads_as_they_are():
         "except TypeError as exc:\n"
         "    print('refused:', exc)\n"
     )
-    env = child_environment("", PYTHONPATH=str(ENGINE_SCRIPTS))
+    env = child_environment("", PYTHONPATH=scripts_on_path())
     del env["OTEL_EXPORTER_OTLP_ENDPOINT"]
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                           text=True, timeout=60)  # fmt: skip
@@ -145,6 +146,8 @@ TREE = Counter(
         ("called", "main_tree", "ok"): 3,  # by plain_calls: directly, with apply(), in a thread
         ("submits", "main_tree", "ok"): 1,
         ("submitted", "submits", "ok"): 1,
+        ("replaced", "main_tree", "ok"): 1,  # self.replace() raised Ignore: no failure
+        ("replacement", "main_tree", "ok"): 1,  # the same Celery task id, beside it
     }
 )
 
@@ -168,10 +171,39 @@ def test_every_celery_submission_under_the_task_that_submitted_it(tasktree_serve
     )
     assert attempts == [1, 2, 3]
     assert out["results"]["boom"] == "boom: the task failed on purpose"
+    assert out["results"]["replaced"]["span_id"] == next(
+        node.span_id for node in nodes if node.name == "replacement"
+    )
     run = tasktree_server.get(f"/api/runs/{trace_id}")
     assert run["counts"]["running"] == run["counts"]["stalled"] == 0
     shown = open_tree_in_browser(tasktree_server, trace_id, "celery")
     assert Counter(shown) == Counter(node.name for node in nodes)  # the page shows the whole tree
+
+
+def test_ignore_ends_a_task_ok_and_retry_and_reject_still_end_it_error(monkeypatch):
+    """Celery's ``Ignore`` (``self.replace()``, or a task leaving its state alone) and its
+    subclasses are no failure; ``Retry`` and ``Reject`` end an attempt that did not do the work."""
+    from celery.exceptions import Ignore, Reject, Retry
+
+    from tasktree.instrumentation import task
+    from tasktree.instrumentation.integrations import _context
+    from tasktree.instrumentation.integrations import celery as integration
+    from tasktree.instrumentation.testing import TaskRecorder
+
+    class Dropped(Ignore):
+        pass
+
+    monkeypatch.setattr(_context, "_not_failures", (), raising=False)  # restored afterwards
+    integration.install()
+    raised = [Ignore("Replaced by new task"), Dropped(), Retry(), Reject("no", requeue=True)]
+    with TaskRecorder() as recorder:
+        for exc in raised:
+            with pytest.raises(type(exc)), task(type(exc).__name__):
+                raise exc  # propagates unchanged
+    assert {name: recorder.get(name).status.status_code.name for name in recorder.names()} == {
+        "Ignore": "UNSET", "Dropped": "UNSET", "Retry": "ERROR", "Reject": "ERROR"
+    }  # fmt: skip
+    assert not recorder.get("Ignore").events  # no stack trace recorded either
 
 
 # -- a worker process killed mid-task --------------------------------------------------------
@@ -268,7 +300,7 @@ def test_stopping_the_worker_group_while_a_pool_process_flushes_loses_none_of_it
         otlp_sink.endpoint,
         TASKTREE_CELERY_BROKER=BROKER,
         TASKTREE_CELERY_QUEUE=f"tasktree-celery-stop-{uuid.uuid4().hex[:8]}",
-        PYTHONPATH=str(ENGINE_SCRIPTS),
+        PYTHONPATH=scripts_on_path(),
     )
     with celery_worker(env, tmp_path / "worker.log", "--max-tasks-per-child", "1") as worker:
         job = subprocess.Popen(

@@ -24,6 +24,7 @@ import pytest
 from engine_support import (
     ENGINE_SCRIPTS,
     open_tree_in_browser,
+    scripts_on_path,
     shape,
     start_worker,
     stop_worker,
@@ -41,7 +42,7 @@ OPENTELEMETRY_INSTRUMENT = os.path.join(os.path.dirname(sys.executable), "opente
 
 
 def _environment(server, **extra):
-    return child_environment(server.otlp_http, PYTHONPATH=str(ENGINE_SCRIPTS), **extra)
+    return child_environment(server.otlp_http, PYTHONPATH=scripts_on_path(), **extra)
 
 
 @contextmanager

@@ -103,11 +103,16 @@ def _is_coroutine_function(function: Any) -> bool:
 
 
 def _is_clean_exit(exc: BaseException) -> bool:
-    return isinstance(exc, GeneratorExit) or (isinstance(exc, SystemExit) and exc.code in (None, 0))
+    return (
+        isinstance(exc, GeneratorExit)
+        or (isinstance(exc, SystemExit) and exc.code in (None, 0))
+        or _engines.is_not_a_failure(exc)  # an engine's own way to end a task (Celery's Ignore)
+    )
 
 
 def _record_failure(span: Span, exc: BaseException) -> None:
-    """Marks ``span`` as failed by ``exc`` (with its stack trace); SystemExit(0) is no failure."""
+    """Marks ``span`` as failed by ``exc`` (with its stack trace); SystemExit(0) is no failure,
+    nor an exception an engine ends a task with on purpose (Celery's ``Ignore``)."""
     if _is_clean_exit(exc):
         return
     name = type(exc).__name__
@@ -140,7 +145,8 @@ class task:  # noqa: N801 - used like a function: @task, @task(...), with task("
     ``@task`` names the task after the function's qualified name; ``@task(name=..., attributes=
     {...})`` sets both; ``with task("load", attributes={...}) as span:`` for a block (without a
     name: the calling function's name).  An exception is recorded with its stack trace, the task
-    ends ``error`` and the exception propagates unchanged; ``SystemExit(0)`` is not an error.
+    ends ``error`` and the exception propagates unchanged; ``SystemExit(0)`` is not an error, nor
+    is Celery's ``Ignore`` (``self.replace()``).
 
     One ``task`` object may be entered concurrently from several threads or asyncio tasks: each
     entry keeps its own span in its own context.

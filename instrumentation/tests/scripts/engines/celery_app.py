@@ -119,6 +119,19 @@ def on_error(request, exc, traceback):
     return ids()
 
 
+@app.task(bind=True)
+@task
+def replaced(self):
+    """Replaced by ``replacement``: Celery ends it by raising ``Ignore``, which is no failure."""
+    return self.replace(replacement.s())
+
+
+@app.task
+@task
+def replacement():
+    return ids()
+
+
 @app.task
 @task
 def called(how):

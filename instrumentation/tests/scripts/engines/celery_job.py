@@ -28,6 +28,7 @@ from celery_app import (
     on_error,
     on_error_old,
     plain_calls,
+    replaced,
     slow,
     slow_retried,
     submits,
@@ -49,6 +50,7 @@ def main_tree() -> dict:
         "flaky": flaky.delay(2),
         "submits": submits.delay(),
         "plain_calls": plain_calls.delay(),
+        "replaced": replaced.delay(),  # its result is that of the task replacing it
     }
     failed = boom.apply_async(link_error=[on_error_old.s(), on_error.s()])
     got = {name: result.get(timeout=TIMEOUT) for name, result in results.items()}

@@ -38,6 +38,7 @@ DecorationAdapter = Callable[[object, Callable[[Callable], Callable]], object | 
 
 _providers: list[AmbientParent] = []
 _decoration_adapters: list[DecorationAdapter] = []
+_not_failures: tuple[type[BaseException], ...] = ()
 _ATTRIBUTES_KEY = context.create_key("tasktree-engine-attributes")
 _warned: set[tuple[str, str]] = set()
 _warned_lock = threading.Lock()
@@ -174,6 +175,19 @@ def decorate_engine_object(
         if adapted is not None:
             return adapted
     return None
+
+
+def register_not_a_failure(*types: type[BaseException]) -> None:
+    """Adds exception types (and their subclasses) an engine raises to end a task's body as it
+    means to, not as a failure (Celery's ``Ignore``, which ``self.replace()`` raises): a task that
+    such an exception ends is ``ok``; the exception propagates unchanged."""
+    global _not_failures
+    _not_failures = tuple(dict.fromkeys((*_not_failures, *types)))
+
+
+def is_not_a_failure(exc: BaseException) -> bool:
+    """Whether an engine registered ``exc``'s type as ending a task without failing it."""
+    return isinstance(exc, _not_failures)
 
 
 def register_ambient_parent(provider: AmbientParent) -> None:

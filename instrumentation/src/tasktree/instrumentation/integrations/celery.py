@@ -26,6 +26,10 @@ after ``configure()``; it uses Celery's own extension points, no patch:
   becomes the task, so either order gives one node per execution.
 - Prefork pool processes leave through ``os._exit`` (``max_tasks_per_child``, shutdown):
   ``worker_process_shutdown`` flushes what they recorded first.
+- ``Ignore`` (``self.replace()`` raises it, as does a task that is to leave its state alone) ends
+  the node ``ok``: Celery counts it as no failure (registered with ``_context``, which ``@task``
+  asks).  ``Retry`` and ``Reject`` end it ``error``: that attempt did not do the task's work
+  (another attempt will, or the message is requeued or dropped).
 
 With the OpenTelemetry Celery instrumentor active in a process, this integration stands aside
 there: that instrumentor writes the same headers and makes its own ``run/<task>`` span current in
@@ -68,6 +72,9 @@ def install() -> None:
     )
     _context.register_ambient_parent(_ambient_parent)
     _context.register_decoration(_decorate_celery_task)
+    from celery.exceptions import Ignore
+
+    _context.register_not_a_failure(Ignore)
 
 
 # -- submission --------------------------------------------------------------------------------
