@@ -211,6 +211,30 @@ def test_a_task_the_scheduler_queued_is_still_its_first_attempt(tasktree_server)
     assert tried == Counter({1: 8})
 
 
+def test_an_actor_method_call_is_not_under_its_caller_unless_bound_with_in_context(
+    tasktree_server,
+):
+    """What README says of actors: creating one is a task like any other; a method call carries
+    no parent (Dask sends it in an RPC of its own, with no annotation and no hook), so a @task
+    method is not under its caller; a function bound with ``in_context`` and run by the method
+    is."""
+    out, _ = finish_job(start_job(JOB, "actor", child_environment(tasktree_server.otlp_http)))
+    tasktree_server.wait_folded()
+    nodes = records_from_api(tasktree_server, out["trace_id"])
+    assert shape(nodes) == Counter(
+        {("dask-actor", None, "ok"): 1, ("create-phase", "dask-actor", "ok"): 1,
+         ("actor-init", "create-phase", "ok"): 1, ("call-phase", "dask-actor", "ok"): 1,
+         ("actor-add", "call-phase", "ok"): 1,  # the call bound with in_context
+         # The direct call: under the task the worker process inherited from the job (the one
+         # that started the LocalCluster); a run of its own when no task started it.
+         ("actor-add", "dask-actor", "ok"): 1}
+    )  # fmt: skip
+    by_span = {node.span_id: node for node in nodes}
+    phase = next(node.span_id for node in nodes if node.name == "call-phase")
+    assert by_span[out["bound"]["span_id"]].parent == phase
+    assert by_span[out["direct"]["span_id"]].parent == out["span_id"]
+
+
 def test_tasks_without_a_carrier_or_with_a_malformed_one_are_runs_of_their_own(tasktree_server):
     out, err = finish_job(start_job(JOB, "bad", child_environment(tasktree_server.otlp_http)))
     tasktree_server.wait_folded()

@@ -7,6 +7,7 @@
                        quickly when its worker is killed
     dask_job.py bad    tasks submitted with no current task and with a malformed carrier
     dask_job.py queued more tasks than the workers' threads: the scheduler queues most of them
+    dask_job.py actor  an actor created under one task and called under another
 
 With $DASK_SCHEDULER_FILE, the job uses that scheduler (workers started by hand) instead; with
 DASK_PROCESSES=0, a LocalCluster of threads.
@@ -30,7 +31,7 @@ import dask.bag
 from dask.distributed import Client, LocalCluster, get_client, rejoin, secede
 from opentelemetry import trace
 
-from tasktree.instrumentation import configure, task
+from tasktree.instrumentation import configure, in_context, task
 
 
 def ids() -> dict[str, str]:
@@ -123,6 +124,23 @@ def queued(i):
     return i
 
 
+class Tally:
+    """A Dask actor: created by a task like any other, its methods called by an RPC of their own."""
+
+    @task(name="actor-init")
+    def __init__(self):
+        self.total = 0
+
+    @task(name="actor-add")
+    def add(self, i):
+        self.total += i
+        return ids()
+
+    def call(self, function, *args):
+        """Runs ``function(self, *args)``: given as ``in_context(...)``, under its caller."""
+        return function(self, *args)
+
+
 def run_of_its_own():
     @task(name="own-run")
     def own_run():
@@ -191,6 +209,17 @@ def queued_job() -> dict:
         return ids()
 
 
+@task(name="dask-actor")
+def actor_job() -> dict:
+    with dask_client() as client:
+        with task("create-phase"):
+            tally = client.submit(Tally, actor=True).result()
+        with task("call-phase"):
+            direct = tally.add(1).result()  # not under this task: the call carries no parent
+            bound = tally.call(in_context(Tally.add), 2).result()
+        return {**ids(), "direct": direct, "bound": bound}
+
+
 def bad_input() -> dict:
     with dask_client() as client:
         no_carrier = client.submit(run_of_its_own, pure=False).result()
@@ -208,5 +237,6 @@ if __name__ == "__main__":
         "long": long_job,
         "bad": bad_input,
         "queued": queued_job,
+        "actor": actor_job,
     }
     print(json.dumps(modes[sys.argv[1]]()), flush=True)

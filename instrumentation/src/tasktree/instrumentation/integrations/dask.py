@@ -25,7 +25,10 @@ Installed when the job imports ``distributed`` (``dask.distributed`` imports it 
 
 A task with no carrier, or a malformed one, runs normally as a run of its own (logged once per
 worker).  Tasks defined as coroutines run on the worker's event loop, where the running key is not
-known: they are runs of their own.
+known: they are runs of their own.  Calls to an actor's methods are not under their caller either:
+Dask sends each in an RPC of its own (``actor_execute``: the method's name and arguments, no
+annotation, no hook), so nothing carries the caller there (README: bind the work with
+``in_context`` instead).
 """
 
 from __future__ import annotations
