@@ -138,6 +138,7 @@ def test_every_task_runs_under_the_task_current_where_it_was_submitted(
             ("counter-init", "ray-job", "ok"): 1,
             ("counter-add", "ray-job", "ok"): 2,
             ("counter-spawn", "ray-job", "ok"): 1,
+            ("counter-pair", "ray-job", "ok"): 1,  # @ray.method(num_returns=2) over @task
             ("leaf", "counter-spawn", "ok"): 1,
             ("async-add", "ray-job", "ok"): 1,
             ("last-words", "ray-job", "ok"): 1,  # its worker killed as soon as it returned
@@ -274,6 +275,45 @@ def test_the_wrapper_keeps_the_kind_of_function_and_passes_direct_calls_through(
     assert wrapped["plain"](1, b=2) == 3  # a direct Python call: no carrier, nothing done
     assert list(wrapped["generator"](2)) == [0, 1]
     assert integration._carrying(wrapped["plain"]) is wrapped["plain"]
+
+
+def test_ray_method_options_over_task_reach_ray_as_under_it():
+    """Ray reads an actor method's ``@ray.method`` options from the function under every
+    ``__wrapped__``; over ``@task`` they are set on its wrapper: the integration hands them down
+    before Ray first sends the class (no Ray started: the class is only prepared)."""
+    import ray
+
+    from tasktree.instrumentation import task
+    from tasktree.instrumentation.integrations import ray as integration
+
+    @ray.remote(concurrency_groups={"io": 2})
+    class Options:
+        @ray.method(num_returns=2, max_task_retries=3, concurrency_group="io")
+        @task
+        def over(self, a):
+            return a, a
+
+        @task
+        @ray.method(num_returns=2)
+        def under(self):
+            return 1, 2
+
+        @task
+        def stream(self, n):
+            yield from range(n)
+
+    meta = Options.__ray_metadata__
+    assert meta.method_meta.num_returns["over"] is None  # what Ray read at @ray.remote
+    integration._prepare_actor_class(meta)
+    method_meta = meta.method_meta
+    assert method_meta.num_returns == {**method_meta.num_returns, "over": 2, "under": 2}
+    assert method_meta.max_task_retries["over"] == 3
+    assert method_meta.concurrency_group_for_methods["over"] == "io"
+    assert method_meta.method_is_generator["stream"]  # read again: still seen under @task
+    assert integration.CARRIER in [p.name for p in method_meta.signatures["over"]]
+    assert list(inspect.signature(Options.__ray_metadata__.modified_class.over).parameters) == [
+        "self", "a", integration.CARRIER
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("carrier", [{}, {"traceparent": "00-bad"}, "not a dict", 42])

@@ -2,7 +2,8 @@
 ``RAY_ADDRESS`` (else a local Ray of two CPUs).
 
     ray_job.py tree   remote functions, nested remote calls, a plain remote function calling a
-                      task, a remote generator, @task over @ray.remote, sync and async actors,
+                      task, a remote generator, @task over @ray.remote, sync and async actors
+                      (@ray.method(num_returns=2) over @task too),
                       and a task whose worker is killed as soon as its result is back
     ray_job.py long   one long remote task (its ids and worker pid written to $RAY_LONG_MARKER),
                       retried by Ray when its worker dies; it ends once $RAY_LONG_RELEASE exists
@@ -92,6 +93,11 @@ class Counter:
     def spawn(self):
         return ray.get(leaf.remote(self.total))
 
+    @ray.method(num_returns=2)  # over @task: its options reach Ray all the same
+    @task(name="counter-pair")
+    def pair(self):
+        return self.total, -self.total
+
 
 @ray.remote
 class AsyncCounter:
@@ -130,6 +136,8 @@ def tree() -> dict:
         counter = Counter.remote()
         assert ray.get([counter.add.remote(1), counter.add.remote(2)]) == [1, 3]
         assert ray.get(counter.spawn.remote()) == 3
+        first, second = counter.pair.remote()  # two ObjectRefs
+        assert ray.get([first, second]) == [3, -3]
         async_counter = AsyncCounter.remote()
         assert ray.get(async_counter.add.remote(5)) == 5
         # As Ray ends the workers of a job that shuts down (no atexit): the record is out already.

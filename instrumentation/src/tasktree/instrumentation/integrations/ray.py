@@ -29,7 +29,9 @@ nothing and run as runs of their own).  Not covered: async generator methods, Ra
 (``ray://``) and ``ray.init`` called before ``configure()`` (logged).
 
 ``@task`` can also be applied over ``@ray.remote`` (``@task`` on top): the remote function's body
-becomes the task.
+becomes the task.  ``@ray.method(...)`` over ``@task`` sets its options on the task's wrapper, where
+Ray (which unwraps actor methods) does not look: they are handed down to the function under it
+when the class is prepared.
 """
 
 from __future__ import annotations
@@ -321,12 +323,41 @@ def _prepare_actor_class(meta) -> None:
         if meta.__dict__.get("_tasktree_prepared"):
             return
         if meta.modified_class is not None and meta.last_export_cluster_and_job is None:
+            _forward_method_options(meta)
             signatures = meta.method_meta.signatures
             for name in _wrap_methods(meta.modified_class):
                 if name in signatures:
                     signature = inspect.Signature(signatures[name])
                     signatures[name] = list(_with_carrier_parameter(signature).parameters.values())
         meta._tasktree_prepared = True
+
+
+def _forward_method_options(meta) -> None:
+    """``@ray.method(...)`` over ``@task`` sets its options (``__ray_num_returns__``, retries,
+    concurrency group, ...) on the task's wrapper, but Ray reads them from the function
+    ``inspect.unwrap`` finds under it (the wrapper keeps ``__wrapped__`` for signatures and
+    generator detection): they are copied down to that function, and Ray reads the class's
+    methods again, so that they hold as they do with ``@task`` over ``@ray.method``."""
+    from ray.actor import _ActorClassMethodMetadata
+
+    forwarded = False
+    for method in meta.method_meta.methods.values():
+        method = getattr(method, "__func__", method)  # a classmethod, as Ray lists it
+        inner = inspect.unwrap(method)
+        inner_attributes = getattr(inner, "__dict__", None)
+        if inner is method or inner_attributes is None:
+            continue
+        for name, value in getattr(method, "__dict__", {}).items():
+            if name.startswith("__ray_") and inner_attributes.get(name, _MISSING) != value:
+                setattr(inner, name, value)
+                forwarded = True
+    if forwarded:
+        descriptor = meta.actor_creation_function_descriptor
+        _ActorClassMethodMetadata._cache.pop(descriptor, None)  # Ray's cache of what it read
+        meta.method_meta = _ActorClassMethodMetadata.create(meta.modified_class, descriptor)
+
+
+_MISSING = object()
 
 
 def _with_carrier(args: tuple, kwargs: dict, first: int = 0) -> tuple[tuple, dict]:
