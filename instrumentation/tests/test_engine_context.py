@@ -158,3 +158,40 @@ def test_a_traceparent_the_process_started_with_yields_to_the_engine_works_submi
     finally:
         context.detach(token)
         _context.set_process_parent(None)
+
+
+def test_a_pool_thread_started_by_engine_work_keeps_no_submitter_for_later_work(
+    engine_work, recorder
+):
+    # A long-lived pool whose thread the first engine task started: what is handed to it later,
+    # with no task and no engine work current, is a run of its own.
+    pool = ThreadPoolExecutor(1)
+    with task("main") as main:
+        pass
+    engine_work(main, lambda: pool.submit(leaf, 1).result())
+    pool.submit(leaf, 2).result()
+    pool.shutdown()
+    leaves = sorted((s for s in recorder.spans if s.name == "leaf"), key=lambda s: s.start_time)
+    assert leaves[0].parent.span_id == main.get_span_context().span_id
+    assert leaves[1].parent is None  # a run of its own
+
+
+def test_a_pool_item_submitted_with_no_parent_ignores_engine_state_left_in_its_worker(
+    engine_work, recorder
+):
+    # A pool process forked inside an engine task holds that task's engine state (Celery's task
+    # stack, Dask's thread state) for its life; here the first item leaves it in the pool's thread.
+    from multiprocessing.pool import ThreadPool
+
+    with task("main") as main:
+        pass
+    main_context = trace.set_span_in_context(main, context.Context())
+    with ThreadPool(1) as pool:
+        pool.apply(_set_engine_state, (main_context,))  # stale state in the pool's one thread
+        pool.apply(leaf, (1,))  # submitted with no task and no engine work current
+    [later] = [s for s in recorder.spans if s.name == "leaf"]
+    assert later.parent is None  # a run of its own, not under main
+
+
+def _set_engine_state(parent):
+    _running.parent = parent

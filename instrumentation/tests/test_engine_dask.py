@@ -57,6 +57,8 @@ TREE = Counter(
         ("spawner", "spawn-phase", "ok"): 1,
         ("nested", "spawner", "ok"): 2,
         ("plain-nested", "spawn-phase", "ok"): 2,  # submitted by a Dask task that is no @task
+        ("thread-phase", "dask-tree", "ok"): 1,
+        ("inner", "thread-phase", "ok"): 2,  # in threads of a Dask task that is no @task
         ("retry-phase", "dask-tree", "ok"): 1,
         ("flaky", "retry-phase", "error"): 1,  # attempt 1 fails: Dask retries it (retries=1)
         ("flaky", "retry-phase", "ok"): 1,  # attempt 2: a new task beside the first
@@ -105,9 +107,13 @@ def test_a_scheduler_and_workers_started_by_hand_with_the_preload_option(tasktre
     )  # fmt: skip
     worker = None
     try:
+        # Started from another run's task (TRACEPARENT, as subprocess or tasktree-run give
+        # it): its work is not that task's.
+        launcher = f"00-{'ef' * 16}-{'01' * 8}-01"
         worker = start_worker(
             [DASK, "worker", "--scheduler-file", str(scheduler_file), "--nworkers", "1",
-             "--nthreads", "2", "--no-dashboard", "--preload", PRELOAD], env, log,
+             "--nthreads", "2", "--no-dashboard", "--preload", PRELOAD],
+            {**env, "TRACEPARENT": launcher}, log,
         )  # fmt: skip
         job_env = {**env, "DASK_SCHEDULER_FILE": str(scheduler_file)}
         out, _ = finish_job(start_job(JOB, "tree", job_env))
@@ -117,6 +123,8 @@ def test_a_scheduler_and_workers_started_by_hand_with_the_preload_option(tasktre
         stop_worker(scheduler)
     tasktree_server.wait_folded()
     assert_tree(tasktree_server, out["trace_id"])
+    coroutine = out["coroutine"]  # on the event loop: a run of its own, not the launcher's
+    assert coroutine["parent"] is None and coroutine["trace_id"] != "ef" * 16, coroutine
 
 
 def assert_tree(server, trace_id: str) -> list:

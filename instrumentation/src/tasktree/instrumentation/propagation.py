@@ -115,6 +115,14 @@ def read_process_parent(environ: Mapping[str, str] | None = None) -> Context | N
     return ctx if _has_span(ctx) else None
 
 
+def forget_process_parent() -> None:
+    """Tasks that find no parent are runs of their own here, not under this process's
+    ``TRACEPARENT``: for an engine worker, whose work belongs to other runs than the task that
+    started it (the ``TRACEPARENT`` is still not taken for a task current)."""
+    global _process_parent
+    _process_parent = None
+
+
 def _adopt_process_parent() -> None:
     """Reads ``TRACEPARENT`` once; makes it current on this thread unless a task already is."""
     global _process_parent
@@ -200,7 +208,10 @@ class _InContext:
     def __call__(self, *args, **kwargs):
         token = context.attach(_restore(self.carrier))
         try:
-            return self.fn(*args, **kwargs)
+            # Submitted with no parent: none either from engine state this pool's thread or
+            # process holds from before (a pool process forked inside a Celery task).
+            handed = None if self.carrier else _engines.NO_PARENT
+            return _engines.run_handed(handed, self.fn, *args, **kwargs)
         finally:
             context.detach(token)
             if _in_child_process():

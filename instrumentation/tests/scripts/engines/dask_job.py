@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dask
@@ -47,6 +48,19 @@ def inner(i):
 @task(name="submitted")
 def submitted(i):
     return i
+
+
+def plain_threads(n):
+    """A Dask task that is no ``@task``: the tasks of the threads it starts are under its
+    submitter, as one it called would be."""
+    with ThreadPoolExecutor(2) as pool:
+        return sum(pool.map(inner, range(n)))
+
+
+async def coroutine_task():
+    """Run on the worker's event loop, where the running task is not known: a run of its own
+    (never under a task that started the worker, its TRACEPARENT)."""
+    return run_of_its_own()
 
 
 @task(name="mapped")
@@ -188,10 +202,12 @@ def tree() -> dict:
         with task("spawn-phase"):
             assert client.submit(spawner, 2).result() == 1
             assert client.submit(plain_spawner, 2).result() == 1
+        with task("thread-phase"):
+            assert client.submit(plain_threads, 2).result() == 1
         with task("retry-phase"), tempfile.TemporaryDirectory() as scratch:
             marker = str(Path(scratch) / "flaky")
             assert client.submit(flaky, marker, retries=1).result() == "second attempt"
-        return ids()
+        return {**ids(), "coroutine": client.submit(coroutine_task, pure=False).result()}
 
 
 @task(name="dask-long")

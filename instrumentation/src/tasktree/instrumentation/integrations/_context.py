@@ -79,11 +79,16 @@ def parent_to_hand() -> Context | None:
     return None if task_current() else ambient_parent()
 
 
+NO_PARENT = Context()
+"""Handed to a work item submitted where no task and no engine work was current: it is a run of
+its own (or under the process's ``TRACEPARENT``), whatever engine state its thread or process
+holds from before (a pool thread started by other work, a pool process forked from a worker)."""
+
+
 def run_handed(parent: Context | None, fn: Callable, /, *args, **kwargs):
     """``fn(*args, **kwargs)`` on this thread, with ``parent`` handed to it (see
-    :func:`parent_to_hand`)."""
-    if parent is None:
-        return fn(*args, **kwargs)
+    :func:`parent_to_hand`; None: nothing handed, the engines asked as usual; ``NO_PARENT``:
+    nor asked)."""
     previous = getattr(_handed, "parent", None)
     _handed.parent = parent
     try:
@@ -93,10 +98,9 @@ def run_handed(parent: Context | None, fn: Callable, /, *args, **kwargs):
 
 
 def handed_on(fn: Callable) -> Callable:
-    """``fn``, to be run on another thread with this thread's :func:`parent_to_hand`; ``fn``
-    itself when there is none."""
-    parent = parent_to_hand()
-    return fn if parent is None else functools.partial(run_handed, parent, fn)
+    """``fn``, to be run on another thread with this thread's :func:`parent_to_hand` (or with
+    none: a pool thread started by other work must not keep that work's)."""
+    return functools.partial(run_handed, parent_to_hand(), fn)
 
 
 def carrier() -> dict[str, str]:
@@ -201,6 +205,9 @@ def register_ambient_parent(provider: AmbientParent) -> None:
 def ambient_parent() -> Context | None:
     """The parent given by the first provider that knows the work running on this thread, else
     the one handed to this thread by the thread that started it (:func:`handed_on`)."""
+    handed = getattr(_handed, "parent", None)
+    if handed is NO_PARENT:
+        return None
     for provider in _providers:
         try:
             found = provider()
@@ -209,4 +216,4 @@ def ambient_parent() -> Context | None:
             continue
         if found is not None:
             return found
-    return getattr(_handed, "parent", None)
+    return handed

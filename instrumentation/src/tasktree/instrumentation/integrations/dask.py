@@ -44,6 +44,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from opentelemetry import context, propagate, trace
 from opentelemetry.context import Context
 
+from tasktree.instrumentation import propagation
 from tasktree.instrumentation.integrations import _context
 
 _logger = logging.getLogger(__name__)
@@ -224,6 +225,8 @@ def _forget_inherited_task() -> None:
     # this, every task would run under that task instead of its submitter.
     if trace.get_current_span().get_span_context().is_valid:
         context.attach(Context())  # for the worker's life: never detached
+    # Nor as the parent of a task that finds none (a coroutine task, on the event loop).
+    propagation.forget_process_parent()
 
 
 class _Attempts(SchedulerPlugin):
