@@ -140,6 +140,46 @@ def test_a_job_unseen_for_the_ttl_leaves_metrics_and_gives_its_place_up(private_
         assert conn.execute("SELECT DISTINCT job FROM metric_totals").fetchall() == [("job-new",)]
 
 
+def test_export_requests_are_counted_by_outcome_as_rejected_spans_are_by_reason():
+    """TasktreeIngestRejecting compares refused requests with requests (a request refused for
+    its token is never read: its spans are unknown) and rejected spans with spans."""
+    from prometheus_client import CollectorRegistry
+
+    from tasktree.exporter.errors import Overloaded, StoreUnavailable
+    from tasktree.exporter.metrics.process import IngestMetrics
+    from tasktree.exporter.receiver.records import DecodedBatch
+
+    registry = CollectorRegistry()
+    metrics = IngestMetrics(registry)
+    outcome = {"ok": None, "busy": Overloaded("busy"), "down": StoreUnavailable("down")}
+
+    def ingest(batch: DecodedBatch) -> None:
+        raised = outcome[batch.spans[0]]
+        if raised is not None:
+            raise raised
+
+    instrumented = metrics.instrument(ingest, "http")
+    for kind, count in (("ok", 3), ("busy", 2), ("down", 1)):
+        for _ in range(count):
+            try:
+                instrumented(DecodedBatch(spans=[kind] * 10))
+            except (Overloaded, StoreUnavailable):
+                pass
+    metrics.count_unauthenticated("http")
+    metrics.count_unauthenticated("grpc")
+
+    def requests(protocol: str, outcome: str) -> float | None:
+        labels = {"protocol": protocol, "outcome": outcome}
+        return registry.get_sample_value("tasktree_ingest_requests_total", labels)
+
+    by_outcome = {o: requests("http", o) for o in ("stored", "overloaded", "unavailable", "error")}
+    assert by_outcome == {"stored": 3, "overloaded": 2, "unavailable": 1, "error": 0}
+    assert (requests("http", "unauthenticated"), requests("grpc", "unauthenticated")) == (1, 1)
+    assert requests("grpc", "stored") == 0  # every series exists before its first request
+    spans = registry.get_sample_value("tasktree_ingest_spans_accepted_total", {"protocol": "http"})
+    assert spans == 30
+
+
 def test_metrics_needs_a_viewer_token_when_the_server_has_one(clean_db, start_tasktree):
     server = start_tasktree(env={"TASKTREE_AUTH_TOKEN": "s3cret-token-for-tests"})
     try:

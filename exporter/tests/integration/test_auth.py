@@ -151,12 +151,14 @@ def refused_export(protocol: str, server, authorization: str | None) -> None:
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-def unauthenticated_total(server, protocol: str) -> float:
+def unauthenticated_total(server, protocol: str,
+                          counted: tuple[str, str] = ("spans_rejected", "reason")) -> float:
+    name, label = counted
     text = requests.get(server.web + "/metrics", headers={"Authorization": f"Bearer {VIEWER}"},
                         timeout=10).text
     return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
-               if s.name == "tasktree_ingest_spans_rejected_total"
-               and s.labels == {"protocol": protocol, "reason": "unauthenticated"})
+               if s.name == f"tasktree_ingest_{name}_total"
+               and s.labels == {"protocol": protocol, label: "unauthenticated"})
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -168,6 +170,7 @@ def test_exports_refused_for_their_token_are_counted_and_warned_about_once_a_min
         refused_export(protocol, server, authorization)
 
     assert unauthenticated_total(server, protocol) == 4  # requests: their bodies are not read
+    assert unauthenticated_total(server, protocol, ("requests", "outcome")) == 4
     log = server.log_path.read_text()
     warnings = [line for line in log.splitlines() if "refused an OTLP" in line]
     assert len(warnings) == 1, log

@@ -1,8 +1,9 @@
 """The per-process part of /metrics: each process shows what it alone did (``sum by`` them).
 
-Ingest requests, accepted and rejected spans and request latency (``IngestMetrics``); spans
-folded, stall transitions and fold timeouts (the serving process's folder threads and the fold
-workers it started: ``--workers``), metrics write errors and the connection pool (``ProcessStats``).
+Ingest requests by outcome, accepted and rejected spans and request latency
+(``IngestMetrics``); spans folded, stall transitions and fold timeouts (the serving process's
+folder threads and the fold workers it started: ``--workers``), metrics write errors and the
+connection pool (``ProcessStats``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ INGEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 """Upper bounds (seconds) of the ingest request duration histogram."""
 
 REJECT_REASONS = ("refused", "overloaded", "unavailable", "error", "unauthenticated")
+REQUEST_OUTCOMES = ("stored", "overloaded", "unavailable", "error", "unauthenticated")
+"""What became of an export request: ``stored`` (answered 200, its good spans stored), or the
+reason it was refused whole."""
 
 
 class FoldCounters(Protocol):
@@ -159,6 +163,16 @@ class IngestMetrics:
             ["protocol", "reason"],
             registry=registry,
         )
+        self.requests = Counter(
+            "tasktree_ingest_requests",
+            "OTLP export requests, by outcome: stored (answered 200; spans refused alone in"
+            " partial_success are counted in tasktree_ingest_spans_rejected_total), or refused"
+            " whole: overloaded (429), unavailable (503), error (500), unauthenticated (401 or"
+            " 403, the body never read).  Compare refused requests with all requests, spans with"
+            " spans.",
+            ["protocol", "outcome"],
+            registry=registry,
+        )
         self.latency = Histogram(
             "tasktree_ingest_request_duration_seconds",
             "Time to store one OTLP request's spans (after decoding), answered or refused.",
@@ -171,25 +185,31 @@ class IngestMetrics:
             self.latency.labels(protocol)
             for reason in REJECT_REASONS:
                 self.rejected.labels(protocol, reason)
+            for outcome in REQUEST_OUTCOMES:
+                self.requests.labels(protocol, outcome)
 
     def count_unauthenticated(self, protocol: str) -> None:
         """One request refused for its token (its spans are not known: its body is not read)."""
         self.rejected.labels(protocol, "unauthenticated").inc()
+        self.requests.labels(protocol, "unauthenticated").inc()
 
     def instrument(self, ingest: Ingest, protocol: str) -> Ingest:
         """``ingest`` that also counts and times each call; raises what ``ingest`` raises."""
         accepted, latency = self.accepted.labels(protocol), self.latency.labels(protocol)
+        stored = self.requests.labels(protocol, "stored")
 
         def instrumented(batch: DecodedBatch) -> None:
             started = time.perf_counter()
             try:
                 ingest(batch)
             except Exception as exc:
-                rejected = self.rejected.labels(protocol, _reject_reason(exc))
-                rejected.inc(len(batch.spans) + batch.rejected)
+                reason = _reject_reason(exc)
+                self.rejected.labels(protocol, reason).inc(len(batch.spans) + batch.rejected)
+                self.requests.labels(protocol, reason).inc()
                 raise
             finally:
                 latency.observe(time.perf_counter() - started)
+            stored.inc()
             accepted.inc(len(batch.spans))
             if batch.rejected:
                 self.rejected.labels(protocol, "refused").inc(batch.rejected)
