@@ -89,14 +89,18 @@ def _inhibited(url: str) -> dict[str, bool]:
     }
 
 
+# Each for a job of its own: TasktreeRunFailed inhibits TasktreeRunsFailingOften of its job.
 JOB_ALERTS = [
-    {"alertname": name, "job_name": "etl", "severity": severity}
-    for name, severity in (
-        ("TasktreeRunFailed", "warning"),
-        ("TasktreeTasksStalled", "warning"),
-        ("TasktreeJobNotSucceeding", "critical"),
-        ("TasktreeJobNotStarted", "critical"),
-        ("TasktreeRunTooLong", "warning"),
+    {"alertname": name, "job_name": f"etl-{n}", "severity": severity}
+    for n, (name, severity) in enumerate(
+        (
+            ("TasktreeRunFailed", "warning"),
+            ("TasktreeRunsFailingOften", "warning"),
+            ("TasktreeTasksStalled", "warning"),
+            ("TasktreeJobNotSucceeding", "critical"),
+            ("TasktreeJobNotStarted", "critical"),
+            ("TasktreeRunTooLong", "warning"),
+        )
     )
 ]
 WATCHDOG = {"alertname": "Watchdog", "severity": "none"}
@@ -146,6 +150,31 @@ def test_job_alerts_are_inhibited_only_while_the_whole_service_is_down_or_blind(
         {a["alertname"]: jobs_inhibited for a in JOB_ALERTS} | inhibited | {"Watchdog": False}
     )
     assert _settled(alertmanager, expected) == expected
+
+
+def test_a_failed_latest_run_inhibits_the_runs_failing_often_alert_of_its_job_only(alertmanager):
+    failed = {"alertname": "TasktreeRunFailed", "job_name": "etl", "severity": "warning"}
+    often = {"alertname": "TasktreeRunsFailingOften", "severity": "warning"}
+    _post(alertmanager, [failed, {**often, "job_name": "etl"}, {**often, "job_name": "flappy"}])
+
+    def inhibited() -> dict[str, bool]:
+        with urllib.request.urlopen(alertmanager + "/api/v2/alerts", timeout=10) as resp:
+            alerts = json.loads(resp.read())
+        return {
+            "{alertname}@{job_name}".format(**a["labels"]): bool(a["status"]["inhibitedBy"])
+            for a in alerts
+        }
+
+    expected = {
+        "TasktreeRunFailed@etl": False,
+        "TasktreeRunsFailingOften@etl": True,
+        "TasktreeRunsFailingOften@flappy": False,
+    }
+    try:
+        seen = wait_until(lambda: inhibited() == expected and expected, 10, "inhibitions")
+    except AssertionError:
+        seen = inhibited()
+    assert seen == expected
 
 
 def test_the_watchdog_goes_to_its_own_receiver_every_minute(prometheus_tools):

@@ -86,7 +86,7 @@ def test_runbook_links_are_absolute_from_one_base_in_prometheus_yml():
 
 def test_job_alerts_keep_firing_through_a_store_outage():
     job_alerts = {r["alert"]: r for r in _alerts() if "by (job_name)" in r["expr"]}
-    assert len(job_alerts) == 5, sorted(job_alerts)
+    assert len(job_alerts) == 6, sorted(job_alerts)
     for name, rule in job_alerts.items():
         assert rule.get("keep_firing_for") == "15m", name  # longer than the inhibitors' `for`
 
