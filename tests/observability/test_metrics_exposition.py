@@ -58,7 +58,13 @@ LIVE_TASKS = [  # (span id, status, heartbeat, resource)
 ]
 
 
+CREATED_S = NOW_S - 400 * 86400  # the database was created (migrated) 400 days ago
+
+
 def _load_state(conn: psycopg.Connection) -> None:
+    conn.execute(  # the first migration is the database's creation
+        "UPDATE schema_migrations SET applied_at = to_timestamp(%s + version - 1)", (CREATED_S,)
+    )
     conn.cursor().executemany(
         "INSERT INTO metric_totals (job, run, name, status, finished, duration_sum, buckets)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s)",
@@ -184,6 +190,9 @@ def test_a_table_held_by_a_lock_makes_every_scrape_say_store_up_0_within_the_wai
 EXPECTED = r"""# HELP tasktree_store_up Whether tasktree could read PostgreSQL for this scrape (1) or not (0).
 # TYPE tasktree_store_up gauge
 tasktree_store_up 1
+# HELP tasktree_store_created_timestamp_seconds When tasktree's database was created (its first migration, Unix time): tasktree has watched jobs since, across its restarts.
+# TYPE tasktree_store_created_timestamp_seconds gauge
+tasktree_store_created_timestamp_seconds 1.66544e+09
 # HELP tasktree_tasks_finished_total Tasks that finished, by job, task name (the first TASKTREE_METRICS_TASK_NAMES of each job; the rest are __other__) and status.
 # TYPE tasktree_tasks_finished_total counter
 tasktree_tasks_finished_total{job_name="__other__",status="error",task="__other__"} 3

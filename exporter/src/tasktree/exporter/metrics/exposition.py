@@ -22,6 +22,10 @@ _STATUS_LABEL = {st.OK: "ok", st.ERROR: "error"}
 _LE = [floatToGoString(b) for b in DURATION_BUCKETS] + ["+Inf"]
 
 UP_HELP = "Whether tasktree could read PostgreSQL for this scrape (1) or not (0)."
+CREATED_HELP = (
+    "When tasktree's database was created (its first migration, Unix time): tasktree has watched"
+    " jobs since, across its restarts."
+)
 TASKS_FINISHED_HELP = (
     "Tasks that finished, by job, task name (the first TASKTREE_METRICS_TASK_NAMES of each job;"
     " the rest are __other__) and status."
@@ -74,6 +78,9 @@ class StoreRows:
     quarantined: int = 0
     """Spans set aside because they failed to fold (``store/quarantine.py``), counted up to
     ``quarantine.COUNTED_AT_MOST``."""
+    created_s: float | None = None
+    """Unix time the database was created (its first migration): tasktree has watched jobs
+    since.  None: not known."""
 
 
 class TextExposition:
@@ -120,6 +127,10 @@ def render_store_text(rows: StoreRows, read_s: float) -> bytes:
     """The store's families for ``rows`` (read in ``read_s`` seconds)."""
     out = TextExposition()
     out.single("tasktree_store_up", "gauge", UP_HELP, 1)
+    if rows.created_s is not None:
+        out.single(
+            "tasktree_store_created_timestamp_seconds", "gauge", CREATED_HELP, rows.created_s
+        )
     _write_totals(out, rows.totals)
     _write_job_times(out, rows.jobs)
     _write_live(out, rows.jobs, rows.live)
