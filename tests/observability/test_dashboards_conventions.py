@@ -80,6 +80,47 @@ def test_every_sql_panel_of_the_jobs_dashboard_follows_the_job_variable():
         )
 
 
+def test_the_job_variable_lists_every_job_of_the_metrics_other_too():
+    """``$job`` = All is the values the variable lists (no ``allValue``: the SQL panels need each
+    one quoted), so the metric it lists them from must carry every ``job_name`` /metrics shows:
+    ``__other__`` too, or the jobs beyond TASKTREE_METRICS_MAX_JOBS drop out of every panel."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tasktree.exporter.metrics.exposition import StoreRows, render_store_text
+    from tasktree.exporter.metrics.store_metrics import bounded_jobs
+    from tasktree.exporter.tree import status as st
+
+    query = _variables(DASHBOARDS["tasktree-jobs.json"])["job"]["query"]["query"]
+    listed_from = re.fullmatch(r"label_values\((\w+), job_name\)", query)
+    assert listed_from, query
+    stamp = 1_700_000_000 * 10**9
+    rows = StoreRows(  # a cap of 2: one job with totals, one idle, two beyond the cap
+        totals=[("a-kept", True, "", st.ERROR, 1, 2.0, [0] * 4 + [1] + [0] * 12)],
+        jobs=[(job, stamp, None, None, stamp) for job in ("a-kept", "b-idle", "c-over", "d-over")],
+        live=[("c-over", st.RUNNING, 1, stamp)],
+        missing=[],
+        oldest_received_ns=None,
+        backlog=None,
+        now_s=stamp / 1e9,
+    )
+    text = render_store_text(bounded_jobs(rows, max_jobs=2, job_ttl_s=0), read_s=0.0).decode()
+    jobs_by_metric: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if "job_name" in sample.labels:
+                jobs_by_metric.setdefault(family.name, set()).add(sample.labels["job_name"])
+    every = set().union(*jobs_by_metric.values())
+    assert every == {"a-kept", "b-idle", "__other__"}
+    assert jobs_by_metric.get(listed_from.group(1)) == every
+
+
+def test_the_jobs_dashboard_shows_the_runs_of_the_jobs_beyond_the_cap_under_other():
+    for where, sql in _sql_texts("tasktree-jobs.json"):
+        if "${job:sqlstring}" in sql:
+            assert "'__other__' IN (${job:sqlstring})" in sql, where
+            assert "NOT EXISTS (SELECT 1 FROM metric_totals m WHERE m.job = r.job)" in sql, where
+
+
 # -- PromQL and the Prometheus scrape job --------------------------------------------------------
 
 

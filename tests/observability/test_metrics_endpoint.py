@@ -123,6 +123,20 @@ def test_jobs_beyond_the_job_cap_are_counted_as_other(private_db, start_tasktree
     assert _task_counts(server, "__other__") == {"__other__": 9}  # nothing lost, one series
     assert _value(seen, "tasktree_job_last_start_timestamp_seconds", job_name="job-b")
     assert _value(seen, "tasktree_job_last_start_timestamp_seconds", job_name="__other__") is None
+    # the cap shows, and so does __other__, wherever every job is listed (the $job variable)
+    assert _value(seen, "tasktree_metrics_folded_jobs") == 1
+    assert _value(seen, "tasktree_metrics_max_jobs") == 2
+    assert _value(seen, "tasktree_tasks_running", job_name="__other__") == 0
+    # the first failure of a job, or of a task name, is an increase from 0
+    for job in ("job-a", "job-b", "__other__"):
+        assert _value(seen, "tasktree_runs_finished_total", job_name=job, status="error") == 0
+    errors = {
+        dict(labels)["task"]: value
+        for (name, labels), value in seen.items()
+        if name == "tasktree_tasks_finished_total"
+        and dict(labels) | {"task": ""} == {"job_name": "job-a", "status": "error", "task": ""}
+    }
+    assert errors == dict.fromkeys(_task_counts(server, "job-a"), 0)
 
 
 def test_a_job_unseen_for_the_ttl_leaves_metrics_and_gives_its_place_up(private_db, start_tasktree):

@@ -195,15 +195,24 @@ tasktree_store_up 1
 tasktree_store_created_timestamp_seconds 1.66544e+09
 # HELP tasktree_tasks_finished_total Tasks that finished, by job, task name (the first TASKTREE_METRICS_TASK_NAMES of each job; the rest are __other__) and status.
 # TYPE tasktree_tasks_finished_total counter
+tasktree_tasks_finished_total{job_name="__other__",status="ok",task="__other__"} 0
 tasktree_tasks_finished_total{job_name="__other__",status="error",task="__other__"} 3
 tasktree_tasks_finished_total{job_name="etl",status="ok",task="extract"} 2
 tasktree_tasks_finished_total{job_name="etl",status="error",task="extract"} 1
 tasktree_tasks_finished_total{job_name="etl",status="ok",task="load"} 1
+tasktree_tasks_finished_total{job_name="etl",status="error",task="load"} 0
 tasktree_tasks_finished_total{job_name="we\"ird\\job\nx",status="ok",task="t"} 1
+tasktree_tasks_finished_total{job_name="we\"ird\\job\nx",status="error",task="t"} 0
 # HELP tasktree_runs_finished_total Runs (root tasks) that finished, by job and status.
 # TYPE tasktree_runs_finished_total counter
+tasktree_runs_finished_total{job_name="__other__",status="ok"} 0
 tasktree_runs_finished_total{job_name="__other__",status="error"} 1
 tasktree_runs_finished_total{job_name="etl",status="ok"} 1
+tasktree_runs_finished_total{job_name="etl",status="error"} 0
+tasktree_runs_finished_total{job_name="nightly",status="ok"} 0
+tasktree_runs_finished_total{job_name="nightly",status="error"} 0
+tasktree_runs_finished_total{job_name="we\"ird\\job\nx",status="ok"} 0
+tasktree_runs_finished_total{job_name="we\"ird\\job\nx",status="error"} 0
 # HELP tasktree_task_duration_seconds How long finished tasks took, by job and task name.
 # TYPE tasktree_task_duration_seconds histogram
 tasktree_task_duration_seconds_bucket{job_name="__other__",task="__other__",le="0.01"} 0
@@ -341,11 +350,13 @@ tasktree_job_last_heartbeat_timestamp_seconds{job_name="nightly"} 1.69999997e+09
 tasktree_tasks_running{job_name="__other__"} 1
 tasktree_tasks_running{job_name="etl"} 2
 tasktree_tasks_running{job_name="nightly"} 0
+tasktree_tasks_running{job_name="we\"ird\\job\nx"} 0
 # HELP tasktree_tasks_stalled Tasks that stopped sending heartbeats (TASKTREE_STALL_AFTER) without finishing, by job.
 # TYPE tasktree_tasks_stalled gauge
 tasktree_tasks_stalled{job_name="__other__"} 1
 tasktree_tasks_stalled{job_name="etl"} 1
 tasktree_tasks_stalled{job_name="nightly"} 1
+tasktree_tasks_stalled{job_name="we\"ird\\job\nx"} 0
 # HELP tasktree_tasks_stalled_last_heartbeat_timestamp_seconds The newest last heartbeat among the job's stalled tasks (Unix time): when the latest stall began.
 # TYPE tasktree_tasks_stalled_last_heartbeat_timestamp_seconds gauge
 tasktree_tasks_stalled_last_heartbeat_timestamp_seconds{job_name="__other__"} 1.6999999e+09
@@ -355,6 +366,12 @@ tasktree_tasks_stalled_last_heartbeat_timestamp_seconds{job_name="nightly"} 1.69
 # TYPE tasktree_tasks_missing_parent gauge
 tasktree_tasks_missing_parent{job_name=""} 1
 tasktree_tasks_missing_parent{job_name="nightly"} 2
+# HELP tasktree_metrics_max_jobs Jobs with their own job_name in /metrics at most (TASKTREE_METRICS_MAX_JOBS).
+# TYPE tasktree_metrics_max_jobs gauge
+tasktree_metrics_max_jobs 4
+# HELP tasktree_metrics_folded_jobs Jobs beyond TASKTREE_METRICS_MAX_JOBS, counted as job_name="__other__": no job alert watches them (they have no timestamps of their own).
+# TYPE tasktree_metrics_folded_jobs gauge
+tasktree_metrics_folded_jobs 1
 # HELP tasktree_ingest_backlog_spans Spans received and stored but not yet folded into the tree.
 # TYPE tasktree_ingest_backlog_spans gauge
 tasktree_ingest_backlog_spans 2

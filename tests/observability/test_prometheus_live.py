@@ -344,3 +344,37 @@ def test_sql_panels_show_only_the_runs_of_the_jobs_picked_in_job(stack, where, q
     assert jobs(["obs-failing"]) == {"obs-failing"}
     assert jobs(["obs-etl", "obs-failing"]) <= {"obs-etl", "obs-failing"}
     assert jobs(["no-such-job", "it's"]) == set()
+
+
+@pytest.mark.parametrize(
+    "where,query",
+    [q for q in obs.dashboard_queries("grafana-postgresql-datasource") if "${job:" in q[1]],
+    ids=[i for i, q in obs.dashboard_queries("grafana-postgresql-datasource") if "${job:" in q[1]],
+)
+def test_sql_panels_show_the_runs_of_the_jobs_beyond_the_job_cap_under_other(
+    clean_store_db, where, query
+):
+    """``__other__`` in ``$job`` (All lists it) stands for the jobs without series of their own
+    (none in ``metric_totals``), as it does in the PromQL panels."""
+    now = time.time_ns()
+    with psycopg.connect(clean_store_db, autocommit=True) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO runs (trace_id, job, name, status, start_ns, end_ns)"
+            " VALUES (%s, %s, 'run', 4, %s, %s)",
+            [(bytes([n]) * 16, job, now - n * 10**9, now) for n, job in ((1, "kept"), (2, "over"))],
+        )
+        conn.execute(
+            "INSERT INTO metric_totals VALUES ('kept', true, '', 4, 1, 1.0, %s)", ([0] * 17,)
+        )
+
+    def jobs(picked: list[str]) -> set[str]:
+        sql = obs.sql_with_variables(query, {"job": picked}, now - 3600 * 10**9, now + 10**9)
+        with psycopg.connect(clean_store_db, autocommit=True) as conn:
+            conn.execute("SET default_transaction_read_only = on")
+            cursor = conn.execute(sql)
+            column = [c.name for c in cursor.description].index("job")
+            return {row[column] for row in cursor.fetchall()}
+
+    assert jobs(["__other__"]) == {"over"}
+    assert jobs(["kept"]) == {"kept"}
+    assert jobs(["kept", "__other__"]) == {"kept", "over"}  # All

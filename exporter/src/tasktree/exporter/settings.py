@@ -291,7 +291,8 @@ class Settings:
         100,
         meaning="jobs with their own `job_name` label in `/metrics`; later jobs are counted as"
         ' `job_name="__other__"` (tasks, runs, running, stalled) and their timestamps are not'
-        " shown",
+        " shown, so no job alert watches them (`tasktree_metrics_folded_jobs` counts them and"
+        " TasktreeMetricsJobsOverCap fires)",
     )
     metrics_job_ttl: int = setting(
         35 * 86400,

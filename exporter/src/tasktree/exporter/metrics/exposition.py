@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from prometheus_client.utils import floatToGoString
 
 from tasktree.exporter.store.fold import DURATION_BUCKETS
-from tasktree.exporter.store.metric_totals import Total
+from tasktree.exporter.store.metric_totals import OTHER, Total
 from tasktree.exporter.tree import status as st
 
 __all__ = ["StoreRows", "TextExposition", "render_store_down", "render_store_text"]
@@ -81,6 +81,10 @@ class StoreRows:
     created_s: float | None = None
     """Unix time the database was created (its first migration): tasktree has watched jobs
     since.  None: not known."""
+    folded_jobs: int = 0
+    """Jobs beyond the job cap, shown as ``OTHER`` (``store_metrics.bounded_jobs``)."""
+    max_jobs: int | None = None
+    """The job cap (``TASKTREE_METRICS_MAX_JOBS``); None: not bounded (not shown)."""
 
 
 class TextExposition:
@@ -131,10 +135,12 @@ def render_store_text(rows: StoreRows, read_s: float) -> bytes:
         out.single(
             "tasktree_store_created_timestamp_seconds", "gauge", CREATED_HELP, rows.created_s
         )
-    _write_totals(out, rows.totals)
+    labels = _job_labels(rows)
+    _write_totals(out, rows.totals, labels)
     _write_job_times(out, rows.jobs)
-    _write_live(out, rows.jobs, rows.live)
+    _write_live(out, labels, rows.live)
     _write_missing(out, rows.missing)
+    _write_job_cap(out, rows)
     _write_ingest(out, rows, read_s)
     return out.render()
 
@@ -160,29 +166,53 @@ def _number(value: float) -> str:
     return floatToGoString(value)
 
 
-def _write_totals(out: TextExposition, rows: list[tuple]) -> None:
-    tasks, runs = [], []
+def _job_labels(rows: StoreRows) -> list[str]:
+    """Every ``job_name`` the page shows (``OTHER`` too, once a job is folded into it): each has
+    its running and stalled gauges and its run counters, at 0 when there is nothing to count."""
+    labels = {row[0] for row in rows.totals} | {row[0] for row in rows.jobs}
+    labels |= {row[0] for row in rows.live}
+    if rows.folded_jobs:
+        labels.add(OTHER)
+    return sorted(labels)
+
+
+def _write_totals(out: TextExposition, rows: list[tuple], job_labels: list[str]) -> None:
+    """The counters and histograms of finished tasks and runs.  Both status series of each
+    counter exist as soon as its job (for runs) or its job and task name (for tasks) is known,
+    at 0 until a task ends so: ``increase()`` then sees the first failure, which a series born
+    at 1 would hide."""
+    tasks: dict[tuple[str, str], dict[int, int]] = {}
+    runs: dict[str, dict[int, int]] = {job: {} for job in job_labels}
     task_hist: dict[str, Total] = {}
     run_hist: dict[str, Total] = {}
     for job, run, name, status, finished, duration_sum, buckets in rows:
         total = Total(finished, duration_sum, list(buckets))
-        status_label = f'status="{_STATUS_LABEL.get(status, str(status))}"'
         if run:
-            runs.append((f"{_job(job)},{status_label}", finished))
+            runs.setdefault(job, {})[status] = finished
             _merge_into(run_hist, f"{_job(job)},", total)
         else:
-            tasks.append((f'{_job(job)},{status_label},task="{_label(name)}"', finished))
+            tasks.setdefault((job, name), {})[status] = finished
             _merge_into(task_hist, f'{_job(job)},task="{_label(name)}",', total)
     out.family("tasktree_tasks_finished_total", "counter", TASKS_FINISHED_HELP)
-    for labels, value in tasks:
-        out.sample("tasktree_tasks_finished_total", labels, value)
+    for (job, name), by_status in sorted(tasks.items()):
+        for status, label in _STATUS_LABEL.items():
+            out.sample(
+                "tasktree_tasks_finished_total",
+                f'{_job(job)},status="{label}",task="{_label(name)}"',
+                by_status.get(status, 0),
+            )
     out.family(
         "tasktree_runs_finished_total",
         "counter",
         "Runs (root tasks) that finished, by job and status.",
     )
-    for labels, value in runs:
-        out.sample("tasktree_runs_finished_total", labels, value)
+    for job, by_status in sorted(runs.items()):
+        for status, label in _STATUS_LABEL.items():
+            out.sample(
+                "tasktree_runs_finished_total",
+                f'{_job(job)},status="{label}"',
+                by_status.get(status, 0),
+            )
     out.histogram(
         "tasktree_task_duration_seconds",
         "How long finished tasks took, by job and task name.",
@@ -210,14 +240,13 @@ def _write_job_times(out: TextExposition, jobs: list[tuple]) -> None:
                 out.sample(name, _job(job), stamps[i] / 1e9)
 
 
-def _write_live(out: TextExposition, jobs: list[tuple], live: list[tuple]) -> None:
-    """Running and stalled tasks of every job tasktree knows (0 when none), and when the
-    latest stall began."""
+def _write_live(out: TextExposition, job_labels: list[str], live: list[tuple]) -> None:
+    """Running and stalled tasks of every job shown (0 when none), and when the latest stall
+    began."""
     counts = {(job, status): n for job, status, n, _ in live}
-    known = sorted({job for job, *_ in jobs} | {job for job, _ in counts})
     for status, name, help_text in LIVE_GAUGES:
         out.family(name, "gauge", help_text)
-        for job in known:
+        for job in job_labels:
             out.sample(name, _job(job), counts.get((job, status), 0))
     name = "tasktree_tasks_stalled_last_heartbeat_timestamp_seconds"
     out.family(
@@ -240,6 +269,24 @@ def _write_missing(out: TextExposition, missing: list[tuple]) -> None:
     )
     for job, n in missing:
         out.sample(name, _job(job), n)
+
+
+def _write_job_cap(out: TextExposition, rows: StoreRows) -> None:
+    if rows.max_jobs is None:
+        return
+    out.single(
+        "tasktree_metrics_max_jobs",
+        "gauge",
+        "Jobs with their own job_name in /metrics at most (TASKTREE_METRICS_MAX_JOBS).",
+        rows.max_jobs,
+    )
+    out.single(
+        "tasktree_metrics_folded_jobs",
+        "gauge",
+        'Jobs beyond TASKTREE_METRICS_MAX_JOBS, counted as job_name="__other__": no job alert'
+        " watches them (they have no timestamps of their own).",
+        rows.folded_jobs,
+    )
 
 
 def _write_ingest(out: TextExposition, rows: StoreRows, read_s: float) -> None:

@@ -4,7 +4,8 @@ Computed from small tables and partial indexes, never by scanning the span table
 for ``STORE_TTL_S`` so that several scrapes in a row cost one set of queries.  Jobs are bounded
 as in ``metric_totals`` (``store/metric_totals.py``): the first ``max_jobs`` get their own
 ``job_name``, the running, stalled and missing-parent tasks of later ones are counted as
-``__other__`` and their timestamps are not shown; a job unseen for ``job_ttl_s`` is not shown.
+``__other__`` and their timestamps are not shown (how many jobs that is is shown, for an alert);
+a job unseen for ``job_ttl_s`` is not shown.
 """
 
 from __future__ import annotations
@@ -160,9 +161,17 @@ class StoreMetrics:
 def bounded_jobs(rows: StoreRows, max_jobs: int, job_ttl_s: int) -> StoreRows:
     """``rows`` without the jobs unseen for ``job_ttl_s`` and with the jobs beyond the first
     ``max_jobs`` as ``OTHER``: those with totals first (their series must keep their label), then
-    the others by name.  Timestamps are shown for the jobs with their own label only."""
+    the others by name.  Timestamps are shown for the jobs with their own label only; how many
+    jobs are folded into ``OTHER`` is counted (``folded_jobs``).
+
+    The jobs with totals are the first ``max_jobs`` jobs that finished a task (``metric_totals``
+    admits them once, for good): a job keeps its label, and so its alerts, for as long as it is
+    seen, whatever number of newer jobs come.  The most recently active jobs would be no better
+    choice: a job that stops running, the one TasktreeJobNotStarted must report, would be the
+    first to lose its label, and a source of ever new job names would take every label."""
     expired = _expired_jobs(rows, job_ttl_s)
     shown = _shown_jobs(rows, expired, max_jobs)
+    known = {row[0] for part in (rows.jobs, rows.live, rows.missing) for row in part}
 
     def label(job: str) -> str | None:
         return None if job in expired else job if job in shown else OTHER
@@ -173,6 +182,8 @@ def bounded_jobs(rows: StoreRows, max_jobs: int, job_ttl_s: int) -> StoreRows:
         jobs=[row for row in rows.jobs if row[0] in shown],
         live=_relabelled_live(rows.live, label),
         missing=_relabelled_missing(rows.missing, label),
+        folded_jobs=len(known - expired - shown - {OTHER}),
+        max_jobs=max_jobs,
     )
 
 
