@@ -47,12 +47,10 @@ def _parent() -> Context | None:
     """The parent context for a new task: the current task; with none (or only this process's
     TRACEPARENT), the submitter of the engine work running on this thread (Celery, Dask, Ray,
     RQ), else this process's TRACEPARENT.  None means the current context."""
-    if _engines.task_current():
-        return None
-    ambient = _engines.ambient_parent()
-    if ambient is not None:
-        return ambient
-    if trace.get_current_span().get_span_context().is_valid:  # this process's TRACEPARENT
+    engine_parent = _engines.parent_to_hand()  # None while a task is current
+    if engine_parent is not None:
+        return engine_parent
+    if trace.get_current_span().get_span_context().is_valid:  # a task, or the TRACEPARENT
         return None
     return propagation._process_parent
 

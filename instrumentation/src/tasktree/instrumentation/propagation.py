@@ -89,8 +89,11 @@ def child_env(env: Mapping | None = None) -> dict:
     pass the result as the child's environment.  ``os.environ`` itself is never modified.  Without
     a current task the copy is returned unchanged (an inherited ``TRACEPARENT`` stays).
     """
+    return _child_env(env, _engines.parent_to_hand_on())
+
+
+def _child_env(env: Mapping | None, parent: Context) -> dict:
     result = dict(os.environ if env is None else env)
-    parent = _engines.parent_to_hand_on()
     if not _has_span(parent):
         return result
     fields = {_env_key(field) for field in propagate.get_global_textmap().fields}
@@ -334,15 +337,16 @@ _POPEN_ENV_INDEX = list(inspect.signature(subprocess.Popen.__init__).parameters)
 
 def _wrap_popen_init(wrapped, instance, args, kwargs):
     try:
-        if _has_span(_engines.parent_to_hand_on()):
+        parent = _engines.parent_to_hand_on()
+        if _has_span(parent):
             if len(args) > _POPEN_ENV_INDEX:
                 args = (
                     *args[:_POPEN_ENV_INDEX],
-                    child_env(args[_POPEN_ENV_INDEX]),
+                    _child_env(args[_POPEN_ENV_INDEX], parent),
                     *args[_POPEN_ENV_INDEX + 1 :],
                 )
             else:
-                kwargs["env"] = child_env(kwargs.get("env"))
+                kwargs["env"] = _child_env(kwargs.get("env"), parent)
     except Exception:
         _logger.exception("tasktree: cannot pass TRACEPARENT to %r", args[:1])
     return wrapped(*args, **kwargs)

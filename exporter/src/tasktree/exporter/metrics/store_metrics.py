@@ -21,7 +21,7 @@ import psycopg
 import psycopg_pool
 
 from tasktree.exporter.metrics.exposition import StoreRows, render_store_down, render_store_text
-from tasktree.exporter.store import quarantine
+from tasktree.exporter.store import migrate, quarantine
 from tasktree.exporter.store.metric_totals import OTHER
 from tasktree.exporter.store.replication import ReadRoute
 from tasktree.exporter.tree import status as st
@@ -63,8 +63,6 @@ SELECT coalesce((SELECT r.job FROM runs r WHERE r.trace_id = t.trace_id), ''), c
 FROM tasks t WHERE t.missing GROUP BY 1 ORDER BY 1
 """
 
-CREATED = "SELECT extract(epoch FROM min(applied_at))::float8 FROM schema_migrations"
-
 LANDING = """
 SELECT (SELECT received_ns FROM span_landing ORDER BY id LIMIT 1),
        (SELECT max(id) - min(id) + 1 FROM span_landing)
@@ -93,7 +91,7 @@ def read_store(conn: psycopg.Connection, budget_s: float | None = None) -> Store
         landing = limited(conn).execute(LANDING).fetchone()
         oldest_received_ns, backlog = landing if landing is not None else (None, None)
         quarantined = quarantine.count_at_most(limited(conn))
-        (created,) = limited(conn).execute(CREATED).fetchone() or (None,)
+        (created,) = limited(conn).execute(migrate.CREATED).fetchone() or (None,)
     return StoreRows(
         totals, jobs, live, missing, oldest_received_ns, backlog, time.time(), quarantined, created
     )

@@ -688,12 +688,17 @@ def _uint(x: Any, at: str) -> int:
     return value
 
 
+def _long_digits(x: Any) -> bool:
+    """Whether ``x`` is an integer's decimal text too long for ``_integer`` to read."""
+    return type(x) is str and len(x) > 21 and x.isascii() and x.lstrip("-").isdigit()
+
+
 def _time(x: Any, at: str) -> int:
     """A time (fixed64 nanoseconds; absent is 0).  Only JSON can write one outside that range
     (before 1970, or past 2554 like year 9999): a valid number, so the span is refused alone."""
     if x is None:
         return 0
-    if type(x) is str and len(x) > 21 and x.isascii() and x.lstrip("-").isdigit():
+    if _long_digits(x):
         # A valid number too long for _integer to read: out of range, this span alone.
         when = "before 1970 (negative)" if x.startswith("-") else "beyond year 2262 (not supported)"
         raise _SpanRejected(f"{at[1:]} {x:.30}… is {when}")
@@ -710,7 +715,7 @@ def _int_value(x: Any, at: str) -> int | float | str:
     exporters write one for any whole number they hold (the Node SDK for 2**64 or
     Number.MAX_VALUE, which its protobuf exporter sends as a double): it is kept as that double,
     not its request refused."""
-    if type(x) is str and len(x) > 21 and x.isascii() and x.lstrip("-").isdigit():
+    if _long_digits(x):
         return _double(float(x))  # too long for _integer to read
     value = _integer(x, at)
     if not _INT64_MIN <= value <= _INT64_MAX:

@@ -21,6 +21,8 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 _APPLIED_VERSIONS = "SELECT version FROM schema_migrations"
 _RECORD_VERSION = "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)"
+CREATED = "SELECT extract(epoch FROM min(applied_at))::float8 FROM schema_migrations"
+"""When the database was created (its first migration applied), Unix time."""
 
 
 def available() -> list[tuple[int, str, str]]:

@@ -62,21 +62,18 @@ def task_current(ctx: Context | None = None) -> bool:
     return span_context.is_valid and span_context != _process_span
 
 
-def parent_to_hand_on() -> Context:
-    """The context that work started here belongs under: the current one while a task of this
-    process is current; else the submitter of the engine work running on this thread, if any;
-    else the current one (which may hold the process's ``TRACEPARENT``)."""
-    current = context.get_current()
-    if task_current(current):
-        return current
-    ambient = ambient_parent()
-    return current if ambient is None else ambient
-
-
 def parent_to_hand() -> Context | None:
     """The engine parent to hand to a thread started here: the submitter of the engine work
     running on this thread, when no task of this process is current; else None."""
     return None if task_current() else ambient_parent()
+
+
+def parent_to_hand_on() -> Context:
+    """The context that work started here belongs under: the current one while a task of this
+    process is current; else the submitter of the engine work running on this thread, if any;
+    else the current one (which may hold the process's ``TRACEPARENT``)."""
+    engine_parent = parent_to_hand()
+    return context.get_current() if engine_parent is None else engine_parent
 
 
 NO_PARENT = Context()
