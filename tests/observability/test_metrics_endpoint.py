@@ -179,8 +179,8 @@ def test_export_requests_are_counted_by_outcome_as_rejected_spans_are_by_reason(
                 instrumented(DecodedBatch(spans=[kind] * 10))
             except (Overloaded, StoreUnavailable):
                 pass
-    metrics.count_unauthenticated("http")
-    metrics.count_unauthenticated("grpc")
+    metrics.count_refused("http", "unauthenticated")
+    metrics.count_refused("grpc", "unauthenticated")
 
     def requests(protocol: str, outcome: str) -> float | None:
         labels = {"protocol": protocol, "outcome": outcome}
@@ -279,3 +279,42 @@ def test_with_postgresql_down_a_scrape_waits_for_one_connection_only_and_says_st
     assert "tasktree_database_synchronous_standbys " not in text  # not read: no second wait
     assert borrows == 1
     assert took < pool_timeout  # the scrape's own bound, not the pool's
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
+    request = urllib.request.Request(url + "/v1/traces", data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_export_requests_refused_for_their_body_are_counted(clean_db, start_tasktree):
+    """A client sending what is not OTLP loses every span it sends: the requests counter (and so
+    TasktreeIngestRejecting) must show it, by outcome, over both protocols."""
+    import grpc
+
+    server = start_tasktree(env={"TASKTREE_MAX_BODY_BYTES": "100000"})
+    protobuf = {"Content-Type": "application/x-protobuf"}
+    statuses = [
+        _post(server.otlp_http, b"\xff\xff\xff not protobuf", protobuf),
+        _post(server.otlp_http, b"{not json", {"Content-Type": "application/json"}),
+        _post(server.otlp_http, b"spans", {"Content-Type": "text/plain"}),
+        _post(server.otlp_http, b"\x00" * 150_000, protobuf),
+        _post(server.otlp_http, b"", protobuf),  # empty: a success, and no spans to count
+    ]
+    assert statuses == [400, 400, 415, 413, 200]
+    with grpc.insecure_channel(server.otlp_grpc) as channel:
+        export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+        with pytest.raises(grpc.RpcError) as refused:
+            export(b"\xff\xff\xff not protobuf", timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    samples = _samples(server)
+
+    def requests(protocol: str, outcome: str) -> float | None:
+        return _value(samples, "tasktree_ingest_requests_total", protocol=protocol, outcome=outcome)
+
+    assert [requests("http", o) for o in ("malformed", "too_large", "stored")] == [3, 1, 0]
+    assert [requests("grpc", o) for o in ("malformed", "too_large", "stored")] == [1, 0, 0]

@@ -21,7 +21,7 @@ from tasktree.exporter.docker import DockerService, check_docker_hosts
 from tasktree.exporter.ingest import Ingestor
 from tasktree.exporter.live import open_bus
 from tasktree.exporter.metrics import ServiceMetrics
-from tasktree.exporter.receiver._common import UnauthenticatedExports
+from tasktree.exporter.receiver._common import RefusedExports
 from tasktree.exporter.receiver.otlp_grpc import start_otlp_grpc_server
 from tasktree.exporter.receiver.otlp_http import TRACES_PATH, create_otlp_http_app
 from tasktree.exporter.settings import OPTIONS, Settings
@@ -225,9 +225,9 @@ class Service:
         own_token = secrets.token_urlsafe(32)
         tokens = IngestTokens(s, internal=[own_token])
         # One for both receivers: a client is warned about once a minute, whatever it speaks.
-        unauthenticated = UnauthenticatedExports(self.metrics.ingest.count_unauthenticated)
+        refusals = RefusedExports(self.metrics.ingest.count_refused)
         self.otlp_http_port = otlp_http_port = self._start_http(
-            create_otlp_http_app(http_ingest, s, tokens, unauthenticated),
+            create_otlp_http_app(http_ingest, s, tokens, refusals),
             "otlp_http_port",
             "otlp-http",
         )
@@ -238,7 +238,7 @@ class Service:
                 s.host,
                 s.otlp_grpc_port,
                 tokens=tokens,
-                unauthenticated=unauthenticated,
+                refusals=refusals,
             )
         except OSError as exc:
             raise _cannot_listen("otlp_grpc_port", s.host, s.otlp_grpc_port, str(exc)) from exc

@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from tasktree.exporter.errors import Overloaded, StoreUnavailable
-from tasktree.exporter.receiver._common import Ingest
+from tasktree.exporter.receiver._common import INVALID_OUTCOMES, Ingest
 from tasktree.exporter.receiver.records import DecodedBatch
 from tasktree.exporter.store.metric_totals import FoldTotals
 
@@ -30,7 +30,10 @@ INGEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 """Upper bounds (seconds) of the ingest request duration histogram."""
 
 REJECT_REASONS = ("refused", "overloaded", "unavailable", "error", "unauthenticated")
-REQUEST_OUTCOMES = ("stored", "overloaded", "unavailable", "error", "unauthenticated")
+REQUEST_OUTCOMES = (
+    "stored", "overloaded", "unavailable", "error", "unauthenticated",
+    *sorted(set(INVALID_OUTCOMES.values())),
+)  # fmt: skip
 """What became of an export request: ``stored`` (answered 200, its good spans stored), or the
 reason it was refused whole."""
 
@@ -168,8 +171,9 @@ class IngestMetrics:
             "OTLP export requests, by outcome: stored (answered 200; spans refused alone in"
             " partial_success are counted in tasktree_ingest_spans_rejected_total), or refused"
             " whole: overloaded (429), unavailable (503), error (500), unauthenticated (401 or"
-            " 403, the body never read).  Compare refused requests with all requests, spans with"
-            " spans.",
+            " 403, the body never read), malformed (400 or 415: not OTLP, or an unsupported"
+            " content type or encoding), too_large (413, over TASKTREE_MAX_BODY_BYTES).  Compare"
+            " refused requests with all requests, spans with spans.",
             ["protocol", "outcome"],
             registry=registry,
         )
@@ -188,10 +192,13 @@ class IngestMetrics:
             for outcome in REQUEST_OUTCOMES:
                 self.requests.labels(protocol, outcome)
 
-    def count_unauthenticated(self, protocol: str) -> None:
-        """One request refused for its token (its spans are not known: its body is not read)."""
-        self.rejected.labels(protocol, "unauthenticated").inc()
-        self.requests.labels(protocol, "unauthenticated").inc()
+    def count_refused(self, protocol: str, outcome: str) -> None:
+        """One request refused whole before ingest (``receiver._common.RefusedExports``): its
+        spans are not known.  Those refused for their token count in the spans counter too, as
+        they always have (README: ``reason="unauthenticated"`` counts requests)."""
+        if outcome == "unauthenticated":
+            self.rejected.labels(protocol, outcome).inc()
+        self.requests.labels(protocol, outcome).inc()
 
     def instrument(self, ingest: Ingest, protocol: str) -> Ingest:
         """``ingest`` that also counts and times each call; raises what ``ingest`` raises."""

@@ -75,20 +75,27 @@ def ingest_tokens(settings: Settings, tokens: IngestTokens | None = None) -> Ing
 _PROTOCOL_NAMES = {"http": "OTLP/HTTP", "grpc": "OTLP/gRPC"}
 
 
-class UnauthenticatedExports:
-    """What the receivers do with an export refused for a missing or wrong ingest token (401,
-    ``UNAUTHENTICATED``), or, while ingest is open, for naming a host that is not this machine
-    (403, ``auth.HostGuard``): count it with ``count(protocol)`` (the metrics' hook) and warn in
-    the log.
+INVALID_OUTCOMES = {400: "malformed", 413: "too_large", 415: "malformed"}
+"""How a request refused for its body counts in ``tasktree_ingest_requests_total``, by status:
+not decodable, or an unsupported content type or encoding (``malformed``), or over
+``TASKTREE_MAX_BODY_BYTES`` (``too_large``)."""
+
+
+class RefusedExports:
+    """What the receivers do with an export refused whole before its spans reach ingest: count
+    it with ``count(protocol, outcome)`` (the metrics' hook), and, for a missing or wrong ingest
+    token (401, ``UNAUTHENTICATED``) or, while ingest is open, a host that is not this machine
+    (403, ``auth.HostGuard``), warn in the log.
 
     A job sending without its token retries with every batch, so the warning comes at most once
     per ``interval_s`` per client address, with the number of refusals left unlogged since.  At
     most ``capacity`` addresses are remembered (the least recently warned are forgotten first).
+    A body refused as malformed or too large is not logged: its sender is told why in the answer.
     """
 
     def __init__(
         self,
-        count: Callable[[str], None] = lambda protocol: None,
+        count: Callable[[str, str], None] = lambda protocol, outcome: None,
         interval_s: float = 60.0,
         capacity: int = 1024,
         clock: Callable[[], float] = time.monotonic,
@@ -101,8 +108,16 @@ class UnauthenticatedExports:
         self._warned: OrderedDict[str, list[float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def refused(self, protocol: str, address: str, exc: TasktreeError) -> None:
-        self._count(protocol)
+    def invalid(self, protocol: str, exc: TasktreeError) -> None:
+        """Count a request whose body was refused (``INVALID_OUTCOMES``; other errors are
+        counted by ingest's own metrics)."""
+        outcome = INVALID_OUTCOMES.get(exc.status)
+        if outcome is not None:
+            self._count(protocol, outcome)
+
+    def unauthenticated(self, protocol: str, address: str, exc: TasktreeError) -> None:
+        """Count a request refused for its token or host, and warn about ``address`` when due."""
+        self._count(protocol, "unauthenticated")
         unlogged = self._unlogged_if_due(address)
         if unlogged is None:
             return

@@ -30,7 +30,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceS
 from tasktree.exporter.errors import TasktreeError, Unauthorized
 from tasktree.exporter.receiver._common import (
     Ingest,
-    UnauthenticatedExports,
+    RefusedExports,
     export_response,
     ingest_tokens,
     retry_after,
@@ -59,7 +59,7 @@ def start_otlp_grpc_server(
     port: int,
     max_workers: int = 8,
     tokens: IngestTokens | None = None,
-    unauthenticated: UnauthenticatedExports | None = None,
+    refusals: RefusedExports | None = None,
 ) -> tuple[grpc.Server, int]:
     """Start serving OTLP/gRPC on ``host:port`` only; return the server and the bound port.
 
@@ -67,7 +67,8 @@ def start_otlp_grpc_server(
     decompression) are refused by gRPC itself with RESOURCE_EXHAUSTED.  Stop it with
     ``server.stop(grace)``.  ``ingest`` runs on the server's worker threads (``max_workers``).
     ``tokens`` (an ``auth.IngestTokens``) replaces the ingest tokens configured in ``settings``;
-    ``unauthenticated`` counts and logs the calls refused for their token.
+    ``refusals`` counts the calls refused whole before ingest, and logs those refused for their
+    token.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="otlp-grpc"),
@@ -77,7 +78,7 @@ def start_otlp_grpc_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    service = TraceService(ingest, settings, tokens, unauthenticated)
+    service = TraceService(ingest, settings, tokens, refusals)
     handler = grpc.unary_unary_rpc_method_handler(
         service.export_bytes,  # raw bytes in, so a malformed request is INVALID_ARGUMENT
         request_deserializer=None,
@@ -105,12 +106,12 @@ class TraceService(TraceServiceServicer):
         ingest: Ingest,
         settings: Settings,
         tokens: IngestTokens | None = None,
-        unauthenticated: UnauthenticatedExports | None = None,
+        refusals: RefusedExports | None = None,
     ):
         self.ingest = ingest
         self.limits = Limits.from_settings(settings)
         self.tokens = ingest_tokens(settings, tokens)
-        self.unauthenticated = unauthenticated or UnauthenticatedExports()
+        self.refusals = refusals or RefusedExports()
 
     def Export(  # noqa: N802 - the name gRPC calls
         self, request: ExportTraceServiceRequest, context: grpc.ServicerContext
@@ -132,9 +133,10 @@ class TraceService(TraceServiceServicer):
             batch = decode()
             store(self.ingest, batch)
         except Unauthorized as exc:  # refused before the request is decoded
-            self.unauthenticated.refused("grpc", client_address(context.peer()), exc)
+            self.refusals.unauthenticated("grpc", client_address(context.peer()), exc)
             _abort(context, exc)
         except TasktreeError as exc:
+            self.refusals.invalid("grpc", exc)
             _abort(context, exc)
         except Exception:
             logger.exception("OTLP/gRPC export failed unexpectedly")

@@ -34,7 +34,7 @@ from tasktree.exporter.errors import (
 )
 from tasktree.exporter.receiver._common import (
     Ingest,
-    UnauthenticatedExports,
+    RefusedExports,
     export_response,
     export_response_json,
     ingest_tokens,
@@ -68,17 +68,18 @@ def create_otlp_http_app(
     ingest: Ingest,
     settings: Settings,
     tokens: IngestTokens | None = None,
-    unauthenticated: UnauthenticatedExports | None = None,
+    refusals: RefusedExports | None = None,
 ) -> Flask:
     """A Flask app serving ``POST /v1/traces`` into ``ingest`` (see the module docstring).
 
     ``settings`` needs ``max_body_bytes``, ``max_value_bytes`` and the ingest tokens
     (``ingest_tokens``, ``auth_token``); ``tokens`` (an ``auth.IngestTokens``) replaces the
     latter.  ``ingest`` is called on the request thread, once per non-empty request, and must be
-    thread-safe.  ``unauthenticated`` counts and logs the requests refused for their token.
+    thread-safe.  ``refusals`` counts the requests refused whole before ingest, and logs those
+    refused for their token.
     """
     app = Flask(__name__)
-    receiver = _Receiver(ingest, settings, tokens, unauthenticated)
+    receiver = _Receiver(ingest, settings, tokens, refusals)
     app.add_url_rule(TRACES_PATH, "otlp_traces", receiver.export, methods=["POST"])
     app.register_error_handler(HTTPException, _http_exception)
     return app
@@ -90,13 +91,13 @@ class _Receiver:
         ingest: Ingest,
         settings: Settings,
         tokens: IngestTokens | None = None,
-        unauthenticated: UnauthenticatedExports | None = None,
+        refusals: RefusedExports | None = None,
     ):
         self.ingest = ingest
         self.limits = Limits.from_settings(settings)
         self.max_body = settings.max_body_bytes
         self.tokens = ingest_tokens(settings, tokens)
-        self.unauthenticated = unauthenticated or UnauthenticatedExports()
+        self.refusals = refusals or RefusedExports()
         from tasktree.exporter.auth import HostGuard
 
         self.hosts = HostGuard(settings)  # while ingest is open: no web page's spans
@@ -119,9 +120,10 @@ class _Receiver:
             batch = decode(body, self.limits) if body else DecodedBatch()
             store(self.ingest, batch)
         except (Unauthorized, Forbidden) as exc:  # refused before the body is read
-            self.unauthenticated.refused("http", request.remote_addr or "unknown", exc)
+            self.refusals.unauthenticated("http", request.remote_addr or "unknown", exc)
             return error_response(exc, as_json)
         except TasktreeError as exc:
+            self.refusals.invalid("http", exc)
             return error_response(exc, as_json)
         except Exception:
             logger.exception("OTLP/HTTP export failed unexpectedly")
