@@ -309,6 +309,57 @@ def test_generator_resumed_in_another_thread_keeps_its_task_current(recorder):
     assert recorder.parent_of("item-0") == "stream" and recorder.parent_of("item-1") == "stream"
 
 
+def test_a_with_block_left_on_another_thread_does_not_stay_the_parent_where_it_began(
+    recorder, caplog
+):
+    """A plain generator whose ``with task()`` block is entered here and finished on another
+    thread: the block's task must not stay current here (every later task of this thread went
+    under it), and nothing is logged as an error."""
+
+    def rows():
+        with task("reading"):
+            yield 1
+            yield 2
+
+    with task("job"):
+        gen = rows()
+        assert next(gen) == 1
+        worker = threading.Thread(target=lambda: list(gen))
+        worker.start()
+        worker.join()
+        with task("after"):
+            set_attributes(step="after")
+    with task("next-run"):
+        pass
+    assert recorder.parent_of("reading") == "job"
+    assert recorder.parent_of("after") == "job"
+    assert recorder.get("after").attributes["step"] == "after"
+    assert recorder.get("next-run").parent is None
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_a_with_block_left_in_another_asyncio_task_does_not_stay_the_parent_where_it_began(
+    recorder,
+):
+    async def main():
+        block = task("block")
+
+        async def enter():
+            block.__enter__()
+
+        async def leave():
+            block.__exit__(None, None, None)
+
+        with task("loop"):
+            await enter()  # an asyncio task's context is a copy: the block stays in it alone
+            await asyncio.get_running_loop().create_task(leave())
+            with task("later"):
+                pass
+
+    asyncio.run(main())
+    assert recorder.parent_of("block") == "loop" and recorder.parent_of("later") == "loop"
+
+
 def test_generator_does_not_leak_its_context_to_the_consumer(recorder):
     @task(name="gen")
     def gen():

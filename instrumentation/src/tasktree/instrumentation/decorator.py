@@ -17,6 +17,7 @@ nothing.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
@@ -47,12 +48,52 @@ def _parent() -> Context | None:
     """The parent context for a new task: the current task; with none (or only this process's
     TRACEPARENT), the submitter of the engine work running on this thread (Celery, Dask, Ray,
     RQ), else this process's TRACEPARENT.  None means the current context."""
+    _leave_blocks_exited_elsewhere()
     engine_parent = _engines.parent_to_hand()  # None while a task is current
     if engine_parent is not None:
         return engine_parent
     if trace.get_current_span().get_span_context().is_valid:  # a task, or the TRACEPARENT
         return None
     return propagation._process_parent
+
+
+class _Entry:
+    """One entry into a ``with task(...)`` block: its task, and the context it made current."""
+
+    __slots__ = ("owner", "span", "attached", "token", "exited_elsewhere")
+
+    def __init__(self, owner: task, span: Span, attached: Context):
+        self.owner, self.span, self.attached = owner, span, attached
+        self.token: contextvars.Token[Context] | None = None
+        self.exited_elsewhere = False  # left in another thread or asyncio task than entered
+
+
+def _detach(token: contextvars.Token[Context]) -> bool:
+    """Restore the context from before ``token``'s attach; False when this is another Context
+    than the one it was attached in (another thread, or asyncio task), which cannot be changed
+    from here.  OpenTelemetry's ``context.detach`` would log that as an error and not say it
+    failed, so the contextvars token it gave is reset here directly, as ``detach`` does."""
+    try:
+        token.var.reset(token)
+    except (ValueError, RuntimeError):  # "created in a different Context", "already used"
+        return False
+    return True
+
+
+def _leave_blocks_exited_elsewhere() -> None:
+    """A ``with task()`` block inside a generator (or coroutine) that was resumed and left on
+    another thread could not restore this thread's context: its task, ended, stayed current here
+    and every later task of this thread went under it.  Restore it here, in the Context where it
+    was entered, while nothing has been attached on top of it since."""
+    entry = context.get_value(_ENTRY_KEY)
+    while (
+        isinstance(entry, _Entry)
+        and entry.exited_elsewhere
+        and context.get_current() is entry.attached
+        and entry.token is not None
+        and _detach(entry.token)
+    ):
+        entry = context.get_value(_ENTRY_KEY)
 
 
 def _start(name: str, attributes: Mapping | None, parent: Context | None) -> Span:
@@ -177,7 +218,7 @@ class task:  # noqa: N801 - used like a function: @task, @task(...), with task("
         # The entries open now, by id, in the order entered.  Entered from several threads at
         # once: each change is one dict operation, atomic under the GIL (no lock, which a
         # signal handler entering a task on the interrupted thread could deadlock on).
-        self._entries: dict[int, list] = {}
+        self._entries: dict[int, _Entry] = {}
 
     def __repr__(self) -> str:
         return f"task({self.name!r})"
@@ -212,11 +253,10 @@ class task:  # noqa: N801 - used like a function: @task, @task(...), with task("
         name = self.name or caller.f_code.co_qualname
         parent = _parent()
         span = _start(name, self.attributes, parent)
-        entry = [self, span, None]
-        token = context.attach(
-            context.set_value(_ENTRY_KEY, entry, trace.set_span_in_context(span, parent))
-        )
-        entry[2] = token
+        current = trace.set_span_in_context(span, parent)
+        entry = _Entry(self, span, current)
+        entry.attached = context.set_value(_ENTRY_KEY, entry, current)
+        entry.token = context.attach(entry.attached)
         self._entries[id(entry)] = entry
         return span
 
@@ -225,8 +265,10 @@ class task:  # noqa: N801 - used like a function: @task, @task(...), with task("
         if entry is None:
             _logger.warning("tasktree: %r exited without being entered", self)
             return False
-        _, span, token = entry
-        context.detach(token)
+        span = entry.span
+        # Left elsewhere (a generator resumed on another thread): the Context it was entered in
+        # is put right by the next task started there (_leave_blocks_exited_elsewhere).
+        entry.exited_elsewhere = entry.token is not None and not _detach(entry.token)
         try:
             if exc is not None:
                 _record_failure(span, exc)
@@ -234,11 +276,11 @@ class task:  # noqa: N801 - used like a function: @task, @task(...), with task("
             span.end()
         return False
 
-    def _take_entry(self, current: object) -> list | None:
+    def _take_entry(self, current: object) -> _Entry | None:
         """Removes and returns the entry the current context names (this thread's, this asyncio
         task's); else, when someone attached a context inside the block without detaching it,
         this object's innermost entry; None if there is none."""
-        if isinstance(current, list) and current[0] is self:
+        if isinstance(current, _Entry) and current.owner is self:
             entry = self._entries.pop(id(current), None)
             if entry is not None:
                 return entry
@@ -402,6 +444,7 @@ def set_attributes(attributes: Mapping[str, Any] | None = None, /, **more: Any) 
     """Adds attributes to the current task: ``set_attributes({"rows.read": 10})`` or
     ``set_attributes(batch="2024-01-01")``.  Does nothing outside a task; never raises."""
     try:
+        _leave_blocks_exited_elsewhere()
         span = trace.get_current_span()
         if attributes:
             span.set_attributes(attributes)
