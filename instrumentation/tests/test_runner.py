@@ -104,6 +104,32 @@ def test_runner_is_a_child_of_traceparent_and_passes_its_own_task_on(otlp_sink):
     assert f"-{runner.span_id}-" in proc.stdout  # the program saw the runner's task as TRACEPARENT
 
 
+def test_a_traceparent_marked_not_sampled_still_records_the_job(otlp_sink):
+    """An upstream service with head sampling hands on flags 00: the job, and its failure, must
+    still be recorded (OpenTelemetry's default sampler would drop every task silently)."""
+    trace_id, span_id = "5bf92f3577b34da6a3ce929d0e0e4736", "10f067aa0ba902b7"
+    proc = run(
+        otlp_sink, sys.executable, str(SCRIPTS / "child_task.py"), "inner-program",
+        TRACEPARENT=f"00-{trace_id}-{span_id}-00",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    runner, child = final(otlp_sink, "job"), final(otlp_sink, "inner-program")
+    assert runner.trace_id == child.trace_id == trace_id
+    assert runner.parent == span_id and child.parent == runner.span_id
+    failed = run(otlp_sink, "sh", "-c", "exit 4", name="failing",
+                 TRACEPARENT=f"00-{trace_id}-{span_id}-00")  # fmt: skip
+    assert failed.returncode == 4 and final(otlp_sink, "failing").status == "error"
+
+
+def test_otel_traces_sampler_still_decides_when_it_is_set(otlp_sink):
+    proc = run(otlp_sink, sys.executable, str(SCRIPTS / "child_task.py"), "unsampled-program",
+               name="dropped", OTEL_TRACES_SAMPLER="always_off")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    kept = run(otlp_sink, "true", name="kept")
+    assert kept.returncode == 0 and final(otlp_sink, "kept")
+    assert not [r for r in otlp_sink.records if r.name in ("dropped", "unsampled-program")]
+
+
 def test_the_runner_heartbeats_while_the_program_runs(otlp_sink):
     proc = run(
         otlp_sink,

@@ -36,8 +36,10 @@ from opentelemetry.instrumentation.environment_variables import (
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,  # (the package ships no type information for it)
 )
+from opentelemetry.sdk.environment_variables import OTEL_TRACES_SAMPLER
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Sampler
 from opentelemetry.trace.propagation import _SPAN_KEY as _CURRENT_SPAN_KEY  # no public name
 
 from tasktree.instrumentation import _settings, integrations, propagation
@@ -114,7 +116,7 @@ def configure(
         if owns:
             resource = build_resource(service_name, resource_attributes, capture_env)
             setup["service_name"] = str(resource.attributes.get("service.name"))
-            provider = TracerProvider(resource=resource)
+            provider = TracerProvider(resource=resource, sampler=_sampler())
         else:
             provider = cast(TracerProvider, current)
         processor = _live_processor(exporter, endpoint, owns, heartbeat_interval, snapshot_delay)
@@ -128,6 +130,16 @@ def configure(
     integrations.activate()
     _install_sigterm_handler(_settings.flag(handle_sigterm, TASKTREE_HANDLE_SIGTERM, True))
     return provider
+
+
+def _sampler() -> Sampler | None:
+    """Every task is recorded: a batch monitor that lost a failed run because an upstream
+    service's ``TRACEPARENT`` said "not sampled" (flags ``00``, head sampling) would lose it
+    silently.  OpenTelemetry's default (parent-based) would drop the whole job then, so tasktree
+    records always, unless ``OTEL_TRACES_SAMPLER`` chooses otherwise (None: the SDK reads it)."""
+    if os.environ.get(OTEL_TRACES_SAMPLER, "").strip():
+        return None
+    return ALWAYS_ON
 
 
 def _warn_if_inside_an_unrecorded_task() -> None:
