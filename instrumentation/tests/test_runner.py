@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -117,6 +118,25 @@ def test_otel_traces_sampler_still_decides_when_it_is_set(otlp_sink):
     kept = run(otlp_sink, "true", name="kept")
     assert kept.returncode == 0 and final(otlp_sink, "kept")
     assert not [r for r in otlp_sink.records if r.name in ("dropped", "unsampled-program")]
+
+
+def test_with_the_sink_down_a_short_program_exits_at_once_with_one_line_about_it():
+    """Nothing listens at the endpoint: the program's exit code, about 1 s more (not the flush
+    timeout while OpenTelemetry's exporter retries 1, 2, 4 s), and one line on its stderr instead
+    of the exporter's retry warnings."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    env = child_environment(endpoint, TASKTREE_FLUSH_TIMEOUT="20")
+    started = time.monotonic()
+    proc = subprocess.run([RUNNER, "--name", "offline", "--", "sh", "-c", "exit 7"], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    took = time.monotonic() - started
+    assert proc.returncode == 7
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tasktree: not delivered so far: 1 final")
+    assert "Connection refused" in lines[0]
+    assert took < 5  # the exporter's own retries would last 7 s (1 + 2 + 4) before it gave up
 
 
 def test_the_runner_heartbeats_while_the_program_runs(otlp_sink):

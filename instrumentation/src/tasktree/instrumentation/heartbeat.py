@@ -44,6 +44,7 @@ _MAX_BACKOFF = 30.0
 _DROP_LOG_INTERVAL = 30.0
 _SINK_DOWN_EXIT_WAIT = 1.0  # at exit, one short last attempt when the sink is known to be down
 _CUT_EXPORT_WAIT = 0.5  # at exit, for the export that shutdown cut short to count its records
+_CLOSE_POLL = 0.05  # at exit, how often the wait for the last export looks whether the sink is down
 _STUCK_EXPORT = 2.0  # an export still going after this long is retrying: the sink is slow or down
 _INF = float("inf")
 # How long a hook that wakes the worker, or finds it starved, sleeps so that the worker gets the
@@ -157,7 +158,7 @@ class LiveSpanProcessor(SpanProcessor):
         self._last_report = 0.0
         self._last_error = ""
         self._export_started: float | None = None
-        self._close_deadline = 0.0
+        self._close_deadline = self._close_started = 0.0
 
     def _at_fork_reinit(self) -> None:
         """In a forked child: forget the parent's spans, queue, thread and rebuildable exporter."""
@@ -169,12 +170,15 @@ class LiveSpanProcessor(SpanProcessor):
     @property
     def sink_down(self) -> bool:
         """True while the last export failed and the next attempt is not due yet, or while an
-        export has been going on for over 2 s (the exporter is retrying)."""
+        export is retrying: it said so (``otlp.SpanExporter.retrying``), or it has been going on
+        for over 2 s."""
         now = monotonic()
         if self._failures > 0 and now < self._retry_at:
             return True
         started = self._export_started
-        return started is not None and now - started > _STUCK_EXPORT
+        if started is None:
+            return False
+        return now - started > _STUCK_EXPORT or getattr(self._exporter, "retrying", False) is True
 
     def held_by_this_thread(self) -> bool:
         """Whether this thread is inside the processor's lock: a signal handler running there
@@ -347,7 +351,7 @@ class LiveSpanProcessor(SpanProcessor):
         if first:
             self._wake.set()
         if worker is not None and worker is not threading.current_thread():
-            worker.join(max(0.0, deadline - monotonic()))
+            self._join_last_export(worker, deadline)
         if not first:
             return
         exporter = self._exporter
@@ -360,6 +364,19 @@ class LiveSpanProcessor(SpanProcessor):
             self._dropped_finals += len(self._queue) + self._in_flight
             self._queue.clear()
         self._report_drops(force=True)
+
+    def _join_last_export(self, worker: threading.Thread, deadline: float) -> None:
+        """Wait for the worker's last export until ``deadline``, or, once the sink turns out to
+        be down meanwhile (a short job's first export is often this one), until 1 s after the
+        close began."""
+        while worker.is_alive():
+            end = deadline
+            if self.sink_down:
+                end = min(deadline, self._close_started + _SINK_DOWN_EXIT_WAIT)
+            left = end - monotonic()
+            if left <= 0:
+                return
+            worker.join(min(left, _CLOSE_POLL))
 
     def _begin_close_locked(self, message: str) -> None:
         self._shutdown = True
@@ -374,7 +391,8 @@ class LiveSpanProcessor(SpanProcessor):
             if self.sink_down
             else self._flush_timeout
         )
-        self._close_deadline = monotonic() + wait
+        self._close_started = monotonic()
+        self._close_deadline = self._close_started + wait
         self._stopping = True
 
     # -- the background thread ---------------------------------------------------------------
@@ -461,7 +479,7 @@ class LiveSpanProcessor(SpanProcessor):
             self._export_started = monotonic()
             try:
                 result = exporter.export(chunk)
-                error = "" if result is SpanExportResult.SUCCESS else "export failed"
+                error = "" if result is SpanExportResult.SUCCESS else _problem_of(exporter)
             except Exception as exc:  # noqa: BLE001
                 error = f"{type(exc).__name__}: {exc}"
             finally:
@@ -514,3 +532,9 @@ class LiveSpanProcessor(SpanProcessor):
                 counts[2],
                 self._max_live,
             )
+
+
+def _problem_of(exporter: SpanExporter) -> str:
+    """What a failed export went wrong on, when the exporter says (``otlp.SpanExporter``)."""
+    problem = getattr(exporter, "problem", "")
+    return problem if isinstance(problem, str) and problem else "export failed"

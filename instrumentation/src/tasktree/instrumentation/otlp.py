@@ -80,17 +80,26 @@ _EXPORTER_PARTS = ("_client", "_metrics", "_shutdown", "_max_request_size")
 
 class SpanExporter(OTLPSpanExporter):
     """OpenTelemetry's OTLP/HTTP span exporter (same arguments, variables and requests), its
-    requests encoded by :func:`encode_spans`."""
+    requests encoded by :func:`encode_spans`.
+
+    ``retrying`` is True while the export going on has had an attempt fail and waits to try
+    again (the sink is down or refusing): the span processor then knows not to wait for it.
+    ``problem`` says what went wrong last (for the processor's "not delivered" warning)."""
 
     sends_own_process_pid = True  # the resource's process.pid is the exporting process's
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.retrying = False
+        self.problem = ""
         self.fast = all(hasattr(self, part) for part in _EXPORTER_PARTS) and callable(
             getattr(self._client, "export", None)
         )
+        if isinstance(getattr(self._client, "_logger", None), logging.Logger):
+            self._client._logger = _RetryNotes(self)  # type: ignore[assignment]  # (warning, error)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.retrying = False
         if not self.fast or self._shutdown:
             return super().export(spans)
         try:
@@ -103,11 +112,43 @@ class SpanExporter(OTLPSpanExporter):
         with self._metrics.export_operation(len(spans)) as result:
             sent = self._client.export(request)
             if not sent.success:
+                self.problem = _problem(sent.error, sent.status_code, sent.reason, self.problem)
                 result.error = sent.error
                 if sent.status_code is not None:
                     result.error_attrs = {HTTP_RESPONSE_STATUS_CODE: sent.status_code}
                 return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
+
+
+class _RetryNotes(logging.LoggerAdapter):
+    """The logger of the OpenTelemetry HTTP client inside ``SpanExporter`` (it takes one, but the
+    exporter does not pass one on, hence the private attribute).  The client warns on every retry
+    ("Transient error ... retrying in 1s", "Shutdown in progress, aborting retry"): with the sink
+    down, five lines on the job's own stderr per batch, and cron mails them.  tasktree says what
+    was not delivered itself, once a minute (``heartbeat``), so the warnings go to debug; each
+    marks the exporter as retrying.  Errors (a 401, a refused batch) stay errors."""
+
+    def __init__(self, exporter: SpanExporter):
+        super().__init__(logging.getLogger(f"{__name__}.retries"), {})
+        self._exporter = exporter
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level == logging.WARNING:
+            self._exporter.retrying = True
+            if args:  # the error that made it retry
+                self._exporter.problem = str(args[0])
+            level = logging.DEBUG
+        super().log(level, msg, *args, **kwargs)
+
+
+def _problem(error: object, status: int | None, reason: str | None, retried_for: str) -> str:
+    """What a failed export says went wrong: its error, its HTTP status, or what the retries it
+    gave up on were for."""
+    if error is not None:
+        return str(error)
+    if status is not None:
+        return f"HTTP {status} {reason or ''}".strip()
+    return retried_for or "export failed"
 
 
 @functools.cache
