@@ -74,6 +74,20 @@ def test_no_query_lists_every_task_newest_first(client, db):
     ]
 
 
+def test_no_query_lists_no_placeholder(client, db):
+    """A run whose root names a parent never sent (tasktree-run under CI's TRACEPARENT): its
+    placeholder, with no start time, stood above every task of the newest-first list for good."""
+    two_runs(db)
+    insert_run(db, "cc" * 16, [
+        placeholder("cc000000000000f1"),
+        Task("cc00000000000011", "cc000000000000f1", "ci-step", st.OK, at(-3600), at(-3500)),
+    ], job="ci")  # fmt: skip
+    listed = found(get_json(client, "/api/search"))
+    assert listed[0] == ("a1", "ab10000000000004") and listed[-1] == ("cc", "cc00000000000011")
+    assert ("cc", "cc000000000000f1") not in listed
+    assert ("cc", "cc000000000000f1") in found(get_json(client, "/api/search?q=" + "cc" * 16))
+
+
 @pytest.mark.parametrize(("q", "expected"), [
     ("orders", [("a1", "aa00000000000002")]),  # a word of an attribute value
     ("orders_2026", [("a1", "aa00000000000002")]),

@@ -343,6 +343,8 @@ def search_tasks(
         if box.words is not None:
             params["words"] = search.query(box.words)
             filters.append("search.words")
+        else:
+            filters.append("search.recorded")
         return _page(conn, statement("search_by_text", filters), params, limit, _search_key)
     return _page(conn, _search_ids(box.hex, filters, params), params, limit, _search_key)
 

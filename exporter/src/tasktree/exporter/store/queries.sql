@@ -234,6 +234,11 @@ LIMIT %(limit)s
 -- name: search.words
 AND t.search @@ %(words)s::tsquery
 
+-- name: search.recorded
+-- The task list without a search: no missing-parent placeholders, which have no start time and
+-- would stand above every task, newest or not (a trace id search still finds them).
+AND NOT t.missing
+
 -- name: search.job
 -- Through the job's resource ids (index resources_job), so the tasks walk needs no join per row.
 AND t.resource_id IN (SELECT rj.id FROM resources rj WHERE rj.job = %(job)s)
