@@ -107,6 +107,7 @@ def test_following_the_documented_links_from_runs_to_tasks_to_children(seeded):
 @pytest.mark.parametrize(("method", "path", "status", "code"), [
     ("GET", "/api/nothing-here", 404, "not_found"),
     ("GET", "/api/runs/0123/steps", 404, "not_found"),
+    ("GET", "/api", 404, "not_found"),
     ("POST", "/api/runs", 405, "method_not_allowed"),
     ("DELETE", "/api/runs/" + "ab" * 16, 405, "method_not_allowed"),
 ])
@@ -121,6 +122,9 @@ def test_unknown_api_paths_and_wrong_methods_answer_json_errors(tasktree_server,
         assert exc.headers["Content-Type"] == "application/json"
         body = json.loads(exc.read())
         assert body["error"]["code"] == code and body["error"]["message"]
+        if status == 404:  # where to look instead
+            assert body["error"]["message"] == (
+                f"no API route {method} {path}: the routes are listed in /api/openapi.json")
         if status == 405:
             assert "GET" in exc.headers["Allow"]
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import psycopg_pool
 from flask import Flask, Response, jsonify, request
 from flask.json.provider import DefaultJSONProvider
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.wrappers import Response as BaseResponse
 
 from tasktree.exporter.errors import TasktreeError, json_error, json_http_error
@@ -88,7 +88,12 @@ def _healthz() -> Response:
 def _api_http_error(exc: HTTPException) -> BaseResponse:
     """An unknown ``/api/`` path or a wrong method there answers JSON like every API error (the
     blueprints' own handlers never see routing errors); everywhere else Flask's page stays."""
-    if request.path.startswith("/api/"):
+    if request.path == "/api" or request.path.startswith("/api/"):
+        if isinstance(exc, NotFound):
+            exc = NotFound(
+                f"no API route {request.method} {request.path}: the routes are listed in"
+                " /api/openapi.json"
+            )
         return json_http_error(exc)
     return exc.get_response()
 
