@@ -108,6 +108,26 @@ def test_exception_is_recorded_with_stack_trace_and_propagates_unchanged(recorde
     assert event.attributes["exception.type"] == "ValueError"
 
 
+def test_secrets_in_an_exception_s_message_and_stack_trace_are_masked_and_the_rest_kept(recorder):
+    @task(name="connect")
+    def connect(url="postgresql://etl:hunter2a@db/warehouse", token="hunter2b"):
+        raise ConnectionError(
+            f"cannot reach {url}: timeout, password='hunter2c' token={token} tried"
+        )
+
+    with pytest.raises(ConnectionError):
+        connect()
+    span = recorder.get("connect")
+    shown = "cannot reach postgresql://etl:[redacted]@db/warehouse: timeout"
+    assert span.status.description == (
+        f"ConnectionError: {shown}, password='[redacted]' token=[redacted] tried"
+    )
+    (event,) = span.events
+    assert event.attributes["exception.message"].startswith(shown)
+    assert "raise ConnectionError" in event.attributes["exception.stacktrace"]
+    assert "hunter2" not in repr(dict(event.attributes))
+
+
 def test_an_exception_whose_message_cannot_be_read_still_fails_its_task(recorder):
     class Unprintable(Exception):
         def __str__(self):

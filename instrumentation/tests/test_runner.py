@@ -203,3 +203,17 @@ def test_under_opentelemetry_instrument_the_runner_s_own_options_still_apply(otl
     assert record.resource["service.name"] == "nightly-step"  # the job is named after --name
     beats = [r for r in otlp_sink.snapshot() if r.running and r.span_id == record.span_id]
     assert len(beats) >= 2  # every 0.3 s, not every 10 s
+
+
+def test_secrets_a_failing_program_prints_on_stderr_are_masked_in_its_tail(otlp_sink):
+    script = ('curl -sf -H "Authorization: Bearer $DEPLOY_TOKEN" https://h/none 2>/dev/null;'
+              ' true "$DATABASE_URL" --password hunter2c; echo "could not deploy" >&2; exit 3')
+    proc = run(
+        otlp_sink, "sh", "-xc", script, name="deploy",
+        DEPLOY_TOKEN="hunter2a_deploy_token", DATABASE_URL="postgresql://app:hunter2b@db/app",
+    )  # fmt: skip
+    assert proc.returncode == 3 and "hunter2a" in proc.stderr  # passed through as it was
+    tail = final(otlp_sink, "deploy").attributes[STDERR_TAIL_ATTRIBUTE]
+    assert "hunter2" not in tail
+    assert "Authorization: Bearer [redacted]" in tail and "could not deploy" in tail
+    assert "postgresql://app:[redacted]@db/app --password [redacted]" in tail

@@ -33,6 +33,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, Status, StatusCode
 
 from tasktree.instrumentation import propagation
+from tasktree.instrumentation.environment import redacted_text
 from tasktree.instrumentation.integrations import _context as _engines
 
 _logger = logging.getLogger(__name__)
@@ -159,15 +160,15 @@ def _record_failure(span: Span, exc: BaseException) -> None:
         message = str(exc)
     except Exception:  # noqa: BLE001 - the user's __str__ failed; the task failed all the same
         message = _UNREADABLE_MESSAGE
+    message = redacted_text(message)  # a connection error names its URL, password and all
     span.set_status(Status(StatusCode.ERROR, f"{name}: {message}" if message else name))
     try:
-        if message is not _UNREADABLE_MESSAGE:
-            span.record_exception(exc, escaped=True)
-            return
-        span.add_event("exception", {  # what record_exception writes, without its str(exc)
+        span.add_event("exception", {  # what record_exception writes, secrets masked
             "exception.type": name,
             "exception.message": message,
-            "exception.stacktrace": "".join(traceback.format_exception(exc)),  # copes with it
+            "exception.stacktrace": redacted_text(  # format_exception copes with a bad __str__
+                "".join(traceback.format_exception(exc))
+            ),
             "exception.escaped": "True",
         })  # fmt: skip
     except Exception:

@@ -4,12 +4,13 @@ The task is a root, or a child of the task in ``TRACEPARENT`` when that is set; 
 its own ``TRACEPARENT`` (the runner's task) so that a tasktree-instrumented child hangs below it.
 While the program runs the task heartbeats.  stdin and stdout are the program's own; stderr is
 passed through as it comes and its last 8 KiB kept (a tee), attached to the task as
-``tasktree.stderr_tail`` when the program fails.  The task ends when the program exits: a
-background process it leaves behind (``cmd &``) is not waited for, and its stderr is passed on
-only until the runner exits.  The status comes from the exit code (0 is ``ok``) or the signal
-that killed it; the runner exits with the program's exit code, or 128+N for signal N.  SIGTERM,
-SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are forwarded to the program; SIGINT is not (a terminal
-sends it to the program already), so the runner just waits for the program.
+``tasktree.stderr_tail`` when the program fails, its secrets masked as in the command.  The task
+ends when the program exits: a background process it leaves behind (``cmd &``) is not waited
+for, and its stderr is passed on only until the runner exits.  The status comes from the exit
+code (0 is ``ok``) or the signal that killed it; the runner exits with the program's exit code,
+or 128+N for signal N.  SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are forwarded to the
+program; SIGINT is not (a terminal sends it to the program already), so the runner just waits
+for the program.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from tasktree.instrumentation import configuration as _configure
 from tasktree.instrumentation.decorator import _parent, _start
-from tasktree.instrumentation.environment import redacted_args
+from tasktree.instrumentation.environment import redacted_args, redacted_text
 from tasktree.instrumentation.propagation import child_env
 
 STDERR_TAIL_BYTES = 8192
@@ -144,8 +145,11 @@ def _tee(source: int, tail: collections.deque) -> None:
 
 
 def _tail_text(tail: collections.deque) -> str:
+    """The last bytes of stderr, secrets masked (``sh -x`` prints the command with its token).
+    Masked before being cut: a secret cut off from its ``--password`` would show."""
     # The tee may still be appending (a background process writing): tuple() copies in one go.
-    return b"".join(tuple(tail))[-STDERR_TAIL_BYTES:].decode("utf-8", errors="replace")
+    text = redacted_text(b"".join(tuple(tail)).decode("utf-8", errors="replace"))
+    return text.encode()[-STDERR_TAIL_BYTES:].decode("utf-8", errors="replace")
 
 
 def _forward_signals(process: subprocess.Popen) -> None:
