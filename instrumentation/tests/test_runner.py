@@ -51,6 +51,25 @@ def test_failure_tees_stderr_keeps_its_tail_and_passes_the_exit_code(otlp_sink):
     assert tail.endswith("the end\n") and len(tail) == 8192
 
 
+def test_without_a_stderr_tail_the_program_has_the_runner_s_own_stderr(otlp_sink, tmp_path):
+    """stderr through the tee is a pipe: no terminal for the program (colours, progress bars),
+    lines reordered against stdout in one file.  --no-stderr-tail leaves it alone."""
+    script = "import os, sys; print(os.readlink('/proc/self/fd/2')); sys.exit(3)"
+    log = tmp_path / "stderr.log"
+    for extra, expected in (((), "pipe:"), (("--no-stderr-tail",), str(log))):
+        with open(log, "w") as stderr:
+            proc = subprocess.run(
+                [RUNNER, "--name", f"job{len(extra)}", *extra, "--", sys.executable, "-c", script],
+                env=child_environment(otlp_sink.endpoint), stdout=subprocess.PIPE,
+                stderr=stderr, text=True, timeout=60,
+            )  # fmt: skip
+        assert proc.returncode == 3 and proc.stdout.startswith(expected)
+    teed, left_alone = final(otlp_sink, "job0"), final(otlp_sink, "job1")
+    assert left_alone.status == "error" and left_alone.status_message == "exit code 3"
+    assert STDERR_TAIL_ATTRIBUTE not in left_alone.attributes
+    assert teed.status == "error"
+
+
 def test_a_program_killed_by_a_signal_is_an_error_named_after_the_signal(otlp_sink):
     proc = run(
         otlp_sink, sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"

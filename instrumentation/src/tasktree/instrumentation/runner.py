@@ -1,10 +1,14 @@
-"""``tasktree-run [--name NAME] [--heartbeat S] -- CMD [ARGS]``: any program as a task.
+"""``tasktree-run [--name NAME] [--heartbeat S] [--no-stderr-tail] -- CMD [ARGS]``: any program
+as a task.
 
 The task is a root, or a child of the task in ``TRACEPARENT`` when that is set; the program gets
 its own ``TRACEPARENT`` (the runner's task) so that a tasktree-instrumented child hangs below it.
 While the program runs the task heartbeats.  stdin and stdout are the program's own; stderr is
 passed through as it comes and its last 8 KiB kept (a tee), attached to the task as
-``tasktree.stderr_tail`` when the program fails, its secrets masked as in the command.  The task
+``tasktree.stderr_tail`` when the program fails, its secrets masked as in the command (the
+pipe makes stderr no terminal, may reorder its lines against stdout's in one file, and ends the
+program with SIGPIPE at its next stderr write if the runner is killed: ``--no-stderr-tail``
+leaves stderr alone, without a tail).  The task
 ends when the program exits: a background process it leaves behind (``cmd &``) is not waited
 for, and its stderr is passed on only until the runner exits.  The status comes from the exit
 code (0 is ``ok``) or the signal that killed it; the runner exits with the program's exit code,
@@ -107,7 +111,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="tasktree-run",
         description="Run a program as a tasktree task (a child of $TRACEPARENT when set).",
-        usage="tasktree-run [--name NAME] [--heartbeat S] -- CMD [ARGS ...]",
+        usage="tasktree-run [--name NAME] [--heartbeat S] [--no-stderr-tail] -- CMD [ARGS ...]",
     )
     parser.add_argument("--name", help="task name (default: the command line)")
     parser.add_argument(
@@ -115,6 +119,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         metavar="S",
         help="seconds between heartbeats (default: $TASKTREE_HEARTBEAT_INTERVAL or 10)",
+    )
+    parser.add_argument(
+        "--no-stderr-tail",
+        dest="stderr_tail",
+        action="store_false",
+        help="leave the program's stderr as it is (a terminal stays a terminal, its lines keep"
+        " their order with stdout's, and the program outlives a killed tasktree-run); a failed"
+        " task then has no stderr tail",
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the program and its arguments")
     args = parser.parse_args(argv)
@@ -174,10 +186,13 @@ def _cannot_start(program: str, error: OSError) -> tuple[int, str]:
     return 126, f"cannot execute {program}: {reason}"
 
 
-def _run(command: list[str], span) -> tuple[int, str, str]:
-    """Runs the program; returns (runner exit code, status message or '', stderr tail)."""
+def _run(command: list[str], span, keep_tail: bool = True) -> tuple[int, str, str]:
+    """Runs the program; returns (runner exit code, status message or '', stderr tail).  Without
+    ``keep_tail`` its stderr is left alone and there is no tail."""
     try:
-        process = subprocess.Popen(command, env=child_env(), stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            command, env=child_env(), stderr=subprocess.PIPE if keep_tail else None
+        )
     except OSError as error:
         code, message = _cannot_start(command[0], error)
         print(f"tasktree-run: {message}", file=sys.stderr)
@@ -185,13 +200,16 @@ def _run(command: list[str], span) -> tuple[int, str, str]:
     span.set_attribute("tasktree.pid", process.pid)
     _forward_signals(process)
     tail: collections.deque = collections.deque()
-    stderr = process.stderr
-    assert stderr is not None  # started with stderr=PIPE
-    tee = threading.Thread(target=_tee, args=(os.dup(stderr.fileno()), tail), daemon=True)
-    stderr.close()
-    tee.start()
+    tee = None
+    if process.stderr is not None:
+        tee = threading.Thread(
+            target=_tee, args=(os.dup(process.stderr.fileno()), tail), daemon=True
+        )
+        process.stderr.close()
+        tee.start()
     returncode = process.wait()
-    tee.join(_STDERR_DRAIN_WAIT)
+    if tee is not None:
+        tee.join(_STDERR_DRAIN_WAIT)
     if returncode < 0:
         number = -returncode
         try:
@@ -215,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     span = _start(name, {"tasktree.command": shlex.join(shown)}, parent)
     token = context.attach(trace.set_span_in_context(span, parent))
     try:
-        code, message, tail = _run(command, span)
+        code, message, tail = _run(command, span, keep_tail=args.stderr_tail)
         span.set_attribute("process.exit.code", code)
         if message:
             span.set_status(Status(StatusCode.ERROR, message))
