@@ -53,6 +53,16 @@ def test_landed_task_is_found_by_keyword_and_id_and_shows_its_details(client, db
     assert get_json(client, f"/api/runs?q={trace.hex()}")["runs"][0]["duration"] == 5.0
 
 
+def test_a_large_double_attribute_comes_back_as_a_double(client, db):
+    """jsonb stores 1e308 as a numeric written out in full: it came back as a 309-digit integer."""
+    trace = tid(8)
+    numbers = {"huge": 1e308, "tiny": -2.5e300, "big_int": 2**63 - 1, "small": -(2**63), "x": 0.1}
+    deliver(db, [span(trace, sid(1), None, name="main", start=T, end=T + 1, attributes=numbers)])
+    detail = get_json(client, f"/api/runs/{trace.hex()}/tasks/{sid(1).hex()}")
+    assert detail["attributes"] == numbers
+    assert [type(detail["attributes"][k]) for k in numbers] == [float, float, int, int, float]
+
+
 def test_the_app_factory_serves_the_blueprint(db, api_pool):
     response = create_app(Settings(), api_pool).test_client().get("/api/runs")
     assert response.status_code == 200 and response.get_json() == {"runs": [], "next_cursor": None}

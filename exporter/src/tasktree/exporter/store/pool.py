@@ -15,6 +15,8 @@ write answered 503, never acknowledged.
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import logging
 import select
 import time
@@ -24,6 +26,7 @@ from typing import Any
 
 import psycopg
 import psycopg_pool
+from psycopg.types.json import set_json_loads
 
 from tasktree.exporter.errors import StoreUnavailable
 
@@ -151,7 +154,27 @@ def _configure(conn: psycopg.Connection) -> None:
     # Every query here touches few rows through indexes; JIT compilation (hundreds of ms, set
     # off by large row estimates on temporary tables) only ever costs time.
     conn.execute("SET jit = off")
+    set_json_loads(_JSON_LOADS, conn)
     _watch_synchronous_commit(conn)
+
+
+_INT64 = 1 << 63
+
+
+def _integer_or_double(text: str) -> int | float:
+    """An integer of a stored jsonb document.  OTLP integers are 64-bit (wider ones are stored as
+    their decimal text), so a wider one was a double, which jsonb's numeric writes out in full:
+    1e308 came back as an integer of 309 digits."""
+    number = int(text)
+    if -_INT64 <= number < _INT64:
+        return number
+    try:
+        return float(number)
+    except OverflowError:  # not from a double after all
+        return number
+
+
+_JSON_LOADS = functools.partial(json.loads, parse_int=_integer_or_double)
 
 
 def open_pool(
