@@ -30,8 +30,8 @@
     const {el} = TT;
     return el("tr", {class: "run", "data-trace-id": run.trace_id},
       el("td", {}, TT.status(run.status)),
-      el("td", {class: "job"}, run.job || ""),
-      el("td", {class: "name"}, el("a", {href: `/runs/${run.trace_id}`}, run.name || "(no root yet)")),
+      el("td", {class: "job", title: run.job}, run.job || ""),
+      el("td", {class: "name", title: run.name}, el("a", {href: `/runs/${run.trace_id}`}, run.name || "(no root yet)")),
       el("td", {}, TT.copyable(run.trace_id, `${run.trace_id.slice(0, 12)}…`)),
       el("td", {}, TT.time(run.start)),
       el("td", {class: "num"}, TT.duration(run.duration)),
