@@ -1,9 +1,10 @@
-"""What the pages show on a phone, a small laptop and a wide screen, and with very long names
-(a real browser against a real ``tasktree serve``, as test_browser.py)."""
+"""What the pages show on a phone, a small laptop and a wide screen, with very long names, and
+for a stalled task (a real browser against a real ``tasktree serve``, as test_browser.py)."""
 
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import pytest
@@ -155,4 +156,42 @@ def test_one_very_long_job_or_run_name_is_cut_in_the_runs_list_not_stretching_it
     # Each whole on hover (compared here, not in Playwright's message: 10,000 characters).
     assert long_row.locator("td.name").get_attribute("title") == long_name
     assert long_row.locator("td.job").get_attribute("title") == long_job
+    assert page_errors == []
+
+
+def test_a_task_page_cuts_a_very_long_name_and_message_and_shows_them_on_demand(
+        tasktree_server, browser_context, page_errors):
+    trace, task, now = os.urandom(16).hex(), os.urandom(8).hex(), time.time_ns()
+    name, message = "N" * 10_000, "disk full " * 350
+    send_spans(tasktree_server.otlp_http, [span(trace, task, name=name, start=now - SECOND_NS,
+                                                end=now, error=message)])
+    tasktree_server.wait_folded()
+    page = browser_context.new_page()
+    page.goto(f"{tasktree_server.web}/runs/{trace}/tasks/{task}")
+    check = expect()
+    screenshot(page, "layout_task_long_top.png")
+    for fact in ("task id", "run id", "start", "duration"):
+        check(page.locator("dl.facts dt", has_text=fact).first).to_be_in_viewport()
+    check(page.get_by_text(task, exact=True).first).to_be_in_viewport()
+    title = page.locator("h1")
+    assert title.bounding_box()["height"] < 150
+    page.get_by_role("button", name="show all (10,000 characters)").click()
+    assert title.bounding_box()["height"] > 900, "the whole name shows"
+    check(page.get_by_role("button", name="show less")).to_be_visible()
+    page.get_by_role("button", name="show all (3,500 characters)").click()
+    check(page.locator("#task-message")).to_have_text(message.strip())
+    assert page_errors == []
+
+
+def test_a_stalled_task_page_shows_how_long_it_ran_and_says_it_stalled(
+        tasktree_server, browser_context, page_errors):
+    trace, _, doomed = stalled_run(tasktree_server)
+    page = browser_context.new_page()
+    page.goto(f"{tasktree_server.web}/runs/{trace}/tasks/{doomed}")
+    check = expect()
+    duration = page.locator("[data-field=duration]")
+    check(duration).to_have_text(re.compile(r"^ran at least 1m 40s; no heartbeat for 10m \d\ds$"))
+    check(page.locator("#stalled-note")).to_be_visible()
+    check(page.locator("#stalled-note")).to_contain_text("tasktree.state is what it last reported")
+    screenshot(page, "layout_task_stalled.png")
     assert page_errors == []

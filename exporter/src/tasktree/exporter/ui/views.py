@@ -29,6 +29,7 @@ from tasktree.exporter.store import queries
 from tasktree.exporter.tree import status as task_status
 from tasktree.exporter.ui import format as fmt
 from tasktree.instrumentation.decorator import PROGRESS_DONE, PROGRESS_RATIO, PROGRESS_TOTAL
+from tasktree.instrumentation.snapshot import LIVE_ATTRIBUTE
 
 # The attributes set_progress() writes, as the task page (and its script) reads them.
 PROGRESS_KEYS = {"ratio": PROGRESS_RATIO, "done": PROGRESS_DONE, "total": PROGRESS_TOTAL}
@@ -47,6 +48,11 @@ SEARCH_PAGE = 50
 LIST_PAGE = 50
 MAX_ANCESTORS = 64
 """Breadcrumbs stop this many levels up (one primary-key read each), and say that they do."""
+EVENTS_SHOWN = 100
+"""The task page shows a task's last this many events (a job that logs each row as an event has
+20,000: all of them made an 8.7 MB page); the JSON API has them all."""
+ATTRIBUTES_SHOWN = 500
+"""... and its first this many attributes, links, resource attributes and variables, by name."""
 FILTER_NAMES = ("job", "status", "from", "to")
 T = TypeVar("T")
 
@@ -295,17 +301,37 @@ def task_page(trace_id: str, span_id: str) -> str:
     row, run_row, crumbs = _read(read)
     task = shapes.task_detail(row)
     resource, env = fmt.split_resource(task["resource"])
+    exceptions = [event for event in task["events"] if event.get("name") == "exception"]
+    links = task["links"][:ATTRIBUTES_SHOWN]
     return render_template(
         "task.html",
         task=task,
         run=shapes.run(run_row),
         crumbs=crumbs,
-        resource=resource,
-        env=env,
-        attributes=dict(sorted(task["attributes"].items())),
+        resource=Shown.first(resource),
+        env=Shown.first(env),
+        attributes=Shown.first(dict(sorted(task["attributes"].items()))),
+        events=Shown(task["events"][-EVENTS_SHOWN:], len(task["events"])),
+        links=Shown(links, len(task["links"])),
+        failure=(exceptions[-1].get("attributes") or {}) if exceptions else None,
+        exception_count=len(exceptions),
+        live_attribute=LIVE_ATTRIBUTE,
+        stall_after=current_services().settings.stall_after,
         progress_keys=PROGRESS_KEYS,
-        link_pages=[_link_page(link) for link in task["links"]],
+        link_pages=[_link_page(link) for link in links],
     )
+
+
+class Shown(NamedTuple):
+    """Part of a task's list or mapping that its page shows (``items``), and how many it has."""
+
+    items: Any
+    total: int
+
+    @classmethod
+    def first(cls, mapping: dict[str, Any]) -> Shown:
+        """The first ``ATTRIBUTES_SHOWN`` entries of ``mapping``."""
+        return cls(dict(list(mapping.items())[:ATTRIBUTES_SHOWN]), len(mapping))
 
 
 def _link_page(link: dict[str, Any]) -> str | None:
