@@ -219,6 +219,19 @@ def day_of_run(conn: psycopg.Connection, trace_id: bytes) -> int | None:
     return rows[0]["run_day"] if rows else None
 
 
+def recent_jobs(conn: psycopg.Connection, limit: int) -> list[str]:
+    """The names of the ``limit`` jobs heard from most recently."""
+    return [row["job"] for row in _rows(conn, statement("recent_jobs"), {"limit": limit})]
+
+
+def similar_jobs(conn: psycopg.Connection, job: str, limit: int) -> list[str]:
+    """``[job]`` when a job has exactly that name; else up to ``limit`` jobs whose name holds
+    it, case ignored (the same name in another case first)."""
+    rows = _rows(conn, statement("similar_jobs"), {"job": job, "limit": limit})
+    names = [row["job"] for row in rows]
+    return [job] if job in names else names
+
+
 def _of_run(conn: psycopg.Connection, trace_id: bytes, day: int | None) -> Params | None:
     """The parameters naming a run and its day (looked up unless given); None: no such run."""
     if day is None:

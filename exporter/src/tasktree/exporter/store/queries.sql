@@ -263,3 +263,22 @@ AND (t.start_ns < %(after_start)s OR (t.trace_id, t.span_id) > (%(after_trace)s,
 -- The previous page ended among placeholders (no start, sorted first): the rest of those, then
 -- every task with a start.
 AND (t.start_ns IS NOT NULL OR (t.trace_id, t.span_id) > (%(after_trace)s, %(after_span)s))
+
+-- ---------------------------------------------------------------------------------------------
+-- Jobs (one row per job ever folded; few next to runs, so these read the whole table).
+
+-- name: recent_jobs
+-- The runs page's job input offers these: the most recently heard from first.
+SELECT j.job
+FROM jobs j
+ORDER BY j.last_seen_ns DESC NULLS LAST, j.job
+LIMIT %(limit)s
+
+-- name: similar_jobs
+-- For a job filter that names no job: the job itself (exact), else those whose name contains
+-- it ignoring case, the same name in another case first.
+SELECT j.job
+FROM jobs j
+WHERE j.job = %(job)s OR strpos(lower(j.job), lower(%(job)s)) > 0
+ORDER BY j.job = %(job)s DESC, lower(j.job) = lower(%(job)s) DESC, j.last_seen_ns DESC NULLS LAST
+LIMIT %(limit)s

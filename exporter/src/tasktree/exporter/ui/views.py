@@ -43,6 +43,10 @@ ui_blueprint = Blueprint(
 )
 
 RUNS_PAGE = 50
+JOBS_OFFERED = 500
+"""The job input of the runs page offers the names of this many jobs, the latest heard from."""
+JOBS_SUGGESTED = 5
+"""A job filter that names no job suggests up to this many jobs whose name holds it."""
 CHILDREN_PAGE = 100
 SEARCH_PAGE = 50
 LIST_PAGE = 50
@@ -78,7 +82,14 @@ def runs_page() -> str:
     args = _args()
     filters = params.filters(args)  # BadRequest: a 400 page
     after = params.decode_cursor("runs", args.get("cursor"))
-    page = _read(lambda conn: queries.list_runs(conn, limit=RUNS_PAGE, after=after, **filters))
+    job = filters["job"] if after is None else None  # a later page: the job had runs
+
+    def read(conn: psycopg.Connection):
+        page = queries.list_runs(conn, limit=RUNS_PAGE, after=after, **filters)
+        similar = queries.similar_jobs(conn, job, JOBS_SUGGESTED) if job and not page.rows else []
+        return page, queries.recent_jobs(conn, JOBS_OFFERED), similar
+
+    page, jobs, similar = _read(read)
     kept: dict[str, Any] = {name: args[name] for name in FILTER_NAMES if name in args}
     next_cursor = params.encode_cursor("runs", page.next_after)
     # What the page re-fetches from the JSON API when the live stream says runs changed.
@@ -91,12 +102,24 @@ def runs_page() -> str:
         args=kept,
         filter_links=_filter_links("ui.runs_page", kept),
         statuses=list(task_status.CODES),
+        jobs=jobs,
+        job_hint=_job_hint(job, similar, kept) if job and not page.rows else None,
         page_size=RUNS_PAGE,
         paged="cursor" in args,
         api_query=api_query,
         next_url=url_for("ui.runs_page", **kept, cursor=next_cursor) if next_cursor else None,
         otlp_endpoint=_otlp_endpoint(),
     )
+
+
+def _job_hint(job: str, similar: list[str], kept: dict[str, Any]) -> dict[str, Any] | None:
+    """What the page says when filtering by ``job`` left no run: nothing when a job has that
+    name (the other filters left none), else the jobs it may have meant, as (name, URL) pairs
+    with the other filters kept (the filter is exact, as the API's)."""
+    if similar == [job]:
+        return None
+    meant = [(name, url_for("ui.runs_page", **{**kept, "job": name})) for name in similar]
+    return {"job": job, "meant": meant}
 
 
 _RECENT = (("1 h", 3600), ("24 h", 86400), ("7 d", 604800))
