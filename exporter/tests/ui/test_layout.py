@@ -81,6 +81,11 @@ def test_on_a_phone_the_tree_shows_every_column_and_the_counts_can_be_tapped(
     row(page, root).get_by_role("link", name="1 stalled").click()
     check(page).to_have_url(f"{tasktree_server.web}/runs/{trace}/tasks?node={root}&status=stalled")
     check(page.locator("main")).to_contain_text("doomed")
+    # Its page: the attributes' values get the room, not their names.
+    page.get_by_role("link", name="doomed").click()
+    state = page.locator("table.kv tr", has_text="tasktree.state")
+    assert state.locator("td").bounding_box()["width"] > state.locator("th").bounding_box()["width"]
+    assert no_sideways_scroll(page)
     assert page_errors == []
 
 
