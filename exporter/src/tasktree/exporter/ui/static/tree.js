@@ -92,7 +92,10 @@
   function ensureGroup(state) {
     if (state.group) return;
     state.group = el("div", {role: "group", class: "children"});
-    state.more = el("div", {role: "treeitem", class: "more", tabindex: "-1", "aria-level": state.level + 1}, "");
+    // Hidden until a page says there is more: an empty visible one would take the focus of →
+    // pressed while the first page loads, and lose it to <body> when hidden.
+    state.more = el("div", {role: "treeitem", class: "more", tabindex: "-1", "aria-level": state.level + 1,
+                            hidden: true}, "");
     state.more.addEventListener("click", () => loadMore(state));
     state.group.append(state.more);
     state.item.append(state.group);
