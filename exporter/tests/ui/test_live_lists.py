@@ -53,3 +53,56 @@ def test_arrow_right_pressed_again_while_children_load_keeps_the_focus(
     page.keyboard.press("ArrowDown")
     check(item(page, leaves[1])).to_be_focused()
     assert page_errors == []
+
+
+WATCH_ROWS = """() => {
+    window.touched = new Set();  // trace ids of the rows the page redrew, moved or took away
+    const body = document.getElementById('runs-body');
+    new MutationObserver((records) => {
+        for (const record of records) {
+            for (const node of record.removedNodes) {
+                if (node.dataset) window.touched.add(node.dataset.traceId);
+            }
+            const target = record.target.closest ? record.target : record.target.parentElement;
+            const row = target.closest('tr.run');
+            if (row) window.touched.add(row.dataset.traceId);
+        }
+    }).observe(body, {subtree: true, childList: true, characterData: true, attributes: true});
+}"""
+
+
+def test_live_runs_list_keeps_the_focus_and_the_selection_of_rows_that_did_not_change(
+        tasktree_server, browser_context, page_errors):
+    job, now = f"ui-keep-{os.urandom(4).hex()}", time.time_ns()
+    traces, roots = [os.urandom(16).hex() for _ in range(3)], ids(3)
+    busy, focused, selected = traces
+
+    def root(n: int, **kwargs) -> dict:
+        return span(traces[n], roots[n], name=f"run-{n}", start=now - n * 10**9,
+                    end=now - n * 10**9 + 10**6, **kwargs)
+
+    send_spans(tasktree_server.otlp_http, [root(0, running=True), root(1), root(2)], job=job)
+    tasktree_server.wait_folded()
+    page = browser_context.new_page()
+    page.goto(f"{tasktree_server.web}/?job={job}")
+    check = expect()
+    check(page.locator("#live-state")).to_have_text("live")
+    row = {trace: page.locator(f'tr.run[data-trace-id="{trace}"]') for trace in traces}
+    page.evaluate(WATCH_ROWS)
+    row[focused].locator(".name a").focus()
+    row[selected].locator("td.job").evaluate("(td) => getSelection().selectAllChildren(td)")
+    # Another job's run, then one run of this list ends: the list is read again each time.
+    send_spans(tasktree_server.otlp_http, [span(os.urandom(16).hex(), ids(1)[0], name="other")],
+               job=f"{job}-other")
+    send_spans(tasktree_server.otlp_http, [root(0)], job=job)
+    check(row[busy].locator(".status")).to_have_text("ok")
+    check(row[focused].locator(".name a")).to_be_focused()
+    assert page.evaluate("getSelection().toString()") == job
+    assert page.evaluate("[...window.touched]") == [busy], "only the run that changed is redrawn"
+    # The focused run itself changes (a second task): its row is redrawn, its link keeps the focus.
+    row[busy].locator(".name a").focus()
+    send_spans(tasktree_server.otlp_http, [span(traces[0], ids(1)[0], roots[0], name="step",
+                                                start=now + 1, end=now + 2)], job=job)
+    check(row[busy].locator("td.num").last).to_have_text("2")
+    check(row[busy].locator(".name a")).to_be_focused()
+    assert page_errors == []
