@@ -106,3 +106,50 @@ def test_live_runs_list_keeps_the_focus_and_the_selection_of_rows_that_did_not_c
     check(row[busy].locator("td.num").last).to_have_text("2")
     check(row[busy].locator(".name a")).to_be_focused()
     assert page_errors == []
+
+
+def test_a_node_read_to_its_end_shows_new_children_and_a_settled_one_is_not_read_again(
+        tasktree_server, browser_context, page_errors):
+    trace, now = os.urandom(16).hex(), time.time_ns()
+    root, group, other = ids(3)
+    kids = ids(180)
+
+    def kid(n: int) -> dict:
+        return span(trace, kids[n], group, name=f"item-{n:03d}", start=now + 10 + n,
+                    end=now + 20 + n)
+
+    send_spans(tasktree_server.otlp_http, [
+        span(trace, root, name="busy", start=now, end=now + 10**6, running=True),
+        span(trace, group, root, name="group", start=now + 1, end=now + 10**6),
+        span(trace, other, root, name="other", start=now + 2, end=now + 10**6, running=True),
+        *(kid(n) for n in range(150))])
+    tasktree_server.wait_folded()
+    page = browser_context.new_page()
+    page.goto(f"{tasktree_server.web}/runs/{trace}")
+    check = expect()
+    check(page.locator("#live-state")).to_have_text("live")
+    item(page, group).locator(":scope > .row").click()
+    more = item(page, group).locator(":scope > .children > .more")
+    check(more).to_have_text("load more (100 of 150 shown)")
+    more.click()
+    check(more).to_be_hidden()
+    # The user has reached the end: children that come later show by themselves, in order.
+    send_spans(tasktree_server.otlp_http, [kid(n) for n in range(150, 180)])
+    names = item(page, group).locator(":scope > .children > [role=treeitem] > .row .name")
+    check(names).to_have_count(180)
+    assert names.all_text_contents() == [f"item-{n:03d}" for n in range(180)]
+    check(more).to_be_hidden()
+    # Elsewhere in the run a task ends, then gets a child: the group, ended and unchanged, is
+    # not read again (its 180 children were, at every change of the run).
+    read = []
+    page.on("request", lambda request: f"/tasks/{group}/children" in request.url
+            and read.append(request.url))
+    send_spans(tasktree_server.otlp_http, [
+        span(trace, other, root, name="other", start=now + 2, end=now + 10**6)])
+    check(item(page, other).locator(":scope > .row .st")).to_have_text("ok")
+    send_spans(tasktree_server.otlp_http, [span(trace, ids(1)[0], other, name="late",
+                                                start=now + 3, end=now + 4)])
+    check(item(page, other).locator(":scope > .row .kids")).to_have_text("1 children")
+    assert read == []
+    check(names).to_have_count(180)
+    assert page_errors == []

@@ -3,8 +3,9 @@
 // The page embeds the run, its top-level tasks and the first page of children of the node shown
 // open (#tree-data, the API's own shapes).  Expanding a node fetches its children a page at a
 // time ("load more"); only what is expanded is ever in the DOM, so a node with 100,000 children
-// costs one page.  On each live "changed" event the page re-reads what it shows (the run, the
-// top-level tasks, the loaded children of every expanded node) and patches the rows in place.
+// costs one page.  On each live "changed" event the page re-reads what it shows and may have
+// changed (the run, the top-level tasks, the loaded children of expanded nodes: readShown) and
+// patches the rows in place.
 "use strict";
 
 (() => {
@@ -15,9 +16,12 @@
   const data = JSON.parse(document.getElementById("tree-data").textContent);
   const trace = data.trace_id;
   const pageSize = data.page_size;
-  const nodes = new Map();  // span id -> state {node, item, row, group, more, expanded, kids, cursor, level}
+  // span id -> state {node, item, row, group, more, expanded, kids, cursor, marks, readAs, level}
+  const nodes = new Map();
+  const FIRST_PAGE = {at: 0, cursor: null};  // a mark (readShown): the list's start
   // The run's top-level tasks, paged like children (``GET /api/runs/{trace}``'s roots).
-  const top = {kids: [], group: null, more: null, level: 0, expanded: true, cursor: null};
+  const top = {kids: [], group: null, more: null, level: 0, expanded: true, cursor: null,
+               marks: [FIRST_PAGE]};
   let tree;
   let chain = Promise.resolve();
 
@@ -37,7 +41,8 @@
     const row = el("div", {class: "row"});
     item.append(row);
     const state = {node: null, item, row, group: null, more: null, expanded: false, kids: [],
-                   cursor: null, level, parent, heartbeat: null, bar: el("span", {class: "bar"})};
+                   cursor: null, marks: [FIRST_PAGE], readAs: null, level, parent, heartbeat: null,
+                   bar: el("span", {class: "bar"})};
     nodes.set(node.span_id, state);
     updateItem(state, node);
     return state;
@@ -101,8 +106,9 @@
     state.item.append(state.group);
   }
 
-  /** Put ``list`` (API nodes in display order) under ``parent``, reusing rows by span id. */
-  function reconcile(parent, list, cursor) {
+  /** Put ``list`` (API nodes in display order) under ``parent``, reusing rows by span id;
+   *  ``marks``: where its pages start (readShown). */
+  function reconcile(parent, list, cursor, marks = [FIRST_PAGE]) {
     ensureGroupFor(parent);
     const keep = new Set(list.map((node) => node.span_id));
     for (const id of parent.kids) {
@@ -118,16 +124,20 @@
       return node.span_id;
     });
     parent.cursor = cursor;
+    parent.marks = marks;
+    parent.readAs = parent.node ? JSON.stringify(parent.node) : null;
     drawMore(parent);
     drawWaterfall(parent);
   }
 
-  /** Add the next page under ``parent`` (rows already shown are left alone). */
-  function append(parent, list, cursor) {
+  /** Add the page read with ``from`` (a cursor) under ``parent`` (rows already shown are left
+   *  alone: then the pages no longer start where the marks say, and the next read is whole). */
+  function append(parent, list, cursor, from) {
     const known = new Set(parent.kids);
     const rows = document.createDocumentFragment();
+    parent.marks.push({at: parent.kids.length, cursor: from});
     for (const node of list) {
-      if (known.has(node.span_id)) continue;
+      if (known.has(node.span_id)) { parent.marks = [FIRST_PAGE]; continue; }
       const state = rowUnder(parent, node);
       rows.append(state.item);
       parent.kids.push(node.span_id);
@@ -145,6 +155,7 @@
     if (state && state.parent === parent) return state;
     if (state) {
       state.parent.kids = state.parent.kids.filter((id) => id !== node.span_id);
+      state.parent.marks = [FIRST_PAGE];  // its list shrank: read it whole next time
       dropSubtree(node.span_id);
     }
     return createItem(node, parent);
@@ -195,8 +206,8 @@
       delete data.open[state.node.span_id];
       reconcile(state, page.children, page.next_cursor);
     } else {  // shown before, not refreshed while closed
-      const {list, cursor} = await readLoaded(state);
-      reconcile(state, list, cursor);
+      const {list, cursor, marks} = await readShown(state, true);
+      reconcile(state, list, cursor, marks);
     }
     fetchHeartbeats();
   }
@@ -216,7 +227,7 @@
     state.more.textContent = "loading…";
     try {
       const page = await fetchChildren(state, state.cursor, pageSize);
-      append(state, page.children, page.next_cursor);
+      append(state, page.children, page.next_cursor, state.cursor);
       fetchHeartbeats();
     } finally {
       state.loading = false;
@@ -267,31 +278,77 @@
                                              TT.api(`/api/runs/${trace}/tasks/${data.focus}`)]);
       return {run, list: [task], cursor: null};
     }
-    return readLoaded(top);
+    return readShown(top, false);
   }
 
-  /** As many of ``state``'s children (or top-level tasks) as are shown, read again. */
-  async function readLoaded(state) {
-    let wanted = Math.max(state.kids.length, pageSize), cursor = null, list = [], run;
+  /**
+   * ``state``'s children (or the top-level tasks) as shown, read again.  Once the user has
+   * reached the last one, the read goes on to the end (one page more at most), so that new ones
+   * show by themselves.  There it starts at the page of the first child that may still change,
+   * keeping the settled ones before it: a busy run's refresh reads the last page or two of each
+   * open node, not every page shown.  ``full``: from the first page.
+   */
+  async function readShown(state, full) {
+    const atEnd = !state.cursor, shown = state.kids.length;
+    const wanted = atEnd ? shown + pageSize : Math.max(shown, pageSize);
+    const from = full || !atEnd ? FIRST_PAGE : markBefore(state, firstUnsettled(state));
+    const marks = state.marks.filter((mark) => mark.at < from.at);
+    let list = state.kids.slice(0, from.at).map((id) => nodes.get(id).node);
+    let cursor = from.cursor, run;
     do {
-      const page = await fetchChildren(state, cursor, Math.min(1000, wanted - list.length));
+      marks.push({at: list.length, cursor});
+      const limit = from.at ? pageSize : Math.min(1000, wanted - list.length);
+      const page = await fetchChildren(state, cursor, limit);
       list = list.concat(page.children);
       cursor = page.next_cursor;
       run = run || page.run;
     } while (cursor && list.length < wanted);
-    return {list, cursor, run};
+    if (from.at && !cursor && missedSome(state, list, run)) return readShown(state, true);
+    return {list, cursor, run, marks};
+  }
+
+  /** A task whose row changes no more: it ended, and nothing under it is running. */
+  function settled(node) {
+    return (node.status === "ok" || node.status === "error") && !node.counts.running &&
+      !node.counts.stalled;
+  }
+
+  function firstUnsettled(state) {
+    const at = state.kids.findIndex((id) => !settled(nodes.get(id).node));
+    return at < 0 ? state.kids.length : at;
+  }
+
+  /** The last page start at or before child ``at``. */
+  function markBefore(state, at) {
+    return state.marks.filter((mark) => mark.at <= at).pop() || FIRST_PAGE;
+  }
+
+  /** Whether a task arrived among the settled ones a read kept (one that started early and was
+   *  sent at its end): the node's count then says more than the rows read. */
+  function missedSome(state, list, run) {
+    if (state === top) return list.filter((node) => !node.missing).length !== run.root_count;
+    return list.length !== state.node.child_count;
+  }
+
+  /** Nothing under ``state`` to read again: its own row is as it was when its children were read
+   *  (a new, changed or moved task below changes its child count or its rollup) and none of them
+   *  is running (a heartbeat changes only the child's row). */
+  function unchanged(state) {
+    return state.readAs === JSON.stringify(state.node) &&
+      state.kids.every((id) => settled(nodes.get(id).node));
   }
 
   async function refresh() {
-    const {run, list, cursor} = await readTop();
+    const {run, list, cursor, marks} = await readTop();
     data.run = run;
     drawHead(run);
-    reconcile(top, list, cursor);
+    reconcile(top, list, cursor, marks);
     for (const state of expandedInOrder()) {
       if (!nodes.has(state.node.span_id)) continue;  // dropped by an earlier reconcile
       if (!state.node.child_count) continue;
-      const {list, cursor} = await readLoaded(state);
-      reconcile(state, list, cursor);
+      if (unchanged(state)) { drawWaterfall(state); continue; }  // a running node's span grows
+      const shown = await readShown(state, false);
+      reconcile(state, shown.list, shown.cursor, shown.marks);
     }
     await fetchHeartbeats();
   }
