@@ -56,12 +56,12 @@ ROOT_NODE = {
     "span_id": ROOT, "parent_span_id": None, "name": "nightly-report", "status": "ok",
     "start": "2026-11-26T17:33:26.123456789Z", "end": "2026-11-26T17:33:36.123456789Z",
     "duration": 10.0, "child_count": 2, "counts": counts(ok=1, error=1, running=1),
-    "missing": False, "last_heartbeat": None, "refused_parent": None,
+    "missing": False, "last_heartbeat": None, "refused_parent": None, "status_message": None,
 }
 GHOST_NODE = {
     "span_id": GHOST, "parent_span_id": None, "name": None, "status": "missing", "start": None,
     "end": None, "duration": None, "child_count": 1, "counts": counts(ok=1), "missing": True,
-    "last_heartbeat": None, "refused_parent": None,
+    "last_heartbeat": None, "refused_parent": None, "status_message": None,
 }
 RUN = {
     "trace_id": TRACE, "job": "nightly", "name": "nightly-report", "status": "ok",
@@ -128,8 +128,21 @@ def test_children_of_root_in_start_order(client, db):
         "span_id": LOAD, "parent_span_id": ROOT, "name": "load", "status": "error",
         "start": "2026-11-26T17:33:30.123456789Z", "end": "2026-11-26T17:33:31.123456789Z",
         "duration": 1.0, "child_count": 1, "counts": counts(running=1), "missing": False,
-        "last_heartbeat": None, "refused_parent": None,
+        "last_heartbeat": None, "refused_parent": None, "status_message": "disk full on /var",
     }
+
+
+def test_a_failed_node_says_why_in_short_and_its_task_in_full(client, db):
+    long = "ValueError: " + "bad row " * 60
+    insert_run(db, TRACE, [
+        Task(ROOT, None, "main", st.ERROR, at(0), at(9), message=long),
+        Task(EXTRACT, ROOT, "fine", st.OK, at(1), at(2), message="nothing wrong"),
+    ])
+    root = get_json(client, f"/api/runs/{TRACE}")["roots"][0]
+    assert root["status_message"] == long[:200] + "…"
+    assert get_json(client, f"/api/runs/{TRACE}/tasks/{ROOT}")["status_message"] == long
+    (fine,) = get_json(client, f"/api/runs/{TRACE}/tasks/{ROOT}/children")["children"]
+    assert fine["status_message"] is None  # a message on a task that did not fail says no why
 
 
 def test_children_of_placeholder_are_the_orphans(client, db):

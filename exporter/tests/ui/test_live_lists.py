@@ -10,7 +10,7 @@ import time
 import pytest
 
 from .support import send_spans, span
-from .test_browser import expect, ids, item
+from .test_browser import expect, ids, item, screenshot
 
 pytestmark = pytest.mark.slow
 HOLD_CHILDREN = """{
@@ -152,4 +152,35 @@ def test_a_node_read_to_its_end_shows_new_children_and_a_settled_one_is_not_read
     check(item(page, other).locator(":scope > .row .kids")).to_have_text("1 children")
     assert read == []
     check(names).to_have_count(180)
+    assert page_errors == []
+
+
+def test_lists_of_failures_and_the_tree_say_why_each_task_failed(
+        tasktree_server, browser_context, page_errors):
+    trace, now = os.urandom(16).hex(), time.time_ns()
+    root, fine, failed = ids(3)
+    word = f"why{os.urandom(3).hex()}"
+    why = f'OSError: disk full <img src=x onerror="alert(1)"> on /var ({word}) ' + "row 17, " * 30
+    short = why[:200] + "…"
+    send_spans(tasktree_server.otlp_http, [
+        span(trace, root, name="nightly", start=now, end=now + 10**9),
+        span(trace, fine, root, name="extract", start=now + 1, end=now + 2),
+        span(trace, failed, root, name="load", start=now + 3, end=now + 4, error=why)])
+    tasktree_server.wait_folded()
+    page = browser_context.new_page()
+    check = expect()
+    page.goto(f"{tasktree_server.web}/runs/{trace}/tasks?status=error")
+    check(page.locator("#listed-tasks tr.task td.why")).to_have_text([short])
+    screenshot(page, "failed-tasks.png")
+    page.goto(f"{tasktree_server.web}/search?q={word}")
+    check(page.locator("#search-tasks tr.task td.why")).to_have_text([short])
+    page.goto(f"{tasktree_server.web}/runs/{trace}")
+    check(item(page, failed).locator(":scope > .row .why")).to_have_text(short)
+    check(item(page, fine).locator(":scope > .row .why")).to_have_count(0)
+    screenshot(page, "failed-in-tree.png")
+    page.locator("#first-failure").click()
+    check(item(page, failed).locator(":scope > .row .why")).to_have_text(short)
+    item(page, failed).locator(":scope > .row .name").click()
+    check(page.locator(".task-head .message")).to_have_text(why.strip())
+    assert page.locator("img[src=x]").count() == 0
     assert page_errors == []

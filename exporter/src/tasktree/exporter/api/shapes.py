@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tasktree.exporter.store.queries import NODE_MESSAGE_CHARS
 from tasktree.exporter.tree import status as task_status
 from tasktree.exporter.tree.fold import REFUSED_REASONS
 
@@ -76,7 +77,17 @@ def node(row: Row) -> dict[str, Any]:
         "missing": row["missing"],
         "last_heartbeat": rfc3339(row["heartbeat_ns"]),
         "refused_parent": refused_parent(row),
+        "status_message": failure_message(row),
     }
+
+
+def failure_message(row: Row) -> str | None:
+    """Why a failed task failed, as lists show it: its status message (the exception's "Type:
+    message"), cut to NODE_MESSAGE_CHARS characters with "…"; None unless the task failed."""
+    head = row["status_head"]
+    if row["missing"] or row["status"] != task_status.ERROR or not head:
+        return None
+    return head if len(head) <= NODE_MESSAGE_CHARS else head[:NODE_MESSAGE_CHARS] + "…"
 
 
 def refused_parent(row: Row) -> dict[str, str] | None:

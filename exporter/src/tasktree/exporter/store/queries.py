@@ -50,6 +50,9 @@ TRACE_ID_BYTES = 16
 SPAN_ID_BYTES = 8
 MAX_ROOTS = 1000
 """``run_roots``' page size when none is asked for (``runs.root_count`` has them all)."""
+NODE_MESSAGE_CHARS = 200
+"""A node's status message is cut to this many characters (``status_head`` holds one more, which
+says it was cut); the task's own page shows it whole."""
 
 _HEX = re.compile(r"[0-9a-fA-F]{1,32}")
 _NAME = re.compile(r"^-- name: (\S+)\s*$", re.MULTILINE)
@@ -101,7 +104,9 @@ def statement(name: str, filters: Iterable[str] = (), **slots: sql.Composable) -
     where = sql.SQL("\n").join(sql.SQL(text[f]) for f in filters)
     return sql.SQL(text[name]).format(
         run_columns=sql.SQL(text["run_columns"]),
-        node_columns=sql.SQL(text["node_columns"]),
+        node_columns=sql.SQL(text["node_columns"]).format(
+            message_head=sql.Literal(NODE_MESSAGE_CHARS + 1)
+        ),
         flagged=sql.SQL(sql_list(FLAGGED)),
         where=where,
         **slots,

@@ -22,9 +22,11 @@ r.trace_id, r.job, r.name, r.status, r.start_ns, r.end_ns,
 r.n_ok, r.n_error, r.n_running, r.n_stalled, r.task_count, r.root_count, r.dropped_spans, r.run_day
 
 -- name: node_columns
+-- status_head: the start of the status message, one character more than a node shows
+-- ({message_head}), so that a page of nodes never carries a whole stack trace.
 t.trace_id, t.span_id, t.parent_span_id, t.missing, t.name, t.status, t.start_ns, t.end_ns,
 t.child_count, t.n_ok, t.n_error, t.n_running, t.n_stalled, t.heartbeat_ns,
-t.refused_parent_span_id, t.refused_reason
+t.refused_parent_span_id, t.refused_reason, left(t.status_message, {message_head}) AS status_head
 
 
 -- ---------------------------------------------------------------------------------------------

@@ -58,10 +58,13 @@
     const name = node.missing ? `missing parent ${node.span_id}` : (node.name || node.span_id);
     const link = el("a", {class: "name", href: `/runs/${trace}/tasks/${node.span_id}`, tabindex: "-1"}, name);
     const kids = node.child_count ? `${TT.number(node.child_count)} children` : "";
+    // Why it failed, beside the name (the API's short form; the task's page has it whole).
+    const why = node.status_message ? el("span", {class: "why", title: node.status_message},
+      node.status_message) : "";
     row.replaceChildren(
       el("span", {class: "twisty", "aria-hidden": "true"}, node.child_count ? "▸" : ""),
       el("span", {class: "dot", "aria-hidden": "true"}),
-      link,
+      el("span", {class: "label"}, link, why),
       el("span", {class: "meta"},
         refusedMark(node.refused_parent),
         el("span", {class: "st"}, TT.status(node.status)),
