@@ -85,7 +85,9 @@ def send_orphan(endpoint: str, job: str = "obs-orphans") -> str:
     return format(trace_id, "032x")
 
 
-def send_running_snapshot(endpoint: str, job: str = "obs-stalling") -> str:
+def send_running_snapshot(
+    endpoint: str, job: str = "obs-stalling", started_s_ago: float = 1.0
+) -> str:
     """A running task's snapshot (its end time is the heartbeat) and no heartbeat after it."""
     exporter = OTLPSpanExporter(endpoint=endpoint)
     trace_id, span_id = (int.from_bytes(os.urandom(n), "big") | 1 for n in (16, 8))
@@ -97,7 +99,7 @@ def send_running_snapshot(endpoint: str, job: str = "obs-stalling") -> str:
         resource=Resource.create({"service.name": job}),
         kind=SpanKind.INTERNAL,
         attributes=RUNNING_ATTRIBUTE,
-        start_time=now - 1_000_000_000,
+        start_time=now - int(started_s_ago * 1e9),
         end_time=now,
     )
     exporter.export([span])

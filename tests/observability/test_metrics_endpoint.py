@@ -154,6 +154,31 @@ def test_a_job_unseen_for_the_ttl_leaves_metrics_and_gives_its_place_up(private_
         assert conn.execute("SELECT DISTINCT job FROM metric_totals").fetchall() == [("job-new",)]
 
 
+def test_the_oldest_run_still_running_shows_while_later_runs_of_the_job_finish(
+    clean_db, start_tasktree
+):
+    """Runs of one job that overlap: a run hanging (its task heartbeats on) while later ones
+    start and succeed left the job's latest times healthy, and TasktreeRunTooLong silent."""
+    server = start_tasktree()
+    endpoint = server.otlp_http + "/v1/traces"
+    before = time.time()
+    wl.send_running_snapshot(endpoint, job="overlapping", started_s_ago=3600)  # the hung run
+    wl.send_running_snapshot(endpoint, job="overlapping", started_s_ago=60)
+    wl.send_run(endpoint, "overlapping", fail=False)  # a later run, finished ok
+
+    def gauge(name: str) -> float | None:
+        return _value(_samples(server), name, job_name="overlapping")
+
+    def oldest() -> float | None:
+        return gauge("tasktree_job_oldest_running_run_start_timestamp_seconds")
+
+    wait_until(
+        lambda: oldest() and gauge("tasktree_job_last_success_timestamp_seconds"),
+        30, "the runs folded",
+    )  # fmt: skip
+    assert before - 3601 <= (oldest() or 0) <= time.time() - 3599
+
+
 def test_export_requests_are_counted_by_outcome_as_rejected_spans_are_by_reason():
     """TasktreeIngestRejecting compares refused requests with requests (a request refused for
     its token is never read: its spans are unknown) and rejected spans with spans."""

@@ -90,6 +90,22 @@ def _load_state(conn: psycopg.Connection) -> None:
             for span, status, beat, rid in LIVE_TASKS
         ],
     )
+    # Runs with a task running now: the live tasks' run of "etl" (started 5 min ago), an older
+    # one of "etl" (2 h ago) whose running task keeps the oldest time, one of "nightly" whose
+    # only live task stalled (not running: not shown), one of a job beyond those shown.
+    conn.cursor().executemany(
+        "INSERT INTO runs (trace_id, job, start_ns) VALUES (%s, %s, %s)",
+        [(trace, "etl", int((NOW_S - 300) * S)), (b"\x03" * 16, "etl", int((NOW_S - 7200) * S)),
+         (b"\x04" * 16, "nightly", int((NOW_S - 100) * S)),
+         (b"\x05" * 16, "zzz", int((NOW_S - 9000) * S))],
+    )  # fmt: skip
+    conn.cursor().executemany(
+        "INSERT INTO tasks (trace_id, span_id, status, heartbeat_ns, resource_id)"
+        " VALUES (%s, %s, %s, %s, %s)",
+        [(b"\x03" * 16, b"\x13" * 8, st.RUNNING, int((NOW_S - 4) * S), 1),
+         (b"\x04" * 16, b"\x14" * 8, st.STALLED, int((NOW_S - 500) * S), 2),
+         (b"\x05" * 16, b"\x15" * 8, st.RUNNING, int((NOW_S - 4) * S), 1)],
+    )  # fmt: skip
     # Two placeholders for parents of a run of "nightly", one of a run tasktree has no row of.
     nightly_run, unknown_run = b"\x01" * 16, b"\x02" * 16
     conn.execute("INSERT INTO runs (trace_id, job) VALUES (%s, 'nightly')", (nightly_run,))
@@ -345,17 +361,20 @@ tasktree_job_last_failure_timestamp_seconds{job_name="nightly"} 1.6999964e+09
 # TYPE tasktree_job_last_heartbeat_timestamp_seconds gauge
 tasktree_job_last_heartbeat_timestamp_seconds{job_name="etl"} 1.699999995e+09
 tasktree_job_last_heartbeat_timestamp_seconds{job_name="nightly"} 1.69999997e+09
+# HELP tasktree_job_oldest_running_run_start_timestamp_seconds When the job's oldest run with a task running now (heartbeating, not stalled) started (Unix time); absent when none is: a run that hangs while later runs of the job come and go shows here.
+# TYPE tasktree_job_oldest_running_run_start_timestamp_seconds gauge
+tasktree_job_oldest_running_run_start_timestamp_seconds{job_name="etl"} 1.6999928e+09
 # HELP tasktree_tasks_running Tasks running now, by job.
 # TYPE tasktree_tasks_running gauge
 tasktree_tasks_running{job_name="__other__"} 1
-tasktree_tasks_running{job_name="etl"} 2
+tasktree_tasks_running{job_name="etl"} 4
 tasktree_tasks_running{job_name="nightly"} 0
 tasktree_tasks_running{job_name="we\"ird\\job\nx"} 0
 # HELP tasktree_tasks_stalled Tasks that stopped sending heartbeats (TASKTREE_STALL_AFTER) without finishing, by job.
 # TYPE tasktree_tasks_stalled gauge
 tasktree_tasks_stalled{job_name="__other__"} 1
 tasktree_tasks_stalled{job_name="etl"} 1
-tasktree_tasks_stalled{job_name="nightly"} 1
+tasktree_tasks_stalled{job_name="nightly"} 2
 tasktree_tasks_stalled{job_name="we\"ird\\job\nx"} 0
 # HELP tasktree_tasks_stalled_last_heartbeat_timestamp_seconds The newest last heartbeat among the job's stalled tasks (Unix time): when the latest stall began.
 # TYPE tasktree_tasks_stalled_last_heartbeat_timestamp_seconds gauge

@@ -8,7 +8,7 @@ and a golden test holds the exact text.  Pure: rows in, bytes out (``store_metri
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client.utils import floatToGoString
 
@@ -47,6 +47,12 @@ JOB_TIMES = (
     ),
 )
 """The per-job timestamp gauges, in the order of the ``jobs`` columns after the job."""
+OLDEST_LIVE_RUN = "tasktree_job_oldest_running_run_start_timestamp_seconds"
+OLDEST_LIVE_RUN_HELP = (
+    "When the job's oldest run with a task running now (heartbeating, not stalled) started"
+    " (Unix time); absent when none is: a run that hangs while later runs of the job come and go"
+    " shows here."
+)
 LIVE_GAUGES = (
     (st.RUNNING, "tasktree_tasks_running", "Tasks running now, by job."),
     (
@@ -85,6 +91,8 @@ class StoreRows:
     """Jobs beyond the job cap, shown as ``OTHER`` (``store_metrics.bounded_jobs``)."""
     max_jobs: int | None = None
     """The job cap (``TASKTREE_METRICS_MAX_JOBS``); None: not bounded (not shown)."""
+    live_runs: list[tuple] = field(default_factory=list)
+    """(job, start_ns) of each job's oldest run with a task running now."""
 
 
 class TextExposition:
@@ -138,6 +146,9 @@ def render_store_text(rows: StoreRows, read_s: float) -> bytes:
     labels = _job_labels(rows)
     _write_totals(out, rows.totals, labels)
     _write_job_times(out, rows.jobs)
+    out.family(OLDEST_LIVE_RUN, "gauge", OLDEST_LIVE_RUN_HELP)
+    for job, start_ns in rows.live_runs:
+        out.sample(OLDEST_LIVE_RUN, _job(job), start_ns / 1e9)
     _write_live(out, labels, rows.live)
     _write_missing(out, rows.missing)
     _write_job_cap(out, rows)

@@ -63,6 +63,17 @@ SELECT coalesce((SELECT r.job FROM runs r WHERE r.trace_id = t.trace_id), ''), c
 FROM tasks t WHERE t.missing GROUP BY 1 ORDER BY 1
 """
 
+# Through the live tasks' partial index again (status = RUNNING implies its predicate), then one
+# runs lookup per run with a task running: the cost follows what runs now, not the runs stored.
+# The run's own job (its root's), not the running task's.
+LIVE_RUNS = f"""
+SELECT r.job, min(r.start_ns)
+FROM runs r
+WHERE r.trace_id IN (SELECT t.trace_id FROM tasks t WHERE t.status = {st.RUNNING:d})
+  AND r.job IS NOT NULL AND r.start_ns IS NOT NULL
+GROUP BY 1 ORDER BY 1
+"""  # noqa: S608 (constant: the running status code)
+
 LANDING = """
 SELECT (SELECT received_ns FROM span_landing ORDER BY id LIMIT 1),
        (SELECT max(id) - min(id) + 1 FROM span_landing)
@@ -85,16 +96,18 @@ def read_store(conn: psycopg.Connection, budget_s: float | None = None) -> Store
         return conn
 
     with conn.transaction():  # the timeouts set are this transaction's only
-        totals, jobs, live, missing = (
-            limited(conn).execute(query).fetchall() for query in (TOTALS, JOBS, LIVE, MISSING)
+        totals, jobs, live, missing, live_runs = (
+            limited(conn).execute(query).fetchall()
+            for query in (TOTALS, JOBS, LIVE, MISSING, LIVE_RUNS)
         )
         landing = limited(conn).execute(LANDING).fetchone()
         oldest_received_ns, backlog = landing if landing is not None else (None, None)
         quarantined = quarantine.count_at_most(limited(conn))
         (created,) = limited(conn).execute(migrate.CREATED).fetchone() or (None,)
     return StoreRows(
-        totals, jobs, live, missing, oldest_received_ns, backlog, time.time(), quarantined, created
-    )
+        totals, jobs, live, missing, oldest_received_ns, backlog, time.time(), quarantined, created,
+        live_runs=live_runs,
+    )  # fmt: skip
 
 
 _STATEMENT_TIMEOUT = "SELECT set_config('statement_timeout', %s, true)"
@@ -178,6 +191,7 @@ def bounded_jobs(rows: StoreRows, max_jobs: int, job_ttl_s: int) -> StoreRows:
         rows,
         totals=[row for row in rows.totals if row[0] not in expired],
         jobs=[row for row in rows.jobs if row[0] in shown],
+        live_runs=[row for row in rows.live_runs if row[0] in shown],
         live=_relabelled_live(rows.live, label),
         missing=_relabelled_missing(rows.missing, label),
         folded_jobs=len(known - expired - shown - {OTHER}),
