@@ -66,3 +66,23 @@ def test_a_connection_killed_by_the_server_is_never_handed_out(database_url):
         assert _pid(pool) != victim  # checked on borrow, replaced, no error for the caller
     finally:
         pool.close()
+
+
+def test_a_database_set_to_commit_asynchronously_still_gets_durable_commits_from_tasktree(
+    private_db, caplog
+):
+    """synchronous_commit = off (a common throughput setting) acknowledges before the WAL is on
+    disk: a PostgreSQL crash then lost spans tasktree had answered 200 for."""
+    name = psycopg.conninfo.conninfo_to_dict(private_db)["dbname"]
+    with psycopg.connect(private_db, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+    with psycopg.connect(private_db) as plain:  # what the database gives any other session
+        assert plain.execute("SHOW synchronous_commit").fetchone() == ("off",)
+    pool = open_pool(private_db, max_size=1)
+    try:
+        with caplog.at_level("WARNING", logger="tasktree.exporter.store.pool"):
+            with connection(pool) as conn:
+                assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+        assert "synchronous_commit = off" in caplog.text
+    finally:
+        pool.close()

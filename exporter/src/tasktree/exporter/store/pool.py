@@ -19,6 +19,7 @@ import functools
 import json
 import logging
 import select
+import threading
 import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -155,7 +156,37 @@ def _configure(conn: psycopg.Connection) -> None:
     # off by large row estimates on temporary tables) only ever costs time.
     conn.execute("SET jit = off")
     set_json_loads(_JSON_LOADS, conn)
+    _commit_durably(conn)
     _watch_synchronous_commit(conn)
+
+
+def session_synchronous_commit(configured: str) -> str:
+    """The ``synchronous_commit`` tasktree's sessions use where the server, database or role
+    says ``configured``: ``off`` acknowledges a commit before its WAL is on disk, and a crash
+    then lost spans tasktree had answered 200 for (design.md §3 rule 4), so tasktree's sessions
+    use the default ``on`` instead.  Every other choice (local, remote_write, on, remote_apply)
+    flushes locally first, and stays."""
+    return "on" if configured == "off" else configured
+
+
+_told_commit_overridden = threading.Event()
+
+
+def _commit_durably(conn: psycopg.Connection) -> None:
+    (configured,) = conn.execute("SHOW synchronous_commit").fetchone() or ("on",)
+    wanted = session_synchronous_commit(configured)
+    if wanted == configured:
+        return
+    conn.execute(f"SET synchronous_commit = {wanted}")  # one of a fixed few words
+    if not _told_commit_overridden.is_set():
+        _told_commit_overridden.set()
+        logger.warning(
+            "PostgreSQL says synchronous_commit = %s for tasktree's database or role: tasktree's"
+            " own sessions use %s, so that a 200 answered to a job still means its spans are on"
+            " disk (with 'off' a crash of PostgreSQL loses the last commits)",
+            configured,
+            wanted,
+        )
 
 
 _INT64 = 1 << 63

@@ -21,7 +21,11 @@ import psycopg
 import psycopg_pool
 
 from tasktree.exporter.errors import StoreUnavailable
-from tasktree.exporter.store.pool import connection, names_several_hosts
+from tasktree.exporter.store.pool import (
+    connection,
+    names_several_hosts,
+    session_synchronous_commit,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +77,7 @@ class SyncState:
 def sync_state(conn: psycopg.Connection) -> SyncState:
     row = conn.execute(_SYNC_STATE).fetchone()
     assert row is not None  # one row, always
-    return SyncState(row[0], row[1], int(row[2]))
+    return SyncState(row[0], session_synchronous_commit(row[1]), int(row[2]))
 
 
 def check_synchronous_standby(url: str, *, required: bool, embedded: bool = False) -> None:
