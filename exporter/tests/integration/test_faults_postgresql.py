@@ -162,3 +162,32 @@ def test_pool_reconnects_within_seconds_of_postgresql_return_even_after_a_long_o
             time.sleep(0.2)
     finally:
         pool.close()
+
+
+def _post(server, body: bytes) -> tuple[requests.Response, float]:
+    started = time.monotonic()
+    response = requests.post(server.otlp_http + "/v1/traces", data=body, timeout=30,
+                             headers={"Content-Type": "application/x-protobuf"})  # fmt: skip
+    return response, time.monotonic() - started
+
+
+def test_in_an_outage_ingest_answers_503_promptly_so_exporters_retry_within_their_timeout(
+        embedded_pg, start_tasktree):
+    """OpenTelemetry's exporters retry a batch only within their export timeout (10 s by
+    default).  Each request of an outage waited the pool's 5 s and said "Retry-After: 5": the
+    exporters gave the batch up after one attempt, and a 30 s outage lost 900 of 2,400 spans."""
+    server = start_tasktree(database=embedded_pg.get_uri(database="tasktree"),
+                            env={"TASKTREE_POOL_TIMEOUT": "5"})  # fmt: skip
+    body = otlp_request(random_id(16), [(random_id(8), None, "root", False)], "outage")
+    assert _post(server, body)[0].status_code == 200
+    embedded_pg.stop()
+    try:
+        first, _ = _post(server, body)  # finds PostgreSQL gone, after the pool's wait
+        second, took = _post(server, body)
+    finally:
+        embedded_pg.start()
+    assert first.status_code == second.status_code == 503
+    assert first.headers["Retry-After"] == second.headers["Retry-After"] == "1"
+    assert took < 3, "once the outage is known, a request is not held for the pool's 5 s"
+    client = OtlpClient(server.otlp_http)
+    assert client.send(body, time.monotonic() + 60), "stored once PostgreSQL is back"
