@@ -308,3 +308,27 @@ def test_a_bad_flush_timeout_warns_and_the_job_still_delivers_its_tasks(otlp_sin
     assert f"ignoring TASKTREE_FLUSH_TIMEOUT={value!r}" in stderr
     assert "Traceback" not in stderr
     otlp_sink.wait_for(lambda rs: any(r.name == "one" and not r.running for r in rs))
+
+
+def test_records_of_a_sink_down_longer_than_the_exporter_s_timeout_arrive_once_it_is_back(
+    otlp_sink,
+):
+    """The sink answers 503 for longer than OpenTelemetry's exporter keeps retrying a batch (its
+    timeout): those records were dropped, so a database outage of 30 s behind tasktree serve
+    lost every task a job finished meanwhile.  Now they go again after the back-off."""
+    from tasktree.instrumentation import otlp
+
+    otlp_sink.mode = "down"
+    exporter = otlp.SpanExporter(endpoint=otlp_sink.endpoint + "/v1/traces", timeout=1.5)
+    pipe = Pipeline(exporter)
+    try:
+        for i in range(20):
+            with pipe.tracer.start_as_current_span(f"during-outage-{i}"):
+                pass
+        wait_until(lambda: pipe.processor._failures >= 2, 30)  # two exports gave up
+        otlp_sink.mode = "up"
+        names = {f"during-outage-{i}" for i in range(20)}
+        otlp_sink.wait_for(lambda records: names <= {r.name for r in records}, 60)
+        assert pipe.processor._dropped_finals == 0
+    finally:
+        pipe.provider.shutdown()

@@ -488,9 +488,28 @@ class LiveSpanProcessor(SpanProcessor):
                 rest = records[start:]
                 lost_finals = max(0, len(finals) - start)
                 self._failed(lost_finals, len(rest) - lost_finals, error)
+                self._requeue(finals[start:], exporter)
                 return
         if records:
             self._succeeded()
+
+    def _requeue(self, finals: list[ReadableSpan], exporter: SpanExporter) -> None:
+        """After ``_failed`` counted them lost: put the final records of an export that failed
+        after retrying (the sink down or overloaded, ``otlp.SpanExporter.retrying``) back before
+        the queue, as many as it has room for (the newest of them), to go again once the
+        backoff is over: a sink away for longer than the exporter's own timeout (a database
+        outage of 30 s behind it) lost them all.  Not at exit, nor after a failure that sending
+        again cannot mend (a 400)."""
+        if not finals or self._stopping or getattr(exporter, "retrying", False) is not True:
+            return
+        with self._lock:
+            room = max(0, self._max_queue - len(self._queue))
+            kept = finals[len(finals) - room :] if room < len(finals) else finals
+            self._queue.extendleft(reversed(kept))
+            self._dropped_finals -= len(kept)
+            if kept:
+                self._queue_since = self._queue_since or monotonic()
+                self._sleep_until = min(self._sleep_until, self._retry_at)
 
     def _succeeded(self) -> None:
         with self._lock:

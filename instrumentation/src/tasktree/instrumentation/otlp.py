@@ -123,10 +123,11 @@ class SpanExporter(OTLPSpanExporter):
 class _RetryNotes(logging.LoggerAdapter):
     """The logger of the OpenTelemetry HTTP client inside ``SpanExporter`` (it takes one, but the
     exporter does not pass one on, hence the private attribute).  The client warns on every retry
-    ("Transient error ... retrying in 1s", "Shutdown in progress, aborting retry"): with the sink
-    down, five lines on the job's own stderr per batch, and cron mails them.  tasktree says what
-    was not delivered itself, once a minute (``heartbeat``), so the warnings go to debug; each
-    marks the exporter as retrying.  Errors (a 401, a refused batch) stay errors."""
+    ("Transient error ... retrying in 1s", "Shutdown in progress, aborting retry") and errs when
+    it gives up ("Failed to export spans batch code: 401"): with the sink down, five lines on
+    the job's own stderr per batch, and cron mails them.  tasktree says what was not delivered
+    itself, with the last problem (``SpanExporter.problem``: the status or error), at most once a
+    minute (``heartbeat``), so they all go to debug; a retry marks the exporter as retrying."""
 
     def __init__(self, exporter: SpanExporter):
         super().__init__(logging.getLogger(f"{__name__}.retries"), {})
@@ -137,8 +138,7 @@ class _RetryNotes(logging.LoggerAdapter):
             self._exporter.retrying = True
             if args:  # the error that made it retry
                 self._exporter.problem = str(args[0])
-            level = logging.DEBUG
-        super().log(level, msg, *args, **kwargs)
+        super().log(logging.DEBUG, msg, *args, **kwargs)
 
 
 def _problem(error: object, status: int | None, reason: str | None, retried_for: str) -> str:
