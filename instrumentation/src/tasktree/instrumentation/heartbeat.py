@@ -44,7 +44,8 @@ _MAX_BACKOFF = 30.0
 _DROP_LOG_INTERVAL = 30.0
 _SINK_DOWN_EXIT_WAIT = 1.0  # at exit, one short last attempt when the sink is known to be down
 _CUT_EXPORT_WAIT = 0.5  # at exit, for the export that shutdown cut short to count its records
-_CLOSE_POLL = 0.05  # at exit, how often the wait for the last export looks whether the sink is down
+_CLOSE_POLL = 0.05  # how often a flush, or the exit, waiting on an export sees if the sink is down
+_ONE_MORE_ATTEMPT = 1.5  # the exporter retries after 1 s (± 20 %): at exit, room for that one
 _STUCK_EXPORT = 2.0  # an export still going after this long is retrying: the sink is slow or down
 _INF = float("inf")
 # How long a hook that wakes the worker, or finds it starved, sleeps so that the worker gets the
@@ -158,7 +159,7 @@ class LiveSpanProcessor(SpanProcessor):
         self._last_report = 0.0
         self._last_error = ""
         self._export_started: float | None = None
-        self._close_deadline = self._close_started = 0.0
+        self._close_deadline = 0.0
 
     def _at_fork_reinit(self) -> None:
         """In a forked child: forget the parent's spans, queue, thread and rebuildable exporter."""
@@ -322,10 +323,23 @@ class LiveSpanProcessor(SpanProcessor):
                 self._wake.set()
                 if self._failures:
                     return False
-                return self._cond.wait_for(lambda: self._flush_done >= target, timeout)
+                return self._wait_for_flush(target, timeout)
         except Exception:
             _logger.exception("tasktree: flush failed")
             return False
+
+    def _wait_for_flush(self, target: int, timeout: float) -> bool:
+        """Under ``_cond``: wait until the flush ``target`` is done, at most ``timeout``, and no
+        longer once the sink turns out to be down meanwhile (the export retrying: nothing
+        listening, a 503).  A process's first flush is often the first export: a pool worker
+        with ``maxtasksperchild=1`` waited the whole flush timeout for every task (5 s each)."""
+        deadline = monotonic() + timeout
+        while self._flush_done < target:
+            left = deadline - monotonic()
+            if left <= 0 or self.sink_down:
+                return False
+            self._cond.wait(min(left, _CLOSE_POLL))
+        return True
 
     def shutdown(self) -> None:
         """Ends tracking at process exit; see :meth:`close`."""
@@ -366,14 +380,16 @@ class LiveSpanProcessor(SpanProcessor):
         self._report_drops(force=True)
 
     def _join_last_export(self, worker: threading.Thread, deadline: float) -> None:
-        """Wait for the worker's last export until ``deadline``, or, once the sink turns out to
-        be down meanwhile (a short job's first export is often this one), until 1 s after the
-        close began."""
+        """Wait for the worker's last export until ``deadline``; once the sink turns out to be
+        down meanwhile (a short job's first export is often this one), for one more attempt of
+        the exporter's at most (its first retry comes about 1 s after the failure)."""
         while worker.is_alive():
-            end = deadline
             if self.sink_down:
-                end = min(deadline, self._close_started + _SINK_DOWN_EXIT_WAIT)
-            left = end - monotonic()
+                deadline = min(deadline, monotonic() + _ONE_MORE_ATTEMPT)
+                while worker.is_alive() and monotonic() < deadline:
+                    worker.join(min(deadline - monotonic(), _CLOSE_POLL))
+                return
+            left = deadline - monotonic()
             if left <= 0:
                 return
             worker.join(min(left, _CLOSE_POLL))
@@ -391,8 +407,7 @@ class LiveSpanProcessor(SpanProcessor):
             if self.sink_down
             else self._flush_timeout
         )
-        self._close_started = monotonic()
-        self._close_deadline = self._close_started + wait
+        self._close_deadline = monotonic() + wait
         self._stopping = True
 
     # -- the background thread ---------------------------------------------------------------

@@ -100,7 +100,9 @@ class SpanExporter(OTLPSpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         self.retrying = False
-        if not self.fast or self._shutdown:
+        if self._shutdown:  # the parent's "already shutdown" warning, on the job's stderr, says
+            return SpanExportResult.FAILURE  # no more than tasktree's "not delivered" line
+        if not self.fast:
             return super().export(spans)
         try:
             request = encode_spans(spans)
