@@ -145,3 +145,79 @@ def _land_spans(database_url: str, count: int) -> None:
     land_behind_ingest(
         database_url, [span(os.urandom(16), sid(1), name="landed") for _ in range(count)]
     )
+
+
+def test_a_fold_worker_that_died_is_replaced_and_its_replacement_folds(start_tasktree, private_db):
+    """A fold worker killed (SIGKILL, the OOM killer) was never replaced: the server folded
+    with one process fewer for the rest of its life, and nothing in /metrics said so."""
+    server = start_tasktree(extra_args=("--workers", "2"), database=private_db)
+    assert _worker_gauges(server) == (1, 0)
+    (dead,) = psutil.Process(server.proc.pid).children()
+    dead.kill()
+    replacement = _replacement(server, dead.pid)
+    assert _worker_gauges(server) == (1, 1)
+    log = server.log_path.read_text()
+    assert f"fold worker {dead.pid} exited (-9)" in log
+    assert f"fold worker {replacement.pid} started in place of {dead.pid}" in log
+    with frozen(server.proc.pid):  # only the replacement can fold these
+        _land_spans(private_db, 30)
+        wait_until_landing_is_empty(private_db)
+    _wait_for_metric(server, "tasktree_folded_spans_total", 30)
+
+
+def test_fold_workers_that_keep_dying_are_replaced_after_longer_and_longer_waits(
+    start_tasktree, private_db
+):
+    """A worker that dies as it starts must not make a crash loop that eats the CPU."""
+    server = start_tasktree(extra_args=("--workers", "2"), database=private_db)
+    (worker,) = psutil.Process(server.proc.pid).children()
+    for wait_s in (1, 2, 4):
+        worker.kill()
+        worker = _replacement(server, worker.pid)
+        assert f"starting another in {wait_s} s" in server.log_path.read_text()
+    assert _worker_gauges(server) == (1, 3)
+
+
+def test_fold_workers_that_end_as_the_server_stops_are_not_replaced(start_tasktree, private_db):
+    """systemd (and Ctrl-C in a terminal) signals every process of the service at once: the
+    workers end while their server stops, and one killed just before is not replaced either."""
+    server = start_tasktree(extra_args=("--workers", "3"), database=private_db)
+    killed, other = psutil.Process(server.proc.pid).children()
+    killed.kill()
+    killed.wait(10)
+    for process in (other, psutil.Process(server.proc.pid)):
+        process.terminate()
+    assert server.proc.wait(30) == 0
+    other.wait(10)
+    log = server.log_path.read_text()
+    assert "started in place of" not in log, log
+    assert not _fold_workers_of(server.proc.pid)
+
+
+def _worker_gauges(server) -> tuple[float, float]:
+    """(fold workers running, fold workers restarted) on the server's /metrics."""
+    seen = _metrics(server)
+    return seen["tasktree_fold_workers"], seen["tasktree_fold_worker_restarts_total"]
+
+
+def _replacement(server, dead_pid: int, timeout: float = 30.0) -> psutil.Process:
+    """The fold worker the server started in place of ``dead_pid``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        children = [c for c in psutil.Process(server.proc.pid).children() if c.pid != dead_pid]
+        if children and f"started in place of {dead_pid}" in server.log_path.read_text():
+            (replacement,) = children
+            return replacement
+        assert time.monotonic() < deadline, f"fold worker {dead_pid} was not replaced"
+        time.sleep(0.2)
+
+
+def _fold_workers_of(server_pid: int) -> list[psutil.Process]:
+    """Fold workers, wherever they were reparented, that ``server_pid`` started."""
+    mark = ["--parent-pid", str(server_pid)]
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if any(cmdline[i : i + 2] == mark for i in range(len(cmdline) - 1)):
+            found.append(process)
+    return found

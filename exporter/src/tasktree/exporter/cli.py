@@ -177,11 +177,11 @@ def _serve(settings: Settings, args) -> int:
         reporter = FoldCountsReporter(service.folder, service.metrics.totals, args.report_fd)
         reporter.start()
     _wait_for_signal(parent=args.parent_pid)
+    if helpers is not None:  # first: a worker that ends meanwhile (systemd and Ctrl-C signal
+        helpers.stop()  # every process) must not be replaced
     service.stop()
     if reporter is not None:
         reporter.stop()
-    if helpers is not None:
-        helpers.stop()
     return 0
 
 

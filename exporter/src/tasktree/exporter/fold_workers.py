@@ -8,8 +8,8 @@ one JSON line, to a pipe of its own about once a second when they changed (and o
 stops), and the server keeps the last line each worker it started sent.
 
 Running totals rather than increments: a lost or late line costs nothing, the next one carries it.
-A worker that ends keeps its slot with the last totals it sent, and a worker started again would
-get a new one, so the server's sums never go down.  Each server counts only the workers it
+A worker that ends keeps its slot with the last totals it sent, and the one started in its place
+gets a new one, so the server's sums never go down.  Each server counts only the workers it
 started, so the sum across several servers on one database counts every fold once.
 """
 
@@ -21,6 +21,7 @@ import logging
 import os
 import subprocess
 import threading
+import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,13 @@ logger = logging.getLogger(__name__)
 
 REPORT_EVERY_S = 1.0
 """How often a fold worker sends its totals to its server (when they changed)."""
+RESTART_DELAY_S = 1.0
+"""How long a server waits before it replaces a fold worker that died (doubled for each worker
+of the seat that dies before ``STEADY_AFTER_S``)."""
+RESTART_DELAY_MAX_S = 60.0
+STEADY_AFTER_S = 60.0
+"""A worker that ran this long died of something else than starting: the next wait is
+``RESTART_DELAY_S`` again."""
 
 
 @dataclass(frozen=True)
@@ -64,61 +72,117 @@ class FoldCounts:
 class FoldWorkers:
     """The fold workers of one serving process, and the sums of what they folded.
 
+    ``count`` seats, each holding one worker; a worker that dies (SIGKILL, the OOM killer) is
+    replaced, after ``RESTART_DELAY_S`` doubling up to ``RESTART_DELAY_MAX_S`` while the seat's
+    workers die young, so that one dying at start-up does not loop on the CPU; never once
+    ``stop()`` was called.
+
     ``folded_total``, ``stalled_total`` and ``timeouts_total`` read like a ``Folder``'s, and
     ``write_errors`` like a ``FoldTotals``'s, so /metrics adds them to the serving process's own
-    (``ServiceMetrics.add_fold_workers``).
+    (``ServiceMetrics.add_fold_workers``); ``running`` and ``restarts`` show there too.
     """
 
     def __init__(self, argv: list[str], count: int):
         """Start ``count`` workers running ``argv`` (a ``tasktree serve --role folder`` command,
         to which ``--report-fd`` is added)."""
-        self._lock = threading.Lock()
+        self._argv = argv
+        self._lock = threading.Lock()  # also makes a start and stop() exclusive
         self._last: list[FoldCounts] = []  # one slot per worker ever started
-        self._stopping = False
-        self.procs = [self._start(argv) for _ in range(count)]
+        self._running: set[subprocess.Popen] = set()
+        self._stopping = threading.Event()
+        self.restarts = 0
+        for _ in range(count):
+            worker = self._start()
+            assert worker is not None  # nothing can have stopped us yet
+            threading.Thread(
+                target=self._keep_seat, args=(worker,), name="tasktree-fold-seat", daemon=True
+            ).start()
 
-    def _start(self, argv: list[str]) -> subprocess.Popen:
+    @property
+    def running(self) -> int:
+        """Fold workers alive now (reaped ones excluded)."""
+        with self._lock:
+            return len(self._running)
+
+    def _start(self) -> _Worker | None:
+        """A new worker with a slot of its own; None once ``stop()`` was called."""
         read_fd, write_fd = os.pipe()
         try:
-            proc = subprocess.Popen([*argv, "--report-fd", str(write_fd)], pass_fds=(write_fd,))
+            with self._lock:
+                if self._stopping.is_set():
+                    os.close(read_fd)
+                    return None
+                argv = [*self._argv, "--report-fd", str(write_fd)]
+                proc = subprocess.Popen(argv, pass_fds=(write_fd,))
+                self._running.add(proc)
+                self._last.append(FoldCounts())
+                return _Worker(proc, read_fd, len(self._last) - 1)
         except BaseException:
             os.close(read_fd)
             raise
         finally:
             os.close(write_fd)  # the worker's copy only: its exit ends our reading
-        with self._lock:
-            self._last.append(FoldCounts())
-            slot = len(self._last) - 1
-        reader = threading.Thread(
-            target=self._read,
-            args=(slot, read_fd, proc),
-            name=f"tasktree-fold-worker-{proc.pid}",
-            daemon=True,
-        )
-        reader.start()
-        return proc
 
-    def _read(self, slot: int, read_fd: int, proc: subprocess.Popen) -> None:
-        """Keep the worker's last totals until it exits (its end of the pipe closes); then
-        reap it, and say so unless we stopped it."""
-        with open(read_fd, encoding="utf-8") as reports:
+    def _keep_seat(self, worker: _Worker) -> None:
+        """One seat's workers, one after the other, until ``stop()``."""
+        delay = RESTART_DELAY_S
+        while True:
+            returncode = self._follow(worker)
+            if self._stopping.is_set():
+                return
+            if worker.lived_s() >= STEADY_AFTER_S:  # died of something new, not of starting
+                delay = RESTART_DELAY_S
+            logger.warning(
+                "fold worker %s exited (%s) after %.0f s; what it folded stays counted in"
+                " /metrics; starting another in %.0f s",
+                worker.proc.pid, returncode, worker.lived_s(), delay,
+            )  # fmt: skip
+            replacement = self._replace(worker.proc.pid, delay)
+            if replacement is None:
+                return
+            worker, delay = replacement, min(delay * 2, RESTART_DELAY_MAX_S)
+
+    def _replace(self, pid: int, delay: float) -> _Worker | None:
+        """A worker in the place of ``pid`` after ``delay`` (retried, the delay doubling, while
+        it cannot be started); None once ``stop()`` was called."""
+        while not self._stopping.wait(delay):
+            try:
+                worker = self._start()
+            except OSError as exc:  # out of memory or processes: what killed the last one
+                delay = min(delay * 2, RESTART_DELAY_MAX_S)
+                logger.error(
+                    "cannot start a fold worker in place of %s (%s); trying again in %.0f s",
+                    pid, exc, delay,
+                )  # fmt: skip
+                continue
+            if worker is not None:
+                with self._lock:
+                    self.restarts += 1
+                logger.warning(
+                    "fold worker %s started in place of %s (%d fold worker restarts so far)",
+                    worker.proc.pid, pid, self.restarts,
+                )  # fmt: skip
+            return worker
+        return None
+
+    def _follow(self, worker: _Worker) -> int:
+        """Keep the worker's last totals until it exits (its end of the pipe closes); then reap
+        it and return its exit status."""
+        with open(worker.read_fd, encoding="utf-8") as reports:
             for line in reports:
                 try:
                     counts = FoldCounts.from_line(line)
                 except (ValueError, TypeError, KeyError):
                     logger.warning(
-                        "fold worker %s sent a report that is not one: %r", proc.pid, line
+                        "fold worker %s sent a report that is not one: %r", worker.proc.pid, line
                     )
                     continue
                 with self._lock:
-                    self._last[slot] = counts
-        returncode = proc.wait()
-        if not self._stopping:
-            logger.warning(
-                "fold worker %s exited (%s); what it folded stays counted in /metrics",
-                proc.pid,
-                returncode,
-            )
+                    self._last[worker.slot] = counts
+        returncode = worker.proc.wait()
+        with self._lock:
+            self._running.discard(worker.proc)
+        return returncode
 
     def _sum(self) -> FoldCounts:
         with self._lock:
@@ -144,9 +208,23 @@ class FoldWorkers:
         return self._sum().write_errors
 
     def stop(self) -> None:
-        self._stopping = True
-        for proc in self.procs:
+        """Stop every worker; none is started after this."""
+        with self._lock:
+            self._stopping.set()
+            running = list(self._running)
+        for proc in running:
             proc.terminate()
+
+
+@dataclass(frozen=True)
+class _Worker:
+    proc: subprocess.Popen
+    read_fd: int  # its reports
+    slot: int  # of its last report in FoldWorkers._last
+    started: float = dataclasses.field(default_factory=time.monotonic)
+
+    def lived_s(self) -> float:
+        return time.monotonic() - self.started
 
 
 class FoldCountsReporter:

@@ -145,7 +145,8 @@ class Settings:
     workers: int = setting(
         1,
         flag="--workers",
-        meaning="processes folding spans into the tree (the first one also serves)",
+        meaning="processes folding spans into the tree (the first one also serves, and replaces a"
+        " fold worker that dies, waiting longer while they keep dying)",
     )
     # Each fold thread has its own connection: PostgreSQL does most of a fold's work, so two
     # threads fold two runs on two cores.

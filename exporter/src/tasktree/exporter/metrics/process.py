@@ -2,8 +2,8 @@
 
 Ingest requests by outcome, accepted and rejected spans and request latency
 (``IngestMetrics``); spans folded, stall transitions and fold timeouts (the serving process's
-folder threads and the fold workers it started: ``--workers``), metrics write errors and the
-connection pool (``ProcessStats``).
+folder threads and the fold workers it started: ``--workers``), metrics write errors, the fold
+workers running and restarted, and the connection pool (``ProcessStats``).
 """
 
 from __future__ import annotations
@@ -67,11 +67,14 @@ class ProcessStats:
         self._pool = pool
         self._folders = [] if folder is None else [folder]
         self._writers: list[FoldTotals | FoldWorkers] = [] if totals is None else [totals]
+        self._fold_workers: FoldWorkers | None = None
 
     def add_fold_workers(self, workers: FoldWorkers) -> None:
-        """Count the fold workers' folding and failed job-series writes as this process's too."""
+        """Count the fold workers' folding and failed job-series writes as this process's too,
+        and show how many run."""
         self._folders = [*self._folders, workers]  # a scrape may be reading the lists
         self._writers = [*self._writers, workers]
+        self._fold_workers = workers
 
     def describe(self) -> list[Metric]:
         return list(self.collect())
@@ -87,6 +90,8 @@ class ProcessStats:
             )
             errors.add_metric([], sum(w.write_errors for w in self._writers))
             yield errors
+        if self._fold_workers is not None:
+            yield from _fold_worker_families(self._fold_workers)
         yield from _pool_families(self._pool.get_stats())
 
 
@@ -116,6 +121,22 @@ def _folder_families(folders: list[FoldCounters]) -> list[Metric]:
             sum(f.timeouts_total for f in folders),
         ),
     ]
+
+
+def _fold_worker_families(workers: FoldWorkers) -> list[Metric]:
+    running = GaugeMetricFamily(
+        "tasktree_fold_workers",
+        "Fold worker processes this server runs now (--workers N: N - 1 when none is missing; one"
+        " that died is replaced after a wait that grows while they keep dying).",
+    )
+    running.add_metric([], workers.running)
+    restarts = _counter(
+        "tasktree_fold_worker_restarts",
+        "Fold workers this server started in place of one that died (SIGKILL, out of memory,"
+        " a crash): growing steadily, they die as they start.",
+        workers.restarts,
+    )
+    return [running, restarts]
 
 
 def _pool_families(stats: dict[str, Any]) -> list[Metric]:
