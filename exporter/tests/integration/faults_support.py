@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import urllib.request
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def free_port() -> int:
@@ -315,3 +317,14 @@ def wait_until_landing_is_empty(database_url: str, timeout: float = 30.0) -> Non
         while conn.execute("SELECT EXISTS (SELECT 1 FROM span_landing)").fetchone()[0]:
             assert time.monotonic() < deadline, "no fold worker folded the landed spans"
             time.sleep(0.05)
+
+
+def metric_values(server) -> dict[str, float]:
+    """A running server's /metrics: each sample's value by name (summed over its labels)."""
+    with urllib.request.urlopen(server.web + "/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    seen: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            seen[sample.name] = seen.get(sample.name, 0) + sample.value
+    return seen

@@ -18,7 +18,7 @@ import requests
 from tasktree.exporter.live import CHANNEL
 
 from ..ui.support import send_spans, span
-from .faults_support import EventReader, RedisServer
+from .faults_support import EventReader, RedisServer, metric_values
 
 PAGES = ("/", "/runs/{trace}", "/runs/{trace}/tasks/{span}", "/search?q=redis", "/docker")
 API = (
@@ -107,3 +107,30 @@ def test_redis_killed_and_restarted_nothing_returns_500_and_live_updates_resume(
             stream.close()
     finally:
         private.stop()
+
+
+def test_metrics_say_whether_live_updates_reach_the_pages_through_redis(start_tasktree, private_db):
+    """A server whose Redis did not answer served live pages that never got other servers'
+    changes, with nothing in /metrics: tasktree_live_bus_up is 0 until Redis answers."""
+    private = RedisServer()  # not started: nothing listens on its port
+    try:
+        server = start_tasktree(extra_args=("--redis-url", private.url), database=private_db)
+        _wait_for_log(server, "live updates through Redis paused: Error 111")
+        assert metric_values(server)["tasktree_live_bus_up"] == 0
+        private.start()
+        _wait_for_log(server, "live updates through Redis resumed after")
+        assert metric_values(server)["tasktree_live_bus_up"] == 1
+    finally:
+        private.stop()
+
+
+def test_without_redis_the_live_bus_is_up(start_tasktree, private_db):
+    server = start_tasktree(database=private_db)
+    assert metric_values(server)["tasktree_live_bus_up"] == 1
+
+
+def _wait_for_log(server, text: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in server.log_path.read_text():
+        assert time.monotonic() < deadline, f"never logged {text!r}"
+        time.sleep(0.2)

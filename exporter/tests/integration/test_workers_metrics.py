@@ -15,10 +15,14 @@ import urllib.request
 
 import psutil
 import psycopg
-from prometheus_client.parser import text_string_to_metric_families
 
 from ..spans import sid, span
-from .faults_support import frozen, land_behind_ingest, wait_until_landing_is_empty
+from .faults_support import (
+    frozen,
+    land_behind_ingest,
+    metric_values,
+    wait_until_landing_is_empty,
+)
 
 
 def test_with_two_workers_metrics_counts_the_spans_the_fold_worker_folded(
@@ -31,7 +35,7 @@ def test_with_two_workers_metrics_counts_the_spans_the_fold_worker_folded(
         _land_spans(private_db, 40)
         wait_until_landing_is_empty(private_db)
     _wait_for_metric(server, "tasktree_folded_spans_total", 100)
-    seen = _metrics(server)
+    seen = metric_values(server)
     assert seen["tasktree_ingest_spans_accepted_total"] == 60
     assert seen["tasktree_folded_spans_total"] == 100  # nothing counted twice
     assert seen["tasktree_stall_transitions_total"] == 0
@@ -81,41 +85,30 @@ def test_a_fold_worker_s_failed_writes_of_the_job_series_show_on_its_server(
     refuse = "ALTER TABLE metric_totals ADD CONSTRAINT no_test_job CHECK (job <> 'test-job')"
     with psycopg.connect(private_db, autocommit=True) as conn:  # a site's constraint refuses them
         conn.execute(refuse)
-    assert _metrics(server)["tasktree_metrics_write_errors_total"] == 0
+    assert metric_values(server)["tasktree_metrics_write_errors_total"] == 0
     with frozen(server.proc.pid):  # only the worker folds these, and fails to count them
         _land_spans(private_db, 10)
         wait_until_landing_is_empty(private_db)
     deadline = time.monotonic() + 15
-    while _metrics(server)["tasktree_metrics_write_errors_total"] < 1:
+    while metric_values(server)["tasktree_metrics_write_errors_total"] < 1:
         assert time.monotonic() < deadline, "the worker's failed write never showed"
         time.sleep(0.2)
 
 
 def _summed(*servers) -> float:
-    return sum(_metrics(s)["tasktree_folded_spans_total"] for s in servers)
-
-
-def _metrics(server) -> dict[str, float]:
-    """The unlabelled samples of /metrics, and the fold counters' (summed over labels)."""
-    with urllib.request.urlopen(server.web + "/metrics", timeout=30) as resp:
-        text = resp.read().decode()
-    seen: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            seen[sample.name] = seen.get(sample.name, 0) + sample.value
-    return seen
+    return sum(metric_values(s)["tasktree_folded_spans_total"] for s in servers)
 
 
 def _wait_for_metric(server, name: str, value: float, timeout: float = 15.0) -> None:
     """Until /metrics shows ``value``; a fold worker reports about once a second.  Also
     that it stays there (no late report counted twice)."""
     deadline = time.monotonic() + timeout
-    while (seen := _metrics(server)[name]) != value:
+    while (seen := metric_values(server)[name]) != value:
         assert seen < value, f"{name} went past {value}: {seen}"
         assert time.monotonic() < deadline, f"{name} is {seen}, not {value}"
         time.sleep(0.2)
     time.sleep(1.5)
-    assert _metrics(server)[name] == value
+    assert metric_values(server)[name] == value
 
 
 def _send_spans(server, count: int, per_request: int = 10) -> None:
@@ -196,7 +189,7 @@ def test_fold_workers_that_end_as_the_server_stops_are_not_replaced(start_tasktr
 
 def _worker_gauges(server) -> tuple[float, float]:
     """(fold workers running, fold workers restarted) on the server's /metrics."""
-    seen = _metrics(server)
+    seen = metric_values(server)
     return seen["tasktree_fold_workers"], seen["tasktree_fold_worker_restarts_total"]
 
 

@@ -102,6 +102,30 @@ def test_redis_outage_delivers_locally_then_resyncs_everyone_when_redis_is_back(
         bus.close()
 
 
+def test_redis_bus_says_again_while_redis_stays_down_and_when_it_is_back(caplog):
+    """One warning at start-up was all an operator got: the pages then missed every other
+    process's changes for good, in silence."""
+    redis = RedisServer()  # its port is free: nothing listens there yet
+    bus = RedisBus(redis.url, still_down_every_s=0.5).start()
+    try:
+        _wait_for_log(caplog, "live updates through Redis still paused after")
+        assert not bus.up
+        redis.start()
+        assert bus.connected.wait(10)
+        _wait_for_log(caplog, "live updates through Redis resumed after")
+        assert bus.up
+    finally:
+        bus.close()
+        redis.stop()
+
+
+def _wait_for_log(caplog, text: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in caplog.text:
+        assert time.monotonic() < deadline, f"never logged {text!r}:\n{caplog.text}"
+        time.sleep(0.1)
+
+
 # -- event streams through a real server ----------------------------------------------------------
 
 

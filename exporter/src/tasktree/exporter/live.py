@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 
 import psycopg
+
+from tasktree.exporter.ui.format import duration
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,8 @@ CHANNEL = "tasktree:live:runs"
 """The Redis pub/sub channel; a message is comma-separated hex trace ids, or ``*`` for all runs."""
 MAX_STREAMS = 32
 """Open event streams per process (each holds one web server thread)."""
+STILL_DOWN_EVERY_S = 60.0
+"""How often a process says again that live updates through Redis are still paused."""
 _MAX_IDS_PER_MESSAGE = 1000
 _EVERYTHING = None  # "all runs changed" in deliver(): after an outage, or a message too long
 
@@ -100,6 +105,12 @@ class LocalBus:
         for subscription in subscriptions:
             subscription.offer(trace_ids)
 
+    @property
+    def up(self) -> bool:
+        """Whether this process's pages hear of every process's changes now (/metrics:
+        ``tasktree_live_bus_up``); in-process, there is no other process to hear."""
+        return True
+
     def start(self) -> LocalBus:
         return self
 
@@ -117,10 +128,17 @@ class RedisBus(LocalBus):
 
     ``publish`` only records the ids (the folder thread never waits on Redis); a publisher thread
     sends them, and a listener thread delivers every message heard on ``CHANNEL`` to this
-    process's streams, reconnecting with back-off while Redis is down.
+    process's streams, reconnecting with back-off while Redis is down (and saying so again every
+    ``still_down_every_s``, and when it is back).
     """
 
-    def __init__(self, url: str, max_streams: int = MAX_STREAMS, channel: str = CHANNEL):
+    def __init__(
+        self,
+        url: str,
+        max_streams: int = MAX_STREAMS,
+        channel: str = CHANNEL,
+        still_down_every_s: float = STILL_DOWN_EVERY_S,
+    ):
         super().__init__(max_streams)
         import redis  # imported here: a process without redis_url never needs the client
 
@@ -134,10 +152,16 @@ class RedisBus(LocalBus):
         self._wake = threading.Condition(self._lock)
         self._stop = threading.Event()
         self.connected = threading.Event()  # the listener is subscribed (tests wait on it)
+        self._still_down_every_s = still_down_every_s
+        self._outage: _Outage | None = None  # listener thread only
         self._threads = [
             threading.Thread(target=self._run_publisher, name="tasktree-live-pub", daemon=True),
             threading.Thread(target=self._run_listener, name="tasktree-live-sub", daemon=True),
         ]
+
+    @property
+    def up(self) -> bool:
+        return self.connected.is_set()
 
     def start(self) -> RedisBus:
         for thread in self._threads:
@@ -185,27 +209,28 @@ class RedisBus(LocalBus):
                 self.deliver(trace_ids)
 
     def _run_listener(self) -> None:
-        backoff, missed = 0.0, False
+        backoff = 0.0
         while not self._stop.is_set():
             try:
-                self._listen(resumed=missed)
+                self._listen()
                 backoff = 0.0
             except (self._redis.RedisError, OSError) as exc:
-                if not missed:
-                    logger.warning("live updates through Redis paused: %s", exc)
-                missed = True
                 self.connected.clear()
+                if self._outage is None:
+                    self._outage = _Outage(self._still_down_every_s)
+                self._outage.still(exc)
                 backoff = min(5.0, backoff * 2 or 0.2)
                 self._stop.wait(backoff)
 
-    def _listen(self, resumed: bool) -> None:
+    def _listen(self) -> None:
         """Subscribe and deliver until stopped; raises when the connection fails."""
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(self._channel)
             self.connected.set()
-            if resumed:
-                logger.warning("live updates through Redis resumed")
+            if self._outage is not None:
+                self._outage.over()
+                self._outage = None
             # Pages opened before this subscription (at start-up, or while Redis was away) may
             # have missed messages: each re-fetches once.
             self.deliver(_EVERYTHING)
@@ -215,6 +240,39 @@ class RedisBus(LocalBus):
                     self.deliver(decode_message(message["data"]))
         finally:
             pubsub.close()
+
+
+class _Outage:
+    """Redis lost by a ``RedisBus``: said at once, again every ``every_s`` while it lasts (a
+    single line scrolls away, and the pages look fine meanwhile), and once more when it ends."""
+
+    def __init__(self, every_s: float):
+        self._every_s = every_s
+        self._since = time.monotonic()
+        self._said: float | None = None
+
+    def still(self, exc: Exception) -> None:
+        """Another failed attempt; says so when due."""
+        now = time.monotonic()
+        if self._said is None:
+            logger.warning(
+                "live updates through Redis paused: %s; this process's pages show its own"
+                " changes only, until Redis is back",
+                exc,
+            )
+        elif now - self._said >= self._every_s:
+            logger.warning(
+                "live updates through Redis still paused after %s: %s",
+                duration(now - self._since),
+                exc,
+            )
+        else:
+            return
+        self._said = now
+
+    def over(self) -> None:
+        down = duration(time.monotonic() - self._since)
+        logger.warning("live updates through Redis resumed after %s down", down)
 
 
 class PostgresBus(LocalBus):
@@ -236,9 +294,14 @@ class PostgresBus(LocalBus):
         self._publisher: psycopg.Connection | None = None
         self._publish_lock = threading.Lock()
         self._stop = threading.Event()
+        self._listening = threading.Event()
         self._thread = threading.Thread(
             target=self._run_listener, name="tasktree-live-pg", daemon=True
         )
+
+    @property
+    def up(self) -> bool:
+        return self._listening.is_set() or not self._listen
 
     def start(self) -> PostgresBus:
         if self._listen:
@@ -273,12 +336,14 @@ class PostgresBus(LocalBus):
             try:
                 with psycopg.connect(self._url, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {self.CHANNEL}")
+                    self._listening.set()
                     self.deliver(None)  # anything may have changed while we were not listening
                     backoff = 0.5
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=1.0, stop_after=100):
                             self.deliver(decode_message(note.payload.encode()))
             except psycopg.Error as exc:
+                self._listening.clear()
                 logger.warning("live updates: LISTEN lost (%s); retrying in %.1fs", exc, backoff)
                 self._stop.wait(backoff)
                 # Short: after a failover the new primary is found within seconds.

@@ -175,6 +175,7 @@ class Service:
             database_url=self.database_url if settings.workers > 1 else None,
         )
         self.folder.subscribe(self.live.publish)
+        self.metrics.watch_live_bus(self.live)
         self._serve = serve
         self._threads: list[threading.Thread] = []
         self._http_servers: list[Any] = []  # waitress servers (a union of classes)

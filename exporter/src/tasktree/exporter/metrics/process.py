@@ -3,7 +3,8 @@
 Ingest requests by outcome, accepted and rejected spans and request latency
 (``IngestMetrics``); spans folded, stall transitions and fold timeouts (the serving process's
 folder threads and the fold workers it started: ``--workers``), metrics write errors, the fold
-workers running and restarted, and the connection pool (``ProcessStats``).
+workers running and restarted, and the connection pool (``ProcessStats``); whether live updates
+reach the pages (``LiveBusUp``).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from tasktree.exporter.store.metric_totals import FoldTotals
 
 if TYPE_CHECKING:
     from tasktree.exporter.fold_workers import FoldWorkers
+    from tasktree.exporter.live import LocalBus
 
-__all__ = ["INGEST_BUCKETS", "FoldCounters", "IngestMetrics", "ProcessStats"]
+__all__ = ["INGEST_BUCKETS", "FoldCounters", "IngestMetrics", "LiveBusUp", "ProcessStats"]
 
 INGEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Upper bounds (seconds) of the ingest request duration histogram."""
@@ -93,6 +95,27 @@ class ProcessStats:
         if self._fold_workers is not None:
             yield from _fold_worker_families(self._fold_workers)
         yield from _pool_families(self._pool.get_stats())
+
+
+class LiveBusUp:
+    """Whether this process's live pages hear of every process's changes now (``LocalBus.up``):
+    0 while its Redis (or PostgreSQL LISTEN) is lost, when pages show its own changes only."""
+
+    def __init__(self, bus: LocalBus):
+        self._bus = bus
+
+    def describe(self) -> list[Metric]:
+        return list(self.collect())
+
+    def collect(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily(
+            "tasktree_live_bus_up",
+            "1 when this process's live pages hear of every process's changes (through Redis"
+            " with --redis-url, PostgreSQL LISTEN with --workers, or in-process), 0 while that"
+            " bus is lost and they show this process's changes only.",
+        )
+        up.add_metric([], 1 if self._bus.up else 0)
+        yield up
 
 
 def _counter(name: str, help_text: str, value: float) -> CounterMetricFamily:

@@ -15,7 +15,7 @@ from prometheus_client import (
 )
 from prometheus_client.registry import Collector
 
-from tasktree.exporter.metrics.process import IngestMetrics, ProcessStats
+from tasktree.exporter.metrics.process import IngestMetrics, LiveBusUp, ProcessStats
 from tasktree.exporter.metrics.replica import ReplicaLag, SynchronousStandbys
 from tasktree.exporter.metrics.store_metrics import StoreMetrics
 from tasktree.exporter.receiver._common import Ingest
@@ -26,6 +26,7 @@ from tasktree.exporter.store.replication import ReadRoute
 if TYPE_CHECKING:
     from tasktree.exporter.background import Folder
     from tasktree.exporter.fold_workers import FoldWorkers
+    from tasktree.exporter.live import LocalBus
 
 __all__ = ["ServiceMetrics"]
 
@@ -81,6 +82,10 @@ class ServiceMetrics:
         """Count the folding (and failed job-series writes) of the fold workers this process
         started (``--workers``) as its own: they serve no /metrics."""
         self._process.add_fold_workers(workers)
+
+    def watch_live_bus(self, bus: LocalBus) -> None:
+        """Show whether the live pages hear of other processes' changes (Redis lost: not)."""
+        self.registry.register(LiveBusUp(bus))
 
     def instrument_ingest(self, ingest: Ingest, protocol: str) -> Ingest:
         return self.ingest.instrument(ingest, protocol)
