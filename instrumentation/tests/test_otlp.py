@@ -93,10 +93,16 @@ def test_other_spans_go_through_opentelemetry_s_encoder_in_the_same_request():
     assert otlp.encode_spans(spans) == otel_encode(spans).SerializePartialToString()
 
 
-def test_an_integer_beyond_64_bits_is_sent_as_its_text_not_dropped(otlp_sink, caplog):
+# With an event (every failed task has its exception's), a span takes OpenTelemetry's encoder,
+# which dropped the integer with a traceback.
+@pytest.mark.parametrize("with_event", [False, True])
+def test_an_integer_beyond_64_bits_is_sent_as_its_text_not_dropped(otlp_sink, caplog, with_event):
     memory, tracer = record()
     huge = {"huge": 2**70, "negative": -(2**64), "ids": [1, 2**64], "fine": 1}
-    tracer.start_span("over int64", attributes=huge).end()
+    span = tracer.start_span("over int64", attributes=huge)
+    if with_event:
+        span.add_event("exception", {"exception.type": "OSError", "row": 2**65})
+    span.end()
     exporter = otlp.SpanExporter(endpoint=otlp_sink.endpoint + "/v1/traces", timeout=5)
     assert exporter.export(memory.get_finished_spans()) is SpanExportResult.SUCCESS
     [received] = otlp_sink.wait_for(lambda records: len(records) == 1)

@@ -216,7 +216,9 @@ def _exporter_factory(endpoint: str | None) -> Callable[[], SpanExporter] | None
             grpc_exporter = otlp.grpc_exporter_class()
         except ImportError:
             _logger.warning(
-                "tasktree: OTLP/gRPC needs opentelemetry-exporter-otlp-proto-grpc; using HTTP"
+                "tasktree: OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs opentelemetry-exporter-otlp-"
+                "proto-grpc (pip install 'tasktree-instrumentation[grpc]'); sending OTLP/HTTP"
+                " instead, which a gRPC port (4317) does not take: nothing arrives there"
             )
         else:
             url = endpoint or (None if env_endpoint else DEFAULT_GRPC_ENDPOINT)

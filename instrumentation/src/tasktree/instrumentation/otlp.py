@@ -168,15 +168,32 @@ def grpc_exporter_class() -> Callable[..., SdkSpanExporter]:
 
 
 def utf8_spans(spans: Sequence[ReadableSpan]) -> list[ReadableSpan]:
-    """``spans``, each one holding text UTF-8 cannot encode replaced by a copy with that text
-    escaped as :func:`_utf8` does: OpenTelemetry's encoder fails a whole request on one such
-    character."""
+    """``spans``, each one holding text UTF-8 cannot encode, or an integer attribute beyond 64
+    bits, replaced by a copy with that text escaped as :func:`_utf8` does and those integers as
+    their decimal text (as :func:`_value` sends them): OpenTelemetry's encoder fails a whole
+    request on one such character, and drops such an integer with a traceback."""
     return [
         span
         if _all_utf8(_span_texts(span), _attribute_texts(span.resource.attributes))
+        and not _has_wide_int(span)
         else _escaped(span)
         for span in spans
     ]
+
+
+def _has_wide_int(span: ReadableSpan) -> bool:
+    attributes = [span.attributes, *(e.attributes for e in span.events)]
+    attributes += [link.attributes for link in span.links]
+    return any(
+        _is_wide_int(item)
+        for each in attributes
+        for value in (each or {}).values()
+        for item in (value if isinstance(value, (list, tuple)) else (value,))
+    )
+
+
+def _is_wide_int(value: Any) -> bool:
+    return type(value) is int and not _INT64_MIN <= value <= _INT64_MAX
 
 
 class _NotSimple(Exception):
@@ -413,6 +430,8 @@ def _escaped_attributes(attributes: Attributes) -> dict[str, Any]:
 def _escaped_value(value: Any) -> Any:
     if isinstance(value, str):
         return _escaped_text(value)
+    if _is_wide_int(value):
+        return str(value)
     if isinstance(value, (list, tuple)):
         return type(value)(_escaped_value(item) for item in value)
     return value
