@@ -191,6 +191,31 @@ def test_a_pool_renewing_its_processes_is_not_held_up_by_a_sink_that_is_down():
     assert float(proc.stdout.strip()) < 20, proc.stderr
 
 
+def test_progress_set_in_a_pool_worker_outside_a_task_is_said_to_be_lost(otlp_sink):
+    """In a thread, set_progress from a plain function reaches the submitting task; in a process
+    pool's worker that task lives in another process, and the progress was lost without a word."""
+    code = (
+        "import multiprocessing as mp\n"
+        "from tasktree.instrumentation import configure, set_progress, task\n"
+        "def plain(i):\n"
+        "    set_progress(i, 4)\n"
+        "    set_progress(i + 1, 4)\n"
+        "if __name__ == '__main__':\n"
+        "    configure()\n"
+        "    with task('submitter'):\n"
+        "        with mp.get_context('fork').Pool(1) as pool:\n"
+        "            pool.map(plain, range(2))\n"
+    )
+    env = child_environment(otlp_sink.endpoint)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    said = "outside a task of this process"
+    warnings = [line for line in proc.stderr.splitlines() if said in line]
+    assert len(warnings) == 1, proc.stderr  # once per process, however many calls
+    assert "make the function a @task" in warnings[0]
+
+
 def test_a_short_job_whose_sink_is_down_says_at_exit_what_was_not_delivered():
     """Every record of a short job is in its exit flush: the export cut short at exit must be
     counted before the report, or the job ends saying nothing of the records it lost."""

@@ -443,16 +443,35 @@ async def _run_async_generator(generator, name: str, attributes: Mapping | None,
 
 def set_attributes(attributes: Mapping[str, Any] | None = None, /, **more: Any) -> None:
     """Adds attributes to the current task: ``set_attributes({"rows.read": 10})`` or
-    ``set_attributes(batch="2024-01-01")``.  Does nothing outside a task; never raises."""
+    ``set_attributes(batch="2024-01-01")``.  Does nothing outside a task (said once when the
+    current task is another process's: a pool worker's plain function); never raises."""
     try:
         _leave_blocks_exited_elsewhere()
         span = trace.get_current_span()
+        if not span.is_recording():
+            _warn_once_if_the_task_is_elsewhere(span)
         if attributes:
             span.set_attributes(attributes)
         if more:
             span.set_attributes(more)
     except Exception:
         _logger.exception("tasktree: cannot set attributes")
+
+
+_elsewhere_warned = threading.Event()
+
+
+def _warn_once_if_the_task_is_elsewhere(span: Span) -> None:
+    """A process pool's worker runs plain code under its submitter's task, which lives in the
+    submitting process: attributes and progress set there were lost without a word (in a
+    thread, the same call reaches the task)."""
+    if span.get_span_context().is_valid and not _elsewhere_warned.is_set():
+        _elsewhere_warned.set()
+        _logger.warning(
+            "tasktree: set_attributes/set_progress outside a task of this process (the current"
+            " task runs in another process, as in a process pool's worker): nothing is recorded;"
+            " make the function a @task to record on it"
+        )
 
 
 def set_progress(done: float, total: float | None = None) -> None:
