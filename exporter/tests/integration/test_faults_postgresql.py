@@ -17,7 +17,7 @@ import requests
 from tasktree.exporter.errors import StoreUnavailable
 from tasktree.exporter.store.pool import connection, open_pool
 
-from .faults_support import OtlpClient, otlp_request, random_id
+from .faults_support import OtlpClient, metric_values, otlp_request, random_id
 
 CLIENTS = 4
 CHILDREN_PER_REQUEST = 20
@@ -191,3 +191,30 @@ def test_in_an_outage_ingest_answers_503_promptly_so_exporters_retry_within_thei
     assert took < 3, "once the outage is known, a request is not held for the pool's 5 s"
     client = OtlpClient(server.otlp_http)
     assert client.send(body, time.monotonic() + 60), "stored once PostgreSQL is back"
+
+
+def test_a_task_heartbeating_through_an_outage_is_not_shown_stalled_once_it_ends(
+        embedded_pg, start_tasktree):
+    """The heartbeats a job sent while PostgreSQL was away were refused, not missed: the stall
+    sweep turned the job's running task stalled at once when the store came back, until its next
+    heartbeat (a probe saw 16 s of a false stall after 75 s of outage)."""
+    url = embedded_pg.get_uri(database="tasktree")
+    server = start_tasktree(database=url, extra_args=("--stall-after", "3"))
+    client, trace, task = OtlpClient(server.otlp_http), random_id(16), random_id(8)
+
+    def heartbeat() -> bool:
+        body = otlp_request(trace, [(task, None, "through-outage", True)], "outage-job")
+        return client.send(body, time.monotonic() + 60)
+
+    assert heartbeat()
+    server.wait_folded()
+    embedded_pg.stop()
+    time.sleep(5)  # longer than --stall-after: the job's heartbeats meanwhile are refused
+    embedded_pg.start()
+    _wait_healthy(server.web, 30)
+    for _ in range(3):  # the job's heartbeats get through again, one every 1.5 s; meanwhile
+        time.sleep(1.5)  # the sweep (every second) passes --stall-after since the store is back
+        assert heartbeat()
+    assert metric_values(server)["tasktree_stall_transitions_total"] == 0
+    status = requests.get(f"{server.web}/api/runs/{trace.hex()}", timeout=30).json()["status"]
+    assert status == "running"

@@ -111,6 +111,8 @@ class Folder:
         self._together_after = 0.0  # monotonic: no fold of every lane before (after a timeout)
         self._folded_at_vacuum = 0  # folded_total at the last VACUUM of span_landing
         self.timeouts_total = 0  # folds cancelled by the statement timeout (then split)
+        self._resumed_at = -float("inf")  # monotonic: when folding last resumed after an outage
+        self._store_away = False  # thread 0's last fold found PostgreSQL unreachable
 
     def subscribe(self, listener: Callable[[tuple[bytes, ...]], None]) -> None:
         """Call ``listener(trace_ids)`` on a folder thread after each commit that changed runs.
@@ -153,7 +155,12 @@ class Folder:
                 backoff = 0.0
             except (StoreUnavailable, psycopg.Error) as exc:
                 failed = exc
+            if failed is None and paused_at is not None:  # the log shows the outage end
+                logger.warning("folding resumed after %.1fs", time.monotonic() - paused_at)
+                paused_at = None
+                self._resumed_at = time.monotonic()
             if number == 0:  # also when folds fail: killed tasks must still turn stalled
+                self._store_away = isinstance(failed, StoreUnavailable)
                 last_sweep, last_retention = self._housekeep(last_sweep, last_retention)
             if failed is not None:
                 paused_at = paused_at or time.monotonic()
@@ -161,9 +168,6 @@ class Folder:
                 logger.warning("folding paused for %.1fs: %s", backoff, failed)
                 self._stop.wait(backoff)
                 continue
-            if paused_at is not None:  # an operator reading the log sees the outage end
-                logger.warning("folding resumed after %.1fs", time.monotonic() - paused_at)
-                paused_at = None
             # A full batch: go again at once.  Otherwise what this process landed since the pass
             # began has rung the doorbell (the ring is kept), and thread 0's poll finds the rest.
             if folded < self._settings.fold_batch:
@@ -321,8 +325,14 @@ class Folder:
                 conn.execute(locks.RELEASE_SESSION, locks.RETENTION)
 
     def _sweep_once(self) -> None:
-        with connection(self._pool) as conn:
-            result = sweep_stalled(conn, stall_after_s=self._settings.stall_after)
+        # Heartbeats sent while PostgreSQL was away were refused, not late: a task is stalled
+        # only once it has missed them for stall_after since the store came back (a probe saw a
+        # job that ran on shown stalled for 16 s after an outage of 75 s).
+        result = FoldResult(0)
+        recovering = time.monotonic() - self._resumed_at < self._settings.stall_after
+        if not (self._store_away or recovering):
+            with connection(self._pool) as conn:
+                result = sweep_stalled(conn, stall_after_s=self._settings.stall_after)
         with self._after_fold:
             self.stalled_total += result.records
             self._notify(result.trace_ids)
