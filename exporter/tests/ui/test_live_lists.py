@@ -149,7 +149,7 @@ def test_a_node_read_to_its_end_shows_new_children_and_a_settled_one_is_not_read
     check(item(page, other).locator(":scope > .row .st")).to_have_text("ok")
     send_spans(tasktree_server.otlp_http, [span(trace, ids(1)[0], other, name="late",
                                                 start=now + 3, end=now + 4)])
-    check(item(page, other).locator(":scope > .row .kids")).to_have_text("1 children")
+    check(item(page, other).locator(":scope > .row .kids")).to_have_text("1 child")
     assert read == []
     check(names).to_have_count(180)
     assert page_errors == []
@@ -183,4 +183,23 @@ def test_lists_of_failures_and_the_tree_say_why_each_task_failed(
     item(page, failed).locator(":scope > .row .name").click()
     check(page.locator(".task-head .message")).to_have_text(why.strip())
     assert page.locator("img[src=x]").count() == 0
+    assert page_errors == []
+
+
+def test_a_task_named_only_blanks_has_a_link_one_can_click(
+        tasktree_server, browser_context, page_errors):
+    """A name of spaces drew a link with nothing to click in the tree: its id stands in."""
+    trace, now = os.urandom(16).hex(), time.time_ns()
+    root, blank = ids(2)
+    send_spans(tasktree_server.otlp_http, [
+        span(trace, root, name="nightly", start=now, end=now + 10**9),
+        span(trace, blank, root, name="   ", start=now + 1, end=now + 2)])
+    tasktree_server.wait_folded()
+    page = browser_context.new_page()
+    page.goto(f"{tasktree_server.web}/runs/{trace}")
+    check = expect()
+    check(item(page, root).locator(":scope > .row .kids")).to_have_text("1 child")
+    check(item(page, blank).locator(":scope > .row .name")).to_have_text(blank)
+    item(page, blank).locator(":scope > .row .name").click()
+    check(page).to_have_url(f"{tasktree_server.web}/runs/{trace}/tasks/{blank}")
     assert page_errors == []

@@ -55,9 +55,10 @@
     item.className = `node s-${node.status}`;
     if (node.child_count > 0) item.setAttribute("aria-expanded", String(state.expanded));
     else item.removeAttribute("aria-expanded");
-    const name = node.missing ? `missing parent ${node.span_id}` : (node.name || node.span_id);
+    // A blank name ("   ") would leave a link with nothing to click: the id stands in.
+    const name = node.missing ? `missing parent ${node.span_id}` : (node.name?.trim() ? node.name : node.span_id);
     const link = el("a", {class: "name", href: `/runs/${trace}/tasks/${node.span_id}`, tabindex: "-1"}, name);
-    const kids = node.child_count ? `${TT.number(node.child_count)} children` : "";
+    const kids = node.child_count ? `${TT.number(node.child_count)} ${node.child_count === 1 ? "child" : "children"}` : "";
     // Why it failed, beside the name (the API's short form; the task's page has it whole).
     const why = node.status_message ? el("span", {class: "why", title: node.status_message},
       node.status_message) : "";
