@@ -96,6 +96,7 @@ def _assert_tree(server, trace_id: str, ids: dict[str, str], job: str) -> None:
         "missing": False,
         "last_heartbeat": None,
         "refused_parent": None,
+        "status_message": None,
     }
     children = server.get(f"/api/runs/{trace_id}/tasks/{ids['root']}/children")["children"]
     assert [(c["name"], c["status"], c["counts"], c["child_count"]) for c in children] == [

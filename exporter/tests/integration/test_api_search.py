@@ -62,7 +62,7 @@ def test_search_hit_is_node_plus_trace_id_and_job(client, db):
         "duration": None, "child_count": 0,
         "counts": {"ok": 0, "error": 0, "running": 0, "stalled": 0}, "missing": False,
         "last_heartbeat": "2026-11-26T17:33:52.123456789Z", "refused_parent": None,
-        "trace_id": RUN_B, "job": "report",
+        "status_message": None, "trace_id": RUN_B, "job": "report",
     }], "next_cursor": None}
 
 

@@ -76,7 +76,7 @@ def test_the_whole_run_lists_every_failure_under_every_top_level_task(client, db
         "start": "2026-11-26T17:33:27.123456789Z", "end": "2026-11-26T17:33:28.123456789Z",
         "duration": 1.0, "child_count": 0,
         "counts": {"ok": 0, "error": 0, "running": 0, "stalled": 0}, "missing": False,
-        "last_heartbeat": None, "refused_parent": None,
+        "last_heartbeat": None, "refused_parent": None, "status_message": None,
     }
 
 

@@ -189,15 +189,16 @@ def _commit_durably(conn: psycopg.Connection) -> None:
         )
 
 
-_INT64 = 1 << 63
+_INT64_MIN, _UINT64_MAX = -(1 << 63), (1 << 64) - 1
 
 
 def _integer_or_double(text: str) -> int | float:
-    """An integer of a stored jsonb document.  OTLP integers are 64-bit (wider ones are stored as
-    their decimal text), so a wider one was a double, which jsonb's numeric writes out in full:
-    1e308 came back as an integer of 309 digits."""
+    """An integer of a stored jsonb document.  OTLP integers fit 64 bits (signed attribute
+    values, wider ones being stored as their decimal text; unsigned times, as of events), so a
+    wider one was a double, which jsonb's numeric writes out in full: 1e308 came back as an
+    integer of 309 digits."""
     number = int(text)
-    if -_INT64 <= number < _INT64:
+    if _INT64_MIN <= number <= _UINT64_MAX:
         return number
     try:
         return float(number)
