@@ -86,9 +86,11 @@ def send_orphan(endpoint: str, job: str = "obs-orphans") -> str:
 
 
 def send_running_snapshot(
-    endpoint: str, job: str = "obs-stalling", started_s_ago: float = 1.0
+    endpoint: str, job: str = "obs-stalling", started_s_ago: float = 1.0, beat_ahead_s: float = 0
 ) -> str:
-    """A running task's snapshot (its end time is the heartbeat) and no heartbeat after it."""
+    """A running task's snapshot (its end time is the heartbeat) and no heartbeat after it;
+    ``beat_ahead_s``: its heartbeat that far ahead of now, so that it runs that much longer
+    before it stalls (tasktree counts a heartbeat at most a minute past its receipt)."""
     exporter = OTLPSpanExporter(endpoint=endpoint)
     trace_id, span_id = (int.from_bytes(os.urandom(n), "big") | 1 for n in (16, 8))
     now = time.time_ns()
@@ -100,7 +102,7 @@ def send_running_snapshot(
         kind=SpanKind.INTERNAL,
         attributes=RUNNING_ATTRIBUTE,
         start_time=now - int(started_s_ago * 1e9),
-        end_time=now,
+        end_time=now + int(beat_ahead_s * 1e9),
     )
     exporter.export([span])
     exporter.shutdown()

@@ -126,7 +126,13 @@ def stack(request, prometheus_tools, database_url, tmp_path_factory):
             time.sleep(5)
         wl.send_orphan(endpoint)
         wl.send_running_snapshot(endpoint)
+        wl.send_running_snapshot(endpoint, job="obs-running", beat_ahead_s=55)  # runs ~a minute
         server.wait_folded()
+        wait_until(
+            lambda: prometheus.query("tasktree_job_oldest_running_run_start_timestamp_seconds"),
+            30,
+            "a run with a task running now to show in Prometheus",
+        )
         # the snapshot stalls after 2 s; then a few scrapes and rule evaluations
         wait_until(
             lambda: prometheus.query('tasktree_tasks_stalled{job_name="obs-stalling"} == 1'),

@@ -1,10 +1,14 @@
-"""Sending spans to a real ``tasktree serve`` as OTLP/JSON, the way the end-to-end tests do."""
+"""Sending spans to a real ``tasktree serve`` as OTLP/JSON, the way the end-to-end tests do, and
+finding what the browser shows of them."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.request
+
+from .browser import ARTIFACTS
 
 
 def span(trace: str, span_id: str, parent: str | None = None, *, name: str,
@@ -46,3 +50,25 @@ def send_spans(otlp_http: str, spans: list[dict], job: str = "ui-tests") -> None
                                      {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200
+
+
+# -- in the browser ------------------------------------------------------------------------------
+
+
+def ids(n: int) -> list[str]:
+    return [os.urandom(8).hex() for _ in range(n)]
+
+
+def expect():
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect
+
+
+def item(page, span_id: str):
+    return page.locator(f'[role=treeitem][data-span-id="{span_id}"]')
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name))  # the viewport: what a user sees first

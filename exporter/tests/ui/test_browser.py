@@ -13,8 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from .browser import ARTIFACTS
-from .support import send_spans, span
+from .support import expect, ids, item, screenshot, send_spans, span
 
 pytestmark = pytest.mark.slow
 HOUR_NS = 3600 * 10**9
@@ -41,33 +40,14 @@ def local_input_value(ns: int) -> str:
     return local.strftime("%Y-%m-%dT%H:%M:%S").removesuffix(":00")
 
 
-def ids(n: int) -> list[str]:
-    return [os.urandom(8).hex() for _ in range(n)]
-
-
-def expect():
-    from playwright.sync_api import expect as playwright_expect
-
-    return playwright_expect
-
-
 def exception_event(at: int, kind: str, stack: str) -> dict:
     return {"name": "exception", "timeUnixNano": str(at), "attributes": [
         {"key": "exception.type", "value": {"stringValue": kind}},
         {"key": "exception.stacktrace", "value": {"stringValue": stack}}]}
 
 
-def item(page, span_id: str):
-    return page.locator(f'[role=treeitem][data-span-id="{span_id}"]')
-
-
 def row_status(page, span_id: str):
     return item(page, span_id).locator(":scope > .row .st .status")
-
-
-def screenshot(page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / name))  # the viewport: what a user sees first
 
 
 def test_tree_expands_loads_more_answers_keys_and_opens_a_task(tasktree_server, browser_context,

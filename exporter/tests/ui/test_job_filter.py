@@ -6,9 +6,7 @@ from __future__ import annotations
 import re
 
 from ..integration.api_support import T0, Task, insert_run
-from . import test_pages
 
-client = test_pages.client  # the fixture: an app with the JSON API and the pages
 NIGHTLY = "etl.nightly-load"
 
 

@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from .support import send_spans, span
-from .test_browser import expect, ids, item, screenshot
+from .support import expect, ids, item, screenshot, send_spans, span
 
 pytestmark = pytest.mark.slow
 HOLD_CHILDREN = """{

@@ -8,13 +8,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from flask import Flask
 
-from tasktree.exporter.api import api_blueprint
-from tasktree.exporter.services import Services, install_services
 from tasktree.exporter.settings import Settings
 from tasktree.exporter.tree import status as st
-from tasktree.exporter.ui import CONTENT_SECURITY_POLICY, install_ui
+from tasktree.exporter.ui import CONTENT_SECURITY_POLICY
 
 from ..integration.api_support import SECOND, T0, Task, at, insert_run, placeholder
 
@@ -23,15 +20,6 @@ ROOT, CHILD, LEAF, GHOST, ORPHAN = "01" * 8, "02" * 8, "03" * 8, "0a" * 8, "0b" 
 XSS = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
 STACK = "Traceback (most recent call last):\n" + "".join(
     f'  File "job.py", line {n}, in step_{n}\n' for n in range(40)) + "ValueError: bad row"
-
-
-@pytest.fixture
-def client(db, api_pool):
-    app = Flask("tasktree-ui-tests")
-    install_services(app, Services(Settings(), api_pool))
-    app.register_blueprint(api_blueprint)
-    install_ui(app)
-    return app.test_client()
 
 
 def sample_run(db, trace: str = TRACE, job: str = "nightly") -> None:
@@ -210,7 +198,6 @@ def test_runs_page_pages_on_with_a_cursor(client, db):
 def test_the_docker_page_has_the_common_frame_and_says_how_to_add_a_host_when_none_is(api_pool):
     from tasktree.exporter.app import create_app
     from tasktree.exporter.docker import DockerService
-    from tasktree.exporter.settings import Settings
 
     settings = Settings.from_env({})
     service = DockerService(settings, api_pool)  # no TASKTREE_DOCKER_HOSTS: no host

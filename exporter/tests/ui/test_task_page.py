@@ -6,9 +6,6 @@ from __future__ import annotations
 from tasktree.exporter.tree import status as st
 
 from ..integration.api_support import Task, at, insert_run
-from . import test_pages
-
-client = test_pages.client  # the fixture: an app with the JSON API and the pages
 
 TRACE, FAT, DOOMED = "c4" * 16, "05" * 8, "06" * 8
 
