@@ -112,7 +112,6 @@ class Folder:
         self._folded_at_vacuum = 0  # folded_total at the last VACUUM of span_landing
         self.timeouts_total = 0  # folds cancelled by the statement timeout (then split)
         self._resumed_at = -float("inf")  # monotonic: when folding last resumed after an outage
-        self._store_away = False  # thread 0's last fold found PostgreSQL unreachable
 
     def subscribe(self, listener: Callable[[tuple[bytes, ...]], None]) -> None:
         """Call ``listener(trace_ids)`` on a folder thread after each commit that changed runs.
@@ -160,8 +159,8 @@ class Folder:
                 paused_at = None
                 self._resumed_at = time.monotonic()
             if number == 0:  # also when folds fail: killed tasks must still turn stalled
-                self._store_away = isinstance(failed, StoreUnavailable)
-                last_sweep, last_retention = self._housekeep(last_sweep, last_retention)
+                store_away = isinstance(failed, StoreUnavailable)
+                last_sweep, last_retention = self._housekeep(last_sweep, last_retention, store_away)
             if failed is not None:
                 paused_at = paused_at or time.monotonic()
                 backoff = min(_MAX_BACKOFF_S, backoff * 2 or 0.1)
@@ -175,12 +174,14 @@ class Folder:
                 if self._doorbell.wait(idle_wait):
                     self._stop.wait(_GATHER_S)
 
-    def _housekeep(self, last_sweep: float, last_retention: float) -> tuple[float, float]:
+    def _housekeep(
+        self, last_sweep: float, last_retention: float, store_away: bool
+    ) -> tuple[float, float]:
         """Thread 0's work beside folding, when due: the stall sweep and the landing's vacuum,
         and retention; returns when each last ran."""
         try:
             if time.monotonic() - last_sweep >= _SWEEP_EVERY_S:
-                self._sweep_once()
+                self._sweep_once(store_away)
                 self._vacuum_landing_when_due()
                 last_sweep = time.monotonic()
             if time.monotonic() - last_retention >= _RETENTION_EVERY_S:
@@ -324,13 +325,13 @@ class Folder:
             finally:
                 conn.execute(locks.RELEASE_SESSION, locks.RETENTION)
 
-    def _sweep_once(self) -> None:
+    def _sweep_once(self, store_away: bool) -> None:
         # Heartbeats sent while PostgreSQL was away were refused, not late: a task is stalled
         # only once it has missed them for stall_after since the store came back (a probe saw a
         # job that ran on shown stalled for 16 s after an outage of 75 s).
         result = FoldResult(0)
         recovering = time.monotonic() - self._resumed_at < self._settings.stall_after
-        if not (self._store_away or recovering):
+        if not (store_away or recovering):
             with connection(self._pool) as conn:
                 result = sweep_stalled(conn, stall_after_s=self._settings.stall_after)
         with self._after_fold:

@@ -8,13 +8,12 @@ passed through as it comes and its last 8 KiB kept (a tee), attached to the task
 ``tasktree.stderr_tail`` when the program fails, its secrets masked as in the command (the
 pipe makes stderr no terminal, may reorder its lines against stdout's in one file, and ends the
 program with SIGPIPE at its next stderr write if the runner is killed: ``--no-stderr-tail``
-leaves stderr alone, without a tail).  The task
-ends when the program exits: a background process it leaves behind (``cmd &``) is not waited
-for, and its stderr is passed on only until the runner exits.  The status comes from the exit
-code (0 is ``ok``) or the signal that killed it; the runner exits with the program's exit code,
-or 128+N for signal N.  SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are forwarded to the
-program; SIGINT is not (a terminal sends it to the program already), so the runner just waits
-for the program.
+leaves stderr alone, without a tail).  The task ends when the program exits: a background
+process it leaves behind (``cmd &``) is not waited for, and its stderr is passed on only until
+the runner exits.  The status comes from the exit code (0 is ``ok``) or the signal that killed
+it; the runner exits with the program's exit code, or 128+N for signal N.  SIGTERM, SIGHUP,
+SIGQUIT, SIGUSR1 and SIGUSR2 are forwarded to the program; SIGINT is not (a terminal sends it to
+the program already), so the runner just waits for the program.
 """
 
 from __future__ import annotations
